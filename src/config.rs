@@ -1,0 +1,357 @@
+//! The one configuration type.
+//!
+//! Loaded once at start-up, in layers: defaults, then the YAML file given with
+//! `--config`, then `TIDEGATE_*` environment variables, then flags (the last two are
+//! applied by `cli`). [`Config::validate`] runs before anything starts, and every
+//! component receives the values it needs as arguments: nothing reads the
+//! environment or the file later.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `tidegate serve` can be told.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Where decision state lives: `memory`, or a Redis URL. Default `memory`.
+    pub state: StateBackend,
+    /// Where RemediationRequests go: `dir:<path>` or `kube`. Default `dir:./remediations`.
+    pub sink: SinkTarget,
+    pub http: HttpConfig,
+    pub dedup: DedupConfig,
+    pub memory: MemoryConfig,
+    pub classify: ClassifyConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest accepted request body, in bytes. Default 262144 (256 KiB).
+    pub body_limit: usize,
+    /// How long one request may take before it is answered 503. Default `10s`.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// After SIGTERM, how long to keep serving with readiness at 503, so that load
+    /// balancers stop sending before the listener closes. Default `5s`.
+    #[serde(with = "duration")]
+    pub shutdown_delay: Duration,
+    /// Then, how long in-flight requests and pending status writes may take.
+    /// Default `20s`: delay plus grace stays inside Kubernetes' default 30 s.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// `Retry-After` sent with 503 answers, in seconds. Default 5.
+    pub retry_after_secs: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Repeats within this long of the last occurrence are duplicates; each
+    /// duplicate restarts the window. Default `5m`.
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// At most one status write per RemediationRequest per interval; duplicates in
+    /// between are folded into the next write. Default `1s`.
+    #[serde(with = "duration")]
+    pub status_interval: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Most open incidents the embedded store holds; beyond it new incidents are
+    /// refused with 503 rather than evicting open ones. Default 1,000,000.
+    pub max_entries: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassifyConfig {
+    /// Environment recorded when nothing else decides it. Default `unknown`.
+    pub default_environment: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `tidegate=debug`. Default `info`.
+    pub filter: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            state: StateBackend::Memory,
+            sink: SinkTarget::Dir(PathBuf::from("./remediations")),
+            http: HttpConfig::default(),
+            dedup: DedupConfig::default(),
+            memory: MemoryConfig::default(),
+            classify: ClassifyConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_limit: 256 * 1024,
+            request_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(20),
+            retry_after_secs: 5,
+        }
+    }
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            window: Duration::from_secs(300),
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { max_entries: 1_000_000 }
+    }
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        ClassifyConfig {
+            default_environment: "unknown".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Defaults overlaid with the YAML file at `path`, if given.
+    pub fn from_file(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_norway::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Rejects values no deployment should run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
+            return invalid("http.body_limit", "must be between 1024 and 67108864 bytes");
+        }
+        if self.http.request_timeout < Duration::from_millis(100) {
+            return invalid("http.request_timeout", "must be at least 100ms");
+        }
+        if self.http.retry_after_secs == 0 {
+            return invalid("http.retry_after_secs", "must be at least 1");
+        }
+        if self.dedup.window < Duration::from_secs(1) || self.dedup.window.subsec_nanos() != 0 {
+            return invalid("dedup.window", "must be a whole number of seconds, at least 1s");
+        }
+        if self.dedup.status_interval < Duration::from_millis(10) || self.dedup.status_interval > self.dedup.window {
+            return invalid(
+                "dedup.status_interval",
+                "must be at least 10ms and no longer than dedup.window",
+            );
+        }
+        if self.memory.max_entries == 0 {
+            return invalid("memory.max_entries", "must be at least 1");
+        }
+        if self.classify.default_environment.trim().is_empty() {
+            return invalid("classify.default_environment", "must not be empty");
+        }
+        if let SinkTarget::Dir(path) = &self.sink {
+            if path.as_os_str().is_empty() {
+                return invalid("sink", "dir: needs a path, as in dir:./remediations");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where decision state lives.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum StateBackend {
+    /// In process; lost on restart, private to one replica.
+    Memory,
+    /// A Redis URL (`redis://`, `rediss://`), shared by replicas.
+    Redis(String),
+}
+
+impl FromStr for StateBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(StateBackend::Memory),
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => Ok(StateBackend::Redis(url.into())),
+            other => Err(format!("expected \"memory\" or a redis:// URL, got {other:?}")),
+        }
+    }
+}
+
+impl TryFrom<String> for StateBackend {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for StateBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateBackend::Memory => f.write_str("memory"),
+            // Never print credentials.
+            StateBackend::Redis(url) => match url.rsplit_once('@') {
+                Some((_, host)) => write!(f, "redis://***@{host}"),
+                None => f.write_str(url),
+            },
+        }
+    }
+}
+
+/// Where RemediationRequests go.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SinkTarget {
+    /// Manifests in a local directory.
+    Dir(PathBuf),
+    /// RemediationRequest custom resources through the Kubernetes API.
+    Kube,
+}
+
+impl FromStr for SinkTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kube" => Ok(SinkTarget::Kube),
+            _ => match s.strip_prefix("dir:") {
+                Some(path) => Ok(SinkTarget::Dir(PathBuf::from(path))),
+                None => Err(format!("expected \"dir:<path>\" or \"kube\", got {s:?}")),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for SinkTarget {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// Parses durations written as `5m`, `1s`, `250ms`, `1h 30m` or ISO 8601 `PT5M`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s.parse().map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("invalid duration {s:?}: must not be negative"))
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(de)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_overrides_defaults_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "listen: 0.0.0.0:9000\ndedup:\n  window: 2m\nsink: dir:/tmp/x\n").unwrap();
+        let c = Config::from_file(Some(&path)).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.dedup.window, Duration::from_secs(120));
+        assert_eq!(c.dedup.status_interval, Duration::from_secs(1));
+        assert_eq!(c.sink, SinkTarget::Dir("/tmp/x".into()));
+
+        std::fs::write(&path, "dedup:\n  windw: 2m\n").unwrap();
+        let err = Config::from_file(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("unknown field `windw`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_fail_validation_naming_the_key() {
+        let mut c = Config::default();
+        c.dedup.window = Duration::from_millis(1500);
+        assert!(c.validate().unwrap_err().to_string().starts_with("dedup.window:"));
+        let mut c = Config::default();
+        c.http.body_limit = 10;
+        assert!(c.validate().unwrap_err().to_string().starts_with("http.body_limit:"));
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn state_and_sink_parse_and_hide_credentials() {
+        assert_eq!("memory".parse::<StateBackend>(), Ok(StateBackend::Memory));
+        let r: StateBackend = "redis://:secret@host:6379/0".parse().unwrap();
+        assert_eq!(r.to_string(), "redis://***@host:6379/0");
+        assert!("postgres://x".parse::<StateBackend>().is_err());
+        assert_eq!("kube".parse::<SinkTarget>(), Ok(SinkTarget::Kube));
+        assert!("file:/x".parse::<SinkTarget>().is_err());
+    }
+}

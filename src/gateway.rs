@@ -1,0 +1,187 @@
+//! Assembly: config in, a running gateway out.
+//!
+//! Builds the state store, sink, pipeline and router from a validated [`Config`],
+//! binds the listener, and runs until told to stop. Shutdown happens in the order a
+//! load balancer needs: readiness turns 503 at once, the server keeps serving for
+//! `http.shutdown_delay` so endpoints can be withdrawn, then stops accepting, lets
+//! in-flight requests finish, and finally writes every pending status.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::{Config, SinkTarget, StateBackend};
+use crate::http::{self, AppState, Limits, Readiness};
+use crate::pipeline::classify::Classifier;
+use crate::pipeline::coalesce::Coalescer;
+use crate::pipeline::Pipeline;
+use crate::sink::dir::DirSink;
+use crate::sink::Sink;
+use crate::state::memory::MemoryStore;
+use crate::state::StateStore;
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot use sink directory {path}: {source}")]
+    SinkDir { path: String, source: std::io::Error },
+    #[error("{0} is not available in this build yet")]
+    Unsupported(&'static str),
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A gateway that is listening.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub readiness: Readiness,
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Arc<Pipeline>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), StartError>>,
+}
+
+impl Running {
+    /// Begins shutdown, as SIGTERM does.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the gateway to finish, after [`Running::shutdown`].
+    pub async fn join(self) -> Result<(), StartError> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(StartError::Serve(std::io::Error::other(e))))
+    }
+}
+
+/// Builds everything and starts listening on `config.listen`.
+pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let state: Arc<dyn StateStore> = match &config.state {
+        StateBackend::Memory => Arc::new(MemoryStore::new(
+            config.memory.max_entries,
+            config.dedup.window,
+            clock.clone(),
+        )),
+        StateBackend::Redis(_) => return Err(StartError::Unsupported("the Redis state backend")),
+    };
+    let sink: Arc<dyn Sink> = match &config.sink {
+        SinkTarget::Dir(path) => Arc::new(DirSink::new(path).map_err(|source| StartError::SinkDir {
+            path: path.display().to_string(),
+            source,
+        })?),
+        SinkTarget::Kube => return Err(StartError::Unsupported("the Kubernetes sink")),
+    };
+    let coalescer = Coalescer::new(sink.clone(), config.dedup.status_interval, metrics.clone());
+    let classifier = Classifier::new(config.classify.default_environment.clone());
+    let pipeline = Arc::new(Pipeline::new(
+        state,
+        sink,
+        coalescer,
+        classifier,
+        clock.clone(),
+        metrics.clone(),
+    ));
+    let readiness = Readiness::default();
+    let app = AppState {
+        pipeline: pipeline.clone(),
+        metrics: metrics.clone(),
+        clock,
+        limits: Limits {
+            body_limit: config.http.body_limit,
+            request_timeout: config.http.request_timeout,
+            retry_after_secs: config.http.retry_after_secs,
+        },
+        readiness: readiness.clone(),
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(StartError::Serve)?;
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(listener, app, config, stopped));
+    tracing::info!(%addr, "tidegate listening");
+    Ok(Running {
+        addr,
+        readiness,
+        metrics,
+        pipeline,
+        stop,
+        task,
+    })
+}
+
+async fn run(
+    listener: TcpListener,
+    app: AppState,
+    config: Config,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let readiness = app.readiness.clone();
+    let pipeline = app.pipeline.clone();
+    let (grace, delay) = (config.http.shutdown_grace, config.http.shutdown_delay);
+    let (begun, begun_rx) = tokio::sync::oneshot::channel::<()>();
+    let begin = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+        readiness.begin_shutdown();
+        tracing::info!(?delay, "shutting down: readiness is now 503");
+        tokio::time::sleep(delay).await;
+        let _ = begun.send(());
+    };
+    let server = axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(begin)
+        .into_future();
+    let result = tokio::select! {
+        r = server => r.map_err(StartError::Serve),
+        _ = async {
+            if begun_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace period");
+            Ok(())
+        }
+    };
+    pipeline.coalescer().shutdown(grace).await;
+    tracing::info!("tidegate stopped");
+    result
+}
+
+/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let running = start(config, Clock::System).await?;
+    shutdown_signal().await;
+    running.shutdown();
+    running.join().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

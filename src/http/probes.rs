@@ -1,0 +1,43 @@
+//! Liveness, readiness and metrics endpoints.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::problem::Problem;
+use super::AppState;
+
+/// 200 while the process runs.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when state and sink are reachable and the process is not shutting down.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let retry = app.limits.retry_after_secs;
+    if app.readiness.shutting_down() {
+        return Problem::unavailable("shutting_down", "tidegate is shutting down", retry).into_response();
+    }
+    if let Err(e) = app.pipeline.state().ping().await {
+        return Problem::unavailable("state_unavailable", e.to_string(), retry).into_response();
+    }
+    if let Err(e) = app.pipeline.sink().ready().await {
+        return Problem::unavailable("sink_unavailable", e.to_string(), retry).into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    if let Ok(n) = app.pipeline.state().entries().await {
+        app.metrics.state_entries.set(n as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,139 @@
+//! RFC 7807 problem details: the one shape of every error answer.
+//!
+//! Each error the gateway can answer with maps to a status, a problem type and a
+//! metric label here, and nowhere else.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::ingest::IngestError;
+use crate::pipeline::PipelineError;
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// A problem answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: &'static str,
+    #[serde(serialize_with = "status_code")]
+    pub status: StatusCode,
+    pub detail: String,
+    /// Per-alert errors, when a whole batch was refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<AlertError>,
+    #[serde(skip)]
+    pub retry_after_secs: Option<u32>,
+    /// The metric label of this problem.
+    #[serde(skip)]
+    pub reason: &'static str,
+}
+
+/// Why one alert of a batch failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertError {
+    pub index: usize,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+fn status_code<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_u16(s.as_u16())
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, reason: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            type_uri: format!("https://tidegate.dev/problems/{}", reason.replace('_', "-")),
+            title,
+            status,
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after_secs: None,
+            reason,
+        }
+    }
+
+    pub fn unsupported_media_type(got: Option<&str>) -> Self {
+        let detail = match got {
+            Some(ct) => format!("Content-Type must be application/json, got {ct:?}"),
+            None => "Content-Type must be application/json; the request had none".to_string(),
+        };
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            detail,
+        )
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "Payload too large",
+            format!("request body exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            format!("no endpoint at {path}"),
+        )
+    }
+
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            format!("{method} is not allowed on {path}"),
+        )
+    }
+
+    pub fn unavailable(reason: &'static str, detail: impl Into<String>, retry_after_secs: u32) -> Self {
+        let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, reason, "Service unavailable", detail);
+        p.retry_after_secs = Some(retry_after_secs);
+        p
+    }
+
+    pub fn from_pipeline(e: &PipelineError, retry_after_secs: u32) -> Self {
+        let reason = match e {
+            PipelineError::State(_) => "state_unavailable",
+            PipelineError::Sink(_) => "sink_unavailable",
+        };
+        Problem::unavailable(
+            reason,
+            format!("{e}; nothing was acknowledged, retry later"),
+            retry_after_secs,
+        )
+    }
+
+    pub fn bad_request(e: &IngestError) -> Self {
+        let title = match e {
+            IngestError::Malformed { .. } => "Malformed payload",
+            IngestError::Invalid { .. } => "Invalid payload",
+            IngestError::NoAlerts => "No alerts",
+            IngestError::NotWarning(_) => "Not a Warning event",
+        };
+        Problem::new(StatusCode::BAD_REQUEST, e.kind(), title, e.to_string())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).expect("a problem always serialises");
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,208 @@
+//! `POST /api/v1/signals/*`: read, validate, decide, answer.
+//!
+//! Order of checks: media type (415), size (413), shape (400), then the pipeline
+//! (503 if state or sink cannot record). One alert is answered 201 or 202; a batch
+//! of several is answered 207 with a result per alert, so a sender learns about
+//! every alert and a bad alert never costs it the good ones.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::problem::{AlertError, Problem};
+use super::AppState;
+use crate::ingest::{self, IngestError, Parsed};
+use crate::pipeline::{Outcome, OutcomeStatus};
+
+type Parser = fn(&[u8], Timestamp) -> Result<Parsed, IngestError>;
+
+pub async fn prometheus(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    ingest(app, headers, body, ingest::alertmanager::parse, "prometheus-alert").await
+}
+
+pub async fn kubernetes_event(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    ingest(app, headers, body, ingest::k8s_event::parse, "kubernetes-event").await
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AlertResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<String>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    occurrence_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<AlertError>,
+}
+
+#[derive(Serialize, Default)]
+struct Summary {
+    created: usize,
+    duplicate: usize,
+    resolved: usize,
+    failed: usize,
+}
+
+#[derive(Serialize)]
+struct BatchResponse {
+    results: Vec<AlertResult>,
+    summary: Summary,
+}
+
+async fn ingest(app: AppState, headers: HeaderMap, body: Body, parse: Parser, source: &'static str) -> Response {
+    if let Err(p) = check_content_type(&headers) {
+        return app.reject(p);
+    }
+    let bytes = match read_body(&headers, body, app.limits.body_limit).await {
+        Ok(bytes) => bytes,
+        Err(p) => return app.reject(p),
+    };
+    let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
+    let parsed = match parse(&bytes, received) {
+        Ok(parsed) => parsed,
+        Err(e) => return app.reject(Problem::bad_request(&e)),
+    };
+    let total = parsed.len();
+    let (mut signals, mut failures) = (Vec::with_capacity(total), Vec::new());
+    for (index, result) in parsed.into_iter().enumerate() {
+        match result {
+            Ok(signal) => signals.push((index, signal)),
+            Err(e) => failures.push(AlertError {
+                index,
+                reason: e.kind(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+    for failure in &failures {
+        app.metrics.signal(source, "failed");
+        app.metrics
+            .rejections
+            .get_or_create(&crate::telemetry::ReasonLabels { reason: failure.reason })
+            .inc();
+    }
+    if signals.is_empty() {
+        let mut problem = Problem::new(
+            StatusCode::BAD_REQUEST,
+            failures[0].reason,
+            "Invalid payload",
+            if total == 1 {
+                failures[0].detail.clone()
+            } else {
+                format!("none of the {total} alerts is usable")
+            },
+        );
+        if total > 1 {
+            problem.errors = failures;
+        }
+        return problem.into_response();
+    }
+    let (indices, batch): (Vec<usize>, Vec<_>) = signals.into_iter().unzip();
+    let outcomes = match tokio::time::timeout(app.limits.request_timeout, app.pipeline.process(&batch)).await {
+        Ok(Ok(outcomes)) => outcomes,
+        Ok(Err(e)) => return Problem::from_pipeline(&e, app.limits.retry_after_secs).into_response(),
+        Err(_) => {
+            return Problem::unavailable(
+                "timeout",
+                format!("could not decide within {:?}; retry later", app.limits.request_timeout),
+                app.limits.retry_after_secs,
+            )
+            .into_response()
+        }
+    };
+    if total == 1 {
+        let outcome = &outcomes[0];
+        let status = if outcome.status == OutcomeStatus::Created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::ACCEPTED
+        };
+        return (status, Json(result(None, outcome))).into_response();
+    }
+    let mut summary = Summary {
+        failed: failures.len(),
+        ..Summary::default()
+    };
+    let mut results: Vec<AlertResult> = indices
+        .iter()
+        .zip(&outcomes)
+        .map(|(index, outcome)| {
+            match outcome.status {
+                OutcomeStatus::Created => summary.created += 1,
+                OutcomeStatus::Duplicate => summary.duplicate += 1,
+                OutcomeStatus::Resolved => summary.resolved += 1,
+            }
+            result(Some(*index), outcome)
+        })
+        .collect();
+    results.extend(failures.into_iter().map(|e| AlertResult {
+        index: Some(e.index),
+        fingerprint: None,
+        status: "failed",
+        name: None,
+        namespace: None,
+        occurrence_count: None,
+        error: Some(e),
+    }));
+    results.sort_by_key(|r| r.index);
+    (StatusCode::MULTI_STATUS, Json(BatchResponse { results, summary })).into_response()
+}
+
+fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult {
+    AlertResult {
+        index,
+        fingerprint: Some(outcome.fingerprint.to_hex()),
+        status: outcome.status.as_str(),
+        name: outcome.request.as_ref().map(|r| r.name.clone()),
+        namespace: outcome.request.as_ref().map(|r| r.namespace.clone()),
+        occurrence_count: outcome.request.as_ref().map(|_| outcome.count),
+        error: None,
+    }
+}
+
+/// Accepts `application/json` and any `application/*+json`, with parameters.
+fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(Problem::unsupported_media_type(None));
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(Problem::unsupported_media_type(Some(text)))
+    }
+}
+
+/// Reads at most `limit` bytes, refusing early when Content-Length already says more.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, Problem> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Problem::too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::too_large(limit)),
+        Err(e) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "body_unreadable",
+            "Unreadable body",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}

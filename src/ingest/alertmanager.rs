@@ -1,0 +1,200 @@
+//! Prometheus Alertmanager webhook payload, version 4.
+//!
+//! Every alert in `alerts[]` becomes a signal; unknown fields are ignored because
+//! Alertmanager adds fields without bumping the version. An alert that cannot be
+//! used (no `alertname`) fails alone, so one bad alert does not cost the sender the
+//! rest of its batch.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::Deserialize;
+
+use super::{parse_json, IngestError, Parsed};
+use crate::signal::{namespace_from_labels, Fingerprint, Signal, SignalStatus, SignalType, TargetResource};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Webhook {
+    #[serde(default)]
+    receiver: String,
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default, rename = "externalURL")]
+    external_url: String,
+    alerts: Vec<Alert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Alert {
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    starts_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Firing,
+    Resolved,
+}
+
+/// Parses a webhook body into one result per alert.
+pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed, IngestError> {
+    let webhook: Webhook = parse_json(body)?;
+    if webhook.alerts.is_empty() {
+        return Err(IngestError::NoAlerts);
+    }
+    let source = if webhook.external_url.is_empty() {
+        match webhook.receiver.as_str() {
+            "" => "alertmanager".to_string(),
+            receiver => format!("alertmanager/{receiver}"),
+        }
+    } else {
+        webhook.external_url.clone()
+    };
+    let group_status = webhook.status;
+    Ok(webhook
+        .alerts
+        .into_iter()
+        .enumerate()
+        .map(|(i, alert)| signal(i, alert, group_status, &source, received))
+        .collect())
+}
+
+fn signal(
+    i: usize,
+    alert: Alert,
+    group_status: Option<Status>,
+    source: &str,
+    received: Timestamp,
+) -> Result<Signal, IngestError> {
+    let name = match alert.labels.get("alertname") {
+        Some(name) if !name.trim().is_empty() => name.clone(),
+        Some(_) => {
+            return Err(IngestError::invalid(
+                format!("$.alerts[{i}].labels.alertname"),
+                "must not be empty",
+            ))
+        }
+        None => {
+            return Err(IngestError::invalid(
+                format!("$.alerts[{i}].labels"),
+                "missing required label \"alertname\"",
+            ))
+        }
+    };
+    let status = alert.status.or(group_status).ok_or_else(|| {
+        IngestError::invalid(
+            format!("$.alerts[{i}].status"),
+            "missing; expected \"firing\" or \"resolved\"",
+        )
+    })?;
+    let namespace = namespace_from_labels(&alert.labels);
+    let target = TargetResource::from_labels(&alert.labels, &namespace);
+    let fingerprint = Fingerprint::new(&name, &namespace, &target);
+    // Alertmanager writes the zero time (year 1) for "unset".
+    let firing_time = alert.starts_at.filter(|t| t.as_second() > 0);
+    Ok(Signal {
+        severity: alert
+            .labels
+            .get("severity")
+            .cloned()
+            .unwrap_or_else(|| "unknown".into()),
+        name,
+        namespace,
+        target,
+        labels: alert.labels,
+        annotations: alert.annotations,
+        firing_time,
+        received_time: received,
+        signal_type: SignalType::PrometheusAlert,
+        source: source.to_string(),
+        status: match status {
+            Status::Firing => SignalStatus::Firing,
+            Status::Resolved => SignalStatus::Resolved,
+        },
+        fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(body: &str) -> Result<Parsed, IngestError> {
+        parse(body.as_bytes(), Timestamp::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn every_alert_becomes_a_signal_and_unknown_fields_are_ignored() {
+        let parsed = parse_str(
+            r#"{"version":"4","status":"firing","someNewField":{"x":1},"alerts":[
+                {"status":"firing","labels":{"alertname":"A","pod":"p1","namespace":"n"},"futureField":true},
+                {"status":"resolved","labels":{"alertname":"B","node":"n1"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.len(), 2);
+        let a = parsed[0].as_ref().unwrap();
+        assert_eq!(
+            (a.name.as_str(), a.target.kind.as_str(), a.namespace.as_str()),
+            ("A", "Pod", "n")
+        );
+        let b = parsed[1].as_ref().unwrap();
+        assert_eq!(
+            (b.status, b.target.kind.as_str(), b.namespace.as_str()),
+            (SignalStatus::Resolved, "Node", "default")
+        );
+    }
+
+    #[test]
+    fn missing_alertname_fails_only_that_alert() {
+        let parsed = parse_str(
+            r#"{"alerts":[{"status":"firing","labels":{"x":"y"}},{"status":"firing","labels":{"alertname":"A"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed[0].as_ref().unwrap_err(),
+            &IngestError::invalid("$.alerts[0].labels", "missing required label \"alertname\"")
+        );
+        assert!(parsed[1].is_ok());
+    }
+
+    #[test]
+    fn malformed_json_names_the_path() {
+        let err = parse_str(r#"{"alerts":[{"status":"firing","labels":{"alertname":7}}]}"#).unwrap_err();
+        match err {
+            IngestError::Malformed { path, .. } => assert_eq!(path, "$.alerts[0].labels.alertname"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let err = parse_str(r#"{"alerts":[{"status":"burning","labels":{}}]}"#).unwrap_err();
+        assert!(
+            matches!(err, IngestError::Malformed { ref path, .. } if path == "$.alerts[0].status"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn empty_alerts_is_rejected() {
+        assert_eq!(parse_str(r#"{"alerts":[]}"#).unwrap_err(), IngestError::NoAlerts);
+        assert!(matches!(
+            parse_str(r#"{"version":"4"}"#).unwrap_err(),
+            IngestError::Malformed { .. }
+        ));
+    }
+
+    #[test]
+    fn zero_starts_at_means_unset() {
+        let parsed = parse_str(
+            r#"{"alerts":[{"status":"firing","labels":{"alertname":"A"},"startsAt":"0001-01-01T00:00:00Z"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed[0].as_ref().unwrap().firing_time, None);
+    }
+}

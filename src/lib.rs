@@ -1,0 +1,19 @@
+//! tidegate: an alert-ingestion gateway for Kubernetes remediation.
+//!
+//! Alertmanager webhooks and Kubernetes Events come in over HTTP ([`http`]), are
+//! normalised into [`signal::Signal`]s by [`ingest`], decided by the [`pipeline`]
+//! against shared [`state`], and written out as RemediationRequests by a [`sink`].
+//! [`gateway`] wires these together from one [`config::Config`].
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod ingest;
+pub mod pipeline;
+pub mod remediation;
+pub mod signal;
+pub mod sink;
+pub mod state;
+pub mod telemetry;

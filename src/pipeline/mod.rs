@@ -1,0 +1,217 @@
+//! The decision path: signals in, outcomes out.
+//!
+//! For a batch of signals the pipeline asks the state store once (one round trip
+//! for Redis), then acts on each verdict: a new incident creates its
+//! RemediationRequest before the caller is answered; a duplicate or a resolution is
+//! handed to the [`coalesce::Coalescer`], which writes the request's status at most
+//! once per interval.
+//!
+//! A 2xx answer is only ever given for a signal whose state write succeeded, and a
+//! created request only after the sink confirmed it.
+
+pub mod classify;
+pub mod coalesce;
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::remediation::{self, StatusUpdate};
+use crate::signal::{Fingerprint, Signal};
+use crate::sink::{Created, RequestRef, Sink, SinkError};
+use crate::state::{Entry, Observation, StateError, StateStore, Verdict};
+use crate::telemetry::Metrics;
+use classify::Classifier;
+use coalesce::Coalescer;
+
+/// What happened to one signal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub fingerprint: Fingerprint,
+    pub status: OutcomeStatus,
+    /// The request the signal was counted in; `None` for a resolution of an
+    /// incident tidegate does not know.
+    pub request: Option<RequestRef>,
+    pub count: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeStatus {
+    Created,
+    Duplicate,
+    Resolved,
+}
+
+impl OutcomeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeStatus::Created => "created",
+            OutcomeStatus::Duplicate => "duplicate",
+            OutcomeStatus::Resolved => "resolved",
+        }
+    }
+}
+
+/// Why a batch could not be decided. Both mean "try again": answered 503.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("could not create the remediation request: {0}")]
+    Sink(#[from] SinkError),
+}
+
+impl PipelineError {
+    pub fn cause(&self) -> &'static str {
+        match self {
+            PipelineError::State(e) => e.cause(),
+            PipelineError::Sink(_) => "sink",
+        }
+    }
+}
+
+pub struct Pipeline {
+    state: Arc<dyn StateStore>,
+    sink: Arc<dyn Sink>,
+    coalescer: Coalescer,
+    classifier: Classifier,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    pub fn new(
+        state: Arc<dyn StateStore>,
+        sink: Arc<dyn Sink>,
+        coalescer: Coalescer,
+        classifier: Classifier,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Pipeline {
+            state,
+            sink,
+            coalescer,
+            classifier,
+            clock,
+            metrics,
+        }
+    }
+
+    pub fn state(&self) -> &Arc<dyn StateStore> {
+        &self.state
+    }
+
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    pub fn coalescer(&self) -> &Coalescer {
+        &self.coalescer
+    }
+
+    /// Decides a batch of signals, in order.
+    pub async fn process(&self, signals: &[Signal]) -> Result<Vec<Outcome>, PipelineError> {
+        let observations: Vec<Observation> = signals
+            .iter()
+            .map(|s| Observation {
+                fingerprint: s.fingerprint,
+                status: s.status,
+            })
+            .collect();
+        let verdicts = self
+            .state
+            .observe(&observations, self.clock.now_s())
+            .await
+            .inspect_err(|e| {
+                self.metrics
+                    .state_errors
+                    .get_or_create(&crate::telemetry::ReasonLabels { reason: e.cause() })
+                    .inc();
+            })?;
+        let mut outcomes = Vec::with_capacity(signals.len());
+        let mut first_error = None;
+        let decided = futures::future::join_all(signals.iter().zip(verdicts).map(|(s, v)| self.act(s, v))).await;
+        for result in decided {
+            match result {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(outcomes),
+        }
+    }
+
+    async fn act(&self, signal: &Signal, verdict: Verdict) -> Result<Outcome, PipelineError> {
+        let source = signal.signal_type.as_str();
+        let outcome = |status: OutcomeStatus, request, entry: Option<Entry>| {
+            self.metrics.signal(source, status.as_str());
+            Outcome {
+                fingerprint: signal.fingerprint,
+                status,
+                request,
+                count: entry.map_or(0, |e| e.count),
+            }
+        };
+        match verdict {
+            Verdict::New(entry) => {
+                let class = self.classifier.classify(signal);
+                let request = remediation::build(
+                    signal,
+                    &signal.namespace,
+                    entry.first_seen_s,
+                    &class,
+                    &update(&entry, None),
+                );
+                let at = reference(signal, &entry);
+                match self.sink.create(&request).await {
+                    Ok(Created::Created) => {
+                        self.metrics.requests_created.inc();
+                        Ok(outcome(OutcomeStatus::Created, Some(at), Some(entry)))
+                    }
+                    Ok(Created::AlreadyExists) => {
+                        self.coalescer.record(at.clone(), update(&entry, None));
+                        Ok(outcome(OutcomeStatus::Duplicate, Some(at), Some(entry)))
+                    }
+                    Err(e) => {
+                        // The incident is recorded as open, so the sender's retry will be
+                        // a duplicate: make sure the request it is counted in gets made.
+                        tracing::warn!(error = %e, name = %at.name, "create failed; handing it to the status writer");
+                        self.coalescer.record_create(request, at, update(&entry, None));
+                        self.metrics.signal(source, "failed");
+                        Err(e.into())
+                    }
+                }
+            }
+            Verdict::Duplicate(entry) => {
+                let at = reference(signal, &entry);
+                self.coalescer.record(at.clone(), update(&entry, None));
+                Ok(outcome(OutcomeStatus::Duplicate, Some(at), Some(entry)))
+            }
+            Verdict::ResolvedOpen(entry) => {
+                let at = reference(signal, &entry);
+                self.coalescer
+                    .record(at.clone(), update(&entry, Some(self.clock.now_s())));
+                Ok(outcome(OutcomeStatus::Resolved, Some(at), Some(entry)))
+            }
+            Verdict::ResolvedUnknown => Ok(outcome(OutcomeStatus::Resolved, None, None)),
+        }
+    }
+}
+
+fn reference(signal: &Signal, entry: &Entry) -> RequestRef {
+    RequestRef {
+        namespace: signal.namespace.clone(),
+        name: remediation::request_name(&signal.name, &signal.fingerprint.to_hex(), entry.first_seen_s),
+    }
+}
+
+fn update(entry: &Entry, resolved_at_s: Option<u32>) -> StatusUpdate {
+    StatusUpdate {
+        first_seen_s: entry.first_seen_s,
+        last_seen_s: entry.last_seen_s,
+        count: entry.count as u64,
+        resolved_at_s,
+    }
+}

@@ -1,0 +1,304 @@
+//! The `RemediationRequest` custom resource: the gateway's only output.
+//!
+//! Defined once here; the CRD YAML (`tidegate crd`), the directory sink's manifests
+//! and the Kubernetes sink all derive from these types. The spec is written once, at
+//! creation, and never changed; the gateway owns only the status fields below, and
+//! downstream controllers own `status.phase`.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::signal::{Signal, SignalType, TargetResource};
+
+/// Longest label or annotation value copied into the spec; longer values are cut at
+/// a character boundary so that one chatty alert cannot bloat the object.
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// Label keys put on every RemediationRequest.
+pub mod labels {
+    pub const FINGERPRINT: &str = "tidegate.dev/fingerprint";
+    pub const SIGNAL: &str = "tidegate.dev/signal";
+    pub const SEVERITY: &str = "tidegate.dev/severity";
+    pub const PRIORITY: &str = "tidegate.dev/priority";
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+}
+
+/// A request for remediation of one incident.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "remediation.tidegate.dev",
+    version = "v1alpha1",
+    kind = "RemediationRequest",
+    namespaced,
+    shortname = "rr",
+    status = "RemediationRequestStatus",
+    printcolumn = r#"{"name":"Fingerprint","type":"string","jsonPath":".spec.signalFingerprint","priority":1}"#,
+    printcolumn = r#"{"name":"Signal","type":"string","jsonPath":".spec.signalName"}"#,
+    printcolumn = r#"{"name":"Priority","type":"string","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Occurrences","type":"integer","jsonPath":".status.deduplication.occurrenceCount"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationRequestSpec {
+    /// SHA-256 hex of `name:namespace:kind:resource-name`.
+    pub signal_fingerprint: String,
+    pub signal_name: String,
+    pub severity: String,
+    pub signal_type: SignalType,
+    pub signal_source: String,
+    pub target_resource: TargetResource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firing_time: Option<Time>,
+    pub received_time: Time,
+    #[serde(default)]
+    pub signal_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub signal_annotations: BTreeMap<String, String>,
+    pub environment: String,
+    pub priority: String,
+}
+
+/// What the gateway records about an open request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplication: Option<Deduplication>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_resolved_at: Option<Time>,
+    /// Owned by downstream controllers; the gateway preserves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deduplication {
+    pub first_seen_at: Time,
+    pub last_seen_at: Time,
+    pub occurrence_count: u64,
+}
+
+/// The gateway-owned part of a status, as computed from dedup state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusUpdate {
+    pub first_seen_s: u32,
+    pub last_seen_s: u32,
+    pub count: u64,
+    pub resolved_at_s: Option<u32>,
+}
+
+impl StatusUpdate {
+    /// Folds a later observation into this one. Counts and times only move forward,
+    /// so updates applied out of order (or by racing replicas) never regress.
+    pub fn merge(&mut self, other: &StatusUpdate) {
+        self.first_seen_s = self.first_seen_s.min(other.first_seen_s);
+        self.last_seen_s = self.last_seen_s.max(other.last_seen_s);
+        self.count = self.count.max(other.count);
+        self.resolved_at_s = self.resolved_at_s.max(other.resolved_at_s);
+    }
+}
+
+impl RemediationRequestStatus {
+    /// Applies a gateway update, never moving counts or times backwards and never
+    /// touching fields the gateway does not own.
+    pub fn apply(&mut self, update: &StatusUpdate) {
+        let mut merged = update.clone();
+        if let Some(d) = &self.deduplication {
+            merged.merge(&StatusUpdate {
+                first_seen_s: d.first_seen_at.0.as_second() as u32,
+                last_seen_s: d.last_seen_at.0.as_second() as u32,
+                count: d.occurrence_count,
+                resolved_at_s: None,
+            });
+        }
+        self.deduplication = Some(Deduplication {
+            first_seen_at: time_s(merged.first_seen_s),
+            last_seen_at: time_s(merged.last_seen_s),
+            occurrence_count: merged.count,
+        });
+        if let Some(at) = merged.resolved_at_s {
+            let newer = self
+                .signal_resolved_at
+                .as_ref()
+                .is_none_or(|t| t.0.as_second() < at as i64);
+            if newer {
+                self.signal_resolved_at = Some(time_s(at));
+            }
+        }
+    }
+}
+
+/// A Kubernetes timestamp from whole Unix seconds.
+pub fn time_s(secs: u32) -> Time {
+    Time(Timestamp::from_second(secs as i64).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// The request's name: readable signal name, fingerprint and occurrence epoch (the
+/// first-seen second, base 36). Every replica derives the same name for the same
+/// incident, which is what makes creation idempotent.
+pub fn request_name(signal_name: &str, fingerprint_hex: &str, epoch_s: u32) -> String {
+    let mut readable = String::with_capacity(30);
+    for c in signal_name.chars().flat_map(char::to_lowercase) {
+        if readable.len() == 30 {
+            break;
+        }
+        if c.is_ascii_alphanumeric() {
+            readable.push(c);
+        } else if !readable.is_empty() && !readable.ends_with('-') {
+            readable.push('-');
+        }
+    }
+    let readable = readable.trim_end_matches('-');
+    let readable = if readable.is_empty() { "signal" } else { readable };
+    format!("{readable}-{}-{}", &fingerprint_hex[..12], base36(epoch_s as u64))
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
+}
+
+/// A Kubernetes label value: at most 63 characters of `[A-Za-z0-9._-]`, starting and
+/// ending with an alphanumeric. Used for human-facing labels only; the fingerprint
+/// label uses [`crate::signal::Fingerprint::label_value`], which needs no cutting.
+pub fn label_value(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect();
+    cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+}
+
+/// Cuts a string to at most `max` bytes on a character boundary.
+pub fn cut(value: &str, max: usize) -> String {
+    if value.len() <= max {
+        return value.to_string();
+    }
+    let mut end = max;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value[..end].to_string()
+}
+
+/// Classification results that go into the spec.
+#[derive(Clone, Debug)]
+pub struct Classification {
+    pub environment: String,
+    pub priority: String,
+}
+
+/// Builds the request for a new incident.
+pub fn build(
+    signal: &Signal,
+    namespace: &str,
+    epoch_s: u32,
+    class: &Classification,
+    status: &StatusUpdate,
+) -> RemediationRequest {
+    let fp_hex = signal.fingerprint.to_hex();
+    let name = request_name(&signal.name, &fp_hex, epoch_s);
+    let cut_all = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), cut(v, MAX_VALUE_BYTES))).collect();
+    let spec = RemediationRequestSpec {
+        signal_fingerprint: fp_hex,
+        signal_name: signal.name.clone(),
+        severity: signal.severity.clone(),
+        signal_type: signal.signal_type,
+        signal_source: signal.source.clone(),
+        target_resource: signal.target.clone(),
+        firing_time: signal.firing_time.map(Time),
+        received_time: Time(signal.received_time),
+        signal_labels: cut_all(&signal.labels),
+        signal_annotations: cut_all(&signal.annotations),
+        environment: class.environment.clone(),
+        priority: class.priority.clone(),
+    };
+    let mut rr = RemediationRequest::new(&name, spec);
+    rr.metadata.namespace = Some(namespace.to_string());
+    rr.metadata.labels = Some(BTreeMap::from([
+        (labels::FINGERPRINT.to_string(), signal.fingerprint.label_value()),
+        (labels::SIGNAL.to_string(), label_value(&signal.name)),
+        (labels::SEVERITY.to_string(), label_value(&signal.severity)),
+        (labels::PRIORITY.to_string(), label_value(&class.priority)),
+        (labels::MANAGED_BY.to_string(), "tidegate".to_string()),
+    ]));
+    let mut st = RemediationRequestStatus::default();
+    st.apply(status);
+    rr.status = Some(st);
+    rr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_name_is_a_dns_subdomain_and_deterministic() {
+        let fp = "ab".repeat(32);
+        let name = request_name("KubePodCrashLooping:rate5m", &fp, 1_700_000_000);
+        assert_eq!(name, "kubepodcrashlooping-rate5m-abababababab-s44we8");
+        assert_eq!(name, request_name("KubePodCrashLooping:rate5m", &fp, 1_700_000_000));
+        assert_ne!(name, request_name("KubePodCrashLooping:rate5m", &fp, 1_700_000_001));
+        assert!(request_name("!!!", &fp, 0).starts_with("signal-"));
+    }
+
+    #[test]
+    fn label_value_fits_kubernetes_rules() {
+        assert_eq!(label_value("Kube:Pod Crash"), "Kube_Pod_Crash");
+        assert_eq!(label_value("_x_"), "x");
+        assert_eq!(label_value(&"a".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn cut_respects_char_boundaries() {
+        assert_eq!(cut("héllo", 2), "h");
+        assert_eq!(cut("abc", 10), "abc");
+    }
+
+    #[test]
+    fn status_never_moves_backwards() {
+        let mut status = RemediationRequestStatus {
+            phase: Some("Processing".into()),
+            ..Default::default()
+        };
+        status.apply(&StatusUpdate {
+            first_seen_s: 100,
+            last_seen_s: 150,
+            count: 7,
+            resolved_at_s: None,
+        });
+        status.apply(&StatusUpdate {
+            first_seen_s: 100,
+            last_seen_s: 120,
+            count: 5,
+            resolved_at_s: Some(160),
+        });
+        let d = status.deduplication.as_ref().unwrap();
+        assert_eq!(d.occurrence_count, 7);
+        assert_eq!(d.last_seen_at.0.as_second(), 150);
+        assert_eq!(status.signal_resolved_at.as_ref().unwrap().0.as_second(), 160);
+        assert_eq!(status.phase.as_deref(), Some("Processing"));
+    }
+}

@@ -1,0 +1,258 @@
+//! The normalised form of every input: a [`Signal`] and its [`Fingerprint`].
+//!
+//! Adapters in `ingest` produce signals; nothing downstream looks at the original
+//! payload again. This module never does I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Where a signal came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum SignalType {
+    #[serde(rename = "prometheus-alert")]
+    PrometheusAlert,
+    #[serde(rename = "kubernetes-event")]
+    KubernetesEvent,
+}
+
+impl SignalType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalType::PrometheusAlert => "prometheus-alert",
+            SignalType::KubernetesEvent => "kubernetes-event",
+        }
+    }
+}
+
+/// Whether the condition is still present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalStatus {
+    Firing,
+    Resolved,
+}
+
+/// The Kubernetes object a signal is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TargetResource {
+    /// Kind, for example `Pod`; empty when the signal names no resource.
+    pub kind: String,
+    pub name: String,
+    /// Empty for cluster-scoped kinds such as `Node`.
+    pub namespace: String,
+}
+
+/// Label names that identify the target resource, most specific first, with the
+/// Kubernetes kind each one names and whether that kind is namespaced.
+const RESOURCE_LABELS: [(&str, &str, bool); 6] = [
+    ("pod", "Pod", true),
+    ("deployment", "Deployment", true),
+    ("statefulset", "StatefulSet", true),
+    ("daemonset", "DaemonSet", true),
+    ("node", "Node", false),
+    ("service", "Service", true),
+];
+
+impl TargetResource {
+    /// Resolves the target from alert labels in the order
+    /// pod > deployment > statefulset > daemonset > node > service.
+    pub fn from_labels(labels: &BTreeMap<String, String>, namespace: &str) -> Self {
+        RESOURCE_LABELS
+            .iter()
+            .find_map(|(label, kind, namespaced)| {
+                let name = labels.get(*label).filter(|v| !v.is_empty())?;
+                Some(TargetResource {
+                    kind: (*kind).to_string(),
+                    name: name.clone(),
+                    namespace: if *namespaced {
+                        namespace.to_string()
+                    } else {
+                        String::new()
+                    },
+                })
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The namespace of an alert: `namespace`, then `exported_namespace`, then `default`.
+pub fn namespace_from_labels(labels: &BTreeMap<String, String>) -> String {
+    ["namespace", "exported_namespace"]
+        .iter()
+        .find_map(|key| labels.get(*key).filter(|v| !v.is_empty()))
+        .cloned()
+        .unwrap_or_else(|| "default".to_string())
+}
+
+/// One normalised alert or event.
+#[derive(Clone, Debug)]
+pub struct Signal {
+    /// The alert name, or the event reason.
+    pub name: String,
+    pub severity: String,
+    pub namespace: String,
+    pub target: TargetResource,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub firing_time: Option<Timestamp>,
+    pub received_time: Timestamp,
+    pub signal_type: SignalType,
+    /// Who sent it: the Alertmanager receiver, or the event's reporting component.
+    pub source: String,
+    pub status: SignalStatus,
+    pub fingerprint: Fingerprint,
+}
+
+/// SHA-256 over `name:namespace:kind:resource-name`.
+///
+/// Labels other than those four do not take part, so the fingerprint is stable
+/// across label order, extra labels, replicas and restarts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn new(name: &str, namespace: &str, target: &TargetResource) -> Self {
+        let mut hasher = Sha256::new();
+        for (i, part) in [name, namespace, &target.kind, &target.name].iter().enumerate() {
+            if i > 0 {
+                hasher.update(b":");
+            }
+            hasher.update(part.as_bytes());
+        }
+        Fingerprint(hasher.finalize().into())
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Fingerprint(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The 64-character lowercase hex form used in specs and API responses.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// A lossless encoding that fits a Kubernetes label value (at most 63
+    /// characters, alphanumeric at both ends): unpadded lowercase base32, 52
+    /// characters. Lookups by label use this same function, so nothing is ever
+    /// compared against a truncated value.
+    pub fn label_value(&self) -> String {
+        data_encoding::BASE32_NOPAD.encode(&self.0).to_ascii_lowercase()
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", self.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn fingerprint_is_sha256_of_name_namespace_kind_resource() {
+        let target = TargetResource {
+            kind: "Pod".into(),
+            name: "web-0".into(),
+            namespace: "shop".into(),
+        };
+        let fp = Fingerprint::new("HighMemory", "shop", &target);
+        let expected: [u8; 32] = Sha256::digest(b"HighMemory:shop:Pod:web-0").into();
+        assert_eq!(fp.as_bytes(), &expected);
+        assert_eq!(fp.to_hex().len(), 64);
+    }
+
+    #[test]
+    fn fingerprint_ignores_label_order_and_extra_labels() {
+        let a = labels(&[("pod", "web-0"), ("namespace", "shop"), ("team", "x")]);
+        let b = labels(&[("team", "y"), ("namespace", "shop"), ("pod", "web-0"), ("zone", "z")]);
+        let fp = |l: &BTreeMap<String, String>| {
+            let ns = namespace_from_labels(l);
+            Fingerprint::new("HighMemory", &ns, &TargetResource::from_labels(l, &ns))
+        };
+        assert_eq!(fp(&a), fp(&b));
+    }
+
+    #[test]
+    fn resource_resolution_prefers_pod_then_deployment_statefulset_daemonset_node_service() {
+        let mut l = labels(&[
+            ("service", "svc"),
+            ("node", "n1"),
+            ("daemonset", "ds"),
+            ("statefulset", "sts"),
+            ("deployment", "dep"),
+            ("pod", "p"),
+        ]);
+        let order = [
+            ("pod", "Pod", "p"),
+            ("deployment", "Deployment", "dep"),
+            ("statefulset", "StatefulSet", "sts"),
+            ("daemonset", "DaemonSet", "ds"),
+            ("node", "Node", "n1"),
+            ("service", "Service", "svc"),
+        ];
+        for (label, kind, name) in order {
+            let t = TargetResource::from_labels(&l, "ns");
+            assert_eq!((t.kind.as_str(), t.name.as_str()), (kind, name));
+            l.remove(label);
+        }
+        assert_eq!(TargetResource::from_labels(&l, "ns"), TargetResource::default());
+    }
+
+    #[test]
+    fn node_target_is_cluster_scoped() {
+        let t = TargetResource::from_labels(&labels(&[("node", "n1")]), "shop");
+        assert_eq!(t.namespace, "");
+    }
+
+    #[test]
+    fn empty_resource_label_is_skipped() {
+        let t = TargetResource::from_labels(&labels(&[("pod", ""), ("deployment", "api")]), "shop");
+        assert_eq!((t.kind.as_str(), t.name.as_str()), ("Deployment", "api"));
+    }
+
+    #[test]
+    fn namespace_falls_back_to_exported_namespace_then_default() {
+        assert_eq!(
+            namespace_from_labels(&labels(&[("namespace", "a"), ("exported_namespace", "b")])),
+            "a"
+        );
+        assert_eq!(namespace_from_labels(&labels(&[("exported_namespace", "b")])), "b");
+        assert_eq!(
+            namespace_from_labels(&labels(&[("namespace", ""), ("exported_namespace", "b")])),
+            "b"
+        );
+        assert_eq!(namespace_from_labels(&labels(&[])), "default");
+    }
+
+    #[test]
+    fn label_value_is_lossless_and_fits_a_label() {
+        let fp = Fingerprint::new("a", "b", &TargetResource::default());
+        let v = fp.label_value();
+        assert_eq!(v.len(), 52);
+        assert!(v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        let decoded = data_encoding::BASE32_NOPAD
+            .decode(v.to_ascii_uppercase().as_bytes())
+            .unwrap();
+        assert_eq!(decoded.as_slice(), fp.as_bytes());
+    }
+}

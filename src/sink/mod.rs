@@ -1,0 +1,65 @@
+//! Where RemediationRequests go: a directory of manifests ([`dir`]) or, in a
+//! cluster, the Kubernetes API.
+//!
+//! Sinks are idempotent. A request's name is derived from its identity, so a second
+//! create of the same incident (a retry, a racing replica) reports
+//! [`Created::AlreadyExists`] and never makes a second request. Sinks never touch a
+//! spec after creation; status updates change gateway-owned fields only.
+
+pub mod dir;
+
+use crate::remediation::{RemediationRequest, StatusUpdate};
+use crate::state::BoxFuture;
+
+/// The outcome of a create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    AlreadyExists,
+}
+
+/// A request's address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("remediation request {0:?} does not exist")]
+    NotFound(RequestRef),
+    #[error("sink I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stored manifest {path} is unreadable: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+impl SinkError {
+    /// The metric label for this error.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            SinkError::NotFound(_) => "not_found",
+            SinkError::Io(_) => "io",
+            SinkError::Corrupt { .. } => "corrupt",
+        }
+    }
+}
+
+pub trait Sink: Send + Sync + 'static {
+    /// Creates the request unless one with its name exists.
+    fn create<'a>(&'a self, request: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>>;
+
+    /// Folds `update` into the request's status. Fails with
+    /// [`SinkError::NotFound`] if the request does not exist.
+    fn update_status<'a>(
+        &'a self,
+        at: &'a RequestRef,
+        update: &'a StatusUpdate,
+    ) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Whether the sink can currently accept writes, for `/readyz`.
+    fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    fn kind(&self) -> &'static str;
+}

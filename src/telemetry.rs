@@ -1,0 +1,157 @@
+//! Metrics and logging.
+//!
+//! One [`Metrics`] value owns the one `prometheus-client` registry; components get
+//! an `Arc<Metrics>` and increment typed families. Label values come from the
+//! `kind()`/`cause()` methods of the error types, so each error maps to a metric
+//! label in exactly one place.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::config::{LogConfig, LogFormat};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    pub source: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub op: &'static str,
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub signals: Family<SignalLabels, Counter>,
+    pub requests_created: Counter,
+    pub http_duration: Family<HttpLabels, Histogram>,
+    pub rejections: Family<ReasonLabels, Counter>,
+    pub state_errors: Family<ReasonLabels, Counter>,
+    pub state_entries: Gauge,
+    pub sink_writes: Family<SinkLabels, Counter>,
+    pub status_coalesced: Counter,
+    pub status_pending: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tidegate");
+        let signals = Family::<SignalLabels, Counter>::default();
+        registry.register(
+            "signals_received",
+            "Signals received, by source and outcome",
+            signals.clone(),
+        );
+        let requests_created = Counter::default();
+        registry.register(
+            "remediation_requests_created",
+            "RemediationRequests created",
+            requests_created.clone(),
+        );
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            http_duration.clone(),
+        );
+        let rejections = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_rejections",
+            "Requests refused with a 4xx, by reason",
+            rejections.clone(),
+        );
+        let state_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "state_errors",
+            "State store failures answered 503, by cause",
+            state_errors.clone(),
+        );
+        let state_entries = Gauge::default();
+        registry.register(
+            "state_entries",
+            "Entries held by the state store",
+            state_entries.clone(),
+        );
+        let sink_writes = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "sink_writes",
+            "Sink writes, by operation and outcome",
+            sink_writes.clone(),
+        );
+        let status_coalesced = Counter::default();
+        registry.register(
+            "status_updates_coalesced",
+            "Status updates folded into a later write instead of written",
+            status_coalesced.clone(),
+        );
+        let status_pending = Gauge::default();
+        registry.register(
+            "status_updates_pending",
+            "RemediationRequests with a status write pending",
+            status_pending.clone(),
+        );
+        Metrics {
+            registry,
+            signals,
+            requests_created,
+            http_duration,
+            rejections,
+            state_errors,
+            state_entries,
+            sink_writes,
+            status_coalesced,
+            status_pending,
+        }
+    }
+
+    /// Counts one signal outcome.
+    pub fn signal(&self, source: &'static str, outcome: &'static str) {
+        self.signals.get_or_create(&SignalLabels { source, outcome }).inc();
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Installs the global tracing subscriber. Call once, from the binary.
+pub fn init_logging(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
