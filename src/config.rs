@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::state::redis::connection::Topology;
+
 /// Everything `tidegate serve` can be told.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -27,6 +29,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub dedup: DedupConfig,
     pub memory: MemoryConfig,
+    pub redis: RedisConfig,
     pub classify: ClassifyConfig,
     pub log: LogConfig,
 }
@@ -74,6 +77,21 @@ pub struct MemoryConfig {
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Every key tidegate writes starts with this; replicas sharing state must use
+    /// the same prefix. Default `tg:`.
+    pub prefix: String,
+    /// A Redis call slower than this is answered 503 and retried by the sender.
+    /// Default `1s`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// How often Redis memory and key gauges are refreshed. Default `15s`.
+    #[serde(with = "duration")]
+    pub monitor_interval: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClassifyConfig {
     /// Environment recorded when nothing else decides it. Default `unknown`.
     pub default_environment: String,
@@ -105,6 +123,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             dedup: DedupConfig::default(),
             memory: MemoryConfig::default(),
+            redis: RedisConfig::default(),
             classify: ClassifyConfig::default(),
             log: LogConfig::default(),
         }
@@ -135,6 +154,16 @@ impl Default for DedupConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig { max_entries: 1_000_000 }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            prefix: "tg:".into(),
+            timeout: Duration::from_secs(1),
+            monitor_interval: Duration::from_secs(15),
+        }
     }
 }
 
@@ -214,6 +243,18 @@ impl Config {
         if self.memory.max_entries == 0 {
             return invalid("memory.max_entries", "must be at least 1");
         }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}']) {
+            return invalid(
+                "redis.prefix",
+                "must be non-empty and free of '{' and '}' (they are Cluster hash tags)",
+            );
+        }
+        if self.redis.timeout < Duration::from_millis(10) {
+            return invalid("redis.timeout", "must be at least 10ms");
+        }
+        if self.redis.monitor_interval < Duration::from_secs(1) {
+            return invalid("redis.monitor_interval", "must be at least 1s");
+        }
         if self.classify.default_environment.trim().is_empty() {
             return invalid("classify.default_environment", "must not be empty");
         }
@@ -232,8 +273,8 @@ impl Config {
 pub enum StateBackend {
     /// In process; lost on restart, private to one replica.
     Memory,
-    /// A Redis URL (`redis://`, `rediss://`), shared by replicas.
-    Redis(String),
+    /// A Redis deployment shared by replicas: standalone, Sentinel or Cluster.
+    Redis(Topology),
 }
 
 impl FromStr for StateBackend {
@@ -241,8 +282,10 @@ impl FromStr for StateBackend {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "memory" => Ok(StateBackend::Memory),
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => Ok(StateBackend::Redis(url.into())),
-            other => Err(format!("expected \"memory\" or a redis:// URL, got {other:?}")),
+            url if url.starts_with("redis") => Ok(StateBackend::Redis(url.parse()?)),
+            other => Err(format!(
+                "expected \"memory\" or a redis://, redis+sentinel:// or redis+cluster:// URL, got {other:?}"
+            )),
         }
     }
 }
@@ -258,11 +301,7 @@ impl fmt::Display for StateBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StateBackend::Memory => f.write_str("memory"),
-            // Never print credentials.
-            StateBackend::Redis(url) => match url.rsplit_once('@') {
-                Some((_, host)) => write!(f, "redis://***@{host}"),
-                None => f.write_str(url),
-            },
+            StateBackend::Redis(topology) => topology.fmt(f),
         }
     }
 }
@@ -350,6 +389,8 @@ mod tests {
         assert_eq!("memory".parse::<StateBackend>(), Ok(StateBackend::Memory));
         let r: StateBackend = "redis://:secret@host:6379/0".parse().unwrap();
         assert_eq!(r.to_string(), "redis://***@host:6379/0");
+        let r: StateBackend = "redis+sentinel://:secret@s1:26379,s2:26379/mymaster".parse().unwrap();
+        assert_eq!(r.to_string(), "redis+sentinel://***@s1:26379,s2:26379/mymaster");
         assert!("postgres://x".parse::<StateBackend>().is_err());
         assert_eq!("kube".parse::<SinkTarget>(), Ok(SinkTarget::Kube));
         assert!("file:/x".parse::<SinkTarget>().is_err());

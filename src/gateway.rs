@@ -23,6 +23,7 @@ use crate::pipeline::Pipeline;
 use crate::sink::dir::DirSink;
 use crate::sink::Sink;
 use crate::state::memory::MemoryStore;
+use crate::state::redis::{RedisOptions, RedisStore};
 use crate::state::StateStore;
 use crate::telemetry::Metrics;
 
@@ -34,6 +35,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot use sink directory {path}: {source}")]
     SinkDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    State(crate::state::StateError),
     #[error("{0} is not available in this build yet")]
     Unsupported(&'static str),
     #[error("server failed: {0}")]
@@ -74,7 +77,21 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
             config.dedup.window,
             clock.clone(),
         )),
-        StateBackend::Redis(_) => return Err(StartError::Unsupported("the Redis state backend")),
+        StateBackend::Redis(topology) => {
+            let options = RedisOptions {
+                topology: topology.clone(),
+                prefix: config.redis.prefix.clone(),
+                window: config.dedup.window,
+                timeout: config.redis.timeout,
+                monitor_interval: config.redis.monitor_interval,
+            };
+            tracing::info!(state = %config.state, "connecting to Redis");
+            Arc::new(
+                RedisStore::connect(options, metrics.clone())
+                    .await
+                    .map_err(StartError::State)?,
+            )
+        }
     };
     let sink: Arc<dyn Sink> = match &config.sink {
         SinkTarget::Dir(path) => Arc::new(DirSink::new(path).map_err(|source| StartError::SinkDir {

@@ -5,6 +5,8 @@
 //! `kind()`/`cause()` methods of the error types, so each error maps to a metric
 //! label in exactly one place.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -43,12 +45,17 @@ pub struct Metrics {
     pub signals: Family<SignalLabels, Counter>,
     pub requests_created: Counter,
     pub http_duration: Family<HttpLabels, Histogram>,
+    pub http_in_flight: Gauge,
     pub rejections: Family<ReasonLabels, Counter>,
     pub state_errors: Family<ReasonLabels, Counter>,
     pub state_entries: Gauge,
     pub sink_writes: Family<SinkLabels, Counter>,
     pub status_coalesced: Counter,
     pub status_pending: Gauge,
+    pub redis_used_memory: Gauge,
+    pub redis_maxmemory: Gauge,
+    pub redis_fragmentation: Gauge<f64, AtomicU64>,
+    pub redis_keys: Gauge,
 }
 
 impl Default for Metrics {
@@ -81,6 +88,12 @@ impl Metrics {
             "http_request_duration_seconds",
             "HTTP request latency",
             http_duration.clone(),
+        );
+        let http_in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being served",
+            http_in_flight.clone(),
         );
         let rejections = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -118,17 +131,42 @@ impl Metrics {
             "RemediationRequests with a status write pending",
             status_pending.clone(),
         );
+        let redis_used_memory = Gauge::default();
+        registry.register(
+            "redis_used_memory_bytes",
+            "Redis INFO used_memory",
+            redis_used_memory.clone(),
+        );
+        let redis_maxmemory = Gauge::default();
+        registry.register(
+            "redis_maxmemory_bytes",
+            "Redis maxmemory (0: unbounded)",
+            redis_maxmemory.clone(),
+        );
+        let redis_fragmentation = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "redis_mem_fragmentation_ratio",
+            "Redis INFO mem_fragmentation_ratio",
+            redis_fragmentation.clone(),
+        );
+        let redis_keys = Gauge::default();
+        registry.register("redis_keys", "Keys under tidegate's prefix", redis_keys.clone());
         Metrics {
             registry,
             signals,
             requests_created,
             http_duration,
+            http_in_flight,
             rejections,
             state_errors,
             state_entries,
             sink_writes,
             status_coalesced,
             status_pending,
+            redis_used_memory,
+            redis_maxmemory,
+            redis_fragmentation,
+            redis_keys,
         }
     }
 

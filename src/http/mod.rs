@@ -107,7 +107,9 @@ async fn observe(State(app): State<AppState>, request: Request, next: Next) -> R
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    app.metrics.http_in_flight.inc();
     let response = next.run(request).await;
+    app.metrics.http_in_flight.dec();
     let labels = HttpLabels {
         method,
         route,

@@ -10,6 +10,7 @@
 //! from the fingerprint and the first-seen epoch.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;

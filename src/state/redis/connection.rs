@@ -1,0 +1,313 @@
+//! Connections to the three Redis topologies tidegate supports.
+//!
+//! - standalone: `redis://[user:pass@]host:port[/db]`, through redis-rs's
+//!   `ConnectionManager`, which reconnects by itself;
+//! - Sentinel: `redis+sentinel://[user:pass@]s1:port,s2:port,s3:port/<master>[/db]`.
+//!   A `ConnectionManager` to the current primary, replaced by asking the sentinels
+//!   again whenever the primary stops answering or answers `READONLY` (it was
+//!   demoted): redis-rs's manager reconnects to an address, not to a role;
+//! - Cluster: `redis+cluster://[user:pass@]node1:port,node2:port,...`, through
+//!   redis-rs's cluster client, which follows slot moves and failovers itself.
+//!
+//! Credentials apply to the Redis nodes; sentinels are reached without them.
+
+use std::str::FromStr;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Client, RedisConnectionInfo, RedisError, RedisResult};
+
+/// A parsed `--state` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topology {
+    Standalone {
+        url: String,
+    },
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        auth: Auth,
+        db: i64,
+    },
+    Cluster {
+        nodes: Vec<String>,
+        auth: Auth,
+    },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Auth {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl FromStr for Topology {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
+        match scheme {
+            "redis" | "rediss" => Ok(Topology::Standalone { url: url.to_string() }),
+            "redis+sentinel" | "redis+cluster" => {
+                let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let (auth, hosts) = match authority.rsplit_once('@') {
+                    Some((userinfo, hosts)) => (parse_auth(userinfo), hosts),
+                    None => (Auth::default(), authority),
+                };
+                let hosts: Vec<String> = hosts
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(|h| format!("redis://{h}"))
+                    .collect();
+                if hosts.is_empty() {
+                    return Err(format!("{scheme}:// needs at least one host:port"));
+                }
+                if scheme == "redis+cluster" {
+                    return Ok(Topology::Cluster { nodes: hosts, auth });
+                }
+                let mut parts = path.split('/').filter(|p| !p.is_empty());
+                let master = parts
+                    .next()
+                    .ok_or(
+                        "redis+sentinel:// needs the master name as its path, as in redis+sentinel://s1:26379/mymaster",
+                    )?
+                    .to_string();
+                let db = match parts.next() {
+                    Some(db) => db.parse().map_err(|_| format!("database {db:?} is not a number"))?,
+                    None => 0,
+                };
+                Ok(Topology::Sentinel {
+                    sentinels: hosts,
+                    master,
+                    auth,
+                    db,
+                })
+            }
+            other => Err(format!(
+                "unknown Redis scheme {other:?}; use redis, rediss, redis+sentinel or redis+cluster"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Topology {
+    /// The URL with any credentials masked.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (scheme, hosts, auth, path) = match self {
+            Topology::Standalone { url } => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+                return match rest.rsplit_once('@') {
+                    Some((_, host)) => write!(f, "{scheme}://***@{host}"),
+                    None => f.write_str(url),
+                };
+            }
+            Topology::Sentinel {
+                sentinels,
+                master,
+                auth,
+                db,
+            } => {
+                let path = if *db == 0 {
+                    format!("/{master}")
+                } else {
+                    format!("/{master}/{db}")
+                };
+                ("redis+sentinel", sentinels, auth, path)
+            }
+            Topology::Cluster { nodes, auth } => ("redis+cluster", nodes, auth, String::new()),
+        };
+        let hosts: Vec<&str> = hosts.iter().map(|h| h.trim_start_matches("redis://")).collect();
+        let masked = if auth.password.is_some() || auth.username.is_some() {
+            "***@"
+        } else {
+            ""
+        };
+        write!(f, "{scheme}://{masked}{}{path}", hosts.join(","))
+    }
+}
+
+fn parse_auth(userinfo: &str) -> Auth {
+    let (user, pass) = userinfo.split_once(':').unwrap_or(("", userinfo));
+    let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Auth {
+        username: nonempty(user),
+        password: nonempty(pass),
+    }
+}
+
+/// A live connection, whatever the topology.
+pub enum Connection {
+    Standalone(ConnectionManager),
+    Sentinel(Box<SentinelConnection>),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// Connects, failing if the topology cannot be reached now.
+    pub async fn open(topology: &Topology, timeout: Duration) -> RedisResult<Self> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // Reconnect attempts are the manager's business; a request never waits on them.
+            .set_number_of_retries(1);
+        match topology {
+            Topology::Standalone { url } => {
+                let client = Client::open(url.as_str())?;
+                Ok(Connection::Standalone(
+                    ConnectionManager::new_with_config(client, config).await?,
+                ))
+            }
+            Topology::Sentinel {
+                sentinels,
+                master,
+                auth,
+                db,
+            } => {
+                let mut info = RedisConnectionInfo::default().set_db(*db);
+                if let Some(user) = &auth.username {
+                    info = info.set_username(user);
+                }
+                if let Some(pass) = &auth.password {
+                    info = info.set_password(pass);
+                }
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+                let mut client = SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )?;
+                let primary = client.async_get_client().await?;
+                let manager = ConnectionManager::new_with_config(primary, config.clone()).await?;
+                Ok(Connection::Sentinel(Box::new(SentinelConnection {
+                    client: tokio::sync::Mutex::new(client),
+                    current: RwLock::new(manager),
+                    config,
+                    last_resolve: std::sync::Mutex::new(Instant::now()),
+                })))
+            }
+            Topology::Cluster { nodes, auth } => {
+                let mut builder = ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1);
+                if let Some(user) = &auth.username {
+                    builder = builder.username(user);
+                }
+                if let Some(pass) = &auth.password {
+                    builder = builder.password(pass);
+                }
+                Ok(Connection::Cluster(builder.build()?.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// A connection handle for one request (all handles are cheap clones).
+    pub fn handle(&self) -> Handle {
+        match self {
+            Connection::Standalone(m) => Handle::Single(m.clone()),
+            Connection::Sentinel(s) => Handle::Single(s.current()),
+            Connection::Cluster(c) => Handle::Cluster(c.clone()),
+        }
+    }
+
+    /// Tells the connection a request failed with `err`, so that a Sentinel
+    /// connection can look for a new primary.
+    pub async fn failed(&self, err: &RedisError) {
+        if let Connection::Sentinel(s) = self {
+            if err.is_io_error()
+                || err.is_connection_dropped()
+                || err.is_connection_refusal()
+                || err.is_timeout()
+                || err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+            {
+                s.resolve().await;
+            }
+        }
+    }
+}
+
+/// One request's connection.
+pub enum Handle {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A primary found through sentinels, re-found after failover.
+pub struct SentinelConnection {
+    client: tokio::sync::Mutex<SentinelClient>,
+    current: RwLock<ConnectionManager>,
+    config: ConnectionManagerConfig,
+    last_resolve: std::sync::Mutex<Instant>,
+}
+
+/// Do not ask the sentinels more often than this while the primary is failing.
+const RESOLVE_INTERVAL: Duration = Duration::from_millis(250);
+
+impl SentinelConnection {
+    fn current(&self) -> ConnectionManager {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn resolve(&self) {
+        let Ok(mut client) = self.client.try_lock() else { return }; // someone else is on it
+        {
+            let mut last = self.last_resolve.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() < RESOLVE_INTERVAL {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let resolved = async {
+            let primary = client.async_get_client().await?;
+            ConnectionManager::new_with_config(primary, self.config.clone()).await
+        };
+        match resolved.await {
+            Ok(manager) => {
+                tracing::info!("reconnected to the primary named by the sentinels");
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = manager;
+            }
+            Err(e) => tracing::warn!(error = %e, "sentinels did not name a reachable primary yet"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_topology() {
+        assert_eq!(
+            "redis://:pw@h:6379/2".parse::<Topology>(),
+            Ok(Topology::Standalone {
+                url: "redis://:pw@h:6379/2".into()
+            })
+        );
+        assert_eq!(
+            "redis+sentinel://:pw@s1:26379,s2:26379/mymaster/3".parse::<Topology>(),
+            Ok(Topology::Sentinel {
+                sentinels: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
+                master: "mymaster".into(),
+                auth: Auth {
+                    username: None,
+                    password: Some("pw".into())
+                },
+                db: 3,
+            })
+        );
+        assert_eq!(
+            "redis+cluster://a:1,b:2".parse::<Topology>(),
+            Ok(Topology::Cluster {
+                nodes: vec!["redis://a:1".into(), "redis://b:2".into()],
+                auth: Auth::default()
+            })
+        );
+        assert!("redis+sentinel://s1:26379".parse::<Topology>().is_err());
+        assert!("memcached://x".parse::<Topology>().is_err());
+    }
+}

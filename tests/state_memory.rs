@@ -1,0 +1,16 @@
+//! The embedded store against the shared conformance suite.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidegate::clock::Clock;
+use tidegate::state::memory::MemoryStore;
+use tidegate::state::StateStore;
+
+async fn memory_store(window: Duration) -> Arc<dyn StateStore> {
+    Arc::new(MemoryStore::new(10_000, window, Clock::System))
+}
+
+conformance_suite!(memory_store);

@@ -1,0 +1,190 @@
+//! Shared test harness: an in-process gateway on `127.0.0.1:0` with a manual clock,
+//! and builders for real payloads.
+#![allow(dead_code)]
+
+pub mod conformance;
+pub mod redis;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+use tidegate::clock::Clock;
+use tidegate::config::{Config, SinkTarget};
+use tidegate::gateway::{self, Running};
+use tidegate::remediation::RemediationRequest;
+
+/// A gateway listening on a free port, writing manifests into its own directory.
+pub struct Gateway {
+    pub url: String,
+    pub clock: Clock,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    running: Option<Running>,
+}
+
+/// Starts a gateway with test-friendly defaults, adjusted by `tweak`.
+pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sink: SinkTarget::Dir(dir.path().to_path_buf()),
+        ..Config::default()
+    };
+    config.http.shutdown_delay = Duration::ZERO;
+    config.dedup.status_interval = Duration::from_millis(20);
+    tweak(&mut config);
+    let clock = Clock::manual(SystemTime::now());
+    let running = gateway::start(config, clock.clone()).await.unwrap();
+    Gateway {
+        url: format!("http://{}", running.addr),
+        clock,
+        client: reqwest::Client::new(),
+        dir,
+        running: Some(running),
+    }
+}
+
+pub async fn start() -> Gateway {
+    start_with(|_| {}).await
+}
+
+impl Gateway {
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.post_raw(path, Some("application/json"), serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+        let mut req = self.client.post(format!("{}{path}", self.url)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn alerts(&self, body: &Value) -> reqwest::Response {
+        self.post_json("/api/v1/signals/prometheus", body).await
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.url)).send().await.unwrap()
+    }
+
+    /// Every manifest written, sorted.
+    pub fn manifests(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for ns in std::fs::read_dir(self.dir.path()).unwrap() {
+            let ns = ns.unwrap().path();
+            if ns.is_dir() {
+                for f in std::fs::read_dir(&ns).unwrap() {
+                    let f = f.unwrap().path();
+                    if f.extension().is_some_and(|e| e == "yaml") {
+                        out.push(f);
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn read(&self, namespace: &str, name: &str) -> RemediationRequest {
+        let path = self.dir.path().join(namespace).join(format!("{name}.yaml"));
+        serde_norway::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"))).unwrap()
+    }
+
+    /// Shuts down (flushing pending status writes) and keeps the manifests readable.
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown();
+            running.join().await.unwrap();
+        }
+    }
+
+    /// The value of one metric line, e.g. `tidegate_remediation_requests_created_total`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A Redis key prefix no other test uses, so tests can share one server.
+pub fn unique_prefix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{}-{n}:", std::process::id())
+}
+
+/// Polls `check` until it returns true, failing after five seconds.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One Alertmanager alert.
+pub fn alert(name: &str, namespace: &str, pod: &str) -> Value {
+    json!({
+        "status": "firing",
+        "labels": {"alertname": name, "namespace": namespace, "pod": pod, "severity": "critical"},
+        "annotations": {"summary": format!("{pod} is unwell")},
+        "startsAt": "2026-11-25T10:00:00Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph",
+        "fingerprint": "0123456789abcdef"
+    })
+}
+
+pub fn resolved(mut alert: Value) -> Value {
+    alert["status"] = json!("resolved");
+    alert["endsAt"] = json!("2026-11-25T10:30:00Z");
+    alert
+}
+
+/// An Alertmanager webhook (payload version 4) carrying `alerts`.
+pub fn webhook(alerts: Vec<Value>) -> Value {
+    json!({
+        "version": "4",
+        "groupKey": "{}:{alertname=\"x\"}",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "tidegate",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": alerts
+    })
+}
+
+/// A core/v1 Event about a pod.
+pub fn event(kind: &str, reason: &str, pod: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": format!("{pod}.1"), "namespace": "shop"},
+        "type": kind,
+        "reason": reason,
+        "message": "Back-off restarting failed container",
+        "involvedObject": {"kind": "Pod", "name": pod, "namespace": "shop", "uid": "u-1", "apiVersion": "v1"},
+        "firstTimestamp": "2026-11-25T10:00:00Z",
+        "lastTimestamp": "2026-11-25T10:05:00Z",
+        "count": 3,
+        "source": {"component": "kubelet", "host": "node-1"}
+    })
+}

@@ -1,0 +1,1012 @@
+//! Real Redis servers for the integration tests: standalone servers (plus one shared
+//! per test binary), a Sentinel setup (primary, replica, three sentinels) and a
+//! three-primary Cluster. Never a mock: the point is to test against the real thing.
+//!
+//! Needs `redis-server`, `redis-sentinel` and `redis-cli` on `PATH` (Debian:
+//! `apt-get install redis-server redis-sentinel redis-tools`).
+//!
+//! Ground rules for tests:
+//! * nothing here ever runs FLUSHALL/FLUSHDB: tests sharing [`shared()`] run in
+//!   parallel and must keep to key prefixes of their own;
+//! * every server runs with `--save "" --appendonly no`, a 16 MB `maxmemory` and
+//!   `noeviction` unless told otherwise, so a leak shows up as OOM errors rather than
+//!   silently evicted state;
+//! * helpers panic with the server's log on failure, since they only run in tests.
+//!
+//! Lifecycle (why there are three mechanisms):
+//! * `Drop` kills a server (SIGKILL, then reaps it) and removes its temp dir;
+//! * statics are never dropped, so the [`shared()`] server and anything leaked would
+//!   outlive the test binary: a `libc::atexit` hook kills every child this process
+//!   started (a global pid registry) and removes their temp dirs. libtest leaves
+//!   `main` through `exit()` whether tests pass or fail, so the hook runs;
+//! * atexit does not run if the test binary is killed by a signal or aborts, so every
+//!   child also gets `PR_SET_PDEATHSIG(SIGKILL)` as a backstop. PDEATHSIG fires when
+//!   the *thread* that forked the child exits, and libtest runs each test on a
+//!   short-lived thread, so children are forked by one dedicated helper thread that
+//!   lives as long as the process (see [`spawn`]).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, LazyLock, Mutex, MutexGuard, Once, OnceLock, PoisonError, TryLockError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ::redis::{Client, Connection, RedisResult, Value};
+use tempfile::TempDir;
+
+/// How long a freshly spawned server gets to answer PING before the test fails.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a Sentinel or Cluster setup gets to converge after its servers are up.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause between readiness probes: a fresh connection each time, so keep it cheap.
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Pause between polls of Sentinel/Cluster state (several commands per poll).
+const STATE_INTERVAL: Duration = Duration::from_millis(50);
+/// Read/write timeout of the helpers' own connections: a wedged server fails the
+/// test instead of hanging it.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Ports are drawn from 20000..30000, below the kernel's ephemeral range
+/// (32768..60999 by default), so nothing in this machine is handed one of them for an
+/// outgoing connection or a `bind(:0)` between our "is it free?" check and
+/// `redis-server` binding it, or between `kill()` and `restart()` on the same port.
+/// The cluster bus (port + 10000) lands in 30000..40000 and is checked as well.
+const PORT_LOW: u16 = 20000;
+const PORT_SPAN: u16 = 10000;
+const CLUSTER_BUS_OFFSET: u16 = 10000;
+/// Attempts at starting on a fresh port when another process wins the race for one.
+const PORT_ATTEMPTS: usize = 20;
+
+/// The Sentinel master name used by [`SentinelSetup`].
+pub const MASTER_NAME: &str = "mymaster";
+
+/// Fingerprints recorded by tests against the [`shared()`] server; the exit-time memory
+/// report divides the memory growth by this. Tests add to it themselves.
+pub static FINGERPRINTS: AtomicU64 = AtomicU64::new(0);
+
+// ---------------------------------------------------------------------------------
+// Standalone servers
+// ---------------------------------------------------------------------------------
+
+/// Options of one `redis-server`. `Default` is what every test server uses unless it
+/// says otherwise: 16 MB, `noeviction`.
+///
+/// (Not called `RedisOptions`, to stay out of the way of `tidegate::state::redis::RedisOptions`.)
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// `--maxmemory`, e.g. `"16mb"`.
+    pub maxmemory: String,
+    /// `--maxmemory-policy`, e.g. `"noeviction"`.
+    pub maxmemory_policy: String,
+    /// `--replicaof 127.0.0.1 <port>`.
+    pub replica_of: Option<u16>,
+    /// Cluster mode: `--cluster-enabled yes`, a `nodes-PORT.conf` in the server's own
+    /// dir, a 2 s node timeout. The port is chosen so that port + 10000 (the cluster
+    /// bus) is free too.
+    pub cluster: bool,
+    /// Anything else, appended last, e.g. `["--hz", "100"]`.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            maxmemory: "16mb".into(),
+            maxmemory_policy: "noeviction".into(),
+            replica_of: None,
+            cluster: false,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// What a [`RedisServer`] runs.
+enum Kind {
+    Server(ServerOptions),
+    /// `redis-sentinel <dir>/sentinel.conf`; `body` is the config minus `port`/`dir`,
+    /// which are only known once a port is picked.
+    Sentinel {
+        body: String,
+    },
+}
+
+/// One `redis-server` (or `redis-sentinel`) child process on 127.0.0.1, with a temp
+/// dir of its own for its log, replication temp files, cluster/sentinel config.
+///
+/// Methods take `&self` (the child sits behind a mutex) so that a `&'static` shared
+/// server and the servers inside a [`SentinelSetup`] can be killed and restarted too.
+pub struct RedisServer {
+    port: u16,
+    kind: Kind,
+    log: PathBuf,
+    child: Mutex<Option<Child>>,
+    // Last, so the dir goes only after `Drop::drop` has killed the process.
+    dir: TempDir,
+}
+
+/// Why a spawn attempt failed.
+enum StartError {
+    /// Someone else got the port first: worth another port (or, on restart, another try).
+    AddrInUse,
+    Failed(String),
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING. Panics with the
+    /// server's log if it exits or does not answer within 10 s.
+    pub fn start(opts: ServerOptions) -> RedisServer {
+        Self::launch(Kind::Server(opts))
+    }
+
+    fn launch(kind: Kind) -> RedisServer {
+        let dir = scratch_dir();
+        register_dir(dir.path());
+        let log = dir.path().join("redis.log");
+        let bus = matches!(&kind, Kind::Server(o) if o.cluster);
+        let mut server = RedisServer {
+            port: 0,
+            kind,
+            log,
+            child: Mutex::new(None),
+            dir,
+        };
+        let mut last = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            server.port = pick_port(bus);
+            if let Kind::Sentinel { body } = &server.kind {
+                // Written once per port; on restart the sentinel keeps the config it
+                // rewrote itself (known replicas, sentinels, epochs), as in production.
+                let conf = format!("port {}\ndir {}\n{body}", server.port, server.dir.path().display());
+                fs::write(server.sentinel_conf(), conf).expect("write sentinel.conf");
+            }
+            match server.spawn_and_wait() {
+                Ok(()) => return server,
+                Err(StartError::AddrInUse) => last = format!("port {} was taken", server.port),
+                Err(StartError::Failed(why)) => panic!("{} failed to start: {why}", server.describe()),
+            }
+        }
+        panic!(
+            "{} could not get a free port after {PORT_ATTEMPTS} attempts ({last})",
+            server.describe()
+        );
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, as `redis-cli --cluster` and Sentinel spell addresses.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The server's own temp dir (log, cluster or sentinel config).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::open(self.url()).expect("redis client")
+    }
+
+    /// A fresh sync connection with 5 s timeouts.
+    pub fn connection(&self) -> Connection {
+        connect(self.port).unwrap_or_else(|e| panic!("connect to {}: {e}", self.describe()))
+    }
+
+    /// Is the process still alive? (Reaps it if it has exited.)
+    pub fn is_running(&self) -> bool {
+        let mut child = self.lock_child();
+        match child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                if let Some(c) = child.take() {
+                    unregister_pid(c.id());
+                }
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// SIGKILL, then wait for the process to be gone. A no-op if it is not running.
+    /// The port is closed once this returns, so clients see connection refused.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.lock_child().take() {
+            // Errors mean it already exited (or the atexit hook reaped it): fine.
+            let _ = child.kill();
+            let _ = child.wait();
+            unregister_pid(child.id());
+        }
+    }
+
+    /// Starts the server again on the same port with the same options (killing it first
+    /// if it is still running) and waits until it answers PING. No persistence, so it
+    /// comes back empty — except a cluster node, which keeps its `nodes-PORT.conf` and
+    /// rejoins, and a sentinel, which keeps its rewritten config.
+    pub fn restart(&self) {
+        self.kill();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.spawn_and_wait() {
+                Ok(()) => return,
+                // The port cannot change, so all we can do is wait for whoever took it.
+                Err(StartError::AddrInUse) if Instant::now() < deadline => thread::sleep(STATE_INTERVAL),
+                Err(StartError::AddrInUse) => panic!("{}: port still taken after 10 s", self.describe()),
+                Err(StartError::Failed(why)) => panic!("{} failed to restart: {why}", self.describe()),
+            }
+        }
+    }
+
+    /// `INFO <section>` as a map (`# Section` headers dropped).
+    pub fn info(&self, section: &str) -> HashMap<String, String> {
+        try_info(self.port, section).unwrap_or_else(|e| panic!("INFO {section} on {}: {e}", self.describe()))
+    }
+
+    /// `CONFIG SET key value`.
+    pub fn config_set(&self, key: &str, value: &str) {
+        let mut con = self.connection();
+        let () = ::redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("CONFIG SET {key} {value} on {}: {e}", self.describe()));
+    }
+
+    /// `DBSIZE`.
+    pub fn dbsize(&self) -> u64 {
+        try_dbsize(self.port).unwrap_or_else(|e| panic!("DBSIZE on {}: {e}", self.describe()))
+    }
+
+    /// Everything the process(es) wrote to stdout/stderr/log, across restarts.
+    pub fn log(&self) -> String {
+        read_from(&self.log, 0)
+    }
+
+    fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Server(_) => format!("redis-server on port {}", self.port),
+            Kind::Sentinel { .. } => format!("redis-sentinel on port {}", self.port),
+        }
+    }
+
+    fn sentinel_conf(&self) -> PathBuf {
+        self.dir.path().join("sentinel.conf")
+    }
+
+    fn lock_child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn command(&self) -> Command {
+        let port = self.port.to_string();
+        let mut cmd = match &self.kind {
+            Kind::Server(o) => {
+                let mut cmd = Command::new("redis-server");
+                cmd.args(["--port", &port, "--bind", "127.0.0.1", "--daemonize", "no"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(self.dir.path())
+                    .args(["--maxmemory", &o.maxmemory, "--maxmemory-policy", &o.maxmemory_policy])
+                    // Diskless full syncs otherwise wait 5 s for more replicas to show
+                    // up, which would stall every replica start (and failback) by 5 s.
+                    .args(["--repl-diskless-sync-delay", "0"]);
+                if let Some(primary) = o.replica_of {
+                    cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+                }
+                if o.cluster {
+                    cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                        .arg("--cluster-config-file")
+                        .arg(self.dir.path().join(format!("nodes-{port}.conf")));
+                }
+                cmd.args(&o.extra_args);
+                cmd
+            }
+            Kind::Sentinel { .. } => {
+                let mut cmd = Command::new("redis-sentinel");
+                cmd.arg(self.sentinel_conf());
+                cmd
+            }
+        };
+        // Append, so a restart keeps the earlier runs' log for post-mortems.
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open redis log");
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log fd"))
+            .stderr(log);
+        cmd
+    }
+
+    /// Spawns the process and polls until it answers PING. The probe also checks that
+    /// the PID behind the port is ours, so a server that lost the port race is never
+    /// mistaken for ready because someone else's server answered.
+    fn spawn_and_wait(&self) -> Result<(), StartError> {
+        let log_offset = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+        let child = spawn(self.command()).map_err(|e| {
+            StartError::Failed(format!(
+                "spawn failed: {e} (is it installed? apt-get install redis-server redis-sentinel redis-tools)"
+            ))
+        })?;
+        let pid = child.id();
+        *self.lock_child() = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if probe_pid(self.port) == Some(pid) {
+                return Ok(());
+            }
+            if let Some(status) = self.try_reap() {
+                let log = read_from(&self.log, log_offset);
+                if log.contains("Address already in use") {
+                    return Err(StartError::AddrInUse);
+                }
+                return Err(StartError::Failed(format!("exited with {status}; log:\n{log}")));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                let log = read_from(&self.log, log_offset);
+                return Err(StartError::Failed(format!(
+                    "no answer to PING within 10 s; log:\n{log}"
+                )));
+            }
+            thread::sleep(PROBE_INTERVAL);
+        }
+    }
+
+    /// Reaps the child if it has exited, returning its status.
+    fn try_reap(&self) -> Option<ExitStatus> {
+        let mut guard = self.lock_child();
+        let status = guard.as_mut()?.try_wait().ok()??;
+        if let Some(c) = guard.take() {
+            unregister_pid(c.id());
+        }
+        Some(status)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        unregister_dir(self.dir.path());
+        // `dir` (a TempDir) is dropped right after this and removes the directory.
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The shared server and its exit-time memory report
+// ---------------------------------------------------------------------------------
+
+static SHARED: OnceLock<RedisServer> = OnceLock::new();
+/// `used_memory` of the shared server right after it started.
+static BASELINE_USED_MEMORY: AtomicU64 = AtomicU64::new(0);
+static REPORT_COUNTER: OnceLock<&'static AtomicU64> = OnceLock::new();
+
+/// The test binary's shared server (16 MB, `noeviction`), started on first use. Tests
+/// share it concurrently, so they must use key prefixes of their own and must not kill,
+/// restart or reconfigure it. It is stopped by the atexit hook.
+pub fn shared() -> &'static RedisServer {
+    SHARED.get_or_init(|| {
+        let server = RedisServer::start(ServerOptions::default());
+        let baseline = server
+            .info("memory")
+            .get("used_memory")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        BASELINE_USED_MEMORY.store(baseline, Ordering::Relaxed);
+        server
+    })
+}
+
+/// Asks for a memory report of the [`shared()`] server at process exit, on stderr and
+/// stdout, with `fingerprints` (normally `&FINGERPRINTS`) as the divisor for bytes per
+/// fingerprint. Printed only if the shared server was actually started. Calling it
+/// again is harmless (the first counter wins).
+pub fn register_memory_report(fingerprints: &'static AtomicU64) {
+    let _ = REPORT_COUNTER.set(fingerprints);
+    ensure_exit_hook();
+}
+
+fn memory_report() -> Option<String> {
+    let server = SHARED.get()?;
+    let fingerprints = REPORT_COUNTER.get()?.load(Ordering::Relaxed);
+    let baseline = BASELINE_USED_MEMORY.load(Ordering::Relaxed);
+    let mut out = format!(
+        "── redis memory report: shared server {} (16mb, noeviction) ──\n",
+        server.addr()
+    );
+    let stats = try_info(server.port, "memory").and_then(|info| Ok((info, try_dbsize(server.port)?)));
+    let (info, keys) = match stats {
+        Ok(stats) => stats,
+        Err(e) => {
+            out.push_str(&format!("  unavailable: {e}\n"));
+            return Some(out);
+        }
+    };
+    let num = |k: &str| info.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let (used, peak) = (num("used_memory"), num("used_memory_peak"));
+    let growth = used as i64 - baseline as i64;
+    let per_fp = if fingerprints == 0 {
+        "n/a (no fingerprints recorded)".to_owned()
+    } else {
+        format!("{:.1} B", growth as f64 / fingerprints as f64)
+    };
+    let frag = info.get("mem_fragmentation_ratio").map(String::as_str).unwrap_or("?");
+    out.push_str(&format!(
+        "  used_memory_peak         {}\n\
+         \x20 used_memory              {}\n\
+         \x20 baseline used_memory     {} (right after start)\n\
+         \x20 keys (DBSIZE)            {keys}\n\
+         \x20 mem_fragmentation_ratio  {frag} (RSS / used; meaningless for a few MB)\n\
+         \x20 fingerprints recorded    {fingerprints}\n\
+         \x20 bytes per fingerprint    {per_fp} = (used - baseline) / fingerprints\n\
+         \x20 (used_memory includes the buffers of client connections still open)\n",
+        human(peak),
+        human(used),
+        human(baseline),
+    ));
+    Some(out)
+}
+
+fn human(bytes: u64) -> String {
+    format!("{bytes} B ({:.2} MiB)", bytes as f64 / (1024.0 * 1024.0))
+}
+
+// ---------------------------------------------------------------------------------
+// Sentinel
+// ---------------------------------------------------------------------------------
+
+/// A primary, one replica and three sentinels (quorum 2, down-after 1 s, failover
+/// timeout 5 s) monitoring it as [`MASTER_NAME`]. Everything is killed on drop.
+pub struct SentinelSetup {
+    /// The initial primary, then the initial replica. Roles swap on failover.
+    servers: Vec<RedisServer>,
+    sentinels: Vec<RedisServer>,
+    /// The primary as last seen: the initial one, then whatever `wait_for_failover` found.
+    primary_port: AtomicU16,
+}
+
+impl SentinelSetup {
+    /// Starts everything and waits until every sentinel knows the master, the replica
+    /// (with a live link) and the two other sentinels, so a failover can start at once.
+    pub fn start() -> SentinelSetup {
+        let primary = RedisServer::start(ServerOptions::default());
+        let replica = RedisServer::start(ServerOptions {
+            replica_of: Some(primary.port),
+            ..Default::default()
+        });
+        // The replica must be attached before the sentinels start: a sentinel learns
+        // replicas from the master's INFO, which it asks for on connect and then only
+        // every 10 s.
+        poll_until(CONVERGE_TIMEOUT, STATE_INTERVAL, || {
+            try_info(replica.port, "replication")
+                .ok()
+                .filter(|i| i.get("master_link_status").map(String::as_str) == Some("up"))
+        })
+        .unwrap_or_else(|| panic!("replica never linked to the primary; replica log:\n{}", replica.log()));
+
+        let body = format!(
+            "bind 127.0.0.1\n\
+             daemonize no\n\
+             protected-mode no\n\
+             logfile \"\"\n\
+             sentinel resolve-hostnames no\n\
+             sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+             sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+             sentinel failover-timeout {MASTER_NAME} 5000\n",
+            primary.port
+        );
+        let sentinels: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::launch(Kind::Sentinel { body: body.clone() }))
+            .collect();
+        let setup = SentinelSetup {
+            primary_port: AtomicU16::new(primary.port),
+            servers: vec![primary, replica],
+            sentinels,
+        };
+        for sentinel in &setup.sentinels {
+            let ready = poll_until(CONVERGE_TIMEOUT, STATE_INTERVAL, || {
+                sentinel_is_ready(sentinel.port, setup.servers[0].port, setup.servers[1].port).then_some(())
+            });
+            if ready.is_none() {
+                panic!(
+                    "{} never saw the whole setup; log:\n{}",
+                    sentinel.describe(),
+                    sentinel.log()
+                );
+            }
+        }
+        setup
+    }
+
+    pub fn master_name(&self) -> &str {
+        MASTER_NAME
+    }
+
+    /// `redis://127.0.0.1:PORT` of each sentinel.
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisServer::url).collect()
+    }
+
+    pub fn sentinels(&self) -> &[RedisServer] {
+        &self.sentinels
+    }
+
+    /// Both data servers (initial primary first), e.g. to restart a killed primary.
+    pub fn servers(&self) -> &[RedisServer] {
+        &self.servers
+    }
+
+    /// The current primary's port: the initial one until [`Self::wait_for_failover`]
+    /// has seen a new one.
+    pub fn primary_port(&self) -> u16 {
+        self.primary_port.load(Ordering::SeqCst)
+    }
+
+    pub fn primary(&self) -> &RedisServer {
+        self.server(self.primary_port())
+    }
+
+    /// The data server on `port`.
+    pub fn server(&self, port: u16) -> &RedisServer {
+        self.servers
+            .iter()
+            .find(|s| s.port == port)
+            .unwrap_or_else(|| panic!("no server on port {port}"))
+    }
+
+    /// SIGKILLs the current primary; returns its port.
+    pub fn kill_primary(&self) -> u16 {
+        let primary = self.primary();
+        primary.kill();
+        primary.port
+    }
+
+    /// Polls the sentinels until every one that answers (at least two) reports the same
+    /// master address, different from the primary before, and that server answers
+    /// `ROLE` with `master`. Returns its port and remembers it as the primary.
+    /// Waiting for all sentinels (not just the leader) matters because clients ask
+    /// whichever sentinel they reach first.
+    pub fn wait_for_failover(&self, timeout: Duration) -> u16 {
+        let old = self.primary_port();
+        let found = poll_until(timeout, STATE_INTERVAL, || {
+            let views: Vec<u16> = self
+                .sentinels
+                .iter()
+                .filter_map(|s| master_addr(s.port).ok().flatten())
+                .collect();
+            let new = *views.first()?;
+            let agreed = views.len() >= 2 && views.iter().all(|&p| p == new);
+            (agreed && new != old && role(new).as_deref() == Some("master")).then_some(new)
+        });
+        match found {
+            Some(new) => {
+                self.primary_port.store(new, Ordering::SeqCst);
+                new
+            }
+            None => {
+                let mut diag = String::new();
+                for s in &self.sentinels {
+                    let view = master_addr(s.port);
+                    let log = s.log();
+                    let tail = tail(&log, 3000);
+                    diag.push_str(&format!("\n--- sentinel {} says {view:?}; log tail:\n{tail}", s.port));
+                }
+                panic!("no failover away from port {old} within {timeout:?}{diag}");
+            }
+        }
+    }
+}
+
+/// Whether the sentinel on `port` reports `primary` as master, knows `replica` with an
+/// up link, and knows the two other sentinels.
+fn sentinel_is_ready(port: u16, primary: u16, replica: u16) -> bool {
+    let Ok(mut con) = connect(port) else { return false };
+    let addr: RedisResult<Option<Vec<String>>> = ::redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(MASTER_NAME)
+        .query(&mut con);
+    if addr.ok().flatten().and_then(|a| a.get(1)?.parse::<u16>().ok()) != Some(primary) {
+        return false;
+    }
+    let replicas: RedisResult<Vec<HashMap<String, String>>> = ::redis::cmd("SENTINEL")
+        .arg("replicas")
+        .arg(MASTER_NAME)
+        .query(&mut con);
+    let replica_ok = replicas.unwrap_or_default().iter().any(|r| {
+        let field = |k: &str| r.get(k).map(String::as_str).unwrap_or("");
+        field("port") == replica.to_string()
+            && field("master-link-status") == "ok"
+            && !field("flags").contains("down")
+            && !field("flags").contains("disconnected")
+    });
+    let master: RedisResult<HashMap<String, String>> =
+        ::redis::cmd("SENTINEL").arg("master").arg(MASTER_NAME).query(&mut con);
+    let others = master
+        .ok()
+        .and_then(|m| m.get("num-other-sentinels")?.parse::<u32>().ok());
+    replica_ok && others == Some(2)
+}
+
+/// The master port a sentinel reports, if it answers.
+fn master_addr(sentinel: u16) -> RedisResult<Option<u16>> {
+    let mut con = connect(sentinel)?;
+    let addr: Option<Vec<String>> = ::redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(MASTER_NAME)
+        .query(&mut con)?;
+    Ok(addr.and_then(|a| a.get(1)?.parse().ok()))
+}
+
+/// The first element of `ROLE` (`master`, `slave`, `sentinel`), if the server answers.
+fn role(port: u16) -> Option<String> {
+    let mut con = connect(port).ok()?;
+    let reply: Vec<Value> = ::redis::cmd("ROLE").query(&mut con).ok()?;
+    ::redis::from_redis_value_ref(reply.first()?).ok()
+}
+
+// ---------------------------------------------------------------------------------
+// Cluster
+// ---------------------------------------------------------------------------------
+
+/// Three cluster primaries (no replicas) covering all 16384 slots. Killed on drop.
+pub struct ClusterSetup {
+    nodes: Vec<RedisServer>,
+}
+
+impl ClusterSetup {
+    /// Starts three nodes, joins them with `redis-cli --cluster create` and waits until
+    /// every node reports `cluster_state:ok` and knows all three nodes.
+    pub fn start() -> ClusterSetup {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start(ServerOptions {
+                    cluster: true,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        create.args(nodes.iter().map(RedisServer::addr));
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        run_to_completion(create, Duration::from_secs(30));
+
+        let setup = ClusterSetup { nodes };
+        for node in &setup.nodes {
+            let ok = poll_until(CONVERGE_TIMEOUT, STATE_INTERVAL, || {
+                let info = cluster_info(node.port).ok()?;
+                let field = |k: &str| info.get(k).map(String::as_str);
+                (field("cluster_state") == Some("ok")
+                    && field("cluster_known_nodes") == Some("3")
+                    && field("cluster_slots_ok") == Some("16384"))
+                .then_some(())
+            });
+            if ok.is_none() {
+                panic!(
+                    "cluster node {} never reached cluster_state:ok: {:?}; log:\n{}",
+                    node.port,
+                    cluster_info(node.port),
+                    node.log()
+                );
+            }
+        }
+        setup
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// `redis://127.0.0.1:PORT` of each node, for `ClusterClient::new`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    pub fn client(&self) -> ::redis::cluster::ClusterClient {
+        ::redis::cluster::ClusterClient::new(self.urls()).expect("cluster client")
+    }
+}
+
+fn cluster_info(port: u16) -> RedisResult<HashMap<String, String>> {
+    let mut con = connect(port)?;
+    let text: String = ::redis::cmd("CLUSTER").arg("INFO").query(&mut con)?;
+    Ok(parse_info(&text))
+}
+
+/// Runs a short-lived tool to completion, failing the test with its output if it fails
+/// or takes longer than `timeout`. It goes through [`spawn`] like the servers: if the
+/// test binary dies meanwhile, `redis-cli --cluster create` would otherwise wait
+/// forever for dead nodes to join.
+fn run_to_completion(mut cmd: Command, timeout: Duration) {
+    let dir = scratch_dir();
+    let out_path = dir.path().join("out");
+    let out = fs::File::create(&out_path).expect("create output file");
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone fd"))
+        .stderr(out);
+    let what = format!("{cmd:?}");
+    let mut child = spawn(cmd).unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let status = poll_until(timeout, STATE_INTERVAL, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    unregister_pid(child.id());
+    let output = read_from(&out_path, 0);
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => panic!("{what} failed with {s}:\n{output}"),
+        None => panic!("{what} did not finish within {timeout:?}:\n{output}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Process plumbing: spawning, the pid/dir registry, the atexit hook
+// ---------------------------------------------------------------------------------
+
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns `cmd` from the long-lived "redis-spawner" thread, with
+/// `PR_SET_PDEATHSIG(SIGKILL)`, and registers the child for the atexit hook.
+///
+/// Why a dedicated thread: Linux delivers PDEATHSIG when the *thread* that forked the
+/// child exits, not the process. Tests run on libtest threads that exit when the test
+/// ends, which would kill the shared server (and any server handed to another test)
+/// under the next test's feet. The spawner thread is only fed through a channel whose
+/// sender lives in a static, so it never exits before the process does — and then the
+/// children die with it even if atexit never ran (SIGKILL, abort, panic=abort).
+fn spawn(mut cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
+    ensure_exit_hook();
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec; only async-signal-safe calls
+    // (prctl, getppid, _exit) and no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // If the parent died between fork and prctl we have already been
+            // reparented and the signal will never come: don't start orphaned.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        thread::Builder::new()
+            .name("redis-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let result = cmd.spawn();
+                    if let Ok(child) = &result {
+                        // Registered before the requester even sees it, so no window
+                        // in which an exiting process would forget it.
+                        register_pid(child.id());
+                    }
+                    let _ = reply.send(result);
+                }
+            })
+            .expect("start redis-spawner thread");
+        tx
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner.send((cmd, reply_tx)).expect("redis-spawner thread is gone");
+    reply_rx.recv().expect("redis-spawner thread is gone")
+}
+
+/// Children and temp dirs that the atexit hook must clean up.
+struct Registry {
+    pids: Vec<u32>,
+    dirs: Vec<PathBuf>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    pids: Vec::new(),
+    dirs: Vec::new(),
+});
+
+fn registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn register_pid(pid: u32) {
+    registry().pids.push(pid);
+}
+
+fn unregister_pid(pid: u32) {
+    registry().pids.retain(|&p| p != pid);
+}
+
+fn register_dir(dir: &Path) {
+    ensure_exit_hook();
+    registry().dirs.push(dir.to_owned());
+}
+
+fn unregister_dir(dir: &Path) {
+    registry().dirs.retain(|d| d != dir);
+}
+
+fn ensure_exit_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a plain `extern "C" fn` that never unwinds.
+        let rc = unsafe { libc::atexit(at_exit) };
+        assert_eq!(rc, 0, "atexit registration failed");
+    });
+}
+
+/// Runs when the test binary exits: prints the memory report, then kills and reaps
+/// every child still registered and removes the temp dirs (the shared server's, and
+/// any leaked server's).
+extern "C" fn at_exit() {
+    // Unwinding out of an `extern "C"` fn aborts; a failing report must not stop the
+    // cleanup, nor turn a passing run into a crash.
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(report) = memory_report() {
+            let _ = io::stderr().write_all(report.as_bytes());
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(report.as_bytes());
+            let _ = out.flush();
+        }
+    });
+    let _ = std::panic::catch_unwind(|| {
+        // try_lock: a thread still running at exit could hold the lock forever; then
+        // PDEATHSIG is what stops the children, and the dirs stay behind.
+        let mut reg = match REGISTRY.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        for pid in reg.pids.drain(..) {
+            // SAFETY: plain syscalls on pids of our own unreaped children.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
+            }
+        }
+        for dir in reg.dirs.drain(..) {
+            let _ = fs::remove_dir_all(dir);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------
+
+/// A free port in 20000..30000 (and, for cluster nodes, a free bus port at +10000).
+/// Each process walks the range from a random offset, so parallel test binaries (other
+/// engineers' runs, other `cargo test` invocations) rarely even try the same port; the
+/// bind check and the "Address already in use" retry in `launch` handle the rest.
+fn pick_port(cluster_bus: bool) -> u16 {
+    static CURSOR: LazyLock<AtomicU32> =
+        LazyLock::new(|| AtomicU32::new(RandomState::new().build_hasher().finish() as u32));
+    let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+    for _ in 0..PORT_SPAN {
+        let port = PORT_LOW + (CURSOR.fetch_add(1, Ordering::Relaxed) % u32::from(PORT_SPAN)) as u16;
+        if free(port) && (!cluster_bus || free(port + CLUSTER_BUS_OFFSET)) {
+            return port;
+        }
+    }
+    panic!("no free port in {PORT_LOW}..{}", PORT_LOW + PORT_SPAN);
+}
+
+/// Temp dirs are named `tidegate-redis-<pid>-*` so that the first one a process makes
+/// can sweep away those of earlier test binaries that were SIGKILLed (no atexit, no
+/// Drop): any whose pid no longer exists. A live process's dirs are never touched.
+fn scratch_dir() -> TempDir {
+    static SWEEP: Once = Once::new();
+    let tmp = std::env::temp_dir();
+    SWEEP.call_once(|| {
+        let Ok(entries) = fs::read_dir(&tmp) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| {
+                n.strip_prefix("tidegate-redis-")?
+                    .split('-')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            });
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+    tempfile::Builder::new()
+        .prefix(&format!("tidegate-redis-{}-", std::process::id()))
+        .tempdir_in(tmp)
+        .expect("create temp dir for redis")
+}
+
+fn connect(port: u16) -> RedisResult<Connection> {
+    let client = Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let con = client.get_connection_with_timeout(IO_TIMEOUT)?;
+    con.set_read_timeout(Some(IO_TIMEOUT))?;
+    con.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(con)
+}
+
+/// PING, then the `process_id` behind the port (sentinels answer INFO too).
+fn probe_pid(port: u16) -> Option<u32> {
+    let mut con = connect(port).ok()?;
+    let pong: String = ::redis::cmd("PING").query(&mut con).ok()?;
+    if pong != "PONG" {
+        return None;
+    }
+    let text: String = ::redis::cmd("INFO").arg("server").query(&mut con).ok()?;
+    parse_info(&text).get("process_id")?.parse().ok()
+}
+
+fn try_info(port: u16, section: &str) -> RedisResult<HashMap<String, String>> {
+    let mut con = connect(port)?;
+    let text: String = ::redis::cmd("INFO").arg(section).query(&mut con)?;
+    Ok(parse_info(&text))
+}
+
+fn try_dbsize(port: u16) -> RedisResult<u64> {
+    let mut con = connect(port)?;
+    ::redis::cmd("DBSIZE").query(&mut con)
+}
+
+/// `key:value` lines of INFO / CLUSTER INFO; `# Section` headers and blanks dropped.
+fn parse_info(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Calls `f` every `interval` until it returns `Some`, or returns `None` after `timeout`.
+fn poll_until<T>(timeout: Duration, interval: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(interval);
+    }
+}
+
+/// The last `max` bytes of `text` or a little less (never splitting a character).
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// The file's contents from byte `offset` on (lossy UTF-8), or "" if unreadable.
+fn read_from(path: &Path, offset: u64) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        if f.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = f.read_to_end(&mut bytes);
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
