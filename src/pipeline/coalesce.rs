@@ -22,6 +22,9 @@ use crate::telemetry::{Metrics, SinkLabels};
 
 /// Longest wait between retries of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A request not found may still be being created (by this replica's pipeline or
+/// another replica): retry this many times, with backoff, before giving up.
+const NOT_FOUND_ATTEMPTS: u32 = 5;
 /// Writes in flight at once.
 const CONCURRENCY: usize = 32;
 
@@ -198,15 +201,7 @@ impl Shared {
                 return Ok(());
             }
         }
-        match self.sink.update_status(at, &p.update).await {
-            Err(SinkError::NotFound(_)) => {
-                // Deleted by hand: there is nothing left to update.
-                tracing::warn!(namespace = %at.namespace, name = %at.name, "status update for a request that no longer exists");
-                self.count("update_status", "not_found");
-                Ok(())
-            }
-            other => other,
-        }
+        self.sink.update_status(at, &p.update).await
     }
 
     fn finish(&self, at: RequestRef, p: Pending, result: Result<(), SinkError>) {
@@ -214,6 +209,11 @@ impl Shared {
         inner.in_flight.remove(&at);
         match result {
             Ok(()) => self.count("update_status", "ok"),
+            Err(SinkError::NotFound(_)) if p.attempts + 1 >= NOT_FOUND_ATTEMPTS => {
+                // Not created by anyone in all this time: it was deleted by hand.
+                tracing::warn!(namespace = %at.namespace, name = %at.name, "dropping status update: the request no longer exists");
+                self.count("update_status", "not_found");
+            }
             Err(e) => {
                 self.count("update_status", e.cause());
                 let attempts = p.attempts + 1;

@@ -3,7 +3,9 @@
 //!
 //! Manifests carry the CRD's apiVersion, kind, spec and status, so
 //! `kubectl apply -f` accepts them. Every write goes to a temporary file that is
-//! synced and then moved into place, so a reader never sees half a manifest. Creation
+//! synced and then moved into place, so a reader never sees half a manifest, and
+//! status rewrites hold a per-namespace lock so concurrent writers cannot regress a
+//! count. Creation
 //! uses `link(2)`, which fails if the name exists: two writers racing on one incident
 //! cannot both create it, and neither clobbers the other.
 
@@ -14,6 +16,9 @@ use std::path::{Path, PathBuf};
 use super::{Created, RequestRef, Sink, SinkError};
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::state::BoxFuture;
+
+/// The per-namespace lock file serialising status rewrites.
+pub const LOCK_FILE: &str = ".tidegate.lock";
 
 pub struct DirSink {
     root: PathBuf,
@@ -46,6 +51,15 @@ fn create_blocking(path: &Path, yaml: &str) -> Result<Created, SinkError> {
 }
 
 fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Result<(), SinkError> {
+    // Read-modify-write must not interleave with another writer (a second gateway
+    // sharing the directory), or an older count could land last. One advisory lock
+    // per namespace directory: status writes are coalesced, so contention is low.
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.parent().expect("has a namespace dir").join(LOCK_FILE))?;
+    lock.lock()?;
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SinkError::NotFound(at.clone())),

@@ -94,6 +94,13 @@ impl Gateway {
         out
     }
 
+    /// The only request written; fails unless there is exactly one.
+    pub fn only_request(&self) -> RemediationRequest {
+        let manifests = self.manifests();
+        assert_eq!(manifests.len(), 1, "{manifests:?}");
+        serde_norway::from_str(&std::fs::read_to_string(&manifests[0]).unwrap()).unwrap()
+    }
+
     pub fn read(&self, namespace: &str, name: &str) -> RemediationRequest {
         let path = self.dir.path().join(namespace).join(format!("{name}.yaml"));
         serde_norway::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"))).unwrap()
@@ -115,6 +122,21 @@ impl Gateway {
             .map(|v| v.trim().parse().unwrap())
             .unwrap_or(0.0)
     }
+}
+
+/// The occurrence count recorded on a request.
+pub fn occurrences(request: &RemediationRequest) -> u64 {
+    let dedup = request.status.as_ref().and_then(|s| s.deduplication.as_ref());
+    dedup.expect("status.deduplication is set").occurrence_count
+}
+
+/// How many responses had each status code.
+pub fn tally(responses: &[reqwest::Response]) -> std::collections::BTreeMap<u16, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in responses {
+        *out.entry(r.status().as_u16()).or_default() += 1;
+    }
+    out
 }
 
 /// A Redis key prefix no other test uses, so tests can share one server.

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
@@ -130,6 +130,18 @@ impl std::fmt::Display for Topology {
     }
 }
 
+impl Auth {
+    fn apply(&self, mut info: RedisConnectionInfo) -> RedisConnectionInfo {
+        if let Some(user) = &self.username {
+            info = info.set_username(user);
+        }
+        if let Some(pass) = &self.password {
+            info = info.set_password(pass);
+        }
+        info
+    }
+}
+
 fn parse_auth(userinfo: &str) -> Auth {
     let (user, pass) = userinfo.split_once(':').unwrap_or(("", userinfo));
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -143,7 +155,7 @@ fn parse_auth(userinfo: &str) -> Auth {
 pub enum Connection {
     Standalone(ConnectionManager),
     Sentinel(Box<SentinelConnection>),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, Auth),
 }
 
 impl Connection {
@@ -167,13 +179,7 @@ impl Connection {
                 auth,
                 db,
             } => {
-                let mut info = RedisConnectionInfo::default().set_db(*db);
-                if let Some(user) = &auth.username {
-                    info = info.set_username(user);
-                }
-                if let Some(pass) = &auth.password {
-                    info = info.set_password(pass);
-                }
+                let info = auth.apply(RedisConnectionInfo::default().set_db(*db));
                 let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
                 let mut client = SentinelClient::build(
                     sentinels.clone(),
@@ -201,7 +207,10 @@ impl Connection {
                 if let Some(pass) = &auth.password {
                     builder = builder.password(pass);
                 }
-                Ok(Connection::Cluster(builder.build()?.get_async_connection().await?))
+                Ok(Connection::Cluster(
+                    builder.build()?.get_async_connection().await?,
+                    auth.clone(),
+                ))
             }
         }
     }
@@ -211,8 +220,26 @@ impl Connection {
         match self {
             Connection::Standalone(m) => Handle::Single(m.clone()),
             Connection::Sentinel(s) => Handle::Single(s.current()),
-            Connection::Cluster(c) => Handle::Cluster(c.clone()),
+            Connection::Cluster(c, _) => Handle::Cluster(c.clone()),
         }
+    }
+
+    /// On Cluster, a connection to each primary, for per-node work such as `SCAN`
+    /// and `INFO` that a cluster client sends to one node only. Empty otherwise.
+    pub async fn cluster_primaries(&self) -> RedisResult<Vec<MultiplexedConnection>> {
+        let mut out = Vec::new();
+        if let Connection::Cluster(c, auth) = self {
+            {
+                let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c.clone()).await?;
+                for addr in primary_addresses(&nodes) {
+                    let info = redis::ConnectionInfo::from_str(&format!("redis://{addr}"))?;
+                    let node = auth.apply(info.redis_settings().clone());
+                    let info = info.set_redis_settings(node);
+                    out.push(Client::open(info)?.get_multiplexed_async_connection().await?);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Tells the connection a request failed with `err`, so that a Sentinel
@@ -229,6 +256,20 @@ impl Connection {
             }
         }
     }
+}
+
+/// `host:port` of every healthy primary in `CLUSTER NODES` output.
+fn primary_addresses(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let addr = parts.nth(1)?;
+            let flags = parts.next()?;
+            let primary = flags.split(',').any(|f| f == "master") && !flags.contains("fail");
+            primary.then(|| addr.split('@').next().unwrap_or(addr).to_string())
+        })
+        .collect()
 }
 
 /// One request's connection.
@@ -279,6 +320,15 @@ impl SentinelConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_nodes_yield_healthy_primaries() {
+        let nodes = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                     b2 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922\n\
+                     c3 127.0.0.1:7002@17002 slave a1 0 0 1 connected\n\
+                     d4 127.0.0.1:7003@17003 master,fail - 0 0 3 disconnected\n";
+        assert_eq!(primary_addresses(nodes), ["127.0.0.1:7000", "127.0.0.1:7001"]);
+    }
 
     #[test]
     fn parses_each_topology() {

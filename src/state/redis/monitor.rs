@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::{AsyncCommands, RedisResult};
+use redis::aio::ConnectionLike;
+use redis::RedisResult;
 
 use super::connection::{Connection, Handle};
 use super::Shared;
@@ -64,19 +65,30 @@ pub fn risks(policy: &str, maxmemory: u64) -> Vec<String> {
     out
 }
 
-/// Whether Redis is at its memory limit.
+/// Whether Redis (any primary, on Cluster) is at its memory limit.
 pub async fn is_full(conn: &Connection) -> RedisResult<bool> {
-    let info = memory_info(conn).await?;
-    let used = info.get("used_memory").copied().unwrap_or(0.0);
-    let max = info.get("maxmemory").copied().unwrap_or(0.0);
-    Ok(max > 0.0 && used >= max)
+    Ok(memory(conn).await?.iter().any(|info| {
+        let max = info.get("maxmemory").copied().unwrap_or(0.0);
+        max > 0.0 && info.get("used_memory").copied().unwrap_or(0.0) >= max
+    }))
 }
 
-async fn memory_info(conn: &Connection) -> RedisResult<HashMap<String, f64>> {
-    let text: String = match conn.handle() {
-        Handle::Single(mut c) => redis::cmd("INFO").arg("memory").query_async(&mut c).await?,
-        Handle::Cluster(mut c) => redis::cmd("INFO").arg("memory").query_async(&mut c).await?,
-    };
+/// `INFO memory` of every primary.
+async fn memory(conn: &Connection) -> RedisResult<Vec<HashMap<String, f64>>> {
+    let mut out = Vec::new();
+    match conn.handle() {
+        Handle::Single(mut c) => out.push(memory_info(&mut c).await?),
+        Handle::Cluster(_) => {
+            for mut node in conn.cluster_primaries().await? {
+                out.push(memory_info(&mut node).await?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn memory_info(conn: &mut impl ConnectionLike) -> RedisResult<HashMap<String, f64>> {
+    let text: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
     Ok(parse_info(&text))
 }
 
@@ -103,30 +115,54 @@ pub async fn run(shared: Weak<Shared>, metrics: Arc<Metrics>, interval: Duration
     }
 }
 
+/// Memory summed over primaries (fragmentation: the worst), keys and fingerprints
+/// counted on each.
 async fn refresh(shared: &Shared, metrics: &Metrics) -> RedisResult<()> {
-    let info = memory_info(&shared.conn).await?;
-    let get = |k: &str| info.get(k).copied().unwrap_or(0.0);
-    metrics.redis_used_memory.set(get("used_memory") as i64);
-    metrics.redis_maxmemory.set(get("maxmemory") as i64);
-    metrics.redis_fragmentation.set(get("mem_fragmentation_ratio"));
-    if let Handle::Single(mut conn) = shared.conn.handle() {
-        let (keys, fields) = count(&mut conn, &shared.schema.pattern()).await?;
-        metrics.redis_keys.set(keys as i64);
-        shared.entries.store(fields, Ordering::Relaxed);
+    let infos = memory(&shared.conn).await?;
+    let sum = |k: &str| infos.iter().map(|i| i.get(k).copied().unwrap_or(0.0)).sum::<f64>();
+    metrics.redis_used_memory.set(sum("used_memory") as i64);
+    metrics.redis_maxmemory.set(sum("maxmemory") as i64);
+    let worst = infos
+        .iter()
+        .filter_map(|i| i.get("mem_fragmentation_ratio").copied())
+        .fold(0.0, f64::max);
+    metrics.redis_fragmentation.set(worst);
+    let pattern = shared.schema.pattern();
+    let (mut keys, mut fields) = (0, 0);
+    match shared.conn.handle() {
+        Handle::Single(mut c) => (keys, fields) = count(&mut c, &pattern).await?,
+        Handle::Cluster(_) => {
+            for mut node in shared.conn.cluster_primaries().await? {
+                let (k, f) = count(&mut node, &pattern).await?;
+                keys += k;
+                fields += f;
+            }
+        }
     }
+    metrics.redis_keys.set(keys as i64);
+    shared.entries.store(fields, Ordering::Relaxed);
     Ok(())
 }
 
 /// Counts tidegate's keys and the fingerprints in them with SCAN and HLEN.
-pub async fn count(conn: &mut redis::aio::ConnectionManager, pattern: &str) -> RedisResult<(u64, u64)> {
-    let keys: Vec<String> = {
-        let mut iter = conn.scan_match::<_, String>(pattern).await?;
-        let mut keys = Vec::new();
-        while let Some(key) = futures::StreamExt::next(&mut iter).await {
-            keys.push(key?);
+pub async fn count(conn: &mut (impl ConnectionLike + Send), pattern: &str) -> RedisResult<(u64, u64)> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
         }
-        keys
-    };
+        cursor = next;
+    }
     let mut fields = 0;
     for chunk in keys.chunks(1000) {
         let mut pipe = redis::pipe();

@@ -1,0 +1,985 @@
+//! Ingest throughput, end to end over HTTP: tidegate against Prometheus Alertmanager.
+//!
+//! Run with `cargo bench --bench ingest`. Both servers run as separate processes on
+//! 127.0.0.1 and receive the same alerts from the same load generator, so the only
+//! thing that differs between the two rows of the table is the server:
+//!
+//! * tidegate: `tidegate serve --state memory --sink dir:<tmp>` (the embedded
+//!   default), Alertmanager webhook v4 bodies on `POST /api/v1/signals/prometheus`;
+//! * Alertmanager 0.25 (`/usr/bin/prometheus-alertmanager`, Debian package
+//!   `prometheus-alertmanager`): the same alerts as postable alerts on
+//!   `POST /api/v2/alerts`. If the binary is missing that half is skipped with a
+//!   message; `BENCH_ALERTMANAGER_BIN` points it elsewhere.
+//!
+//! Workload: 10,000 distinct (alertname, namespace, pod) identities, 10 alerts per
+//! request, cycled through repeatedly. The warm-up covers at least one full pass, so
+//! the measured phase is the steady state of a real deployment: almost every alert is
+//! a duplicate of an open incident.
+//!
+//! Knobs (environment): `BENCH_CONCURRENCY` (workers, default 32), `BENCH_SECONDS`
+//! (measured phase, default 10), `BENCH_WARMUP_SECONDS` (default 2).
+//!
+//! `cargo test --all-targets` also runs this file (without the `--bench` flag that
+//! `cargo bench` passes). It then runs as a short smoke test: 8 workers, one full pass
+//! of warm-up, a 1 s measured phase, and a non-zero exit on any failed request or
+//! miscount, so the suite checks the whole path without paying for a benchmark.
+//!
+//! The load generator shares the machine's cores with the server under test, so the
+//! absolute numbers are lower bounds; the ratio between the two servers is the figure
+//! of merit, since both pay the same client cost per request. To show where the cores
+//! went, the table also gives the CPU time each side used in the measured phase (from
+//! `/proc/<pid>/stat`) and alerts per server CPU-second.
+//!
+//! tidegate's manifests go to a temporary directory under `$TMPDIR` (default `/tmp`),
+//! written with fsync as in production; `TMPDIR=/dev/shm` shows the cost of the disk.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// Distinct alert identities: 20 alert names × 10 namespaces × 50 pods.
+const ALERT_NAMES: [&str; 20] = [
+    "KubePodCrashLooping",
+    "KubePodNotReady",
+    "KubeContainerWaiting",
+    "KubeDeploymentReplicasMismatch",
+    "KubeStatefulSetReplicasMismatch",
+    "KubeHpaMaxedOut",
+    "KubeJobFailed",
+    "KubeMemoryOvercommit",
+    "KubeCPUOvercommit",
+    "KubePersistentVolumeFillingUp",
+    "CPUThrottlingHigh",
+    "ContainerOOMKilled",
+    "HighMemoryUsage",
+    "HighErrorRate",
+    "HighLatencyP99",
+    "TargetDown",
+    "NodeFilesystemSpaceFillingUp",
+    "NodeNetworkReceiveErrs",
+    "EtcdHighCommitDurations",
+    "CertificateExpiringSoon",
+];
+const NAMESPACES: usize = 10;
+const PODS_PER_NAMESPACE: usize = 50;
+const FINGERPRINTS: usize = ALERT_NAMES.len() * NAMESPACES * PODS_PER_NAMESPACE;
+const _: () = assert!(FINGERPRINTS == 10_000);
+/// Alerts per request. It divides `PODS_PER_NAMESPACE`, so every request carries one
+/// alert name in one namespace, as Alertmanager's usual grouping by
+/// (alertname, namespace) would send it.
+const BATCH: usize = 10;
+const _: () = assert!(PODS_PER_NAMESPACE.is_multiple_of(BATCH));
+const BODIES: usize = FINGERPRINTS / BATCH;
+
+const DEFAULT_ALERTMANAGER_BIN: &str = "/usr/bin/prometheus-alertmanager";
+/// The warm-up ends after this long even if a full pass has not been made.
+const WARMUP_LIMIT: Duration = Duration::from_secs(120);
+/// Hard cap on requests in one phase, so the loop is bounded by count as well as time.
+const MAX_REQUESTS_PER_PHASE: u64 = 20_000_000;
+/// Per-request timeout: a wedged server costs one timeout per worker, not a hang.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server may take to become ready, and to stop after SIGTERM.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Settings {
+    /// Run by `cargo test` rather than `cargo bench`: short, and strict.
+    smoke: bool,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+}
+
+impl Settings {
+    fn from_env(smoke: bool) -> Self {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid number")),
+                Err(_) => default,
+            }
+        }
+        let (concurrency, warmup, measure) = if smoke { (8, 0.0, 1.0) } else { (32, 2.0, 10.0) };
+        let settings = Settings {
+            smoke,
+            concurrency: var("BENCH_CONCURRENCY", concurrency),
+            warmup: Duration::from_secs_f64(var("BENCH_WARMUP_SECONDS", warmup)),
+            measure: Duration::from_secs_f64(var("BENCH_SECONDS", measure)),
+        };
+        assert!(settings.concurrency > 0, "BENCH_CONCURRENCY must be at least 1");
+        assert!(
+            settings.measure > Duration::ZERO && settings.measure <= Duration::from_secs(600),
+            "BENCH_SECONDS must be in (0, 600]"
+        );
+        settings
+    }
+}
+
+fn main() -> ExitCode {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let settings = Settings::from_env(smoke);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("ingest bench: {FINGERPRINTS} distinct fingerprints, {BATCH} alerts per request");
+    if smoke {
+        println!("SMOKE MODE (not run by `cargo bench`): short run, figures are not benchmarks");
+    }
+    println!(
+        "machine: {cores} cores ({}); load generator and server share them",
+        cpu_model().unwrap_or_else(|| "unknown CPU".into())
+    );
+    println!(
+        "concurrency {} workers, warm-up ≥ {:?} and ≥ one full pass, measured {:?}",
+        settings.concurrency, settings.warmup, settings.measure
+    );
+
+    // Other jobs on the machine take cores from both servers (maybe unequally, as the
+    // two run one after the other): say so up front.
+    let busy0 = machine_busy_seconds();
+    std::thread::sleep(Duration::from_millis(500));
+    let background = (machine_busy_seconds() - busy0) / 0.5;
+    println!("background load before starting: {background:.2} of {cores} cores busy");
+    if background > 0.2 {
+        println!("!!! WARNING: the machine is not idle; throughput figures will be depressed and noisy.");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the load generator's runtime");
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> ExitCode {
+    let workload = Workload::render();
+    println!(
+        "bodies: {BODIES} per target, pre-rendered; webhook {} B and postable {} B on average",
+        workload.webhook.iter().map(Bytes::len).sum::<usize>() / BODIES,
+        workload.postable.iter().map(Bytes::len).sum::<usize>() / BODIES,
+    );
+
+    let mut rows = Vec::new();
+    match bench_tidegate(&settings, &workload).await {
+        Ok(row) => rows.push(row),
+        Err(e) => {
+            eprintln!("tidegate run failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let am_bin = std::env::var("BENCH_ALERTMANAGER_BIN").unwrap_or_else(|_| DEFAULT_ALERTMANAGER_BIN.into());
+    if Path::new(&am_bin).is_file() {
+        match bench_alertmanager(&settings, &workload, &am_bin).await {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                eprintln!("Alertmanager run failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        println!();
+        println!("SKIPPING Alertmanager: {am_bin} not found.");
+        println!("  Install it with: apt-get update && apt-get install -y prometheus-alertmanager");
+    }
+
+    print_table(&rows);
+    let failed = rows.iter().any(|r| r.tally.errors() > 0 || !r.problems.is_empty());
+    if settings.smoke && failed {
+        eprintln!("smoke test failed: see the warnings above");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+// ---------------------------------------------------------------------------------
+// Workload
+
+/// Every request body, rendered once before any timing.
+struct Workload {
+    /// Alertmanager webhook v4 payloads, for tidegate.
+    webhook: Vec<Bytes>,
+    /// The same alerts as `/api/v2/alerts` postable alerts, for Alertmanager.
+    postable: Vec<Bytes>,
+}
+
+/// One alert identity, numbered 0..FINGERPRINTS.
+struct Identity {
+    alertname: &'static str,
+    namespace: String,
+    pod: String,
+}
+
+impl Identity {
+    /// Consecutive numbers share an alert name and namespace, so each batch of
+    /// `BATCH` consecutive identities is one (alertname, namespace) group.
+    fn nth(i: usize) -> Self {
+        let per_name = NAMESPACES * PODS_PER_NAMESPACE;
+        let (name, rest) = (i / per_name, i % per_name);
+        let (ns, pod) = (rest / PODS_PER_NAMESPACE, rest % PODS_PER_NAMESPACE);
+        Identity {
+            alertname: ALERT_NAMES[name],
+            namespace: format!("team-{ns:02}"),
+            pod: format!("api-7c9d8f6b5-{pod:02}x"),
+        }
+    }
+
+    fn labels(&self) -> Value {
+        json!({
+            "alertname": self.alertname,
+            "severity": if self.alertname.starts_with("Kube") { "warning" } else { "critical" },
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "container": "api",
+            "job": "kube-state-metrics",
+            "prometheus": "monitoring/k8s",
+        })
+    }
+
+    fn annotations(&self) -> Value {
+        json!({
+            "summary": format!("{} on {}/{}", self.alertname, self.namespace, self.pod),
+            "description": format!(
+                "Pod {}/{} has been in a bad state for more than 5 minutes.",
+                self.namespace, self.pod
+            ),
+            "runbook_url": format!("https://runbooks.example.com/{}", self.alertname),
+        })
+    }
+}
+
+impl Workload {
+    fn render() -> Self {
+        // Both servers see the same fixed start time; Prometheus would send
+        // endsAt = now + a few evaluation intervals to Alertmanager, while
+        // Alertmanager's webhook writes the zero time for a firing alert.
+        let starts = jiff::Timestamp::now();
+        let starts_at = starts.to_string();
+        let ends_at = (starts + jiff::SignedDuration::from_hours(1)).to_string();
+        let generator_url = "http://prometheus-k8s-0:9090/graph?g0.expr=up%3D%3D0&g0.tab=1";
+        let mut webhook = Vec::with_capacity(BODIES);
+        let mut postable = Vec::with_capacity(BODIES);
+        for b in 0..BODIES {
+            let ids: Vec<Identity> = (b * BATCH..(b + 1) * BATCH).map(Identity::nth).collect();
+            let group = json!({"alertname": ids[0].alertname, "namespace": ids[0].namespace});
+            let am_alerts: Vec<Value> = ids
+                .iter()
+                .map(|id| {
+                    json!({
+                        "labels": id.labels(),
+                        "annotations": id.annotations(),
+                        "startsAt": starts_at,
+                        "endsAt": ends_at,
+                        "generatorURL": generator_url,
+                    })
+                })
+                .collect();
+            let webhook_alerts: Vec<Value> = ids
+                .iter()
+                .enumerate()
+                .map(|(k, id)| {
+                    json!({
+                        "status": "firing",
+                        "labels": id.labels(),
+                        "annotations": id.annotations(),
+                        "startsAt": starts_at,
+                        "endsAt": "0001-01-01T00:00:00Z",
+                        "generatorURL": generator_url,
+                        // Alertmanager's own 64-bit label hash; any stable value will do.
+                        "fingerprint": format!("{:016x}", splitmix64((b * BATCH + k) as u64)),
+                    })
+                })
+                .collect();
+            let body = json!({
+                "version": "4",
+                "groupKey": format!("{{}}:{{alertname=\"{}\", namespace=\"{}\"}}", ids[0].alertname, ids[0].namespace),
+                "truncatedAlerts": 0,
+                "status": "firing",
+                "receiver": "bench",
+                "groupLabels": group,
+                "commonLabels": group,
+                "commonAnnotations": {},
+                "externalURL": "http://am",
+                "alerts": webhook_alerts,
+            });
+            webhook.push(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
+            postable.push(Bytes::from(serde_json::to_vec(&am_alerts).expect("JSON")));
+        }
+        Workload { webhook, postable }
+    }
+}
+
+/// A bijective 64-bit mixer (SplitMix64's finaliser): distinct inputs, distinct outputs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+// ---------------------------------------------------------------------------------
+// The two targets
+
+async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row, String> {
+    println!();
+    println!("== tidegate (--state memory, --sink dir:<tmp>)");
+    let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let sink = tmp.path().join("sink");
+    let addr = free_port()?;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+    command
+        .arg("serve")
+        .args(["--listen", &addr.to_string()])
+        .args(["--state", "memory"])
+        .arg("--sink")
+        .arg(format!("dir:{}", sink.display()))
+        .args(["--shutdown-delay", "0s"]);
+    // Only the flags above and the log level may configure it.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TIDEGATE_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("TIDEGATE_LOG", "warn");
+    let mut server = Server::spawn("tidegate", command, tmp.path())?;
+    let client = http_client(settings.concurrency)?;
+    server.wait_ready(&client, &format!("http://{addr}/readyz")).await?;
+
+    let target = Target {
+        name: "tidegate",
+        url: format!("http://{addr}/api/v1/signals/prometheus"),
+        bodies: workload.webhook.clone(),
+    };
+    let mut row = drive(settings, &client, &target, server.pid()).await;
+
+    // Not timed: what the server made of it.
+    let metrics = get_text(&client, &format!("http://{addr}/metrics")).await?;
+    for line in metrics.lines().filter(|l| {
+        !l.starts_with('#')
+            && [
+                "tidegate_signals_received_total",
+                "tidegate_remediation_requests_created_total",
+                "tidegate_state_entries",
+                "tidegate_sink_writes_total",
+                "tidegate_status_updates_coalesced_total",
+                "tidegate_status_updates_pending",
+                "tidegate_state_errors_total",
+                "tidegate_http_rejections_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+    }) {
+        println!("  metric  {line}");
+    }
+    let manifests = count_manifests(&sink);
+    println!("  sink holds {manifests} manifests (expected {FINGERPRINTS}: one per incident)");
+    if manifests != FINGERPRINTS {
+        row.problem(format!("sink holds {manifests} manifests, expected {FINGERPRINTS}"));
+    }
+    server.stop();
+    // Removing 10,000 manifests takes seconds on a slow disk: do it now, and flush
+    // the file system, so none of it lands in the next target's measurement.
+    let started = Instant::now();
+    tmp.close().map_err(|e| format!("removing the sink directory: {e}"))?;
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    println!(
+        "  removed the sink directory and synced in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(row)
+}
+
+async fn bench_alertmanager(settings: &Settings, workload: &Workload, bin: &str) -> Result<Row, String> {
+    println!();
+    let version = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(if o.stdout.is_empty() { &o.stderr } else { &o.stdout }).into_owned();
+            text.lines().next().unwrap_or("").to_string()
+        })
+        .unwrap_or_default();
+    println!("== Alertmanager ({version})");
+    let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    // One receiver with no integrations: alerts are stored, grouped and routed, and
+    // notifications go nowhere, so only ingestion is measured.
+    let config = tmp.path().join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        "route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n",
+    )
+    .map_err(|e| format!("writing {}: {e}", config.display()))?;
+    let storage = tmp.path().join("data");
+    std::fs::create_dir_all(&storage).map_err(|e| format!("creating {}: {e}", storage.display()))?;
+    let addr = free_port()?;
+    let mut command = Command::new(bin);
+    command
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.path={}", storage.display()))
+        .arg(format!("--web.listen-address={addr}"))
+        // Empty disables clustering (no gossip port, no peers).
+        .arg("--cluster.listen-address=")
+        .arg("--log.level=warn");
+    let mut server = Server::spawn("alertmanager", command, tmp.path())?;
+    let client = http_client(settings.concurrency)?;
+    server.wait_ready(&client, &format!("http://{addr}/-/ready")).await?;
+
+    let target = Target {
+        name: "alertmanager",
+        url: format!("http://{addr}/api/v2/alerts"),
+        bodies: workload.postable.clone(),
+    };
+    let mut row = drive(settings, &client, &target, server.pid()).await;
+
+    let metrics = get_text(&client, &format!("http://{addr}/metrics")).await?;
+    for line in metrics.lines().filter(|l| {
+        !l.starts_with('#')
+            && [
+                "alertmanager_alerts_received_total",
+                "alertmanager_alerts_invalid_total",
+                "alertmanager_alerts{",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+    }) {
+        println!("  metric  {line}");
+    }
+    let alerts = get_text(&client, &format!("http://{addr}/api/v2/alerts")).await?;
+    let held = serde_json::from_str::<Vec<Value>>(&alerts).map_or(0, |a| a.len());
+    println!("  Alertmanager holds {held} alerts (expected {FINGERPRINTS})");
+    if held != FINGERPRINTS {
+        row.problem(format!("Alertmanager holds {held} alerts, expected {FINGERPRINTS}"));
+    }
+    server.stop();
+    Ok(row)
+}
+
+// ---------------------------------------------------------------------------------
+// Load generator: identical for both targets
+
+struct Target {
+    name: &'static str,
+    url: String,
+    bodies: Vec<Bytes>,
+}
+
+/// When a phase ends.
+#[derive(Clone, Copy)]
+struct Until {
+    /// Keep going at least this long...
+    soft: Instant,
+    /// ...and until this many requests were started...
+    min_requests: u64,
+    /// ...but never past this.
+    hard: Instant,
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    /// Latency of each 2xx request, in microseconds.
+    latencies_us: Vec<u32>,
+    non_2xx: BTreeMap<u16, u64>,
+    transport_errors: u64,
+    first_failure: Option<String>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.latencies_us.extend(other.latencies_us);
+        for (status, n) in other.non_2xx {
+            *self.non_2xx.entry(status).or_default() += n;
+        }
+        self.transport_errors += other.transport_errors;
+        self.first_failure = self.first_failure.take().or(other.first_failure);
+    }
+
+    fn errors(&self) -> u64 {
+        self.non_2xx.values().sum::<u64>() + self.transport_errors
+    }
+}
+
+struct Row {
+    name: &'static str,
+    elapsed: Duration,
+    tally: Tally,
+    /// CPU seconds used in the measured phase by the server, by this process, and by
+    /// everything else on the machine (kernel threads flushing the server's writes,
+    /// but also any other job that happens to run: a sign the figures are disturbed).
+    server_cpu: f64,
+    client_cpu: f64,
+    other_cpu: f64,
+    /// Failed warm-up requests and miscounts, already printed.
+    problems: Vec<String>,
+}
+
+impl Row {
+    fn problem(&mut self, text: String) {
+        println!("  !!! WARNING: {text}");
+        self.problems.push(text);
+    }
+}
+
+/// Warm-up, then the measured phase, against one target (the server is `pid`).
+async fn drive(settings: &Settings, client: &reqwest::Client, target: &Target, pid: u32) -> Row {
+    // One counter across both phases, so the measured phase continues the cycle.
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let warm = phase(
+        settings,
+        client,
+        target,
+        &next,
+        Until {
+            soft: started + settings.warmup,
+            min_requests: BODIES as u64,
+            hard: started + WARMUP_LIMIT,
+        },
+    )
+    .await;
+    let warm_elapsed = started.elapsed();
+    println!(
+        "  warm-up: {} requests in {:.2} s ({} errors){}",
+        warm.ok + warm.errors(),
+        warm_elapsed.as_secs_f64(),
+        warm.errors(),
+        if warm.ok < BODIES as u64 {
+            "  <-- did not complete one full pass"
+        } else {
+            ""
+        }
+    );
+    report_failures("warm-up", target.name, &warm);
+    let mut problems = Vec::new();
+    if warm.errors() > 0 {
+        problems.push(format!("{} failed requests in the warm-up", warm.errors()));
+    }
+
+    let (server_cpu0, client_cpu0, machine_cpu0) = (
+        cpu_seconds(&pid.to_string()),
+        cpu_seconds("self"),
+        machine_busy_seconds(),
+    );
+    let started = Instant::now();
+    let end = started + settings.measure;
+    let tally = phase(
+        settings,
+        client,
+        target,
+        &next,
+        Until {
+            soft: end,
+            min_requests: 0,
+            hard: end,
+        },
+    )
+    .await;
+    // Requests in flight at the deadline are waited for and counted, so the rate is
+    // over the time until the last one finished.
+    let elapsed = started.elapsed();
+    let (server_cpu, client_cpu) = (
+        cpu_seconds(&pid.to_string()) - server_cpu0,
+        cpu_seconds("self") - client_cpu0,
+    );
+    let other_cpu = (machine_busy_seconds() - machine_cpu0 - server_cpu - client_cpu).max(0.0);
+    report_failures("measured phase", target.name, &tally);
+    Row {
+        name: target.name,
+        elapsed,
+        tally,
+        server_cpu,
+        client_cpu,
+        other_cpu,
+        problems,
+    }
+}
+
+async fn phase(
+    settings: &Settings,
+    client: &reqwest::Client,
+    target: &Target,
+    next: &Arc<AtomicU64>,
+    until: Until,
+) -> Tally {
+    let first = next.load(Ordering::Relaxed);
+    let workers: Vec<_> = (0..settings.concurrency)
+        .map(|_| {
+            let (client, url, bodies, next) = (client.clone(), target.url.clone(), target.bodies.clone(), next.clone());
+            tokio::spawn(async move { worker(client, url, bodies, next, first, until).await })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for w in workers {
+        tally.merge(w.await.expect("worker panicked"));
+    }
+    tally
+}
+
+/// Sends one request at a time on a kept-alive connection until the phase ends.
+async fn worker(
+    client: reqwest::Client,
+    url: String,
+    bodies: Vec<Bytes>,
+    next: Arc<AtomicU64>,
+    first: u64,
+    until: Until,
+) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let sent = n - first;
+        let now = Instant::now();
+        if sent >= MAX_REQUESTS_PER_PHASE || now >= until.hard || (now >= until.soft && sent >= until.min_requests) {
+            return tally;
+        }
+        let body = bodies[(n % bodies.len() as u64) as usize].clone();
+        let t0 = Instant::now();
+        let response = client
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await;
+        // Read the whole answer: the connection is reused only once it is drained,
+        // and a real sender reads it too.
+        let outcome = match response {
+            Ok(r) => {
+                let status = r.status();
+                r.bytes().await.map(|b| (status, b))
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((status, _)) if status.is_success() => {
+                tally.ok += 1;
+                tally
+                    .latencies_us
+                    .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+            Ok((status, body)) => {
+                *tally.non_2xx.entry(status.as_u16()).or_default() += 1;
+                tally.first_failure.get_or_insert_with(|| {
+                    let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+                    format!("HTTP {status}: {text}")
+                });
+            }
+            Err(e) => {
+                tally.transport_errors += 1;
+                tally
+                    .first_failure
+                    .get_or_insert_with(|| format!("transport error: {e}"));
+            }
+        }
+    }
+}
+
+fn report_failures(phase: &str, name: &str, tally: &Tally) {
+    if tally.errors() == 0 {
+        return;
+    }
+    println!("  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    println!(
+        "  !!! WARNING: {name} {phase}: {} failed requests (not counted as ingested)",
+        tally.errors()
+    );
+    for (status, n) in &tally.non_2xx {
+        println!("  !!!   HTTP {status}: {n}");
+    }
+    if tally.transport_errors > 0 {
+        println!("  !!!   transport errors: {}", tally.transport_errors);
+    }
+    if let Some(first) = &tally.first_failure {
+        println!("  !!!   first: {first}");
+    }
+    println!("  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+}
+
+/// A keep-alive HTTP/1.1 client, never proxied (traffic stays on 127.0.0.1).
+fn http_client(concurrency: usize) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(concurrency)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| format!("building the HTTP client: {e}"))
+}
+
+async fn get_text(client: &reqwest::Client, url: &str) -> Result<String, String> {
+    let response = client.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    response.text().await.map_err(|e| format!("GET {url}: {e}"))
+}
+
+// ---------------------------------------------------------------------------------
+// Results
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<14} {:>12} {:>14} {:>10} {:>10} {:>8} {:>12} {:>12} {:>12} {:>16}",
+        "target",
+        "requests/s",
+        "alerts/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "server cores",
+        "client cores",
+        "other cores",
+        "alerts/server-s"
+    );
+    let mut rates = BTreeMap::new();
+    for row in rows {
+        let secs = row.elapsed.as_secs_f64();
+        let requests = row.tally.ok as f64 / secs;
+        let alerts = (row.tally.ok * BATCH as u64) as f64 / secs;
+        let mut lat = row.tally.latencies_us.clone();
+        lat.sort_unstable();
+        println!(
+            "{:<14} {:>12.0} {:>14.0} {:>10.3} {:>10.3} {:>8} {:>12.2} {:>12.2} {:>12.2} {:>16.0}{}",
+            row.name,
+            requests,
+            alerts,
+            percentile(&lat, 0.50),
+            percentile(&lat, 0.99),
+            row.tally.errors(),
+            row.server_cpu / secs,
+            row.client_cpu / secs,
+            row.other_cpu / secs,
+            (row.tally.ok * BATCH as u64) as f64 / row.server_cpu.max(f64::EPSILON),
+            if row.tally.errors() > 0 { "  <-- FAILURES" } else { "" }
+        );
+        rates.insert(
+            row.name,
+            (alerts, (row.tally.ok * BATCH as u64) as f64 / row.server_cpu),
+        );
+    }
+    println!(
+        "(over {} s each; {} 2xx requests = {} alerts for tidegate)",
+        rows.first()
+            .map_or(0.0, |r| (r.elapsed.as_secs_f64() * 100.0).round() / 100.0),
+        rows.first().map_or(0, |r| r.tally.ok),
+        rows.first().map_or(0, |r| r.tally.ok * BATCH as u64),
+    );
+    match (rates.get("tidegate"), rates.get("alertmanager")) {
+        (Some((t, t_cpu)), Some((a, a_cpu))) if *a > 0.0 => {
+            let ratio = t / a;
+            println!(
+                "ratio tidegate/alertmanager (alerts/s): {ratio:.2}×  (target ≥ 5×: {})",
+                if ratio >= 5.0 { "met" } else { "NOT MET" }
+            );
+            println!(
+                "ratio tidegate/alertmanager (alerts per server CPU-second, diagnostic): {:.2}×",
+                t_cpu / a_cpu
+            );
+        }
+        _ => println!("ratio tidegate/alertmanager: n/a (Alertmanager not measured)"),
+    }
+    let failed: u64 = rows.iter().map(|r| r.tally.errors()).sum();
+    if failed > 0 {
+        println!("!!! WARNING: {failed} requests failed in the measured phases; see above.");
+    }
+    for (name, problem) in rows.iter().flat_map(|r| r.problems.iter().map(|p| (r.name, p))) {
+        println!("!!! WARNING: {name}: {problem}");
+    }
+}
+
+/// The `p` quantile of sorted microsecond samples, in milliseconds (nearest rank).
+fn percentile(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
+    f64::from(sorted_us[rank - 1]) / 1000.0
+}
+
+// ---------------------------------------------------------------------------------
+// Child processes
+
+/// A server process; killed when dropped, so a failing bench leaves nothing behind.
+struct Server {
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `command` with its stdout and stderr in `<dir>/<name>.log`.
+    fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Result<Self, String> {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("starting {name} ({:?}): {e}", command.get_program()))?;
+        Ok(Server {
+            name,
+            child: Some(child),
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Polls `url` until it answers 2xx; fails at once if the process exits.
+    async fn wait_ready(&mut self, client: &reqwest::Client, url: &str) -> Result<(), String> {
+        let started = Instant::now();
+        let mut poll = Duration::from_millis(5);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(format!(
+                    "{} exited before it was ready ({status}):\n{}",
+                    self.name,
+                    self.log_text()
+                ));
+            }
+            if let Ok(r) = client.get(url).timeout(Duration::from_secs(1)).send().await {
+                if r.status().is_success() {
+                    println!("  ready after {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > START_TIMEOUT {
+                return Err(format!(
+                    "{} was not ready within {START_TIMEOUT:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                ));
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `STOP_TIMEOUT`; prints how
+    /// long it took and anything it logged.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let started = Instant::now();
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if started.elapsed() < STOP_TIMEOUT => std::thread::sleep(Duration::from_millis(10)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        match status {
+            Some(s) => println!(
+                "  stopped after SIGTERM in {:.2} s ({s})",
+                started.elapsed().as_secs_f64()
+            ),
+            None => println!("  did not stop within {STOP_TIMEOUT:?} of SIGTERM; killed"),
+        }
+        let log = self.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        if !lines.is_empty() {
+            println!(
+                "  {} logged {} lines (at warn level); first ones:",
+                self.name,
+                lines.len()
+            );
+            for line in lines.iter().take(5) {
+                println!("    {line}");
+            }
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A currently free loopback port. Another process could take it before the server
+/// binds it; on this single-user bench machine that race is not worth more code.
+fn free_port() -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
+    listener.local_addr().map_err(|e| format!("finding a free port: {e}"))
+}
+
+/// Number of `*.yaml` manifests under the sink directory (one level of namespaces).
+fn count_manifests(root: &Path) -> usize {
+    let Ok(namespaces) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    namespaces
+        .flatten()
+        .filter_map(|ns| std::fs::read_dir(ns.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|f| {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".yaml") && !name.starts_with('.')
+        })
+        .count()
+}
+
+/// User plus system CPU time of a process (all its threads), in seconds, from
+/// `/proc/<pid>/stat`; `pid` may be `self`. 0 if unreadable.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name, which may contain spaces:
+    // state is field 3, utime and stime are fields 14 and 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks as f64 / hz.max(1) as f64
+}
+
+/// CPU seconds all cores spent busy since boot, from the first line of `/proc/stat`
+/// (user, nice, system, irq, softirq, steal; not idle or iowait).
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return 0.0 };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    busy as f64 / hz.max(1) as f64
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+}

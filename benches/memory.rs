@@ -1,0 +1,173 @@
+//! Resident memory of the embedded state store per open incident.
+//!
+//! Run with `cargo bench --bench memory`. Fills a `MemoryStore` with 1,000,000
+//! distinct fingerprints through the public `StateStore::observe` API, in batches of
+//! 1,000 as the HTTP path would, and divides the growth of the process's resident set
+//! (`/proc/self/statm`) by the number of entries. The target is at most 128 bytes per
+//! fingerprint.
+//!
+//! Resident memory rather than a sum of allocation sizes, because that is what an
+//! operator pays: it includes the hash table's spare buckets, the expiry heap, and
+//! whatever the allocator keeps after the table's resizes. The bench's own input is
+//! generated one batch at a time into one reused buffer allocated before the first
+//! reading, so it does not inflate the figure.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tidegate::clock::Clock;
+use tidegate::signal::{Fingerprint, SignalStatus};
+use tidegate::state::memory::MemoryStore;
+use tidegate::state::{Observation, StateStore, Verdict};
+
+const FINGERPRINTS: usize = 1_000_000;
+/// Room to spare, so the store never refuses a batch as full.
+const MAX_ENTRIES: usize = 1_100_000;
+const BATCH: usize = 1_000;
+const TARGET_BYTES_PER_FINGERPRINT: f64 = 128.0;
+
+fn main() -> ExitCode {
+    // One thread: the store's purge task sleeps (nothing expires within the 300 s
+    // window), so there is nothing to run concurrently, and fewer threads means fewer
+    // per-thread allocator arenas and stacks in the reading.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("building the runtime");
+    runtime.block_on(run())
+}
+
+async fn run() -> ExitCode {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("memory bench: embedded state store, {FINGERPRINTS} distinct fingerprints in batches of {BATCH}");
+    println!("machine: {cores} cores");
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs this too, as a debug build: the figure is
+        // the same (it is data-structure size), only the insert rate is slower.
+        println!("(run by `cargo test`: unoptimised build, the insert rate is not a benchmark)");
+    }
+
+    let clock = Clock::System;
+    let store = MemoryStore::new(MAX_ENTRIES, Duration::from_secs(300), clock.clone());
+    let mut batch: Vec<Observation> = Vec::with_capacity(BATCH);
+    // Let the purge task start and park, so its first poll is not in the reading.
+    tokio::task::yield_now().await;
+
+    let before = rss_bytes();
+    let started = Instant::now();
+    for first in (0..FINGERPRINTS).step_by(BATCH) {
+        batch.clear();
+        batch.extend((first..first + BATCH).map(|i| Observation {
+            fingerprint: fingerprint(i as u64),
+            status: SignalStatus::Firing,
+        }));
+        let verdicts = store
+            .observe(&batch, clock.now_s())
+            .await
+            .expect("the store has room for every fingerprint");
+        // Every fingerprint is distinct, so every verdict must open an incident.
+        if let Some(v) = verdicts.iter().find(|v| !matches!(v, Verdict::New(_))) {
+            eprintln!("unexpected verdict {v:?} for a fresh fingerprint");
+            return ExitCode::FAILURE;
+        }
+    }
+    let took = started.elapsed();
+    let after = rss_bytes();
+
+    let len = store.len();
+    let growth = after.saturating_sub(before);
+    let per_fingerprint = growth as f64 / len as f64;
+    println!("store.len(): {len}");
+    println!(
+        "inserted in {:.2} s ({:.0} fingerprints/s)",
+        took.as_secs_f64(),
+        len as f64 / took.as_secs_f64()
+    );
+    println!("RSS before: {:.1} MiB", mib(before));
+    println!("RSS after:  {:.1} MiB", mib(after));
+    println!("RSS growth: {:.1} MiB", mib(growth));
+    if let Some(peak) = peak_rss_bytes() {
+        println!(
+            "peak RSS (VmHWM): {:.1} MiB (includes transient doubling of the table)",
+            mib(peak)
+        );
+    }
+    println!(
+        "bytes per fingerprint: {per_fingerprint:.1}  (target ≤ {TARGET_BYTES_PER_FINGERPRINT} B: {})",
+        if per_fingerprint <= TARGET_BYTES_PER_FINGERPRINT {
+            "met"
+        } else {
+            "NOT MET"
+        }
+    );
+    trimmed_reading(before, len);
+
+    if len != FINGERPRINTS {
+        eprintln!("store.len() is {len}, expected {FINGERPRINTS}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Diagnostic only: the same reading after glibc returns freed pages to the kernel,
+/// which separates memory the store holds from memory the allocator kept after the
+/// table's resizes. The headline figure above is the untrimmed one.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trimmed_reading(before: u64, len: usize) {
+    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let trimmed = rss_bytes().saturating_sub(before);
+    println!(
+        "  (diagnostic) after malloc_trim: {:.1} MiB, {:.1} B per fingerprint",
+        mib(trimmed),
+        trimmed as f64 / len as f64
+    );
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trimmed_reading(_before: u64, _len: usize) {}
+
+/// Distinct, random-looking fingerprints. The store keys on the first 16 bytes; the
+/// first 8 are SplitMix64 of `4i`, a bijection, so no two fingerprints share a key.
+fn fingerprint(i: u64) -> Fingerprint {
+    let mut bytes = [0u8; 32];
+    for (k, chunk) in bytes.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&splitmix64(i.wrapping_mul(4).wrapping_add(k as u64)).to_le_bytes());
+    }
+    Fingerprint::from_bytes(bytes)
+}
+
+/// SplitMix64's finaliser: a bijective 64-bit mixer.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Resident set size: the second field of `/proc/self/statm`, in pages.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("reading /proc/self/statm (Linux only)");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("statm has a resident field");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).expect("a positive page size")
+}
+
+/// The peak resident set, `VmHWM` in `/proc/self/status`.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

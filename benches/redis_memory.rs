@@ -1,0 +1,127 @@
+//! Redis `used_memory` per active fingerprint, through the real Redis backend.
+//!
+//! Run with `cargo bench --bench redis_memory`. Starts its own `redis-server`
+//! (512 MB, noeviction, no persistence) with the test suite's launcher, connects a
+//! `RedisStore` exactly as `tidegate serve --state redis://…` does, and records
+//! 1,000,000 distinct fingerprints through `StateStore::observe` in batches of 1,000
+//! (one pipelined round trip each). Bytes per fingerprint is the growth of
+//! `INFO memory` `used_memory` divided by the fingerprints held, which is what
+//! `maxmemory` is compared against. RSS and the fragmentation ratio are printed too,
+//! because that is what the host pays. Target: at most 48 B per fingerprint.
+
+#[path = "../tests/support/redis.rs"]
+mod redis_support;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_support::{RedisServer, ServerOptions};
+use tidegate::clock::Clock;
+use tidegate::signal::{Fingerprint, SignalStatus};
+use tidegate::state::redis::{RedisOptions, RedisStore};
+use tidegate::state::{Observation, StateStore, Verdict};
+use tidegate::telemetry::Metrics;
+
+const FINGERPRINTS: u64 = 1_000_000;
+/// Without `--bench` (that is, under `cargo test --all-targets`), a quick run that
+/// only proves the bench works; per-key overhead dominates at this size.
+const SMOKE_FINGERPRINTS: u64 = 20_000;
+const BATCH: u64 = 1_000;
+const TARGET: f64 = 48.0;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let server = RedisServer::start(ServerOptions {
+        maxmemory: "512mb".into(),
+        ..ServerOptions::default()
+    });
+    let options = RedisOptions {
+        topology: server.url().parse().expect("a redis:// URL"),
+        prefix: "tg:".into(),
+        window: Duration::from_secs(300),
+        timeout: Duration::from_secs(5),
+        monitor_interval: Duration::from_secs(3600),
+    };
+    let store = RedisStore::connect(options, Arc::new(Metrics::new()))
+        .await
+        .expect("connecting");
+    let clock = Clock::System;
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let total = if smoke { SMOKE_FINGERPRINTS } else { FINGERPRINTS };
+    let before = memory(&server);
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(BATCH as usize);
+    for first in (0..total).step_by(BATCH as usize) {
+        batch.clear();
+        batch.extend((first..first + BATCH).map(|i| Observation {
+            fingerprint: fingerprint(i),
+            status: SignalStatus::Firing,
+        }));
+        let verdicts = store
+            .observe(&batch, clock.now_s())
+            .await
+            .expect("Redis accepts the batch");
+        assert!(
+            verdicts.iter().all(|v| matches!(v, Verdict::New(_))),
+            "fingerprints are distinct"
+        );
+    }
+    let elapsed = started.elapsed();
+    let after = memory(&server);
+    let keys = server.dbsize();
+    let per_fp = (after["used_memory"] - before["used_memory"]) / total as f64;
+    let rss_per_fp = (after["used_memory_rss"] - before["used_memory_rss"]) / total as f64;
+    println!("redis_memory bench: {total} fingerprints through RedisStore::observe, batches of {BATCH}");
+    if smoke {
+        println!("SMOKE MODE (not run by `cargo bench`): figures are not benchmarks");
+    }
+    println!(
+        "  redis-server          {}",
+        server.info("server").get("redis_version").cloned().unwrap_or_default()
+    );
+    println!(
+        "  keys                  {keys} ({:.1} fingerprints per hash)",
+        total as f64 / keys as f64
+    );
+    println!(
+        "  used_memory           {:.1} MiB -> {:.1} MiB",
+        mib(before["used_memory"]),
+        mib(after["used_memory"])
+    );
+    println!("  bytes per fingerprint {per_fp:.1} B of used_memory (target <= {TARGET} B)");
+    println!(
+        "  RSS per fingerprint   {rss_per_fp:.1} B (mem_fragmentation_ratio {:.2})",
+        after["mem_fragmentation_ratio"]
+    );
+    println!(
+        "  write rate            {:.0} fingerprints/s ({:.1} s)",
+        total as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    if smoke || per_fp <= TARGET {
+        ExitCode::SUCCESS
+    } else {
+        println!("  OVER TARGET");
+        ExitCode::FAILURE
+    }
+}
+
+fn memory(server: &RedisServer) -> HashMap<String, f64> {
+    server
+        .info("memory")
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect()
+}
+
+fn mib(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
+/// Distinct, uniformly spread fingerprints, like SHA-256 output.
+fn fingerprint(i: u64) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    Fingerprint::from_bytes(Sha256::digest(i.to_le_bytes()).into())
+}
