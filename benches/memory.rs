@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tidegate::clock::Clock;
 use tidegate::signal::{Fingerprint, SignalStatus};
 use tidegate::state::memory::MemoryStore;
-use tidegate::state::{Observation, StateStore, Verdict};
+use tidegate::state::{Observation, StateStore, StormRules, Verdict};
 
 const FINGERPRINTS: usize = 1_000_000;
 /// Room to spare, so the store never refuses a batch as full.
@@ -30,10 +30,7 @@ fn main() -> ExitCode {
     // One thread: the store's purge task sleeps (nothing expires within the 300 s
     // window), so there is nothing to run concurrently, and fewer threads means fewer
     // per-thread allocator arenas and stacks in the reading.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("building the runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("building the runtime");
     runtime.block_on(run())
 }
 
@@ -48,7 +45,7 @@ async fn run() -> ExitCode {
     }
 
     let clock = Clock::System;
-    let store = MemoryStore::new(MAX_ENTRIES, Duration::from_secs(300), clock.clone());
+    let store = MemoryStore::new(MAX_ENTRIES, Duration::from_secs(300), StormRules::default(), clock.clone());
     let mut batch: Vec<Observation> = Vec::with_capacity(BATCH);
     // Let the purge task start and park, so its first poll is not in the reading.
     tokio::task::yield_now().await;
@@ -60,11 +57,9 @@ async fn run() -> ExitCode {
         batch.extend((first..first + BATCH).map(|i| Observation {
             fingerprint: fingerprint(i as u64),
             status: SignalStatus::Firing,
+            storm: None,
         }));
-        let verdicts = store
-            .observe(&batch, clock.now_s())
-            .await
-            .expect("the store has room for every fingerprint");
+        let verdicts = store.observe(&batch, clock.now_s()).await.expect("the store has room for every fingerprint");
         // Every fingerprint is distinct, so every verdict must open an incident.
         if let Some(v) = verdicts.iter().find(|v| !matches!(v, Verdict::New(_))) {
             eprintln!("unexpected verdict {v:?} for a fresh fingerprint");
@@ -78,27 +73,16 @@ async fn run() -> ExitCode {
     let growth = after.saturating_sub(before);
     let per_fingerprint = growth as f64 / len as f64;
     println!("store.len(): {len}");
-    println!(
-        "inserted in {:.2} s ({:.0} fingerprints/s)",
-        took.as_secs_f64(),
-        len as f64 / took.as_secs_f64()
-    );
+    println!("inserted in {:.2} s ({:.0} fingerprints/s)", took.as_secs_f64(), len as f64 / took.as_secs_f64());
     println!("RSS before: {:.1} MiB", mib(before));
     println!("RSS after:  {:.1} MiB", mib(after));
     println!("RSS growth: {:.1} MiB", mib(growth));
     if let Some(peak) = peak_rss_bytes() {
-        println!(
-            "peak RSS (VmHWM): {:.1} MiB (includes transient doubling of the table)",
-            mib(peak)
-        );
+        println!("peak RSS (VmHWM): {:.1} MiB (includes transient doubling of the table)", mib(peak));
     }
     println!(
         "bytes per fingerprint: {per_fingerprint:.1}  (target ≤ {TARGET_BYTES_PER_FINGERPRINT} B: {})",
-        if per_fingerprint <= TARGET_BYTES_PER_FINGERPRINT {
-            "met"
-        } else {
-            "NOT MET"
-        }
+        if per_fingerprint <= TARGET_BYTES_PER_FINGERPRINT { "met" } else { "NOT MET" }
     );
     trimmed_reading(before, len);
 
@@ -150,11 +134,7 @@ fn splitmix64(x: u64) -> u64 {
 /// Resident set size: the second field of `/proc/self/statm`, in pages.
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("reading /proc/self/statm (Linux only)");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .expect("statm has a resident field");
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).expect("statm has a resident field");
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * u64::try_from(page).expect("a positive page size")

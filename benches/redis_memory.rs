@@ -33,20 +33,16 @@ const TARGET: f64 = 48.0;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let server = RedisServer::start(ServerOptions {
-        maxmemory: "512mb".into(),
-        ..ServerOptions::default()
-    });
+    let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
     let options = RedisOptions {
         topology: server.url().parse().expect("a redis:// URL"),
         prefix: "tg:".into(),
         window: Duration::from_secs(300),
+        storms: tidegate::state::StormRules::default(),
         timeout: Duration::from_secs(5),
         monitor_interval: Duration::from_secs(3600),
     };
-    let store = RedisStore::connect(options, Arc::new(Metrics::new()))
-        .await
-        .expect("connecting");
+    let store = RedisStore::connect(options, Arc::new(Metrics::new())).await.expect("connecting");
     let clock = Clock::System;
     let smoke = !std::env::args().any(|a| a == "--bench");
     let total = if smoke { SMOKE_FINGERPRINTS } else { FINGERPRINTS };
@@ -58,15 +54,10 @@ async fn main() -> ExitCode {
         batch.extend((first..first + BATCH).map(|i| Observation {
             fingerprint: fingerprint(i),
             status: SignalStatus::Firing,
+            storm: None,
         }));
-        let verdicts = store
-            .observe(&batch, clock.now_s())
-            .await
-            .expect("Redis accepts the batch");
-        assert!(
-            verdicts.iter().all(|v| matches!(v, Verdict::New(_))),
-            "fingerprints are distinct"
-        );
+        let verdicts = store.observe(&batch, clock.now_s()).await.expect("Redis accepts the batch");
+        assert!(verdicts.iter().all(|v| matches!(v, Verdict::New(_))), "fingerprints are distinct");
     }
     let elapsed = started.elapsed();
     let after = memory(&server);
@@ -77,19 +68,9 @@ async fn main() -> ExitCode {
     if smoke {
         println!("SMOKE MODE (not run by `cargo bench`): figures are not benchmarks");
     }
-    println!(
-        "  redis-server          {}",
-        server.info("server").get("redis_version").cloned().unwrap_or_default()
-    );
-    println!(
-        "  keys                  {keys} ({:.1} fingerprints per hash)",
-        total as f64 / keys as f64
-    );
-    println!(
-        "  used_memory           {:.1} MiB -> {:.1} MiB",
-        mib(before["used_memory"]),
-        mib(after["used_memory"])
-    );
+    println!("  redis-server          {}", server.info("server").get("redis_version").cloned().unwrap_or_default());
+    println!("  keys                  {keys} ({:.1} fingerprints per hash)", total as f64 / keys as f64);
+    println!("  used_memory           {:.1} MiB -> {:.1} MiB", mib(before["used_memory"]), mib(after["used_memory"]));
     println!("  bytes per fingerprint {per_fp:.1} B of used_memory (target <= {TARGET} B)");
     println!(
         "  RSS per fingerprint   {rss_per_fp:.1} B (mem_fragmentation_ratio {:.2})",
@@ -109,11 +90,7 @@ async fn main() -> ExitCode {
 }
 
 fn memory(server: &RedisServer) -> HashMap<String, f64> {
-    server
-        .info("memory")
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
-        .collect()
+    server.info("memory").into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect()
 }
 
 fn mib(bytes: f64) -> f64 {

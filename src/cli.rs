@@ -13,11 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{parse_duration, Config, ConfigError, LogFormat, SinkTarget, StateBackend};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "tidegate",
-    version,
-    about = "Alert-ingestion gateway: one RemediationRequest per incident"
-)]
+#[command(name = "tidegate", version, about = "Alert-ingestion gateway: one RemediationRequest per incident")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -105,17 +101,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, "listen: 0.0.0.0:9000\ndedup:\n  window: 2m\n").unwrap();
-        let cli = Cli::parse_from([
-            "tidegate",
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--dedup-window",
-            "10m",
-        ]);
-        let Command::Serve(args) = cli.command else {
-            panic!("serve")
-        };
+        let cli = Cli::parse_from(["tidegate", "serve", "--config", path.to_str().unwrap(), "--dedup-window", "10m"]);
+        let Command::Serve(args) = cli.command else { panic!("serve") };
         let config = args.load().unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.dedup.window, Duration::from_secs(600));

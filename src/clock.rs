@@ -31,10 +31,7 @@ impl Clock {
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         match self {
-            Clock::System => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64,
+            Clock::System => SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
             Clock::Manual(ms) => ms.load(Ordering::SeqCst),
         }
     }

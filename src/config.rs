@@ -30,6 +30,8 @@ pub struct Config {
     pub dedup: DedupConfig,
     pub memory: MemoryConfig,
     pub redis: RedisConfig,
+    pub storm: StormConfig,
+    pub rate_limit: RateLimitConfig,
     pub classify: ClassifyConfig,
     pub log: LogConfig,
 }
@@ -92,9 +94,95 @@ pub struct RedisConfig {
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
+pub struct StormConfig {
+    /// A rate storm is more than this many firing alerts of one alert name in one
+    /// namespace within `rate_window`. Default 10.
+    pub rate_threshold: u32,
+    /// Default `1m`.
+    #[serde(with = "duration")]
+    pub rate_window: Duration,
+    /// A pattern storm is the same alert name on more than this many distinct
+    /// resources of one namespace within `pattern_window`. Default 5.
+    pub pattern_threshold: u32,
+    /// Default `2m`.
+    #[serde(with = "duration")]
+    pub pattern_window: Duration,
+    /// An aggregation window closes after this long without an alert. Default `60s`.
+    #[serde(with = "duration")]
+    pub inactivity: Duration,
+    /// ... or this long after it opened. Default `5m`.
+    #[serde(with = "duration")]
+    pub max_duration: Duration,
+    /// Most affected resources listed on an aggregated request; counts go on beyond
+    /// it. Default 100.
+    pub affected_resources_cap: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Default `true`.
+    pub enabled: bool,
+    /// Sustained requests per second per source. Default 1000: far above what one
+    /// Alertmanager sends in a storm, so only abusive sources are refused.
+    pub rate: f64,
+    /// Requests a source may send back to back above the rate. Default 5000.
+    pub burst: u32,
+    /// Proxies whose `X-Forwarded-For` / `X-Real-IP` are believed, as CIDRs.
+    /// Default none: the source is the peer address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClassifyConfig {
     /// Environment recorded when nothing else decides it. Default `unknown`.
     pub default_environment: String,
+    /// Namespace → environment, used when the namespace has no `environment` label.
+    pub namespaces: std::collections::BTreeMap<String, String>,
+    /// Environment spellings → canonical name, so `prod` and `production` match the
+    /// same rules. Default: prod/prd → production, stage/stg → staging,
+    /// dev → development.
+    pub aliases: std::collections::BTreeMap<String, String>,
+    /// Priority rules, first match wins. Default: see README.
+    pub priorities: Vec<PriorityRule>,
+}
+
+/// One row of the priority table. Empty matchers match everything.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityRule {
+    /// Shown on the request as `spec.priorityRule` and an annotation.
+    pub name: String,
+    /// Severities this rule applies to (case-insensitive); absent: any.
+    #[serde(default)]
+    pub severity: Option<Vec<String>>,
+    /// Environments (after aliasing); absent: any.
+    #[serde(default)]
+    pub environment: Option<Vec<String>>,
+    /// Labels that must all be present with these values.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `P0` (most urgent) to `P3`.
+    pub priority: String,
+}
+
+impl PriorityRule {
+    fn new(name: &str, severity: &[&str], environment: &[&str], priority: &str) -> Self {
+        let list = |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
+        PriorityRule {
+            name: name.into(),
+            severity: list(severity),
+            environment: list(environment),
+            labels: Default::default(),
+            priority: priority.into(),
+        }
+    }
+
+    /// Whether this rule matches anything at all.
+    pub fn is_catch_all(&self) -> bool {
+        self.severity.is_none() && self.environment.is_none() && self.labels.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -124,6 +212,8 @@ impl Default for Config {
             dedup: DedupConfig::default(),
             memory: MemoryConfig::default(),
             redis: RedisConfig::default(),
+            storm: StormConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             classify: ClassifyConfig::default(),
             log: LogConfig::default(),
         }
@@ -144,10 +234,7 @@ impl Default for HttpConfig {
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        DedupConfig {
-            window: Duration::from_secs(300),
-            status_interval: Duration::from_secs(1),
-        }
+        DedupConfig { window: Duration::from_secs(300), status_interval: Duration::from_secs(1) }
     }
 }
 
@@ -159,28 +246,70 @@ impl Default for MemoryConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig {
-            prefix: "tg:".into(),
-            timeout: Duration::from_secs(1),
-            monitor_interval: Duration::from_secs(15),
+        RedisConfig { prefix: "tg:".into(), timeout: Duration::from_secs(1), monitor_interval: Duration::from_secs(15) }
+    }
+}
+
+impl Default for StormConfig {
+    fn default() -> Self {
+        StormConfig {
+            rate_threshold: 10,
+            rate_window: Duration::from_secs(60),
+            pattern_threshold: 5,
+            pattern_window: Duration::from_secs(120),
+            inactivity: Duration::from_secs(60),
+            max_duration: Duration::from_secs(300),
+            affected_resources_cap: 100,
         }
+    }
+}
+
+impl StormConfig {
+    pub fn rules(&self) -> crate::state::StormRules {
+        crate::state::StormRules {
+            rate_threshold: self.rate_threshold,
+            rate_window_s: self.rate_window.as_secs() as u32,
+            pattern_threshold: self.pattern_threshold,
+            pattern_window_s: self.pattern_window.as_secs() as u32,
+            inactivity_s: self.inactivity.as_secs() as u32,
+            max_duration_s: self.max_duration.as_secs() as u32,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { enabled: true, rate: 1000.0, burst: 5000, trusted_proxies: Vec::new() }
     }
 }
 
 impl Default for ClassifyConfig {
     fn default() -> Self {
+        let aliases = [
+            ("prod", "production"),
+            ("prd", "production"),
+            ("stage", "staging"),
+            ("stg", "staging"),
+            ("dev", "development"),
+        ];
         ClassifyConfig {
             default_environment: "unknown".into(),
+            namespaces: Default::default(),
+            aliases: aliases.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            priorities: vec![
+                PriorityRule::new("critical-production", &["critical"], &["production"], "P0"),
+                PriorityRule::new("critical", &["critical"], &[], "P1"),
+                PriorityRule::new("warning-production", &["warning"], &["production"], "P1"),
+                PriorityRule::new("warning", &["warning"], &[], "P2"),
+                PriorityRule::new("default", &[], &[], "P3"),
+            ],
         }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            filter: "info".into(),
-        }
+        LogConfig { format: LogFormat::Text, filter: "info".into() }
     }
 }
 
@@ -201,27 +330,16 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_norway::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            reason: e.to_string(),
-        })
+        serde_norway::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })
     }
 
     /// Rejects values no deployment should run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
-        };
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_string() });
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
             return invalid("http.body_limit", "must be between 1024 and 67108864 bytes");
         }
@@ -235,19 +353,13 @@ impl Config {
             return invalid("dedup.window", "must be a whole number of seconds, at least 1s");
         }
         if self.dedup.status_interval < Duration::from_millis(10) || self.dedup.status_interval > self.dedup.window {
-            return invalid(
-                "dedup.status_interval",
-                "must be at least 10ms and no longer than dedup.window",
-            );
+            return invalid("dedup.status_interval", "must be at least 10ms and no longer than dedup.window");
         }
         if self.memory.max_entries == 0 {
             return invalid("memory.max_entries", "must be at least 1");
         }
         if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}']) {
-            return invalid(
-                "redis.prefix",
-                "must be non-empty and free of '{' and '}' (they are Cluster hash tags)",
-            );
+            return invalid("redis.prefix", "must be non-empty and free of '{' and '}' (they are Cluster hash tags)");
         }
         if self.redis.timeout < Duration::from_millis(10) {
             return invalid("redis.timeout", "must be at least 10ms");
@@ -258,9 +370,64 @@ impl Config {
         if self.classify.default_environment.trim().is_empty() {
             return invalid("classify.default_environment", "must not be empty");
         }
+        let whole_seconds = |d: Duration| d >= Duration::from_secs(1) && d.subsec_nanos() == 0;
+        let storm = &self.storm;
+        for (key, d) in [
+            ("storm.rate_window", storm.rate_window),
+            ("storm.pattern_window", storm.pattern_window),
+            ("storm.inactivity", storm.inactivity),
+            ("storm.max_duration", storm.max_duration),
+        ] {
+            if !whole_seconds(d) {
+                return invalid(key, "must be a whole number of seconds, at least 1s");
+            }
+        }
+        if storm.affected_resources_cap == 0 || storm.affected_resources_cap > 1000 {
+            return invalid("storm.affected_resources_cap", "must be between 1 and 1000");
+        }
+        if !(self.rate_limit.rate > 0.0 && self.rate_limit.rate <= 1_000_000.0) {
+            return invalid("rate_limit.rate", "must be more than 0 and at most 1000000 requests per second");
+        }
+        if self.rate_limit.burst == 0 {
+            return invalid("rate_limit.burst", "must be at least 1");
+        }
+        self.validate_priorities()?;
         if let SinkTarget::Dir(path) = &self.sink {
             if path.as_os_str().is_empty() {
                 return invalid("sink", "dir: needs a path, as in dir:./remediations");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_priorities(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: String| Err(ConfigError::Invalid { key: "classify.priorities", reason });
+        let rules = &self.classify.priorities;
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let at = format!("rule {i} ({:?})", rule.name);
+            if rule.name.trim().is_empty() {
+                return invalid(format!("rule {i}: name must not be empty"));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return invalid(format!("{at}: duplicate name"));
+            }
+            if !matches!(rule.priority.as_str(), "P0" | "P1" | "P2" | "P3") {
+                return invalid(format!("{at}: priority must be one of P0, P1, P2, P3, got {:?}", rule.priority));
+            }
+            if rule.severity.as_ref().is_some_and(Vec::is_empty) || rule.environment.as_ref().is_some_and(Vec::is_empty)
+            {
+                return invalid(format!(
+                    "{at}: an empty list matches nothing; leave the matcher out to match anything"
+                ));
+            }
+            if rule.is_catch_all() && i + 1 < rules.len() {
+                return invalid(format!(
+                    "{at} matches everything, so the {} rule(s) after it can never match",
+                    rules.len() - i - 1
+                ));
             }
         }
         Ok(())

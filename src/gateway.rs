@@ -19,12 +19,12 @@ use crate::config::{Config, SinkTarget, StateBackend};
 use crate::http::{self, AppState, Limits, Readiness};
 use crate::pipeline::classify::Classifier;
 use crate::pipeline::coalesce::Coalescer;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Parts, Pipeline};
 use crate::sink::dir::DirSink;
 use crate::sink::Sink;
 use crate::state::memory::MemoryStore;
 use crate::state::redis::{RedisOptions, RedisStore};
-use crate::state::StateStore;
+use crate::state::{RateLimit, StateStore};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +61,7 @@ impl Running {
 
     /// Waits for the gateway to finish, after [`Running::shutdown`].
     pub async fn join(self) -> Result<(), StartError> {
-        self.task
-            .await
-            .unwrap_or_else(|e| Err(StartError::Serve(std::io::Error::other(e))))
+        self.task.await.unwrap_or_else(|e| Err(StartError::Serve(std::io::Error::other(e))))
     }
 }
 
@@ -75,6 +73,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
         StateBackend::Memory => Arc::new(MemoryStore::new(
             config.memory.max_entries,
             config.dedup.window,
+            config.storm.rules(),
             clock.clone(),
         )),
         StateBackend::Redis(topology) => {
@@ -82,34 +81,32 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
                 topology: topology.clone(),
                 prefix: config.redis.prefix.clone(),
                 window: config.dedup.window,
+                storms: config.storm.rules(),
                 timeout: config.redis.timeout,
                 monitor_interval: config.redis.monitor_interval,
             };
             tracing::info!(state = %config.state, "connecting to Redis");
-            Arc::new(
-                RedisStore::connect(options, metrics.clone())
-                    .await
-                    .map_err(StartError::State)?,
-            )
+            Arc::new(RedisStore::connect(options, metrics.clone()).await.map_err(StartError::State)?)
         }
     };
     let sink: Arc<dyn Sink> = match &config.sink {
-        SinkTarget::Dir(path) => Arc::new(DirSink::new(path).map_err(|source| StartError::SinkDir {
-            path: path.display().to_string(),
-            source,
-        })?),
+        SinkTarget::Dir(path) => Arc::new(
+            DirSink::new(path).map_err(|source| StartError::SinkDir { path: path.display().to_string(), source })?,
+        ),
         SinkTarget::Kube => return Err(StartError::Unsupported("the Kubernetes sink")),
     };
     let coalescer = Coalescer::new(sink.clone(), config.dedup.status_interval, metrics.clone());
-    let classifier = Classifier::new(config.classify.default_environment.clone());
-    let pipeline = Arc::new(Pipeline::new(
+    let classifier = Classifier::new(&config.classify);
+    let pipeline = Arc::new(Pipeline::new(Parts {
         state,
         sink,
         coalescer,
         classifier,
-        clock.clone(),
-        metrics.clone(),
-    ));
+        storms: config.storm.rules(),
+        affected_cap: config.storm.affected_resources_cap,
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+    }));
     let readiness = Readiness::default();
     let app = AppState {
         pipeline: pipeline.clone(),
@@ -119,27 +116,21 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
             body_limit: config.http.body_limit,
             request_timeout: config.http.request_timeout,
             retry_after_secs: config.http.retry_after_secs,
+            rate_limit: config
+                .rate_limit
+                .enabled
+                .then_some(RateLimit { rate_per_s: config.rate_limit.rate, burst: config.rate_limit.burst }),
+            trusted_proxies: config.rate_limit.trusted_proxies.clone(),
         },
         readiness: readiness.clone(),
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(listener, app, config, stopped));
     tracing::info!(%addr, "tidegate listening");
-    Ok(Running {
-        addr,
-        readiness,
-        metrics,
-        pipeline,
-        stop,
-        task,
-    })
+    Ok(Running { addr, readiness, metrics, pipeline, stop, task })
 }
 
 async fn run(
@@ -159,9 +150,8 @@ async fn run(
         tokio::time::sleep(delay).await;
         let _ = begun.send(());
     };
-    let server = axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(begin)
-        .into_future();
+    let service = http::router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(begin).into_future();
     let result = tokio::select! {
         r = server => r.map_err(StartError::Serve),
         _ = async {

@@ -61,6 +61,37 @@ pub struct RemediationRequestSpec {
     pub signal_annotations: BTreeMap<String, String>,
     pub environment: String,
     pub priority: String,
+    /// The priority rule that chose `priority`.
+    #[serde(default)]
+    pub priority_rule: String,
+    /// Set on a request that aggregates an alert storm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormSpec>,
+}
+
+/// What an aggregated request is about.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StormSpec {
+    /// `rate` (too many alerts) or `pattern` (too many resources).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The aggregation window: the second it opened, RFC 3339.
+    pub window_id: String,
+    /// The resources known when the request was created; later ones are listed in
+    /// `status.storm`.
+    pub affected_resources: Vec<TargetResource>,
+}
+
+/// Counts of an aggregated request, kept beyond the list's cap.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StormStatus {
+    pub alert_count: u64,
+    pub resource_count: u64,
+    /// Affected resources, at most `storm.affected_resources_cap`.
+    #[serde(default)]
+    pub affected_resources: Vec<TargetResource>,
 }
 
 /// What the gateway records about an open request.
@@ -69,6 +100,8 @@ pub struct RemediationRequestSpec {
 pub struct RemediationRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deduplication: Option<Deduplication>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal_resolved_at: Option<Time>,
     /// Owned by downstream controllers; the gateway preserves it.
@@ -91,6 +124,38 @@ pub struct StatusUpdate {
     pub last_seen_s: u32,
     pub count: u64,
     pub resolved_at_s: Option<u32>,
+    pub storm: Option<StormUpdate>,
+}
+
+/// Storm counts and the resources seen, for an aggregated request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StormUpdate {
+    pub alert_count: u64,
+    pub resource_count: u64,
+    pub resources: Vec<TargetResource>,
+    /// Most resources listed.
+    pub cap: usize,
+}
+
+impl StormUpdate {
+    fn merge(&mut self, other: &StormUpdate) {
+        self.alert_count = self.alert_count.max(other.alert_count);
+        self.resource_count = self.resource_count.max(other.resource_count);
+        self.cap = self.cap.max(other.cap);
+        union_capped(&mut self.resources, &other.resources, self.cap);
+    }
+}
+
+/// Adds the resources of `more` missing from `list`, up to `cap` entries.
+fn union_capped(list: &mut Vec<TargetResource>, more: &[TargetResource], cap: usize) {
+    for r in more {
+        if list.len() >= cap {
+            break;
+        }
+        if !list.contains(r) {
+            list.push(r.clone());
+        }
+    }
 }
 
 impl StatusUpdate {
@@ -101,6 +166,11 @@ impl StatusUpdate {
         self.last_seen_s = self.last_seen_s.max(other.last_seen_s);
         self.count = self.count.max(other.count);
         self.resolved_at_s = self.resolved_at_s.max(other.resolved_at_s);
+        match (&mut self.storm, &other.storm) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (None, Some(theirs)) => self.storm = Some(theirs.clone()),
+            _ => {}
+        }
     }
 }
 
@@ -115,7 +185,14 @@ impl RemediationRequestStatus {
                 last_seen_s: d.last_seen_at.0.as_second() as u32,
                 count: d.occurrence_count,
                 resolved_at_s: None,
+                storm: None,
             });
+        }
+        if let Some(update) = &merged.storm {
+            let storm = self.storm.get_or_insert_with(Default::default);
+            storm.alert_count = storm.alert_count.max(update.alert_count);
+            storm.resource_count = storm.resource_count.max(update.resource_count);
+            union_capped(&mut storm.affected_resources, &update.resources, update.cap);
         }
         self.deduplication = Some(Deduplication {
             first_seen_at: time_s(merged.first_seen_s),
@@ -123,10 +200,7 @@ impl RemediationRequestStatus {
             occurrence_count: merged.count,
         });
         if let Some(at) = merged.resolved_at_s {
-            let newer = self
-                .signal_resolved_at
-                .as_ref()
-                .is_none_or(|t| t.0.as_second() < at as i64);
+            let newer = self.signal_resolved_at.as_ref().is_none_or(|t| t.0.as_second() < at as i64);
             if newer {
                 self.signal_resolved_at = Some(time_s(at));
             }
@@ -179,13 +253,7 @@ fn base36(mut n: u64) -> String {
 pub fn label_value(raw: &str) -> String {
     let cleaned: String = raw
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
         .take(63)
         .collect();
     cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
@@ -208,6 +276,17 @@ pub fn cut(value: &str, max: usize) -> String {
 pub struct Classification {
     pub environment: String,
     pub priority: String,
+    /// The name of the priority rule that matched.
+    pub rule: String,
+}
+
+/// Annotation naming the priority rule that chose the request's priority.
+pub const PRIORITY_RULE_ANNOTATION: &str = "tidegate.dev/priority-rule";
+
+/// The name of a storm's aggregated request: readable signal name, a prefix of the
+/// scope hash and the window's opening second. Every replica derives the same one.
+pub fn storm_request_name(signal_name: &str, scope: &[u8; 16], window_id: u32) -> String {
+    request_name(&format!("storm-{signal_name}"), &hex::encode(scope), window_id)
 }
 
 /// Builds the request for a new incident.
@@ -218,8 +297,42 @@ pub fn build(
     class: &Classification,
     status: &StatusUpdate,
 ) -> RemediationRequest {
+    let name = request_name(&signal.name, &signal.fingerprint.to_hex(), epoch_s);
+    build_named(signal, &name, namespace, class, status)
+}
+
+/// Builds the aggregated request of a storm window that `signal` opened. Its
+/// fingerprint is the scope's: the alert name in the namespace, no resource.
+pub fn build_storm(
+    signal: &Signal,
+    scope: &[u8; 16],
+    folded: &crate::state::Folded,
+    class: &Classification,
+    status: &StatusUpdate,
+) -> RemediationRequest {
+    let name = storm_request_name(&signal.name, scope, folded.window_id);
+    let scope_target =
+        TargetResource { kind: "Namespace".into(), name: signal.namespace.clone(), namespace: String::new() };
+    let mut aggregate = signal.clone();
+    aggregate.fingerprint = crate::signal::Fingerprint::new(&signal.name, &signal.namespace, &scope_target);
+    aggregate.target = scope_target;
+    let mut rr = build_named(&aggregate, &name, &signal.namespace, class, status);
+    rr.spec.storm = Some(StormSpec {
+        kind: folded.kind.as_str().to_string(),
+        window_id: time_s(folded.window_id).0.to_string(),
+        affected_resources: vec![signal.target.clone()],
+    });
+    rr
+}
+
+fn build_named(
+    signal: &Signal,
+    name: &str,
+    namespace: &str,
+    class: &Classification,
+    status: &StatusUpdate,
+) -> RemediationRequest {
     let fp_hex = signal.fingerprint.to_hex();
-    let name = request_name(&signal.name, &fp_hex, epoch_s);
     let cut_all = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), cut(v, MAX_VALUE_BYTES))).collect();
     let spec = RemediationRequestSpec {
         signal_fingerprint: fp_hex,
@@ -234,8 +347,11 @@ pub fn build(
         signal_annotations: cut_all(&signal.annotations),
         environment: class.environment.clone(),
         priority: class.priority.clone(),
+        priority_rule: class.rule.clone(),
+        storm: None,
     };
-    let mut rr = RemediationRequest::new(&name, spec);
+    let mut rr = RemediationRequest::new(name, spec);
+    rr.metadata.annotations = Some(BTreeMap::from([(PRIORITY_RULE_ANNOTATION.to_string(), class.rule.clone())]));
     rr.metadata.namespace = Some(namespace.to_string());
     rr.metadata.labels = Some(BTreeMap::from([
         (labels::FINGERPRINT.to_string(), signal.fingerprint.label_value()),
@@ -279,26 +395,39 @@ mod tests {
 
     #[test]
     fn status_never_moves_backwards() {
-        let mut status = RemediationRequestStatus {
-            phase: Some("Processing".into()),
-            ..Default::default()
-        };
-        status.apply(&StatusUpdate {
-            first_seen_s: 100,
-            last_seen_s: 150,
-            count: 7,
-            resolved_at_s: None,
-        });
+        let mut status = RemediationRequestStatus { phase: Some("Processing".into()), ..Default::default() };
+        status.apply(&StatusUpdate { first_seen_s: 100, last_seen_s: 150, count: 7, resolved_at_s: None, storm: None });
         status.apply(&StatusUpdate {
             first_seen_s: 100,
             last_seen_s: 120,
             count: 5,
             resolved_at_s: Some(160),
+            storm: None,
         });
         let d = status.deduplication.as_ref().unwrap();
         assert_eq!(d.occurrence_count, 7);
         assert_eq!(d.last_seen_at.0.as_second(), 150);
         assert_eq!(status.signal_resolved_at.as_ref().unwrap().0.as_second(), 160);
         assert_eq!(status.phase.as_deref(), Some("Processing"));
+    }
+
+    #[test]
+    fn storm_status_keeps_counts_beyond_the_list_cap() {
+        let resource = |n: u32| TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into() };
+        let storm = |alerts, resources: Vec<TargetResource>| StatusUpdate {
+            first_seen_s: 100,
+            last_seen_s: 100,
+            count: alerts,
+            resolved_at_s: None,
+            storm: Some(StormUpdate { alert_count: alerts, resource_count: alerts, resources, cap: 2 }),
+        };
+        let mut update = storm(2, vec![resource(1), resource(2)]);
+        update.merge(&storm(3, vec![resource(3)]));
+        let mut status = RemediationRequestStatus::default();
+        status.apply(&update);
+        status.apply(&storm(1, vec![resource(4)]));
+        let s = status.storm.unwrap();
+        assert_eq!((s.alert_count, s.resource_count), (3, 3));
+        assert_eq!(s.affected_resources, vec![resource(1), resource(2)]);
     }
 }

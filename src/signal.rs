@@ -68,11 +68,7 @@ impl TargetResource {
                 Some(TargetResource {
                     kind: (*kind).to_string(),
                     name: name.clone(),
-                    namespace: if *namespaced {
-                        namespace.to_string()
-                    } else {
-                        String::new()
-                    },
+                    namespace: if *namespaced { namespace.to_string() } else { String::new() },
                 })
             })
             .unwrap_or_default()
@@ -170,11 +166,7 @@ mod tests {
 
     #[test]
     fn fingerprint_is_sha256_of_name_namespace_kind_resource() {
-        let target = TargetResource {
-            kind: "Pod".into(),
-            name: "web-0".into(),
-            namespace: "shop".into(),
-        };
+        let target = TargetResource { kind: "Pod".into(), name: "web-0".into(), namespace: "shop".into() };
         let fp = Fingerprint::new("HighMemory", "shop", &target);
         let expected: [u8; 32] = Sha256::digest(b"HighMemory:shop:Pod:web-0").into();
         assert_eq!(fp.as_bytes(), &expected);
@@ -232,15 +224,9 @@ mod tests {
 
     #[test]
     fn namespace_falls_back_to_exported_namespace_then_default() {
-        assert_eq!(
-            namespace_from_labels(&labels(&[("namespace", "a"), ("exported_namespace", "b")])),
-            "a"
-        );
+        assert_eq!(namespace_from_labels(&labels(&[("namespace", "a"), ("exported_namespace", "b")])), "a");
         assert_eq!(namespace_from_labels(&labels(&[("exported_namespace", "b")])), "b");
-        assert_eq!(
-            namespace_from_labels(&labels(&[("namespace", ""), ("exported_namespace", "b")])),
-            "b"
-        );
+        assert_eq!(namespace_from_labels(&labels(&[("namespace", ""), ("exported_namespace", "b")])), "b");
         assert_eq!(namespace_from_labels(&labels(&[])), "default");
     }
 
@@ -250,9 +236,7 @@ mod tests {
         let v = fp.label_value();
         assert_eq!(v.len(), 52);
         assert!(v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
-        let decoded = data_encoding::BASE32_NOPAD
-            .decode(v.to_ascii_uppercase().as_bytes())
-            .unwrap();
+        let decoded = data_encoding::BASE32_NOPAD.decode(v.to_ascii_uppercase().as_bytes()).unwrap();
         assert_eq!(decoded.as_slice(), fp.as_bytes());
     }
 }

@@ -35,6 +35,22 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StormLabels {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub environment: String,
+    pub priority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceClassLabels {
+    pub source_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub op: &'static str,
     pub outcome: &'static str,
@@ -56,6 +72,11 @@ pub struct Metrics {
     pub redis_maxmemory: Gauge,
     pub redis_fragmentation: Gauge<f64, AtomicU64>,
     pub redis_keys: Gauge,
+    pub storms: Family<StormLabels, Counter>,
+    pub alerts_aggregated: Counter,
+    pub storm_windows_open: Gauge,
+    pub rate_limited: Family<SourceClassLabels, Counter>,
+    pub classifications: Family<ClassLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -68,57 +89,23 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tidegate");
         let signals = Family::<SignalLabels, Counter>::default();
-        registry.register(
-            "signals_received",
-            "Signals received, by source and outcome",
-            signals.clone(),
-        );
+        registry.register("signals_received", "Signals received, by source and outcome", signals.clone());
         let requests_created = Counter::default();
-        registry.register(
-            "remediation_requests_created",
-            "RemediationRequests created",
-            requests_created.clone(),
-        );
+        registry.register("remediation_requests_created", "RemediationRequests created", requests_created.clone());
         let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ])
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            http_duration.clone(),
-        );
+        registry.register("http_request_duration_seconds", "HTTP request latency", http_duration.clone());
         let http_in_flight = Gauge::default();
-        registry.register(
-            "http_requests_in_flight",
-            "HTTP requests being served",
-            http_in_flight.clone(),
-        );
+        registry.register("http_requests_in_flight", "HTTP requests being served", http_in_flight.clone());
         let rejections = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "http_rejections",
-            "Requests refused with a 4xx, by reason",
-            rejections.clone(),
-        );
+        registry.register("http_rejections", "Requests refused with a 4xx, by reason", rejections.clone());
         let state_errors = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "state_errors",
-            "State store failures answered 503, by cause",
-            state_errors.clone(),
-        );
+        registry.register("state_errors", "State store failures answered 503, by cause", state_errors.clone());
         let state_entries = Gauge::default();
-        registry.register(
-            "state_entries",
-            "Entries held by the state store",
-            state_entries.clone(),
-        );
+        registry.register("state_entries", "Entries held by the state store", state_entries.clone());
         let sink_writes = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "sink_writes",
-            "Sink writes, by operation and outcome",
-            sink_writes.clone(),
-        );
+        registry.register("sink_writes", "Sink writes, by operation and outcome", sink_writes.clone());
         let status_coalesced = Counter::default();
         registry.register(
             "status_updates_coalesced",
@@ -132,17 +119,9 @@ impl Metrics {
             status_pending.clone(),
         );
         let redis_used_memory = Gauge::default();
-        registry.register(
-            "redis_used_memory_bytes",
-            "Redis INFO used_memory",
-            redis_used_memory.clone(),
-        );
+        registry.register("redis_used_memory_bytes", "Redis INFO used_memory", redis_used_memory.clone());
         let redis_maxmemory = Gauge::default();
-        registry.register(
-            "redis_maxmemory_bytes",
-            "Redis maxmemory (0: unbounded)",
-            redis_maxmemory.clone(),
-        );
+        registry.register("redis_maxmemory_bytes", "Redis maxmemory (0: unbounded)", redis_maxmemory.clone());
         let redis_fragmentation = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "redis_mem_fragmentation_ratio",
@@ -151,6 +130,28 @@ impl Metrics {
         );
         let redis_keys = Gauge::default();
         registry.register("redis_keys", "Keys under tidegate's prefix", redis_keys.clone());
+        let storms = Family::<StormLabels, Counter>::default();
+        registry.register("storms_detected", "Storm aggregation windows opened, by type", storms.clone());
+        let alerts_aggregated = Counter::default();
+        registry.register(
+            "alerts_aggregated",
+            "Alerts folded into a storm's aggregated request",
+            alerts_aggregated.clone(),
+        );
+        let storm_windows_open = Gauge::default();
+        registry.register(
+            "storm_windows_open",
+            "Storm windows this replica saw that are still open",
+            storm_windows_open.clone(),
+        );
+        let rate_limited = Family::<SourceClassLabels, Counter>::default();
+        registry.register("rate_limited", "Requests refused with 429, by source class", rate_limited.clone());
+        let classifications = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "classifications",
+            "Requests classified, by environment and priority",
+            classifications.clone(),
+        );
         Metrics {
             registry,
             signals,
@@ -167,6 +168,11 @@ impl Metrics {
             redis_maxmemory,
             redis_fragmentation,
             redis_keys,
+            storms,
+            alerts_aggregated,
+            storm_windows_open,
+            rate_limited,
+            classifications,
         }
     }
 

@@ -17,10 +17,7 @@ async fn problem(resp: reqwest::Response, status: u16) -> Value {
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], status);
-    assert!(body["type"]
-        .as_str()
-        .unwrap()
-        .starts_with("https://tidegate.dev/problems/"));
+    assert!(body["type"].as_str().unwrap().starts_with("https://tidegate.dev/problems/"));
     body
 }
 
@@ -48,18 +45,9 @@ async fn new_alert_is_created_201_and_written_as_a_manifest() {
 #[tokio::test]
 async fn manifest_is_a_remediation_request_kubectl_accepts() {
     let mut gw = start().await;
-    let body: Value = gw
-        .alerts(&webhook(vec![alert("HighMemory", "shop", "web-0")]))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = gw.alerts(&webhook(vec![alert("HighMemory", "shop", "web-0")])).await.json().await.unwrap();
     gw.stop().await;
-    let path = gw
-        .dir
-        .path()
-        .join("shop")
-        .join(format!("{}.yaml", body["name"].as_str().unwrap()));
+    let path = gw.dir.path().join("shop").join(format!("{}.yaml", body["name"].as_str().unwrap()));
     let manifest: Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(manifest["apiVersion"], "remediation.tidegate.dev/v1alpha1");
     assert_eq!(manifest["kind"], "RemediationRequest");
@@ -123,10 +111,7 @@ async fn duplicates_are_coalesced_into_one_status_write_per_interval() {
     gw.stop().await;
     assert_eq!(occurrences(&gw.read("shop", name)), 201);
     let text = metrics.encode();
-    assert!(
-        text.contains(r#"tidegate_sink_writes_total{op="update_status",outcome="ok"} 1"#),
-        "{text}"
-    );
+    assert!(text.contains(r#"tidegate_sink_writes_total{op="update_status",outcome="ok"} 1"#), "{text}");
 }
 
 #[tokio::test]
@@ -156,11 +141,7 @@ async fn after_the_window_lapses_a_new_request_is_created() {
     assert_eq!(gw.alerts(&hook).await.status(), 202);
     gw.clock.advance(Duration::from_secs(300));
     let resp = gw.alerts(&hook).await;
-    assert_eq!(
-        resp.status(),
-        201,
-        "a full window after the last sighting is a new incident"
-    );
+    assert_eq!(resp.status(), 201, "a full window after the last sighting is a new incident");
     let second: Value = resp.json().await.unwrap();
     assert_ne!(second["name"], first["name"]);
     assert_eq!(second["fingerprint"], first["fingerprint"]);
@@ -182,19 +163,13 @@ async fn resolved_alert_is_recorded_on_the_open_request_and_creates_nothing() {
     assert_eq!(gw.manifests().len(), 1);
     let status = gw.read("shop", first["name"].as_str().unwrap()).status.unwrap();
     assert!(status.signal_resolved_at.is_some());
-    assert_eq!(
-        status.deduplication.unwrap().occurrence_count,
-        1,
-        "a resolution is not an occurrence"
-    );
+    assert_eq!(status.deduplication.unwrap().occurrence_count, 1, "a resolution is not an occurrence");
 }
 
 #[tokio::test]
 async fn resolved_alert_without_an_open_request_creates_nothing() {
     let mut gw = start().await;
-    let resp = gw
-        .alerts(&webhook(vec![resolved(alert("HighMemory", "shop", "web-0"))]))
-        .await;
+    let resp = gw.alerts(&webhook(vec![resolved(alert("HighMemory", "shop", "web-0"))])).await;
     assert_eq!(resp.status(), 202);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "resolved");
@@ -216,17 +191,10 @@ async fn every_alert_of_a_batch_is_processed_and_answered_207() {
     let resp = gw.alerts(&batch).await;
     assert_eq!(resp.status(), 207);
     let body: Value = resp.json().await.unwrap();
-    let statuses: Vec<&str> = body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect();
+    let statuses: Vec<&str> =
+        body["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["duplicate", "created", "created", "resolved"]);
-    assert_eq!(
-        body["summary"],
-        json!({"created": 2, "duplicate": 1, "resolved": 1, "failed": 0})
-    );
+    assert_eq!(body["summary"], json!({"created": 2, "duplicate": 1, "aggregated": 0, "resolved": 1, "failed": 0}));
     gw.stop().await;
     assert_eq!(gw.manifests().len(), 3);
 }
@@ -239,16 +207,10 @@ async fn a_bad_alert_in_a_batch_fails_alone() {
     let resp = gw.alerts(&webhook(vec![alert("A", "shop", "p0"), nameless])).await;
     assert_eq!(resp.status(), 207);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(
-        body["summary"],
-        json!({"created": 1, "duplicate": 0, "resolved": 0, "failed": 1})
-    );
+    assert_eq!(body["summary"], json!({"created": 1, "duplicate": 0, "aggregated": 0, "resolved": 0, "failed": 1}));
     assert_eq!(body["results"][1]["status"], "failed");
     assert_eq!(body["results"][1]["index"], 1);
-    assert_eq!(
-        body["results"][1]["error"]["detail"],
-        "$.alerts[1].labels: missing required label \"alertname\""
-    );
+    assert_eq!(body["results"][1]["error"]["detail"], "$.alerts[1].labels: missing required label \"alertname\"");
 }
 
 #[tokio::test]
@@ -257,35 +219,22 @@ async fn missing_alertname_is_400_naming_the_path() {
     let mut nameless = alert("x", "shop", "p1");
     nameless["labels"].as_object_mut().unwrap().remove("alertname");
     let body = problem(gw.alerts(&webhook(vec![nameless])).await, 400).await;
-    assert_eq!(
-        body["detail"],
-        "$.alerts[0].labels: missing required label \"alertname\""
-    );
-    assert_eq!(
-        gw.metric(r#"tidegate_http_rejections_total{reason="invalid"}"#).await,
-        1.0
-    );
+    assert_eq!(body["detail"], "$.alerts[0].labels: missing required label \"alertname\"");
+    assert_eq!(gw.metric(r#"tidegate_http_rejections_total{reason="invalid"}"#).await, 1.0);
 }
 
 #[tokio::test]
 async fn malformed_json_is_400_naming_the_path_and_reason() {
     let gw = start().await;
-    let resp = gw
-        .post_raw(
-            PROMETHEUS,
-            Some("application/json"),
-            br#"{"alerts":[{"labels":{"alertname":5}}]}"#.to_vec(),
-        )
-        .await;
+    let resp =
+        gw.post_raw(PROMETHEUS, Some("application/json"), br#"{"alerts":[{"labels":{"alertname":5}}]}"#.to_vec()).await;
     let body = problem(resp, 400).await;
     let detail = body["detail"].as_str().unwrap();
     assert!(
         detail.starts_with("$.alerts[0].labels.alertname: invalid type: integer `5`, expected a string"),
         "{detail}"
     );
-    let resp = gw
-        .post_raw(PROMETHEUS, Some("application/json"), b"{\"alerts\": [".to_vec())
-        .await;
+    let resp = gw.post_raw(PROMETHEUS, Some("application/json"), b"{\"alerts\": [".to_vec()).await;
     let body = problem(resp, 400).await;
     assert!(body["detail"].as_str().unwrap().contains("EOF"), "{body}");
 }
@@ -302,18 +251,10 @@ async fn wrong_or_missing_content_type_is_415() {
     let gw = start().await;
     let payload = serde_json::to_vec(&webhook(vec![alert("A", "shop", "p0")])).unwrap();
     let body = problem(gw.post_raw(PROMETHEUS, Some("text/plain"), payload.clone()).await, 415).await;
-    assert_eq!(
-        body["detail"],
-        "Content-Type must be application/json, got \"text/plain\""
-    );
+    assert_eq!(body["detail"], "Content-Type must be application/json, got \"text/plain\"");
     problem(gw.post_raw(PROMETHEUS, None, payload.clone()).await, 415).await;
     // Parameters and +json suffixes are JSON too.
-    assert_eq!(
-        gw.post_raw(PROMETHEUS, Some("application/json; charset=utf-8"), payload)
-            .await
-            .status(),
-        201
-    );
+    assert_eq!(gw.post_raw(PROMETHEUS, Some("application/json; charset=utf-8"), payload).await.status(), 201);
 }
 
 #[tokio::test]
@@ -322,12 +263,7 @@ async fn body_one_byte_over_the_limit_is_413_and_at_the_limit_is_accepted() {
     let gw = start_with(|c| c.http.body_limit = limit).await;
     let mut payload = serde_json::to_vec(&webhook(vec![alert("A", "shop", "p0")])).unwrap();
     payload.resize(limit, b' ');
-    assert_eq!(
-        gw.post_raw(PROMETHEUS, Some("application/json"), payload.clone())
-            .await
-            .status(),
-        201
-    );
+    assert_eq!(gw.post_raw(PROMETHEUS, Some("application/json"), payload.clone()).await.status(), 201);
     payload.push(b' ');
     let body = problem(gw.post_raw(PROMETHEUS, Some("application/json"), payload).await, 413).await;
     assert_eq!(body["detail"], "request body exceeds the limit of 4096 bytes");
@@ -377,12 +313,7 @@ async fn warning_event_becomes_a_request_for_its_involved_object() {
     let resp = gw.post_json(EVENTS, &event("Warning", "BackOff", "web-0")).await;
     assert_eq!(resp.status(), 201);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(
-        gw.post_json(EVENTS, &event("Warning", "BackOff", "web-0"))
-            .await
-            .status(),
-        202
-    );
+    assert_eq!(gw.post_json(EVENTS, &event("Warning", "BackOff", "web-0")).await.status(), 202);
     gw.stop().await;
     let rr = gw.read("shop", body["name"].as_str().unwrap());
     assert_eq!(rr.spec.signal_name, "BackOff");
@@ -396,22 +327,13 @@ async fn warning_event_becomes_a_request_for_its_involved_object() {
 async fn normal_event_is_400_with_the_reason() {
     let gw = start().await;
     let body = problem(gw.post_json(EVENTS, &event("Normal", "Pulled", "web-0")).await, 400).await;
-    assert_eq!(
-        body["detail"],
-        "type: only Warning events become signals, got \"Normal\""
-    );
+    assert_eq!(body["detail"], "type: only Warning events become signals, got \"Normal\"");
 }
 
 #[tokio::test]
 async fn request_id_is_echoed_or_generated() {
     let gw = start().await;
-    let resp = gw
-        .client
-        .get(format!("{}/healthz", gw.url))
-        .header("x-request-id", "abc-123")
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.client.get(format!("{}/healthz", gw.url)).header("x-request-id", "abc-123").send().await.unwrap();
     assert_eq!(resp.headers()["x-request-id"], "abc-123");
     let resp = gw.post_raw(PROMETHEUS, Some("text/plain"), vec![]).await;
     let generated = resp.headers()["x-request-id"].to_str().unwrap();
@@ -441,10 +363,7 @@ async fn probes_and_metrics_answer() {
 async fn shutdown_turns_readiness_503_at_once_while_still_serving() {
     let gw = start_with(|c| c.http.shutdown_delay = Duration::from_secs(30)).await;
     gw.running().shutdown();
-    eventually("readiness to turn 503", || async {
-        gw.get("/readyz").await.status() == 503
-    })
-    .await;
+    eventually("readiness to turn 503", || async { gw.get("/readyz").await.status() == 503 }).await;
     // Still serving during the delay, so load balancers can withdraw the endpoint.
     assert_eq!(gw.alerts(&webhook(vec![alert("A", "shop", "p0")])).await.status(), 201);
 }

@@ -25,27 +25,19 @@ fn options(url: &str, prefix: &str, window: Duration) -> RedisOptions {
         topology: url.parse().unwrap(),
         prefix: prefix.to_string(),
         window,
+        storms: tidegate::state::StormRules::default(),
         timeout: Duration::from_millis(500),
         monitor_interval: Duration::from_secs(1),
     }
 }
 
 async fn store(url: &str, prefix: &str, window: Duration) -> RedisStore {
-    RedisStore::connect(options(url, prefix, window), Arc::new(Metrics::new()))
-        .await
-        .unwrap()
+    RedisStore::connect(options(url, prefix, window), Arc::new(Metrics::new())).await.unwrap()
 }
 
 fn fire(case: &str, n: u32) -> Observation {
-    let target = TargetResource {
-        kind: "Pod".into(),
-        name: format!("p{n}"),
-        namespace: "ns".into(),
-    };
-    Observation {
-        fingerprint: Fingerprint::new(case, "ns", &target),
-        status: SignalStatus::Firing,
-    }
+    let target = TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into() };
+    Observation { fingerprint: Fingerprint::new(case, "ns", &target), status: SignalStatus::Firing, storm: None }
 }
 
 fn now_s() -> u32 {
@@ -67,11 +59,7 @@ async fn gateway(url: &str, prefix: Option<String>, tweak: impl FnOnce(&mut tide
 
 fn keys(server: &RedisServer, prefix: &str) -> Vec<String> {
     let mut conn = server.connection();
-    let keys: Vec<String> = conn
-        .scan_match(format!("{prefix}*"))
-        .unwrap()
-        .map(|k| k.unwrap())
-        .collect();
+    let keys: Vec<String> = conn.scan_match(format!("{prefix}*")).unwrap().map(|k| k.unwrap()).collect();
     keys
 }
 
@@ -110,11 +98,7 @@ async fn entries_are_twelve_byte_values_in_listpack_hashes() {
         assert_eq!(encoding, "listpack", "{key}");
         let entries: HashMap<Vec<u8>, Vec<u8>> = conn.hgetall(&key).unwrap();
         for (field, value) in &entries {
-            assert_eq!(
-                (field.len(), value.len()),
-                (8, 12),
-                "{key}: a fingerprint is 8 + 12 bytes, never a document"
-            );
+            assert_eq!((field.len(), value.len()), (8, 12), "{key}: a fingerprint is 8 + 12 bytes, never a document");
         }
         fields += entries.len();
     }
@@ -126,10 +110,7 @@ async fn keys_expire_by_themselves_once_nothing_in_them_can_be_live() {
     let server = shared();
     let prefix = unique_prefix();
     let store = store(&server.url(), &prefix, Duration::from_secs(1)).await;
-    store
-        .observe(&[fire("expire", 0), fire("expire", 1)], now_s())
-        .await
-        .unwrap();
+    store.observe(&[fire("expire", 0), fire("expire", 1)], now_s()).await.unwrap();
     assert!(!keys(server, &prefix).is_empty());
     // A 1 s window: every key is gone within three seconds, with no cleanup by us.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
@@ -142,22 +123,15 @@ async fn keys_expire_by_themselves_once_nothing_in_them_can_be_live() {
 #[tokio::test]
 async fn gauges_report_redis_memory_and_fingerprints() {
     let server = shared();
-    let gw = gateway(&server.url(), None, |c| {
-        c.redis.monitor_interval = Duration::from_secs(1)
-    })
-    .await;
-    let alerts: Vec<Value> = (0..10).map(|n| alert("Gauges", "shop", &format!("p{n}"))).collect();
+    let gw = gateway(&server.url(), None, |c| c.redis.monitor_interval = Duration::from_secs(1)).await;
+    // Ten namespaces, so that no storm folds any of them.
+    let alerts: Vec<Value> = (0..10).map(|n| alert("Gauges", &format!("ns{n}"), "p0")).collect();
     assert_eq!(gw.alerts(&webhook(alerts)).await.status(), 207);
     FINGERPRINTS.fetch_add(10, Ordering::Relaxed);
-    eventually("the monitor to count the fingerprints", || async {
-        gw.metric("tidegate_state_entries").await == 10.0
-    })
-    .await;
+    eventually("the monitor to count the fingerprints", || async { gw.metric("tidegate_state_entries").await == 10.0 })
+        .await;
     assert!(gw.metric("tidegate_redis_used_memory_bytes").await > 0.0);
-    assert_eq!(
-        gw.metric("tidegate_redis_maxmemory_bytes").await,
-        16.0 * 1024.0 * 1024.0
-    );
+    assert_eq!(gw.metric("tidegate_redis_maxmemory_bytes").await, 16.0 * 1024.0 * 1024.0);
     assert!(gw.metric("tidegate_redis_keys").await >= 1.0);
 }
 
@@ -177,10 +151,7 @@ async fn replicas_sharing_redis_create_one_request() {
     let prefix = unique_prefix();
     let mut a = gateway(&shared().url(), Some(prefix.clone()), |_| {}).await;
     let dir = a.dir.path().to_path_buf();
-    let mut b = gateway(&shared().url(), Some(prefix), |c| {
-        c.sink = tidegate::config::SinkTarget::Dir(dir)
-    })
-    .await;
+    let mut b = gateway(&shared().url(), Some(prefix), |c| c.sink = tidegate::config::SinkTarget::Dir(dir)).await;
     let hook = webhook(vec![alert("HighMemory", "shop", "web-0")]);
     let sends = (0..20).map(|i| if i % 2 == 0 { a.alerts(&hook) } else { b.alerts(&hook) });
     let responses = futures::future::join_all(sends).await;
@@ -207,20 +178,14 @@ async fn redis_outage_is_503_with_retry_after_then_recovers_without_restart() {
     assert!(gw.metric(r#"tidegate_state_errors_total{reason="unavailable"}"#).await >= 1.0);
 
     server.restart(); // empty: --save "" keeps nothing
-    eventually("readiness to return", || async {
-        gw.get("/readyz").await.status() == 200
-    })
-    .await;
+    eventually("readiness to return", || async { gw.get("/readyz").await.status() == 200 }).await;
     let resp = gw.alerts(&hook).await;
     assert!(resp.status().is_success(), "{}", resp.status());
 }
 
 #[tokio::test]
 async fn redis_out_of_memory_is_503_and_not_ready_until_there_is_room() {
-    let server = RedisServer::start(ServerOptions {
-        maxmemory: "2mb".into(),
-        ..ServerOptions::default()
-    });
+    let server = RedisServer::start(ServerOptions { maxmemory: "2mb".into(), ..ServerOptions::default() });
     let gw = gateway(&server.url(), None, |_| {}).await;
     assert_eq!(gw.get("/readyz").await.status(), 200);
     // Fill the server to its limit with someone else's data.
@@ -236,23 +201,12 @@ async fn redis_out_of_memory_is_503_and_not_ready_until_there_is_room() {
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     let text = gw.get("/metrics").await.text().await.unwrap();
-    assert!(
-        text.contains(r#"tidegate_state_errors_total{reason="oom"} 1"#),
-        "{text}"
-    );
+    assert!(text.contains(r#"tidegate_state_errors_total{reason="oom"} 1"#), "{text}");
     assert_eq!(gw.get("/readyz").await.status(), 503);
 
     let _: () = redis::cmd("FLUSHDB").query(&mut conn).unwrap(); // our own dedicated server
-    eventually("readiness to return", || async {
-        gw.get("/readyz").await.status() == 200
-    })
-    .await;
-    assert_eq!(
-        gw.alerts(&webhook(vec![alert("HighMemory", "shop", "web-0")]))
-            .await
-            .status(),
-        201
-    );
+    eventually("readiness to return", || async { gw.get("/readyz").await.status() == 200 }).await;
+    assert_eq!(gw.alerts(&webhook(vec![alert("HighMemory", "shop", "web-0")])).await.status(), 201);
 }
 
 #[tokio::test]
@@ -261,18 +215,10 @@ async fn slow_redis_is_503_after_the_timeout() {
     let prefix = unique_prefix();
     let store = store(&server.url(), &prefix, Duration::from_secs(300)).await;
     let mut conn = server.connection();
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(3000)
-        .arg("WRITE")
-        .query(&mut conn)
-        .unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(3000).arg("WRITE").query(&mut conn).unwrap();
     let started = tokio::time::Instant::now();
     let err = store.observe(&[fire("slow", 0)], now_s()).await.unwrap_err();
-    assert!(
-        matches!(err, StateError::Timeout(d) if d == Duration::from_millis(500)),
-        "{err:?}"
-    );
+    assert!(matches!(err, StateError::Timeout(d) if d == Duration::from_millis(500)), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
     let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut conn).unwrap();
     let v = store.observe(&[fire("slow", 0)], now_s()).await.unwrap();
@@ -281,10 +227,7 @@ async fn slow_redis_is_503_after_the_timeout() {
 
 #[tokio::test]
 async fn allkeys_eviction_and_unbounded_memory_are_reported_at_start() {
-    let lru = RedisServer::start(ServerOptions {
-        maxmemory_policy: "allkeys-lru".into(),
-        ..ServerOptions::default()
-    });
+    let lru = RedisServer::start(ServerOptions { maxmemory_policy: "allkeys-lru".into(), ..ServerOptions::default() });
     let store = store(&lru.url(), &unique_prefix(), Duration::from_secs(300)).await;
     assert_eq!(store.warnings().len(), 1);
     assert!(store.warnings()[0].contains("allkeys-lru"), "{:?}", store.warnings());

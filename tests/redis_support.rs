@@ -23,9 +23,7 @@ fn standalone_set_get_kill_restart() {
     let started = Instant::now();
     // Started on a thread that exits right away: the server must survive it (children
     // are forked by the long-lived spawner thread, so PDEATHSIG does not fire).
-    let server = thread::spawn(|| RedisServer::start(ServerOptions::default()))
-        .join()
-        .unwrap();
+    let server = thread::spawn(|| RedisServer::start(ServerOptions::default())).join().unwrap();
     assert!(server.is_running(), "server died with the thread that asked for it");
 
     let mut con = server.connection();
@@ -73,15 +71,8 @@ fn sentinel_failover() {
     assert_ne!(new, old);
     assert_eq!(setup.primary_port(), new);
     let mut con = setup.primary().connection();
-    let () = redis::cmd("SET")
-        .arg("smoke:after-failover")
-        .arg("1")
-        .query(&mut con)
-        .unwrap();
-    eprintln!(
-        "sentinel: ready in {ready:?}, failover in {failover:?}, total {:?}",
-        started.elapsed()
-    );
+    let () = redis::cmd("SET").arg("smoke:after-failover").arg("1").query(&mut con).unwrap();
+    eprintln!("sentinel: ready in {ready:?}, failover in {failover:?}, total {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -121,11 +112,7 @@ fn shared_server_is_reused() {
 
     let mut con = a.connection();
     for i in 0..100 {
-        let () = redis::cmd("SET")
-            .arg(format!("smoke:shared:{i}"))
-            .arg(i)
-            .query(&mut con)
-            .unwrap();
+        let () = redis::cmd("SET").arg(format!("smoke:shared:{i}")).arg(i).query(&mut con).unwrap();
     }
     redis_support::FINGERPRINTS.fetch_add(100, Ordering::Relaxed);
     eprintln!("shared: {:?}", started.elapsed());

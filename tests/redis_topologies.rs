@@ -14,10 +14,7 @@ use tidegate::state::StateStore;
 use tidegate::telemetry::Metrics;
 
 fn hosts(urls: &[String]) -> String {
-    urls.iter()
-        .map(|u| u.trim_start_matches("redis://"))
-        .collect::<Vec<_>>()
-        .join(",")
+    urls.iter().map(|u| u.trim_start_matches("redis://")).collect::<Vec<_>>().join(",")
 }
 
 /// One cluster for every cluster test of this binary.
@@ -40,6 +37,7 @@ mod cluster_conformance {
             topology: url.parse().unwrap(),
             prefix: unique_prefix(),
             window,
+            storms: tidegate::state::StormRules::default(),
             timeout: Duration::from_secs(2),
             monitor_interval: Duration::from_secs(3600),
         };
@@ -58,9 +56,8 @@ async fn cluster_batch_spanning_slots_is_decided_in_one_request() {
         c.redis.monitor_interval = Duration::from_secs(1);
     })
     .await;
-    let alerts: Vec<Value> = (0..10)
-        .map(|n| alert("ClusterWide", "shop", &format!("p{n}")))
-        .collect();
+    // Ten namespaces: ten storm scopes, so ten slots and no storm.
+    let alerts: Vec<Value> = (0..10).map(|n| alert("ClusterWide", &format!("ns{n}"), "p0")).collect();
     let first: Value = gw.alerts(&webhook(alerts.clone())).await.json().await.unwrap();
     assert_eq!(first["summary"]["created"], 10);
     let second: Value = gw.alerts(&webhook(alerts)).await.json().await.unwrap();
@@ -70,10 +67,7 @@ async fn cluster_batch_spanning_slots_is_decided_in_one_request() {
         gw.metric("tidegate_state_entries").await == 10.0
     })
     .await;
-    assert_eq!(
-        gw.metric("tidegate_redis_maxmemory_bytes").await,
-        3.0 * 16.0 * 1024.0 * 1024.0
-    );
+    assert_eq!(gw.metric("tidegate_redis_maxmemory_bytes").await, 3.0 * 16.0 * 1024.0 * 1024.0);
     gw.stop().await;
     assert_eq!(gw.manifests().len(), 10);
 }
@@ -89,12 +83,7 @@ async fn sentinel_failover_is_followed_without_a_restart() {
         c.redis.timeout = Duration::from_millis(300);
     })
     .await;
-    assert_eq!(
-        gw.alerts(&webhook(vec![alert("BeforeFailover", "shop", "p0")]))
-            .await
-            .status(),
-        201
-    );
+    assert_eq!(gw.alerts(&webhook(vec![alert("BeforeFailover", "shop", "p0")])).await.status(), 201);
 
     let killed = {
         let setup = setup.clone();
@@ -107,26 +96,18 @@ async fn sentinel_failover_is_followed_without_a_restart() {
 
     let promoted = {
         let setup = setup.clone();
-        tokio::task::spawn_blocking(move || setup.wait_for_failover(Duration::from_secs(30)))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || setup.wait_for_failover(Duration::from_secs(30))).await.unwrap()
     };
     assert_ne!(promoted, killed);
     // Keep sending, as Alertmanager would, until the gateway follows the failover.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let status = gw
-            .alerts(&webhook(vec![alert("DuringFailover", "shop", "p1")]))
-            .await
-            .status();
+        let status = gw.alerts(&webhook(vec![alert("DuringFailover", "shop", "p1")])).await.status();
         if status.is_success() {
             break;
         }
         assert_eq!(status, 503, "only 503 while failing over");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gateway never followed the failover"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "gateway never followed the failover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(gw.get("/readyz").await.status(), 200);

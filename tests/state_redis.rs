@@ -17,6 +17,7 @@ async fn redis_store(window: Duration) -> Arc<dyn StateStore> {
         topology: server.url().parse().unwrap(),
         prefix: support::unique_prefix(),
         window,
+        storms: tidegate::state::StormRules::default(),
         timeout: Duration::from_secs(2),
         monitor_interval: Duration::from_secs(3600),
     };

@@ -7,20 +7,23 @@ mod probes;
 pub mod problem;
 mod signals;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::HeaderName;
+use axum::http::{HeaderMap, HeaderName};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use ipnet::IpNet;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::clock::Clock;
 use crate::pipeline::Pipeline;
+use crate::state::RateLimit;
 use crate::telemetry::{HttpLabels, Metrics, ReasonLabels};
 use problem::Problem;
 
@@ -36,12 +39,33 @@ pub struct AppState {
     pub readiness: Readiness,
 }
 
-/// Request limits and retry advice, from `http.*` config.
-#[derive(Clone, Copy, Debug)]
+/// Request limits and retry advice, from `http.*` and `rate_limit.*` config.
+#[derive(Clone, Debug)]
 pub struct Limits {
     pub body_limit: usize,
     pub request_timeout: Duration,
     pub retry_after_secs: u32,
+    /// Per-source rate limit; `None` when disabled.
+    pub rate_limit: Option<RateLimit>,
+    /// Peers whose forwarding headers name the real source.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Who a request is charged to, and how that was decided (a metric label).
+pub fn source_of(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (String, &'static str) {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if is_trusted(&peer) {
+        // The rightmost address a trusted proxy did not add is the client's: entries
+        // further left were written by the client itself and prove nothing.
+        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).and_then(|list| {
+            list.rsplit(',').filter_map(|hop| hop.trim().parse::<IpAddr>().ok()).find(|ip| !is_trusted(ip))
+        });
+        let real = || headers.get("x-real-ip").and_then(|v| v.to_str().ok()?.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = forwarded.or_else(real) {
+            return (ip.to_string(), "forwarded");
+        }
+    }
+    (peer.to_string(), "peer")
 }
 
 /// Whether the process is shutting down; `/readyz` answers 503 from the moment
@@ -63,10 +87,7 @@ impl AppState {
     /// Counts a refused request by reason and turns it into a response.
     fn reject(&self, problem: Problem) -> Response {
         if problem.status.is_client_error() {
-            self.metrics
-                .rejections
-                .get_or_create(&ReasonLabels { reason: problem.reason })
-                .inc();
+            self.metrics.rejections.get_or_create(&ReasonLabels { reason: problem.reason }).inc();
         }
         problem.into_response()
     }
@@ -93,31 +114,39 @@ async fn not_found(State(app): State<AppState>, request: Request) -> Response {
 }
 
 async fn method_not_allowed(State(app): State<AppState>, request: Request) -> Response {
-    app.reject(Problem::method_not_allowed(
-        request.method().as_str(),
-        request.uri().path(),
-    ))
+    app.reject(Problem::method_not_allowed(request.method().as_str(), request.uri().path()))
 }
 
 /// Records the latency of every request by route and status.
 async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     app.metrics.http_in_flight.inc();
     let response = next.run(request).await;
     app.metrics.http_in_flight.dec();
-    let labels = HttpLabels {
-        method,
-        route,
-        status: response.status().as_u16(),
-    };
-    app.metrics
-        .http_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    let labels = HttpLabels { method, route, status: response.status().as_u16() };
+    app.metrics.http_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn forwarding_headers_count_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.1.1")]);
+        assert_eq!(source_of("10.0.0.2".parse().unwrap(), &h, &trusted), ("203.0.113.7".into(), "forwarded"));
+        assert_eq!(source_of("198.51.100.1".parse().unwrap(), &h, &trusted), ("198.51.100.1".into(), "peer"));
+        let h = headers(&[("x-real-ip", "203.0.113.9")]);
+        assert_eq!(source_of("10.0.0.2".parse().unwrap(), &h, &trusted), ("203.0.113.9".into(), "forwarded"));
+        assert_eq!(source_of("10.0.0.2".parse().unwrap(), &HeaderMap::new(), &trusted), ("10.0.0.2".into(), "peer"));
+    }
 }

@@ -32,12 +32,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     if let Ok(n) = app.pipeline.state().entries().await {
         app.metrics.state_entries.set(n as i64);
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.encode(),
-    )
+    app.metrics.storm_windows_open.set(app.pipeline.open_windows() as i64);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response()
 }

@@ -61,12 +61,7 @@ impl Problem {
             Some(ct) => format!("Content-Type must be application/json, got {ct:?}"),
             None => "Content-Type must be application/json; the request had none".to_string(),
         };
-        Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Unsupported media type",
-            detail,
-        )
+        Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type", detail)
     }
 
     pub fn too_large(limit: usize) -> Self {
@@ -79,12 +74,7 @@ impl Problem {
     }
 
     pub fn not_found(path: &str) -> Self {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "Not found",
-            format!("no endpoint at {path}"),
-        )
+        Problem::new(StatusCode::NOT_FOUND, "not_found", "Not found", format!("no endpoint at {path}"))
     }
 
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
@@ -94,6 +84,17 @@ impl Problem {
             "Method not allowed",
             format!("{method} is not allowed on {path}"),
         )
+    }
+
+    pub fn too_many_requests(source: &str, retry_after_secs: u32) -> Self {
+        let mut p = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many requests",
+            format!("source {source} is over its rate limit; retry in {retry_after_secs}s"),
+        );
+        p.retry_after_secs = Some(retry_after_secs);
+        p
     }
 
     pub fn unavailable(reason: &'static str, detail: impl Into<String>, retry_after_secs: u32) -> Self {
@@ -107,11 +108,7 @@ impl Problem {
             PipelineError::State(_) => "state_unavailable",
             PipelineError::Sink(_) => "sink_unavailable",
         };
-        Problem::unavailable(
-            reason,
-            format!("{e}; nothing was acknowledged, retry later"),
-            retry_after_secs,
-        )
+        Problem::unavailable(reason, format!("{e}; nothing was acknowledged, retry later"), retry_after_secs)
     }
 
     pub fn bad_request(e: &IngestError) -> Self {

@@ -6,7 +6,9 @@
 //! every alert and a bad alert never costs it the good ones.
 
 use axum::body::Body;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,15 +20,47 @@ use super::problem::{AlertError, Problem};
 use super::AppState;
 use crate::ingest::{self, IngestError, Parsed};
 use crate::pipeline::{Outcome, OutcomeStatus};
+use crate::state::Admission;
+use crate::telemetry::SourceClassLabels;
 
 type Parser = fn(&[u8], Timestamp) -> Result<Parsed, IngestError>;
 
-pub async fn prometheus(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    ingest(app, headers, body, ingest::alertmanager::parse, "prometheus-alert").await
+pub async fn prometheus(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(app, peer, headers, body, ingest::alertmanager::parse, "prometheus-alert").await
 }
 
-pub async fn kubernetes_event(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    ingest(app, headers, body, ingest::k8s_event::parse, "kubernetes-event").await
+pub async fn kubernetes_event(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(app, peer, headers, body, ingest::k8s_event::parse, "kubernetes-event").await
+}
+
+/// Charges the request to its source; refuses it if the source is over its limit.
+async fn admit(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(limit) = app.limits.rate_limit else { return Ok(()) };
+    let (source, class) = super::source_of(peer.ip(), headers, &app.limits.trusted_proxies);
+    let retry = app.limits.retry_after_secs;
+    match app.pipeline.state().admit(&source, limit, app.clock.now_ms()).await {
+        Ok(Admission::Allowed) => Ok(()),
+        Ok(Admission::Limited { retry_after_ms }) => {
+            app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: class }).inc();
+            let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
+            Err(app.reject(Problem::too_many_requests(&source, secs)))
+        }
+        Err(e) => {
+            app.metrics.state_errors.get_or_create(&crate::telemetry::ReasonLabels { reason: e.cause() }).inc();
+            Err(Problem::unavailable("state_unavailable", format!("{e}; nothing was acknowledged, retry later"), retry)
+                .into_response())
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -51,6 +85,7 @@ struct AlertResult {
 struct Summary {
     created: usize,
     duplicate: usize,
+    aggregated: usize,
     resolved: usize,
     failed: usize,
 }
@@ -61,7 +96,17 @@ struct BatchResponse {
     summary: Summary,
 }
 
-async fn ingest(app: AppState, headers: HeaderMap, body: Body, parse: Parser, source: &'static str) -> Response {
+async fn ingest(
+    app: AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    body: Body,
+    parse: Parser,
+    source: &'static str,
+) -> Response {
+    if let Err(refused) = admit(&app, peer, &headers).await {
+        return refused;
+    }
     if let Err(p) = check_content_type(&headers) {
         return app.reject(p);
     }
@@ -79,30 +124,19 @@ async fn ingest(app: AppState, headers: HeaderMap, body: Body, parse: Parser, so
     for (index, result) in parsed.into_iter().enumerate() {
         match result {
             Ok(signal) => signals.push((index, signal)),
-            Err(e) => failures.push(AlertError {
-                index,
-                reason: e.kind(),
-                detail: e.to_string(),
-            }),
+            Err(e) => failures.push(AlertError { index, reason: e.kind(), detail: e.to_string() }),
         }
     }
     for failure in &failures {
         app.metrics.signal(source, "failed");
-        app.metrics
-            .rejections
-            .get_or_create(&crate::telemetry::ReasonLabels { reason: failure.reason })
-            .inc();
+        app.metrics.rejections.get_or_create(&crate::telemetry::ReasonLabels { reason: failure.reason }).inc();
     }
     if signals.is_empty() {
         let mut problem = Problem::new(
             StatusCode::BAD_REQUEST,
             failures[0].reason,
             "Invalid payload",
-            if total == 1 {
-                failures[0].detail.clone()
-            } else {
-                format!("none of the {total} alerts is usable")
-            },
+            if total == 1 { failures[0].detail.clone() } else { format!("none of the {total} alerts is usable") },
         );
         if total > 1 {
             problem.errors = failures;
@@ -124,17 +158,10 @@ async fn ingest(app: AppState, headers: HeaderMap, body: Body, parse: Parser, so
     };
     if total == 1 {
         let outcome = &outcomes[0];
-        let status = if outcome.status == OutcomeStatus::Created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::ACCEPTED
-        };
+        let status = if outcome.status.created() { StatusCode::CREATED } else { StatusCode::ACCEPTED };
         return (status, Json(result(None, outcome))).into_response();
     }
-    let mut summary = Summary {
-        failed: failures.len(),
-        ..Summary::default()
-    };
+    let mut summary = Summary { failed: failures.len(), ..Summary::default() };
     let mut results: Vec<AlertResult> = indices
         .iter()
         .zip(&outcomes)
@@ -143,6 +170,7 @@ async fn ingest(app: AppState, headers: HeaderMap, body: Body, parse: Parser, so
                 OutcomeStatus::Created => summary.created += 1,
                 OutcomeStatus::Duplicate => summary.duplicate += 1,
                 OutcomeStatus::Resolved => summary.resolved += 1,
+                OutcomeStatus::Aggregated { .. } => summary.aggregated += 1,
             }
             result(Some(*index), outcome)
         })
@@ -189,9 +217,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
 
 /// Reads at most `limit` bytes, refusing early when Content-Length already says more.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, Problem> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Problem::too_large(limit));
     }

@@ -77,24 +77,13 @@ fn signal(
 ) -> Result<Signal, IngestError> {
     let name = match alert.labels.get("alertname") {
         Some(name) if !name.trim().is_empty() => name.clone(),
-        Some(_) => {
-            return Err(IngestError::invalid(
-                format!("$.alerts[{i}].labels.alertname"),
-                "must not be empty",
-            ))
-        }
+        Some(_) => return Err(IngestError::invalid(format!("$.alerts[{i}].labels.alertname"), "must not be empty")),
         None => {
-            return Err(IngestError::invalid(
-                format!("$.alerts[{i}].labels"),
-                "missing required label \"alertname\"",
-            ))
+            return Err(IngestError::invalid(format!("$.alerts[{i}].labels"), "missing required label \"alertname\""))
         }
     };
     let status = alert.status.or(group_status).ok_or_else(|| {
-        IngestError::invalid(
-            format!("$.alerts[{i}].status"),
-            "missing; expected \"firing\" or \"resolved\"",
-        )
+        IngestError::invalid(format!("$.alerts[{i}].status"), "missing; expected \"firing\" or \"resolved\"")
     })?;
     let namespace = namespace_from_labels(&alert.labels);
     let target = TargetResource::from_labels(&alert.labels, &namespace);
@@ -102,11 +91,7 @@ fn signal(
     // Alertmanager writes the zero time (year 1) for "unset".
     let firing_time = alert.starts_at.filter(|t| t.as_second() > 0);
     Ok(Signal {
-        severity: alert
-            .labels
-            .get("severity")
-            .cloned()
-            .unwrap_or_else(|| "unknown".into()),
+        severity: alert.labels.get("severity").cloned().unwrap_or_else(|| "unknown".into()),
         name,
         namespace,
         target,
@@ -142,10 +127,7 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.len(), 2);
         let a = parsed[0].as_ref().unwrap();
-        assert_eq!(
-            (a.name.as_str(), a.target.kind.as_str(), a.namespace.as_str()),
-            ("A", "Pod", "n")
-        );
+        assert_eq!((a.name.as_str(), a.target.kind.as_str(), a.namespace.as_str()), ("A", "Pod", "n"));
         let b = parsed[1].as_ref().unwrap();
         assert_eq!(
             (b.status, b.target.kind.as_str(), b.namespace.as_str()),
@@ -174,19 +156,13 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         let err = parse_str(r#"{"alerts":[{"status":"burning","labels":{}}]}"#).unwrap_err();
-        assert!(
-            matches!(err, IngestError::Malformed { ref path, .. } if path == "$.alerts[0].status"),
-            "{err:?}"
-        );
+        assert!(matches!(err, IngestError::Malformed { ref path, .. } if path == "$.alerts[0].status"), "{err:?}");
     }
 
     #[test]
     fn empty_alerts_is_rejected() {
         assert_eq!(parse_str(r#"{"alerts":[]}"#).unwrap_err(), IngestError::NoAlerts);
-        assert!(matches!(
-            parse_str(r#"{"version":"4"}"#).unwrap_err(),
-            IngestError::Malformed { .. }
-        ));
+        assert!(matches!(parse_str(r#"{"version":"4"}"#).unwrap_err(), IngestError::Malformed { .. }));
     }
 
     #[test]

@@ -74,10 +74,7 @@ pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed, IngestError> {
         return Err(IngestError::invalid("$.reason", "missing; the reason names the signal"));
     }
     let object = event.involved_object;
-    for (value, path) in [
-        (&object.kind, "$.involvedObject.kind"),
-        (&object.name, "$.involvedObject.name"),
-    ] {
+    for (value, path) in [(&object.kind, "$.involvedObject.kind"), (&object.name, "$.involvedObject.name")] {
         if value.is_empty() {
             return Err(IngestError::invalid(path, "missing; it identifies the target resource"));
         }
@@ -87,11 +84,8 @@ pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed, IngestError> {
         .find(|ns| !ns.is_empty())
         .cloned()
         .unwrap_or_else(|| "default".into());
-    let target = TargetResource {
-        kind: object.kind.clone(),
-        name: object.name.clone(),
-        namespace: object.namespace.clone(),
-    };
+    let target =
+        TargetResource { kind: object.kind.clone(), name: object.name.clone(), namespace: object.namespace.clone() };
     let fingerprint = Fingerprint::new(&event.reason, &namespace, &target);
     let mut labels = BTreeMap::from([
         ("reason".to_string(), event.reason.clone()),
@@ -140,14 +134,7 @@ mod tests {
         let parsed = parse(WARNING.as_bytes(), Timestamp::UNIX_EPOCH).unwrap();
         let s = parsed[0].as_ref().unwrap();
         assert_eq!(s.name, "BackOff");
-        assert_eq!(
-            s.target,
-            TargetResource {
-                kind: "Pod".into(),
-                name: "web-0".into(),
-                namespace: "shop".into()
-            }
-        );
+        assert_eq!(s.target, TargetResource { kind: "Pod".into(), name: "web-0".into(), namespace: "shop".into() });
         assert_eq!(s.fingerprint, Fingerprint::new("BackOff", "shop", &s.target));
         assert_eq!(s.source, "kubelet");
         assert_eq!(s.firing_time.unwrap().to_string(), "2026-11-25T10:00:00Z");
@@ -166,9 +153,6 @@ mod tests {
     fn event_without_involved_object_name_is_invalid() {
         let body = WARNING.replace("\"name\":\"web-0\",", "");
         let err = parse(body.as_bytes(), Timestamp::UNIX_EPOCH).unwrap_err();
-        assert_eq!(
-            err,
-            IngestError::invalid("$.involvedObject.name", "missing; it identifies the target resource")
-        );
+        assert_eq!(err, IngestError::invalid("$.involvedObject.name", "missing; it identifies the target resource"));
     }
 }

@@ -40,10 +40,7 @@ impl IngestError {
     }
 
     fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        IngestError::Invalid {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        IngestError::Invalid { path: path.into(), reason: reason.into() }
     }
 }
 

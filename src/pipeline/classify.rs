@@ -1,33 +1,159 @@
 //! Environment and priority of a signal.
 //!
-//! Environment is the configured default; priority follows severity. The storms
-//! issue replaces this with namespace labels, alias tables and a priority rule
-//! table, behind this same function.
+//! Environment: the namespace's `environment` label (from a watch-fed cache, in
+//! Kubernetes mode), then the configured namespace map, then the default; every
+//! value normalised through the alias table so that `prod` and `production` match
+//! the same rules. Priority: the first rule of the configured table whose
+//! severity, environment and label matchers all match. Never any I/O.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{ClassifyConfig, PriorityRule};
 use crate::remediation::Classification;
 use crate::signal::Signal;
 
-#[derive(Clone, Debug)]
+/// Where namespace labels come from, when tidegate runs against a cluster.
+pub trait NamespaceLabels: Send + Sync {
+    /// The `environment` label of `namespace`, if the namespace is known and has one.
+    fn environment(&self, namespace: &str) -> Option<String>;
+}
+
+/// Name of the priority rule applied when no configured rule matches.
+pub const FALLBACK_RULE: &str = "fallback";
+
+#[derive(Clone)]
 pub struct Classifier {
     default_environment: String,
+    namespaces: BTreeMap<String, String>,
+    aliases: BTreeMap<String, String>,
+    rules: Vec<PriorityRule>,
+    labels: Option<Arc<dyn NamespaceLabels>>,
 }
 
 impl Classifier {
-    pub fn new(default_environment: impl Into<String>) -> Self {
+    /// A classifier for a validated config.
+    pub fn new(config: &ClassifyConfig) -> Self {
+        let lower = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_ascii_lowercase())).collect()
+        };
         Classifier {
-            default_environment: default_environment.into(),
+            default_environment: config.default_environment.to_ascii_lowercase(),
+            namespaces: config.namespaces.clone(),
+            aliases: lower(&config.aliases),
+            rules: config.priorities.clone(),
+            labels: None,
         }
     }
 
+    /// Consults `labels` first for each namespace's environment.
+    pub fn with_namespace_labels(mut self, labels: Arc<dyn NamespaceLabels>) -> Self {
+        self.labels = Some(labels);
+        self
+    }
+
+    /// The canonical spelling of an environment.
+    pub fn normalise(&self, environment: &str) -> String {
+        let lower = environment.trim().to_ascii_lowercase();
+        self.aliases.get(&lower).cloned().unwrap_or(lower)
+    }
+
+    pub fn environment(&self, namespace: &str) -> String {
+        let raw = self
+            .labels
+            .as_ref()
+            .and_then(|l| l.environment(namespace))
+            .or_else(|| self.namespaces.get(namespace).cloned())
+            .unwrap_or_else(|| self.default_environment.clone());
+        self.normalise(&raw)
+    }
+
     pub fn classify(&self, signal: &Signal) -> Classification {
-        let priority = match signal.severity.to_ascii_lowercase().as_str() {
-            "critical" | "page" => "P1",
-            "error" | "high" | "warning" => "P2",
-            _ => "P3",
+        let environment = self.environment(&signal.namespace);
+        let severity = signal.severity.to_ascii_lowercase();
+        let matches = |rule: &PriorityRule| {
+            rule.severity.as_ref().is_none_or(|s| s.iter().any(|s| s.eq_ignore_ascii_case(&severity)))
+                && rule.environment.as_ref().is_none_or(|envs| envs.iter().any(|e| self.normalise(e) == environment))
+                && rule.labels.iter().all(|(k, v)| signal.labels.get(k) == Some(v))
         };
-        Classification {
-            environment: self.default_environment.clone(),
-            priority: priority.to_string(),
+        let (priority, rule) = match self.rules.iter().find(|r| matches(r)) {
+            Some(rule) => (rule.priority.clone(), rule.name.clone()),
+            None => ("P3".to_string(), FALLBACK_RULE.to_string()),
+        };
+        Classification { environment, priority, rule }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::{Fingerprint, SignalStatus, SignalType, TargetResource};
+
+    fn signal(severity: &str, namespace: &str, labels: &[(&str, &str)]) -> Signal {
+        Signal {
+            name: "A".into(),
+            severity: severity.into(),
+            namespace: namespace.into(),
+            target: TargetResource::default(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            annotations: Default::default(),
+            firing_time: None,
+            received_time: jiff::Timestamp::UNIX_EPOCH,
+            signal_type: SignalType::PrometheusAlert,
+            source: "test".into(),
+            status: SignalStatus::Firing,
+            fingerprint: Fingerprint::new("A", namespace, &TargetResource::default()),
         }
+    }
+
+    struct Labels;
+    impl NamespaceLabels for Labels {
+        fn environment(&self, namespace: &str) -> Option<String> {
+            (namespace == "labelled").then(|| "PRD".to_string())
+        }
+    }
+
+    fn config() -> ClassifyConfig {
+        let mut config = ClassifyConfig::default();
+        config.namespaces.insert("shop".into(), "prod".into());
+        config
+    }
+
+    #[test]
+    fn environment_comes_from_labels_then_map_then_default_normalised() {
+        let c = Classifier::new(&config()).with_namespace_labels(Arc::new(Labels));
+        assert_eq!(c.environment("labelled"), "production");
+        assert_eq!(c.environment("shop"), "production");
+        assert_eq!(c.environment("elsewhere"), "unknown");
+    }
+
+    #[test]
+    fn default_table_ranks_by_severity_and_environment() {
+        let c = Classifier::new(&config());
+        let class = c.classify(&signal("critical", "shop", &[]));
+        assert_eq!((class.priority.as_str(), class.rule.as_str()), ("P0", "critical-production"));
+        assert_eq!(c.classify(&signal("Critical", "dev", &[])).priority, "P1");
+        assert_eq!(c.classify(&signal("warning", "shop", &[])).priority, "P1");
+        assert_eq!(c.classify(&signal("warning", "dev", &[])).priority, "P2");
+        let class = c.classify(&signal("info", "shop", &[]));
+        assert_eq!((class.priority.as_str(), class.rule.as_str()), ("P3", "default"));
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_label_matchers_must_all_match() {
+        let mut config = config();
+        config.priorities.insert(
+            0,
+            PriorityRule {
+                name: "payments".into(),
+                severity: None,
+                environment: Some(vec!["production".into()]),
+                labels: [("team".to_string(), "payments".to_string())].into(),
+                priority: "P0".into(),
+            },
+        );
+        let c = Classifier::new(&config);
+        assert_eq!(c.classify(&signal("info", "shop", &[("team", "payments")])).rule, "payments");
+        assert_eq!(c.classify(&signal("info", "shop", &[("team", "search")])).rule, "default");
     }
 }

@@ -113,14 +113,8 @@ impl Coalescer {
     fn enqueue(&self, at: RequestRef, update: StatusUpdate, create: Option<Box<RemediationRequest>>) {
         let shared = &self.shared;
         let mut inner = shared.lock();
-        let due = if inner.draining {
-            Instant::now()
-        } else {
-            Instant::now() + shared.interval
-        };
-        let Inner {
-            pending, due: queue, ..
-        } = &mut *inner;
+        let due = if inner.draining { Instant::now() } else { Instant::now() + shared.interval };
+        let Inner { pending, due: queue, .. } = &mut *inner;
         match pending.get_mut(&at) {
             Some(p) => {
                 p.update.merge(&update);
@@ -131,14 +125,7 @@ impl Coalescer {
             }
             None => {
                 let was_idle = queue.is_empty();
-                pending.insert(
-                    at.clone(),
-                    Pending {
-                        update,
-                        create,
-                        attempts: 0,
-                    },
-                );
+                pending.insert(at.clone(), Pending { update, create, attempts: 0 });
                 queue.push(Reverse((due, at)));
                 shared.metrics.status_pending.set(pending.len() as i64);
                 drop(inner);
@@ -168,10 +155,7 @@ impl Shared {
             let Reverse((due, at)) = inner.due.pop().expect("peeked");
             if inner.in_flight.contains(&at) {
                 // Never two writes to one request at once: wait for the first.
-                later.push(Reverse((
-                    due.max(now) + self.interval.min(Duration::from_millis(50)),
-                    at,
-                )));
+                later.push(Reverse((due.max(now) + self.interval.min(Duration::from_millis(50)), at)));
                 continue;
             }
             if let Some(p) = inner.pending.remove(&at) {
@@ -219,9 +203,7 @@ impl Shared {
                 let attempts = p.attempts + 1;
                 let backoff = (self.interval * 2u32.saturating_pow(attempts)).min(MAX_BACKOFF);
                 tracing::warn!(namespace = %at.namespace, name = %at.name, error = %e, attempts, "status write failed; retrying");
-                let Inner {
-                    pending, due, draining, ..
-                } = &mut *inner;
+                let Inner { pending, due, draining, .. } = &mut *inner;
                 if *draining && attempts >= 3 {
                     tracing::error!(namespace = %at.namespace, name = %at.name, "giving up on status write at shutdown");
                 } else {
@@ -244,10 +226,7 @@ impl Shared {
     }
 
     fn count(&self, op: &'static str, outcome: &'static str) {
-        self.metrics
-            .sink_writes
-            .get_or_create(&SinkLabels { op, outcome })
-            .inc();
+        self.metrics.sink_writes.get_or_create(&SinkLabels { op, outcome }).inc();
     }
 }
 

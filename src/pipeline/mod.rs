@@ -12,14 +12,15 @@
 pub mod classify;
 pub mod coalesce;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
-use crate::remediation::{self, StatusUpdate};
+use crate::remediation::{self, StatusUpdate, StormUpdate};
 use crate::signal::{Fingerprint, Signal};
 use crate::sink::{Created, RequestRef, Sink, SinkError};
-use crate::state::{Entry, Observation, StateError, StateStore, Verdict};
-use crate::telemetry::Metrics;
+use crate::state::{Entry, Folded, Observation, StateError, StateStore, StormKey, StormRules, Verdict};
+use crate::telemetry::{ClassLabels, Metrics, StormLabels};
 use classify::Classifier;
 use coalesce::Coalescer;
 
@@ -39,6 +40,11 @@ pub enum OutcomeStatus {
     Created,
     Duplicate,
     Resolved,
+    /// Folded into a storm's aggregated request; `opened` when this alert opened
+    /// the window and so created that request.
+    Aggregated {
+        opened: bool,
+    },
 }
 
 impl OutcomeStatus {
@@ -47,7 +53,13 @@ impl OutcomeStatus {
             OutcomeStatus::Created => "created",
             OutcomeStatus::Duplicate => "duplicate",
             OutcomeStatus::Resolved => "resolved",
+            OutcomeStatus::Aggregated { .. } => "aggregated",
         }
+    }
+
+    /// Whether a request was created for this signal.
+    pub fn created(self) -> bool {
+        matches!(self, OutcomeStatus::Created | OutcomeStatus::Aggregated { opened: true })
     }
 }
 
@@ -74,27 +86,42 @@ pub struct Pipeline {
     sink: Arc<dyn Sink>,
     coalescer: Coalescer,
     classifier: Classifier,
+    storms: StormRules,
+    affected_cap: usize,
+    /// Storm windows seen by this replica: request → (opened, last alert).
+    windows: Mutex<HashMap<RequestRef, (u32, u32)>>,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
 
+/// The parts a pipeline decides with.
+pub struct Parts {
+    pub state: Arc<dyn StateStore>,
+    pub sink: Arc<dyn Sink>,
+    pub coalescer: Coalescer,
+    pub classifier: Classifier,
+    pub storms: StormRules,
+    /// Most affected resources listed on an aggregated request.
+    pub affected_cap: usize,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+}
+
 impl Pipeline {
-    pub fn new(
-        state: Arc<dyn StateStore>,
-        sink: Arc<dyn Sink>,
-        coalescer: Coalescer,
-        classifier: Classifier,
-        clock: Clock,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Pipeline {
-            state,
-            sink,
-            coalescer,
-            classifier,
-            clock,
-            metrics,
-        }
+    pub fn new(parts: Parts) -> Self {
+        let Parts { state, sink, coalescer, classifier, storms, affected_cap, clock, metrics } = parts;
+        Pipeline { state, sink, coalescer, classifier, storms, affected_cap, windows: Mutex::default(), clock, metrics }
+    }
+
+    /// Storm windows this replica has folded alerts into that are still open.
+    pub fn open_windows(&self) -> usize {
+        let now = self.clock.now_s();
+        let rules = &self.storms;
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        windows.retain(|_, (opened, last)| {
+            now.saturating_sub(*last) < rules.inactivity_s && now.saturating_sub(*opened) < rules.max_duration_s
+        });
+        windows.len()
     }
 
     pub fn state(&self) -> &Arc<dyn StateStore> {
@@ -116,18 +143,14 @@ impl Pipeline {
             .map(|s| Observation {
                 fingerprint: s.fingerprint,
                 status: s.status,
+                // Resolutions carry their scope too (never counted): on Cluster it
+                // places their dedup keys.
+                storm: Some(StormKey::new(&s.namespace, &s.name, &s.target)),
             })
             .collect();
-        let verdicts = self
-            .state
-            .observe(&observations, self.clock.now_s())
-            .await
-            .inspect_err(|e| {
-                self.metrics
-                    .state_errors
-                    .get_or_create(&crate::telemetry::ReasonLabels { reason: e.cause() })
-                    .inc();
-            })?;
+        let verdicts = self.state.observe(&observations, self.clock.now_s()).await.inspect_err(|e| {
+            self.metrics.state_errors.get_or_create(&crate::telemetry::ReasonLabels { reason: e.cause() }).inc();
+        })?;
         let mut outcomes = Vec::with_capacity(signals.len());
         let mut first_error = None;
         let decided = futures::future::join_all(signals.iter().zip(verdicts).map(|(s, v)| self.act(s, v))).await;
@@ -147,23 +170,14 @@ impl Pipeline {
         let source = signal.signal_type.as_str();
         let outcome = |status: OutcomeStatus, request, entry: Option<Entry>| {
             self.metrics.signal(source, status.as_str());
-            Outcome {
-                fingerprint: signal.fingerprint,
-                status,
-                request,
-                count: entry.map_or(0, |e| e.count),
-            }
+            Outcome { fingerprint: signal.fingerprint, status, request, count: entry.map_or(0, |e| e.count) }
         };
         match verdict {
+            Verdict::Folded(folded) => self.fold(signal, folded).await,
             Verdict::New(entry) => {
-                let class = self.classifier.classify(signal);
-                let request = remediation::build(
-                    signal,
-                    &signal.namespace,
-                    entry.first_seen_s,
-                    &class,
-                    &update(&entry, None),
-                );
+                let class = self.classify(signal);
+                let request =
+                    remediation::build(signal, &signal.namespace, entry.first_seen_s, &class, &update(&entry, None));
                 let at = reference(signal, &entry);
                 match self.sink.create(&request).await {
                     Ok(Created::Created) => {
@@ -191,11 +205,69 @@ impl Pipeline {
             }
             Verdict::ResolvedOpen(entry) => {
                 let at = reference(signal, &entry);
-                self.coalescer
-                    .record(at.clone(), update(&entry, Some(self.clock.now_s())));
+                self.coalescer.record(at.clone(), update(&entry, Some(self.clock.now_s())));
                 Ok(outcome(OutcomeStatus::Resolved, Some(at), Some(entry)))
             }
             Verdict::ResolvedUnknown => Ok(outcome(OutcomeStatus::Resolved, None, None)),
+        }
+    }
+
+    fn classify(&self, signal: &Signal) -> remediation::Classification {
+        let class = self.classifier.classify(signal);
+        let labels = ClassLabels { environment: class.environment.clone(), priority: class.priority.clone() };
+        self.metrics.classifications.get_or_create(&labels).inc();
+        class
+    }
+
+    /// Counts a storm's alert on its aggregated request, creating the request when
+    /// this alert opened the window.
+    async fn fold(&self, signal: &Signal, folded: Folded) -> Result<Outcome, PipelineError> {
+        let scope = StormKey::new(&signal.namespace, &signal.name, &signal.target).scope;
+        let at = RequestRef {
+            namespace: signal.namespace.clone(),
+            name: remediation::storm_request_name(&signal.name, &scope, folded.window_id),
+        };
+        let now = self.clock.now_s();
+        let update = StatusUpdate {
+            first_seen_s: folded.window_id,
+            last_seen_s: now,
+            count: folded.alert_count as u64,
+            resolved_at_s: None,
+            storm: Some(StormUpdate {
+                alert_count: folded.alert_count as u64,
+                resource_count: folded.resource_count as u64,
+                resources: vec![signal.target.clone()],
+                cap: self.affected_cap,
+            }),
+        };
+        self.windows.lock().unwrap_or_else(|p| p.into_inner()).insert(at.clone(), (folded.window_id, now));
+        self.metrics.alerts_aggregated.inc();
+        let source = signal.signal_type.as_str();
+        let status = OutcomeStatus::Aggregated { opened: folded.opened };
+        let outcome =
+            Outcome { fingerprint: signal.fingerprint, status, request: Some(at.clone()), count: folded.alert_count };
+        self.metrics.signal(source, status.as_str());
+        if !folded.opened {
+            self.coalescer.record(at, update);
+            return Ok(outcome);
+        }
+        self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
+        let class = self.classify(signal);
+        let request = remediation::build_storm(signal, &scope, &folded, &class, &update);
+        match self.sink.create(&request).await {
+            Ok(Created::Created) => {
+                self.metrics.requests_created.inc();
+                Ok(outcome)
+            }
+            Ok(Created::AlreadyExists) => {
+                self.coalescer.record(at, update);
+                Ok(outcome)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, name = %at.name, "creating the aggregated request failed; handing it to the status writer");
+                self.coalescer.record_create(request, at, update);
+                Err(e.into())
+            }
         }
     }
 }
@@ -213,5 +285,6 @@ fn update(entry: &Entry, resolved_at_s: Option<u32>) -> StatusUpdate {
         last_seen_s: entry.last_seen_s,
         count: entry.count as u64,
         resolved_at_s,
+        storm: None,
     }
 }

@@ -65,10 +65,8 @@ fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Resul
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SinkError::NotFound(at.clone())),
         Err(e) => return Err(e.into()),
     };
-    let mut request: RemediationRequest = serde_norway::from_str(&text).map_err(|e| SinkError::Corrupt {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let mut request: RemediationRequest = serde_norway::from_str(&text)
+        .map_err(|e| SinkError::Corrupt { path: path.display().to_string(), reason: e.to_string() })?;
     request.status.get_or_insert_with(Default::default).apply(update);
     let tmp = write_temp(path, &to_yaml(&request))?;
     fs::rename(&tmp, path).inspect_err(|_| {

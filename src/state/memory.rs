@@ -1,11 +1,12 @@
-//! The embedded state store: a bounded in-process map.
+//! The embedded state store: bounded in-process maps.
 //!
-//! Entries are 16-byte fingerprint prefixes mapped to three `u32`s. Expiry is driven
-//! by a min-heap of deadlines that a purge task sleeps on, never by scanning the map,
-//! in the manner of mini-redis's `db.rs`. The heap holds exactly one item per entry:
-//! a duplicate that slides an entry's window does not touch the heap; when the stale
-//! item surfaces, the purge task re-files it at the entry's real deadline. So memory
-//! is proportional to open incidents, not to traffic.
+//! Dedup entries are 16-byte fingerprint prefixes mapped to three `u32`s. Storm
+//! scopes and rate-limit budgets sit beside them. Expiry is driven by min-heaps of
+//! deadlines that a purge task sleeps on, never by scanning a map, in the manner
+//! of mini-redis's `db.rs`. Each heap holds exactly one item per entry: an update
+//! that pushes an entry's deadline back does not touch the heap; when the stale
+//! item surfaces, the purge task re-files it at the entry's real deadline. So
+//! memory is proportional to what is held, not to traffic.
 //!
 //! A std `Mutex` is used rather than a tokio one because the critical sections are
 //! short and never await.
@@ -15,13 +16,17 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{BoxFuture, Entry, Observation, StateError, StateStore, Verdict};
+use super::{
+    Admission, BoxFuture, Entry, Folded, Observation, RateLimit, StateError, StateStore, StormKey, StormKind,
+    StormRules, Verdict,
+};
 use crate::clock::Clock;
 use crate::signal::SignalStatus;
 
@@ -31,6 +36,10 @@ type Key = [u8; 16];
 
 /// How many expired items one purge pass removes before releasing the lock.
 const PURGE_CHUNK: usize = 4096;
+
+/// Distinct resources tracked exactly per scope window; beyond this the count
+/// saturates (Redis counts with HyperLogLog instead). Bounds a scope to ~200 KB.
+pub const DISTINCT_CAP: usize = 16_384;
 
 /// The embedded store. Dropping it stops its purge task.
 pub struct MemoryStore {
@@ -42,25 +51,170 @@ struct Shared {
     purge_wakeup: Notify,
     max_entries: usize,
     window_s: u32,
+    storms: StormRules,
     clock: Clock,
 }
 
 #[derive(Default)]
 struct Inner {
     entries: HashMap<Key, Entry>,
-    deadlines: BinaryHeap<Reverse<(u32, Key)>>,
+    entry_deadlines: Deadlines<Key>,
+    scopes: HashMap<[u8; 16], Scope>,
+    scope_deadlines: Deadlines<[u8; 16]>,
+    /// Source → GCRA theoretical arrival time, in ms.
+    budgets: HashMap<String, u64>,
+    budget_deadlines: Deadlines<String>,
     shutdown: bool,
+}
+
+/// A min-heap of (deadline in seconds, key), at most one item per key.
+struct Deadlines<K: Ord>(BinaryHeap<Reverse<(u32, K)>>);
+
+impl<K: Ord> Default for Deadlines<K> {
+    fn default() -> Self {
+        Deadlines(BinaryHeap::new())
+    }
+}
+
+impl<K: Ord + Clone + Hash> Deadlines<K> {
+    fn file(&mut self, deadline: u32, key: K) {
+        self.0.push(Reverse((deadline, key)));
+    }
+
+    fn next(&self) -> Option<u32> {
+        self.0.peek().map(|Reverse((d, _))| *d)
+    }
+
+    /// Pops items due at `now`, asking `real_deadline` for each key's current
+    /// deadline: the key is removed (`None`), re-filed (later), or dropped from the
+    /// heap if the map no longer has it. Returns how many were popped.
+    fn expire<V>(
+        &mut self,
+        now: u32,
+        map: &mut HashMap<K, V>,
+        real_deadline: impl Fn(&V) -> u32,
+        budget: usize,
+    ) -> usize
+    where
+        K: Eq,
+    {
+        let mut popped = 0;
+        while popped < budget && self.next().is_some_and(|d| d <= now) {
+            let Reverse((_, key)) = self.0.pop().expect("peeked");
+            popped += 1;
+            if let Some(value) = map.get(&key) {
+                let deadline = real_deadline(value);
+                if deadline <= now {
+                    map.remove(&key);
+                } else {
+                    self.file(deadline, key);
+                }
+            }
+        }
+        popped
+    }
+
+    fn shrink(&mut self) {
+        if self.0.capacity() > 4 * self.0.len().max(1024) {
+            self.0.shrink_to(2 * self.0.len());
+        }
+    }
+}
+
+/// Storm detection state of one (namespace, alert name).
+struct Scope {
+    rate_bucket: u32,
+    rate_count: u32,
+    pattern_bucket: u32,
+    pattern: HashSet<[u8; 8]>,
+    window: Option<Window>,
+}
+
+struct Window {
+    id: u32,
+    kind: StormKind,
+    last: u32,
+    alerts: u32,
+    resources: HashSet<[u8; 8]>,
+}
+
+impl Window {
+    fn open_at(&self, now: u32, rules: &StormRules) -> bool {
+        now.saturating_sub(self.last) < rules.inactivity_s && now.saturating_sub(self.id) < rules.max_duration_s
+    }
+
+    fn fold(&mut self, resource: [u8; 8]) -> Folded {
+        self.alerts = self.alerts.saturating_add(1);
+        if self.resources.len() < DISTINCT_CAP {
+            self.resources.insert(resource);
+        }
+        Folded {
+            window_id: self.id,
+            kind: self.kind,
+            alert_count: self.alerts,
+            resource_count: self.resources.len() as u32,
+            opened: self.alerts == 1,
+        }
+    }
+}
+
+impl Scope {
+    fn deadline(&self, rules: &StormRules) -> u32 {
+        let rate_end = (self.rate_bucket + 1).saturating_mul(rules.rate_window_s);
+        let pattern_end = (self.pattern_bucket + 1).saturating_mul(rules.pattern_window_s);
+        let window_end = self
+            .window
+            .as_ref()
+            .map_or(0, |w| (w.last.saturating_add(rules.inactivity_s)).min(w.id.saturating_add(rules.max_duration_s)));
+        rate_end.max(pattern_end).max(window_end)
+    }
+
+    /// Counts a firing alert towards detection; folds it if its scope is, or now
+    /// becomes, a storm and it is not `tracked` as an open incident of its own.
+    fn observe(&mut self, key: &StormKey, tracked: bool, now: u32, rules: &StormRules) -> Option<Folded> {
+        let rate_bucket = now / rules.rate_window_s;
+        if rate_bucket != self.rate_bucket {
+            (self.rate_bucket, self.rate_count) = (rate_bucket, 0);
+        }
+        self.rate_count = self.rate_count.saturating_add(1);
+        let pattern_bucket = now / rules.pattern_window_s;
+        if pattern_bucket != self.pattern_bucket {
+            self.pattern_bucket = pattern_bucket;
+            self.pattern.clear();
+        }
+        if self.pattern.len() < DISTINCT_CAP {
+            self.pattern.insert(key.resource);
+        }
+        let window = match self.window.as_mut().filter(|w| w.open_at(now, rules)) {
+            Some(window) => {
+                window.last = window.last.max(now);
+                window
+            }
+            None => {
+                let kind = if self.pattern.len() as u32 > rules.pattern_threshold {
+                    StormKind::Pattern
+                } else if self.rate_count > rules.rate_threshold {
+                    StormKind::Rate
+                } else {
+                    return None;
+                };
+                self.window.insert(Window { id: now, kind, last: now, alerts: 0, resources: HashSet::new() })
+            }
+        };
+        (!tracked).then(|| window.fold(key.resource))
+    }
 }
 
 impl MemoryStore {
     /// A store holding at most `max_entries` open incidents, each open for `window`
     /// after it was last seen. Must be called within a tokio runtime.
-    pub fn new(max_entries: usize, window: Duration, clock: Clock) -> Self {
+    pub fn new(max_entries: usize, window: Duration, storms: StormRules, clock: Clock) -> Self {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
             purge_wakeup: Notify::new(),
             max_entries,
             window_s: window.as_secs().max(1) as u32,
+            storms,
             clock,
         });
         tokio::spawn(purge_task(shared.clone()));
@@ -78,24 +232,50 @@ impl MemoryStore {
 
     fn observe_now(&self, batch: &[Observation], now_s: u32) -> Result<Vec<Verdict>, StateError> {
         let shared = &self.shared;
+        let rules = &shared.storms;
         let mut inner = shared.lock();
-        let needed = batch
-            .iter()
-            .filter(|o| o.status == SignalStatus::Firing && !inner.entries.contains_key(&key(o)))
-            .count();
-        // Checked up front, so a refused batch leaves the store untouched.
+        // Counted generously (a folded alert needs no entry), and before any change,
+        // so a refused batch leaves the store untouched.
+        let needed =
+            batch.iter().filter(|o| o.status == SignalStatus::Firing && !inner.entries.contains_key(&key(o))).count();
         if inner.entries.len() + needed > shared.max_entries {
-            return Err(StateError::Full {
-                max_entries: shared.max_entries,
-            });
+            return Err(StateError::Full { max_entries: shared.max_entries });
         }
         let mut notify = false;
         let verdicts = batch
             .iter()
             .map(|o| {
-                let Inner { entries, deadlines, .. } = &mut *inner;
+                let inner = &mut *inner;
                 let live = |e: &Entry| now_s.saturating_sub(e.last_seen_s) < shared.window_s;
-                match (o.status, entries.entry(key(o))) {
+                if let (SignalStatus::Firing, Some(storm)) = (o.status, &o.storm) {
+                    // A repeat of an open incident is counted there, and still counts
+                    // towards detection; anything else may fold into a storm.
+                    let open = inner.entries.get_mut(&key(o)).filter(|e| live(e));
+                    let repeat = open.map(|entry| {
+                        entry.last_seen_s = entry.last_seen_s.max(now_s);
+                        entry.count = entry.count.saturating_add(1);
+                        Verdict::Duplicate(*entry)
+                    });
+                    let scope = match inner.scopes.entry(storm.scope) {
+                        MapEntry::Occupied(e) => e.into_mut(),
+                        MapEntry::Vacant(v) => {
+                            notify |= inner.scope_deadlines.next().is_none();
+                            inner.scope_deadlines.file(now_s.saturating_add(rules.rate_window_s), storm.scope);
+                            v.insert(Scope {
+                                rate_bucket: now_s / rules.rate_window_s,
+                                rate_count: 0,
+                                pattern_bucket: now_s / rules.pattern_window_s,
+                                pattern: HashSet::new(),
+                                window: None,
+                            })
+                        }
+                    };
+                    let folded = scope.observe(storm, repeat.is_some(), now_s, rules);
+                    if let Some(verdict) = repeat.or(folded.map(Verdict::Folded)) {
+                        return verdict;
+                    }
+                }
+                match (o.status, inner.entries.entry(key(o))) {
                     (SignalStatus::Resolved, MapEntry::Occupied(e)) if live(e.get()) => Verdict::ResolvedOpen(*e.get()),
                     (SignalStatus::Resolved, _) => Verdict::ResolvedUnknown,
                     (SignalStatus::Firing, MapEntry::Occupied(mut e)) => {
@@ -106,22 +286,14 @@ impl MemoryStore {
                             Verdict::Duplicate(*entry)
                         } else {
                             // Its stale heap item is still filed and will re-file itself.
-                            *entry = Entry {
-                                first_seen_s: now_s,
-                                last_seen_s: now_s,
-                                count: 1,
-                            };
+                            *entry = Entry { first_seen_s: now_s, last_seen_s: now_s, count: 1 };
                             Verdict::New(*entry)
                         }
                     }
                     (SignalStatus::Firing, MapEntry::Vacant(v)) => {
-                        let entry = *v.insert(Entry {
-                            first_seen_s: now_s,
-                            last_seen_s: now_s,
-                            count: 1,
-                        });
-                        notify |= deadlines.is_empty();
-                        deadlines.push(Reverse((now_s.saturating_add(shared.window_s), key(o))));
+                        let entry = *v.insert(Entry { first_seen_s: now_s, last_seen_s: now_s, count: 1 });
+                        notify |= inner.entry_deadlines.next().is_none();
+                        inner.entry_deadlines.file(now_s.saturating_add(shared.window_s), key(o));
                         Verdict::New(entry)
                     }
                 }
@@ -133,6 +305,30 @@ impl MemoryStore {
         }
         Ok(verdicts)
     }
+
+    fn admit_now(&self, source: &str, limit: RateLimit, now_ms: u64) -> Admission {
+        let (interval, tolerance) = (limit.emission_interval_ms(), limit.tolerance_ms());
+        let mut inner = self.shared.lock();
+        let inner = &mut *inner;
+        let tat = inner.budgets.get(source).copied().unwrap_or(now_ms).max(now_ms);
+        if tat - now_ms > tolerance {
+            return Admission::Limited { retry_after_ms: tat - now_ms - tolerance };
+        }
+        let next = tat + interval;
+        let notify = inner.budget_deadlines.next().is_none();
+        if inner.budgets.insert(source.to_string(), next).is_none() {
+            inner.budget_deadlines.file(deadline_s(next), source.to_string());
+        }
+        if notify {
+            self.shared.purge_wakeup.notify_one();
+        }
+        Admission::Allowed
+    }
+}
+
+/// The second by which a budget with this arrival time is back to full.
+fn deadline_s(tat_ms: u64) -> u32 {
+    (tat_ms / 1000 + 1) as u32
 }
 
 fn key(o: &Observation) -> Key {
@@ -150,27 +346,17 @@ impl Shared {
     fn purge(&self) -> Option<u32> {
         let now_s = self.clock.now_s();
         let mut inner = self.lock();
-        let Inner { entries, deadlines, .. } = &mut *inner;
-        for _ in 0..PURGE_CHUNK {
-            match deadlines.peek() {
-                Some(Reverse((deadline, _))) if *deadline <= now_s => {}
-                _ => break,
-            }
-            let Reverse((_, key)) = deadlines.pop().expect("peeked");
-            if let Some(entry) = entries.get(&key) {
-                let real_deadline = entry.last_seen_s.saturating_add(self.window_s);
-                if real_deadline <= now_s {
-                    entries.remove(&key);
-                } else {
-                    deadlines.push(Reverse((real_deadline, key)));
-                }
-            }
-        }
+        let Inner { entries, entry_deadlines, scopes, scope_deadlines, budgets, budget_deadlines, .. } = &mut *inner;
+        let window_s = self.window_s;
+        let mut budget = PURGE_CHUNK;
+        budget -= entry_deadlines.expire(now_s, entries, |e| e.last_seen_s.saturating_add(window_s), budget);
+        budget -= scope_deadlines.expire(now_s, scopes, |s| s.deadline(&self.storms), budget);
+        budget_deadlines.expire(now_s, budgets, |tat| deadline_s(*tat), budget);
         if entries.capacity() > 4 * entries.len().max(1024) {
             entries.shrink_to(2 * entries.len());
-            deadlines.shrink_to(2 * deadlines.len());
         }
-        deadlines.peek().map(|Reverse((d, _))| *d)
+        entry_deadlines.shrink();
+        [entry_deadlines.next(), scope_deadlines.next(), budget_deadlines.next()].into_iter().flatten().min()
     }
 }
 
@@ -208,6 +394,15 @@ impl StateStore for MemoryStore {
         Box::pin(async move { self.observe_now(batch, now_s) })
     }
 
+    fn admit<'a>(
+        &'a self,
+        source: &'a str,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Admission, StateError>> {
+        Box::pin(async move { Ok(self.admit_now(source, limit, now_ms)) })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>> {
         Box::pin(async { Ok(()) })
     }
@@ -231,6 +426,7 @@ mod tests {
         Observation {
             fingerprint: Fingerprint::new(name, "ns", &TargetResource::default()),
             status: SignalStatus::Firing,
+            storm: None,
         }
     }
 
@@ -241,7 +437,7 @@ mod tests {
     #[tokio::test]
     async fn full_store_refuses_new_incidents_and_keeps_open_ones() {
         let clock = clock();
-        let store = MemoryStore::new(2, Duration::from_secs(300), clock.clone());
+        let store = MemoryStore::new(2, Duration::from_secs(300), StormRules::default(), clock.clone());
         let now = clock.now_s();
         store.observe(&[fire("a"), fire("b")], now).await.unwrap();
         let err = store.observe(&[fire("a"), fire("c")], now).await.unwrap_err();
@@ -254,7 +450,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn purge_task_removes_entries_at_their_deadline_not_before() {
         let clock = Clock::manual(SystemTime::now());
-        let store = MemoryStore::new(10, Duration::from_secs(60), clock.clone());
+        let store = MemoryStore::new(10, Duration::from_secs(60), StormRules::default(), clock.clone());
         store.observe(&[fire("a")], clock.now_s()).await.unwrap();
         let step = |secs| {
             clock.advance(Duration::from_secs(secs));
@@ -270,5 +466,26 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(store.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_storm_scopes_and_budgets_are_purged() {
+        let clock = Clock::manual(SystemTime::now());
+        let store = MemoryStore::new(10, Duration::from_secs(60), StormRules::default(), clock.clone());
+        let mut o = fire("a");
+        o.storm = Some(StormKey::new("ns", "a", &TargetResource::default()));
+        store.observe(&[o], clock.now_s()).await.unwrap();
+        store.admit("10.0.0.1", RateLimit { rate_per_s: 1.0, burst: 5 }, clock.now_ms()).await.unwrap();
+        {
+            let inner = store.shared.lock();
+            assert_eq!((inner.scopes.len(), inner.budgets.len()), (1, 1));
+        }
+        clock.advance(Duration::from_secs(600));
+        tokio::time::advance(Duration::from_secs(600)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let inner = store.shared.lock();
+        assert_eq!((inner.scopes.len(), inner.budgets.len(), inner.entries.len()), (0, 0, 0));
     }
 }

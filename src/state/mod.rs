@@ -1,4 +1,6 @@
-//! Shared decision state: which incidents are open, since when, and how often seen.
+//! Shared decision state: which incidents are open, since when, and how often
+//! seen; which (namespace, alert name) scopes are in a storm; and each source's
+//! rate-limit budget.
 //!
 //! One trait, [`StateStore`], with an in-process backend ([`memory`]) and a Redis
 //! backend. Both answer a whole batch of observations in one call, which for Redis
@@ -15,7 +17,9 @@ pub mod redis;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::signal::{Fingerprint, SignalStatus};
+use sha2::{Digest, Sha256};
+
+use crate::signal::{Fingerprint, SignalStatus, TargetResource};
 
 /// A boxed future, so that stores can sit behind `Arc<dyn StateStore>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -25,6 +29,123 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Observation {
     pub fingerprint: Fingerprint,
     pub status: SignalStatus,
+    /// The signal's storm scope; only firing signals count towards detection.
+    /// `None` for signals that never take part.
+    pub storm: Option<StormKey>,
+}
+
+/// A signal's place in storm detection: its (namespace, alert name) scope and the
+/// resource it is about, both hashed to fixed sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StormKey {
+    pub scope: [u8; 16],
+    pub resource: [u8; 8],
+}
+
+impl StormKey {
+    /// The scope is per namespace and alert name, never global.
+    pub fn new(namespace: &str, name: &str, target: &TargetResource) -> Self {
+        let digest = |parts: &[&str]| -> [u8; 32] {
+            let mut h = Sha256::new();
+            for part in parts {
+                h.update((part.len() as u32).to_be_bytes());
+                h.update(part.as_bytes());
+            }
+            h.finalize().into()
+        };
+        let scope = digest(&[namespace, name]);
+        let resource = digest(&[&target.kind, &target.namespace, &target.name]);
+        StormKey {
+            scope: scope[..16].try_into().expect("16 of 32"),
+            resource: resource[..8].try_into().expect("8 of 32"),
+        }
+    }
+}
+
+/// Storm detection thresholds and window lifetimes, from `storm.*` config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StormRules {
+    /// A rate storm is more than this many firing alerts in one rate window.
+    pub rate_threshold: u32,
+    pub rate_window_s: u32,
+    /// A pattern storm is more than this many distinct resources in one pattern window.
+    pub pattern_threshold: u32,
+    pub pattern_window_s: u32,
+    /// An aggregation window closes after this long without a folded alert...
+    pub inactivity_s: u32,
+    /// ... or this long after it opened, whichever comes first.
+    pub max_duration_s: u32,
+}
+
+impl Default for StormRules {
+    fn default() -> Self {
+        StormRules {
+            rate_threshold: 10,
+            rate_window_s: 60,
+            pattern_threshold: 5,
+            pattern_window_s: 120,
+            inactivity_s: 60,
+            max_duration_s: 300,
+        }
+    }
+}
+
+/// What kind of storm opened an aggregation window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StormKind {
+    Rate,
+    Pattern,
+}
+
+impl StormKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StormKind::Rate => "rate",
+            StormKind::Pattern => "pattern",
+        }
+    }
+}
+
+/// A firing alert folded into a storm's aggregation window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Folded {
+    /// The second the window opened: with the scope, the window's identity.
+    pub window_id: u32,
+    pub kind: StormKind,
+    /// Alerts folded into this window so far, this one included.
+    pub alert_count: u32,
+    /// Distinct resources folded into this window so far (approximate beyond a few
+    /// thousand).
+    pub resource_count: u32,
+    /// Whether this alert opened the window.
+    pub opened: bool,
+}
+
+/// Rate-limit settings for one class of sources: GCRA with `rate` per second and
+/// room for `burst` back-to-back requests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub rate_per_s: f64,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// Milliseconds between requests at the sustained rate (GCRA's T).
+    pub fn emission_interval_ms(&self) -> u64 {
+        (1000.0 / self.rate_per_s).ceil().max(1.0) as u64
+    }
+
+    /// How far ahead of now a source's theoretical arrival time may run (GCRA's τ).
+    pub fn tolerance_ms(&self) -> u64 {
+        self.emission_interval_ms() * (self.burst.max(1) as u64 - 1)
+    }
+}
+
+/// Whether a source may send now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    Limited { retry_after_ms: u64 },
 }
 
 /// The dedup entry of an open incident.
@@ -47,6 +168,9 @@ pub enum Verdict {
     ResolvedOpen(Entry),
     /// A resolved signal with no open incident. Nothing was recorded.
     ResolvedUnknown,
+    /// A firing alert in a scope that is in a storm: counted in the storm's
+    /// aggregation window instead of getting a request of its own.
+    Folded(Folded),
 }
 
 /// Why the store could not answer. Every variant means "nothing was recorded for
@@ -84,6 +208,15 @@ pub trait StateStore: Send + Sync + 'static {
     /// observation applied before the failure is then seen again as a duplicate, so
     /// an alert may be counted twice but is never lost.
     fn observe<'a>(&'a self, batch: &'a [Observation], now_s: u32) -> BoxFuture<'a, Result<Vec<Verdict>, StateError>>;
+
+    /// Charges one request to `source` under `limit` (GCRA). A limited request
+    /// changes nothing.
+    fn admit<'a>(
+        &'a self,
+        source: &'a str,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Admission, StateError>>;
 
     /// Cheap liveness check used by `/readyz`.
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>>;

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
-use tidegate::state::{Entry, Observation, StateStore, Verdict};
+use tidegate::state::{Admission, Entry, Folded, Observation, RateLimit, StateStore, StormKey, StormKind, Verdict};
 
 pub const WINDOW: Duration = Duration::from_secs(300);
+/// A multiple of every default storm window (60 s, 120 s), so cases start at the
+/// beginning of a rate and a pattern window.
 const T0: u32 = 1_800_000_000;
 
 /// Expands to one `#[tokio::test]` per conformance case.
@@ -31,6 +33,16 @@ macro_rules! conformance_suite {
             batch_is_answered_in_order_and_sees_its_own_writes,
             fingerprints_are_independent,
             fifty_concurrent_observers_open_exactly_one_incident,
+            pattern_threshold_is_not_a_storm_but_one_more_resource_is,
+            rate_threshold_is_not_a_storm_but_one_more_alert_is,
+            later_alerts_fold_into_the_open_window,
+            storms_are_per_namespace_and_alert_name,
+            window_closes_after_inactivity_then_individual_incidents_follow,
+            window_closes_at_its_maximum_duration,
+            resolved_alerts_never_count_towards_a_storm,
+            burst_is_allowed_then_limited_with_retry_after,
+            limited_requests_change_nothing,
+            sources_have_independent_budgets,
         );
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -46,26 +58,38 @@ macro_rules! conformance_suite {
 
 /// A fingerprint unique to a case, so cases may share one server.
 fn fp(case: &str, n: u32) -> Fingerprint {
-    let target = TargetResource {
-        kind: "Pod".into(),
-        name: format!("p{n}"),
-        namespace: "ns".into(),
-    };
+    let target = TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into() };
     Fingerprint::new(case, "ns", &target)
 }
 
 fn fire(fingerprint: Fingerprint) -> Observation {
-    Observation {
-        fingerprint,
-        status: SignalStatus::Firing,
-    }
+    Observation { fingerprint, status: SignalStatus::Firing, storm: None }
 }
 
 fn resolve(fingerprint: Fingerprint) -> Observation {
+    Observation { fingerprint, status: SignalStatus::Resolved, storm: None }
+}
+
+/// A firing alert named `name` about pod `p<n>` of `namespace`, taking part in storm
+/// detection as the pipeline makes every firing alert do.
+fn alert(name: &str, namespace: &str, n: u32) -> Observation {
+    let target = TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: namespace.into() };
     Observation {
-        fingerprint,
-        status: SignalStatus::Resolved,
+        fingerprint: Fingerprint::new(name, namespace, &target),
+        status: SignalStatus::Firing,
+        storm: Some(StormKey::new(namespace, name, &target)),
     }
+}
+
+fn folded(v: &Verdict) -> Folded {
+    match v {
+        Verdict::Folded(f) => *f,
+        other => panic!("expected a folded alert, got {other:?}"),
+    }
+}
+
+fn assert_not_storm(v: &Verdict) {
+    assert!(matches!(v, Verdict::New(_) | Verdict::Duplicate(_)), "expected no storm, got {v:?}");
 }
 
 async fn one(store: &dyn StateStore, o: Observation, now: u32) -> Verdict {
@@ -75,11 +99,7 @@ async fn one(store: &dyn StateStore, o: Observation, now: u32) -> Verdict {
 }
 
 fn entry(first: u32, last: u32, count: u32) -> Entry {
-    Entry {
-        first_seen_s: first,
-        last_seen_s: last,
-        count,
-    }
+    Entry { first_seen_s: first, last_seen_s: last, count }
 }
 
 pub async fn first_firing_opens_an_incident(store: Arc<dyn StateStore>) {
@@ -90,30 +110,18 @@ pub async fn first_firing_opens_an_incident(store: Arc<dyn StateStore>) {
 pub async fn repeat_within_window_is_a_duplicate_that_counts(store: Arc<dyn StateStore>) {
     let f = fp("repeat", 0);
     one(&*store, fire(f), T0).await;
-    assert_eq!(
-        one(&*store, fire(f), T0 + 10).await,
-        Verdict::Duplicate(entry(T0, T0 + 10, 2))
-    );
-    assert_eq!(
-        one(&*store, fire(f), T0 + 20).await,
-        Verdict::Duplicate(entry(T0, T0 + 20, 3))
-    );
+    assert_eq!(one(&*store, fire(f), T0 + 10).await, Verdict::Duplicate(entry(T0, T0 + 10, 2)));
+    assert_eq!(one(&*store, fire(f), T0 + 20).await, Verdict::Duplicate(entry(T0, T0 + 20, 3)));
 }
 
 pub async fn each_duplicate_slides_the_window(store: Arc<dyn StateStore>) {
     let f = fp("slide", 0);
     let w = WINDOW.as_secs() as u32;
     one(&*store, fire(f), T0).await;
-    assert_eq!(
-        one(&*store, fire(f), T0 + w - 1).await,
-        Verdict::Duplicate(entry(T0, T0 + w - 1, 2))
-    );
+    assert_eq!(one(&*store, fire(f), T0 + w - 1).await, Verdict::Duplicate(entry(T0, T0 + w - 1, 2)));
     // Two windows after the first sighting, but within one of the last.
     let later = T0 + 2 * w - 2;
-    assert_eq!(
-        one(&*store, fire(f), later).await,
-        Verdict::Duplicate(entry(T0, later, 3))
-    );
+    assert_eq!(one(&*store, fire(f), later).await, Verdict::Duplicate(entry(T0, later, 3)));
 }
 
 pub async fn window_lapse_opens_a_new_incident_with_a_new_epoch(store: Arc<dyn StateStore>) {
@@ -121,53 +129,32 @@ pub async fn window_lapse_opens_a_new_incident_with_a_new_epoch(store: Arc<dyn S
     let w = WINDOW.as_secs() as u32;
     one(&*store, fire(f), T0).await;
     // Exactly one window after the last sighting is outside the window.
-    assert_eq!(
-        one(&*store, fire(f), T0 + w).await,
-        Verdict::New(entry(T0 + w, T0 + w, 1))
-    );
-    assert_eq!(
-        one(&*store, fire(f), T0 + w + 1).await,
-        Verdict::Duplicate(entry(T0 + w, T0 + w + 1, 2))
-    );
+    assert_eq!(one(&*store, fire(f), T0 + w).await, Verdict::New(entry(T0 + w, T0 + w, 1)));
+    assert_eq!(one(&*store, fire(f), T0 + w + 1).await, Verdict::Duplicate(entry(T0 + w, T0 + w + 1, 2)));
 }
 
 pub async fn resolved_reports_the_open_incident_without_counting(store: Arc<dyn StateStore>) {
     let f = fp("resolved-open", 0);
     one(&*store, fire(f), T0).await;
-    assert_eq!(
-        one(&*store, resolve(f), T0 + 5).await,
-        Verdict::ResolvedOpen(entry(T0, T0, 1))
-    );
-    assert_eq!(
-        one(&*store, fire(f), T0 + 6).await,
-        Verdict::Duplicate(entry(T0, T0 + 6, 2))
-    );
+    assert_eq!(one(&*store, resolve(f), T0 + 5).await, Verdict::ResolvedOpen(entry(T0, T0, 1)));
+    assert_eq!(one(&*store, fire(f), T0 + 6).await, Verdict::Duplicate(entry(T0, T0 + 6, 2)));
 }
 
 pub async fn resolved_for_an_unknown_incident_records_nothing(store: Arc<dyn StateStore>) {
     let f = fp("resolved-unknown", 0);
     assert_eq!(one(&*store, resolve(f), T0).await, Verdict::ResolvedUnknown);
-    assert_eq!(
-        one(&*store, fire(f), T0 + 1).await,
-        Verdict::New(entry(T0 + 1, T0 + 1, 1))
-    );
+    assert_eq!(one(&*store, fire(f), T0 + 1).await, Verdict::New(entry(T0 + 1, T0 + 1, 1)));
 }
 
 pub async fn resolved_after_the_window_is_unknown(store: Arc<dyn StateStore>) {
     let f = fp("resolved-late", 0);
     one(&*store, fire(f), T0).await;
-    assert_eq!(
-        one(&*store, resolve(f), T0 + WINDOW.as_secs() as u32).await,
-        Verdict::ResolvedUnknown
-    );
+    assert_eq!(one(&*store, resolve(f), T0 + WINDOW.as_secs() as u32).await, Verdict::ResolvedUnknown);
 }
 
 pub async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn StateStore>) {
     let (a, b) = (fp("batch", 0), fp("batch", 1));
-    let verdicts = store
-        .observe(&[fire(a), fire(b), fire(a), resolve(b)], T0)
-        .await
-        .unwrap();
+    let verdicts = store.observe(&[fire(a), fire(b), fire(a), resolve(b)], T0).await.unwrap();
     assert_eq!(
         verdicts,
         vec![
@@ -181,15 +168,9 @@ pub async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn S
 
 pub async fn fingerprints_are_independent(store: Arc<dyn StateStore>) {
     for n in 0..20 {
-        assert_eq!(
-            one(&*store, fire(fp("independent", n)), T0).await,
-            Verdict::New(entry(T0, T0, 1))
-        );
+        assert_eq!(one(&*store, fire(fp("independent", n)), T0).await, Verdict::New(entry(T0, T0, 1)));
     }
-    assert_eq!(
-        one(&*store, fire(fp("independent", 3)), T0 + 1).await,
-        Verdict::Duplicate(entry(T0, T0 + 1, 2))
-    );
+    assert_eq!(one(&*store, fire(fp("independent", 3)), T0 + 1).await, Verdict::Duplicate(entry(T0, T0 + 1, 2)));
 }
 
 pub async fn fifty_concurrent_observers_open_exactly_one_incident(store: Arc<dyn StateStore>) {
@@ -215,9 +196,136 @@ pub async fn fifty_concurrent_observers_open_exactly_one_incident(store: Arc<dyn
         }
     }
     assert_eq!(new, 1);
+    assert_eq!(counts, (1..=50).collect::<BTreeSet<u32>>(), "every observer got a distinct count");
+}
+
+// Storms, with the default rules: rate > 10 alerts per 60 s, pattern > 5 resources
+// per 120 s, windows closing after 60 s idle or 300 s open.
+
+pub async fn pattern_threshold_is_not_a_storm_but_one_more_resource_is(store: Arc<dyn StateStore>) {
+    let batch: Vec<_> = (0..5).map(|n| alert("pattern", "ns", n)).collect();
+    for v in store.observe(&batch, T0).await.unwrap() {
+        assert_not_storm(&v);
+    }
+    let sixth = one(&*store, alert("pattern", "ns", 5), T0 + 1).await;
     assert_eq!(
-        counts,
-        (1..=50).collect::<BTreeSet<u32>>(),
-        "every observer got a distinct count"
+        folded(&sixth),
+        Folded { window_id: T0 + 1, kind: StormKind::Pattern, alert_count: 1, resource_count: 1, opened: true }
     );
+}
+
+pub async fn rate_threshold_is_not_a_storm_but_one_more_alert_is(store: Arc<dyn StateStore>) {
+    // Repeats count towards detection, but stay with their own open incident.
+    for i in 0..9 {
+        assert_not_storm(&one(&*store, alert("rate", "ns", 0), T0 + i).await);
+    }
+    assert_not_storm(&one(&*store, alert("rate", "ns", 1), T0 + 9).await);
+    let eleventh = one(&*store, alert("rate", "ns", 2), T0 + 10).await;
+    assert_eq!(
+        folded(&eleventh),
+        Folded { window_id: T0 + 10, kind: StormKind::Rate, alert_count: 1, resource_count: 1, opened: true }
+    );
+    let repeat = one(&*store, alert("rate", "ns", 0), T0 + 11).await;
+    assert!(matches!(repeat, Verdict::Duplicate(Entry { count: 10, .. })), "{repeat:?}");
+}
+
+pub async fn later_alerts_fold_into_the_open_window(store: Arc<dyn StateStore>) {
+    let batch: Vec<_> = (0..6).map(|n| alert("fold", "ns", n)).collect();
+    store.observe(&batch, T0).await.unwrap();
+    // A new resource, a repeat of a folded one, and a repeat of a pre-storm incident.
+    let v = store.observe(&[alert("fold", "ns", 6), alert("fold", "ns", 6), alert("fold", "ns", 0)], T0 + 5).await;
+    let v = v.unwrap();
+    let f: Vec<Folded> = v[..2].iter().map(folded).collect();
+    assert!(f.iter().all(|f| f.window_id == T0 && !f.opened), "{f:?}");
+    assert_eq!(f.iter().map(|f| (f.alert_count, f.resource_count)).collect::<Vec<_>>(), [(2, 2), (3, 2)]);
+    assert_eq!(v[2], Verdict::Duplicate(entry(T0, T0 + 5, 2)), "a pre-storm incident keeps its own count");
+}
+
+pub async fn storms_are_per_namespace_and_alert_name(store: Arc<dyn StateStore>) {
+    let batch: Vec<_> = (0..6).map(|n| alert("scoped", "a", n)).collect();
+    let v = store.observe(&batch, T0).await.unwrap();
+    folded(&v[5]);
+    let elsewhere: Vec<_> =
+        (0..5).map(|n| alert("scoped", "b", n)).chain((0..5).map(|n| alert("other", "a", n))).collect();
+    for v in store.observe(&elsewhere, T0).await.unwrap() {
+        assert_not_storm(&v);
+    }
+}
+
+pub async fn window_closes_after_inactivity_then_individual_incidents_follow(store: Arc<dyn StateStore>) {
+    let batch: Vec<_> = (0..6).map(|n| alert("idle", "ns", n)).collect();
+    store.observe(&batch, T0).await.unwrap();
+    assert_eq!(folded(&one(&*store, alert("idle", "ns", 7), T0 + 59).await).window_id, T0);
+    // 60 s without an alert closes the window; in fresh rate and pattern windows the
+    // next alert is an incident of its own.
+    let later = T0 + 59 + 60 + 120;
+    assert_not_storm(&one(&*store, alert("idle", "ns", 8), later).await);
+}
+
+pub async fn window_closes_at_its_maximum_duration(store: Arc<dyn StateStore>) {
+    let batch: Vec<_> = (0..6).map(|n| alert("long", "ns", n)).collect();
+    store.observe(&batch, T0).await.unwrap();
+    for t in (30..300).step_by(30) {
+        assert_eq!(folded(&one(&*store, alert("long", "ns", 6), T0 + t).await).window_id, T0);
+    }
+    // The window is 300 s old, so it is closed. The pattern window that began at
+    // T0 + 240 has seen p6; four more resources are below the threshold, a fifth
+    // opens a new window.
+    let batch: Vec<_> = (10..15).map(|n| alert("long", "ns", n)).collect();
+    let v = store.observe(&batch, T0 + 300).await.unwrap();
+    v[..4].iter().for_each(assert_not_storm);
+    let next = folded(&v[4]);
+    assert_eq!((next.window_id, next.opened), (T0 + 300, true));
+}
+
+pub async fn resolved_alerts_never_count_towards_a_storm(store: Arc<dyn StateStore>) {
+    let resolutions: Vec<_> =
+        (0..20).map(|n| Observation { status: SignalStatus::Resolved, ..alert("resolving", "ns", n) }).collect();
+    for v in store.observe(&resolutions, T0).await.unwrap() {
+        assert_eq!(v, Verdict::ResolvedUnknown);
+    }
+    let batch: Vec<_> = (0..5).map(|n| alert("resolving", "ns", n)).collect();
+    for v in store.observe(&batch, T0).await.unwrap() {
+        assert_not_storm(&v);
+    }
+}
+
+// Rate limiting: GCRA.
+
+const LIMIT: RateLimit = RateLimit { rate_per_s: 1.0, burst: 3 };
+const NOW_MS: u64 = T0 as u64 * 1000;
+
+fn source(case: &str) -> String {
+    format!("{case}-{}", std::process::id())
+}
+
+pub async fn burst_is_allowed_then_limited_with_retry_after(store: Arc<dyn StateStore>) {
+    let src = source("burst");
+    for _ in 0..3 {
+        assert_eq!(store.admit(&src, LIMIT, NOW_MS).await.unwrap(), Admission::Allowed);
+    }
+    assert_eq!(store.admit(&src, LIMIT, NOW_MS).await.unwrap(), Admission::Limited { retry_after_ms: 1000 });
+    assert_eq!(store.admit(&src, LIMIT, NOW_MS + 1000).await.unwrap(), Admission::Allowed);
+}
+
+pub async fn limited_requests_change_nothing(store: Arc<dyn StateStore>) {
+    let src = source("refused");
+    for _ in 0..3 {
+        store.admit(&src, LIMIT, NOW_MS).await.unwrap();
+    }
+    for _ in 0..10 {
+        assert!(matches!(store.admit(&src, LIMIT, NOW_MS + 500).await.unwrap(), Admission::Limited { .. }));
+    }
+    // The refusals did not push the budget back: one second in, one request fits.
+    assert_eq!(store.admit(&src, LIMIT, NOW_MS + 1000).await.unwrap(), Admission::Allowed);
+    assert!(matches!(store.admit(&src, LIMIT, NOW_MS + 1000).await.unwrap(), Admission::Limited { .. }));
+}
+
+pub async fn sources_have_independent_budgets(store: Arc<dyn StateStore>) {
+    let (a, b) = (source("a"), source("b"));
+    for _ in 0..3 {
+        store.admit(&a, LIMIT, NOW_MS).await.unwrap();
+    }
+    assert!(matches!(store.admit(&a, LIMIT, NOW_MS).await.unwrap(), Admission::Limited { .. }));
+    assert_eq!(store.admit(&b, LIMIT, NOW_MS).await.unwrap(), Admission::Allowed);
 }

@@ -56,8 +56,7 @@ impl Gateway {
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.post_raw(path, Some("application/json"), serde_json::to_vec(body).unwrap())
-            .await
+        self.post_raw(path, Some("application/json"), serde_json::to_vec(body).unwrap()).await
     }
 
     pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> reqwest::Response {

@@ -151,13 +151,7 @@ impl RedisServer {
         register_dir(dir.path());
         let log = dir.path().join("redis.log");
         let bus = matches!(&kind, Kind::Server(o) if o.cluster);
-        let mut server = RedisServer {
-            port: 0,
-            kind,
-            log,
-            child: Mutex::new(None),
-            dir,
-        };
+        let mut server = RedisServer { port: 0, kind, log, child: Mutex::new(None), dir };
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             server.port = pick_port(bus);
@@ -173,10 +167,7 @@ impl RedisServer {
                 Err(StartError::Failed(why)) => panic!("{} failed to start: {why}", server.describe()),
             }
         }
-        panic!(
-            "{} could not get a free port after {PORT_ATTEMPTS} attempts ({last})",
-            server.describe()
-        );
+        panic!("{} could not get a free port after {PORT_ATTEMPTS} attempts ({last})", server.describe());
     }
 
     /// `redis://127.0.0.1:PORT`
@@ -323,14 +314,8 @@ impl RedisServer {
             }
         };
         // Append, so a restart keeps the earlier runs' log for post-mortems.
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open redis log");
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log fd"))
-            .stderr(log);
+        let log = OpenOptions::new().create(true).append(true).open(&self.log).expect("open redis log");
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("clone log fd")).stderr(log);
         cmd
     }
 
@@ -361,9 +346,7 @@ impl RedisServer {
             if Instant::now() >= deadline {
                 self.kill();
                 let log = read_from(&self.log, log_offset);
-                return Err(StartError::Failed(format!(
-                    "no answer to PING within 10 s; log:\n{log}"
-                )));
+                return Err(StartError::Failed(format!("no answer to PING within 10 s; log:\n{log}")));
             }
             thread::sleep(PROBE_INTERVAL);
         }
@@ -403,11 +386,7 @@ static REPORT_COUNTER: OnceLock<&'static AtomicU64> = OnceLock::new();
 pub fn shared() -> &'static RedisServer {
     SHARED.get_or_init(|| {
         let server = RedisServer::start(ServerOptions::default());
-        let baseline = server
-            .info("memory")
-            .get("used_memory")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let baseline = server.info("memory").get("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0);
         BASELINE_USED_MEMORY.store(baseline, Ordering::Relaxed);
         server
     })
@@ -426,10 +405,7 @@ fn memory_report() -> Option<String> {
     let server = SHARED.get()?;
     let fingerprints = REPORT_COUNTER.get()?.load(Ordering::Relaxed);
     let baseline = BASELINE_USED_MEMORY.load(Ordering::Relaxed);
-    let mut out = format!(
-        "── redis memory report: shared server {} (16mb, noeviction) ──\n",
-        server.addr()
-    );
+    let mut out = format!("── redis memory report: shared server {} (16mb, noeviction) ──\n", server.addr());
     let stats = try_info(server.port, "memory").and_then(|info| Ok((info, try_dbsize(server.port)?)));
     let (info, keys) = match stats {
         Ok(stats) => stats,
@@ -486,10 +462,7 @@ impl SentinelSetup {
     /// (with a live link) and the two other sentinels, so a failover can start at once.
     pub fn start() -> SentinelSetup {
         let primary = RedisServer::start(ServerOptions::default());
-        let replica = RedisServer::start(ServerOptions {
-            replica_of: Some(primary.port),
-            ..Default::default()
-        });
+        let replica = RedisServer::start(ServerOptions { replica_of: Some(primary.port), ..Default::default() });
         // The replica must be attached before the sentinels start: a sentinel learns
         // replicas from the master's INFO, which it asks for on connect and then only
         // every 10 s.
@@ -511,24 +484,16 @@ impl SentinelSetup {
              sentinel failover-timeout {MASTER_NAME} 5000\n",
             primary.port
         );
-        let sentinels: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::launch(Kind::Sentinel { body: body.clone() }))
-            .collect();
-        let setup = SentinelSetup {
-            primary_port: AtomicU16::new(primary.port),
-            servers: vec![primary, replica],
-            sentinels,
-        };
+        let sentinels: Vec<RedisServer> =
+            (0..3).map(|_| RedisServer::launch(Kind::Sentinel { body: body.clone() })).collect();
+        let setup =
+            SentinelSetup { primary_port: AtomicU16::new(primary.port), servers: vec![primary, replica], sentinels };
         for sentinel in &setup.sentinels {
             let ready = poll_until(CONVERGE_TIMEOUT, STATE_INTERVAL, || {
                 sentinel_is_ready(sentinel.port, setup.servers[0].port, setup.servers[1].port).then_some(())
             });
             if ready.is_none() {
-                panic!(
-                    "{} never saw the whole setup; log:\n{}",
-                    sentinel.describe(),
-                    sentinel.log()
-                );
+                panic!("{} never saw the whole setup; log:\n{}", sentinel.describe(), sentinel.log());
             }
         }
         setup
@@ -564,10 +529,7 @@ impl SentinelSetup {
 
     /// The data server on `port`.
     pub fn server(&self, port: u16) -> &RedisServer {
-        self.servers
-            .iter()
-            .find(|s| s.port == port)
-            .unwrap_or_else(|| panic!("no server on port {port}"))
+        self.servers.iter().find(|s| s.port == port).unwrap_or_else(|| panic!("no server on port {port}"))
     }
 
     /// SIGKILLs the current primary; returns its port.
@@ -585,11 +547,7 @@ impl SentinelSetup {
     pub fn wait_for_failover(&self, timeout: Duration) -> u16 {
         let old = self.primary_port();
         let found = poll_until(timeout, STATE_INTERVAL, || {
-            let views: Vec<u16> = self
-                .sentinels
-                .iter()
-                .filter_map(|s| master_addr(s.port).ok().flatten())
-                .collect();
+            let views: Vec<u16> = self.sentinels.iter().filter_map(|s| master_addr(s.port).ok().flatten()).collect();
             let new = *views.first()?;
             let agreed = views.len() >= 2 && views.iter().all(|&p| p == new);
             (agreed && new != old && role(new).as_deref() == Some("master")).then_some(new)
@@ -617,17 +575,13 @@ impl SentinelSetup {
 /// up link, and knows the two other sentinels.
 fn sentinel_is_ready(port: u16, primary: u16, replica: u16) -> bool {
     let Ok(mut con) = connect(port) else { return false };
-    let addr: RedisResult<Option<Vec<String>>> = ::redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg(MASTER_NAME)
-        .query(&mut con);
+    let addr: RedisResult<Option<Vec<String>>> =
+        ::redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME).query(&mut con);
     if addr.ok().flatten().and_then(|a| a.get(1)?.parse::<u16>().ok()) != Some(primary) {
         return false;
     }
-    let replicas: RedisResult<Vec<HashMap<String, String>>> = ::redis::cmd("SENTINEL")
-        .arg("replicas")
-        .arg(MASTER_NAME)
-        .query(&mut con);
+    let replicas: RedisResult<Vec<HashMap<String, String>>> =
+        ::redis::cmd("SENTINEL").arg("replicas").arg(MASTER_NAME).query(&mut con);
     let replica_ok = replicas.unwrap_or_default().iter().any(|r| {
         let field = |k: &str| r.get(k).map(String::as_str).unwrap_or("");
         field("port") == replica.to_string()
@@ -637,19 +591,15 @@ fn sentinel_is_ready(port: u16, primary: u16, replica: u16) -> bool {
     });
     let master: RedisResult<HashMap<String, String>> =
         ::redis::cmd("SENTINEL").arg("master").arg(MASTER_NAME).query(&mut con);
-    let others = master
-        .ok()
-        .and_then(|m| m.get("num-other-sentinels")?.parse::<u32>().ok());
+    let others = master.ok().and_then(|m| m.get("num-other-sentinels")?.parse::<u32>().ok());
     replica_ok && others == Some(2)
 }
 
 /// The master port a sentinel reports, if it answers.
 fn master_addr(sentinel: u16) -> RedisResult<Option<u16>> {
     let mut con = connect(sentinel)?;
-    let addr: Option<Vec<String>> = ::redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg(MASTER_NAME)
-        .query(&mut con)?;
+    let addr: Option<Vec<String>> =
+        ::redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME).query(&mut con)?;
     Ok(addr.and_then(|a| a.get(1)?.parse().ok()))
 }
 
@@ -673,14 +623,8 @@ impl ClusterSetup {
     /// Starts three nodes, joins them with `redis-cli --cluster create` and waits until
     /// every node reports `cluster_state:ok` and knows all three nodes.
     pub fn start() -> ClusterSetup {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start(ServerOptions {
-                    cluster: true,
-                    ..Default::default()
-                })
-            })
-            .collect();
+        let nodes: Vec<RedisServer> =
+            (0..3).map(|_| RedisServer::start(ServerOptions { cluster: true, ..Default::default() })).collect();
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         create.args(nodes.iter().map(RedisServer::addr));
@@ -737,9 +681,7 @@ fn run_to_completion(mut cmd: Command, timeout: Duration) {
     let dir = scratch_dir();
     let out_path = dir.path().join("out");
     let out = fs::File::create(&out_path).expect("create output file");
-    cmd.stdin(Stdio::null())
-        .stdout(out.try_clone().expect("clone fd"))
-        .stderr(out);
+    cmd.stdin(Stdio::null()).stdout(out.try_clone().expect("clone fd")).stderr(out);
     let what = format!("{cmd:?}");
     let mut child = spawn(cmd).unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let status = poll_until(timeout, STATE_INTERVAL, || child.try_wait().ok().flatten());
@@ -819,10 +761,7 @@ struct Registry {
     dirs: Vec<PathBuf>,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    pids: Vec::new(),
-    dirs: Vec::new(),
-});
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { pids: Vec::new(), dirs: Vec::new() });
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
@@ -920,13 +859,8 @@ fn scratch_dir() -> TempDir {
         let Ok(entries) = fs::read_dir(&tmp) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let pid = name.to_str().and_then(|n| {
-                n.strip_prefix("tidegate-redis-")?
-                    .split('-')
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            });
+            let pid =
+                name.to_str().and_then(|n| n.strip_prefix("tidegate-redis-")?.split('-').next()?.parse::<u32>().ok());
             if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
                 let _ = fs::remove_dir_all(entry.path());
             }

@@ -24,19 +24,9 @@ use redis::{Client, RedisConnectionInfo, RedisError, RedisResult};
 /// A parsed `--state` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Topology {
-    Standalone {
-        url: String,
-    },
-    Sentinel {
-        sentinels: Vec<String>,
-        master: String,
-        auth: Auth,
-        db: i64,
-    },
-    Cluster {
-        nodes: Vec<String>,
-        auth: Auth,
-    },
+    Standalone { url: String },
+    Sentinel { sentinels: Vec<String>, master: String, auth: Auth, db: i64 },
+    Cluster { nodes: Vec<String>, auth: Auth },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,11 +48,8 @@ impl FromStr for Topology {
                     Some((userinfo, hosts)) => (parse_auth(userinfo), hosts),
                     None => (Auth::default(), authority),
                 };
-                let hosts: Vec<String> = hosts
-                    .split(',')
-                    .filter(|h| !h.is_empty())
-                    .map(|h| format!("redis://{h}"))
-                    .collect();
+                let hosts: Vec<String> =
+                    hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("redis://{h}")).collect();
                 if hosts.is_empty() {
                     return Err(format!("{scheme}:// needs at least one host:port"));
                 }
@@ -80,16 +67,9 @@ impl FromStr for Topology {
                     Some(db) => db.parse().map_err(|_| format!("database {db:?} is not a number"))?,
                     None => 0,
                 };
-                Ok(Topology::Sentinel {
-                    sentinels: hosts,
-                    master,
-                    auth,
-                    db,
-                })
+                Ok(Topology::Sentinel { sentinels: hosts, master, auth, db })
             }
-            other => Err(format!(
-                "unknown Redis scheme {other:?}; use redis, rediss, redis+sentinel or redis+cluster"
-            )),
+            other => Err(format!("unknown Redis scheme {other:?}; use redis, rediss, redis+sentinel or redis+cluster")),
         }
     }
 }
@@ -105,27 +85,14 @@ impl std::fmt::Display for Topology {
                     None => f.write_str(url),
                 };
             }
-            Topology::Sentinel {
-                sentinels,
-                master,
-                auth,
-                db,
-            } => {
-                let path = if *db == 0 {
-                    format!("/{master}")
-                } else {
-                    format!("/{master}/{db}")
-                };
+            Topology::Sentinel { sentinels, master, auth, db } => {
+                let path = if *db == 0 { format!("/{master}") } else { format!("/{master}/{db}") };
                 ("redis+sentinel", sentinels, auth, path)
             }
             Topology::Cluster { nodes, auth } => ("redis+cluster", nodes, auth, String::new()),
         };
         let hosts: Vec<&str> = hosts.iter().map(|h| h.trim_start_matches("redis://")).collect();
-        let masked = if auth.password.is_some() || auth.username.is_some() {
-            "***@"
-        } else {
-            ""
-        };
+        let masked = if auth.password.is_some() || auth.username.is_some() { "***@" } else { "" };
         write!(f, "{scheme}://{masked}{}{path}", hosts.join(","))
     }
 }
@@ -145,10 +112,7 @@ impl Auth {
 fn parse_auth(userinfo: &str) -> Auth {
     let (user, pass) = userinfo.split_once(':').unwrap_or(("", userinfo));
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    Auth {
-        username: nonempty(user),
-        password: nonempty(pass),
-    }
+    Auth { username: nonempty(user), password: nonempty(pass) }
 }
 
 /// A live connection, whatever the topology.
@@ -169,24 +133,13 @@ impl Connection {
         match topology {
             Topology::Standalone { url } => {
                 let client = Client::open(url.as_str())?;
-                Ok(Connection::Standalone(
-                    ConnectionManager::new_with_config(client, config).await?,
-                ))
+                Ok(Connection::Standalone(ConnectionManager::new_with_config(client, config).await?))
             }
-            Topology::Sentinel {
-                sentinels,
-                master,
-                auth,
-                db,
-            } => {
+            Topology::Sentinel { sentinels, master, auth, db } => {
                 let info = auth.apply(RedisConnectionInfo::default().set_db(*db));
                 let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-                let mut client = SentinelClient::build(
-                    sentinels.clone(),
-                    master.clone(),
-                    Some(node),
-                    SentinelServerType::Master,
-                )?;
+                let mut client =
+                    SentinelClient::build(sentinels.clone(), master.clone(), Some(node), SentinelServerType::Master)?;
                 let primary = client.async_get_client().await?;
                 let manager = ConnectionManager::new_with_config(primary, config.clone()).await?;
                 Ok(Connection::Sentinel(Box::new(SentinelConnection {
@@ -207,10 +160,7 @@ impl Connection {
                 if let Some(pass) = &auth.password {
                     builder = builder.password(pass);
                 }
-                Ok(Connection::Cluster(
-                    builder.build()?.get_async_connection().await?,
-                    auth.clone(),
-                ))
+                Ok(Connection::Cluster(builder.build()?.get_async_connection().await?, auth.clone()))
             }
         }
     }
@@ -334,28 +284,20 @@ mod tests {
     fn parses_each_topology() {
         assert_eq!(
             "redis://:pw@h:6379/2".parse::<Topology>(),
-            Ok(Topology::Standalone {
-                url: "redis://:pw@h:6379/2".into()
-            })
+            Ok(Topology::Standalone { url: "redis://:pw@h:6379/2".into() })
         );
         assert_eq!(
             "redis+sentinel://:pw@s1:26379,s2:26379/mymaster/3".parse::<Topology>(),
             Ok(Topology::Sentinel {
                 sentinels: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
                 master: "mymaster".into(),
-                auth: Auth {
-                    username: None,
-                    password: Some("pw".into())
-                },
+                auth: Auth { username: None, password: Some("pw".into()) },
                 db: 3,
             })
         );
         assert_eq!(
             "redis+cluster://a:1,b:2".parse::<Topology>(),
-            Ok(Topology::Cluster {
-                nodes: vec!["redis://a:1".into(), "redis://b:2".into()],
-                auth: Auth::default()
-            })
+            Ok(Topology::Cluster { nodes: vec!["redis://a:1".into(), "redis://b:2".into()], auth: Auth::default() })
         );
         assert!("redis+sentinel://s1:26379".parse::<Topology>().is_err());
         assert!("memcached://x".parse::<Topology>().is_err());

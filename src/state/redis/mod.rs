@@ -20,13 +20,18 @@ use std::time::Duration;
 
 use redis::{RedisError, Script, Value};
 
-use super::{BoxFuture, Entry, Observation, StateError, StateStore, Verdict};
+use std::future::Future;
+
+use super::{
+    Admission, BoxFuture, Entry, Folded, Observation, RateLimit, StateError, StateStore, StormKind, StormRules, Verdict,
+};
 use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
 use connection::{Connection, Handle, Topology};
 use schema::Schema;
 
-const DEDUP_SCRIPT: &str = include_str!("dedup.lua");
+const DECIDE_SCRIPT: &str = include_str!("decide.lua");
+const GCRA_SCRIPT: &str = include_str!("gcra.lua");
 
 /// Settings of the Redis backend, from `redis.*` config.
 #[derive(Clone, Debug)]
@@ -34,6 +39,7 @@ pub struct RedisOptions {
     pub topology: Topology,
     pub prefix: String,
     pub window: Duration,
+    pub storms: StormRules,
     pub timeout: Duration,
     pub monitor_interval: Duration,
 }
@@ -46,7 +52,9 @@ pub struct RedisStore {
 struct Shared {
     conn: Connection,
     schema: Schema,
-    script: Script,
+    storms: StormRules,
+    decide: Script,
+    gcra: Script,
     timeout: Duration,
     /// Set when Redis refused a write for lack of memory; cleared once it has room.
     out_of_memory: AtomicBool,
@@ -63,8 +71,14 @@ impl RedisStore {
             .map_err(|e| StateError::Unavailable(format!("cannot connect to Redis: {e}")))?;
         let shared = Arc::new(Shared {
             conn,
-            schema: Schema::new(options.prefix, options.window.as_secs() as u32),
-            script: Script::new(DEDUP_SCRIPT),
+            schema: Schema::new(
+                options.prefix,
+                options.window.as_secs() as u32,
+                matches!(options.topology, Topology::Cluster { .. }),
+            ),
+            storms: options.storms,
+            decide: Script::new(DECIDE_SCRIPT),
+            gcra: Script::new(GCRA_SCRIPT),
             timeout: options.timeout,
             out_of_memory: AtomicBool::new(false),
             entries: AtomicU64::new(0),
@@ -88,64 +102,105 @@ impl RedisStore {
 }
 
 impl Shared {
-    async fn observe(&self, batch: &[Observation], now_s: u32) -> Result<Vec<Verdict>, StateError> {
-        let replies = match tokio::time::timeout(self.timeout, self.run(batch, now_s)).await {
-            Ok(Ok(replies)) => replies,
+    /// Runs `work` under the timeout, classifying failures and tracking OOM.
+    async fn guarded<T>(&self, work: impl Future<Output = Result<T, RedisError>>) -> Result<T, StateError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(value)) => {
+                self.out_of_memory.store(false, Ordering::Relaxed);
+                Ok(value)
+            }
             Ok(Err(e)) => {
                 self.conn.failed(&e).await;
-                return Err(self.classify(&e));
+                Err(self.classify(&e))
             }
-            Err(_) => return Err(StateError::Timeout(self.timeout)),
-        };
-        self.out_of_memory.store(false, Ordering::Relaxed);
-        replies.into_iter().map(verdict).collect()
+            Err(_) => Err(StateError::Timeout(self.timeout)),
+        }
     }
 
-    async fn run(&self, batch: &[Observation], now_s: u32) -> Result<Vec<Value>, RedisError> {
-        let window = self.schema.window_s();
-        let calls: Vec<([String; 3], [u8; 8], &str)> = batch
-            .iter()
-            .map(|o| {
-                let mode = if o.status == SignalStatus::Firing {
-                    "fire"
-                } else {
-                    "resolve"
-                };
-                (
-                    self.schema.dedup_keys(&o.fingerprint, now_s),
-                    schema::field(&o.fingerprint),
-                    mode,
-                )
-            })
-            .collect();
+    async fn observe(&self, batch: &[Observation], now_s: u32) -> Result<Vec<Verdict>, StateError> {
+        self.guarded(self.decide(batch, now_s)).await?.into_iter().collect()
+    }
+
+    /// One `decide.lua` call per observation, all in one round trip.
+    async fn decide(&self, batch: &[Observation], now_s: u32) -> Result<Vec<Result<Verdict, StateError>>, RedisError> {
+        let rules = &self.storms;
+        let calls = batch.iter().map(|o| {
+            let scope = o.storm.as_ref().map(|k| &k.scope);
+            let mut keys = self.schema.dedup_keys(&o.fingerprint, scope, now_s).to_vec();
+            let mode = if o.status == SignalStatus::Firing { "fire" } else { "resolve" };
+            let mut args =
+                vec![self.schema.field(&o.fingerprint), arg(now_s), arg(self.schema.window_s()), mode.into()];
+            if let (SignalStatus::Firing, Some(key)) = (o.status, &o.storm) {
+                keys.extend(self.schema.storm_keys(&key.scope, now_s, rules));
+                args.extend([
+                    key.resource.to_vec(),
+                    arg(rules.rate_threshold),
+                    arg(rules.rate_window_s),
+                    arg(rules.pattern_threshold),
+                    arg(rules.pattern_window_s),
+                    arg(rules.inactivity_s),
+                    arg(rules.max_duration_s),
+                ]);
+            }
+            Call { keys, args }
+        });
+        let replies = self.call_all(&self.decide, calls.collect()).await?;
+        Ok(replies.into_iter().map(verdict).collect())
+    }
+
+    /// Invokes `script` once per call: one pipeline on a single node, concurrent
+    /// calls (one per slot) on Cluster.
+    async fn call_all(&self, script: &Script, calls: Vec<Call>) -> Result<Vec<Value>, RedisError> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
         match self.conn.handle() {
             Handle::Single(mut conn) => {
                 let mut pipe = redis::pipe();
-                for (keys, field, mode) in &calls {
-                    pipe.cmd("EVALSHA")
-                        .arg(self.script.get_hash())
-                        .arg(keys.len())
-                        .arg(&keys[..]);
-                    pipe.arg(&field[..]).arg(now_s).arg(window).arg(*mode);
+                for call in &calls {
+                    pipe.cmd("EVALSHA").arg(script.get_hash()).arg(call.keys.len()).arg(&call.keys[..]);
+                    for a in &call.args {
+                        pipe.arg(&a[..]);
+                    }
                 }
                 match pipe.query_async::<Vec<Value>>(&mut conn).await {
                     Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                         // Redis restarted or failed over and lost its script cache.
-                        self.script.load_async(&mut conn).await?;
+                        script.load_async(&mut conn).await?;
                         pipe.query_async(&mut conn).await
                     }
                     other => other,
                 }
             }
             Handle::Cluster(conn) => {
-                let requests = calls.iter().map(|(keys, field, mode)| {
+                let requests = calls.iter().map(|call| {
                     let mut conn = conn.clone();
-                    let mut inv = self.script.prepare_invoke();
-                    inv.key(&keys[..]).arg(&field[..]).arg(now_s).arg(window).arg(*mode);
+                    let mut inv = script.prepare_invoke();
+                    inv.key(&call.keys[..]);
+                    for a in &call.args {
+                        inv.arg(&a[..]);
+                    }
                     async move { inv.invoke_async::<Value>(&mut conn).await }
                 });
                 futures::future::join_all(requests).await.into_iter().collect()
             }
+        }
+    }
+
+    async fn admit(&self, source: &str, limit: RateLimit, now_ms: u64) -> Result<Admission, StateError> {
+        let call = Call {
+            keys: vec![self.schema.budget_key(source)],
+            args: vec![arg(now_ms), arg(limit.emission_interval_ms()), arg(limit.tolerance_ms())],
+        };
+        let replies = self.guarded(self.call_all(&self.gcra, vec![call])).await?;
+        let bad =
+            |what: String| StateError::Unavailable(format!("unexpected reply from the rate-limit script: {what}"));
+        let reply = replies.into_iter().next().ok_or_else(|| bad("nothing".into()))?;
+        let fields: Vec<i64> = redis::from_redis_value(reply).map_err(|e| bad(e.to_string()))?;
+        match fields[..] {
+            [1, _] => Ok(Admission::Allowed),
+            [0, retry] => Ok(Admission::Limited { retry_after_ms: retry.max(0) as u64 }),
+            _ => Err(bad(format!("{fields:?}"))),
         }
     }
 
@@ -194,30 +249,57 @@ fn is_oom(e: &RedisError) -> bool {
     }
 }
 
-/// Decodes `{verdict, first_seen, last_seen, count}`.
+/// One script invocation: its keys and arguments.
+struct Call {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+fn arg(n: impl std::fmt::Display) -> Vec<u8> {
+    n.to_string().into_bytes()
+}
+
+fn bad_reply(script: &str, what: String) -> StateError {
+    StateError::Unavailable(format!("unexpected reply from the {script} script: {what}"))
+}
+
+/// Decodes `decide.lua`'s reply.
 fn verdict(reply: Value) -> Result<Verdict, StateError> {
-    let bad = |what: String| StateError::Unavailable(format!("unexpected reply from the dedup script: {what}"));
+    let bad = |what: String| bad_reply("decide", what);
     let fields: Vec<i64> = redis::from_redis_value(reply).map_err(|e| bad(e.to_string()))?;
-    let [code, first, last, count] = fields[..] else {
-        return Err(bad(format!("{fields:?}")));
-    };
-    let entry = Entry {
+    let entry = |first: i64, last: i64, count: i64| Entry {
         first_seen_s: first as u32,
         last_seen_s: last as u32,
         count: count as u32,
     };
-    Ok(match code {
-        0 => Verdict::New(entry),
-        1 => Verdict::Duplicate(entry),
-        2 => Verdict::ResolvedOpen(entry),
-        3 => Verdict::ResolvedUnknown,
-        other => return Err(bad(format!("verdict {other}"))),
+    Ok(match fields[..] {
+        [0, first, last, count] => Verdict::New(entry(first, last, count)),
+        [1, first, last, count] => Verdict::Duplicate(entry(first, last, count)),
+        [2, first, last, count] => Verdict::ResolvedOpen(entry(first, last, count)),
+        [3, ..] => Verdict::ResolvedUnknown,
+        [5, id, kind, alerts, resources, opened] => Verdict::Folded(Folded {
+            window_id: id as u32,
+            kind: if kind == 2 { StormKind::Pattern } else { StormKind::Rate },
+            alert_count: alerts as u32,
+            resource_count: resources as u32,
+            opened: opened == 1,
+        }),
+        _ => return Err(bad(format!("{fields:?}"))),
     })
 }
 
 impl StateStore for RedisStore {
     fn observe<'a>(&'a self, batch: &'a [Observation], now_s: u32) -> BoxFuture<'a, Result<Vec<Verdict>, StateError>> {
         Box::pin(self.shared.observe(batch, now_s))
+    }
+
+    fn admit<'a>(
+        &'a self,
+        source: &'a str,
+        limit: RateLimit,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Admission, StateError>> {
+        Box::pin(self.shared.admit(source, limit, now_ms))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>> {

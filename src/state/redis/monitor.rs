@@ -31,10 +31,7 @@ pub async fn eviction_warnings(conn: &Connection) -> Vec<String> {
     match settings {
         Ok(settings) => {
             let policy = settings.get("maxmemory-policy").map(String::as_str).unwrap_or("");
-            let maxmemory = settings
-                .get("maxmemory")
-                .and_then(|m| m.parse::<u64>().ok())
-                .unwrap_or(0);
+            let maxmemory = settings.get("maxmemory").and_then(|m| m.parse::<u64>().ok()).unwrap_or(0);
             tracing::info!(policy, maxmemory, "Redis memory settings");
             risks(policy, maxmemory)
         }
@@ -122,18 +119,15 @@ async fn refresh(shared: &Shared, metrics: &Metrics) -> RedisResult<()> {
     let sum = |k: &str| infos.iter().map(|i| i.get(k).copied().unwrap_or(0.0)).sum::<f64>();
     metrics.redis_used_memory.set(sum("used_memory") as i64);
     metrics.redis_maxmemory.set(sum("maxmemory") as i64);
-    let worst = infos
-        .iter()
-        .filter_map(|i| i.get("mem_fragmentation_ratio").copied())
-        .fold(0.0, f64::max);
+    let worst = infos.iter().filter_map(|i| i.get("mem_fragmentation_ratio").copied()).fold(0.0, f64::max);
     metrics.redis_fragmentation.set(worst);
-    let pattern = shared.schema.pattern();
+    let prefix = shared.schema.prefix();
     let (mut keys, mut fields) = (0, 0);
     match shared.conn.handle() {
-        Handle::Single(mut c) => (keys, fields) = count(&mut c, &pattern).await?,
+        Handle::Single(mut c) => (keys, fields) = count(&mut c, prefix).await?,
         Handle::Cluster(_) => {
             for mut node in shared.conn.cluster_primaries().await? {
-                let (k, f) = count(&mut node, &pattern).await?;
+                let (k, f) = count(&mut node, prefix).await?;
                 keys += k;
                 fields += f;
             }
@@ -144,25 +138,23 @@ async fn refresh(shared: &Shared, metrics: &Metrics) -> RedisResult<()> {
     Ok(())
 }
 
-/// Counts tidegate's keys and the fingerprints in them with SCAN and HLEN.
-pub async fn count(conn: &mut (impl ConnectionLike + Send), pattern: &str) -> RedisResult<(u64, u64)> {
+/// Counts tidegate's keys (SCAN) and the fingerprints in its dedup hashes (HLEN).
+pub async fn count(conn: &mut (impl ConnectionLike + Send), prefix: &str) -> RedisResult<(u64, u64)> {
+    let pattern = format!("{prefix}*");
+    let dedup = format!("{prefix}d:");
     let mut keys = Vec::new();
     let mut cursor = 0u64;
     loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await?;
         keys.extend(batch);
         if next == 0 {
             break;
         }
         cursor = next;
     }
+    let total = keys.len() as u64;
+    keys.retain(|k| k.starts_with(&dedup));
     let mut fields = 0;
     for chunk in keys.chunks(1000) {
         let mut pipe = redis::pipe();
@@ -172,7 +164,7 @@ pub async fn count(conn: &mut (impl ConnectionLike + Send), pattern: &str) -> Re
         let lens: Vec<u64> = pipe.query_async(conn).await?;
         fields += lens.iter().sum::<u64>();
     }
-    Ok((keys.len() as u64, fields))
+    Ok((total, fields))
 }
 
 #[cfg(test)]

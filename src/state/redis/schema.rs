@@ -10,7 +10,10 @@
 //! own. Every key expires one window after the last entry in it can be live.
 //! See `docs/redis.md` for the measurements.
 
+use sha2::{Digest, Sha256};
+
 use crate::signal::Fingerprint;
+use crate::state::StormRules;
 
 /// Bits of the fingerprint that choose the hash.
 pub const SHARD_BITS: u32 = 14;
@@ -19,14 +22,15 @@ pub const SHARD_BITS: u32 = 14;
 pub struct Schema {
     prefix: String,
     window_s: u32,
+    cluster: bool,
 }
 
 impl Schema {
-    pub fn new(prefix: impl Into<String>, window_s: u32) -> Self {
-        Schema {
-            prefix: prefix.into(),
-            window_s: window_s.max(1),
-        }
+    /// On `cluster`, a signal's dedup keys share its storm scope's hash tag, so one
+    /// script can touch both in one slot; elsewhere they are sharded by fingerprint,
+    /// which packs fingerprints most densely.
+    pub fn new(prefix: impl Into<String>, window_s: u32, cluster: bool) -> Self {
+        Schema { prefix: prefix.into(), window_s: window_s.max(1), cluster }
     }
 
     pub fn prefix(&self) -> &str {
@@ -40,16 +44,43 @@ impl Schema {
     /// The three bucket keys the dedup script reads: the caller's bucket, the one
     /// before (entries seen within the last window) and the one after (entries
     /// written by a replica whose clock runs slightly ahead).
-    pub fn dedup_keys(&self, fp: &Fingerprint, now_s: u32) -> [String; 3] {
+    pub fn dedup_keys(&self, fp: &Fingerprint, scope: Option<&[u8; 16]>, now_s: u32) -> [String; 3] {
         let bucket = now_s / self.window_s;
-        let shard = shard(fp);
-        let key = |b: u32| format!("{}d:{{{shard:04x}}}:{b}", self.prefix);
+        let tag = match scope {
+            Some(scope) if self.cluster => hex::encode(scope),
+            _ => format!("{:04x}", shard(fp)),
+        };
+        let key = |b: u32| format!("{}d:{{{tag}}}:{b}", self.prefix);
         [key(bucket), key(bucket.saturating_sub(1)), key(bucket + 1)]
     }
 
-    /// A SCAN pattern matching every key tidegate owns.
-    pub fn pattern(&self) -> String {
-        format!("{}*", self.prefix)
+    /// The hash field naming a fingerprint: the 8 bytes after the shard's, or on
+    /// Cluster (where the key does not carry the shard) 10 bytes.
+    pub fn field(&self, fp: &Fingerprint) -> Vec<u8> {
+        if self.cluster {
+            fp.as_bytes()[..10].to_vec()
+        } else {
+            field(fp).to_vec()
+        }
+    }
+
+    /// The four keys of a storm scope: this rate window's counter, this pattern
+    /// window's resource HyperLogLog, the open aggregation window and its resources.
+    pub fn storm_keys(&self, scope: &[u8; 16], now_s: u32, rules: &StormRules) -> [String; 4] {
+        let tag = format!("{}s:{{{}}}", self.prefix, hex::encode(scope));
+        [
+            format!("{tag}:r:{}", now_s / rules.rate_window_s),
+            format!("{tag}:p:{}", now_s / rules.pattern_window_s),
+            format!("{tag}:w"),
+            format!("{tag}:wr"),
+        ]
+    }
+
+    /// A source's rate-limit key: hashed, so a hostile identity cannot make a long
+    /// key, and hash-tagged on its own.
+    pub fn budget_key(&self, source: &str) -> String {
+        let digest = Sha256::digest(source.as_bytes());
+        format!("{}r:{{{}}}", self.prefix, hex::encode(&digest[..8]))
     }
 }
 
@@ -72,7 +103,7 @@ mod tests {
     #[test]
     fn keys_share_one_hash_tag_and_name_adjacent_buckets() {
         let fp = Fingerprint::from_bytes([0xff; 32]);
-        let keys = Schema::new("tg:", 300).dedup_keys(&fp, 300 * 10 + 5);
+        let keys = Schema::new("tg:", 300, false).dedup_keys(&fp, Some(&[0; 16]), 300 * 10 + 5);
         assert_eq!(keys, ["tg:d:{3fff}:10", "tg:d:{3fff}:9", "tg:d:{3fff}:11"]);
     }
 
