@@ -32,6 +32,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub storm: StormConfig,
     pub rate_limit: RateLimitConfig,
+    pub placement: PlacementConfig,
+    pub kube: KubeConfig,
     pub classify: ClassifyConfig,
     pub log: LogConfig,
 }
@@ -133,6 +135,48 @@ pub struct RateLimitConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// Namespace for requests about cluster-scoped targets (nodes). Default none:
+    /// they go to the signal's namespace.
+    pub control_namespace: Option<String>,
+    /// Put every request in `control_namespace`. Default `false`.
+    pub all_in_control_namespace: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeConfig {
+    /// One API call's timeout. Default `2s`.
+    #[serde(with = "duration")]
+    pub call_timeout: Duration,
+    /// One operation's budget, retries of 5xx/429/timeouts included; past it the
+    /// caller gets 503. Default `5s`.
+    #[serde(with = "duration")]
+    pub deadline: Duration,
+    /// Consecutive failed operations that open the circuit breaker. Default 5.
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses calls (and keeps `/readyz` at 503). Default `10s`.
+    #[serde(with = "duration")]
+    pub breaker_cooldown: Duration,
+    /// How long start-up waits for the first list of requests and namespaces. Default `30s`.
+    #[serde(with = "duration")]
+    pub sync_timeout: Duration,
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        KubeConfig {
+            call_timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(5),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(10),
+            sync_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClassifyConfig {
@@ -214,6 +258,8 @@ impl Default for Config {
             redis: RedisConfig::default(),
             storm: StormConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            placement: PlacementConfig::default(),
+            kube: KubeConfig::default(),
             classify: ClassifyConfig::default(),
             log: LogConfig::default(),
         }
@@ -390,6 +436,15 @@ impl Config {
         }
         if self.rate_limit.burst == 0 {
             return invalid("rate_limit.burst", "must be at least 1");
+        }
+        if self.placement.all_in_control_namespace && self.placement.control_namespace.is_none() {
+            return invalid("placement.all_in_control_namespace", "needs placement.control_namespace");
+        }
+        if self.kube.call_timeout < Duration::from_millis(10) || self.kube.deadline < self.kube.call_timeout {
+            return invalid("kube.deadline", "must be at least kube.call_timeout (itself at least 10ms)");
+        }
+        if self.kube.breaker_failures == 0 {
+            return invalid("kube.breaker_failures", "must be at least 1");
         }
         self.validate_priorities()?;
         if let SinkTarget::Dir(path) = &self.sink {

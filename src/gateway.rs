@@ -19,8 +19,9 @@ use crate::config::{Config, SinkTarget, StateBackend};
 use crate::http::{self, AppState, Limits, Readiness};
 use crate::pipeline::classify::Classifier;
 use crate::pipeline::coalesce::Coalescer;
-use crate::pipeline::{Parts, Pipeline};
+use crate::pipeline::{Parts, Pipeline, Placement};
 use crate::sink::dir::DirSink;
+use crate::sink::kube::{KubeOptions, KubeSink};
 use crate::sink::Sink;
 use crate::state::memory::MemoryStore;
 use crate::state::redis::{RedisOptions, RedisStore};
@@ -37,8 +38,8 @@ pub enum StartError {
     SinkDir { path: String, source: std::io::Error },
     #[error(transparent)]
     State(crate::state::StateError),
-    #[error("{0} is not available in this build yet")]
-    Unsupported(&'static str),
+    #[error("cannot use the Kubernetes API: {0}")]
+    Kube(String),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -65,8 +66,20 @@ impl Running {
     }
 }
 
+/// What a caller may supply instead of discovering it.
+#[derive(Default)]
+pub struct Overrides {
+    /// The Kubernetes client to use instead of the in-cluster or kubeconfig one.
+    pub kube_client: Option<kube::Client>,
+}
+
 /// Builds everything and starts listening on `config.listen`.
 pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> {
+    start_with(config, clock, Overrides::default()).await
+}
+
+/// [`start`], with parts supplied by the caller.
+pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> Result<Running, StartError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
     let state: Arc<dyn StateStore> = match &config.state {
@@ -89,14 +102,35 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
             Arc::new(RedisStore::connect(options, metrics.clone()).await.map_err(StartError::State)?)
         }
     };
+    let mut namespace_labels = None;
     let sink: Arc<dyn Sink> = match &config.sink {
         SinkTarget::Dir(path) => Arc::new(
             DirSink::new(path).map_err(|source| StartError::SinkDir { path: path.display().to_string(), source })?,
         ),
-        SinkTarget::Kube => return Err(StartError::Unsupported("the Kubernetes sink")),
+        SinkTarget::Kube => {
+            let client = match overrides.kube_client {
+                Some(client) => client,
+                // In the cluster: the service account; outside: the kubeconfig.
+                None => kube::Client::try_default().await.map_err(|e| StartError::Kube(e.to_string()))?,
+            };
+            let options = KubeOptions {
+                call_timeout: config.kube.call_timeout,
+                deadline: config.kube.deadline,
+                breaker_failures: config.kube.breaker_failures,
+                breaker_cooldown: config.kube.breaker_cooldown,
+            };
+            let kube = KubeSink::start(client, options, metrics.clone(), config.kube.sync_timeout)
+                .await
+                .map_err(|e| StartError::Kube(e.to_string()))?;
+            namespace_labels = Some(kube.namespace_labels());
+            Arc::new(kube)
+        }
     };
     let coalescer = Coalescer::new(sink.clone(), config.dedup.status_interval, metrics.clone());
-    let classifier = Classifier::new(&config.classify);
+    let mut classifier = Classifier::new(&config.classify);
+    if let Some(labels) = namespace_labels {
+        classifier = classifier.with_namespace_labels(labels);
+    }
     let pipeline = Arc::new(Pipeline::new(Parts {
         state,
         sink,
@@ -104,6 +138,10 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
         classifier,
         storms: config.storm.rules(),
         affected_cap: config.storm.affected_resources_cap,
+        placement: Placement {
+            control_namespace: config.placement.control_namespace.clone(),
+            all: config.placement.all_in_control_namespace,
+        },
         clock: clock.clone(),
         metrics: metrics.clone(),
     }));

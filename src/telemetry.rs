@@ -51,6 +51,12 @@ pub struct SourceClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub verb: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub op: &'static str,
     pub outcome: &'static str,
@@ -77,6 +83,7 @@ pub struct Metrics {
     pub storm_windows_open: Gauge,
     pub rate_limited: Family<SourceClassLabels, Counter>,
     pub classifications: Family<ClassLabels, Counter>,
+    pub api_calls: Family<ApiLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -152,6 +159,8 @@ impl Metrics {
             "Requests classified, by environment and priority",
             classifications.clone(),
         );
+        let api_calls = Family::<ApiLabels, Counter>::default();
+        registry.register("kube_api_calls", "Kubernetes API calls, by verb and outcome", api_calls.clone());
         Metrics {
             registry,
             signals,
@@ -173,6 +182,7 @@ impl Metrics {
             storm_windows_open,
             rate_limited,
             classifications,
+            api_calls,
         }
     }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use crate::clock::Clock;
 use crate::remediation::{self, StatusUpdate, StormUpdate};
 use crate::signal::{Fingerprint, Signal};
-use crate::sink::{Created, RequestRef, Sink, SinkError};
+use crate::sink::{Created, Lookup, RequestRef, Sink, SinkError};
 use crate::state::{Entry, Folded, Observation, StateError, StateStore, StormKey, StormRules, Verdict};
 use crate::telemetry::{ClassLabels, Metrics, StormLabels};
 use classify::Classifier;
@@ -88,10 +88,20 @@ pub struct Pipeline {
     classifier: Classifier,
     storms: StormRules,
     affected_cap: usize,
+    placement: Placement,
     /// Storm windows seen by this replica: request → (opened, last alert).
     windows: Mutex<HashMap<RequestRef, (u32, u32)>>,
     clock: Clock,
     metrics: Arc<Metrics>,
+}
+
+/// Which namespace requests go to, from `placement.*` config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Where requests about cluster-scoped targets (such as nodes) go.
+    pub control_namespace: Option<String>,
+    /// Put every request in the control namespace.
+    pub all: bool,
 }
 
 /// The parts a pipeline decides with.
@@ -103,14 +113,26 @@ pub struct Parts {
     pub storms: StormRules,
     /// Most affected resources listed on an aggregated request.
     pub affected_cap: usize,
+    pub placement: Placement,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
     pub fn new(parts: Parts) -> Self {
-        let Parts { state, sink, coalescer, classifier, storms, affected_cap, clock, metrics } = parts;
-        Pipeline { state, sink, coalescer, classifier, storms, affected_cap, windows: Mutex::default(), clock, metrics }
+        let Parts { state, sink, coalescer, classifier, storms, affected_cap, placement, clock, metrics } = parts;
+        Pipeline {
+            state,
+            sink,
+            coalescer,
+            classifier,
+            storms,
+            affected_cap,
+            placement,
+            windows: Mutex::default(),
+            clock,
+            metrics,
+        }
     }
 
     /// Storm windows this replica has folded alerts into that are still open.
@@ -138,16 +160,7 @@ impl Pipeline {
 
     /// Decides a batch of signals, in order.
     pub async fn process(&self, signals: &[Signal]) -> Result<Vec<Outcome>, PipelineError> {
-        let observations: Vec<Observation> = signals
-            .iter()
-            .map(|s| Observation {
-                fingerprint: s.fingerprint,
-                status: s.status,
-                // Resolutions carry their scope too (never counted): on Cluster it
-                // places their dedup keys.
-                storm: Some(StormKey::new(&s.namespace, &s.name, &s.target)),
-            })
-            .collect();
+        let observations: Vec<Observation> = signals.iter().map(observation).collect();
         let verdicts = self.state.observe(&observations, self.clock.now_s()).await.inspect_err(|e| {
             self.metrics.state_errors.get_or_create(&crate::telemetry::ReasonLabels { reason: e.cause() }).inc();
         })?;
@@ -175,40 +188,93 @@ impl Pipeline {
         match verdict {
             Verdict::Folded(folded) => self.fold(signal, folded).await,
             Verdict::New(entry) => {
-                let class = self.classify(signal);
-                let request =
-                    remediation::build(signal, &signal.namespace, entry.first_seen_s, &class, &update(&entry, None));
-                let at = reference(signal, &entry);
-                match self.sink.create(&request).await {
-                    Ok(Created::Created) => {
-                        self.metrics.requests_created.inc();
-                        Ok(outcome(OutcomeStatus::Created, Some(at), Some(entry)))
-                    }
-                    Ok(Created::AlreadyExists) => {
-                        self.coalescer.record(at.clone(), update(&entry, None));
-                        Ok(outcome(OutcomeStatus::Duplicate, Some(at), Some(entry)))
-                    }
-                    Err(e) => {
-                        // The incident is recorded as open, so the sender's retry will be
-                        // a duplicate: make sure the request it is counted in gets made.
-                        tracing::warn!(error = %e, name = %at.name, "create failed; handing it to the status writer");
-                        self.coalescer.record_create(request, at, update(&entry, None));
-                        self.metrics.signal(source, "failed");
-                        Err(e.into())
-                    }
+                if let Some(open) = self.sink.open_request(&signal.fingerprint) {
+                    // The cluster still has this incident open, but the state store
+                    // forgot it (restart, failover, eviction): count it there, and
+                    // teach the store again.
+                    let now = self.clock.now_s();
+                    let entry =
+                        Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
+                    self.state.adopt(&observation(signal), entry, now).await?;
+                    self.coalescer.record(open.at.clone(), update(&entry, None));
+                    return Ok(outcome(OutcomeStatus::Duplicate, Some(open.at), Some(entry)));
                 }
+                self.open(signal, entry).await
             }
             Verdict::Duplicate(entry) => {
-                let at = reference(signal, &entry);
+                let at = self.reference(signal, &entry);
+                let now = self.clock.now_s();
+                let gone = match self.sink.lookup(&at) {
+                    Lookup::Terminal => true,
+                    // Deleted by hand, unless it is merely too new for the cache.
+                    Lookup::Missing => now.saturating_sub(entry.first_seen_s) > CACHE_GRACE_S,
+                    Lookup::Open | Lookup::Unknown => false,
+                };
+                if gone {
+                    // A controller finished the request (or it was deleted): this
+                    // occurrence starts a new incident.
+                    let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
+                    self.state.adopt(&observation(signal), entry, now).await?;
+                    return self.open(signal, entry).await;
+                }
                 self.coalescer.record(at.clone(), update(&entry, None));
                 Ok(outcome(OutcomeStatus::Duplicate, Some(at), Some(entry)))
             }
             Verdict::ResolvedOpen(entry) => {
-                let at = reference(signal, &entry);
+                let at = self.reference(signal, &entry);
                 self.coalescer.record(at.clone(), update(&entry, Some(self.clock.now_s())));
                 Ok(outcome(OutcomeStatus::Resolved, Some(at), Some(entry)))
             }
             Verdict::ResolvedUnknown => Ok(outcome(OutcomeStatus::Resolved, None, None)),
+        }
+    }
+
+    /// Creates the request of a new incident.
+    async fn open(&self, signal: &Signal, entry: Entry) -> Result<Outcome, PipelineError> {
+        let source = signal.signal_type.as_str();
+        let outcome = |status: OutcomeStatus, at: RequestRef| {
+            self.metrics.signal(source, status.as_str());
+            Outcome { fingerprint: signal.fingerprint, status, request: Some(at), count: entry.count }
+        };
+        let class = self.classify(signal);
+        let namespace = self.namespace_for(signal);
+        let request = remediation::build(signal, &namespace, entry.first_seen_s, &class, &update(&entry, None));
+        let at = self.reference(signal, &entry);
+        match self.sink.create(&request).await {
+            Ok(Created::Created) => {
+                self.metrics.requests_created.inc();
+                Ok(outcome(OutcomeStatus::Created, at))
+            }
+            Ok(Created::AlreadyExists) => {
+                self.coalescer.record(at.clone(), update(&entry, None));
+                Ok(outcome(OutcomeStatus::Duplicate, at))
+            }
+            Err(e) => {
+                // The incident is recorded as open, so the sender's retry will be a
+                // duplicate: make sure the request it is counted in gets made.
+                tracing::warn!(error = %e, name = %at.name, "create failed; handing it to the status writer");
+                self.coalescer.record_create(request, at, update(&entry, None));
+                self.metrics.signal(source, "failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Where a signal's requests live: its namespace, or the control namespace for
+    /// cluster-scoped targets (and for everything, when so configured).
+    fn namespace_for(&self, signal: &Signal) -> String {
+        let cluster_scoped = !signal.target.kind.is_empty() && signal.target.namespace.is_empty();
+        match &self.placement {
+            Placement { control_namespace: Some(control), all: true } => control.clone(),
+            Placement { control_namespace: Some(control), .. } if cluster_scoped => control.clone(),
+            _ => signal.namespace.clone(),
+        }
+    }
+
+    fn reference(&self, signal: &Signal, entry: &Entry) -> RequestRef {
+        RequestRef {
+            namespace: self.namespace_for(signal),
+            name: remediation::request_name(&signal.name, &signal.fingerprint.to_hex(), entry.first_seen_s),
         }
     }
 
@@ -224,7 +290,7 @@ impl Pipeline {
     async fn fold(&self, signal: &Signal, folded: Folded) -> Result<Outcome, PipelineError> {
         let scope = StormKey::new(&signal.namespace, &signal.name, &signal.target).scope;
         let at = RequestRef {
-            namespace: signal.namespace.clone(),
+            namespace: self.namespace_for(signal),
             name: remediation::storm_request_name(&signal.name, &scope, folded.window_id),
         };
         let now = self.clock.now_s();
@@ -272,12 +338,19 @@ impl Pipeline {
     }
 }
 
-fn reference(signal: &Signal, entry: &Entry) -> RequestRef {
-    RequestRef {
-        namespace: signal.namespace.clone(),
-        name: remediation::request_name(&signal.name, &signal.fingerprint.to_hex(), entry.first_seen_s),
+/// What the state store is asked about a signal. Resolutions carry their scope too
+/// (never counted): on Cluster it places their dedup keys.
+fn observation(s: &Signal) -> Observation {
+    Observation {
+        fingerprint: s.fingerprint,
+        status: s.status,
+        storm: Some(StormKey::new(&s.namespace, &s.name, &s.target)),
     }
 }
+
+/// How long a request may be missing from the sink's watch-fed cache because the
+/// cache has not caught up, rather than because it was deleted.
+const CACHE_GRACE_S: u32 = 30;
 
 fn update(entry: &Entry, resolved_at_s: Option<u32>) -> StatusUpdate {
     StatusUpdate {

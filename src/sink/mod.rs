@@ -7,8 +7,10 @@
 //! spec after creation; status updates change gateway-owned fields only.
 
 pub mod dir;
+pub mod kube;
 
 use crate::remediation::{RemediationRequest, StatusUpdate};
+use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
 
 /// The outcome of a create.
@@ -25,8 +27,33 @@ pub struct RequestRef {
     pub name: String,
 }
 
+/// What the sink's authority knows of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// It exists and no controller has finished it.
+    Open,
+    /// A controller finished it (a terminal phase): the next occurrence is a new incident.
+    Terminal,
+    /// Not (or not yet) in the authority's view.
+    Missing,
+    /// This sink keeps no authority (the directory sink).
+    Unknown,
+}
+
+/// An open request found by fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenRequest {
+    pub at: RequestRef,
+    pub first_seen_s: u32,
+    pub count: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    #[error("the sink cannot be reached: {0}")]
+    Unavailable(String),
+    #[error("the sink refused the request as invalid: {0}")]
+    Rejected(String),
     #[error("remediation request {0:?} does not exist")]
     NotFound(RequestRef),
     #[error("sink I/O failed: {0}")]
@@ -39,6 +66,8 @@ impl SinkError {
     /// The metric label for this error.
     pub fn cause(&self) -> &'static str {
         match self {
+            SinkError::Unavailable(_) => "unavailable",
+            SinkError::Rejected(_) => "rejected",
             SinkError::NotFound(_) => "not_found",
             SinkError::Io(_) => "io",
             SinkError::Corrupt { .. } => "corrupt",
@@ -60,6 +89,17 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Whether the sink can currently accept writes, for `/readyz`.
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>>;
+
+    /// What the sink's authority knows of the request at `at`, without I/O.
+    fn lookup(&self, _at: &RequestRef) -> Lookup {
+        Lookup::Unknown
+    }
+
+    /// An open request for `fingerprint`, if the sink's authority knows one,
+    /// without I/O.
+    fn open_request(&self, _fingerprint: &Fingerprint) -> Option<OpenRequest> {
+        None
+    }
 
     fn kind(&self) -> &'static str;
 }

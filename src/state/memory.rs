@@ -306,6 +306,19 @@ impl MemoryStore {
         Ok(verdicts)
     }
 
+    fn adopt_now(&self, o: &Observation, mut entry: Entry, now_s: u32) {
+        entry.last_seen_s = now_s;
+        let mut inner = self.shared.lock();
+        let inner = &mut *inner;
+        let notify = inner.entry_deadlines.next().is_none();
+        if inner.entries.insert(key(o), entry).is_none() {
+            inner.entry_deadlines.file(now_s.saturating_add(self.shared.window_s), key(o));
+        }
+        if notify {
+            self.shared.purge_wakeup.notify_one();
+        }
+    }
+
     fn admit_now(&self, source: &str, limit: RateLimit, now_ms: u64) -> Admission {
         let (interval, tolerance) = (limit.emission_interval_ms(), limit.tolerance_ms());
         let mut inner = self.shared.lock();
@@ -390,6 +403,13 @@ impl Drop for MemoryStore {
 }
 
 impl StateStore for MemoryStore {
+    fn adopt<'a>(&'a self, o: &'a Observation, entry: Entry, now_s: u32) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move {
+            self.adopt_now(o, entry, now_s);
+            Ok(())
+        })
+    }
+
     fn observe<'a>(&'a self, batch: &'a [Observation], now_s: u32) -> BoxFuture<'a, Result<Vec<Verdict>, StateError>> {
         Box::pin(async move { self.observe_now(batch, now_s) })
     }

@@ -209,6 +209,16 @@ pub trait StateStore: Send + Sync + 'static {
     /// an alert may be counted twice but is never lost.
     fn observe<'a>(&'a self, batch: &'a [Observation], now_s: u32) -> BoxFuture<'a, Result<Vec<Verdict>, StateError>>;
 
+    /// Records `entry` as the open incident of `observation`'s fingerprint, last
+    /// seen `now_s`: how an authority (the cluster's own requests) repairs state that
+    /// was lost or is out of date.
+    fn adopt<'a>(
+        &'a self,
+        observation: &'a Observation,
+        entry: Entry,
+        now_s: u32,
+    ) -> BoxFuture<'a, Result<(), StateError>>;
+
     /// Charges one request to `source` under `limit` (GCRA). A limited request
     /// changes nothing.
     fn admit<'a>(

@@ -43,6 +43,7 @@ macro_rules! conformance_suite {
             burst_is_allowed_then_limited_with_retry_after,
             limited_requests_change_nothing,
             sources_have_independent_budgets,
+            adopted_incident_continues_its_count,
         );
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -328,4 +329,12 @@ pub async fn sources_have_independent_budgets(store: Arc<dyn StateStore>) {
     }
     assert!(matches!(store.admit(&a, LIMIT, NOW_MS).await.unwrap(), Admission::Limited { .. }));
     assert_eq!(store.admit(&b, LIMIT, NOW_MS).await.unwrap(), Admission::Allowed);
+}
+
+// Adoption: an authority re-seeds lost state.
+
+pub async fn adopted_incident_continues_its_count(store: Arc<dyn StateStore>) {
+    let o = alert("adopt", "ns", 0);
+    store.adopt(&o, entry(T0 - 100, T0 - 50, 7), T0).await.unwrap();
+    assert_eq!(one(&*store, o, T0 + 1).await, Verdict::Duplicate(entry(T0 - 100, T0 + 1, 8)));
 }

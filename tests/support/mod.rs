@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod kube_api;
 pub mod redis;
 
 use std::future::Future;
@@ -26,6 +27,10 @@ pub struct Gateway {
 
 /// Starts a gateway with test-friendly defaults, adjusted by `tweak`.
 pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
+    start_full(tweak, gateway::Overrides::default(), Clock::manual(SystemTime::now())).await
+}
+
+async fn start_full(tweak: impl FnOnce(&mut Config), overrides: gateway::Overrides, clock: Clock) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -35,8 +40,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
     config.http.shutdown_delay = Duration::ZERO;
     config.dedup.status_interval = Duration::from_millis(20);
     tweak(&mut config);
-    let clock = Clock::manual(SystemTime::now());
-    let running = gateway::start(config, clock.clone()).await.unwrap();
+    let running = gateway::start_with(config, clock.clone(), overrides).await.unwrap();
     Gateway {
         url: format!("http://{}", running.addr),
         clock,
@@ -44,6 +48,21 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
         dir,
         running: Some(running),
     }
+}
+
+/// A gateway writing RemediationRequests to `api`, adjusted by `tweak`.
+pub async fn start_kube(api: &kube_api::FakeApi, tweak: impl FnOnce(&mut Config)) -> Gateway {
+    start_kube_at(api, Clock::manual(SystemTime::now()), tweak).await
+}
+
+/// [`start_kube`] on a given clock, so that replicas can share one.
+pub async fn start_kube_at(api: &kube_api::FakeApi, clock: Clock, tweak: impl FnOnce(&mut Config)) -> Gateway {
+    let client = api.client();
+    let tweak = |c: &mut Config| {
+        c.sink = SinkTarget::Kube;
+        tweak(c);
+    };
+    start_full(tweak, gateway::Overrides { kube_client: Some(client) }, clock).await
 }
 
 pub async fn start() -> Gateway {

@@ -20,9 +20,10 @@
 -- On Cluster all seven keys share the scope's hash tag (one slot); elsewhere the
 -- dedup tag is a fingerprint shard, which packs fingerprints densely.
 --
--- ARGV = field, now (s), window (s), mode ("fire" | "resolve"),
---        [resource, rate threshold, rate window, pattern threshold, pattern window,
---         inactivity, max duration]
+-- ARGV = field, now (s), window (s), mode ("fire" | "resolve" | "adopt"),
+--        then for fire with storm keys: resource, rate threshold, rate window,
+--        pattern threshold, pattern window, inactivity, max duration;
+--        for adopt: first_seen, count (the incident an authority says is open)
 -- Reply = {0 new | 1 duplicate | 2 resolved-open | 3 resolved-unknown, first, last, count}
 --       | {5, window id, kind (1 rate, 2 pattern), alerts, resources, first folded (0|1)}
 
@@ -67,6 +68,11 @@ local function store(verdict)
   -- The bucket's key outlives the last entry that can still be live in it.
   redis.call('EXPIRE', KEYS[target], (bucket + 2) * window - now + 1)
   return {verdict, first, last, count}
+end
+
+if mode == 'adopt' then
+  first, last, count = tonumber(ARGV[5]), now, tonumber(ARGV[6])
+  return store(1)
 end
 
 -- Storm detection counts every firing alert; it folds only alerts that are not a

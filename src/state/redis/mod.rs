@@ -187,6 +187,21 @@ impl Shared {
         }
     }
 
+    async fn adopt(&self, o: &Observation, entry: Entry, now_s: u32) -> Result<(), StateError> {
+        let call = Call {
+            keys: self.schema.dedup_keys(&o.fingerprint, o.storm.as_ref().map(|k| &k.scope), now_s).to_vec(),
+            args: vec![
+                self.schema.field(&o.fingerprint),
+                arg(now_s),
+                arg(self.schema.window_s()),
+                "adopt".into(),
+                arg(entry.first_seen_s),
+                arg(entry.count),
+            ],
+        };
+        self.guarded(self.call_all(&self.decide, vec![call])).await.map(drop)
+    }
+
     async fn admit(&self, source: &str, limit: RateLimit, now_ms: u64) -> Result<Admission, StateError> {
         let call = Call {
             keys: vec![self.schema.budget_key(source)],
@@ -289,6 +304,10 @@ fn verdict(reply: Value) -> Result<Verdict, StateError> {
 }
 
 impl StateStore for RedisStore {
+    fn adopt<'a>(&'a self, o: &'a Observation, entry: Entry, now_s: u32) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(self.shared.adopt(o, entry, now_s))
+    }
+
     fn observe<'a>(&'a self, batch: &'a [Observation], now_s: u32) -> BoxFuture<'a, Result<Vec<Verdict>, StateError>> {
         Box::pin(self.shared.observe(batch, now_s))
     }

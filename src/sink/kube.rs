@@ -1,0 +1,392 @@
+//! The production sink: RemediationRequest custom resources through the
+//! Kubernetes API, with the cluster as the authority on open incidents.
+//!
+//! - Creation is idempotent: a request's name comes from its identity, so a retry
+//!   or a racing replica gets 409 AlreadyExists, which means "exists", never an
+//!   error and never a second request.
+//! - Status is written through the status subresource with the object's
+//!   resourceVersion; a conflict re-reads and re-applies (counts only move forward).
+//!   The read comes from a watch-fed cache when it has the object, so a write costs
+//!   one API call.
+//! - Watch-fed caches (kube-runtime reflectors) of tidegate's requests and of
+//!   namespaces answer "is this incident still open?" and "which environment is
+//!   this namespace?" without an API call per alert.
+//! - 5xx, 429, timeouts and connection failures are retried with jittered
+//!   exponential backoff within the operation's deadline; past it the caller gets
+//!   an error (answered 503). A circuit breaker stops calling a failing API server
+//!   for a cool-down and turns readiness off meanwhile.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+
+use super::{Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
+use crate::pipeline::classify::NamespaceLabels;
+use crate::remediation::{labels, RemediationRequest, StatusUpdate};
+use crate::signal::Fingerprint;
+use crate::state::BoxFuture;
+use crate::telemetry::{ApiLabels, Metrics};
+
+/// Phases a downstream controller writes when it is done with a request.
+pub const TERMINAL_PHASES: [&str; 5] = ["Completed", "Failed", "Cancelled", "TimedOut", "Skipped"];
+
+/// How the sink talks to the API server, from `kube.*` config.
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    /// One API call's timeout.
+    pub call_timeout: Duration,
+    /// One operation's budget, retries included.
+    pub deadline: Duration,
+    /// Consecutive failed operations that open the circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit refuses calls before letting one through.
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            call_timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(5),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct KubeSink {
+    client: Client,
+    requests: Store<RemediationRequest>,
+    namespaces: Store<Namespace>,
+    breaker: Breaker,
+    options: KubeOptions,
+    metrics: Arc<Metrics>,
+}
+
+impl KubeSink {
+    /// Starts the watches and waits (up to `sync_timeout`) until both caches have
+    /// listed once: before that, the cache could not vouch for open incidents.
+    pub async fn start(
+        client: Client,
+        options: KubeOptions,
+        metrics: Arc<Metrics>,
+        sync_timeout: Duration,
+    ) -> Result<Self, SinkError> {
+        let managed = format!("{}=tidegate", labels::MANAGED_BY);
+        let (requests, writer) = reflector::store();
+        let stream =
+            watcher(Api::<RemediationRequest>::all(client.clone()), watcher::Config::default().labels(&managed))
+                .default_backoff()
+                .reflect(writer)
+                .applied_objects();
+        tokio::spawn(drain(stream, "remediationrequests"));
+        let (namespaces, writer) = reflector::store();
+        let stream = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        tokio::spawn(drain(stream, "namespaces"));
+        let synced = async {
+            requests.wait_until_ready().await.ok();
+            namespaces.wait_until_ready().await.ok();
+        };
+        tokio::time::timeout(sync_timeout, synced).await.map_err(|_| {
+            SinkError::Unavailable(format!(
+                "the Kubernetes API did not list requests and namespaces within {sync_timeout:?}"
+            ))
+        })?;
+        let breaker = Breaker::new(options.breaker_failures, options.breaker_cooldown);
+        Ok(KubeSink { client, requests, namespaces, breaker, options, metrics })
+    }
+
+    /// The namespace-label view, for environment classification.
+    pub fn namespace_labels(&self) -> Arc<dyn NamespaceLabels> {
+        Arc::new(NamespaceCache(self.namespaces.clone()))
+    }
+
+    fn api(&self, namespace: &str) -> Api<RemediationRequest> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Runs one API operation with timeout, retries, backoff and the breaker.
+    async fn call<T, F, Fut>(&self, verb: &'static str, op: F) -> Result<T, kube::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            if !self.breaker.allow() {
+                self.count(verb, "circuit_open");
+                return Err(unavailable("the circuit breaker is open: the API server has been failing"));
+            }
+            let result = match tokio::time::timeout(self.options.call_timeout, op()).await {
+                Ok(result) => result,
+                Err(_) => Err(unavailable("the API call timed out")),
+            };
+            match result {
+                Ok(value) => {
+                    self.breaker.success();
+                    self.count(verb, "ok");
+                    return Ok(value);
+                }
+                Err(e) if retryable(&e) => {
+                    self.count(verb, outcome(&e));
+                    attempt += 1;
+                    let backoff = jittered(Duration::from_millis(50) * 2u32.saturating_pow(attempt.min(6)));
+                    if started.elapsed() + backoff >= self.options.deadline {
+                        self.breaker.failure();
+                        return Err(e);
+                    }
+                    tracing::debug!(verb, attempt, error = %e, ?backoff, "retrying the Kubernetes API");
+                    tokio::time::sleep(backoff).await;
+                }
+                Err(e) => {
+                    // A definite answer (404, 409, 422...) means the server is healthy.
+                    self.breaker.success();
+                    self.count(verb, outcome(&e));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn count(&self, verb: &'static str, outcome: &'static str) {
+        self.metrics.api_calls.get_or_create(&ApiLabels { verb, outcome }).inc();
+    }
+
+    async fn write_status(&self, at: &RequestRef, update: &StatusUpdate) -> Result<(), SinkError> {
+        let api = self.api(&at.namespace);
+        let mut cached = self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace)).map(|rr| (*rr).clone());
+        for _ in 0..5 {
+            let current = match cached.take() {
+                Some(rr) => rr,
+                None => match self.call("get", || api.get(&at.name)).await {
+                    Ok(rr) => rr,
+                    Err(e) if code(&e) == Some(404) => return Err(SinkError::NotFound(at.clone())),
+                    Err(e) => return Err(sink_error(e)),
+                },
+            };
+            let mut next = current.clone();
+            next.status.get_or_insert_with(Default::default).apply(update);
+            if next.status == current.status {
+                return Ok(()); // Nothing new: the cheapest write is none.
+            }
+            let pp = PostParams::default();
+            match self.call("update_status", || api.replace_status(&at.name, &pp, &next)).await {
+                Ok(_) => return Ok(()),
+                // Someone wrote since we read (or the cache was stale): read again.
+                Err(e) if code(&e) == Some(409) => continue,
+                Err(e) if code(&e) == Some(404) => return Err(SinkError::NotFound(at.clone())),
+                Err(e) => return Err(sink_error(e)),
+            }
+        }
+        Err(SinkError::Unavailable(format!("status of {}/{} kept conflicting", at.namespace, at.name)))
+    }
+}
+
+async fn drain<S: futures::Stream<Item = Result<T, watcher::Error>> + Send, T>(stream: S, what: &'static str) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "watch of {what} failed; it will resume");
+        }
+    }
+}
+
+impl Sink for KubeSink {
+    fn create<'a>(&'a self, request: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
+        Box::pin(async move {
+            let namespace = request.namespace().unwrap_or_else(|| "default".into());
+            let at = RequestRef { namespace: namespace.clone(), name: request.name_any() };
+            let api = self.api(&namespace);
+            let pp = PostParams::default();
+            match self.call("create", || api.create(&pp, request)).await {
+                Ok(_) => {}
+                Err(e) if code(&e) == Some(409) => return Ok(Created::AlreadyExists),
+                Err(e) => return Err(sink_error(e)),
+            }
+            // The API server drops status on create (it is a subresource).
+            if let Some(status) = &request.status {
+                if let Some(update) = status_update(status) {
+                    self.write_status(&at, &update).await?;
+                }
+            }
+            Ok(Created::Created)
+        })
+    }
+
+    fn update_status<'a>(
+        &'a self,
+        at: &'a RequestRef,
+        update: &'a StatusUpdate,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(self.write_status(at, update))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            if self.breaker.is_open() {
+                return Err(SinkError::Unavailable("the Kubernetes API is failing (circuit open)".into()));
+            }
+            Ok(())
+        })
+    }
+
+    fn lookup(&self, at: &RequestRef) -> Lookup {
+        match self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace)) {
+            Some(rr) if terminal(&rr) => Lookup::Terminal,
+            Some(_) => Lookup::Open,
+            None => Lookup::Missing,
+        }
+    }
+
+    fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
+        let value = fingerprint.label_value();
+        self.requests
+            .state()
+            .into_iter()
+            .filter(|rr| rr.labels().get(labels::FINGERPRINT) == Some(&value) && !terminal(rr))
+            .filter_map(|rr| {
+                let dedup = rr.status.as_ref()?.deduplication.as_ref()?;
+                Some(OpenRequest {
+                    at: RequestRef { namespace: rr.namespace()?, name: rr.name_any() },
+                    first_seen_s: dedup.first_seen_at.0.as_second() as u32,
+                    count: dedup.occurrence_count,
+                })
+            })
+            .max_by_key(|open| open.first_seen_s)
+    }
+
+    fn kind(&self) -> &'static str {
+        "kube"
+    }
+}
+
+fn terminal(rr: &RemediationRequest) -> bool {
+    let phase = rr.status.as_ref().and_then(|s| s.phase.as_deref());
+    phase.is_some_and(|p| TERMINAL_PHASES.contains(&p))
+}
+
+/// The gateway-owned part of a freshly built status, as an update.
+fn status_update(status: &crate::remediation::RemediationRequestStatus) -> Option<StatusUpdate> {
+    let dedup = status.deduplication.as_ref()?;
+    Some(StatusUpdate {
+        first_seen_s: dedup.first_seen_at.0.as_second() as u32,
+        last_seen_s: dedup.last_seen_at.0.as_second() as u32,
+        count: dedup.occurrence_count,
+        resolved_at_s: status.signal_resolved_at.as_ref().map(|t| t.0.as_second() as u32),
+        storm: status.storm.as_ref().map(|s| crate::remediation::StormUpdate {
+            alert_count: s.alert_count,
+            resource_count: s.resource_count,
+            resources: s.affected_resources.clone(),
+            cap: s.affected_resources.len().max(1),
+        }),
+    })
+}
+
+struct NamespaceCache(Store<Namespace>);
+
+impl NamespaceLabels for NamespaceCache {
+    fn environment(&self, namespace: &str) -> Option<String> {
+        self.0.get(&ObjectRef::new(namespace))?.labels().get("environment").cloned()
+    }
+}
+
+fn code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+fn retryable(e: &kube::Error) -> bool {
+    match code(e) {
+        Some(c) => c == 429 || c >= 500,
+        None => true, // transport failures and timeouts
+    }
+}
+
+fn outcome(e: &kube::Error) -> &'static str {
+    match code(e) {
+        Some(409) => "conflict",
+        Some(404) => "not_found",
+        Some(422) => "invalid",
+        Some(429) => "throttled",
+        Some(c) if c >= 500 => "server_error",
+        Some(_) => "client_error",
+        None => "unreachable",
+    }
+}
+
+fn unavailable(reason: &str) -> kube::Error {
+    kube::Error::Service(reason.to_string().into())
+}
+
+fn sink_error(e: kube::Error) -> SinkError {
+    match code(&e) {
+        Some(422) => SinkError::Rejected(e.to_string()),
+        _ => SinkError::Unavailable(e.to_string()),
+    }
+}
+
+/// Full jitter on the upper half: spreads retries of many callers apart.
+fn jittered(d: Duration) -> Duration {
+    let noise = uuid::Uuid::new_v4().as_u128() as u64 % 1000;
+    d / 2 + d.mul_f64(noise as f64 / 2000.0)
+}
+
+/// Consecutive-failure circuit breaker.
+struct Breaker {
+    failures: AtomicU32,
+    threshold: u32,
+    cooldown: Duration,
+    /// When the circuit opened, in ms since `epoch`; 0 when closed.
+    opened_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Breaker {
+    fn new(threshold: u32, cooldown: Duration) -> Self {
+        Breaker {
+            failures: AtomicU32::new(0),
+            threshold,
+            cooldown,
+            opened_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn is_open(&self) -> bool {
+        let opened = self.opened_ms.load(Ordering::Relaxed);
+        opened != 0 && self.now_ms() - opened < self.cooldown.as_millis() as u64
+    }
+
+    /// Closed, or open long enough that one probe may pass.
+    fn allow(&self) -> bool {
+        !self.is_open()
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.opened_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn failure(&self) {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= self.threshold {
+            self.opened_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
