@@ -81,12 +81,48 @@ async fn main() -> ExitCode {
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
+    compare(if smoke { 2_000 } else { 200_000 });
     if smoke || per_fp <= TARGET {
         ExitCode::SUCCESS
     } else {
         println!("  OVER TARGET");
         ExitCode::FAILURE
     }
+}
+
+/// The layouts tidegate does not use, on a fresh server each, for comparison: a key
+/// per fingerprint with `SET … EX`, and a hash per fingerprint with named fields (our
+/// predecessor's shape, minus the documents).
+fn compare(n: u64) {
+    type Write = fn(&mut redis::Pipeline, u64);
+    let layouts: [(&str, Write); 2] = [
+        ("SET <64-hex key> <12 bytes> EX 300", |p, i| {
+            p.cmd("SET").arg(hex_key(i)).arg(&[0u8; 12][..]).arg("EX").arg(300).ignore();
+        }),
+        ("hash per fingerprint, named fields", |p, i| {
+            let key = format!("tidegate:dedup:{}", hex_key(i));
+            p.cmd("HSET").arg(&key).arg("first_seen").arg(1_800_000_000).arg("last_seen").arg(1_800_000_000);
+            p.arg("count").arg(1).ignore();
+            p.cmd("EXPIRE").arg(&key).arg(300).ignore();
+        }),
+    ];
+    for (name, write) in layouts {
+        let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
+        let mut conn = server.connection();
+        let before = memory(&server)["used_memory"];
+        for first in (0..n).step_by(1000) {
+            let mut pipe = redis::pipe();
+            (first..first + 1000).for_each(|i| write(&mut pipe, i));
+            let _: () = pipe.query(&mut conn).expect("Redis accepts the batch");
+        }
+        let per = (memory(&server)["used_memory"] - before) / n as f64;
+        println!("  compare: {name:<40} {per:.1} B per fingerprint ({n} keys)");
+    }
+}
+
+fn hex_key(i: u64) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(i.to_le_bytes()))
 }
 
 fn memory(server: &RedisServer) -> HashMap<String, f64> {

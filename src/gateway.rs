@@ -9,6 +9,7 @@
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -181,11 +182,17 @@ async fn run(
     let pipeline = app.pipeline.clone();
     let (grace, delay) = (config.http.shutdown_grace, config.http.shutdown_delay);
     let (begun, begun_rx) = tokio::sync::oneshot::channel::<()>();
+    // When the listener closed: one grace period from then covers both in-flight
+    // requests and the last status writes, so delay + grace stays inside the pod's
+    // termination grace period.
+    let closed = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+    let closed_at = closed.clone();
     let begin = async move {
         let _ = stopped.wait_for(|stop| *stop).await;
         readiness.begin_shutdown();
         tracing::info!(?delay, "shutting down: readiness is now 503");
         tokio::time::sleep(delay).await;
+        let _ = closed_at.set(tokio::time::Instant::now());
         let _ = begun.send(());
     };
     let service = http::router(app).into_make_service_with_connect_info::<SocketAddr>();
@@ -203,7 +210,8 @@ async fn run(
             Ok(())
         }
     };
-    pipeline.coalescer().shutdown(grace).await;
+    let used = closed.get().map_or(Duration::ZERO, |at| at.elapsed());
+    pipeline.coalescer().shutdown(grace.saturating_sub(used).max(Duration::from_secs(1))).await;
     tracing::info!("tidegate stopped");
     result
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,11 @@ pub mod labels {
 }
 
 /// A request for remediation of one incident.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+// (A plain comment, not a doc comment: doc comments become the CRD's descriptions.)
+// The spec is immutable: `KubeSchema`, in place of `JsonSchema`, puts the CEL
+// transition rule `self == oldSelf` on `spec` in the generated CRD, so the API server
+// rejects any update that changes it. Status writes go through the status subresource.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "remediation.tidegate.dev",
     version = "v1alpha1",
@@ -43,6 +47,7 @@ pub mod labels {
     printcolumn = r#"{"name":"Occurrences","type":"integer","jsonPath":".status.deduplication.occurrenceCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable"))]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationRequestSpec {
     /// SHA-256 hex of `name:namespace:kind:resource-name`.

@@ -1,6 +1,6 @@
 //! The Redis state backend: dedup state shared by every replica.
 //!
-//! One server-side script (`dedup.lua`) answers one observation atomically; a
+//! One server-side script (`decide.lua`) answers one observation atomically; a
 //! batch is sent as one pipeline of `EVALSHA`s, so a webhook costs one network
 //! round trip (on Cluster, one concurrent round trip per slot). What is stored is
 //! fixed-size metadata only (see [`schema`]): never a signal, never a request.

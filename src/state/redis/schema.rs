@@ -1,4 +1,5 @@
-//! The Redis key schema: where each fingerprint's 12 bytes live.
+//! The Redis key schema: where each fingerprint's 12 bytes live, and the keys of
+//! storm detection and rate limiting.
 //!
 //! `<prefix>d:{<shard>}:<bucket>` is a hash. The shard is the top 14 bits of the
 //! fingerprint (16,384 shards, 4 hex digits inside a hash tag, so every bucket of a
@@ -7,8 +8,9 @@
 //! `first_seen, last_seen, count` as three big-endian u32s. At a million open
 //! incidents that is ~61 fields per hash, well inside Redis' listpack encoding, so a
 //! fingerprint costs ~29 bytes of `used_memory` instead of ~190 for a key of its
-//! own. Every key expires one window after the last entry in it can be live.
-//! See `docs/redis.md` for the measurements.
+//! own. Every key expires one window after the last entry in it can be live. On
+//! Cluster the dedup hashes take the storm scope's hash tag instead, so one script
+//! reaches both in one slot. See `docs/redis.md` for every key and its cost.
 
 use sha2::{Digest, Sha256};
 
