@@ -69,6 +69,10 @@ pub struct DedupConfig {
     /// between are folded into the next write. Default `1s`.
     #[serde(with = "duration")]
     pub status_interval: Duration,
+    /// Status writes per second across all requests, at most: bounds the load on
+    /// the disk or the API server when many incidents repeat at once; counts wait,
+    /// they are not lost. Default 200.
+    pub max_status_writes_per_s: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -280,7 +284,11 @@ impl Default for HttpConfig {
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        DedupConfig { window: Duration::from_secs(300), status_interval: Duration::from_secs(1) }
+        DedupConfig {
+            window: Duration::from_secs(300),
+            status_interval: Duration::from_secs(1),
+            max_status_writes_per_s: 200,
+        }
     }
 }
 
@@ -400,6 +408,9 @@ impl Config {
         }
         if self.dedup.status_interval < Duration::from_millis(10) || self.dedup.status_interval > self.dedup.window {
             return invalid("dedup.status_interval", "must be at least 10ms and no longer than dedup.window");
+        }
+        if self.dedup.max_status_writes_per_s == 0 {
+            return invalid("dedup.max_status_writes_per_s", "must be at least 1");
         }
         if self.memory.max_entries == 0 {
             return invalid("memory.max_entries", "must be at least 1");

@@ -127,7 +127,12 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
             Arc::new(kube)
         }
     };
-    let coalescer = Coalescer::new(sink.clone(), config.dedup.status_interval, metrics.clone());
+    let coalescer = Coalescer::new(
+        sink.clone(),
+        config.dedup.status_interval,
+        config.dedup.max_status_writes_per_s,
+        metrics.clone(),
+    );
     let mut classifier = Classifier::new(&config.classify);
     if let Some(labels) = namespace_labels {
         classifier = classifier.with_namespace_labels(labels);

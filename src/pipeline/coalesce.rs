@@ -6,6 +6,11 @@
 //! at most once per interval and the write always carries the latest count. A write
 //! that fails is retried with backoff, and [`Coalescer::shutdown`] writes everything
 //! still pending before the process exits.
+//!
+//! Writes across all requests are also capped per second: ten thousand open
+//! incidents each repeating every few seconds must not become ten thousand writes a
+//! second to a disk or an API server. Writes over the cap wait, due, and keep
+//! absorbing newer counts, so the cap delays counts and never loses them.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -35,6 +40,7 @@ pub struct Coalescer {
 
 struct Shared {
     inner: Mutex<Inner>,
+    max_per_s: f64,
     wake: Notify,
     drained: Notify,
     sink: Arc<dyn Sink>,
@@ -44,10 +50,18 @@ struct Shared {
 
 #[derive(Default)]
 struct Inner {
+    budget: Budget,
     pending: HashMap<RequestRef, Pending>,
     due: BinaryHeap<Reverse<(Instant, RequestRef)>>,
     in_flight: HashSet<RequestRef>,
     draining: bool,
+}
+
+/// A token bucket of writes: refills at `max_per_s`, holds at most one second's worth.
+#[derive(Default)]
+struct Budget {
+    tokens: f64,
+    at: Option<Instant>,
 }
 
 struct Pending {
@@ -60,9 +74,15 @@ struct Pending {
 
 impl Coalescer {
     /// Starts the writer task. Must be called within a tokio runtime.
-    pub fn new(sink: Arc<dyn Sink>, interval: Duration, metrics: Arc<Metrics>) -> Self {
+    /// `max_per_s` caps writes per second across all requests.
+    pub fn new(sink: Arc<dyn Sink>, interval: Duration, max_per_s: u32, metrics: Arc<Metrics>) -> Self {
+        let max_per_s = max_per_s.max(1) as f64;
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                budget: Budget { tokens: max_per_s, at: Some(Instant::now()) },
+                ..Inner::default()
+            }),
+            max_per_s,
             wake: Notify::new(),
             drained: Notify::new(),
             sink,
@@ -146,10 +166,23 @@ impl Shared {
     fn take_due(&self) -> Result<Vec<(RequestRef, Pending)>, Option<Instant>> {
         let now = Instant::now();
         let mut inner = self.lock();
+        let budget = &mut inner.budget;
+        let elapsed = budget.at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        budget.tokens = (budget.tokens + elapsed.as_secs_f64() * self.max_per_s).min(self.max_per_s);
+        budget.at = Some(now);
         let mut ready = Vec::new();
         let mut later = Vec::new();
         while let Some(Reverse((due, _))) = inner.due.peek() {
             if *due > now && !inner.draining {
+                break;
+            }
+            // Over the cap, due writes wait (and keep merging); at shutdown, not.
+            if inner.budget.tokens < 1.0 && !inner.draining {
+                let refill = Duration::from_secs_f64((1.0 - inner.budget.tokens) / self.max_per_s);
+                if ready.is_empty() {
+                    inner.due.extend(later);
+                    return Err(Some(now + refill));
+                }
                 break;
             }
             let Reverse((due, at)) = inner.due.pop().expect("peeked");
@@ -159,6 +192,7 @@ impl Shared {
                 continue;
             }
             if let Some(p) = inner.pending.remove(&at) {
+                inner.budget.tokens -= 1.0;
                 inner.in_flight.insert(at.clone());
                 ready.push((at, p));
             }
@@ -260,5 +294,77 @@ async fn writer(shared: Arc<Shared>) {
         if Arc::strong_count(&shared) == 1 {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::BoxFuture;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A sink that counts status writes.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Sink for Counting {
+        fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
+            Box::pin(async { Ok(Created::Created) })
+        }
+        fn update_status<'a>(&'a self, _: &'a RequestRef, _: &'a StatusUpdate) -> BoxFuture<'a, Result<(), SinkError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+        fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn kind(&self) -> &'static str {
+            "counting"
+        }
+    }
+
+    fn update(count: u64) -> StatusUpdate {
+        StatusUpdate { first_seen_s: 1, last_seen_s: 1, count, resolved_at_s: None, storm: None }
+    }
+
+    fn at(n: usize) -> RequestRef {
+        RequestRef { namespace: "ns".into(), name: format!("rr-{n}") }
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_write_per_request_per_interval_carrying_the_latest_count() {
+        let sink = Arc::new(Counting::default());
+        let c = Coalescer::new(sink.clone(), Duration::from_secs(1), 1000, Arc::new(Metrics::new()));
+        for n in 1..=50 {
+            c.record(at(0), update(n));
+        }
+        settle().await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 0, "nothing before the interval");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_over_the_cap_wait_and_shutdown_writes_them_all() {
+        let sink = Arc::new(Counting::default());
+        let c = Coalescer::new(sink.clone(), Duration::from_millis(100), 2, Arc::new(Metrics::new()));
+        for n in 0..10 {
+            c.record(at(n), update(1));
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 2, "a full bucket holds one second's writes");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 4);
+        c.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 10, "the cap never loses a count");
     }
 }

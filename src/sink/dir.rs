@@ -3,7 +3,8 @@
 //!
 //! Manifests carry the CRD's apiVersion, kind, spec and status, so
 //! `kubectl apply -f` accepts them. Every write goes to a temporary file that is
-//! synced and then moved into place, so a reader never sees half a manifest, and
+//! moved into place, so a reader never sees half a manifest (creations are synced
+//! first; status rewrites are not, see [`Durability`]), and
 //! status rewrites hold a per-namespace lock so concurrent writers cannot regress a
 //! count. Creation
 //! uses `link(2)`, which fails if the name exists: two writers racing on one incident
@@ -40,7 +41,7 @@ impl DirSink {
 
 fn create_blocking(path: &Path, yaml: &str) -> Result<Created, SinkError> {
     fs::create_dir_all(path.parent().expect("has a namespace dir"))?;
-    let tmp = write_temp(path, yaml)?;
+    let tmp = write_temp(path, yaml, Durability::Synced)?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -68,7 +69,7 @@ fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Resul
     let mut request: RemediationRequest = serde_norway::from_str(&text)
         .map_err(|e| SinkError::Corrupt { path: path.display().to_string(), reason: e.to_string() })?;
     request.status.get_or_insert_with(Default::default).apply(update);
-    let tmp = write_temp(path, &to_yaml(&request))?;
+    let tmp = write_temp(path, &to_yaml(&request), Durability::Rename)?;
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })?;
@@ -95,13 +96,28 @@ fn to_yaml(request: &RemediationRequest) -> String {
     serde_norway::to_string(request).expect("a RemediationRequest always serialises")
 }
 
-/// Writes `contents` to a uniquely named, synced temporary file beside `path`.
-fn write_temp(path: &Path, contents: &str) -> io::Result<PathBuf> {
+/// How hard a write tries to survive a crash.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Synced to disk before it is linked into place: a created request is never
+    /// acknowledged and then lost.
+    Synced,
+    /// Atomic for readers, not synced: a status rewrite lost in a crash costs the
+    /// last interval's counts, which the next write restores, and not syncing
+    /// keeps a storm of status writes off the disk's critical path.
+    Rename,
+}
+
+/// Writes `contents` to a uniquely named temporary file beside `path`.
+fn write_temp(path: &Path, contents: &str, durability: Durability) -> io::Result<PathBuf> {
     let dir = path.parent().expect("has a parent");
     let name = path.file_name().expect("has a name").to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-    let written = file.write_all(contents.as_bytes()).and_then(|()| file.sync_data());
+    let written = file.write_all(contents.as_bytes()).and_then(|()| match durability {
+        Durability::Synced => file.sync_data(),
+        Durability::Rename => Ok(()),
+    });
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
