@@ -96,9 +96,9 @@ fn pods_per_namespace() -> usize {
         _ => 5,
     }
 }
-/// Alerts per request. In the storm workload it divides the pods per namespace, so every request carries one
-/// alert name in one namespace, as Alertmanager's usual grouping by
-/// (alertname, namespace) would send it.
+/// Alerts per request: one alert name each. In the storm workload a request is one
+/// (alertname, namespace) group, as Alertmanager's usual grouping would send it; in
+/// the spread workload (5 pods per namespace) it spans two namespaces.
 const BATCH: usize = 10;
 const BODIES: usize = FINGERPRINTS / BATCH;
 
@@ -244,8 +244,8 @@ struct Identity {
 }
 
 impl Identity {
-    /// Consecutive numbers share an alert name and namespace, so each batch of
-    /// `BATCH` consecutive identities is one (alertname, namespace) group.
+    /// Consecutive numbers share an alert name, then a namespace, so a batch of
+    /// `BATCH` consecutive identities has one alert name.
     fn nth(i: usize) -> Self {
         let pods = pods_per_namespace();
         let (name, rest) = (i / PER_NAME, i % PER_NAME);

@@ -221,7 +221,7 @@ pub fn time_s(secs: u32) -> Time {
 /// The request's name: readable signal name, fingerprint and occurrence epoch (the
 /// first-seen second, base 36). Every replica derives the same name for the same
 /// incident, which is what makes creation idempotent.
-pub fn request_name(signal_name: &str, fingerprint_hex: &str, epoch_s: u32) -> String {
+pub fn request_name(signal_name: &str, id: &[u8], epoch_s: u32) -> String {
     let mut readable = String::with_capacity(30);
     for c in signal_name.chars().flat_map(char::to_lowercase) {
         if readable.len() == 30 {
@@ -235,7 +235,7 @@ pub fn request_name(signal_name: &str, fingerprint_hex: &str, epoch_s: u32) -> S
     }
     let readable = readable.trim_end_matches('-');
     let readable = if readable.is_empty() { "signal" } else { readable };
-    format!("{readable}-{}-{}", &fingerprint_hex[..12], base36(epoch_s as u64))
+    format!("{readable}-{}-{}", hex::encode(&id[..6]), base36(epoch_s as u64))
 }
 
 fn base36(mut n: u64) -> String {
@@ -291,7 +291,7 @@ pub const PRIORITY_RULE_ANNOTATION: &str = "tidegate.dev/priority-rule";
 /// The name of a storm's aggregated request: readable signal name, a prefix of the
 /// scope hash and the window's opening second. Every replica derives the same one.
 pub fn storm_request_name(signal_name: &str, scope: &[u8; 16], window_id: u32) -> String {
-    request_name(&format!("storm-{signal_name}"), &hex::encode(scope), window_id)
+    request_name(&format!("storm-{signal_name}"), scope, window_id)
 }
 
 /// Builds the request for a new incident.
@@ -302,7 +302,7 @@ pub fn build(
     class: &Classification,
     status: &StatusUpdate,
 ) -> RemediationRequest {
-    let name = request_name(&signal.name, &signal.fingerprint.to_hex(), epoch_s);
+    let name = request_name(&signal.name, signal.fingerprint.as_bytes(), epoch_s);
     build_named(signal, &name, namespace, class, status)
 }
 
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn request_name_is_a_dns_subdomain_and_deterministic() {
-        let fp = "ab".repeat(32);
+        let fp = [0xab; 32];
         let name = request_name("KubePodCrashLooping:rate5m", &fp, 1_700_000_000);
         assert_eq!(name, "kubepodcrashlooping-rate5m-abababababab-s44we8");
         assert_eq!(name, request_name("KubePodCrashLooping:rate5m", &fp, 1_700_000_000));

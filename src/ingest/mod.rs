@@ -46,6 +46,10 @@ impl IngestError {
 
 /// Deserialises JSON, reporting the path of the first error.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, IngestError> {
+    // Tracking the path costs on every field; only a failed parse needs it.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

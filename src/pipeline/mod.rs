@@ -274,7 +274,7 @@ impl Pipeline {
     fn reference(&self, signal: &Signal, entry: &Entry) -> RequestRef {
         RequestRef {
             namespace: self.namespace_for(signal),
-            name: remediation::request_name(&signal.name, &signal.fingerprint.to_hex(), entry.first_seen_s),
+            name: remediation::request_name(&signal.name, signal.fingerprint.as_bytes(), entry.first_seen_s),
         }
     }
 

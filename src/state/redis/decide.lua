@@ -65,8 +65,12 @@ local function store(verdict)
   if found and found ~= target then
     redis.call('HDEL', KEYS[found], field)
   end
-  -- The bucket's key outlives the last entry that can still be live in it.
-  redis.call('EXPIRE', KEYS[target], (bucket + 2) * window - now + 1)
+  -- The bucket's key outlives the last entry that can still be live in it. Every
+  -- writer of a bucket sets the same absolute expiry, so a key that already held
+  -- this entry already has it.
+  if found ~= target then
+    redis.call('EXPIRE', KEYS[target], (bucket + 2) * window - now + 1)
+  end
   return {verdict, first, last, count}
 end
 
@@ -83,10 +87,14 @@ local function storm(tracked)
   local pattern_threshold, pattern_window = tonumber(ARGV[8]), tonumber(ARGV[9])
   local inactivity, max_duration = tonumber(ARGV[10]), tonumber(ARGV[11])
 
+  -- Window counters expire at their window's end: set once, when created.
   local rate = redis.call('INCR', KEYS[4])
-  redis.call('EXPIRE', KEYS[4], (math.floor(now / rate_window) + 1) * rate_window - now + 1)
-  redis.call('PFADD', KEYS[5], resource)
-  redis.call('EXPIRE', KEYS[5], (math.floor(now / pattern_window) + 1) * pattern_window - now + 1)
+  if rate == 1 then
+    redis.call('EXPIRE', KEYS[4], (math.floor(now / rate_window) + 1) * rate_window - now + 1)
+  end
+  if redis.call('PFADD', KEYS[5], resource) == 1 then
+    redis.call('EXPIRE', KEYS[5], (math.floor(now / pattern_window) + 1) * pattern_window - now + 1)
+  end
 
   local id, kind
   local w = redis.call('HMGET', KEYS[6], 'id', 'kind', 'last')
