@@ -72,15 +72,6 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
 }
 
-impl PipelineError {
-    pub fn cause(&self) -> &'static str {
-        match self {
-            PipelineError::State(e) => e.cause(),
-            PipelineError::Sink(_) => "sink",
-        }
-    }
-}
-
 pub struct Pipeline {
     state: Arc<dyn StateStore>,
     sink: Arc<dyn Sink>,
@@ -161,9 +152,7 @@ impl Pipeline {
     /// Decides a batch of signals, in order.
     pub async fn process(&self, signals: &[Signal]) -> Result<Vec<Outcome>, PipelineError> {
         let observations: Vec<Observation> = signals.iter().map(observation).collect();
-        let verdicts = self.state.observe(&observations, self.clock.now_s()).await.inspect_err(|e| {
-            self.metrics.state_errors.get_or_create(&crate::telemetry::ReasonLabels { reason: e.cause() }).inc();
-        })?;
+        let verdicts = self.state.observe(&observations, self.clock.now_s()).await.inspect_err(|e| self.failed(e))?;
         let mut outcomes = Vec::with_capacity(signals.len());
         let mut first_error = None;
         let decided = futures::future::join_all(signals.iter().zip(verdicts).map(|(s, v)| self.act(s, v))).await;
@@ -195,7 +184,7 @@ impl Pipeline {
                     let now = self.clock.now_s();
                     let entry =
                         Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
-                    self.state.adopt(&observation(signal), entry, now).await?;
+                    self.state.adopt(&observation(signal), entry, now).await.inspect_err(|e| self.failed(e))?;
                     self.coalescer.record(open.at.clone(), update(&entry, None));
                     return Ok(outcome(OutcomeStatus::Duplicate, Some(open.at), Some(entry)));
                 }
@@ -214,7 +203,7 @@ impl Pipeline {
                     // A controller finished the request (or it was deleted): this
                     // occurrence starts a new incident.
                     let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
-                    self.state.adopt(&observation(signal), entry, now).await?;
+                    self.state.adopt(&observation(signal), entry, now).await.inspect_err(|e| self.failed(e))?;
                     return self.open(signal, entry).await;
                 }
                 self.coalescer.record(at.clone(), update(&entry, None));
@@ -276,6 +265,11 @@ impl Pipeline {
             namespace: self.namespace_for(signal),
             name: remediation::request_name(&signal.name, signal.fingerprint.as_bytes(), entry.first_seen_s),
         }
+    }
+
+    /// Counts a state store failure by cause.
+    fn failed(&self, e: &StateError) {
+        self.metrics.state_errors.get_or_create(&crate::telemetry::ReasonLabels { reason: e.cause() }).inc();
     }
 
     fn classify(&self, signal: &Signal) -> remediation::Classification {
