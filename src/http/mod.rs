@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::{HeaderMap, HeaderName, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -93,14 +93,22 @@ impl AppState {
     }
 }
 
+const PROMETHEUS: &str = "/api/v1/signals/prometheus";
+const KUBERNETES_EVENT: &str = "/api/v1/signals/kubernetes-event";
+const HEALTHZ: &str = "/healthz";
+const READYZ: &str = "/readyz";
+const METRICS: &str = "/metrics";
+/// Every route, for metric labels.
+const ROUTES: [&str; 5] = [PROMETHEUS, KUBERNETES_EVENT, HEALTHZ, READYZ, METRICS];
+
 /// The gateway's router.
 pub fn router(app: AppState) -> Router {
     Router::new()
-        .route("/api/v1/signals/prometheus", post(signals::prometheus))
-        .route("/api/v1/signals/kubernetes-event", post(signals::kubernetes_event))
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(probes::metrics))
+        .route(PROMETHEUS, post(signals::prometheus))
+        .route(KUBERNETES_EVENT, post(signals::kubernetes_event))
+        .route(HEALTHZ, get(probes::healthz))
+        .route(READYZ, get(probes::readyz))
+        .route(METRICS, get(probes::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), observe))
@@ -120,9 +128,19 @@ async fn method_not_allowed(State(app): State<AppState>, request: Request) -> Re
 /// Records the latency of every request by route and status.
 async fn observe(State(app): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    // Static labels: nothing allocated per request, and a bounded label set
+    // whatever paths and methods clients send.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied())
+        .unwrap_or("unmatched");
     app.metrics.http_in_flight.inc();
     let response = next.run(request).await;
     app.metrics.http_in_flight.dec();

@@ -328,10 +328,13 @@ impl MemoryStore {
             return Admission::Limited { retry_after_ms: tat - now_ms - tolerance };
         }
         let next = tat + interval;
-        let notify = inner.budget_deadlines.next().is_none();
-        if inner.budgets.insert(source.to_string(), next).is_none() {
-            inner.budget_deadlines.file(deadline_s(next), source.to_string());
+        if let Some(known) = inner.budgets.get_mut(source) {
+            *known = next;
+            return Admission::Allowed;
         }
+        let notify = inner.budget_deadlines.next().is_none();
+        inner.budgets.insert(source.to_string(), next);
+        inner.budget_deadlines.file(deadline_s(next), source.to_string());
         if notify {
             self.shared.purge_wakeup.notify_one();
         }
