@@ -318,9 +318,6 @@ mod tests {
         fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
             Box::pin(async { Ok(()) })
         }
-        fn kind(&self) -> &'static str {
-            "counting"
-        }
     }
 
     fn update(count: u64) -> StatusUpdate {

@@ -19,7 +19,7 @@ use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::state::BoxFuture;
 
 /// The per-namespace lock file serialising status rewrites.
-pub const LOCK_FILE: &str = ".tidegate.lock";
+const LOCK_FILE: &str = ".tidegate.lock";
 
 pub struct DirSink {
     root: PathBuf,
@@ -150,9 +150,5 @@ impl Sink for DirSink {
             }
             Ok(())
         })
-    }
-
-    fn kind(&self) -> &'static str {
-        "dir"
     }
 }

@@ -265,10 +265,6 @@ impl Sink for KubeSink {
             })
             .max_by_key(|open| open.first_seen_s)
     }
-
-    fn kind(&self) -> &'static str {
-        "kube"
-    }
 }
 
 fn terminal(rr: &RemediationRequest) -> bool {

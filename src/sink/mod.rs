@@ -100,6 +100,4 @@ pub trait Sink: Send + Sync + 'static {
     fn open_request(&self, _fingerprint: &Fingerprint) -> Option<OpenRequest> {
         None
     }
-
-    fn kind(&self) -> &'static str;
 }

@@ -433,10 +433,6 @@ impl StateStore for MemoryStore {
     fn entries(&self) -> BoxFuture<'_, Result<u64, StateError>> {
         Box::pin(async move { Ok(self.len() as u64) })
     }
-
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
 }
 
 #[cfg(test)]

@@ -233,7 +233,4 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Number of entries held, for the `tidegate_state_entries` gauge.
     fn entries(&self) -> BoxFuture<'_, Result<u64, StateError>>;
-
-    /// A short name for logs and metrics.
-    fn backend(&self) -> &'static str;
 }

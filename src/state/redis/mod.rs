@@ -95,10 +95,6 @@ impl RedisStore {
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
-
-    pub fn schema(&self) -> &Schema {
-        &self.shared.schema
-    }
 }
 
 impl Shared {
@@ -327,9 +323,5 @@ impl StateStore for RedisStore {
 
     fn entries(&self) -> BoxFuture<'_, Result<u64, StateError>> {
         Box::pin(async move { Ok(self.shared.entries.load(Ordering::Relaxed)) })
-    }
-
-    fn backend(&self) -> &'static str {
-        "redis"
     }
 }
