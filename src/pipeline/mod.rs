@@ -155,7 +155,8 @@ impl Pipeline {
         let verdicts = self.state.observe(&observations, self.clock.now_s()).await.inspect_err(|e| self.failed(e))?;
         let mut outcomes = Vec::with_capacity(signals.len());
         let mut first_error = None;
-        let decided = futures::future::join_all(signals.iter().zip(verdicts).map(|(s, v)| self.act(s, v))).await;
+        let decided = signals.iter().zip(&observations).zip(verdicts).map(|((s, o), v)| self.act(s, o, v));
+        let decided = futures::future::join_all(decided).await;
         for result in decided {
             match result {
                 Ok(outcome) => outcomes.push(outcome),
@@ -168,14 +169,18 @@ impl Pipeline {
         }
     }
 
-    async fn act(&self, signal: &Signal, verdict: Verdict) -> Result<Outcome, PipelineError> {
+    /// Acts on the store's verdict for `signal`, which it was asked about as `asked`.
+    async fn act(&self, signal: &Signal, asked: &Observation, verdict: Verdict) -> Result<Outcome, PipelineError> {
         let source = signal.signal_type.as_str();
         let outcome = |status: OutcomeStatus, request, entry: Option<Entry>| {
             self.metrics.signal(source, status.as_str());
             Outcome { fingerprint: signal.fingerprint, status, request, count: entry.map_or(0, |e| e.count) }
         };
         match verdict {
-            Verdict::Folded(folded) => self.fold(signal, folded).await,
+            Verdict::Folded(folded) => {
+                let scope = asked.storm.expect("only alerts with a storm scope fold").scope;
+                self.fold(signal, &scope, folded).await
+            }
             Verdict::New(entry) => {
                 if let Some(open) = self.sink.open_request(&signal.fingerprint) {
                     // The cluster still has this incident open, but the state store
@@ -184,7 +189,7 @@ impl Pipeline {
                     let now = self.clock.now_s();
                     let entry =
                         Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
-                    self.state.adopt(&observation(signal), entry, now).await.inspect_err(|e| self.failed(e))?;
+                    self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
                     self.coalescer.record(open.at.clone(), update(&entry, None));
                     return Ok(outcome(OutcomeStatus::Duplicate, Some(open.at), Some(entry)));
                 }
@@ -203,7 +208,7 @@ impl Pipeline {
                     // A controller finished the request (or it was deleted): this
                     // occurrence starts a new incident.
                     let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
-                    self.state.adopt(&observation(signal), entry, now).await.inspect_err(|e| self.failed(e))?;
+                    self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
                     return self.open(signal, entry).await;
                 }
                 self.coalescer.record(at.clone(), update(&entry, None));
@@ -281,11 +286,10 @@ impl Pipeline {
 
     /// Counts a storm's alert on its aggregated request, creating the request when
     /// this alert opened the window.
-    async fn fold(&self, signal: &Signal, folded: Folded) -> Result<Outcome, PipelineError> {
-        let scope = StormKey::new(&signal.namespace, &signal.name, &signal.target).scope;
+    async fn fold(&self, signal: &Signal, scope: &[u8; 16], folded: Folded) -> Result<Outcome, PipelineError> {
         let at = RequestRef {
             namespace: self.namespace_for(signal),
-            name: remediation::storm_request_name(&signal.name, &scope, folded.window_id),
+            name: remediation::storm_request_name(&signal.name, scope, folded.window_id),
         };
         let now = self.clock.now_s();
         let update = StatusUpdate {
@@ -313,7 +317,7 @@ impl Pipeline {
         }
         self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
         let class = self.classify(signal);
-        let request = remediation::build_storm(signal, &scope, &folded, &class, &update);
+        let request = remediation::build_storm(signal, scope, &folded, &class, &update);
         match self.sink.create(&request).await {
             Ok(Created::Created) => {
                 self.metrics.requests_created.inc();
