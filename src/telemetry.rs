@@ -191,6 +191,11 @@ impl Metrics {
         self.signals.get_or_create(&SignalLabels { source, outcome }).inc();
     }
 
+    /// Counts a state store failure (answered 503) by cause.
+    pub fn state_error(&self, reason: &'static str) {
+        self.state_errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::problem::{AlertError, Problem};
 use super::AppState;
 use crate::ingest::{self, IngestError, Parsed};
-use crate::pipeline::{Outcome, OutcomeStatus};
+use crate::pipeline::{Outcome, OutcomeStatus, PipelineError};
 use crate::state::Admission;
 use crate::telemetry::SourceClassLabels;
 
@@ -56,9 +56,8 @@ async fn admit(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<
             Err(app.reject(Problem::too_many_requests(&source, secs)))
         }
         Err(e) => {
-            app.metrics.state_errors.get_or_create(&crate::telemetry::ReasonLabels { reason: e.cause() }).inc();
-            Err(Problem::unavailable("state_unavailable", format!("{e}; nothing was acknowledged, retry later"), retry)
-                .into_response())
+            app.metrics.state_error(e.cause());
+            Err(Problem::from_pipeline(&PipelineError::State(e), retry).into_response())
         }
     }
 }

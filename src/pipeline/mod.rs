@@ -274,7 +274,7 @@ impl Pipeline {
 
     /// Counts a state store failure by cause.
     fn failed(&self, e: &StateError) {
-        self.metrics.state_errors.get_or_create(&crate::telemetry::ReasonLabels { reason: e.cause() }).inc();
+        self.metrics.state_error(e.cause());
     }
 
     fn classify(&self, signal: &Signal) -> remediation::Classification {
