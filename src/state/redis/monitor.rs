@@ -16,18 +16,12 @@ use crate::telemetry::Metrics;
 /// Reads `maxmemory` and `maxmemory-policy` and says what is risky about them:
 /// a policy that can silently evict dedup state, or no memory bound at all.
 pub async fn eviction_warnings(conn: &Connection) -> Vec<String> {
-    let settings: RedisResult<HashMap<String, String>> = async {
-        let mut out = HashMap::new();
-        for key in ["maxmemory", "maxmemory-policy"] {
-            let pair: HashMap<String, String> = match conn.handle() {
-                Handle::Single(mut c) => redis::cmd("CONFIG").arg("GET").arg(key).query_async(&mut c).await?,
-                Handle::Cluster(mut c) => redis::cmd("CONFIG").arg("GET").arg(key).query_async(&mut c).await?,
-            };
-            out.extend(pair);
-        }
-        Ok(out)
-    }
-    .await;
+    // Redis 7 takes several parameters in one CONFIG GET.
+    let get = redis::cmd("CONFIG").arg("GET").arg("maxmemory").arg("maxmemory-policy").clone();
+    let settings: RedisResult<HashMap<String, String>> = match conn.handle() {
+        Handle::Single(mut c) => get.query_async(&mut c).await,
+        Handle::Cluster(mut c) => get.query_async(&mut c).await,
+    };
     match settings {
         Ok(settings) => {
             let policy = settings.get("maxmemory-policy").map(String::as_str).unwrap_or("");
