@@ -57,6 +57,17 @@ async fn gateway(url: &str, prefix: Option<String>, tweak: impl FnOnce(&mut tide
     .await
 }
 
+/// Records `n` distinct firing fingerprints on the shared server, under a prefix of
+/// their own, which it returns.
+async fn record_fingerprints(case: &str, n: u32) -> String {
+    let prefix = unique_prefix();
+    let store = store(&shared().url(), &prefix, Duration::from_secs(300)).await;
+    let batch: Vec<_> = (0..n).map(|i| fire(case, i)).collect();
+    store.observe(&batch, now_s()).await.unwrap();
+    FINGERPRINTS.fetch_add(n as u64, Ordering::Relaxed);
+    prefix
+}
+
 fn keys(server: &RedisServer, prefix: &str) -> Vec<String> {
     let mut conn = server.connection();
     let keys: Vec<String> = conn.scan_match(format!("{prefix}*")).unwrap().map(|k| k.unwrap()).collect();
@@ -66,11 +77,7 @@ fn keys(server: &RedisServer, prefix: &str) -> Vec<String> {
 #[tokio::test]
 async fn every_key_lives_under_the_prefix_and_has_a_ttl() {
     let server = shared();
-    let prefix = unique_prefix();
-    let store = store(&server.url(), &prefix, Duration::from_secs(300)).await;
-    let batch: Vec<_> = (0..2000).map(|n| fire("ttl", n)).collect();
-    store.observe(&batch, now_s()).await.unwrap();
-    FINGERPRINTS.fetch_add(2000, Ordering::Relaxed);
+    let prefix = record_fingerprints("ttl", 2000).await;
 
     let keys = keys(server, &prefix);
     assert!(!keys.is_empty());
@@ -85,11 +92,7 @@ async fn every_key_lives_under_the_prefix_and_has_a_ttl() {
 #[tokio::test]
 async fn entries_are_twelve_byte_values_in_listpack_hashes() {
     let server = shared();
-    let prefix = unique_prefix();
-    let store = store(&server.url(), &prefix, Duration::from_secs(300)).await;
-    let batch: Vec<_> = (0..500).map(|n| fire("listpack", n)).collect();
-    store.observe(&batch, now_s()).await.unwrap();
-    FINGERPRINTS.fetch_add(500, Ordering::Relaxed);
+    let prefix = record_fingerprints("listpack", 500).await;
 
     let mut conn = server.connection();
     let mut fields = 0;
