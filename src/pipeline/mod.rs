@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
-use crate::remediation::{self, StatusUpdate, StormUpdate};
+use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate};
 use crate::signal::{Fingerprint, Signal};
 use crate::sink::{Created, Lookup, RequestRef, Sink, SinkError};
 use crate::state::{Entry, Folded, Observation, StateError, StateStore, StormKey, StormRules, Verdict};
@@ -234,22 +234,39 @@ impl Pipeline {
         let namespace = self.namespace_for(signal);
         let request = remediation::build(signal, &namespace, entry.first_seen_s, &class, &update(&entry, None));
         let at = self.reference(signal, &entry);
+        match self.create(request, &at, update(&entry, None)).await {
+            Ok(Created::Created) => Ok(outcome(OutcomeStatus::Created, at)),
+            Ok(Created::AlreadyExists) => Ok(outcome(OutcomeStatus::Duplicate, at)),
+            Err(e) => {
+                self.metrics.signal(source, "failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Creates `request`. If it exists already, `update` is counted on it. If the
+    /// sink fails, the request goes to the status writer, which keeps trying: the
+    /// incident is recorded as open, so the sender's retry will be a duplicate, and
+    /// the request it is counted in must get made.
+    async fn create(
+        &self,
+        request: RemediationRequest,
+        at: &RequestRef,
+        update: StatusUpdate,
+    ) -> Result<Created, SinkError> {
         match self.sink.create(&request).await {
             Ok(Created::Created) => {
                 self.metrics.requests_created.inc();
-                Ok(outcome(OutcomeStatus::Created, at))
+                Ok(Created::Created)
             }
             Ok(Created::AlreadyExists) => {
-                self.coalescer.record(at.clone(), update(&entry, None));
-                Ok(outcome(OutcomeStatus::Duplicate, at))
+                self.coalescer.record(at.clone(), update);
+                Ok(Created::AlreadyExists)
             }
             Err(e) => {
-                // The incident is recorded as open, so the sender's retry will be a
-                // duplicate: make sure the request it is counted in gets made.
                 tracing::warn!(error = %e, name = %at.name, "create failed; handing it to the status writer");
-                self.coalescer.record_create(request, at, update(&entry, None));
-                self.metrics.signal(source, "failed");
-                Err(e.into())
+                self.coalescer.record_create(request, at.clone(), update);
+                Err(e)
             }
         }
     }
@@ -318,21 +335,8 @@ impl Pipeline {
         self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
         let class = self.classify(signal);
         let request = remediation::build_storm(signal, scope, &folded, &class, &update);
-        match self.sink.create(&request).await {
-            Ok(Created::Created) => {
-                self.metrics.requests_created.inc();
-                Ok(outcome)
-            }
-            Ok(Created::AlreadyExists) => {
-                self.coalescer.record(at, update);
-                Ok(outcome)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, name = %at.name, "creating the aggregated request failed; handing it to the status writer");
-                self.coalescer.record_create(request, at, update);
-                Err(e.into())
-            }
-        }
+        self.create(request, &at, update).await?;
+        Ok(outcome)
     }
 }
 
