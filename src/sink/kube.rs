@@ -163,9 +163,18 @@ impl KubeSink {
         self.metrics.api_calls.get_or_create(&ApiLabels { verb, outcome }).inc();
     }
 
-    async fn write_status(&self, at: &RequestRef, update: &StatusUpdate) -> Result<(), SinkError> {
+    /// Folds `update` into the status of the request at `at`, starting from `known`
+    /// (an object just returned by the API server) or the watch cache, and reading
+    /// from the API server only when neither has it or a write conflicts.
+    async fn write_status(
+        &self,
+        at: &RequestRef,
+        update: &StatusUpdate,
+        known: Option<RemediationRequest>,
+    ) -> Result<(), SinkError> {
         let api = self.api(&at.namespace);
-        let mut cached = self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace)).map(|rr| (*rr).clone());
+        let mut cached = known
+            .or_else(|| self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace)).map(|rr| (*rr).clone()));
         for _ in 0..5 {
             let current = match cached.take() {
                 Some(rr) => rr,
@@ -209,15 +218,17 @@ impl Sink for KubeSink {
             let at = RequestRef { namespace: namespace.clone(), name: request.name_any() };
             let api = self.api(&namespace);
             let pp = PostParams::default();
-            match self.call("create", || api.create(&pp, request)).await {
-                Ok(_) => {}
+            // The reply carries the resourceVersion the status write needs: the new
+            // object is not in the watch cache yet, and reading it back would cost a GET.
+            let created = match self.call("create", || api.create(&pp, request)).await {
+                Ok(created) => created,
                 Err(e) if code(&e) == Some(409) => return Ok(Created::AlreadyExists),
                 Err(e) => return Err(sink_error(e)),
-            }
+            };
             // The API server drops status on create (it is a subresource).
             if let Some(status) = &request.status {
                 if let Some(update) = status_update(status) {
-                    self.write_status(&at, &update).await?;
+                    self.write_status(&at, &update, Some(created)).await?;
                 }
             }
             Ok(Created::Created)
@@ -229,7 +240,7 @@ impl Sink for KubeSink {
         at: &'a RequestRef,
         update: &'a StatusUpdate,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(self.write_status(at, update))
+        Box::pin(self.write_status(at, update, None))
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
