@@ -31,6 +31,7 @@ macro_rules! conformance_suite {
             resolved_for_an_unknown_incident_records_nothing,
             resolved_after_the_window_is_unknown,
             batch_is_answered_in_order_and_sees_its_own_writes,
+            a_batch_decides_as_one_at_a_time_would,
             fingerprints_are_independent,
             fifty_concurrent_observers_open_exactly_one_incident,
             pattern_threshold_is_not_a_storm_but_one_more_resource_is,
@@ -165,6 +166,39 @@ pub async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn S
             Verdict::ResolvedOpen(entry(T0, T0, 1)),
         ]
     );
+}
+
+/// Storms opening, folding and repeats of every kind inside one batch, across two
+/// scopes: a store may decide a batch in one step, but never differently from
+/// deciding its observations one after another.
+pub async fn a_batch_decides_as_one_at_a_time_would(store: Arc<dyn StateStore>) {
+    let sequence = |case: &str| -> Vec<Observation> {
+        let (a, b) = (format!("{case}-a"), format!("{case}-b"));
+        let mut s: Vec<Observation> = Vec::new();
+        s.push(alert(&a, "ns", 0));
+        s.push(alert(&a, "ns", 0)); // a repeat before any storm
+        s.push(Observation { status: SignalStatus::Resolved, ..alert(&a, "ns", 0) });
+        for n in 1..12 {
+            if n < 9 {
+                s.push(alert(&a, "ns", n)); // the sixth distinct pod opens a pattern storm
+            }
+            s.push(alert(&b, "ns", n % 3)); // b repeats until its rate storms...
+        }
+        s.push(alert(&b, "ns", 3)); // ... and then folds a new pod
+        s.push(alert(&a, "ns", 8)); // a repeat of a folded alert folds again
+        s.push(alert(&a, "ns", 1)); // a pre-storm incident keeps its own count
+        s.push(Observation { status: SignalStatus::Resolved, ..alert(&a, "ns", 2) });
+        s.push(alert(&b, "other", 0)); // another namespace is another scope
+        s
+    };
+    let batched = store.observe(&sequence("batched"), T0).await.unwrap();
+    let mut single = Vec::new();
+    for o in sequence("single") {
+        single.push(one(&*store, o, T0).await);
+    }
+    assert_eq!(batched, single);
+    assert!(batched.iter().any(|v| matches!(v, Verdict::Folded(f) if f.kind == StormKind::Pattern)));
+    assert!(batched.iter().any(|v| matches!(v, Verdict::Folded(f) if f.kind == StormKind::Rate)));
 }
 
 pub async fn fingerprints_are_independent(store: Arc<dyn StateStore>) {

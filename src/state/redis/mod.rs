@@ -28,7 +28,7 @@ use super::{
 use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
 use connection::{Connection, Handle, Topology};
-use schema::Schema;
+use schema::{DedupTag, Schema};
 
 const DECIDE_SCRIPT: &str = include_str!("decide.lua");
 const GCRA_SCRIPT: &str = include_str!("gcra.lua");
@@ -114,50 +114,92 @@ impl Shared {
     }
 
     async fn observe(&self, batch: &[Observation], now_s: u32) -> Result<Vec<Verdict>, StateError> {
-        self.guarded(self.decide(batch, now_s)).await?.into_iter().collect()
+        self.guarded(self.decide(batch, now_s, None)).await?.into_iter().collect()
     }
 
-    /// One `decide.lua` call per observation, all in one round trip.
-    async fn decide(&self, batch: &[Observation], now_s: u32) -> Result<Vec<Result<Verdict, StateError>>, RedisError> {
+    /// Decides `batch` with `decide.lua`: one call for the whole batch on a single
+    /// node, one per slot (concurrently) on Cluster. `adopt` turns every observation
+    /// into an adoption of that entry.
+    async fn decide(
+        &self,
+        batch: &[Observation],
+        now_s: u32,
+        adopt: Option<Entry>,
+    ) -> Result<Vec<Result<Verdict, StateError>>, RedisError> {
         let rules = &self.storms;
-        let calls = batch.iter().map(|o| {
+        let mut calls: Vec<DecideCall> = Vec::new();
+        for (position, o) in batch.iter().enumerate() {
             let scope = o.storm.as_ref().map(|k| &k.scope);
-            let mut keys = self.schema.dedup_keys(&o.fingerprint, scope, now_s).to_vec();
-            let mode = if o.status == SignalStatus::Firing { "fire" } else { "resolve" };
-            let mut args =
-                vec![self.schema.field(&o.fingerprint), arg(now_s), arg(self.schema.window_s()), mode.into()];
-            if let (SignalStatus::Firing, Some(key)) = (o.status, &o.storm) {
-                keys.extend(self.schema.storm_keys(&key.scope, now_s, rules));
-                args.extend([
-                    key.resource.to_vec(),
-                    arg(rules.rate_threshold),
-                    arg(rules.rate_window_s),
-                    arg(rules.pattern_threshold),
-                    arg(rules.pattern_window_s),
-                    arg(rules.inactivity_s),
-                    arg(rules.max_duration_s),
-                ]);
+            let tag = self.schema.dedup_tag(&o.fingerprint, scope);
+            // On Cluster, every key of an observation shares its dedup tag's slot.
+            let call = match calls.iter().position(|c| !self.schema.cluster() || c.tag == tag) {
+                Some(i) => &mut calls[i],
+                None => {
+                    calls.push(DecideCall::new(tag, now_s, self.schema.window_s(), rules));
+                    calls.last_mut().expect("just pushed")
+                }
+            };
+            let d = call.intern(Group::Dedup(tag), || self.schema.dedup_keys(tag, now_s).into());
+            let storm = match (o.status, &o.storm, adopt) {
+                (SignalStatus::Firing, Some(key), None) => Some(key),
+                _ => None,
+            };
+            let s = match storm {
+                Some(key) => {
+                    call.intern(Group::Storm(key.scope), || self.schema.storm_keys(&key.scope, now_s, rules).into())
+                }
+                None => 0,
+            };
+            let mode: &'static [u8] = match (adopt, o.status) {
+                (Some(_), _) => b"adopt",
+                (None, SignalStatus::Firing) => b"fire",
+                (None, SignalStatus::Resolved) => b"resolve",
+            };
+            let (first, count) = adopt.map_or((Arg::Bytes(b""), Arg::Bytes(b"")), |e| {
+                (Arg::Int(e.first_seen_s.into()), Arg::Int(e.count.into()))
+            });
+            let resource = storm.map_or(Arg::Bytes(b""), |k| Arg::Bytes(&k.resource));
+            call.args.extend([
+                Arg::Bytes(mode),
+                Arg::Bytes(self.schema.field(&o.fingerprint)),
+                Arg::Int(d.into()),
+                Arg::Int(s.into()),
+                resource,
+                first,
+                count,
+            ]);
+            call.members.push(position);
+        }
+        let replies = self.run(&self.decide, &calls).await?;
+        let mut verdicts: Vec<Option<Result<Verdict, StateError>>> = (0..batch.len()).map(|_| None).collect();
+        for (call, reply) in calls.iter().zip(replies) {
+            let mut answers = match reply {
+                Value::Array(answers) if answers.len() == call.members.len() => answers.into_iter(),
+                other => {
+                    let bad = format!("{other:?}");
+                    call.members.iter().for_each(|&m| verdicts[m] = Some(Err(bad_reply("decide", bad.clone()))));
+                    continue;
+                }
+            };
+            for &m in &call.members {
+                verdicts[m] = answers.next().map(verdict);
             }
-            Call { keys, args }
-        });
-        let replies = self.call_all(&self.decide, calls.collect()).await?;
-        Ok(replies.into_iter().map(verdict).collect())
+        }
+        Ok(verdicts.into_iter().map(|v| v.unwrap_or_else(|| Err(bad_reply("decide", "no answer".into())))).collect())
     }
 
-    /// Invokes `script` once per call: one pipeline on a single node, concurrent
-    /// calls (one per slot) on Cluster.
-    async fn call_all(&self, script: &Script, calls: Vec<Call>) -> Result<Vec<Value>, RedisError> {
-        if calls.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Runs one script invocation per call: one pipeline on a single node,
+    /// concurrent invocations on Cluster.
+    async fn run(&self, script: &Script, calls: &[DecideCall<'_>]) -> Result<Vec<Value>, RedisError> {
         match self.conn.handle() {
             Handle::Single(mut conn) => {
                 let mut pipe = redis::pipe();
-                for call in &calls {
-                    pipe.cmd("EVALSHA").arg(script.get_hash()).arg(call.keys.len()).arg(&call.keys[..]);
-                    for a in &call.args {
-                        pipe.arg(&a[..]);
-                    }
+                for call in calls {
+                    pipe.cmd("EVALSHA")
+                        .arg(script.get_hash())
+                        .arg(call.keys.len())
+                        .arg(&call.keys[..])
+                        .arg(&call.args[..]);
                 }
                 match pipe.query_async::<Vec<Value>>(&mut conn).await {
                     Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -169,44 +211,34 @@ impl Shared {
                 }
             }
             Handle::Cluster(conn) => {
-                let requests = calls.iter().map(|call| {
+                let invocations = calls.iter().map(|call| {
                     let mut conn = conn.clone();
                     let mut inv = script.prepare_invoke();
-                    inv.key(&call.keys[..]);
-                    for a in &call.args {
-                        inv.arg(&a[..]);
-                    }
+                    inv.key(&call.keys[..]).arg(&call.args[..]);
                     async move { inv.invoke_async::<Value>(&mut conn).await }
                 });
-                futures::future::join_all(requests).await.into_iter().collect()
+                futures::future::join_all(invocations).await.into_iter().collect()
             }
         }
     }
 
     async fn adopt(&self, o: &Observation, entry: Entry, now_s: u32) -> Result<(), StateError> {
-        let call = Call {
-            keys: self.schema.dedup_keys(&o.fingerprint, o.storm.as_ref().map(|k| &k.scope), now_s).to_vec(),
-            args: vec![
-                self.schema.field(&o.fingerprint),
-                arg(now_s),
-                arg(self.schema.window_s()),
-                "adopt".into(),
-                arg(entry.first_seen_s),
-                arg(entry.count),
-            ],
-        };
-        self.guarded(self.call_all(&self.decide, vec![call])).await.map(drop)
+        let mut verdicts = self.guarded(self.decide(std::slice::from_ref(o), now_s, Some(entry))).await?;
+        verdicts.pop().unwrap_or_else(|| Err(bad_reply("decide", "no answer".into()))).map(drop)
     }
 
     async fn admit(&self, source: &str, limit: RateLimit, now_ms: u64) -> Result<Admission, StateError> {
-        let call = Call {
-            keys: vec![self.schema.budget_key(source)],
-            args: vec![arg(now_ms), arg(limit.emission_interval_ms()), arg(limit.tolerance_ms())],
-        };
-        let replies = self.guarded(self.call_all(&self.gcra, vec![call])).await?;
-        let bad =
-            |what: String| StateError::Unavailable(format!("unexpected reply from the rate-limit script: {what}"));
-        let reply = replies.into_iter().next().ok_or_else(|| bad("nothing".into()))?;
+        let key = self.schema.budget_key(source);
+        let args = [now_ms, limit.emission_interval_ms(), limit.tolerance_ms()];
+        let reply = self
+            .guarded(async {
+                match self.conn.handle() {
+                    Handle::Single(mut c) => self.gcra.key(&key).arg(&args[..]).invoke_async::<Value>(&mut c).await,
+                    Handle::Cluster(mut c) => self.gcra.key(&key).arg(&args[..]).invoke_async::<Value>(&mut c).await,
+                }
+            })
+            .await?;
+        let bad = |what: String| bad_reply("rate-limit", what);
         let fields: Vec<i64> = redis::from_redis_value(reply).map_err(|e| bad(e.to_string()))?;
         match fields[..] {
             [1, _] => Ok(Admission::Allowed),
@@ -260,14 +292,67 @@ fn is_oom(e: &RedisError) -> bool {
     }
 }
 
-/// One script invocation: its keys and arguments.
-struct Call {
+/// One invocation of `decide.lua`: each key it touches once, and its arguments.
+struct DecideCall<'a> {
+    /// The dedup tag all of this call's keys share on Cluster.
+    tag: DedupTag,
     keys: Vec<String>,
-    args: Vec<Vec<u8>>,
+    /// Where each group of keys starts in `keys`, as a Lua (1-based) index.
+    groups: Vec<(Group, u32)>,
+    args: Vec<Arg<'a>>,
+    /// Positions in the batch of the observations it decides, in order.
+    members: Vec<usize>,
 }
 
-fn arg(n: impl std::fmt::Display) -> Vec<u8> {
-    n.to_string().into_bytes()
+/// A group of keys one or more observations of a call share.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Dedup(DedupTag),
+    Storm([u8; 16]),
+}
+
+impl<'a> DecideCall<'a> {
+    fn new(tag: DedupTag, now_s: u32, window_s: u32, rules: &StormRules) -> Self {
+        let args = [
+            now_s,
+            window_s,
+            rules.rate_threshold,
+            rules.rate_window_s,
+            rules.pattern_threshold,
+            rules.pattern_window_s,
+            rules.inactivity_s,
+            rules.max_duration_s,
+        ]
+        .map(|n| Arg::Int(n.into()));
+        DecideCall { tag, keys: Vec::new(), groups: Vec::new(), args: args.into(), members: Vec::new() }
+    }
+
+    /// The index of `group`'s first key, adding its keys on first use.
+    fn intern(&mut self, group: Group, keys: impl FnOnce() -> Vec<String>) -> u32 {
+        if let Some(&(_, at)) = self.groups.iter().find(|(g, _)| *g == group) {
+            return at;
+        }
+        let at = self.keys.len() as u32 + 1;
+        self.keys.extend(keys());
+        self.groups.push((group, at));
+        at
+    }
+}
+
+/// A script argument, written without an intermediate allocation.
+#[derive(Clone, Copy)]
+enum Arg<'a> {
+    Int(u64),
+    Bytes(&'a [u8]),
+}
+
+impl redis::ToRedisArgs for Arg<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        match self {
+            Arg::Int(n) => n.write_redis_args(out),
+            Arg::Bytes(b) => b.write_redis_args(out),
+        }
+    }
 }
 
 fn bad_reply(script: &str, what: String) -> StateError {

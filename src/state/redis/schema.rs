@@ -43,14 +43,27 @@ impl Schema {
         self.window_s
     }
 
-    /// The three bucket keys the dedup script reads: the caller's bucket, the one
-    /// before (entries seen within the last window) and the one after (entries
-    /// written by a replica whose clock runs slightly ahead).
-    pub fn dedup_keys(&self, fp: &Fingerprint, scope: Option<&[u8; 16]>, now_s: u32) -> [String; 3] {
+    pub fn cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// The hash tag of a fingerprint's dedup keys: on Cluster its storm scope's,
+    /// elsewhere its shard.
+    pub fn dedup_tag(&self, fp: &Fingerprint, scope: Option<&[u8; 16]>) -> DedupTag {
+        match scope {
+            Some(scope) if self.cluster => DedupTag::Scope(*scope),
+            _ => DedupTag::Shard(shard(fp)),
+        }
+    }
+
+    /// The three bucket keys the dedup script reads for a tag: the caller's bucket,
+    /// the one before (entries seen within the last window) and the one after
+    /// (entries written by a replica whose clock runs slightly ahead).
+    pub fn dedup_keys(&self, tag: DedupTag, now_s: u32) -> [String; 3] {
         let bucket = now_s / self.window_s;
-        let tag = match scope {
-            Some(scope) if self.cluster => hex::encode(scope),
-            _ => format!("{:04x}", shard(fp)),
+        let tag = match tag {
+            DedupTag::Scope(scope) => hex::encode(scope),
+            DedupTag::Shard(shard) => format!("{shard:04x}"),
         };
         let key = |b: u32| format!("{}d:{{{tag}}}:{b}", self.prefix);
         [key(bucket), key(bucket.saturating_sub(1)), key(bucket + 1)]
@@ -58,11 +71,11 @@ impl Schema {
 
     /// The hash field naming a fingerprint: the 8 bytes after the shard's, or on
     /// Cluster (where the key does not carry the shard) 10 bytes.
-    pub fn field(&self, fp: &Fingerprint) -> Vec<u8> {
+    pub fn field<'f>(&self, fp: &'f Fingerprint) -> &'f [u8] {
         if self.cluster {
-            fp.as_bytes()[..10].to_vec()
+            &fp.as_bytes()[..10]
         } else {
-            field(fp).to_vec()
+            &fp.as_bytes()[2..10]
         }
     }
 
@@ -86,6 +99,13 @@ impl Schema {
     }
 }
 
+/// What a fingerprint's dedup keys are named after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DedupTag {
+    Shard(u16),
+    Scope([u8; 16]),
+}
+
 /// The top [`SHARD_BITS`] bits of the fingerprint.
 pub fn shard(fp: &Fingerprint) -> u16 {
     let b = fp.as_bytes();
@@ -105,7 +125,8 @@ mod tests {
     #[test]
     fn keys_share_one_hash_tag_and_name_adjacent_buckets() {
         let fp = Fingerprint::from_bytes([0xff; 32]);
-        let keys = Schema::new("tg:", 300, false).dedup_keys(&fp, Some(&[0; 16]), 300 * 10 + 5);
+        let schema = Schema::new("tg:", 300, false);
+        let keys = schema.dedup_keys(schema.dedup_tag(&fp, Some(&[0; 16])), 300 * 10 + 5);
         assert_eq!(keys, ["tg:d:{3fff}:10", "tg:d:{3fff}:9", "tg:d:{3fff}:11"]);
     }
 
