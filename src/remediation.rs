@@ -13,7 +13,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::signal::{Signal, SignalType, TargetResource};
+use crate::signal::{Labels, Signal, SignalType, TargetResource};
 
 /// Longest label or annotation value copied into the spec; longer values are cut at
 /// a character boundary so that one chatty alert cannot bloat the object.
@@ -296,7 +296,7 @@ pub fn storm_request_name(signal_name: &str, scope: &[u8; 16], window_id: u32) -
 
 /// Builds the request for a new incident.
 pub fn build(
-    signal: &Signal,
+    signal: &Signal<'_>,
     namespace: &str,
     epoch_s: u32,
     class: &Classification,
@@ -309,7 +309,7 @@ pub fn build(
 /// Builds the aggregated request of a storm window that `signal` opened. Its
 /// fingerprint is the scope's: the alert name in the namespace, no resource.
 pub fn build_storm(
-    signal: &Signal,
+    signal: &Signal<'_>,
     scope: &[u8; 16],
     folded: &crate::state::Folded,
     class: &Classification,
@@ -317,7 +317,7 @@ pub fn build_storm(
 ) -> RemediationRequest {
     let name = storm_request_name(&signal.name, scope, folded.window_id);
     let scope_target =
-        TargetResource { kind: "Namespace".into(), name: signal.namespace.clone(), namespace: String::new() };
+        TargetResource { kind: "Namespace".into(), name: signal.namespace.to_string(), namespace: String::new() };
     let mut aggregate = signal.clone();
     aggregate.fingerprint = crate::signal::Fingerprint::new(&signal.name, &signal.namespace, &scope_target);
     aggregate.target = scope_target;
@@ -331,20 +331,20 @@ pub fn build_storm(
 }
 
 fn build_named(
-    signal: &Signal,
+    signal: &Signal<'_>,
     name: &str,
     namespace: &str,
     class: &Classification,
     status: &StatusUpdate,
 ) -> RemediationRequest {
     let fp_hex = signal.fingerprint.to_hex();
-    let cut_all = |m: &BTreeMap<String, String>| m.iter().map(|(k, v)| (k.clone(), cut(v, MAX_VALUE_BYTES))).collect();
+    let cut_all = |l: &Labels<'_>| l.to_map().into_iter().map(|(k, v)| (k, cut(&v, MAX_VALUE_BYTES))).collect();
     let spec = RemediationRequestSpec {
         signal_fingerprint: fp_hex,
-        signal_name: signal.name.clone(),
-        severity: signal.severity.clone(),
+        signal_name: signal.name.to_string(),
+        severity: signal.severity.to_string(),
         signal_type: signal.signal_type,
-        signal_source: signal.source.clone(),
+        signal_source: signal.source.to_string(),
         target_resource: signal.target.clone(),
         firing_time: signal.firing_time.map(Time),
         received_time: Time(signal.received_time),

@@ -1,8 +1,11 @@
 //! The normalised form of every input: a [`Signal`] and its [`Fingerprint`].
 //!
 //! Adapters in `ingest` produce signals; nothing downstream looks at the original
-//! payload again. This module never does I/O.
+//! payload again. A signal borrows its text from the payload where it can: most
+//! alerts are duplicates, and a duplicate needs nothing but its fingerprint, so the
+//! request path does not copy labels it will never write. This module never does I/O.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -60,14 +63,14 @@ const RESOURCE_LABELS: [(&str, &str, bool); 6] = [
 impl TargetResource {
     /// Resolves the target from alert labels in the order
     /// pod > deployment > statefulset > daemonset > node > service.
-    pub fn from_labels(labels: &BTreeMap<String, String>, namespace: &str) -> Self {
+    pub fn from_labels(labels: &Labels<'_>, namespace: &str) -> Self {
         RESOURCE_LABELS
             .iter()
             .find_map(|(label, kind, namespaced)| {
-                let name = labels.get(*label).filter(|v| !v.is_empty())?;
+                let name = labels.get(label).filter(|v| !v.is_empty())?;
                 Some(TargetResource {
                     kind: (*kind).to_string(),
-                    name: name.clone(),
+                    name: name.to_string(),
                     namespace: if *namespaced { namespace.to_string() } else { String::new() },
                 })
             })
@@ -76,29 +79,101 @@ impl TargetResource {
 }
 
 /// The namespace of an alert: `namespace`, then `exported_namespace`, then `default`.
-pub fn namespace_from_labels(labels: &BTreeMap<String, String>) -> String {
+pub fn namespace_from_labels<'a>(labels: &Labels<'a>) -> Cow<'a, str> {
     ["namespace", "exported_namespace"]
         .iter()
-        .find_map(|key| labels.get(*key).filter(|v| !v.is_empty()))
+        .find_map(|key| labels.get_cow(key).filter(|v| !v.is_empty()))
         .cloned()
-        .unwrap_or_else(|| "default".to_string())
+        .unwrap_or(Cow::Borrowed("default"))
 }
 
-/// One normalised alert or event.
+/// Labels or annotations: string pairs in payload order, borrowed from the payload
+/// where it has them verbatim. A name given twice means its last value, as in a map.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl<'a> Labels<'a> {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.get_cow(name).map(|v| v.as_ref())
+    }
+
+    pub fn get_cow(&self, name: &str) -> Option<&Cow<'a, str>> {
+        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// Owned, sorted, one value per name.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.0.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+}
+
+impl<K: Into<Cow<'static, str>>, V: Into<Cow<'static, str>>> FromIterator<(K, V)> for Labels<'static> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        Labels(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Pairs<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Pairs<'a> {
+            type Value = Labels<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of strings to strings")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some((Text(k), Text(v))) = map.next_entry()? {
+                    pairs.push((k, v));
+                }
+                Ok(Labels(pairs))
+            }
+        }
+        deserializer.deserialize_map(Pairs(std::marker::PhantomData))
+    }
+}
+
+/// A string borrowed from the input when it holds it verbatim (no escapes).
+/// (`Cow<str>` itself always deserialises owned.)
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// One normalised alert or event, borrowing from the payload it came in.
 #[derive(Clone, Debug)]
-pub struct Signal {
+pub struct Signal<'a> {
     /// The alert name, or the event reason.
-    pub name: String,
-    pub severity: String,
-    pub namespace: String,
+    pub name: Cow<'a, str>,
+    pub severity: Cow<'a, str>,
+    pub namespace: Cow<'a, str>,
     pub target: TargetResource,
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
+    pub labels: Labels<'a>,
+    pub annotations: Labels<'a>,
     pub firing_time: Option<Timestamp>,
     pub received_time: Timestamp,
     pub signal_type: SignalType,
     /// Who sent it: the Alertmanager receiver, or the event's reporting component.
-    pub source: String,
+    pub source: Cow<'a, str>,
     pub status: SignalStatus,
     pub fingerprint: Fingerprint,
 }
@@ -160,7 +235,7 @@ impl fmt::Debug for Fingerprint {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn labels(pairs: &[(&str, &str)]) -> Labels<'static> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
@@ -177,7 +252,7 @@ mod tests {
     fn fingerprint_ignores_label_order_and_extra_labels() {
         let a = labels(&[("pod", "web-0"), ("namespace", "shop"), ("team", "x")]);
         let b = labels(&[("team", "y"), ("namespace", "shop"), ("pod", "web-0"), ("zone", "z")]);
-        let fp = |l: &BTreeMap<String, String>| {
+        let fp = |l: &Labels| {
             let ns = namespace_from_labels(l);
             Fingerprint::new("HighMemory", &ns, &TargetResource::from_labels(l, &ns))
         };
@@ -186,14 +261,14 @@ mod tests {
 
     #[test]
     fn resource_resolution_prefers_pod_then_deployment_statefulset_daemonset_node_service() {
-        let mut l = labels(&[
+        let mut l = vec![
             ("service", "svc"),
             ("node", "n1"),
             ("daemonset", "ds"),
             ("statefulset", "sts"),
             ("deployment", "dep"),
             ("pod", "p"),
-        ]);
+        ];
         let order = [
             ("pod", "Pod", "p"),
             ("deployment", "Deployment", "dep"),
@@ -203,11 +278,21 @@ mod tests {
             ("service", "Service", "svc"),
         ];
         for (label, kind, name) in order {
-            let t = TargetResource::from_labels(&l, "ns");
+            let t = TargetResource::from_labels(&labels(&l), "ns");
             assert_eq!((t.kind.as_str(), t.name.as_str()), (kind, name));
-            l.remove(label);
+            l.retain(|(k, _)| *k != label);
         }
-        assert_eq!(TargetResource::from_labels(&l, "ns"), TargetResource::default());
+        assert_eq!(TargetResource::from_labels(&labels(&l), "ns"), TargetResource::default());
+    }
+
+    #[test]
+    fn labels_borrow_verbatim_text_and_a_repeated_name_means_its_last_value() {
+        let l: Labels = serde_json::from_str(r#"{"pod":"a","team":"x\"y","pod":"b"}"#).unwrap();
+        assert_eq!(l.get("pod"), Some("b"));
+        assert!(matches!(l.get_cow("pod"), Some(Cow::Borrowed(_))));
+        assert_eq!(l.get("team"), Some("x\"y"));
+        assert_eq!(l.to_map(), labels(&[("pod", "b"), ("team", "x\"y")]).to_map());
+        assert!(serde_json::from_str::<Labels>(r#"{"pod":1}"#).is_err());
     }
 
     #[test]

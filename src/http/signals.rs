@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -20,10 +19,11 @@ use super::problem::{AlertError, Problem};
 use super::AppState;
 use crate::ingest::{self, IngestError, Parsed};
 use crate::pipeline::{Outcome, OutcomeStatus, PipelineError};
+use crate::signal::Fingerprint;
 use crate::state::Admission;
 use crate::telemetry::SourceClassLabels;
 
-type Parser = fn(&[u8], Timestamp) -> Result<Parsed, IngestError>;
+type Parser = fn(&[u8], Timestamp) -> Result<Parsed<'_>, IngestError>;
 
 pub async fn prometheus(
     State(app): State<AppState>,
@@ -64,16 +64,16 @@ async fn admit(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct AlertResult {
+struct AlertResult<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    fingerprint: Option<String>,
+    fingerprint: Option<Hex<'a>>,
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
+    name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<String>,
+    namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     occurrence_count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,9 +90,20 @@ struct Summary {
 }
 
 #[derive(Serialize)]
-struct BatchResponse {
-    results: Vec<AlertResult>,
+struct BatchResponse<'a> {
+    results: Vec<AlertResult<'a>>,
     summary: Summary,
+}
+
+/// A fingerprint's hex form, written straight into the response.
+struct Hex<'a>(&'a Fingerprint);
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0.as_bytes(), &mut buf).expect("64 hex digits for 32 bytes");
+        serializer.serialize_str(std::str::from_utf8(&buf).expect("hex is ASCII"))
+    }
 }
 
 async fn ingest(
@@ -158,7 +169,7 @@ async fn ingest(
     if total == 1 {
         let outcome = &outcomes[0];
         let status = if outcome.status.created() { StatusCode::CREATED } else { StatusCode::ACCEPTED };
-        return (status, Json(result(None, outcome))).into_response();
+        return json(status, &result(None, outcome), 320);
     }
     let mut summary = Summary { failed: failures.len(), ..Summary::default() };
     let mut results: Vec<AlertResult> = indices
@@ -184,16 +195,27 @@ async fn ingest(
         error: Some(e),
     }));
     results.sort_by_key(|r| r.index);
-    (StatusCode::MULTI_STATUS, Json(BatchResponse { results, summary })).into_response()
+    let capacity = 128 + 192 * results.len();
+    json(StatusCode::MULTI_STATUS, &BatchResponse { results, summary }, capacity)
 }
 
-fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult {
+/// A JSON response, written into a buffer sized for it up front.
+fn json(status: StatusCode, body: &impl Serialize, capacity: usize) -> Response {
+    let mut buf = Vec::with_capacity(capacity);
+    match serde_json::to_writer(&mut buf, body) {
+        Ok(()) => (status, [(header::CONTENT_TYPE, "application/json")], buf).into_response(),
+        // Our own types always serialise; this is not the sender's fault either way.
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult<'_> {
     AlertResult {
         index,
-        fingerprint: Some(outcome.fingerprint.to_hex()),
+        fingerprint: Some(Hex(&outcome.fingerprint)),
         status: outcome.status.as_str(),
-        name: outcome.request.as_ref().map(|r| r.name.clone()),
-        namespace: outcome.request.as_ref().map(|r| r.namespace.clone()),
+        name: outcome.request.as_ref().map(|r| r.name.as_str()),
+        namespace: outcome.request.as_ref().map(|r| r.namespace.as_str()),
         occurrence_count: outcome.request.as_ref().map(|_| outcome.count),
         error: None,
     }

@@ -5,35 +5,38 @@
 //! used (no `alertname`) fails alone, so one bad alert does not cost the sender the
 //! rest of its batch.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use jiff::Timestamp;
 use serde::Deserialize;
 
 use super::{parse_json, IngestError, Parsed};
-use crate::signal::{namespace_from_labels, Fingerprint, Signal, SignalStatus, SignalType, TargetResource};
+use crate::signal::{
+    namespace_from_labels, Fingerprint, Labels, Signal, SignalStatus, SignalType, TargetResource, Text,
+};
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Webhook {
-    #[serde(default)]
-    receiver: String,
+struct Webhook<'a> {
+    #[serde(default, borrow)]
+    receiver: Option<Text<'a>>,
     #[serde(default)]
     status: Option<Status>,
-    #[serde(default, rename = "externalURL")]
-    external_url: String,
-    alerts: Vec<Alert>,
+    #[serde(default, borrow, rename = "externalURL")]
+    external_url: Option<Text<'a>>,
+    #[serde(borrow)]
+    alerts: Vec<Alert<'a>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Alert {
+struct Alert<'a> {
     #[serde(default)]
     status: Option<Status>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    #[serde(default, borrow)]
+    labels: Labels<'a>,
+    #[serde(default, borrow)]
+    annotations: Labels<'a>,
     #[serde(default)]
     starts_at: Option<Timestamp>,
 }
@@ -46,18 +49,16 @@ enum Status {
 }
 
 /// Parses a webhook body into one result per alert.
-pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed, IngestError> {
-    let webhook: Webhook = parse_json(body)?;
+pub fn parse<'a>(body: &'a [u8], received: Timestamp) -> Result<Parsed<'a>, IngestError> {
+    let webhook: Webhook<'a> = parse_json(body)?;
     if webhook.alerts.is_empty() {
         return Err(IngestError::NoAlerts);
     }
-    let source = if webhook.external_url.is_empty() {
-        match webhook.receiver.as_str() {
-            "" => "alertmanager".to_string(),
-            receiver => format!("alertmanager/{receiver}"),
-        }
-    } else {
-        webhook.external_url.clone()
+    let text = |t: Option<Text<'a>>| t.map(|Text(t)| t).filter(|t| !t.is_empty());
+    let source = match (text(webhook.external_url), text(webhook.receiver)) {
+        (Some(url), _) => url,
+        (None, Some(receiver)) => Cow::Owned(format!("alertmanager/{receiver}")),
+        (None, None) => Cow::Borrowed("alertmanager"),
     };
     let group_status = webhook.status;
     Ok(webhook
@@ -68,15 +69,15 @@ pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed, IngestError> {
         .collect())
 }
 
-fn signal(
+fn signal<'a>(
     i: usize,
-    alert: Alert,
+    alert: Alert<'a>,
     group_status: Option<Status>,
-    source: &str,
+    source: &Cow<'a, str>,
     received: Timestamp,
-) -> Result<Signal, IngestError> {
+) -> Result<Signal<'a>, IngestError> {
     let name = match alert.labels.get("alertname") {
-        Some(name) if !name.trim().is_empty() => name.clone(),
+        Some(name) if !name.trim().is_empty() => name,
         Some(_) => return Err(IngestError::invalid(format!("$.alerts[{i}].labels.alertname"), "must not be empty")),
         None => {
             return Err(IngestError::invalid(format!("$.alerts[{i}].labels"), "missing required label \"alertname\""))
@@ -87,12 +88,12 @@ fn signal(
     })?;
     let namespace = namespace_from_labels(&alert.labels);
     let target = TargetResource::from_labels(&alert.labels, &namespace);
-    let fingerprint = Fingerprint::new(&name, &namespace, &target);
+    let fingerprint = Fingerprint::new(name, &namespace, &target);
     // Alertmanager writes the zero time (year 1) for "unset".
     let firing_time = alert.starts_at.filter(|t| t.as_second() > 0);
     Ok(Signal {
-        severity: alert.labels.get("severity").cloned().unwrap_or_else(|| "unknown".into()),
-        name,
+        severity: alert.labels.get_cow("severity").cloned().unwrap_or(Cow::Borrowed("unknown")),
+        name: alert.labels.get_cow("alertname").cloned().expect("checked above"),
         namespace,
         target,
         labels: alert.labels,
@@ -100,7 +101,7 @@ fn signal(
         firing_time,
         received_time: received,
         signal_type: SignalType::PrometheusAlert,
-        source: source.to_string(),
+        source: source.clone(),
         status: match status {
             Status::Firing => SignalStatus::Firing,
             Status::Resolved => SignalStatus::Resolved,
@@ -113,7 +114,7 @@ fn signal(
 mod tests {
     use super::*;
 
-    fn parse_str(body: &str) -> Result<Parsed, IngestError> {
+    fn parse_str(body: &str) -> Result<Parsed<'_>, IngestError> {
         parse(body.as_bytes(), Timestamp::UNIX_EPOCH)
     }
 
@@ -127,12 +128,9 @@ mod tests {
         .unwrap();
         assert_eq!(parsed.len(), 2);
         let a = parsed[0].as_ref().unwrap();
-        assert_eq!((a.name.as_str(), a.target.kind.as_str(), a.namespace.as_str()), ("A", "Pod", "n"));
+        assert_eq!((&*a.name, a.target.kind.as_str(), &*a.namespace), ("A", "Pod", "n"));
         let b = parsed[1].as_ref().unwrap();
-        assert_eq!(
-            (b.status, b.target.kind.as_str(), b.namespace.as_str()),
-            (SignalStatus::Resolved, "Node", "default")
-        );
+        assert_eq!((b.status, b.target.kind.as_str(), &*b.namespace), (SignalStatus::Resolved, "Node", "default"));
     }
 
     #[test]

@@ -63,7 +63,7 @@ struct Metadata {
 }
 
 /// Parses an Event body into exactly one result.
-pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed, IngestError> {
+pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed<'_>, IngestError> {
     let event: Event = parse_json(body)?;
     match event.kind.as_deref() {
         Some("Warning") => {}
@@ -104,16 +104,16 @@ pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed, IngestError> {
         .find(|s| !s.is_empty())
         .unwrap_or_else(|| "kubernetes".into());
     Ok(vec![Ok(Signal {
-        name: event.reason,
+        name: event.reason.into(),
         severity: "warning".into(),
-        namespace,
+        namespace: namespace.into(),
         target,
-        labels,
-        annotations,
+        labels: labels.into_iter().collect(),
+        annotations: annotations.into_iter().collect(),
         firing_time: event.first_timestamp.or(event.event_time).or(event.last_timestamp),
         received_time: received,
         signal_type: SignalType::KubernetesEvent,
-        source,
+        source: source.into(),
         status: SignalStatus::Firing,
         fingerprint,
     })])

@@ -7,7 +7,7 @@
 pub mod alertmanager;
 pub mod k8s_event;
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::signal::Signal;
 
@@ -45,7 +45,7 @@ impl IngestError {
 }
 
 /// Deserialises JSON, reporting the path of the first error.
-fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, IngestError> {
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, IngestError> {
     // Tracking the path costs on every field; only a failed parse needs it.
     if let Ok(value) = serde_json::from_slice(body) {
         return Ok(value);
@@ -63,4 +63,4 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, IngestError> {
 }
 
 /// What one payload turned into: a result per alert, in payload order.
-pub type Parsed = Vec<Result<Signal, IngestError>>;
+pub type Parsed<'a> = Vec<Result<Signal<'a>, IngestError>>;

@@ -89,11 +89,11 @@ mod tests {
     use super::*;
     use crate::signal::{Fingerprint, SignalStatus, SignalType, TargetResource};
 
-    fn signal(severity: &str, namespace: &str, labels: &[(&str, &str)]) -> Signal {
+    fn signal(severity: &str, namespace: &str, labels: &[(&str, &str)]) -> Signal<'static> {
         Signal {
             name: "A".into(),
-            severity: severity.into(),
-            namespace: namespace.into(),
+            severity: severity.to_string().into(),
+            namespace: namespace.to_string().into(),
             target: TargetResource::default(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             annotations: Default::default(),

@@ -150,7 +150,7 @@ impl Pipeline {
     }
 
     /// Decides a batch of signals, in order.
-    pub async fn process(&self, signals: &[Signal]) -> Result<Vec<Outcome>, PipelineError> {
+    pub async fn process(&self, signals: &[Signal<'_>]) -> Result<Vec<Outcome>, PipelineError> {
         let observations: Vec<Observation> = signals.iter().map(observation).collect();
         let verdicts = self.state.observe(&observations, self.clock.now_s()).await.inspect_err(|e| self.failed(e))?;
         let mut outcomes = Vec::with_capacity(signals.len());
@@ -170,7 +170,7 @@ impl Pipeline {
     }
 
     /// Acts on the store's verdict for `signal`, which it was asked about as `asked`.
-    async fn act(&self, signal: &Signal, asked: &Observation, verdict: Verdict) -> Result<Outcome, PipelineError> {
+    async fn act(&self, signal: &Signal<'_>, asked: &Observation, verdict: Verdict) -> Result<Outcome, PipelineError> {
         let source = signal.signal_type.as_str();
         let outcome = |status: OutcomeStatus, request, entry: Option<Entry>| {
             self.metrics.signal(source, status.as_str());
@@ -224,7 +224,7 @@ impl Pipeline {
     }
 
     /// Creates the request of a new incident.
-    async fn open(&self, signal: &Signal, entry: Entry) -> Result<Outcome, PipelineError> {
+    async fn open(&self, signal: &Signal<'_>, entry: Entry) -> Result<Outcome, PipelineError> {
         let source = signal.signal_type.as_str();
         let outcome = |status: OutcomeStatus, at: RequestRef| {
             self.metrics.signal(source, status.as_str());
@@ -273,16 +273,16 @@ impl Pipeline {
 
     /// Where a signal's requests live: its namespace, or the control namespace for
     /// cluster-scoped targets (and for everything, when so configured).
-    fn namespace_for(&self, signal: &Signal) -> String {
+    fn namespace_for(&self, signal: &Signal<'_>) -> String {
         let cluster_scoped = !signal.target.kind.is_empty() && signal.target.namespace.is_empty();
         match &self.placement {
             Placement { control_namespace: Some(control), all: true } => control.clone(),
             Placement { control_namespace: Some(control), .. } if cluster_scoped => control.clone(),
-            _ => signal.namespace.clone(),
+            _ => signal.namespace.to_string(),
         }
     }
 
-    fn reference(&self, signal: &Signal, entry: &Entry) -> RequestRef {
+    fn reference(&self, signal: &Signal<'_>, entry: &Entry) -> RequestRef {
         RequestRef {
             namespace: self.namespace_for(signal),
             name: remediation::request_name(&signal.name, signal.fingerprint.as_bytes(), entry.first_seen_s),
@@ -294,7 +294,7 @@ impl Pipeline {
         self.metrics.state_error(e.cause());
     }
 
-    fn classify(&self, signal: &Signal) -> remediation::Classification {
+    fn classify(&self, signal: &Signal<'_>) -> remediation::Classification {
         let class = self.classifier.classify(signal);
         let labels = ClassLabels { environment: class.environment.clone(), priority: class.priority.clone() };
         self.metrics.classifications.get_or_create(&labels).inc();
@@ -303,7 +303,7 @@ impl Pipeline {
 
     /// Counts a storm's alert on its aggregated request, creating the request when
     /// this alert opened the window.
-    async fn fold(&self, signal: &Signal, scope: &[u8; 16], folded: Folded) -> Result<Outcome, PipelineError> {
+    async fn fold(&self, signal: &Signal<'_>, scope: &[u8; 16], folded: Folded) -> Result<Outcome, PipelineError> {
         let at = RequestRef {
             namespace: self.namespace_for(signal),
             name: remediation::storm_request_name(&signal.name, scope, folded.window_id),
@@ -342,7 +342,7 @@ impl Pipeline {
 
 /// What the state store is asked about a signal. Resolutions carry their scope too
 /// (never counted): on Cluster it places their dedup keys.
-fn observation(s: &Signal) -> Observation {
+fn observation(s: &Signal<'_>) -> Observation {
     Observation {
         fingerprint: s.fingerprint,
         status: s.status,
