@@ -5,6 +5,7 @@
 //! against shared [`state`], and written out as RemediationRequests by a [`sink`].
 //! [`gateway`] wires these together from one [`config::Config`].
 
+pub mod allocator;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -5,8 +5,12 @@ use kube::CustomResourceExt;
 use tidegate::cli::{Cli, Command};
 use tidegate::remediation::RemediationRequest;
 
+#[global_allocator]
+static ALLOCATOR: tidegate::allocator::Allocator = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tidegate::allocator::tune();
     match Cli::parse().command {
         Command::Serve(args) => {
             let config = args.load().context("invalid configuration")?;

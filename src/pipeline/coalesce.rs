@@ -13,7 +13,10 @@
 //! absorbing newer counts, so the cap delays counts and never loses them.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+
+// foldhash is seeded per process; the table is hit once per duplicate alert.
+use foldhash::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 

@@ -16,7 +16,11 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+
+// Keys are SHA-256 prefixes and hashes, which no sender can steer into collisions:
+// a fast hasher is safe here, and the table is hit once per alert.
+use foldhash::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -198,7 +202,7 @@ impl Scope {
                 } else {
                     return None;
                 };
-                self.window.insert(Window { id: now, kind, last: now, alerts: 0, resources: HashSet::new() })
+                self.window.insert(Window { id: now, kind, last: now, alerts: 0, resources: HashSet::default() })
             }
         };
         (!tracked).then(|| window.fold(key.resource))
@@ -265,7 +269,7 @@ impl MemoryStore {
                                 rate_bucket: now_s / rules.rate_window_s,
                                 rate_count: 0,
                                 pattern_bucket: now_s / rules.pattern_window_s,
-                                pattern: HashSet::new(),
+                                pattern: HashSet::default(),
                                 window: None,
                             })
                         }
