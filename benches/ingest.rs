@@ -53,6 +53,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
@@ -390,7 +391,7 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
     command.env("TIDEGATE_LOG", "warn");
     let mut server = Server::spawn("tidegate", command, tmp.path())?;
     // For readiness and metrics only; the load goes through the workers' own clients.
-    let client = http_client(None)?;
+    let client = http_client()?;
     server.wait_ready(&client, &format!("http://{addr}/readyz")).await?;
 
     let target = Target {
@@ -475,7 +476,7 @@ async fn bench_alertmanager(settings: &Settings, workload: &Workload, bin: &str)
         .arg("--cluster.listen-address=")
         .arg("--log.level=warn");
     let mut server = Server::spawn("alertmanager", command, tmp.path())?;
-    let client = http_client(None)?;
+    let client = http_client()?;
     server.wait_ready(&client, &format!("http://{addr}/-/ready")).await?;
 
     let target =
@@ -572,19 +573,16 @@ impl Row {
 
 /// Warm-up, then the measured phase, against one target (the server is `pid`).
 async fn drive(settings: &Settings, target: &Target, pid: u32) -> Result<Row, String> {
-    // One client per worker, kept across both phases so connections stay open.
-    let clients =
-        (0..settings.concurrency).map(|w| http_client(Some(source_address(w)))).collect::<Result<Vec<_>, _>>()?;
+    // One connection per worker, kept open across both phases.
+    let mut senders = Vec::with_capacity(settings.concurrency);
+    for w in 0..settings.concurrency {
+        senders.push(Sender::connect(source_address(w), target).await?);
+    }
     // One counter across both phases, so the measured phase continues the cycle.
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let warm = phase(
-        &clients,
-        target,
-        &next,
-        Until { soft: started + settings.warmup, min_requests: BODIES as u64, hard: started + WARMUP_LIMIT },
-    )
-    .await;
+    let until = Until { soft: started + settings.warmup, min_requests: BODIES as u64, hard: started + WARMUP_LIMIT };
+    let (warm, senders) = phase(senders, target, &next, until).await;
     let warm_elapsed = started.elapsed();
     println!(
         "  warm-up: {} requests in {:.2} s ({} errors){}",
@@ -603,7 +601,7 @@ async fn drive(settings: &Settings, target: &Target, pid: u32) -> Result<Row, St
         (cpu_seconds(&pid.to_string()), cpu_seconds("self"), machine_busy_seconds());
     let started = Instant::now();
     let end = started + settings.measure;
-    let tally = phase(&clients, target, &next, Until { soft: end, min_requests: 0, hard: end }).await;
+    let (tally, _) = phase(senders, target, &next, Until { soft: end, min_requests: 0, hard: end }).await;
     // Requests in flight at the deadline are waited for and counted, so the rate is
     // over the time until the last one finished.
     let elapsed = started.elapsed();
@@ -614,59 +612,117 @@ async fn drive(settings: &Settings, target: &Target, pid: u32) -> Result<Row, St
     Ok(Row { name: target.name, elapsed, tally, server_cpu, client_cpu, other_cpu, acked_alerts, problems })
 }
 
-async fn phase(clients: &[reqwest::Client], target: &Target, next: &Arc<AtomicU64>, until: Until) -> Tally {
+/// Runs every sender until the phase ends, and hands the senders back (a sender
+/// whose connection broke is reconnected on its next request).
+async fn phase(senders: Vec<Sender>, target: &Target, next: &Arc<AtomicU64>, until: Until) -> (Tally, Vec<Sender>) {
     let first = next.load(Ordering::Relaxed);
-    let workers: Vec<_> = clients
-        .iter()
-        .map(|client| {
-            let (client, url, bodies, next) = (client.clone(), target.url.clone(), target.bodies.clone(), next.clone());
-            tokio::spawn(async move { worker(client, url, bodies, next, first, until).await })
+    let workers: Vec<_> = senders
+        .into_iter()
+        .map(|sender| {
+            let (bodies, next) = (target.bodies.clone(), next.clone());
+            tokio::spawn(async move { worker(sender, bodies, next, first, until).await })
         })
         .collect();
     let mut tally = Tally::default();
+    let mut senders = Vec::with_capacity(workers.len());
     for w in workers {
-        tally.merge(w.await.expect("worker panicked"));
+        let (t, sender) = w.await.expect("worker panicked");
+        tally.merge(t);
+        senders.push(sender);
     }
-    tally
+    (tally, senders)
 }
 
-/// Sends one request at a time on a kept-alive connection until the phase ends.
+/// One sender: a kept-alive HTTP/1.1 connection from its own source address.
+///
+/// A bare hyper connection rather than a pooled client: the load generator shares
+/// the machine with the server under test, so every microsecond it spends per
+/// request (URL parsing, pool checkout, timers) is taken from the server.
+struct Sender {
+    source: IpAddr,
+    server: SocketAddr,
+    uri: hyper::Uri,
+    host: hyper::header::HeaderValue,
+    conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Sender {
+    async fn connect(source: IpAddr, target: &Target) -> Result<Self, String> {
+        let uri: hyper::Uri = target.url.parse().map_err(|e| format!("{}: {e}", target.url))?;
+        let authority = uri.authority().ok_or_else(|| format!("{}: no authority", target.url))?;
+        let server: SocketAddr = authority.as_str().parse().map_err(|e| format!("{authority}: {e}"))?;
+        let host = authority.as_str().parse().map_err(|e| format!("{authority}: {e}"))?;
+        let mut sender = Sender { source, server, uri, host, conn: None };
+        sender.ensure_connected().await?;
+        Ok(sender)
+    }
+
+    async fn ensure_connected(&mut self) -> Result<(), String> {
+        if self.conn.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+        socket.bind(SocketAddr::new(self.source, 0)).map_err(|e| format!("bind {}: {e}", self.source))?;
+        let stream = socket.connect(self.server).await.map_err(|e| format!("connect {}: {e}", self.server))?;
+        stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+        let (conn, driver) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(driver);
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// POSTs `body` and reads the whole answer, as a real sender does.
+    async fn post(&mut self, body: Bytes) -> Result<(u16, Bytes), String> {
+        self.ensure_connected().await?;
+        let conn = self.conn.as_mut().expect("connected");
+        let request = hyper::Request::post(self.uri.clone())
+            .header(hyper::header::HOST, self.host.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| format!("request: {e}"))?;
+        let exchange = async {
+            let response = conn.send_request(request).await.map_err(|e| format!("send: {e}"))?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.map_err(|e| format!("read: {e}"))?.to_bytes();
+            Ok((status, body))
+        };
+        let result = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+        };
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+}
+
+/// Sends one request at a time on its connection until the phase ends.
 async fn worker(
-    client: reqwest::Client,
-    url: String,
+    mut sender: Sender,
     bodies: Vec<Bytes>,
     next: Arc<AtomicU64>,
     first: u64,
     until: Until,
-) -> Tally {
+) -> (Tally, Sender) {
     let mut tally = Tally::default();
     loop {
         let n = next.fetch_add(1, Ordering::Relaxed);
         let sent = n - first;
         let now = Instant::now();
         if sent >= MAX_REQUESTS_PER_PHASE || now >= until.hard || (now >= until.soft && sent >= until.min_requests) {
-            return tally;
+            return (tally, sender);
         }
         let body = bodies[(n % bodies.len() as u64) as usize].clone();
-        let t0 = Instant::now();
-        let response =
-            client.post(&url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body).send().await;
-        // Read the whole answer: the connection is reused only once it is drained,
-        // and a real sender reads it too.
-        let outcome = match response {
-            Ok(r) => {
-                let status = r.status();
-                r.bytes().await.map(|b| (status, b))
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok((status, _)) if status.is_success() => {
+        match sender.post(body).await {
+            Ok((status, _)) if (200..300).contains(&status) => {
                 tally.ok += 1;
-                tally.latencies_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                tally.latencies_us.push(now.elapsed().as_micros().min(u32::MAX as u128) as u32);
             }
             Ok((status, body)) => {
-                *tally.non_2xx.entry(status.as_u16()).or_default() += 1;
+                *tally.non_2xx.entry(status).or_default() += 1;
                 tally.first_failure.get_or_insert_with(|| {
                     let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
                     format!("HTTP {status}: {text}")
@@ -698,14 +754,11 @@ fn report_failures(phase: &str, name: &str, tally: &Tally) {
     println!("  !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
 }
 
-/// A keep-alive HTTP/1.1 client, never proxied (traffic stays on loopback), sending
-/// from `source` if given.
-fn http_client(source: Option<IpAddr>) -> Result<reqwest::Client, String> {
+/// A client for readiness checks and metrics, never proxied (traffic stays on loopback).
+fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .no_proxy()
         .http1_only()
-        .tcp_nodelay(true)
-        .local_address(source)
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| format!("building the HTTP client: {e}"))
@@ -790,9 +843,11 @@ fn print_table(rows: &[Row]) {
     match (rates.get("tidegate"), rates.get("alertmanager")) {
         (Some((t, t_cpu)), Some((a, a_cpu))) if *a > 0.0 => {
             let ratio = t / a;
+            // Issue targets: 5× on the embedded store, 3× with Redis.
+            let target = if std::env::var("BENCH_STATE").as_deref() == Ok("redis") { 3.0 } else { 5.0 };
             println!(
-                "ratio tidegate/alertmanager (alerts/s): {ratio:.2}×  (target ≥ 5×: {})",
-                if ratio >= 5.0 { "met" } else { "NOT MET" }
+                "ratio tidegate/alertmanager (alerts/s): {ratio:.2}×  (target ≥ {target}×: {})",
+                if ratio >= target { "met" } else { "NOT MET" }
             );
             println!("ratio tidegate/alertmanager (alerts per server CPU-second, diagnostic): {:.2}×", t_cpu / a_cpu);
         }
