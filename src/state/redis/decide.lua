@@ -42,14 +42,35 @@ local pattern_threshold, pattern_window = tonumber(ARGV[5]), tonumber(ARGV[6])
 local inactivity, max_duration = tonumber(ARGV[7]), tonumber(ARGV[8])
 local now_bucket = math.floor(now / window)
 
--- What this call has read of each storm scope, so that a webhook of many alerts
--- of one scope reads its window once. Every write still goes to Redis as it happens.
+-- Firing alerts per storm scope in this call, so that each scope's rate counter
+-- takes one INCRBY for the whole call.
+local firing = {}
+for i = 9, #ARGV, 7 do
+  local s = tonumber(ARGV[i + 3])
+  if ARGV[i] == 'fire' and s > 0 then
+    firing[s] = (firing[s] or 0) + 1
+  end
+end
+
+-- What this call knows of each storm scope. Redis' per-command cost inside a script
+-- dwarfs the work of these commands, so a scope is read once per call, and writes
+-- that later alerts of the call would overwrite go to Redis once, at the end. The
+-- script is atomic: nobody can tell the difference.
 local scopes = {}
 local function scope_state(s)
   local state = scopes[s]
   if not state then
-    local w = redis.call('HMGET', KEYS[s + 2], 'id', 'kind', 'last')
-    state = { id = tonumber(w[1]), kind = tonumber(w[2]), last = tonumber(w[3]) }
+    local w = redis.call('HMGET', KEYS[s + 2], 'id', 'kind', 'last', 'alerts')
+    state = { id = tonumber(w[1]), kind = tonumber(w[2]), last = tonumber(w[3]), alerts = tonumber(w[4]) }
+    -- Whoever moved `last` to this second also set the window's expiry from it.
+    state.ttl_set = state.last == now
+    local rate = redis.call('INCRBY', KEYS[s], firing[s])
+    if rate == firing[s] then
+      -- Window counters expire at their window's end: set once, when created.
+      redis.call('EXPIRE', KEYS[s], (math.floor(now / rate_window) + 1) * rate_window - now + 1)
+    end
+    state.rate = rate - firing[s]
+    state.deferred = {}
     scopes[s] = state
   end
   return state
@@ -65,34 +86,42 @@ local function resources(state, s, folded)
   return state[slot]
 end
 
+local function pattern_added(s, changed)
+  if changed == 1 then
+    redis.call('EXPIRE', KEYS[s + 1], (math.floor(now / pattern_window) + 1) * pattern_window - now + 1)
+  end
+end
+
 -- Storm detection counts every firing alert; it folds only alerts that are not a
 -- repeat of an open incident (those stay counted on their own request).
 local function storm(s, resource, tracked)
   local state = scope_state(s)
-  -- Window counters expire at their window's end: set once, when created.
-  local rate = redis.call('INCR', KEYS[s])
-  if rate == 1 then
-    redis.call('EXPIRE', KEYS[s], (math.floor(now / rate_window) + 1) * rate_window - now + 1)
-  end
-  if redis.call('PFADD', KEYS[s + 1], resource) == 1 then
-    state.pattern = nil
-    redis.call('EXPIRE', KEYS[s + 1], (math.floor(now / pattern_window) + 1) * pattern_window - now + 1)
-  end
-
-  if not (state.id and now - state.last < inactivity and now - state.id < max_duration) then
+  state.rate = state.rate + 1
+  local open = state.id and now - state.last < inactivity and now - state.id < max_duration
+  if open then
+    -- An open window stays open for the rest of the call (`now` is fixed), so no
+    -- later alert of the call needs the pattern count: add its resource at the end.
+    state.deferred[#state.deferred + 1] = resource
+  else
+    local changed = redis.call('PFADD', KEYS[s + 1], resource)
+    pattern_added(s, changed)
+    if changed == 1 then
+      state.pattern = nil
+    end
     local kind
     if resources(state, s, false) > pattern_threshold then
       kind = 2
-    elseif rate > rate_threshold then
+    elseif state.rate > rate_threshold then
       kind = 1
     else
       return nil
     end
     redis.call('DEL', KEYS[s + 2], KEYS[s + 3])
     redis.call('HSET', KEYS[s + 2], 'id', now, 'kind', kind, 'last', now, 'alerts', 0)
-    state.id, state.kind, state.last, state.folded = now, kind, now, 0
+    state.id, state.kind, state.last, state.alerts, state.folded = now, kind, now, 0, 0
     state.ttl_set, state.folded_ttl_set = false, false
-  elseif now > state.last then
+  end
+  if now > state.last then
     redis.call('HSET', KEYS[s + 2], 'last', now)
     state.last = now
   end
@@ -106,17 +135,30 @@ local function storm(s, resource, tracked)
   if tracked then
     return nil
   end
-  local alerts = redis.call('HINCRBY', KEYS[s + 2], 'alerts', 1)
+  state.alerts = (state.alerts or 0) + 1
+  state.alerts_dirty = true
   if redis.call('PFADD', KEYS[s + 3], resource) == 1 or not state.folded_ttl_set then
     state.folded = nil
     redis.call('EXPIRE', KEYS[s + 3], ttl)
     state.folded_ttl_set = true
   end
   local opened = 0
-  if alerts == 1 then
+  if state.alerts == 1 then
     opened = 1
   end
-  return {5, state.id, state.kind, alerts, resources(state, s, true), opened}
+  return {5, state.id, state.kind, state.alerts, resources(state, s, true), opened}
+end
+
+-- The writes `storm` left for the end of the call.
+local function flush_scopes()
+  for s, state in pairs(scopes) do
+    if #state.deferred > 0 then
+      pattern_added(s, redis.call('PFADD', KEYS[s + 1], unpack(state.deferred)))
+    end
+    if state.alerts_dirty then
+      redis.call('HSET', KEYS[s + 2], 'alerts', state.alerts)
+    end
+  end
 end
 
 local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
@@ -193,4 +235,5 @@ for i = 9, #ARGV, 7 do
   replies[#replies + 1] =
     decide(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
 end
+flush_scopes()
 return replies
