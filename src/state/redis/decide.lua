@@ -31,9 +31,10 @@
 -- then 7 per signal: mode ("fire" | "resolve" | "adopt"), field, d, s (0: no storm
 -- keys), resource, and for adopt: first_seen, count (the incident an authority says
 -- is open; empty otherwise)
--- Reply: per signal,
---   {0 new | 1 duplicate | 2 resolved-open | 3 resolved-unknown, first, last, count}
--- | {5, window id, kind (1 rate, 2 pattern), alerts, resources, first folded (0|1)}
+-- Reply: one string, 24 bytes per signal in order: six big-endian u32s,
+--   0 new | 1 duplicate | 2 resolved-open | 3 resolved-unknown, first, last, count, 0, 0
+-- | 5, window id, kind (1 rate, 2 pattern), alerts, resources, first folded (0|1)
+-- (one string rather than nested arrays: the client decodes it without allocating)
 
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -232,8 +233,9 @@ end
 
 local replies = {}
 for i = 9, #ARGV, 7 do
-  replies[#replies + 1] =
+  local r =
     decide(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+  replies[#replies + 1] = struct.pack('>I4I4I4I4I4I4', r[1], r[2], r[3], r[4], r[5] or 0, r[6] or 0)
 end
 flush_scopes()
-return replies
+return table.concat(replies)

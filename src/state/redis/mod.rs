@@ -173,16 +173,16 @@ impl Shared {
         let replies = self.run(&self.decide, &calls).await?;
         let mut verdicts: Vec<Option<Result<Verdict, StateError>>> = (0..batch.len()).map(|_| None).collect();
         for (call, reply) in calls.iter().zip(replies) {
-            let mut answers = match reply {
-                Value::Array(answers) if answers.len() == call.members.len() => answers.into_iter(),
+            match reply {
+                Value::BulkString(packed) if packed.len() == VERDICT_BYTES * call.members.len() => {
+                    for (&m, bytes) in call.members.iter().zip(packed.chunks_exact(VERDICT_BYTES)) {
+                        verdicts[m] = Some(verdict(bytes));
+                    }
+                }
                 other => {
                     let bad = format!("{other:?}");
                     call.members.iter().for_each(|&m| verdicts[m] = Some(Err(bad_reply("decide", bad.clone()))));
-                    continue;
                 }
-            };
-            for &m in &call.members {
-                verdicts[m] = answers.next().map(verdict);
             }
         }
         Ok(verdicts.into_iter().map(|v| v.unwrap_or_else(|| Err(bad_reply("decide", "no answer".into())))).collect())
@@ -359,28 +359,29 @@ fn bad_reply(script: &str, what: String) -> StateError {
     StateError::Unavailable(format!("unexpected reply from the {script} script: {what}"))
 }
 
-/// Decodes `decide.lua`'s reply.
-fn verdict(reply: Value) -> Result<Verdict, StateError> {
-    let bad = |what: String| bad_reply("decide", what);
-    let fields: Vec<i64> = redis::from_redis_value(reply).map_err(|e| bad(e.to_string()))?;
-    let entry = |first: i64, last: i64, count: i64| Entry {
-        first_seen_s: first as u32,
-        last_seen_s: last as u32,
-        count: count as u32,
-    };
-    Ok(match fields[..] {
-        [0, first, last, count] => Verdict::New(entry(first, last, count)),
-        [1, first, last, count] => Verdict::Duplicate(entry(first, last, count)),
-        [2, first, last, count] => Verdict::ResolvedOpen(entry(first, last, count)),
-        [3, ..] => Verdict::ResolvedUnknown,
-        [5, id, kind, alerts, resources, opened] => Verdict::Folded(Folded {
-            window_id: id as u32,
-            kind: if kind == 2 { StormKind::Pattern } else { StormKind::Rate },
-            alert_count: alerts as u32,
-            resource_count: resources as u32,
-            opened: opened == 1,
+/// Bytes of one verdict in `decide.lua`'s reply: six big-endian u32s.
+const VERDICT_BYTES: usize = 24;
+
+/// Decodes one verdict of `decide.lua`'s reply.
+fn verdict(bytes: &[u8]) -> Result<Verdict, StateError> {
+    let mut f = [0u32; 6];
+    for (field, word) in f.iter_mut().zip(bytes.chunks_exact(4)) {
+        *field = u32::from_be_bytes(word.try_into().expect("4-byte chunks"));
+    }
+    let entry = Entry { first_seen_s: f[1], last_seen_s: f[2], count: f[3] };
+    Ok(match f[0] {
+        0 => Verdict::New(entry),
+        1 => Verdict::Duplicate(entry),
+        2 => Verdict::ResolvedOpen(entry),
+        3 => Verdict::ResolvedUnknown,
+        5 => Verdict::Folded(Folded {
+            window_id: f[1],
+            kind: if f[2] == 2 { StormKind::Pattern } else { StormKind::Rate },
+            alert_count: f[3],
+            resource_count: f[4],
+            opened: f[5] == 1,
         }),
-        _ => return Err(bad(format!("{fields:?}"))),
+        _ => return Err(bad_reply("decide", format!("{f:?}"))),
     })
 }
 
