@@ -18,9 +18,9 @@ use serde::Serialize;
 use super::problem::{AlertError, Problem};
 use super::AppState;
 use crate::ingest::{self, IngestError, Parsed};
-use crate::pipeline::{Outcome, OutcomeStatus, PipelineError};
+use crate::pipeline::{Outcome, OutcomeStatus, PipelineError, Processed};
 use crate::signal::Fingerprint;
-use crate::state::Admission;
+use crate::state::{Admission, Charge, RateLimit};
 use crate::telemetry::SourceClassLabels;
 
 type Parser = fn(&[u8], Timestamp) -> Result<Parsed<'_>, IngestError>;
@@ -43,22 +43,52 @@ pub async fn kubernetes_event(
     ingest(app, peer, headers, body, ingest::k8s_event::parse, "kubernetes-event").await
 }
 
-/// Charges the request to its source; refuses it if the source is over its limit.
-async fn admit(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(limit) = app.limits.rate_limit else { return Ok(()) };
-    let (source, class) = super::source_of(peer.ip(), headers, &app.limits.trusted_proxies);
-    let retry = app.limits.retry_after_secs;
-    match app.pipeline.state().admit(&source, limit, app.clock.now_ms()).await {
-        Ok(Admission::Allowed) => Ok(()),
-        Ok(Admission::Limited { retry_after_ms }) => {
-            app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: class }).inc();
-            let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
-            Err(app.reject(Problem::too_many_requests(&source, secs)))
-        }
+/// Who a request is charged to, when rate limiting is on.
+struct Payer {
+    source: String,
+    class: &'static str,
+    limit: RateLimit,
+    now_ms: u64,
+}
+
+impl Payer {
+    fn of(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<Self> {
+        let limit = app.limits.rate_limit?;
+        let (source, class) = super::source_of(peer.ip(), headers, &app.limits.trusted_proxies);
+        Some(Payer { source, class, limit, now_ms: app.clock.now_ms() })
+    }
+
+    fn charge(&self) -> Charge<'_> {
+        Charge { source: &self.source, limit: self.limit, now_ms: self.now_ms }
+    }
+
+    fn limited(&self, app: &AppState, retry_after_ms: u64) -> Response {
+        app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: self.class }).inc();
+        let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
+        app.reject(Problem::too_many_requests(&self.source, secs))
+    }
+}
+
+/// Charges a request that will not reach the pipeline to its source, and returns
+/// the answer it gets instead if its source is over the limit (or the charge could
+/// not be recorded): a bad request never gets round the limit.
+async fn over_limit(app: &AppState, payer: Option<&Payer>) -> Option<Response> {
+    let payer = payer?;
+    match app.pipeline.state().admit(&payer.source, payer.limit, payer.now_ms).await {
+        Ok(Admission::Allowed) => None,
+        Ok(Admission::Limited { retry_after_ms }) => Some(payer.limited(app, retry_after_ms)),
         Err(e) => {
             app.metrics.state_error(e.cause());
-            Err(Problem::from_pipeline(&PipelineError::State(e), retry).into_response())
+            Some(Problem::from_pipeline(&PipelineError::State(e), app.limits.retry_after_secs).into_response())
         }
+    }
+}
+
+/// Refuses a request with `problem`, unless its source is over the limit.
+async fn refuse(app: &AppState, payer: Option<&Payer>, problem: Problem) -> Response {
+    match over_limit(app, payer).await {
+        Some(response) => response,
+        None => app.reject(problem),
     }
 }
 
@@ -114,20 +144,20 @@ async fn ingest(
     parse: Parser,
     source: &'static str,
 ) -> Response {
-    if let Err(refused) = admit(&app, peer, &headers).await {
-        return refused;
-    }
+    // The charge to the source's rate limit goes with the decision, in one round trip
+    // to the state store; a request refused before that is charged on its own.
+    let payer = Payer::of(&app, peer, &headers);
     if let Err(p) = check_content_type(&headers) {
-        return app.reject(p);
+        return refuse(&app, payer.as_ref(), p).await;
     }
     let bytes = match read_body(&headers, body, app.limits.body_limit).await {
         Ok(bytes) => bytes,
-        Err(p) => return app.reject(p),
+        Err(p) => return refuse(&app, payer.as_ref(), p).await,
     };
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
     let parsed = match parse(&bytes, received) {
         Ok(parsed) => parsed,
-        Err(e) => return app.reject(Problem::bad_request(&e)),
+        Err(e) => return refuse(&app, payer.as_ref(), Problem::bad_request(&e)).await,
     };
     let total = parsed.len();
     let (mut signals, mut failures) = (Vec::with_capacity(total), Vec::new());
@@ -137,11 +167,18 @@ async fn ingest(
             Err(e) => failures.push(AlertError { index, reason: e.kind(), detail: e.to_string() }),
         }
     }
-    for failure in &failures {
-        app.metrics.signal(source, "failed");
-        app.metrics.rejections.get_or_create(&crate::telemetry::ReasonLabels { reason: failure.reason }).inc();
-    }
+    // Unusable alerts are counted once the request is past its source's limit.
+    let count_failures = |failures: &[AlertError]| {
+        for failure in failures {
+            app.metrics.signal(source, "failed");
+            app.metrics.rejections.get_or_create(&crate::telemetry::ReasonLabels { reason: failure.reason }).inc();
+        }
+    };
     if signals.is_empty() {
+        if let Some(refused) = over_limit(&app, payer.as_ref()).await {
+            return refused;
+        }
+        count_failures(&failures);
         let mut problem = Problem::new(
             StatusCode::BAD_REQUEST,
             failures[0].reason,
@@ -154,8 +191,19 @@ async fn ingest(
         return problem.into_response();
     }
     let (indices, batch): (Vec<usize>, Vec<_>) = signals.into_iter().unzip();
-    let outcomes = match tokio::time::timeout(app.limits.request_timeout, app.pipeline.process(&batch)).await {
-        Ok(Ok(outcomes)) => outcomes,
+    let charge = payer.as_ref().map(Payer::charge);
+    let processed = tokio::time::timeout(app.limits.request_timeout, app.pipeline.process(&batch, charge)).await;
+    if let (Ok(Ok(Processed::Limited { retry_after_ms })), Some(payer)) = (&processed, &payer) {
+        return payer.limited(&app, *retry_after_ms);
+    }
+    count_failures(&failures);
+    let outcomes = match processed {
+        Ok(Ok(Processed::Decided(outcomes))) => outcomes,
+        // Only a charged batch can be limited, and that is answered above.
+        Ok(Ok(Processed::Limited { .. })) => {
+            return Problem::unavailable("state", "rate limit without a charge", app.limits.retry_after_secs)
+                .into_response()
+        }
         Ok(Err(e)) => return Problem::from_pipeline(&e, app.limits.retry_after_secs).into_response(),
         Err(_) => {
             return Problem::unavailable(

@@ -19,7 +19,9 @@ use crate::clock::Clock;
 use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate};
 use crate::signal::{Fingerprint, Signal};
 use crate::sink::{Created, Lookup, RequestRef, Sink, SinkError};
-use crate::state::{Entry, Folded, Observation, StateError, StateStore, StormKey, StormRules, Verdict};
+use crate::state::{
+    Charge, Decision, Entry, Folded, Observation, StateError, StateStore, StormKey, StormRules, Verdict,
+};
 use crate::telemetry::{ClassLabels, Metrics, StormLabels};
 use classify::Classifier;
 use coalesce::Coalescer;
@@ -61,6 +63,15 @@ impl OutcomeStatus {
     pub fn created(self) -> bool {
         matches!(self, OutcomeStatus::Created | OutcomeStatus::Aggregated { opened: true })
     }
+}
+
+/// What became of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Processed {
+    /// Its source is over its rate limit; nothing was recorded.
+    Limited { retry_after_ms: u64 },
+    /// One outcome per signal, in order.
+    Decided(Vec<Outcome>),
 }
 
 /// Why a batch could not be decided. Both mean "try again": answered 503.
@@ -149,10 +160,23 @@ impl Pipeline {
         &self.coalescer
     }
 
-    /// Decides a batch of signals, in order.
-    pub async fn process(&self, signals: &[Signal<'_>]) -> Result<Vec<Outcome>, PipelineError> {
+    /// Decides a batch of signals, in order, after charging the request to its
+    /// source when `charge` is given (in the same round trip, where the store can).
+    pub async fn process(
+        &self,
+        signals: &[Signal<'_>],
+        charge: Option<Charge<'_>>,
+    ) -> Result<Processed, PipelineError> {
         let observations: Vec<Observation> = signals.iter().map(observation).collect();
-        let verdicts = self.state.observe(&observations, self.clock.now_s()).await.inspect_err(|e| self.failed(e))?;
+        let now = self.clock.now_s();
+        let decision = match charge {
+            Some(charge) => self.state.admit_and_observe(charge, &observations, now).await,
+            None => self.state.observe(&observations, now).await.map(Decision::Decided),
+        };
+        let verdicts = match decision.inspect_err(|e| self.failed(e))? {
+            Decision::Limited { retry_after_ms } => return Ok(Processed::Limited { retry_after_ms }),
+            Decision::Decided(verdicts) => verdicts,
+        };
         let mut outcomes = Vec::with_capacity(signals.len());
         let mut first_error = None;
         let decided = signals.iter().zip(&observations).zip(verdicts).map(|((s, o), v)| self.act(s, o, v));
@@ -165,7 +189,7 @@ impl Pipeline {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(outcomes),
+            None => Ok(Processed::Decided(outcomes)),
         }
     }
 

@@ -148,6 +148,23 @@ pub enum Admission {
     Limited { retry_after_ms: u64 },
 }
 
+/// A request to charge to its source's rate-limit budget.
+#[derive(Clone, Copy, Debug)]
+pub struct Charge<'a> {
+    pub source: &'a str,
+    pub limit: RateLimit,
+    pub now_ms: u64,
+}
+
+/// The answer to a charged batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The source is over its limit; nothing was recorded.
+    Limited { retry_after_ms: u64 },
+    /// One verdict per observation, in order.
+    Decided(Vec<Verdict>),
+}
+
 /// The dedup entry of an open incident.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -227,6 +244,23 @@ pub trait StateStore: Send + Sync + 'static {
         limit: RateLimit,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Admission, StateError>>;
+
+    /// [`admit`](Self::admit), then [`observe`](Self::observe) if the request is
+    /// allowed: what the request path asks, in one round trip where the backend can.
+    /// A limited request changes nothing.
+    fn admit_and_observe<'a>(
+        &'a self,
+        charge: Charge<'a>,
+        batch: &'a [Observation],
+        now_s: u32,
+    ) -> BoxFuture<'a, Result<Decision, StateError>> {
+        Box::pin(async move {
+            match self.admit(charge.source, charge.limit, charge.now_ms).await? {
+                Admission::Limited { retry_after_ms } => Ok(Decision::Limited { retry_after_ms }),
+                Admission::Allowed => self.observe(batch, now_s).await.map(Decision::Decided),
+            }
+        })
+    }
 
     /// Cheap liveness check used by `/readyz`.
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>>;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
-use tidegate::state::{Admission, Entry, Folded, Observation, RateLimit, StateStore, StormKey, StormKind, Verdict};
+use tidegate::state::{
+    Admission, Charge, Decision, Entry, Folded, Observation, RateLimit, StateStore, StormKey, StormKind, Verdict,
+};
 
 pub const WINDOW: Duration = Duration::from_secs(300);
 /// A multiple of every default storm window (60 s, 120 s), so cases start at the
@@ -44,6 +46,8 @@ macro_rules! conformance_suite {
             burst_is_allowed_then_limited_with_retry_after,
             limited_requests_change_nothing,
             sources_have_independent_budgets,
+            a_charged_batch_is_charged_once_and_decided,
+            a_limited_charged_batch_records_nothing,
             adopted_incident_continues_its_count,
         );
     };
@@ -363,6 +367,35 @@ pub async fn sources_have_independent_budgets(store: Arc<dyn StateStore>) {
     }
     assert!(matches!(store.admit(&a, LIMIT, NOW_MS).await.unwrap(), Admission::Limited { .. }));
     assert_eq!(store.admit(&b, LIMIT, NOW_MS).await.unwrap(), Admission::Allowed);
+}
+
+fn charge(source: &str) -> Charge<'_> {
+    Charge { source, limit: LIMIT, now_ms: NOW_MS }
+}
+
+pub async fn a_charged_batch_is_charged_once_and_decided(store: Arc<dyn StateStore>) {
+    let src = source("charged");
+    let batch = [alert("charged", "ns", 0), alert("charged", "ns", 0)];
+    let decision = store.admit_and_observe(charge(&src), &batch, T0).await.unwrap();
+    assert_eq!(decision, Decision::Decided(vec![Verdict::New(entry(T0, T0, 1)), Verdict::Duplicate(entry(T0, T0, 2))]));
+    // The burst is 3: the batch took one, whatever its size.
+    for _ in 0..2 {
+        assert_eq!(store.admit(&src, LIMIT, NOW_MS).await.unwrap(), Admission::Allowed);
+    }
+    assert!(matches!(store.admit(&src, LIMIT, NOW_MS).await.unwrap(), Admission::Limited { .. }));
+}
+
+pub async fn a_limited_charged_batch_records_nothing(store: Arc<dyn StateStore>) {
+    let src = source("charged-limited");
+    for _ in 0..3 {
+        store.admit(&src, LIMIT, NOW_MS).await.unwrap();
+    }
+    let o = alert("charged-limited", "ns", 0);
+    let decision = store.admit_and_observe(charge(&src), &[o, o], T0).await.unwrap();
+    assert_eq!(decision, Decision::Limited { retry_after_ms: 1000 });
+    assert_eq!(one(&*store, o, T0).await, Verdict::New(entry(T0, T0, 1)), "the limited batch was not recorded");
+    // Nor did it push the budget back: one second in, one request fits.
+    assert_eq!(store.admit(&src, LIMIT, NOW_MS + 1000).await.unwrap(), Admission::Allowed);
 }
 
 // Adoption: an authority re-seeds lost state.

@@ -1,11 +1,7 @@
-#!lua
--- tidegate's decision for a batch of signals, atomically and in order: for each,
--- dedup, then storm detection. The same rule as the embedded store, and the same
--- conformance suite.
---
--- The `#!lua` shebang (no flags) makes Redis 7 treat the script as "may write", so
--- under `maxmemory` with noeviction the whole call is refused with OOM before it
--- runs: never a partial write.
+-- tidegate's decision for a batch of signals, atomically and in order: first the
+-- request's rate-limit charge, if it has one, then for each signal dedup and storm
+-- detection. The same rules as the embedded store, and the same conformance suite.
+-- The script runs after `gcra.lua` (see `scripts` in mod.rs).
 --
 -- Keys are passed once each, however many signals of the batch use them; a signal
 -- names its keys by index into KEYS.
@@ -26,12 +22,18 @@
 -- scope's hash tag (one slot); elsewhere the dedup tag is a fingerprint shard, which
 -- packs fingerprints densely, and one call carries a whole webhook.
 --
+-- Rate limiting, when the request is charged here: KEYS[1] = the source's budget key
+-- (see gcra.lua), and ARGV[9..11] = now (ms), emission interval, tolerance; all three
+-- empty otherwise.
+--
 -- ARGV[1..8] = now (s), window (s), rate threshold, rate window, pattern threshold,
 --              pattern window, inactivity, max duration
--- then 7 per signal: mode ("fire" | "resolve" | "adopt"), field, d, s (0: no storm
+-- then from ARGV[12], 7 per signal: mode ("fire" | "resolve" | "adopt"), field, d, s (0: no storm
 -- keys), resource, and for adopt: first_seen, count (the incident an authority says
 -- is open; empty otherwise)
--- Reply: one string, 24 bytes per signal in order: six big-endian u32s,
+-- Reply: one string: 8 bytes of admission, two big-endian u32s (1, 0) allowed or
+-- (0, retry after in ms) limited, in which case nothing else was done and nothing
+-- follows; then 24 bytes per signal in order: six big-endian u32s,
 --   0 new | 1 duplicate | 2 resolved-open | 3 resolved-unknown, first, last, count, 0, 0
 -- | 5, window id, kind (1 rate, 2 pattern), alerts, resources, first folded (0|1)
 -- (one string rather than nested arrays: the client decodes it without allocating)
@@ -43,10 +45,20 @@ local pattern_threshold, pattern_window = tonumber(ARGV[5]), tonumber(ARGV[6])
 local inactivity, max_duration = tonumber(ARGV[7]), tonumber(ARGV[8])
 local now_bucket = math.floor(now / window)
 
+-- Where the signals' arguments start.
+local FIRST = 12
+
+if ARGV[9] ~= '' then
+  local allowed, retry = gcra(KEYS[1], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]))
+  if allowed == 0 then
+    return struct.pack('>I4I4', 0, retry)
+  end
+end
+
 -- Firing alerts per storm scope in this call, so that each scope's rate counter
 -- takes one INCRBY for the whole call.
 local firing = {}
-for i = 9, #ARGV, 7 do
+for i = FIRST, #ARGV, 7 do
   local s = tonumber(ARGV[i + 3])
   if ARGV[i] == 'fire' and s > 0 then
     firing[s] = (firing[s] or 0) + 1
@@ -231,8 +243,8 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
   return store(verdict)
 end
 
-local replies = {}
-for i = 9, #ARGV, 7 do
+local replies = { struct.pack('>I4I4', 1, 0) }
+for i = FIRST, #ARGV, 7 do
   local r =
     decide(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
   replies[#replies + 1] = struct.pack('>I4I4I4I4I4I4', r[1], r[2], r[3], r[4], r[5] or 0, r[6] or 0)

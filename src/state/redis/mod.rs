@@ -23,15 +23,28 @@ use redis::{RedisError, Script, Value};
 use std::future::Future;
 
 use super::{
-    Admission, BoxFuture, Entry, Folded, Observation, RateLimit, StateError, StateStore, StormKind, StormRules, Verdict,
+    Admission, BoxFuture, Charge, Decision, Entry, Folded, Observation, RateLimit, StateError, StateStore, StormKind,
+    StormRules, Verdict,
 };
 use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
 use connection::{Connection, Handle, Topology};
 use schema::{DedupTag, Schema};
 
-const DECIDE_SCRIPT: &str = include_str!("decide.lua");
-const GCRA_SCRIPT: &str = include_str!("gcra.lua");
+const DECIDE: &str = include_str!("decide.lua");
+/// Defines the `gcra` function that both scripts start with.
+const GCRA: &str = include_str!("gcra.lua");
+
+/// The scripts' sources. The `#!lua` shebang (no flags) makes Redis 7 treat a
+/// script as "may write", so under `maxmemory` with noeviction a whole call is
+/// refused with OOM before it runs: never a partial write.
+fn scripts() -> (Script, Script) {
+    let decide = format!("#!lua\n{GCRA}\n{DECIDE}");
+    let gcra = format!(
+        "#!lua\n{GCRA}\nlocal allowed, retry = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\nreturn {{allowed, retry}}\n"
+    );
+    (Script::new(&decide), Script::new(&gcra))
+}
 
 /// Settings of the Redis backend, from `redis.*` config.
 #[derive(Clone, Debug)]
@@ -69,6 +82,7 @@ impl RedisStore {
         let conn = Connection::open(&options.topology, options.timeout)
             .await
             .map_err(|e| StateError::Unavailable(format!("cannot connect to Redis: {e}")))?;
+        let (decide, gcra) = scripts();
         let shared = Arc::new(Shared {
             conn,
             schema: Schema::new(
@@ -77,8 +91,8 @@ impl RedisStore {
                 matches!(options.topology, Topology::Cluster { .. }),
             ),
             storms: options.storms,
-            decide: Script::new(DECIDE_SCRIPT),
-            gcra: Script::new(GCRA_SCRIPT),
+            decide,
+            gcra,
             timeout: options.timeout,
             out_of_memory: AtomicBool::new(false),
             entries: AtomicU64::new(0),
@@ -114,20 +128,50 @@ impl Shared {
     }
 
     async fn observe(&self, batch: &[Observation], now_s: u32) -> Result<Vec<Verdict>, StateError> {
-        self.guarded(self.decide(batch, now_s, None)).await?.into_iter().collect()
+        match self.guarded(self.decide(batch, now_s, None, None)).await?? {
+            Decision::Decided(verdicts) => Ok(verdicts),
+            Decision::Limited { .. } => Err(bad_reply("decide", "limited an uncharged batch".into())),
+        }
+    }
+
+    /// The request's charge and its batch in one call, where one call can reach both
+    /// (not on Cluster, where the budget key lives in a slot of its own).
+    async fn admit_and_observe(
+        &self,
+        charge: Charge<'_>,
+        batch: &[Observation],
+        now_s: u32,
+    ) -> Result<Decision, StateError> {
+        if self.schema.cluster() {
+            return match self.admit(charge.source, charge.limit, charge.now_ms).await? {
+                Admission::Limited { retry_after_ms } => Ok(Decision::Limited { retry_after_ms }),
+                Admission::Allowed => self.observe(batch, now_s).await.map(Decision::Decided),
+            };
+        }
+        self.guarded(self.decide(batch, now_s, None, Some(charge))).await?
     }
 
     /// Decides `batch` with `decide.lua`: one call for the whole batch on a single
     /// node, one per slot (concurrently) on Cluster. `adopt` turns every observation
-    /// into an adoption of that entry.
+    /// into an adoption of that entry; `charge` (single node only) is applied first.
     async fn decide(
         &self,
         batch: &[Observation],
         now_s: u32,
         adopt: Option<Entry>,
-    ) -> Result<Vec<Result<Verdict, StateError>>, RedisError> {
+        charge: Option<Charge<'_>>,
+    ) -> Result<Result<Decision, StateError>, RedisError> {
         let rules = &self.storms;
         let mut calls: Vec<DecideCall> = Vec::new();
+        if let Some(charge) = charge {
+            debug_assert!(!self.schema.cluster(), "the budget key has a slot of its own");
+            let mut call = DecideCall::new(DedupTag::Shard(0), now_s, self.schema.window_s(), rules);
+            call.args.extend(
+                [charge.now_ms, charge.limit.emission_interval_ms(), charge.limit.tolerance_ms()].map(Arg::Int),
+            );
+            call.keys.push(self.schema.budget_key(charge.source));
+            calls.push(call);
+        }
         for (position, o) in batch.iter().enumerate() {
             let scope = o.storm.as_ref().map(|k| &k.scope);
             let tag = self.schema.dedup_tag(&o.fingerprint, scope);
@@ -135,7 +179,9 @@ impl Shared {
             let call = match calls.iter().position(|c| !self.schema.cluster() || c.tag == tag) {
                 Some(i) => &mut calls[i],
                 None => {
-                    calls.push(DecideCall::new(tag, now_s, self.schema.window_s(), rules));
+                    let mut call = DecideCall::new(tag, now_s, self.schema.window_s(), rules);
+                    call.args.extend([Arg::Bytes(b""); 3]);
+                    calls.push(call);
                     calls.last_mut().expect("just pushed")
                 }
             };
@@ -171,21 +217,7 @@ impl Shared {
             call.members.push(position);
         }
         let replies = self.run(&self.decide, &calls).await?;
-        let mut verdicts: Vec<Option<Result<Verdict, StateError>>> = (0..batch.len()).map(|_| None).collect();
-        for (call, reply) in calls.iter().zip(replies) {
-            match reply {
-                Value::BulkString(packed) if packed.len() == VERDICT_BYTES * call.members.len() => {
-                    for (&m, bytes) in call.members.iter().zip(packed.chunks_exact(VERDICT_BYTES)) {
-                        verdicts[m] = Some(verdict(bytes));
-                    }
-                }
-                other => {
-                    let bad = format!("{other:?}");
-                    call.members.iter().for_each(|&m| verdicts[m] = Some(Err(bad_reply("decide", bad.clone()))));
-                }
-            }
-        }
-        Ok(verdicts.into_iter().map(|v| v.unwrap_or_else(|| Err(bad_reply("decide", "no answer".into())))).collect())
+        Ok(decode(batch.len(), &calls, replies))
     }
 
     /// Runs one script invocation per call: one pipeline on a single node,
@@ -223,8 +255,8 @@ impl Shared {
     }
 
     async fn adopt(&self, o: &Observation, entry: Entry, now_s: u32) -> Result<(), StateError> {
-        let mut verdicts = self.guarded(self.decide(std::slice::from_ref(o), now_s, Some(entry))).await?;
-        verdicts.pop().unwrap_or_else(|| Err(bad_reply("decide", "no answer".into()))).map(drop)
+        self.guarded(self.decide(std::slice::from_ref(o), now_s, Some(entry), None)).await??;
+        Ok(())
     }
 
     async fn admit(&self, source: &str, limit: RateLimit, now_ms: u64) -> Result<Admission, StateError> {
@@ -359,15 +391,46 @@ fn bad_reply(script: &str, what: String) -> StateError {
     StateError::Unavailable(format!("unexpected reply from the {script} script: {what}"))
 }
 
-/// Bytes of one verdict in `decide.lua`'s reply: six big-endian u32s.
+/// Bytes of the admission that starts each of `decide.lua`'s replies, and of each
+/// verdict after it: two and six big-endian u32s.
+const ADMISSION_BYTES: usize = 8;
 const VERDICT_BYTES: usize = 24;
+
+/// Decodes `decide.lua`'s replies to `calls` into a decision on a batch of `len`.
+fn decode(len: usize, calls: &[DecideCall<'_>], replies: Vec<Value>) -> Result<Decision, StateError> {
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; len];
+    for (call, reply) in calls.iter().zip(replies) {
+        let Value::BulkString(packed) = reply else {
+            return Err(bad_reply("decide", format!("{reply:?}")));
+        };
+        let (admission, packed) = packed.split_at_checked(ADMISSION_BYTES).unwrap_or((&[][..], &[][..]));
+        match words(admission)[..] {
+            [1, 0] => {}
+            [0, retry] => return Ok(Decision::Limited { retry_after_ms: retry.into() }),
+            _ => return Err(bad_reply("decide", format!("admission {admission:?}"))),
+        }
+        if packed.len() != VERDICT_BYTES * call.members.len() {
+            return Err(bad_reply("decide", format!("{} bytes for {} signals", packed.len(), call.members.len())));
+        }
+        for (&m, bytes) in call.members.iter().zip(packed.chunks_exact(VERDICT_BYTES)) {
+            verdicts[m] = Some(verdict(bytes)?);
+        }
+    }
+    verdicts
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .map(Decision::Decided)
+        .ok_or_else(|| bad_reply("decide", "no answer".into()))
+}
+
+/// Big-endian u32s.
+fn words(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks_exact(4).map(|w| u32::from_be_bytes(w.try_into().expect("4-byte chunks"))).collect()
+}
 
 /// Decodes one verdict of `decide.lua`'s reply.
 fn verdict(bytes: &[u8]) -> Result<Verdict, StateError> {
-    let mut f = [0u32; 6];
-    for (field, word) in f.iter_mut().zip(bytes.chunks_exact(4)) {
-        *field = u32::from_be_bytes(word.try_into().expect("4-byte chunks"));
-    }
+    let f = words(bytes);
     let entry = Entry { first_seen_s: f[1], last_seen_s: f[2], count: f[3] };
     Ok(match f[0] {
         0 => Verdict::New(entry),
@@ -392,6 +455,15 @@ impl StateStore for RedisStore {
 
     fn observe<'a>(&'a self, batch: &'a [Observation], now_s: u32) -> BoxFuture<'a, Result<Vec<Verdict>, StateError>> {
         Box::pin(self.shared.observe(batch, now_s))
+    }
+
+    fn admit_and_observe<'a>(
+        &'a self,
+        charge: Charge<'a>,
+        batch: &'a [Observation],
+        now_s: u32,
+    ) -> BoxFuture<'a, Result<Decision, StateError>> {
+        Box::pin(self.shared.admit_and_observe(charge, batch, now_s))
     }
 
     fn admit<'a>(
