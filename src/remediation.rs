@@ -222,20 +222,43 @@ pub fn time_s(secs: u32) -> Time {
 /// first-seen second, base 36). Every replica derives the same name for the same
 /// incident, which is what makes creation idempotent.
 pub fn request_name(signal_name: &str, id: &[u8], epoch_s: u32) -> String {
-    let mut readable = String::with_capacity(30);
-    for c in signal_name.chars().flat_map(char::to_lowercase) {
-        if readable.len() == 30 {
-            break;
-        }
+    // Readable part, hex of the id, base-36 epoch: at most 30 + 1 + 12 + 1 + 7.
+    let mut name = String::with_capacity(51);
+    fn push(name: &mut String, c: char) {
         if c.is_ascii_alphanumeric() {
-            readable.push(c);
-        } else if !readable.is_empty() && !readable.ends_with('-') {
-            readable.push('-');
+            name.push(c);
+        } else if !name.is_empty() && !name.ends_with('-') {
+            name.push('-');
         }
     }
-    let readable = readable.trim_end_matches('-');
-    let readable = if readable.is_empty() { "signal" } else { readable };
-    format!("{readable}-{}-{}", hex::encode(&id[..6]), base36(epoch_s as u64))
+    'chars: for c in signal_name.chars() {
+        if c.is_ascii() {
+            if name.len() == 30 {
+                break;
+            }
+            push(&mut name, c.to_ascii_lowercase());
+            continue;
+        }
+        // Anything else may lowercase to several characters, some of them ASCII
+        // (the Kelvin sign to `k`).
+        for l in c.to_lowercase() {
+            if name.len() == 30 {
+                break 'chars;
+            }
+            push(&mut name, l);
+        }
+    }
+    name.truncate(name.trim_end_matches('-').len());
+    if name.is_empty() {
+        name.push_str("signal");
+    }
+    name.push('-');
+    let mut hex = [0u8; 12];
+    hex::encode_to_slice(&id[..6], &mut hex).expect("12 hex digits for 6 bytes");
+    name.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
+    name.push('-');
+    name.push_str(&base36(epoch_s as u64));
+    name
 }
 
 fn base36(mut n: u64) -> String {
@@ -383,6 +406,8 @@ mod tests {
         assert_eq!(name, request_name("KubePodCrashLooping:rate5m", &fp, 1_700_000_000));
         assert_ne!(name, request_name("KubePodCrashLooping:rate5m", &fp, 1_700_000_001));
         assert!(request_name("!!!", &fp, 0).starts_with("signal-"));
+        // Non-ASCII lowercases as Unicode says, and only ASCII survives.
+        assert!(request_name("\u{212A}ube-Ärger", &fp, 0).starts_with("kube-rger-"));
     }
 
     #[test]

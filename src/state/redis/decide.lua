@@ -28,9 +28,11 @@
 --
 -- ARGV[1..8] = now (s), window (s), rate threshold, rate window, pattern threshold,
 --              pattern window, inactivity, max duration
--- then from ARGV[12], 7 per signal: mode ("fire" | "resolve" | "adopt"), field, d, s (0: no storm
--- keys), resource, and for adopt: first_seen, count (the incident an authority says
--- is open; empty otherwise)
+-- then from ARGV[12], one per signal, packed (a webhook's call would otherwise carry
+-- hundreds of arguments, each one a string for Redis to parse and Lua to intern):
+--   struct '>BI4I4I4I4c8' = mode (0 fire | 1 resolve | 2 adopt), d, s (0: no storm
+--   keys), for adopt first_seen and count (the incident an authority says is open;
+--   0 otherwise), resource (8 bytes; zeros without storm keys); then the field.
 -- Reply: one string: 8 bytes of admission, two big-endian u32s (1, 0) allowed or
 -- (0, retry after in ms) limited, in which case nothing else was done and nothing
 -- follows; then 24 bytes per signal in order: six big-endian u32s,
@@ -58,9 +60,13 @@ end
 -- Firing alerts per storm scope in this call, so that each scope's rate counter
 -- takes one INCRBY for the whole call.
 local firing = {}
-for i = FIRST, #ARGV, 7 do
-  local s = tonumber(ARGV[i + 3])
-  if ARGV[i] == 'fire' and s > 0 then
+local FIRE, RESOLVE, ADOPT = 0, 1, 2
+local RECORD = '>BI4I4I4I4c8'
+local RECORD_BYTES = 25
+
+for i = FIRST, #ARGV do
+  local mode, _, s = struct.unpack('>BI4I4', ARGV[i])
+  if mode == FIRE and s > 0 then
     firing[s] = (firing[s] or 0) + 1
   end
 end
@@ -190,7 +196,7 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     live = (now - last) < window
   end
 
-  if mode == 'resolve' then
+  if mode == RESOLVE then
     if live then
       return {2, first, last, count}
     end
@@ -217,8 +223,8 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     return {verdict, first, last, count}
   end
 
-  if mode == 'adopt' then
-    first, last, count = tonumber(adopt_first), now, tonumber(adopt_count)
+  if mode == ADOPT then
+    first, last, count = adopt_first, now, adopt_count
     return store(1)
   end
 
@@ -244,9 +250,9 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
 end
 
 local replies = { struct.pack('>I4I4', 1, 0) }
-for i = FIRST, #ARGV, 7 do
-  local r =
-    decide(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+for i = FIRST, #ARGV do
+  local mode, d, s, adopt_first, adopt_count, resource = struct.unpack(RECORD, ARGV[i])
+  local r = decide(mode, string.sub(ARGV[i], RECORD_BYTES + 1), d, s, resource, adopt_first, adopt_count)
   replies[#replies + 1] = struct.pack('>I4I4I4I4I4I4', r[1], r[2], r[3], r[4], r[5] or 0, r[6] or 0)
 end
 flush_scopes()

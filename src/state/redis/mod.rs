@@ -29,7 +29,7 @@ use super::{
 use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
 use connection::{Connection, Handle, Topology};
-use schema::{DedupTag, Schema};
+use schema::{DedupTag, Key, Schema};
 
 const DECIDE: &str = include_str!("decide.lua");
 /// Defines the `gcra` function that both scripts start with.
@@ -185,35 +185,29 @@ impl Shared {
                     calls.last_mut().expect("just pushed")
                 }
             };
-            let d = call.intern(Group::Dedup(tag), || self.schema.dedup_keys(tag, now_s).into());
+            let d = call.intern(Group::Dedup(tag), || self.schema.dedup_keys(tag, now_s));
             let storm = match (o.status, &o.storm, adopt) {
                 (SignalStatus::Firing, Some(key), None) => Some(key),
                 _ => None,
             };
             let s = match storm {
-                Some(key) => {
-                    call.intern(Group::Storm(key.scope), || self.schema.storm_keys(&key.scope, now_s, rules).into())
-                }
+                Some(key) => call.intern(Group::Storm(key.scope), || self.schema.storm_keys(&key.scope, now_s, rules)),
                 None => 0,
             };
-            let mode: &'static [u8] = match (adopt, o.status) {
-                (Some(_), _) => b"adopt",
-                (None, SignalStatus::Firing) => b"fire",
-                (None, SignalStatus::Resolved) => b"resolve",
+            let mode = match (adopt, o.status) {
+                (Some(_), _) => Mode::Adopt,
+                (None, SignalStatus::Firing) => Mode::Fire,
+                (None, SignalStatus::Resolved) => Mode::Resolve,
             };
-            let (first, count) = adopt.map_or((Arg::Bytes(b""), Arg::Bytes(b"")), |e| {
-                (Arg::Int(e.first_seen_s.into()), Arg::Int(e.count.into()))
-            });
-            let resource = storm.map_or(Arg::Bytes(b""), |k| Arg::Bytes(&k.resource));
-            call.args.extend([
-                Arg::Bytes(mode),
-                Arg::Bytes(self.schema.field(&o.fingerprint)),
-                Arg::Int(d.into()),
-                Arg::Int(s.into()),
-                resource,
-                first,
-                count,
-            ]);
+            let record = Record {
+                mode,
+                dedup_at: d,
+                storm_at: s,
+                adopt: adopt.map_or((0, 0), |e| (e.first_seen_s, e.count)),
+                resource: storm.map_or([0; 8], |k| k.resource),
+                field: self.schema.field(&o.fingerprint),
+            };
+            call.args.push(Arg::Record(record.pack()));
             call.members.push(position);
         }
         let replies = self.run(&self.decide, &calls).await?;
@@ -265,8 +259,8 @@ impl Shared {
         let reply = self
             .guarded(async {
                 match self.conn.handle() {
-                    Handle::Single(mut c) => self.gcra.key(&key).arg(&args[..]).invoke_async::<Value>(&mut c).await,
-                    Handle::Cluster(mut c) => self.gcra.key(&key).arg(&args[..]).invoke_async::<Value>(&mut c).await,
+                    Handle::Single(mut c) => self.gcra.key(key).arg(&args[..]).invoke_async::<Value>(&mut c).await,
+                    Handle::Cluster(mut c) => self.gcra.key(key).arg(&args[..]).invoke_async::<Value>(&mut c).await,
                 }
             })
             .await?;
@@ -328,7 +322,7 @@ fn is_oom(e: &RedisError) -> bool {
 struct DecideCall<'a> {
     /// The dedup tag all of this call's keys share on Cluster.
     tag: DedupTag,
-    keys: Vec<String>,
+    keys: Vec<Key<'a>>,
     /// Where each group of keys starts in `keys`, as a Lua (1-based) index.
     groups: Vec<(Group, u32)>,
     args: Vec<Arg<'a>>,
@@ -360,7 +354,7 @@ impl<'a> DecideCall<'a> {
     }
 
     /// The index of `group`'s first key, adding its keys on first use.
-    fn intern(&mut self, group: Group, keys: impl FnOnce() -> Vec<String>) -> u32 {
+    fn intern<const N: usize>(&mut self, group: Group, keys: impl FnOnce() -> [Key<'a>; N]) -> u32 {
         if let Some(&(_, at)) = self.groups.iter().find(|(g, _)| *g == group) {
             return at;
         }
@@ -376,6 +370,7 @@ impl<'a> DecideCall<'a> {
 enum Arg<'a> {
     Int(u64),
     Bytes(&'a [u8]),
+    Record(Packed),
 }
 
 impl redis::ToRedisArgs for Arg<'_> {
@@ -383,7 +378,56 @@ impl redis::ToRedisArgs for Arg<'_> {
         match self {
             Arg::Int(n) => n.write_redis_args(out),
             Arg::Bytes(b) => b.write_redis_args(out),
+            Arg::Record(packed) => out.write_arg(&packed.bytes[..packed.len]),
         }
+    }
+}
+
+/// What `decide.lua` is asked about one observation.
+#[derive(Clone, Copy)]
+enum Mode {
+    Fire = 0,
+    Resolve = 1,
+    Adopt = 2,
+}
+
+/// One observation's argument to `decide.lua`: struct `>BI4I4I4I4c8`, then the field.
+struct Record<'a> {
+    mode: Mode,
+    /// Lua indices of its first dedup key and first storm key (0: none).
+    dedup_at: u32,
+    storm_at: u32,
+    /// First seen and count, for an adoption.
+    adopt: (u32, u32),
+    resource: [u8; 8],
+    field: &'a [u8],
+}
+
+/// A packed [`Record`]: 25 bytes and a field of at most 10.
+#[derive(Clone, Copy)]
+struct Packed {
+    bytes: [u8; 35],
+    len: usize,
+}
+
+impl Record<'_> {
+    fn pack(&self) -> Packed {
+        let mut bytes = [0u8; 35];
+        let fixed = [
+            &[self.mode as u8][..],
+            &self.dedup_at.to_be_bytes(),
+            &self.storm_at.to_be_bytes(),
+            &self.adopt.0.to_be_bytes(),
+            &self.adopt.1.to_be_bytes(),
+            &self.resource,
+            self.field,
+        ];
+        let mut len = 0;
+        for part in fixed {
+            bytes[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        }
+        Packed { bytes, len }
     }
 }
 

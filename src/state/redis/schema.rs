@@ -12,6 +12,8 @@
 //! Cluster the dedup hashes take the storm scope's hash tag instead, so one script
 //! reaches both in one slot. See `docs/redis.md` for every key and its cost.
 
+use std::fmt;
+
 use sha2::{Digest, Sha256};
 
 use crate::signal::Fingerprint;
@@ -59,14 +61,9 @@ impl Schema {
     /// The three bucket keys the dedup script reads for a tag: the caller's bucket,
     /// the one before (entries seen within the last window) and the one after
     /// (entries written by a replica whose clock runs slightly ahead).
-    pub fn dedup_keys(&self, tag: DedupTag, now_s: u32) -> [String; 3] {
+    pub fn dedup_keys(&self, tag: DedupTag, now_s: u32) -> [Key<'_>; 3] {
         let bucket = now_s / self.window_s;
-        let tag = match tag {
-            DedupTag::Scope(scope) => hex::encode(scope),
-            DedupTag::Shard(shard) => format!("{shard:04x}"),
-        };
-        let key = |b: u32| format!("{}d:{{{tag}}}:{b}", self.prefix);
-        [key(bucket), key(bucket.saturating_sub(1)), key(bucket + 1)]
+        [bucket, bucket.saturating_sub(1), bucket + 1].map(|bucket| self.key(KeyName::Dedup { tag, bucket }))
     }
 
     /// The hash field naming a fingerprint: the 8 bytes after the shard's, or on
@@ -81,21 +78,95 @@ impl Schema {
 
     /// The four keys of a storm scope: this rate window's counter, this pattern
     /// window's resource HyperLogLog, the open aggregation window and its resources.
-    pub fn storm_keys(&self, scope: &[u8; 16], now_s: u32, rules: &StormRules) -> [String; 4] {
-        let tag = format!("{}s:{{{}}}", self.prefix, hex::encode(scope));
+    pub fn storm_keys(&self, scope: &[u8; 16], now_s: u32, rules: &StormRules) -> [Key<'_>; 4] {
         [
-            format!("{tag}:r:{}", now_s / rules.rate_window_s),
-            format!("{tag}:p:{}", now_s / rules.pattern_window_s),
-            format!("{tag}:w"),
-            format!("{tag}:wr"),
+            StormPart::Rate(now_s / rules.rate_window_s),
+            StormPart::Pattern(now_s / rules.pattern_window_s),
+            StormPart::Window,
+            StormPart::WindowResources,
         ]
+        .map(|part| self.key(KeyName::Storm { scope: *scope, part }))
     }
 
     /// A source's rate-limit key: hashed, so a hostile identity cannot make a long
     /// key, and hash-tagged on its own.
-    pub fn budget_key(&self, source: &str) -> String {
+    pub fn budget_key(&self, source: &str) -> Key<'_> {
         let digest = Sha256::digest(source.as_bytes());
-        format!("{}r:{{{}}}", self.prefix, hex::encode(&digest[..8]))
+        self.key(KeyName::Budget(digest[..8].try_into().expect("8 of 32 bytes")))
+    }
+
+    fn key(&self, name: KeyName) -> Key<'_> {
+        Key { prefix: &self.prefix, name }
+    }
+}
+
+/// A key's name, written straight into the command that carries it (no string of
+/// its own: a webhook's call names dozens of keys).
+#[derive(Clone, Copy, Debug)]
+pub struct Key<'a> {
+    prefix: &'a str,
+    name: KeyName,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum KeyName {
+    /// `<prefix>d:{<tag>}:<bucket>`
+    Dedup { tag: DedupTag, bucket: u32 },
+    /// `<prefix>s:{<scope>}:<part>`
+    Storm { scope: [u8; 16], part: StormPart },
+    /// `<prefix>r:{<source hash>}`
+    Budget([u8; 8]),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum StormPart {
+    /// `r:<rate bucket>`
+    Rate(u32),
+    /// `p:<pattern bucket>`
+    Pattern(u32),
+    /// `w`
+    Window,
+    /// `wr`
+    WindowResources,
+}
+
+/// Lowercase hex of up to 16 bytes, without allocating.
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 32];
+        let out = &mut buf[..self.0.len() * 2];
+        hex::encode_to_slice(self.0, out).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(out).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix = self.prefix;
+        match self.name {
+            KeyName::Dedup { tag: DedupTag::Shard(shard), bucket } => write!(f, "{prefix}d:{{{shard:04x}}}:{bucket}"),
+            KeyName::Dedup { tag: DedupTag::Scope(scope), bucket } => {
+                write!(f, "{prefix}d:{{{}}}:{bucket}", Hex(&scope))
+            }
+            KeyName::Storm { scope, part } => {
+                write!(f, "{prefix}s:{{{}}}:", Hex(&scope))?;
+                match part {
+                    StormPart::Rate(bucket) => write!(f, "r:{bucket}"),
+                    StormPart::Pattern(bucket) => write!(f, "p:{bucket}"),
+                    StormPart::Window => f.write_str("w"),
+                    StormPart::WindowResources => f.write_str("wr"),
+                }
+            }
+            KeyName::Budget(digest) => write!(f, "{prefix}r:{{{}}}", Hex(&digest)),
+        }
+    }
+}
+
+impl redis::ToRedisArgs for Key<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg_fmt(self);
     }
 }
 
@@ -126,8 +197,23 @@ mod tests {
     fn keys_share_one_hash_tag_and_name_adjacent_buckets() {
         let fp = Fingerprint::from_bytes([0xff; 32]);
         let schema = Schema::new("tg:", 300, false);
-        let keys = schema.dedup_keys(schema.dedup_tag(&fp, Some(&[0; 16])), 300 * 10 + 5);
+        let keys = schema.dedup_keys(schema.dedup_tag(&fp, Some(&[0; 16])), 300 * 10 + 5).map(|k| k.to_string());
         assert_eq!(keys, ["tg:d:{3fff}:10", "tg:d:{3fff}:9", "tg:d:{3fff}:11"]);
+    }
+
+    #[test]
+    fn storm_budget_and_cluster_keys_are_spelled_as_documented() {
+        let rules = StormRules::default();
+        let scope = [0xab; 16];
+        let cluster = Schema::new("tg:", 300, true);
+        let fp = Fingerprint::from_bytes([0xff; 32]);
+        let dedup = cluster.dedup_keys(cluster.dedup_tag(&fp, Some(&scope)), 300).map(|k| k.to_string());
+        assert_eq!(dedup[0], format!("tg:d:{{{}}}:1", "ab".repeat(16)));
+        let storm = cluster.storm_keys(&scope, 600, &rules).map(|k| k.to_string());
+        let tag = format!("tg:s:{{{}}}", "ab".repeat(16));
+        assert_eq!(storm, [format!("{tag}:r:10"), format!("{tag}:p:5"), format!("{tag}:w"), format!("{tag}:wr")]);
+        let budget = cluster.budget_key("10.0.0.1").to_string();
+        assert!(budget.starts_with("tg:r:{") && budget.ends_with('}') && budget.len() == "tg:r:{}".len() + 16);
     }
 
     #[test]
