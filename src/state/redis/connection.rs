@@ -19,7 +19,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, RedisConnectionInfo, RedisError, RedisResult};
+use redis::io::tcp::TcpSettings;
+use redis::{Client, IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult};
 
 /// A parsed `--state` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +123,13 @@ pub enum Connection {
     Cluster(ClusterConnection, Auth),
 }
 
+/// Every connection to Redis disables Nagle's algorithm (redis-rs leaves it on): a
+/// multiplexed connection writes many small commands back to back, and Nagle would
+/// hold each one until the previous one is acknowledged.
+fn tcp() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 impl Connection {
     /// Connects, failing if the topology cannot be reached now.
     pub async fn open(topology: &Topology, timeout: Duration) -> RedisResult<Self> {
@@ -132,12 +140,13 @@ impl Connection {
             .set_number_of_retries(1);
         match topology {
             Topology::Standalone { url } => {
-                let client = Client::open(url.as_str())?;
+                let client = Client::open(url.as_str().into_connection_info()?.set_tcp_settings(tcp()))?;
                 Ok(Connection::Standalone(ConnectionManager::new_with_config(client, config).await?))
             }
             Topology::Sentinel { sentinels, master, auth, db } => {
                 let info = auth.apply(RedisConnectionInfo::default().set_db(*db));
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+                let node =
+                    SentinelNodeConnectionInfo::default().set_redis_connection_info(info).set_tcp_settings(tcp());
                 let mut client =
                     SentinelClient::build(sentinels.clone(), master.clone(), Some(node), SentinelServerType::Master)?;
                 let primary = client.async_get_client().await?;
@@ -153,6 +162,7 @@ impl Connection {
                 let mut builder = ClusterClientBuilder::new(nodes.clone())
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
+                    .tcp_settings(tcp())
                     .retries(1);
                 if let Some(user) = &auth.username {
                     builder = builder.username(user);
@@ -184,7 +194,7 @@ impl Connection {
                 for addr in primary_addresses(&nodes) {
                     let info = redis::ConnectionInfo::from_str(&format!("redis://{addr}"))?;
                     let node = auth.apply(info.redis_settings().clone());
-                    let info = info.set_redis_settings(node);
+                    let info = info.set_redis_settings(node).set_tcp_settings(tcp());
                     out.push(Client::open(info)?.get_multiplexed_async_connection().await?);
                 }
             }
