@@ -2,9 +2,11 @@
 //!
 //! Order of checks: media type (415), size (413), shape (400), then the pipeline,
 //! which charges the source's rate limit (429) and decides in one step (503 if state
-//! or sink cannot record). A request refused before the pipeline is charged too. One alert is answered 201 or 202; a batch
-//! of several is answered 207 with a result per alert, so a sender learns about
-//! every alert and a bad alert never costs it the good ones.
+//! or sink cannot record). A request refused before the pipeline is charged too.
+//!
+//! One alert is answered 201 or 202; a batch of several is answered 207 with a
+//! result per alert, so a sender learns about every alert and a bad alert never
+//! costs it the good ones.
 
 use axum::body::Body;
 use std::net::SocketAddr;

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::remediation::{RemediationRequest, StatusUpdate};
+use crate::signal::Fingerprint;
 use crate::sink::{Created, RequestRef, Sink, SinkError};
 use crate::telemetry::{Metrics, SinkLabels};
 
@@ -54,9 +55,9 @@ struct Shared {
 #[derive(Default)]
 struct Inner {
     budget: Budget,
-    pending: HashMap<RequestRef, Pending>,
-    due: BinaryHeap<Reverse<(Instant, RequestRef)>>,
-    in_flight: HashSet<RequestRef>,
+    pending: HashMap<Incident, Pending>,
+    due: BinaryHeap<Reverse<(Instant, Incident)>>,
+    in_flight: HashSet<Incident>,
     draining: bool,
 }
 
@@ -67,7 +68,21 @@ struct Budget {
     at: Option<Instant>,
 }
 
+/// Which incident a status write is for: what its request's name is derived from.
+/// Fixed-size, so that the pending table compares keys without following pointers:
+/// it is hit once per duplicate alert, and comparing stored names cost a cache miss
+/// each time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Incident {
+    /// A signal's incident: its fingerprint and first-seen second.
+    Signal(Fingerprint, u32),
+    /// A storm's aggregation window: its scope and opening second.
+    Storm([u8; 16], u32),
+}
+
 struct Pending {
+    /// The request to write; the first one given for the incident.
+    at: RequestRef,
     update: StatusUpdate,
     /// Set when the request may not exist yet (its create failed): the write then
     /// creates it, so an acknowledged incident always gets its request.
@@ -96,15 +111,21 @@ impl Coalescer {
         Coalescer { shared }
     }
 
-    /// Schedules `update` for the request at `at`.
-    pub fn record(&self, at: RequestRef, update: StatusUpdate) {
-        self.enqueue(at, update, None);
+    /// Schedules `update` for `incident`'s request, at `at`.
+    pub fn record(&self, incident: Incident, at: &RequestRef, update: StatusUpdate) {
+        self.enqueue(incident, at, update, None);
     }
 
     /// Schedules the creation of `request` (whose direct create failed), followed by
     /// `update` if it already exists by then.
-    pub fn record_create(&self, request: RemediationRequest, at: RequestRef, update: StatusUpdate) {
-        self.enqueue(at, update, Some(Box::new(request)));
+    pub fn record_create(
+        &self,
+        incident: Incident,
+        request: RemediationRequest,
+        at: &RequestRef,
+        update: StatusUpdate,
+    ) {
+        self.enqueue(incident, at, update, Some(Box::new(request)));
     }
 
     /// Requests with a write pending.
@@ -133,12 +154,18 @@ impl Coalescer {
         }
     }
 
-    fn enqueue(&self, at: RequestRef, update: StatusUpdate, create: Option<Box<RemediationRequest>>) {
+    fn enqueue(
+        &self,
+        incident: Incident,
+        at: &RequestRef,
+        update: StatusUpdate,
+        create: Option<Box<RemediationRequest>>,
+    ) {
         let shared = &self.shared;
         let mut inner = shared.lock();
         let due = if inner.draining { Instant::now() } else { Instant::now() + shared.interval };
         let Inner { pending, due: queue, .. } = &mut *inner;
-        match pending.get_mut(&at) {
+        match pending.get_mut(&incident) {
             Some(p) => {
                 p.update.merge(&update);
                 if p.create.is_none() {
@@ -148,8 +175,8 @@ impl Coalescer {
             }
             None => {
                 let was_idle = queue.is_empty();
-                pending.insert(at.clone(), Pending { update, create, attempts: 0 });
-                queue.push(Reverse((due, at)));
+                pending.insert(incident, Pending { at: at.clone(), update, create, attempts: 0 });
+                queue.push(Reverse((due, incident)));
                 shared.metrics.status_pending.set(pending.len() as i64);
                 drop(inner);
                 if was_idle {
@@ -166,7 +193,7 @@ impl Shared {
     }
 
     /// Takes the writes that are due, or the time the next one is.
-    fn take_due(&self) -> Result<Vec<(RequestRef, Pending)>, Option<Instant>> {
+    fn take_due(&self) -> Result<Vec<(Incident, Pending)>, Option<Instant>> {
         let now = Instant::now();
         let mut inner = self.lock();
         let budget = &mut inner.budget;
@@ -188,16 +215,16 @@ impl Shared {
                 }
                 break;
             }
-            let Reverse((due, at)) = inner.due.pop().expect("peeked");
-            if inner.in_flight.contains(&at) {
+            let Reverse((due, incident)) = inner.due.pop().expect("peeked");
+            if inner.in_flight.contains(&incident) {
                 // Never two writes to one request at once: wait for the first.
-                later.push(Reverse((due.max(now) + self.interval.min(Duration::from_millis(50)), at)));
+                later.push(Reverse((due.max(now) + self.interval.min(Duration::from_millis(50)), incident)));
                 continue;
             }
-            if let Some(p) = inner.pending.remove(&at) {
+            if let Some(p) = inner.pending.remove(&incident) {
                 inner.budget.tokens -= 1.0;
-                inner.in_flight.insert(at.clone());
-                ready.push((at, p));
+                inner.in_flight.insert(incident);
+                ready.push((incident, p));
             }
         }
         inner.due.extend(later);
@@ -211,7 +238,7 @@ impl Shared {
         Err(inner.due.peek().map(|Reverse((due, _))| *due))
     }
 
-    async fn write(&self, at: &RequestRef, p: &Pending) -> Result<(), SinkError> {
+    async fn write(&self, p: &Pending) -> Result<(), SinkError> {
         if let Some(request) = &p.create {
             let mut request = (**request).clone();
             request.status.get_or_insert_with(Default::default).apply(&p.update);
@@ -222,12 +249,13 @@ impl Shared {
                 return Ok(());
             }
         }
-        self.sink.update_status(at, &p.update).await
+        self.sink.update_status(&p.at, &p.update).await
     }
 
-    fn finish(&self, at: RequestRef, p: Pending, result: Result<(), SinkError>) {
+    fn finish(&self, incident: Incident, p: Pending, result: Result<(), SinkError>) {
+        let at = &p.at;
         let mut inner = self.lock();
-        inner.in_flight.remove(&at);
+        inner.in_flight.remove(&incident);
         match result {
             Ok(()) => self.count("update_status", "ok"),
             Err(SinkError::NotFound(_)) if p.attempts + 1 >= NOT_FOUND_ATTEMPTS => {
@@ -244,7 +272,8 @@ impl Shared {
                 if *draining && attempts >= 3 {
                     tracing::error!(namespace = %at.namespace, name = %at.name, "giving up on status write at shutdown");
                 } else {
-                    let retry = pending.entry(at.clone()).or_insert(Pending {
+                    let retry = pending.entry(incident).or_insert(Pending {
+                        at: at.clone(),
                         update: p.update.clone(),
                         create: None,
                         attempts,
@@ -254,7 +283,7 @@ impl Shared {
                     if retry.create.is_none() {
                         retry.create = p.create;
                     }
-                    due.push(Reverse((Instant::now() + backoff, at)));
+                    due.push(Reverse((Instant::now() + backoff, incident)));
                 }
             }
         }
@@ -272,11 +301,11 @@ async fn writer(shared: Arc<Shared>) {
         match shared.take_due() {
             Ok(ready) => {
                 futures::stream::iter(ready)
-                    .for_each_concurrent(CONCURRENCY, |(at, p)| {
+                    .for_each_concurrent(CONCURRENCY, |(incident, p)| {
                         let shared = &shared;
                         async move {
-                            let result = shared.write(&at, &p).await;
-                            shared.finish(at, p, result);
+                            let result = shared.write(&p).await;
+                            shared.finish(incident, p, result);
                         }
                     })
                     .await;
@@ -327,6 +356,10 @@ mod tests {
         StatusUpdate { first_seen_s: 1, last_seen_s: 1, count, resolved_at_s: None, storm: None }
     }
 
+    fn incident(n: usize) -> Incident {
+        Incident::Storm([0; 16], n as u32)
+    }
+
     fn at(n: usize) -> RequestRef {
         RequestRef { namespace: "ns".into(), name: format!("rr-{n}") }
     }
@@ -342,7 +375,7 @@ mod tests {
         let sink = Arc::new(Counting::default());
         let c = Coalescer::new(sink.clone(), Duration::from_secs(1), 1000, Arc::new(Metrics::new()));
         for n in 1..=50 {
-            c.record(at(0), update(n));
+            c.record(incident(0), &at(0), update(n));
         }
         settle().await;
         assert_eq!(sink.0.load(Ordering::SeqCst), 0, "nothing before the interval");
@@ -356,7 +389,7 @@ mod tests {
         let sink = Arc::new(Counting::default());
         let c = Coalescer::new(sink.clone(), Duration::from_millis(100), 2, Arc::new(Metrics::new()));
         for n in 0..10 {
-            c.record(at(n), update(1));
+            c.record(incident(n), &at(n), update(1));
         }
         tokio::time::advance(Duration::from_millis(100)).await;
         settle().await;

@@ -24,7 +24,7 @@ use crate::state::{
 };
 use crate::telemetry::{ClassLabels, Metrics, StormLabels};
 use classify::Classifier;
-use coalesce::Coalescer;
+use coalesce::{Coalescer, Incident};
 
 /// What happened to one signal.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,8 +91,8 @@ pub struct Pipeline {
     storms: StormRules,
     affected_cap: usize,
     placement: Placement,
-    /// Storm windows seen by this replica: request → (opened, last alert).
-    windows: Mutex<HashMap<RequestRef, (u32, u32)>>,
+    /// Storm windows seen by this replica: window → (opened, last alert).
+    windows: Mutex<HashMap<Incident, (u32, u32)>>,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
@@ -214,7 +214,7 @@ impl Pipeline {
                     let entry =
                         Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
                     self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
-                    self.coalescer.record(open.at.clone(), update(&entry, None));
+                    self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
                     return Ok(outcome(OutcomeStatus::Duplicate, Some(open.at), Some(entry)));
                 }
                 self.open(signal, entry).await
@@ -235,12 +235,12 @@ impl Pipeline {
                     self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
                     return self.open(signal, entry).await;
                 }
-                self.coalescer.record(at.clone(), update(&entry, None));
+                self.coalescer.record(incident(signal, &entry), &at, update(&entry, None));
                 Ok(outcome(OutcomeStatus::Duplicate, Some(at), Some(entry)))
             }
             Verdict::ResolvedOpen(entry) => {
                 let at = self.reference(signal, &entry);
-                self.coalescer.record(at.clone(), update(&entry, Some(self.clock.now_s())));
+                self.coalescer.record(incident(signal, &entry), &at, update(&entry, Some(self.clock.now_s())));
                 Ok(outcome(OutcomeStatus::Resolved, Some(at), Some(entry)))
             }
             Verdict::ResolvedUnknown => Ok(outcome(OutcomeStatus::Resolved, None, None)),
@@ -258,7 +258,7 @@ impl Pipeline {
         let namespace = self.namespace_for(signal);
         let request = remediation::build(signal, &namespace, entry.first_seen_s, &class, &update(&entry, None));
         let at = self.reference(signal, &entry);
-        match self.create(request, &at, update(&entry, None)).await {
+        match self.create(incident(signal, &entry), request, &at, update(&entry, None)).await {
             Ok(Created::Created) => Ok(outcome(OutcomeStatus::Created, at)),
             Ok(Created::AlreadyExists) => Ok(outcome(OutcomeStatus::Duplicate, at)),
             Err(e) => {
@@ -274,6 +274,7 @@ impl Pipeline {
     /// the request it is counted in must get made.
     async fn create(
         &self,
+        incident: Incident,
         request: RemediationRequest,
         at: &RequestRef,
         update: StatusUpdate,
@@ -284,12 +285,12 @@ impl Pipeline {
                 Ok(Created::Created)
             }
             Ok(Created::AlreadyExists) => {
-                self.coalescer.record(at.clone(), update);
+                self.coalescer.record(incident, at, update);
                 Ok(Created::AlreadyExists)
             }
             Err(e) => {
                 tracing::warn!(error = %e, name = %at.name, "create failed; handing it to the status writer");
-                self.coalescer.record_create(request, at.clone(), update);
+                self.coalescer.record_create(incident, request, at, update);
                 Err(e)
             }
         }
@@ -345,7 +346,8 @@ impl Pipeline {
                 cap: self.affected_cap,
             }),
         };
-        self.windows.lock().unwrap_or_else(|p| p.into_inner()).insert(at.clone(), (folded.window_id, now));
+        let incident = Incident::Storm(*scope, folded.window_id);
+        self.windows.lock().unwrap_or_else(|p| p.into_inner()).insert(incident, (folded.window_id, now));
         self.metrics.alerts_aggregated.inc();
         let source = signal.signal_type.as_str();
         let status = OutcomeStatus::Aggregated { opened: folded.opened };
@@ -353,13 +355,13 @@ impl Pipeline {
             Outcome { fingerprint: signal.fingerprint, status, request: Some(at.clone()), count: folded.alert_count };
         self.metrics.signal(source, status.as_str());
         if !folded.opened {
-            self.coalescer.record(at, update);
+            self.coalescer.record(incident, &at, update);
             return Ok(outcome);
         }
         self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
         let class = self.classify(signal);
         let request = remediation::build_storm(signal, scope, &folded, &class, &update);
-        self.create(request, &at, update).await?;
+        self.create(incident, request, &at, update).await?;
         Ok(outcome)
     }
 }
@@ -372,6 +374,11 @@ fn observation(s: &Signal<'_>) -> Observation {
         status: s.status,
         storm: Some(StormKey::new(&s.namespace, &s.name, &s.target)),
     }
+}
+
+/// The incident a signal's entry stands for.
+fn incident(signal: &Signal<'_>, entry: &Entry) -> Incident {
+    Incident::Signal(signal.fingerprint, entry.first_seen_s)
 }
 
 /// How long a request may be missing from the sink's watch-fed cache because the

@@ -41,7 +41,9 @@ const GCRA: &str = include_str!("gcra.lua");
 fn scripts() -> (Script, Script) {
     let decide = format!("#!lua\n{GCRA}\n{DECIDE}");
     let gcra = format!(
-        "#!lua\n{GCRA}\nlocal allowed, retry = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\nreturn {{allowed, retry}}\n"
+        "#!lua\n{GCRA}\n\
+         local allowed, retry = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n\
+         return {{allowed, retry}}\n"
     );
     (Script::new(&decide), Script::new(&gcra))
 }
