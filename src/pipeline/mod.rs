@@ -177,63 +177,53 @@ impl Pipeline {
             Decision::Limited { retry_after_ms } => return Ok(Processed::Limited { retry_after_ms }),
             Decision::Decided(verdicts) => verdicts,
         };
-        let mut outcomes = Vec::with_capacity(signals.len());
+        // Most verdicts (repeats, resolutions, alerts folded into an open storm) need
+        // no I/O: answer those at once, and only make futures for the rest.
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(signals.len());
+        let mut slow = Vec::new();
+        for (i, ((signal, asked), verdict)) in signals.iter().zip(&observations).zip(verdicts).enumerate() {
+            match self.act_now(signal, asked, verdict) {
+                Ok(outcome) => outcomes.push(Some(outcome)),
+                Err(work) => {
+                    outcomes.push(None);
+                    slow.push(async move { (i, self.act(signal, asked, work).await) });
+                }
+            }
+        }
         let mut first_error = None;
-        let decided = signals.iter().zip(&observations).zip(verdicts).map(|((s, o), v)| self.act(s, o, v));
-        let decided = futures::future::join_all(decided).await;
-        for result in decided {
+        for (i, result) in futures::future::join_all(slow).await {
             match result {
-                Ok(outcome) => outcomes.push(outcome),
+                Ok(outcome) => outcomes[i] = Some(outcome),
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(Processed::Decided(outcomes)),
+            None => Ok(Processed::Decided(outcomes.into_iter().flatten().collect())),
         }
     }
 
-    /// Acts on the store's verdict for `signal`, which it was asked about as `asked`.
-    async fn act(&self, signal: &Signal<'_>, asked: &Observation, verdict: Verdict) -> Result<Outcome, PipelineError> {
-        let source = signal.signal_type.as_str();
+    /// Acts on a verdict that needs no I/O, or says what [`Self::act`] must do.
+    fn act_now(&self, signal: &Signal<'_>, asked: &Observation, verdict: Verdict) -> Result<Outcome, Slow> {
         let outcome = |status: OutcomeStatus, request, entry: Option<Entry>| {
-            self.metrics.signal(source, status.as_str());
+            self.metrics.signal(signal.signal_type.as_str(), status.as_str());
             Outcome { fingerprint: signal.fingerprint, status, request, count: entry.map_or(0, |e| e.count) }
         };
         match verdict {
             Verdict::Folded(folded) => {
                 let scope = asked.storm.expect("only alerts with a storm scope fold").scope;
-                self.fold(signal, &scope, folded).await
-            }
-            Verdict::New(entry) => {
-                if let Some(open) = self.sink.open_request(&signal.fingerprint) {
-                    // The cluster still has this incident open, but the state store
-                    // forgot it (restart, failover, eviction): count it there, and
-                    // teach the store again.
-                    let now = self.clock.now_s();
-                    let entry =
-                        Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
-                    self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
-                    self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
-                    return Ok(outcome(OutcomeStatus::Duplicate, Some(open.at), Some(entry)));
+                if folded.opened {
+                    return Err(Slow::OpenStorm(scope, folded));
                 }
-                self.open(signal, entry).await
+                let (outcome, incident, at, update) = self.folded(signal, &scope, folded);
+                self.coalescer.record(incident, &at, update);
+                Ok(outcome)
             }
+            Verdict::New(entry) => Err(Slow::New(entry)),
             Verdict::Duplicate(entry) => {
                 let at = self.reference(signal, &entry);
-                let now = self.clock.now_s();
-                let gone = match self.sink.lookup(&at) {
-                    Lookup::Terminal => true,
-                    // Deleted by hand, unless it is merely too new for the cache.
-                    Lookup::Missing => now.saturating_sub(entry.first_seen_s) > CACHE_GRACE_S,
-                    Lookup::Open | Lookup::Unknown => false,
-                };
-                if gone {
-                    // A controller finished the request (or it was deleted): this
-                    // occurrence starts a new incident.
-                    let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
-                    self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
-                    return self.open(signal, entry).await;
+                if self.gone(&at, &entry) {
+                    return Err(Slow::Reopen);
                 }
                 self.coalescer.record(incident(signal, &entry), &at, update(&entry, None));
                 Ok(outcome(OutcomeStatus::Duplicate, Some(at), Some(entry)))
@@ -244,6 +234,49 @@ impl Pipeline {
                 Ok(outcome(OutcomeStatus::Resolved, Some(at), Some(entry)))
             }
             Verdict::ResolvedUnknown => Ok(outcome(OutcomeStatus::Resolved, None, None)),
+        }
+    }
+
+    /// Does what [`Self::act_now`] could not: create a request, or repair the state
+    /// store.
+    async fn act(&self, signal: &Signal<'_>, asked: &Observation, slow: Slow) -> Result<Outcome, PipelineError> {
+        match slow {
+            Slow::OpenStorm(scope, folded) => self.fold(signal, &scope, folded).await,
+            Slow::New(entry) => {
+                if let Some(open) = self.sink.open_request(&signal.fingerprint) {
+                    // The cluster still has this incident open, but the state store
+                    // forgot it (restart, failover, eviction): count it there, and
+                    // teach the store again.
+                    let now = self.clock.now_s();
+                    let entry =
+                        Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
+                    self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
+                    self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
+                    let status = OutcomeStatus::Duplicate;
+                    self.metrics.signal(signal.signal_type.as_str(), status.as_str());
+                    let fingerprint = signal.fingerprint;
+                    return Ok(Outcome { fingerprint, status, request: Some(open.at), count: entry.count });
+                }
+                self.open(signal, entry).await
+            }
+            Slow::Reopen => {
+                // A controller finished the request (or it was deleted): this
+                // occurrence starts a new incident.
+                let now = self.clock.now_s();
+                let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
+                self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
+                self.open(signal, entry).await
+            }
+        }
+    }
+
+    /// Whether the request a duplicate counts towards is finished or deleted.
+    fn gone(&self, at: &RequestRef, entry: &Entry) -> bool {
+        match self.sink.lookup(at) {
+            Lookup::Terminal => true,
+            // Deleted by hand, unless it is merely too new for the cache.
+            Lookup::Missing => self.clock.now_s().saturating_sub(entry.first_seen_s) > CACHE_GRACE_S,
+            Lookup::Open | Lookup::Unknown => false,
         }
     }
 
@@ -329,6 +362,25 @@ impl Pipeline {
     /// Counts a storm's alert on its aggregated request, creating the request when
     /// this alert opened the window.
     async fn fold(&self, signal: &Signal<'_>, scope: &[u8; 16], folded: Folded) -> Result<Outcome, PipelineError> {
+        let (outcome, incident, at, update) = self.folded(signal, scope, folded);
+        if !folded.opened {
+            self.coalescer.record(incident, &at, update);
+            return Ok(outcome);
+        }
+        self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
+        let class = self.classify(signal);
+        let request = remediation::build_storm(signal, scope, &folded, &class, &update);
+        self.create(incident, request, &at, update).await?;
+        Ok(outcome)
+    }
+
+    /// A folded alert's outcome, and the status update of its aggregated request.
+    fn folded(
+        &self,
+        signal: &Signal<'_>,
+        scope: &[u8; 16],
+        folded: Folded,
+    ) -> (Outcome, Incident, RequestRef, StatusUpdate) {
         let at = RequestRef {
             namespace: self.namespace_for(signal),
             name: remediation::storm_request_name(&signal.name, scope, folded.window_id),
@@ -349,21 +401,22 @@ impl Pipeline {
         let incident = Incident::Storm(*scope, folded.window_id);
         self.windows.lock().unwrap_or_else(|p| p.into_inner()).insert(incident, (folded.window_id, now));
         self.metrics.alerts_aggregated.inc();
-        let source = signal.signal_type.as_str();
         let status = OutcomeStatus::Aggregated { opened: folded.opened };
+        self.metrics.signal(signal.signal_type.as_str(), status.as_str());
         let outcome =
             Outcome { fingerprint: signal.fingerprint, status, request: Some(at.clone()), count: folded.alert_count };
-        self.metrics.signal(source, status.as_str());
-        if !folded.opened {
-            self.coalescer.record(incident, &at, update);
-            return Ok(outcome);
-        }
-        self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
-        let class = self.classify(signal);
-        let request = remediation::build_storm(signal, scope, &folded, &class, &update);
-        self.create(incident, request, &at, update).await?;
-        Ok(outcome)
+        (outcome, incident, at, update)
     }
+}
+
+/// What a verdict needs that takes I/O.
+enum Slow {
+    /// A new incident: its request is created (or an open one adopted).
+    New(Entry),
+    /// A duplicate whose request is finished or gone: a new incident starts.
+    Reopen,
+    /// An alert that opened a storm window: the aggregated request is created.
+    OpenStorm([u8; 16], Folded),
 }
 
 /// What the state store is asked about a signal. Resolutions carry their scope too
