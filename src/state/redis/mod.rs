@@ -1,9 +1,10 @@
 //! The Redis state backend: dedup state shared by every replica.
 //!
-//! One server-side script (`decide.lua`) answers one observation atomically; a
-//! batch is sent as one pipeline of `EVALSHA`s, so a webhook costs one network
-//! round trip (on Cluster, one concurrent round trip per slot). What is stored is
-//! fixed-size metadata only (see [`schema`]): never a signal, never a request.
+//! One server-side script (`decide.lua`) decides a whole batch atomically, in
+//! order, after charging the request's rate limit: on a single node a webhook costs
+//! one `EVALSHA`, one network round trip (on Cluster, one concurrent call per storm
+//! scope, and the charge on its own). What is stored is fixed-size metadata only
+//! (see [`schema`]): never a signal, never a request.
 //!
 //! Failure policy: any error (OOM under `noeviction`, unreachable, slower than
 //! `redis.timeout`) is a [`StateError`], answered 503 with `Retry-After`; an OOM
