@@ -167,7 +167,8 @@ impl Pipeline {
         signals: &[Signal<'_>],
         charge: Option<Charge<'_>>,
     ) -> Result<Processed, PipelineError> {
-        let observations: Vec<Observation> = signals.iter().map(observation).collect();
+        let mut scope = None;
+        let observations: Vec<Observation> = signals.iter().map(|s| observation(s, &mut scope)).collect();
         let now = self.clock.now_s();
         let decision = match charge {
             Some(charge) => self.state.admit_and_observe(charge, &observations, now).await,
@@ -420,13 +421,18 @@ enum Slow {
 }
 
 /// What the state store is asked about a signal. Resolutions carry their scope too
-/// (never counted): on Cluster it places their dedup keys.
-fn observation(s: &Signal<'_>) -> Observation {
-    Observation {
-        fingerprint: s.fingerprint,
-        status: s.status,
-        storm: Some(StormKey::new(&s.namespace, &s.name, &s.target)),
-    }
+/// (never counted): on Cluster it places their dedup keys. `last` remembers the
+/// previous signal's scope, which the next one usually shares.
+fn observation<'a>(s: &'a Signal<'_>, last: &mut Option<(&'a str, &'a str, [u8; 16])>) -> Observation {
+    let scope = match *last {
+        Some((namespace, name, scope)) if namespace == s.namespace && name == s.name => scope,
+        _ => {
+            let scope = StormKey::scope(&s.namespace, &s.name);
+            *last = Some((&s.namespace, &s.name, scope));
+            scope
+        }
+    };
+    Observation { fingerprint: s.fingerprint, status: s.status, storm: Some(StormKey::in_scope(scope, &s.target)) }
 }
 
 /// The incident a signal's entry stands for.

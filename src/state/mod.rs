@@ -45,21 +45,30 @@ pub struct StormKey {
 impl StormKey {
     /// The scope is per namespace and alert name, never global.
     pub fn new(namespace: &str, name: &str, target: &TargetResource) -> Self {
-        let digest = |parts: &[&str]| -> [u8; 32] {
-            let mut h = Sha256::new();
-            for part in parts {
-                h.update((part.len() as u32).to_be_bytes());
-                h.update(part.as_bytes());
-            }
-            h.finalize().into()
-        };
-        let scope = digest(&[namespace, name]);
-        let resource = digest(&[&target.kind, &target.namespace, &target.name]);
-        StormKey {
-            scope: scope[..16].try_into().expect("16 of 32"),
-            resource: resource[..8].try_into().expect("8 of 32"),
-        }
+        Self::in_scope(Self::scope(namespace, name), target)
     }
+
+    /// The key of `target` in a scope already hashed by [`Self::scope`]: a webhook's
+    /// alerts mostly share one scope, so it is hashed once for them.
+    pub fn in_scope(scope: [u8; 16], target: &TargetResource) -> Self {
+        let resource = digest(&[&target.kind, &target.namespace, &target.name]);
+        StormKey { scope, resource: resource[..8].try_into().expect("8 of 32") }
+    }
+
+    /// The hash of a (namespace, alert name) scope.
+    pub fn scope(namespace: &str, name: &str) -> [u8; 16] {
+        digest(&[namespace, name])[..16].try_into().expect("16 of 32")
+    }
+}
+
+/// SHA-256 over length-prefixed parts, so that no two lists of parts collide.
+fn digest(parts: &[&str]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
 }
 
 /// Storm detection thresholds and window lifetimes, from `storm.*` config.
