@@ -227,6 +227,20 @@ impl StateError {
     }
 }
 
+/// What [`StateStore::admit_and_observe`] does by default, in two calls: for stores
+/// that cannot do both in one.
+pub async fn admit_then_observe<S: StateStore + ?Sized>(
+    store: &S,
+    charge: Charge<'_>,
+    batch: &[Observation],
+    now_s: u32,
+) -> Result<Decision, StateError> {
+    match store.admit(charge.source, charge.limit, charge.now_ms).await? {
+        Admission::Limited { retry_after_ms } => Ok(Decision::Limited { retry_after_ms }),
+        Admission::Allowed => store.observe(batch, now_s).await.map(Decision::Decided),
+    }
+}
+
 /// Decision state shared by every request (and, for Redis, every replica).
 pub trait StateStore: Send + Sync + 'static {
     /// Applies the observations in order, each atomically, and answers each. On
@@ -263,12 +277,7 @@ pub trait StateStore: Send + Sync + 'static {
         batch: &'a [Observation],
         now_s: u32,
     ) -> BoxFuture<'a, Result<Decision, StateError>> {
-        Box::pin(async move {
-            match self.admit(charge.source, charge.limit, charge.now_ms).await? {
-                Admission::Limited { retry_after_ms } => Ok(Decision::Limited { retry_after_ms }),
-                Admission::Allowed => self.observe(batch, now_s).await.map(Decision::Decided),
-            }
-        })
+        Box::pin(admit_then_observe(self, charge, batch, now_s))
     }
 
     /// Cheap liveness check used by `/readyz`.

@@ -137,20 +137,14 @@ impl Shared {
         }
     }
 
-    /// The request's charge and its batch in one call, where one call can reach both
-    /// (not on Cluster, where the budget key lives in a slot of its own).
+    /// The request's charge and its batch in one call; single node only (on Cluster
+    /// the budget key lives in a slot of its own).
     async fn admit_and_observe(
         &self,
         charge: Charge<'_>,
         batch: &[Observation],
         now_s: u32,
     ) -> Result<Decision, StateError> {
-        if self.schema.cluster() {
-            return match self.admit(charge.source, charge.limit, charge.now_ms).await? {
-                Admission::Limited { retry_after_ms } => Ok(Decision::Limited { retry_after_ms }),
-                Admission::Allowed => self.observe(batch, now_s).await.map(Decision::Decided),
-            };
-        }
         self.guarded(self.decide(batch, now_s, None, Some(charge))).await?
     }
 
@@ -165,26 +159,22 @@ impl Shared {
         charge: Option<Charge<'_>>,
     ) -> Result<Result<Decision, StateError>, RedisError> {
         let rules = &self.storms;
+        let window_s = self.schema.window_s();
         let mut calls: Vec<DecideCall> = Vec::new();
         if let Some(charge) = charge {
             debug_assert!(!self.schema.cluster(), "the budget key has a slot of its own");
-            let mut call = DecideCall::new(DedupTag::Shard(0), now_s, self.schema.window_s(), rules);
-            call.args.extend(
-                [charge.now_ms, charge.limit.emission_interval_ms(), charge.limit.tolerance_ms()].map(Arg::Int),
-            );
-            call.keys.push(self.schema.budget_key(charge.source));
-            calls.push(call);
+            let budget = self.schema.budget_key(charge.source);
+            calls.push(DecideCall::new(None, now_s, window_s, rules, Some((budget, charge))));
         }
         for (position, o) in batch.iter().enumerate() {
             let scope = o.storm.as_ref().map(|k| &k.scope);
             let tag = self.schema.dedup_tag(&o.fingerprint, scope);
             // On Cluster, every key of an observation shares its dedup tag's slot.
-            let call = match calls.iter().position(|c| !self.schema.cluster() || c.tag == tag) {
+            let slot = self.schema.cluster().then_some(tag);
+            let call = match calls.iter().position(|c| c.slot == slot) {
                 Some(i) => &mut calls[i],
                 None => {
-                    let mut call = DecideCall::new(tag, now_s, self.schema.window_s(), rules);
-                    call.args.extend([Arg::Bytes(b""); 3]);
-                    calls.push(call);
+                    calls.push(DecideCall::new(slot, now_s, window_s, rules, None));
                     calls.last_mut().expect("just pushed")
                 }
             };
@@ -323,8 +313,9 @@ fn is_oom(e: &RedisError) -> bool {
 
 /// One invocation of `decide.lua`: each key it touches once, and its arguments.
 struct DecideCall<'a> {
-    /// The dedup tag all of this call's keys share on Cluster.
-    tag: DedupTag,
+    /// The dedup tag all of this call's keys share on Cluster; `None` on a single
+    /// node, where one call carries the whole batch.
+    slot: Option<DedupTag>,
     keys: Vec<Key<'a>>,
     /// Where each group of keys starts in `keys`, as a Lua (1-based) index.
     groups: Vec<(Group, u32)>,
@@ -341,8 +332,16 @@ enum Group {
 }
 
 impl<'a> DecideCall<'a> {
-    fn new(tag: DedupTag, now_s: u32, window_s: u32, rules: &StormRules) -> Self {
-        let args = [
+    /// A call whose header carries the rules and, if given, the request's charge
+    /// against its budget key (then `KEYS[1]`).
+    fn new(
+        slot: Option<DedupTag>,
+        now_s: u32,
+        window_s: u32,
+        rules: &StormRules,
+        charge: Option<(Key<'a>, Charge<'_>)>,
+    ) -> Self {
+        let header = [
             now_s,
             window_s,
             rules.rate_threshold,
@@ -353,7 +352,16 @@ impl<'a> DecideCall<'a> {
             rules.max_duration_s,
         ]
         .map(|n| Arg::Int(n.into()));
-        DecideCall { tag, keys: Vec::new(), groups: Vec::new(), args: args.into(), members: Vec::new() }
+        let mut call =
+            DecideCall { slot, keys: Vec::new(), groups: Vec::new(), args: header.into(), members: Vec::new() };
+        match charge {
+            Some((budget, c)) => {
+                call.keys.push(budget);
+                call.args.extend([c.now_ms, c.limit.emission_interval_ms(), c.limit.tolerance_ms()].map(Arg::Int));
+            }
+            None => call.args.extend([Arg::Bytes(b""); 3]),
+        }
+        call
     }
 
     /// The index of `group`'s first key, adding its keys on first use.
@@ -510,6 +518,9 @@ impl StateStore for RedisStore {
         batch: &'a [Observation],
         now_s: u32,
     ) -> BoxFuture<'a, Result<Decision, StateError>> {
+        if self.shared.schema.cluster() {
+            return Box::pin(super::admit_then_observe(self, charge, batch, now_s));
+        }
         Box::pin(self.shared.admit_and_observe(charge, batch, now_s))
     }
 
