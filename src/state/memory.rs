@@ -255,11 +255,7 @@ impl MemoryStore {
                     // A repeat of an open incident is counted there, and still counts
                     // towards detection; anything else may fold into a storm.
                     let open = inner.entries.get_mut(&key(o)).filter(|e| live(e));
-                    let repeat = open.map(|entry| {
-                        entry.last_seen_s = entry.last_seen_s.max(now_s);
-                        entry.count = entry.count.saturating_add(1);
-                        Verdict::Duplicate(*entry)
-                    });
+                    let repeat = open.map(|entry| Verdict::Duplicate(seen_again(entry, now_s)));
                     let scope = match inner.scopes.entry(storm.scope) {
                         MapEntry::Occupied(e) => e.into_mut(),
                         MapEntry::Vacant(v) => {
@@ -285,9 +281,7 @@ impl MemoryStore {
                     (SignalStatus::Firing, MapEntry::Occupied(mut e)) => {
                         let entry = e.get_mut();
                         if live(entry) {
-                            entry.last_seen_s = entry.last_seen_s.max(now_s);
-                            entry.count = entry.count.saturating_add(1);
-                            Verdict::Duplicate(*entry)
+                            Verdict::Duplicate(seen_again(entry, now_s))
                         } else {
                             // Its stale heap item is still filed and will re-file itself.
                             *entry = Entry { first_seen_s: now_s, last_seen_s: now_s, count: 1 };
@@ -344,6 +338,13 @@ impl MemoryStore {
         }
         Admission::Allowed
     }
+}
+
+/// Counts a repeat of an open incident; `last_seen` never moves backwards.
+fn seen_again(entry: &mut Entry, now_s: u32) -> Entry {
+    entry.last_seen_s = entry.last_seen_s.max(now_s);
+    entry.count = entry.count.saturating_add(1);
+    *entry
 }
 
 /// The second by which a budget with this arrival time is back to full.
