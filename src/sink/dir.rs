@@ -40,12 +40,17 @@ impl DirSink {
 }
 
 fn create_blocking(path: &Path, yaml: &str) -> Result<Created, SinkError> {
-    fs::create_dir_all(path.parent().expect("has a namespace dir"))?;
+    let dir = path.parent().expect("has a namespace dir");
+    fs::create_dir_all(dir)?;
     let tmp = write_temp(path, yaml, Durability::Synced)?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {
-        Ok(()) => Ok(Created::Created),
+        // The file's data is synced; its name is only durable once the directory is.
+        Ok(()) => {
+            fs::File::open(dir)?.sync_all()?;
+            Ok(Created::Created)
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Created::AlreadyExists),
         Err(e) => Err(e.into()),
     }
