@@ -33,7 +33,9 @@
 //! absolute numbers are lower bounds; the ratio between the two servers is the figure
 //! of merit, since both pay the same client cost per request. To show where the cores
 //! went, the table also gives the CPU time each side used in the measured phase (from
-//! `/proc/<pid>/stat`) and alerts per server CPU-second.
+//! `/proc/<pid>/stat`) and alerts per server CPU-second; with `BENCH_STATE=redis`
+//! the server's CPU includes its redis-server's, and a line splits each alert's CPU
+//! between tidegate, Redis and the load generator.
 //!
 //! Each worker is a separate sender with its own loopback source address
 //! (127.0.0.2, 127.0.0.3, …) and its own kept-alive connection. tidegate limits
@@ -399,7 +401,7 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
         url: format!("http://{addr}/api/v1/signals/prometheus"),
         bodies: workload.webhook.clone(),
     };
-    let mut row = drive(settings, &target, server.pid()).await?;
+    let mut row = drive(settings, &target, server.pid(), redis.as_ref().and_then(|r| r.pid())).await?;
 
     // Not timed: what the server made of it.
     let metrics = get_text(&client, &format!("http://{addr}/metrics")).await?;
@@ -481,7 +483,7 @@ async fn bench_alertmanager(settings: &Settings, workload: &Workload, bin: &str)
 
     let target =
         Target { name: "alertmanager", url: format!("http://{addr}/api/v2/alerts"), bodies: workload.postable.clone() };
-    let mut row = drive(settings, &target, server.pid()).await?;
+    let mut row = drive(settings, &target, server.pid(), None).await?;
 
     let metrics = get_text(&client, &format!("http://{addr}/metrics")).await?;
     for line in metrics.lines().filter(|l| {
@@ -558,6 +560,8 @@ struct Row {
     server_cpu: f64,
     client_cpu: f64,
     other_cpu: f64,
+    /// CPU seconds of the server's redis-server, if it has one (not in `other_cpu`).
+    redis_cpu: Option<f64>,
     /// Alerts answered 2xx over warm-up and measured phase together.
     acked_alerts: u64,
     /// Failed warm-up requests and miscounts, already printed.
@@ -571,8 +575,9 @@ impl Row {
     }
 }
 
-/// Warm-up, then the measured phase, against one target (the server is `pid`).
-async fn drive(settings: &Settings, target: &Target, pid: u32) -> Result<Row, String> {
+/// Warm-up, then the measured phase, against one target (the server is `pid`, and
+/// `redis` the redis-server it keeps its state in, if any).
+async fn drive(settings: &Settings, target: &Target, pid: u32, redis: Option<u32>) -> Result<Row, String> {
     // One connection per worker, kept open across both phases.
     let mut senders = Vec::with_capacity(settings.concurrency);
     for w in 0..settings.concurrency {
@@ -597,8 +602,9 @@ async fn drive(settings: &Settings, target: &Target, pid: u32) -> Result<Row, St
         problems.push(format!("{} failed requests in the warm-up", warm.errors()));
     }
 
-    let (server_cpu0, client_cpu0, machine_cpu0) =
-        (cpu_seconds(&pid.to_string()), cpu_seconds("self"), machine_busy_seconds());
+    let redis_cpu_now = || redis.map(|pid| cpu_seconds(&pid.to_string()));
+    let (server_cpu0, client_cpu0, machine_cpu0, redis_cpu0) =
+        (cpu_seconds(&pid.to_string()), cpu_seconds("self"), machine_busy_seconds(), redis_cpu_now());
     let started = Instant::now();
     let end = started + settings.measure;
     let (tally, _) = phase(senders, target, &next, Until { soft: end, min_requests: 0, hard: end }).await;
@@ -606,10 +612,12 @@ async fn drive(settings: &Settings, target: &Target, pid: u32) -> Result<Row, St
     // over the time until the last one finished.
     let elapsed = started.elapsed();
     let (server_cpu, client_cpu) = (cpu_seconds(&pid.to_string()) - server_cpu0, cpu_seconds("self") - client_cpu0);
-    let other_cpu = (machine_busy_seconds() - machine_cpu0 - server_cpu - client_cpu).max(0.0);
+    let redis_cpu = redis_cpu_now().zip(redis_cpu0).map(|(end, start)| end - start);
+    let other_cpu =
+        (machine_busy_seconds() - machine_cpu0 - server_cpu - client_cpu - redis_cpu.unwrap_or(0.0)).max(0.0);
     report_failures("measured phase", target.name, &tally);
     let acked_alerts = (warm.ok + tally.ok) * BATCH as u64;
-    Ok(Row { name: target.name, elapsed, tally, server_cpu, client_cpu, other_cpu, acked_alerts, problems })
+    Ok(Row { name: target.name, elapsed, tally, server_cpu, client_cpu, other_cpu, redis_cpu, acked_alerts, problems })
 }
 
 /// Runs every sender until the phase ends, and hands the senders back (a sender
@@ -816,6 +824,8 @@ fn print_table(rows: &[Row]) {
         let secs = row.elapsed.as_secs_f64();
         let requests = row.tally.ok as f64 / secs;
         let alerts = (row.tally.ok * BATCH as u64) as f64 / secs;
+        // The server's side of the work includes its redis-server's.
+        let server_side = row.server_cpu + row.redis_cpu.unwrap_or(0.0);
         let mut lat = row.tally.latencies_us.clone();
         lat.sort_unstable();
         println!(
@@ -829,10 +839,27 @@ fn print_table(rows: &[Row]) {
             row.server_cpu / secs,
             row.client_cpu / secs,
             row.other_cpu / secs,
-            (row.tally.ok * BATCH as u64) as f64 / row.server_cpu.max(f64::EPSILON),
+            (row.tally.ok * BATCH as u64) as f64 / server_side.max(f64::EPSILON),
             if row.tally.errors() > 0 { "  <-- FAILURES" } else { "" }
         );
-        rates.insert(row.name, (alerts, (row.tally.ok * BATCH as u64) as f64 / row.server_cpu));
+        rates.insert(row.name, (alerts, (row.tally.ok * BATCH as u64) as f64 / server_side));
+    }
+    // Where each alert's CPU went, when Redis is one of the parts.
+    for row in rows {
+        if let Some(redis_cpu) = row.redis_cpu {
+            let alerts = (row.tally.ok * BATCH as u64).max(1) as f64;
+            let us = |cpu: f64| cpu * 1e6 / alerts;
+            println!(
+                "{}: CPU per alert: server {:.2} µs, redis-server {:.2} µs ({:.2} cores), load generator {:.2} µs, \
+                 other {:.2} µs",
+                row.name,
+                us(row.server_cpu),
+                us(redis_cpu),
+                redis_cpu / row.elapsed.as_secs_f64(),
+                us(row.client_cpu),
+                us(row.other_cpu),
+            );
+        }
     }
     println!(
         "(over {} s each; {} 2xx requests = {} alerts for tidegate)",

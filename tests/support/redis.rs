@@ -179,6 +179,11 @@ impl RedisServer {
         self.port
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Child::id)
+    }
+
     /// `127.0.0.1:PORT`, as `redis-cli --cluster` and Sentinel spell addresses.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
