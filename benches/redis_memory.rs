@@ -36,6 +36,7 @@ async fn main() -> ExitCode {
     let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
     let options = RedisOptions {
         topology: server.url().parse().expect("a redis:// URL"),
+        tls: Default::default(),
         prefix: "tg:".into(),
         window: Duration::from_secs(300),
         storms: tidegate::state::StormRules::default(),

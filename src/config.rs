@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::state::redis::connection::Topology;
+use crate::state::redis::connection::{TlsFiles, Topology};
 
 /// Everything `tidegate serve` can be told.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -96,6 +96,8 @@ pub struct RedisConfig {
     /// How often Redis memory and key gauges are refreshed. Default `15s`.
     #[serde(with = "duration")]
     pub monitor_interval: Duration,
+    /// PEM files for a `rediss…` state URL; by default the system's trust store.
+    pub tls: TlsFiles,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -300,7 +302,12 @@ impl Default for MemoryConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { prefix: "tg:".into(), timeout: Duration::from_secs(1), monitor_interval: Duration::from_secs(15) }
+        RedisConfig {
+            prefix: "tg:".into(),
+            timeout: Duration::from_secs(1),
+            monitor_interval: Duration::from_secs(15),
+            tls: TlsFiles::default(),
+        }
     }
 }
 
@@ -424,6 +431,13 @@ impl Config {
         if self.redis.monitor_interval < Duration::from_secs(1) {
             return invalid("redis.monitor_interval", "must be at least 1s");
         }
+        let tls_state = matches!(&self.state, StateBackend::Redis(topology) if topology.tls());
+        if !self.redis.tls.is_empty() && !tls_state {
+            return invalid("redis.tls", "is set, but the state is not a rediss:// (TLS) Redis URL");
+        }
+        if self.redis.tls.cert_file.is_some() != self.redis.tls.key_file.is_some() {
+            return invalid("redis.tls", "cert_file and key_file go together");
+        }
         if self.classify.default_environment.trim().is_empty() {
             return invalid("classify.default_environment", "must not be empty");
         }
@@ -517,7 +531,7 @@ impl FromStr for StateBackend {
             "memory" => Ok(StateBackend::Memory),
             url if url.starts_with("redis") => Ok(StateBackend::Redis(url.parse()?)),
             other => Err(format!(
-                "expected \"memory\" or a redis://, redis+sentinel:// or redis+cluster:// URL, got {other:?}"
+                "expected \"memory\" or a redis://, redis+sentinel:// or redis+cluster:// URL (rediss… over TLS), got {other:?}"
             )),
         }
     }
@@ -618,12 +632,29 @@ mod tests {
     }
 
     #[test]
+    fn redis_tls_files_need_a_tls_url_and_come_as_a_pair() {
+        let mut c = Config { state: "redis://h:6379".parse().unwrap(), ..Config::default() };
+        c.redis.tls.ca_file = Some("/ca.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("redis.tls:") && err.contains("rediss"), "{err}");
+        c.state = "rediss+cluster://a:1,b:2".parse().unwrap();
+        assert!(c.validate().is_ok());
+        c.redis.tls.cert_file = Some("/client.pem".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("cert_file and key_file go together"), "{err}");
+        c.redis.tls.key_file = Some("/client.key".into());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn state_and_sink_parse_and_hide_credentials() {
         assert_eq!("memory".parse::<StateBackend>(), Ok(StateBackend::Memory));
         let r: StateBackend = "redis://:secret@host:6379/0".parse().unwrap();
         assert_eq!(r.to_string(), "redis://***@host:6379/0");
         let r: StateBackend = "redis+sentinel://:secret@s1:26379,s2:26379/mymaster".parse().unwrap();
         assert_eq!(r.to_string(), "redis+sentinel://***@s1:26379,s2:26379/mymaster");
+        let r: StateBackend = "rediss+sentinel://:secret@s1:26379/mymaster/2".parse().unwrap();
+        assert_eq!(r.to_string(), "rediss+sentinel://***@s1:26379/mymaster/2");
         assert!("postgres://x".parse::<StateBackend>().is_err());
         assert_eq!("kube".parse::<SinkTarget>(), Ok(SinkTarget::Kube));
         assert!("file:/x".parse::<SinkTarget>().is_err());

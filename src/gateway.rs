@@ -93,6 +93,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         StateBackend::Redis(topology) => {
             let options = RedisOptions {
                 topology: topology.clone(),
+                tls: config.redis.tls.clone(),
                 prefix: config.redis.prefix.clone(),
                 window: config.dedup.window,
                 storms: config.storm.rules(),

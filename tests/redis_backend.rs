@@ -23,6 +23,7 @@ use tidegate::telemetry::Metrics;
 fn options(url: &str, prefix: &str, window: Duration) -> RedisOptions {
     RedisOptions {
         topology: url.parse().unwrap(),
+        tls: Default::default(),
         prefix: prefix.to_string(),
         window,
         storms: tidegate::state::StormRules::default(),

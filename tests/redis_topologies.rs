@@ -35,6 +35,7 @@ mod cluster_conformance {
         let url = tokio::task::spawn_blocking(cluster_url).await.unwrap();
         let options = RedisOptions {
             topology: url.parse().unwrap(),
+            tls: Default::default(),
             prefix: unique_prefix(),
             window,
             storms: tidegate::state::StormRules::default(),

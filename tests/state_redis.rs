@@ -15,6 +15,7 @@ async fn redis_store(window: Duration) -> Arc<dyn StateStore> {
     let server = support::redis::shared();
     let options = RedisOptions {
         topology: server.url().parse().unwrap(),
+        tls: Default::default(),
         prefix: support::unique_prefix(),
         window,
         storms: tidegate::state::StormRules::default(),

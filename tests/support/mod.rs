@@ -5,6 +5,7 @@
 pub mod conformance;
 pub mod kube_api;
 pub mod redis;
+pub mod tls;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -92,8 +92,21 @@ pub struct ServerOptions {
     /// dir, a 2 s node timeout. The port is chosen so that port + 10000 (the cluster
     /// bus) is free too.
     pub cluster: bool,
+    /// Also listen for TLS on a port of its own (see [`RedisServer::tls_url`]); the
+    /// plain port stays open for the harness' own probes.
+    pub tls: Option<ServerTls>,
     /// Anything else, appended last, e.g. `["--hz", "100"]`.
     pub extra_args: Vec<String>,
+}
+
+/// A server's TLS files (PEM), and whether it demands a client certificate.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that client certificates must chain to.
+    pub ca: PathBuf,
+    pub require_client_cert: bool,
 }
 
 impl Default for ServerOptions {
@@ -103,6 +116,7 @@ impl Default for ServerOptions {
             maxmemory_policy: "noeviction".into(),
             replica_of: None,
             cluster: false,
+            tls: None,
             extra_args: Vec::new(),
         }
     }
@@ -115,6 +129,8 @@ enum Kind {
     /// which are only known once a port is picked.
     Sentinel {
         body: String,
+        /// Also serve TLS on a port of its own, and talk TLS to the data servers.
+        tls: Option<ServerTls>,
     },
 }
 
@@ -125,6 +141,8 @@ enum Kind {
 /// server and the servers inside a [`SentinelSetup`] can be killed and restarted too.
 pub struct RedisServer {
     port: u16,
+    /// The TLS port, for a server started with [`ServerOptions::tls`].
+    tls_port: Option<u16>,
     kind: Kind,
     log: PathBuf,
     child: Mutex<Option<Child>>,
@@ -151,14 +169,29 @@ impl RedisServer {
         register_dir(dir.path());
         let log = dir.path().join("redis.log");
         let bus = matches!(&kind, Kind::Server(o) if o.cluster);
-        let mut server = RedisServer { port: 0, kind, log, child: Mutex::new(None), dir };
+        let tls = match &kind {
+            Kind::Server(o) => o.tls.is_some(),
+            Kind::Sentinel { tls, .. } => tls.is_some(),
+        };
+        let mut server = RedisServer { port: 0, tls_port: None, kind, log, child: Mutex::new(None), dir };
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             server.port = pick_port(bus);
-            if let Kind::Sentinel { body } = &server.kind {
+            server.tls_port = tls.then(|| pick_port(false));
+            if let Kind::Sentinel { body, tls } = &server.kind {
                 // Written once per port; on restart the sentinel keeps the config it
                 // rewrote itself (known replicas, sentinels, epochs), as in production.
-                let conf = format!("port {}\ndir {}\n{body}", server.port, server.dir.path().display());
+                let mut conf = format!("port {}\ndir {}\n{body}", server.port, server.dir.path().display());
+                if let (Some(tls), Some(tls_port)) = (tls, server.tls_port) {
+                    // `tls-replication`: the sentinel talks TLS to the data servers too.
+                    conf.push_str(&format!(
+                        "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                         tls-auth-clients no\ntls-replication yes\n",
+                        tls.cert.display(),
+                        tls.key.display(),
+                        tls.ca.display()
+                    ));
+                }
                 fs::write(server.sentinel_conf(), conf).expect("write sentinel.conf");
             }
             match server.spawn_and_wait() {
@@ -177,6 +210,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`, for a server started with TLS.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port.expect("a server started with ServerOptions::tls"))
     }
 
     /// The server's process id, while it runs.
@@ -308,6 +346,16 @@ impl RedisServer {
                     cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
                         .arg("--cluster-config-file")
                         .arg(self.dir.path().join(format!("nodes-{port}.conf")));
+                }
+                if let (Some(tls), Some(tls_port)) = (&o.tls, self.tls_port) {
+                    cmd.args(["--tls-port", &tls_port.to_string()])
+                        .arg("--tls-cert-file")
+                        .arg(&tls.cert)
+                        .arg("--tls-key-file")
+                        .arg(&tls.key)
+                        .arg("--tls-ca-cert-file")
+                        .arg(&tls.ca)
+                        .args(["--tls-auth-clients", if tls.require_client_cert { "yes" } else { "no" }]);
                 }
                 cmd.args(&o.extra_args);
                 cmd
@@ -466,8 +514,22 @@ impl SentinelSetup {
     /// Starts everything and waits until every sentinel knows the master, the replica
     /// (with a live link) and the two other sentinels, so a failover can start at once.
     pub fn start() -> SentinelSetup {
-        let primary = RedisServer::start(ServerOptions::default());
-        let replica = RedisServer::start(ServerOptions { replica_of: Some(primary.port), ..Default::default() });
+        Self::start_with(None)
+    }
+
+    /// The same, with every server and sentinel also serving `tls` on a TLS port,
+    /// and replication, monitoring and the addresses sentinels hand out on TLS ports.
+    /// The failover helpers below are for plain setups only.
+    pub fn start_with(tls: Option<ServerTls>) -> SentinelSetup {
+        let data = ServerOptions {
+            tls: tls.clone(),
+            extra_args: if tls.is_some() { vec!["--tls-replication".into(), "yes".into()] } else { Vec::new() },
+            ..Default::default()
+        };
+        // The port everyone else is to use for a data server.
+        let public = |s: &RedisServer| s.tls_port.unwrap_or(s.port);
+        let primary = RedisServer::start(data.clone());
+        let replica = RedisServer::start(ServerOptions { replica_of: Some(public(&primary)), ..data });
         // The replica must be attached before the sentinels start: a sentinel learns
         // replicas from the master's INFO, which it asks for on connect and then only
         // every 10 s.
@@ -487,15 +549,16 @@ impl SentinelSetup {
              sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
              sentinel failover-timeout {MASTER_NAME} 5000\n",
-            primary.port
+            public(&primary)
         );
         let sentinels: Vec<RedisServer> =
-            (0..3).map(|_| RedisServer::launch(Kind::Sentinel { body: body.clone() })).collect();
+            (0..3).map(|_| RedisServer::launch(Kind::Sentinel { body: body.clone(), tls: tls.clone() })).collect();
+        let (primary_port, replica_port) = (public(&primary), public(&replica));
         let setup =
             SentinelSetup { primary_port: AtomicU16::new(primary.port), servers: vec![primary, replica], sentinels };
         for sentinel in &setup.sentinels {
             let ready = poll_until(CONVERGE_TIMEOUT, STATE_INTERVAL, || {
-                sentinel_is_ready(sentinel.port, setup.servers[0].port, setup.servers[1].port).then_some(())
+                sentinel_is_ready(sentinel.port, primary_port, replica_port).then_some(())
             });
             if ready.is_none() {
                 panic!("{} never saw the whole setup; log:\n{}", sentinel.describe(), sentinel.log());
@@ -511,6 +574,11 @@ impl SentinelSetup {
     /// `redis://127.0.0.1:PORT` of each sentinel.
     pub fn sentinel_urls(&self) -> Vec<String> {
         self.sentinels.iter().map(RedisServer::url).collect()
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of each sentinel of a TLS setup.
+    pub fn sentinel_tls_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisServer::tls_url).collect()
     }
 
     pub fn sentinels(&self) -> &[RedisServer] {
@@ -628,8 +696,19 @@ impl ClusterSetup {
     /// Starts three nodes, joins them with `redis-cli --cluster create` and waits until
     /// every node reports `cluster_state:ok` and knows all three nodes.
     pub fn start() -> ClusterSetup {
-        let nodes: Vec<RedisServer> =
-            (0..3).map(|_| RedisServer::start(ServerOptions { cluster: true, ..Default::default() })).collect();
+        Self::start_with(None)
+    }
+
+    /// The same, with each node also serving `tls` on a TLS port and the nodes
+    /// talking TLS among themselves (`tls-cluster yes`). Clients that come in over
+    /// TLS are told the nodes' TLS ports; the harness keeps to the plain ones.
+    pub fn start_with(tls: Option<ServerTls>) -> ClusterSetup {
+        let extra_args = match tls {
+            Some(_) => vec!["--tls-cluster".into(), "yes".into()],
+            None => Vec::new(),
+        };
+        let options = ServerOptions { cluster: true, tls, extra_args, ..Default::default() };
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start(options.clone())).collect();
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
         create.args(nodes.iter().map(RedisServer::addr));
@@ -665,6 +744,11 @@ impl ClusterSetup {
     /// `redis://127.0.0.1:PORT` of each node, for `ClusterClient::new`.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT` of each node of a TLS cluster.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::tls_url).collect()
     }
 
     pub fn client(&self) -> ::redis::cluster::ClusterClient {

@@ -10,7 +10,13 @@
 //!   redis-rs's cluster client, which follows slot moves and failovers itself.
 //!
 //! Credentials apply to the Redis nodes; sentinels are reached without them.
+//!
+//! TLS: `rediss://`, `rediss+sentinel://` (sentinels and nodes alike) and
+//! `rediss+cluster://`. The server's certificate is checked against the system's
+//! trust store, or against `redis.tls.ca_file`; `redis.tls.cert_file` and `key_file`
+//! give a client certificate to a Redis that asks for one (`tls-auth-clients`).
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -18,15 +24,28 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, RedisConnectionInfo, RedisError, RedisResult};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    Client, ClientTlsConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult, TlsCertificates, TlsMode,
+};
 
 /// A parsed `--state` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Topology {
-    Standalone { url: String },
-    Sentinel { sentinels: Vec<String>, master: String, auth: Auth, db: i64 },
-    Cluster { nodes: Vec<String>, auth: Auth },
+    Standalone {
+        url: String,
+    },
+    /// `sentinels` and `nodes` are `redis://host:port`, or `rediss://` over TLS.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        auth: Auth,
+        db: i64,
+    },
+    Cluster {
+        nodes: Vec<String>,
+        auth: Auth,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,26 +61,27 @@ impl FromStr for Topology {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
         match scheme {
             "redis" | "rediss" => Ok(Topology::Standalone { url: url.to_string() }),
-            "redis+sentinel" | "redis+cluster" => {
+            "redis+sentinel" | "redis+cluster" | "rediss+sentinel" | "rediss+cluster" => {
+                let (node_scheme, kind) = scheme.split_once('+').expect("matched above");
                 let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
                 let (auth, hosts) = match authority.rsplit_once('@') {
                     Some((userinfo, hosts)) => (parse_auth(userinfo), hosts),
                     None => (Auth::default(), authority),
                 };
                 let hosts: Vec<String> =
-                    hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("redis://{h}")).collect();
+                    hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{node_scheme}://{h}")).collect();
                 if hosts.is_empty() {
                     return Err(format!("{scheme}:// needs at least one host:port"));
                 }
-                if scheme == "redis+cluster" {
+                if kind == "cluster" {
                     return Ok(Topology::Cluster { nodes: hosts, auth });
                 }
                 let mut parts = path.split('/').filter(|p| !p.is_empty());
                 let master = parts
                     .next()
-                    .ok_or(
-                        "redis+sentinel:// needs the master name as its path, as in redis+sentinel://s1:26379/mymaster",
-                    )?
+                    .ok_or_else(|| {
+                        format!("{scheme}:// needs the master name as its path, as in {scheme}://s1:26379/mymaster")
+                    })?
                     .to_string();
                 let db = match parts.next() {
                     Some(db) => db.parse().map_err(|_| format!("database {db:?} is not a number"))?,
@@ -69,7 +89,9 @@ impl FromStr for Topology {
                 };
                 Ok(Topology::Sentinel { sentinels: hosts, master, auth, db })
             }
-            other => Err(format!("unknown Redis scheme {other:?}; use redis, rediss, redis+sentinel or redis+cluster")),
+            other => Err(format!(
+                "unknown Redis scheme {other:?}; use redis, redis+sentinel or redis+cluster (rediss… over TLS)"
+            )),
         }
     }
 }
@@ -87,13 +109,26 @@ impl std::fmt::Display for Topology {
             }
             Topology::Sentinel { sentinels, master, auth, db } => {
                 let path = if *db == 0 { format!("/{master}") } else { format!("/{master}/{db}") };
-                ("redis+sentinel", sentinels, auth, path)
+                ("sentinel", sentinels, auth, path)
             }
-            Topology::Cluster { nodes, auth } => ("redis+cluster", nodes, auth, String::new()),
+            Topology::Cluster { nodes, auth } => ("cluster", nodes, auth, String::new()),
         };
-        let hosts: Vec<&str> = hosts.iter().map(|h| h.trim_start_matches("redis://")).collect();
+        let hosts: Vec<&str> = hosts.iter().map(|h| h.split_once("://").map_or(h.as_str(), |(_, host)| host)).collect();
         let masked = if auth.password.is_some() || auth.username.is_some() { "***@" } else { "" };
-        write!(f, "{scheme}://{masked}{}{path}", hosts.join(","))
+        let node_scheme = if self.tls() { "rediss" } else { "redis" };
+        write!(f, "{node_scheme}+{scheme}://{masked}{}{path}", hosts.join(","))
+    }
+}
+
+impl Topology {
+    /// Whether its connections use TLS.
+    pub fn tls(&self) -> bool {
+        match self {
+            Topology::Standalone { url } => url.starts_with("rediss://"),
+            Topology::Sentinel { sentinels: hosts, .. } | Topology::Cluster { nodes: hosts, .. } => {
+                hosts.iter().any(|h| h.starts_with("rediss://"))
+            }
+        }
     }
 }
 
@@ -115,21 +150,66 @@ fn parse_auth(userinfo: &str) -> Auth {
     Auth { username: nonempty(user), password: nonempty(pass) }
 }
 
+/// PEM files for TLS topologies (`redis.tls.*`). With none set, Redis' certificate
+/// is checked against the system's trust store and no client certificate is sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The CA certificates that sign Redis' certificate, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for a Redis with `tls-auth-clients`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    pub fn is_empty(&self) -> bool {
+        *self == TlsFiles::default()
+    }
+
+    /// Reads the files; `None` when none is set.
+    pub fn load(&self) -> Result<Option<TlsCertificates>, String> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let read = |name: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read redis.tls.{name} {}: {e}", path.display()))
+        };
+        let client_tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                Some(ClientTlsConfig { client_cert: read("cert_file", cert)?, client_key: read("key_file", key)? })
+            }
+            (None, None) => None,
+            _ => return Err("redis.tls.cert_file and redis.tls.key_file go together".into()),
+        };
+        let root_cert = self.ca_file.as_deref().map(|ca| read("ca_file", ca)).transpose()?;
+        Ok(Some(TlsCertificates { client_tls, root_cert }))
+    }
+}
+
 /// A live connection, whatever the topology.
 pub enum Connection {
     Standalone(ConnectionManager),
     Sentinel(Box<SentinelConnection>),
-    Cluster(ClusterConnection, Auth),
+    Cluster(ClusterConnection, NodeAccess),
+}
+
+/// How to reach one Cluster node directly, as the cluster client does.
+pub struct NodeAccess {
+    auth: Auth,
+    tls: bool,
+    certs: Option<TlsCertificates>,
 }
 
 impl Connection {
-    /// Connects, failing if the topology cannot be reached now.
+    /// Connects, failing if the topology cannot be reached now. `certs` replace the
+    /// system's trust store (and add a client certificate) for TLS topologies.
     ///
     /// TCP_NODELAY stays off (redis-rs' default): many requests share one
     /// multiplexed connection, and Nagle lets their commands share segments.
     /// Measured with `BENCH_STATE=redis cargo bench --bench ingest`, turning it on
     /// cost ~15 % of alerts per server CPU-second, with no better p99.
-    pub async fn open(topology: &Topology, timeout: Duration) -> RedisResult<Self> {
+    pub async fn open(topology: &Topology, timeout: Duration, certs: Option<&TlsCertificates>) -> RedisResult<Self> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -137,14 +217,36 @@ impl Connection {
             .set_number_of_retries(1);
         match topology {
             Topology::Standalone { url } => {
-                let client = Client::open(url.as_str())?;
+                let client = match certs {
+                    Some(certs) if topology.tls() => Client::build_with_tls(url.as_str(), certs.clone())?,
+                    _ => Client::open(url.as_str())?,
+                };
                 Ok(Connection::Standalone(ConnectionManager::new_with_config(client, config).await?))
             }
             Topology::Sentinel { sentinels, master, auth, db } => {
-                let info = auth.apply(RedisConnectionInfo::default().set_db(*db));
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
-                let mut client =
-                    SentinelClient::build(sentinels.clone(), master.clone(), Some(node), SentinelServerType::Master)?;
+                let addrs = sentinels
+                    .iter()
+                    .map(|s| Ok(s.as_str().into_connection_info()?.addr().clone()))
+                    .collect::<RedisResult<Vec<_>>>()?;
+                let mut builder =
+                    SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?.set_client_to_redis_db(*db);
+                if let Some(user) = &auth.username {
+                    builder = builder.set_client_to_redis_username(user);
+                }
+                if let Some(pass) = &auth.password {
+                    builder = builder.set_client_to_redis_password(pass);
+                }
+                if topology.tls() {
+                    builder = builder
+                        .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+                        .set_client_to_redis_tls_mode(TlsMode::Secure);
+                    if let Some(certs) = certs {
+                        builder = builder
+                            .set_client_to_sentinel_certificates(certs.clone())
+                            .set_client_to_redis_certificates(certs.clone());
+                    }
+                }
+                let mut client = builder.build()?;
                 let primary = client.async_get_client().await?;
                 let manager = ConnectionManager::new_with_config(primary, config.clone()).await?;
                 Ok(Connection::Sentinel(Box::new(SentinelConnection {
@@ -165,7 +267,11 @@ impl Connection {
                 if let Some(pass) = &auth.password {
                     builder = builder.password(pass);
                 }
-                Ok(Connection::Cluster(builder.build()?.get_async_connection().await?, auth.clone()))
+                if let Some(certs) = certs.filter(|_| topology.tls()) {
+                    builder = builder.certs(certs.clone());
+                }
+                let access = NodeAccess { auth: auth.clone(), tls: topology.tls(), certs: certs.cloned() };
+                Ok(Connection::Cluster(builder.build()?.get_async_connection().await?, access))
             }
         }
     }
@@ -183,15 +289,18 @@ impl Connection {
     /// and `INFO` that a cluster client sends to one node only. Empty otherwise.
     pub async fn cluster_primaries(&self) -> RedisResult<Vec<MultiplexedConnection>> {
         let mut out = Vec::new();
-        if let Connection::Cluster(c, auth) = self {
-            {
-                let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c.clone()).await?;
-                for addr in primary_addresses(&nodes) {
-                    let info = redis::ConnectionInfo::from_str(&format!("redis://{addr}"))?;
-                    let node = auth.apply(info.redis_settings().clone());
-                    let info = info.set_redis_settings(node);
-                    out.push(Client::open(info)?.get_multiplexed_async_connection().await?);
-                }
+        if let Connection::Cluster(c, access) = self {
+            let nodes: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c.clone()).await?;
+            for addr in primary_addresses(&nodes) {
+                let scheme = if access.tls { "rediss" } else { "redis" };
+                let info = redis::ConnectionInfo::from_str(&format!("{scheme}://{addr}"))?;
+                let node = access.auth.apply(info.redis_settings().clone());
+                let info = info.set_redis_settings(node);
+                let client = match &access.certs {
+                    Some(certs) if access.tls => Client::build_with_tls(info, certs.clone())?,
+                    _ => Client::open(info)?,
+                };
+                out.push(client.get_multiplexed_async_connection().await?);
             }
         }
         Ok(out)
@@ -304,6 +413,14 @@ mod tests {
             "redis+cluster://a:1,b:2".parse::<Topology>(),
             Ok(Topology::Cluster { nodes: vec!["redis://a:1".into(), "redis://b:2".into()], auth: Auth::default() })
         );
+        let tls: Topology = "rediss+cluster://a:1,b:2".parse().unwrap();
+        assert_eq!(
+            tls,
+            Topology::Cluster { nodes: vec!["rediss://a:1".into(), "rediss://b:2".into()], auth: Auth::default() }
+        );
+        assert!(tls.tls() && "rediss://h:1".parse::<Topology>().unwrap().tls());
+        assert!(!"redis+sentinel://s1:26379/m".parse::<Topology>().unwrap().tls());
+        assert_eq!(tls.to_string(), "rediss+cluster://a:1,b:2");
         assert!("redis+sentinel://s1:26379".parse::<Topology>().is_err());
         assert!("memcached://x".parse::<Topology>().is_err());
     }

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
-use connection::{Connection, Handle, Topology};
+use connection::{Connection, Handle, TlsFiles, Topology};
 use schema::{DedupTag, Key, Schema};
 
 const DECIDE: &str = include_str!("decide.lua");
@@ -53,6 +53,7 @@ fn scripts() -> (Script, Script) {
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
     pub topology: Topology,
+    pub tls: TlsFiles,
     pub prefix: String,
     pub window: Duration,
     pub storms: StormRules,
@@ -82,7 +83,8 @@ impl RedisStore {
     /// Connects, loads the script, checks the eviction policy and starts the
     /// monitor that exports Redis memory gauges.
     pub async fn connect(options: RedisOptions, metrics: Arc<Metrics>) -> Result<Self, StateError> {
-        let conn = Connection::open(&options.topology, options.timeout)
+        let certs = options.tls.load().map_err(StateError::Unavailable)?;
+        let conn = Connection::open(&options.topology, options.timeout, certs.as_ref())
             .await
             .map_err(|e| StateError::Unavailable(format!("cannot connect to Redis: {e}")))?;
         let (decide, gcra) = scripts();

@@ -1,0 +1,69 @@
+//! Certificates for TLS tests, made fresh for each use (a few milliseconds): a CA,
+//! a server certificate for `127.0.0.1` and `localhost` and a client certificate
+//! signed by it, and an unrelated CA that must not be trusted in its place.
+
+use std::path::PathBuf;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+use super::redis::ServerTls;
+
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A CA that signed none of the above.
+    pub stranger_ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).expect("write PEM");
+            path
+        };
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().expect("CA key");
+            let cert = params.self_signed(&key).expect("self-signed CA");
+            (cert, Issuer::new(params, key))
+        };
+        let (ca_cert, issuer) = ca("tidegate test CA");
+        let (stranger_cert, _) = ca("some other CA");
+        let leaf = |names: Vec<String>, common_name: &str| {
+            let mut params = CertificateParams::new(names).expect("leaf params");
+            params.distinguished_name.push(DnType::CommonName, common_name);
+            let key = KeyPair::generate().expect("leaf key");
+            let cert = params.signed_by(&key, &issuer).expect("signed by the CA");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], "redis");
+        let (client_cert, client_key) = leaf(Vec::new(), "tidegate");
+        Pki {
+            ca: write("ca.pem", ca_cert.pem()),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client.key", client_key),
+            stranger_ca: write("stranger-ca.pem", stranger_cert.pem()),
+            _dir: dir,
+        }
+    }
+
+    /// What a redis-server needs to serve TLS with these certificates.
+    pub fn server(&self, require_client_cert: bool) -> ServerTls {
+        ServerTls {
+            cert: self.server_cert.clone(),
+            key: self.server_key.clone(),
+            ca: self.ca.clone(),
+            require_client_cert,
+        }
+    }
+}
