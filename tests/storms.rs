@@ -50,52 +50,88 @@ async fn three_hundred_pods(gw: &Gateway, namespaces: &[&str]) {
     assert!(codes.keys().all(|c| *c == 201 || *c == 202), "{codes:?}");
 }
 
-/// `resource_error`: Redis counts distinct resources with HyperLogLog (0.81%
-/// standard error); the embedded store counts them exactly.
-async fn storm_of_300_is_one_aggregated_request(mut gw: Gateway, resource_error: u64) {
+/// How exactly a store counts distinct resources: the embedded store exactly; Redis
+/// with HyperLogLog (0.81% standard error). At six resources Redis' HyperLogLog
+/// says five about once in 800 (measured with PFADD/PFCOUNT of random 8-byte
+/// members), so a pattern storm may open an alert late there, and the alert before
+/// it gets a request of its own.
+#[derive(Clone, Copy)]
+enum Counting {
+    Exact,
+    HyperLogLog,
+}
+
+impl Counting {
+    /// Alerts a pattern storm may open late by.
+    fn late(self) -> usize {
+        match self {
+            Counting::Exact => 0,
+            Counting::HyperLogLog => 2,
+        }
+    }
+
+    /// Distinct resources a storm may be counted off by, at a few hundred.
+    fn resource_error(self) -> u64 {
+        match self {
+            Counting::Exact => 0,
+            Counting::HyperLogLog => 6,
+        }
+    }
+}
+
+/// The alerts of one namespace up to the pattern threshold (5) got requests of
+/// their own, give or take what the store's counting allows.
+fn individual_up_to_threshold(individual: &[RemediationRequest], namespace: &str, counting: Counting) {
+    let n = individual.iter().filter(|rr| rr.metadata.namespace.as_deref() == Some(namespace)).count();
+    assert!((5..=5 + counting.late()).contains(&n), "{n} individual requests in {namespace}");
+}
+
+async fn storm_of_300_is_one_aggregated_request(mut gw: Gateway, counting: Counting) {
     three_hundred_pods(&gw, &["shop"]).await;
     gw.stop().await;
     let (individual, aggregated) = requests(&gw);
     assert_eq!(aggregated.len(), 1, "one aggregated request");
-    assert_eq!(individual.len(), 5, "the alerts up to the pattern threshold got their own");
+    individual_up_to_threshold(&individual, "shop", counting);
     assert_eq!(alerts_counted(&individual, &aggregated), 300, "every alert counted exactly once");
     let rr = &aggregated[0];
     let storm = rr.status.as_ref().unwrap().storm.as_ref().unwrap();
-    assert_eq!(storm.alert_count, 295);
-    assert!(storm.resource_count.abs_diff(295) <= resource_error, "{} distinct resources", storm.resource_count);
+    assert_eq!(storm.alert_count, 300 - individual.len() as u64);
+    let resources = storm.resource_count.abs_diff(storm.alert_count);
+    assert!(resources <= counting.resource_error(), "{} distinct resources", storm.resource_count);
     assert_eq!(storm.affected_resources.len(), 100, "the list is capped, the counts are not");
     assert_eq!(rr.spec.storm.as_ref().unwrap().kind, "pattern");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storm_of_300_pods_is_one_aggregated_request_in_memory() {
-    storm_of_300_is_one_aggregated_request(memory(|_| {}).await, 0).await;
+    storm_of_300_is_one_aggregated_request(memory(|_| {}).await, Counting::Exact).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storm_of_300_pods_is_one_aggregated_request_on_redis() {
-    storm_of_300_is_one_aggregated_request(redis(|_| {}).await, 6).await;
+    storm_of_300_is_one_aggregated_request(redis(|_| {}).await, Counting::HyperLogLog).await;
 }
 
-async fn storms_in_two_namespaces_are_independent(mut gw: Gateway) {
+async fn storms_in_two_namespaces_are_independent(mut gw: Gateway, counting: Counting) {
     three_hundred_pods(&gw, &["shop", "search"]).await;
     gw.stop().await;
     let (individual, aggregated) = requests(&gw);
     assert_eq!(aggregated.len(), 2);
     let namespaces: Vec<_> = aggregated.iter().map(|rr| rr.metadata.namespace.clone().unwrap()).collect();
     assert!(namespaces.contains(&"shop".to_string()) && namespaces.contains(&"search".to_string()));
-    assert_eq!(individual.len(), 10);
+    individual_up_to_threshold(&individual, "shop", counting);
+    individual_up_to_threshold(&individual, "search", counting);
     assert_eq!(alerts_counted(&individual, &aggregated), 300);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storms_in_two_namespaces_are_independent_in_memory() {
-    storms_in_two_namespaces_are_independent(memory(|_| {}).await).await;
+    storms_in_two_namespaces_are_independent(memory(|_| {}).await, Counting::Exact).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn storms_in_two_namespaces_are_independent_on_redis() {
-    storms_in_two_namespaces_are_independent(redis(|_| {}).await).await;
+    storms_in_two_namespaces_are_independent(redis(|_| {}).await, Counting::HyperLogLog).await;
 }
 
 #[tokio::test]
