@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `tidegate=debug` [default: info].
     #[arg(long, env = "TIDEGATE_LOG")]
     pub log: Option<String>,
+    /// Threads that run requests [default: one per core; one with a Redis state].
+    #[arg(long, env = "TIDEGATE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 impl ServeArgs {
@@ -89,6 +92,9 @@ impl ServeArgs {
         set(&mut c.http.shutdown_delay, &self.shutdown_delay);
         set(&mut c.log.format, &self.log_format);
         set(&mut c.log.filter, &self.log);
+        if self.worker_threads.is_some() {
+            c.runtime.worker_threads = self.worker_threads;
+        }
     }
 }
 
@@ -101,10 +107,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, "listen: 0.0.0.0:9000\ndedup:\n  window: 2m\n").unwrap();
-        let cli = Cli::parse_from(["tidegate", "serve", "--config", path.to_str().unwrap(), "--dedup-window", "10m"]);
+        let path = path.to_str().unwrap();
+        let cli =
+            Cli::parse_from(["tidegate", "serve", "--config", path, "--dedup-window", "10m", "--worker-threads", "3"]);
         let Command::Serve(args) = cli.command else { panic!("serve") };
         let config = args.load().unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.dedup.window, Duration::from_secs(600));
+        assert_eq!(config.worker_threads(), 3);
     }
 }

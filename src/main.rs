@@ -8,14 +8,21 @@ use tidegate::remediation::RemediationRequest;
 #[global_allocator]
 static ALLOCATOR: tidegate::allocator::Allocator = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tidegate::allocator::tune();
     match Cli::parse().command {
         Command::Serve(args) => {
             let config = args.load().context("invalid configuration")?;
             tidegate::telemetry::init_logging(&config.log);
-            tidegate::gateway::serve(config).await?;
+            // Built after the config is read: how many threads depends on it.
+            let workers = config.worker_threads();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            tracing::info!(worker_threads = workers, "runtime started");
+            runtime.block_on(tidegate::gateway::serve(config))?;
         }
         Command::Crd => {
             print!("{}", serde_norway::to_string(&RemediationRequest::crd())?);
