@@ -15,12 +15,12 @@ mod redis_support;
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use redis_support::{RedisServer, ServerOptions};
 use tidegate::clock::Clock;
 use tidegate::signal::{Fingerprint, SignalStatus};
-use tidegate::state::redis::{RedisOptions, RedisStore};
+use tidegate::state::redis::RedisStore;
 use tidegate::state::{Observation, StateStore, Verdict};
 use tidegate::telemetry::Metrics;
 
@@ -34,15 +34,7 @@ const TARGET: f64 = 48.0;
 #[tokio::main]
 async fn main() -> ExitCode {
     let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
-    let options = RedisOptions {
-        topology: server.url().parse().expect("a redis:// URL"),
-        tls: Default::default(),
-        prefix: "tg:".into(),
-        window: Duration::from_secs(300),
-        storms: tidegate::state::StormRules::default(),
-        timeout: Duration::from_secs(5),
-        monitor_interval: Duration::from_secs(3600),
-    };
+    let options = server.bench_store_options();
     let store = RedisStore::connect(options, Arc::new(Metrics::new())).await.expect("connecting");
     let clock = Clock::System;
     let smoke = !std::env::args().any(|a| a == "--bench");

@@ -222,6 +222,21 @@ impl RedisServer {
         self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Child::id)
     }
 
+    /// Options for a `RedisStore` on this server as a bench drives it: the gateway's
+    /// prefix, window and storm rules, a timeout no hiccup of a loaded machine
+    /// reaches, and no memory monitor running alongside.
+    pub fn bench_store_options(&self) -> tidegate::state::redis::RedisOptions {
+        tidegate::state::redis::RedisOptions {
+            topology: self.url().parse().expect("a redis:// URL"),
+            tls: Default::default(),
+            prefix: "tg:".into(),
+            window: Duration::from_secs(300),
+            storms: tidegate::state::StormRules::default(),
+            timeout: Duration::from_secs(5),
+            monitor_interval: Duration::from_secs(3600),
+        }
+    }
+
     /// `127.0.0.1:PORT`, as `redis-cli --cluster` and Sentinel spell addresses.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)

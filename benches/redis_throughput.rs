@@ -1,0 +1,189 @@
+//! What one Redis primary can decide: the Redis backend driven directly, with no
+//! HTTP in front, to find the ceiling Redis puts on tidegate's throughput.
+//!
+//! Run with `cargo bench --bench redis_throughput`. Starts its own `redis-server`
+//! (256 MB, noeviction, no persistence) with the test suite's launcher, connects a
+//! `RedisStore` as `tidegate serve --state redis://…` does, and calls
+//! `admit_and_observe` exactly as the gateway does for a webhook: one call per 10
+//! alerts, charged to one of 32 sources. The alerts are those of
+//! `cargo bench --bench ingest` (20 alert names × 100 namespaces × 5 pods, 10,000
+//! fingerprints, each call one alert name over two namespaces). After one warm-up
+//! pass it measures `BENCH_SECONDS` (default 10) with `BENCH_CONCURRENCY` calls in
+//! flight (default 32), and prints alerts/s and the CPU per alert of redis-server
+//! and of this process (the gateway's Redis client side).
+//!
+//! Redis is single-threaded, so its CPU per alert bounds what one primary decides:
+//! at most one core's worth. Without `--bench` (under `cargo test --all-targets`)
+//! it runs for a moment as a smoke test and fails on any error or limited call.
+
+#[path = "../tests/support/redis.rs"]
+mod redis_support;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_support::{RedisServer, ServerOptions};
+use tidegate::clock::Clock;
+use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
+use tidegate::state::redis::RedisStore;
+use tidegate::state::{Charge, Decision, Observation, RateLimit, StateStore, StormKey};
+use tidegate::telemetry::Metrics;
+
+const ALERT_NAMES: usize = 20;
+const NAMESPACES: usize = 100;
+const PODS: usize = 5;
+/// Alerts per call: the pods of two namespaces, as in the ingest bench.
+const BATCH: usize = 2 * PODS;
+const SOURCES: usize = 32;
+/// The gateway's default rate limit, which this load stays well inside.
+const LIMIT: RateLimit = RateLimit { rate_per_s: 1000.0, burst: 5000 };
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let var = |name: &str, default: u64| -> u64 {
+        std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?}")))
+    };
+    let seconds = if smoke { 1 } else { var("BENCH_SECONDS", 10) };
+    let concurrency = if smoke { 4 } else { var("BENCH_CONCURRENCY", 32) } as usize;
+
+    let server = RedisServer::start(ServerOptions { maxmemory: "256mb".into(), ..ServerOptions::default() });
+    let options = server.bench_store_options();
+    let store = Arc::new(RedisStore::connect(options, Arc::new(Metrics::new())).await.expect("connecting"));
+    let batches = Arc::new(batches());
+    let sources: Arc<Vec<String>> = Arc::new((0..SOURCES).map(|s| format!("127.0.0.{}", s + 2)).collect());
+
+    // Warm-up: every fingerprint once, so the measured phase is repeats, as in the
+    // steady state of a real deployment.
+    let next = Arc::new(AtomicU64::new(0));
+    let warm = drive(&store, &batches, &sources, &next, concurrency, Until::Calls(batches.len() as u64)).await;
+    if let Err(e) = warm {
+        println!("!!! warm-up failed: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let redis_pid = server.pid().expect("redis-server runs");
+    let (redis0, self0) = (cpu_seconds(&redis_pid.to_string()), cpu_seconds("self"));
+    let started = Instant::now();
+    let calls = drive(&store, &batches, &sources, &next, concurrency, Until::Time(Duration::from_secs(seconds))).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (redis_cpu, self_cpu) = (cpu_seconds(&redis_pid.to_string()) - redis0, cpu_seconds("self") - self0);
+    let calls = match calls {
+        Ok(calls) => calls,
+        Err(e) => {
+            println!("!!! measured phase failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let alerts = (calls * BATCH as u64) as f64;
+    let us = |cpu: f64| cpu * 1e6 / alerts.max(1.0);
+    println!(
+        "redis_throughput bench: {BATCH} alerts per call, {} fingerprints, {concurrency} calls in flight, {seconds} s",
+        batches.len() * BATCH
+    );
+    if smoke {
+        println!("SMOKE MODE (not run by `cargo bench`): figures are not benchmarks");
+    }
+    println!("  redis-server          {}", server.info("server").get("redis_version").cloned().unwrap_or_default());
+    println!("  alerts/s              {:.0} ({:.0} calls/s)", alerts / elapsed, calls as f64 / elapsed);
+    println!("  redis-server CPU      {:.2} cores, {:.2} µs per alert", redis_cpu / elapsed, us(redis_cpu));
+    println!("  this process CPU      {:.2} cores, {:.2} µs per alert", self_cpu / elapsed, us(self_cpu));
+    println!(
+        "  one primary's ceiling {:.0} alerts/s (one core at this CPU per alert)",
+        1e6 / us(redis_cpu).max(f64::EPSILON)
+    );
+    ExitCode::SUCCESS
+}
+
+/// The ingest bench's alerts, grouped into calls.
+fn batches() -> Vec<Vec<Observation>> {
+    let mut out = Vec::new();
+    for name in 0..ALERT_NAMES {
+        let alertname = format!("Alert{name}");
+        for pair in (0..NAMESPACES).step_by(2) {
+            let mut batch = Vec::with_capacity(BATCH);
+            for ns in [pair, pair + 1] {
+                let namespace = format!("ns-{ns}");
+                for pod in 0..PODS {
+                    let target =
+                        TargetResource { kind: "Pod".into(), name: format!("pod-{pod}"), namespace: namespace.clone() };
+                    batch.push(Observation {
+                        fingerprint: Fingerprint::new(&alertname, &namespace, &target),
+                        status: SignalStatus::Firing,
+                        storm: Some(StormKey::new(&namespace, &alertname, &target)),
+                    });
+                }
+            }
+            out.push(batch);
+        }
+    }
+    out
+}
+
+enum Until {
+    Calls(u64),
+    Time(Duration),
+}
+
+/// Runs `concurrency` callers over the batches in turn until `until`; returns the
+/// calls made, or the first failure.
+async fn drive(
+    store: &Arc<RedisStore>,
+    batches: &Arc<Vec<Vec<Observation>>>,
+    sources: &Arc<Vec<String>>,
+    next: &Arc<AtomicU64>,
+    concurrency: usize,
+    until: Until,
+) -> Result<u64, String> {
+    let deadline = match until {
+        Until::Time(d) => Some(Instant::now() + d),
+        Until::Calls(_) => None,
+    };
+    let limit = match until {
+        Until::Calls(n) => next.load(Ordering::Relaxed) + n,
+        Until::Time(_) => u64::MAX,
+    };
+    let callers = (0..concurrency).map(|_| {
+        let clock = Clock::System;
+        let (store, batches, sources, next) = (store.clone(), batches.clone(), sources.clone(), next.clone());
+        tokio::spawn(async move {
+            let mut calls = 0u64;
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(calls);
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= limit {
+                    return Ok(calls);
+                }
+                let batch = &batches[i as usize % batches.len()];
+                let charge =
+                    Charge { source: &sources[i as usize % sources.len()], limit: LIMIT, now_ms: clock.now_ms() };
+                match store.admit_and_observe(charge, batch, clock.now_s()).await {
+                    Ok(Decision::Decided(verdicts)) if verdicts.len() == batch.len() => calls += 1,
+                    Ok(other) => return Err(format!("unexpected decision {other:?}")),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
+    });
+    let mut total = 0;
+    for caller in futures::future::join_all(callers).await {
+        total += caller.map_err(|e| e.to_string())??;
+    }
+    Ok(total)
+}
+
+/// User plus system CPU seconds of `/proc/<pid>` (or `self`).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks as f64 / hz.max(1) as f64
+}
