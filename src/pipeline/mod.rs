@@ -91,8 +91,8 @@ pub struct Pipeline {
     storms: StormRules,
     affected_cap: usize,
     placement: Placement,
-    /// Storm windows seen by this replica: window → (opened, last alert).
-    windows: Mutex<HashMap<Incident, (u32, u32)>>,
+    /// Storm windows seen by this replica, (scope, opening second) → last alert.
+    windows: Mutex<HashMap<([u8; 16], u32), u32>>,
     clock: Clock,
     metrics: Arc<Metrics>,
 }
@@ -142,7 +142,7 @@ impl Pipeline {
         let now = self.clock.now_s();
         let rules = &self.storms;
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        windows.retain(|_, (opened, last)| {
+        windows.retain(|(_, opened), last| {
             now.saturating_sub(*last) < rules.inactivity_s && now.saturating_sub(*opened) < rules.max_duration_s
         });
         windows.len()
@@ -206,10 +206,6 @@ impl Pipeline {
 
     /// Acts on a verdict that needs no I/O, or says what [`Self::act`] must do.
     fn act_now(&self, signal: &Signal<'_>, asked: &Observation, verdict: Verdict) -> Result<Outcome, Slow> {
-        let outcome = |status: OutcomeStatus, request, entry: Option<Entry>| {
-            self.metrics.signal(signal.signal_type.as_str(), status.as_str());
-            Outcome { fingerprint: signal.fingerprint, status, request, count: entry.map_or(0, |e| e.count) }
-        };
         match verdict {
             Verdict::Folded(folded) => {
                 let scope = asked.storm.expect("only alerts with a storm scope fold").scope;
@@ -227,14 +223,14 @@ impl Pipeline {
                     return Err(Slow::Reopen);
                 }
                 self.coalescer.record(incident(signal, &entry), &at, update(&entry, None));
-                Ok(outcome(OutcomeStatus::Duplicate, Some(at), Some(entry)))
+                Ok(self.outcome(signal, OutcomeStatus::Duplicate, Some(at), entry.count))
             }
             Verdict::ResolvedOpen(entry) => {
                 let at = self.reference(signal, &entry);
                 self.coalescer.record(incident(signal, &entry), &at, update(&entry, Some(self.clock.now_s())));
-                Ok(outcome(OutcomeStatus::Resolved, Some(at), Some(entry)))
+                Ok(self.outcome(signal, OutcomeStatus::Resolved, Some(at), entry.count))
             }
-            Verdict::ResolvedUnknown => Ok(outcome(OutcomeStatus::Resolved, None, None)),
+            Verdict::ResolvedUnknown => Ok(self.outcome(signal, OutcomeStatus::Resolved, None, 0)),
         }
     }
 
@@ -253,10 +249,7 @@ impl Pipeline {
                         Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
                     self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
                     self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
-                    let status = OutcomeStatus::Duplicate;
-                    self.metrics.signal(signal.signal_type.as_str(), status.as_str());
-                    let fingerprint = signal.fingerprint;
-                    return Ok(Outcome { fingerprint, status, request: Some(open.at), count: entry.count });
+                    return Ok(self.outcome(signal, OutcomeStatus::Duplicate, Some(open.at), entry.count));
                 }
                 self.open(signal, entry).await
             }
@@ -283,23 +276,25 @@ impl Pipeline {
 
     /// Creates the request of a new incident.
     async fn open(&self, signal: &Signal<'_>, entry: Entry) -> Result<Outcome, PipelineError> {
-        let source = signal.signal_type.as_str();
-        let outcome = |status: OutcomeStatus, at: RequestRef| {
-            self.metrics.signal(source, status.as_str());
-            Outcome { fingerprint: signal.fingerprint, status, request: Some(at), count: entry.count }
-        };
         let class = self.classify(signal);
-        let namespace = self.namespace_for(signal);
-        let request = remediation::build(signal, &namespace, entry.first_seen_s, &class, &update(&entry, None));
         let at = self.reference(signal, &entry);
-        match self.create(incident(signal, &entry), request, &at, update(&entry, None)).await {
-            Ok(Created::Created) => Ok(outcome(OutcomeStatus::Created, at)),
-            Ok(Created::AlreadyExists) => Ok(outcome(OutcomeStatus::Duplicate, at)),
+        let update = update(&entry, None);
+        let request = remediation::build(signal, &at.namespace, entry.first_seen_s, &class, &update);
+        let status = match self.create(incident(signal, &entry), request, &at, update).await {
+            Ok(Created::Created) => OutcomeStatus::Created,
+            Ok(Created::AlreadyExists) => OutcomeStatus::Duplicate,
             Err(e) => {
-                self.metrics.signal(source, "failed");
-                Err(e.into())
+                self.metrics.signal(signal.signal_type.as_str(), "failed");
+                return Err(e.into());
             }
-        }
+        };
+        Ok(self.outcome(signal, status, Some(at), entry.count))
+    }
+
+    /// What happened to `signal`, counted in the signals metric.
+    fn outcome(&self, signal: &Signal<'_>, status: OutcomeStatus, request: Option<RequestRef>, count: u32) -> Outcome {
+        self.metrics.signal(signal.signal_type.as_str(), status.as_str());
+        Outcome { fingerprint: signal.fingerprint, status, request, count }
     }
 
     /// Creates `request`. If it exists already, `update` is counted on it. If the
@@ -400,12 +395,10 @@ impl Pipeline {
             }),
         };
         let incident = Incident::Storm(*scope, folded.window_id);
-        self.windows.lock().unwrap_or_else(|p| p.into_inner()).insert(incident, (folded.window_id, now));
+        self.windows.lock().unwrap_or_else(|p| p.into_inner()).insert((*scope, folded.window_id), now);
         self.metrics.alerts_aggregated.inc();
         let status = OutcomeStatus::Aggregated { opened: folded.opened };
-        self.metrics.signal(signal.signal_type.as_str(), status.as_str());
-        let outcome =
-            Outcome { fingerprint: signal.fingerprint, status, request: Some(at.clone()), count: folded.alert_count };
+        let outcome = self.outcome(signal, status, Some(at.clone()), folded.alert_count);
         (outcome, incident, at, update)
     }
 }
