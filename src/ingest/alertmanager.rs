@@ -76,8 +76,8 @@ fn signal<'a>(
     source: &Cow<'a, str>,
     received: Timestamp,
 ) -> Result<Signal<'a>, IngestError> {
-    let name = match alert.labels.get("alertname") {
-        Some(name) if !name.trim().is_empty() => name,
+    let name = match alert.labels.get_cow("alertname") {
+        Some(name) if !name.trim().is_empty() => name.clone(),
         Some(_) => return Err(IngestError::invalid(format!("$.alerts[{i}].labels.alertname"), "must not be empty")),
         None => {
             return Err(IngestError::invalid(format!("$.alerts[{i}].labels"), "missing required label \"alertname\""))
@@ -88,12 +88,12 @@ fn signal<'a>(
     })?;
     let namespace = namespace_from_labels(&alert.labels);
     let target = TargetResource::from_labels(&alert.labels, &namespace);
-    let fingerprint = Fingerprint::new(name, &namespace, &target);
+    let fingerprint = Fingerprint::new(&name, &namespace, &target);
     // Alertmanager writes the zero time (year 1) for "unset".
     let firing_time = alert.starts_at.filter(|t| t.as_second() > 0);
     Ok(Signal {
         severity: alert.labels.get_cow("severity").cloned().unwrap_or(Cow::Borrowed("unknown")),
-        name: alert.labels.get_cow("alertname").cloned().expect("checked above"),
+        name,
         namespace,
         target,
         labels: alert.labels,
