@@ -461,9 +461,9 @@ fn decode(len: usize, calls: &[DecideCall<'_>], replies: Vec<Value>) -> Result<D
             return Err(bad_reply("decide", format!("{reply:?}")));
         };
         let (admission, packed) = packed.split_at_checked(ADMISSION_BYTES).unwrap_or((&[][..], &[][..]));
-        match words(admission)[..] {
-            [1, 0] => {}
-            [0, retry] => return Ok(Decision::Limited { retry_after_ms: retry.into() }),
+        match words(admission) {
+            Some([1, 0]) => {}
+            Some([0, retry]) => return Ok(Decision::Limited { retry_after_ms: retry.into() }),
             _ => return Err(bad_reply("decide", format!("admission {admission:?}"))),
         }
         if packed.len() != VERDICT_BYTES * call.members.len() {
@@ -480,14 +480,15 @@ fn decode(len: usize, calls: &[DecideCall<'_>], replies: Vec<Value>) -> Result<D
         .ok_or_else(|| bad_reply("decide", "no answer".into()))
 }
 
-/// Big-endian u32s.
-fn words(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks_exact(4).map(|w| u32::from_be_bytes(w.try_into().expect("4-byte chunks"))).collect()
+/// `N` big-endian u32s, if `bytes` holds exactly that many.
+fn words<const N: usize>(bytes: &[u8]) -> Option<[u32; N]> {
+    let words: &[[u8; 4]] = bytes.as_chunks().0;
+    (bytes.len() == 4 * N).then(|| std::array::from_fn(|i| u32::from_be_bytes(words[i])))
 }
 
 /// Decodes one verdict of `decide.lua`'s reply.
 fn verdict(bytes: &[u8]) -> Result<Verdict, StateError> {
-    let f = words(bytes);
+    let f: [u32; VERDICT_BYTES / 4] = words(bytes).ok_or_else(|| bad_reply("decide", format!("verdict {bytes:?}")))?;
     let entry = Entry { first_seen_s: f[1], last_seen_s: f[2], count: f[3] };
     Ok(match f[0] {
         0 => Verdict::New(entry),

@@ -207,11 +207,6 @@ pub fn shard(fp: &Fingerprint) -> u16 {
     u16::from_be_bytes([b[0], b[1]]) >> (16 - SHARD_BITS)
 }
 
-/// The hash field: the 8 bytes after the shard's.
-pub fn field(fp: &Fingerprint) -> [u8; 8] {
-    fp.as_bytes()[2..10].try_into().expect("8 of 32 bytes")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +239,6 @@ mod tests {
     fn field_and_shard_come_from_disjoint_bytes() {
         let fp = Fingerprint::new("a", "b", &TargetResource::default());
         assert!(shard(&fp) < 1 << SHARD_BITS);
-        assert_eq!(&field(&fp)[..], &fp.as_bytes()[2..10]);
+        assert_eq!(Schema::new("tg:", 300, false).field(&fp), &fp.as_bytes()[2..10]);
     }
 }
