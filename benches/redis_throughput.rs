@@ -16,6 +16,8 @@
 //! at most one core's worth. Without `--bench` (under `cargo test --all-targets`)
 //! it runs for a moment as a smoke test and fails on any error or limited call.
 
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
 
@@ -24,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cpu::cpu_seconds;
 use redis_support::{RedisServer, ServerOptions};
 use tidegate::clock::Clock;
 use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
@@ -138,13 +141,9 @@ async fn drive(
     concurrency: usize,
     until: Until,
 ) -> Result<u64, String> {
-    let deadline = match until {
-        Until::Time(d) => Some(Instant::now() + d),
-        Until::Calls(_) => None,
-    };
-    let limit = match until {
-        Until::Calls(n) => next.load(Ordering::Relaxed) + n,
-        Until::Time(_) => u64::MAX,
+    let (deadline, limit) = match until {
+        Until::Time(d) => (Some(Instant::now() + d), u64::MAX),
+        Until::Calls(n) => (None, next.load(Ordering::Relaxed) + n),
     };
     let callers = (0..concurrency).map(|_| {
         let clock = Clock::System;
@@ -175,15 +174,4 @@ async fn drive(
         total += caller.map_err(|e| e.to_string())??;
     }
     Ok(total)
-}
-
-/// User plus system CPU seconds of `/proc/<pid>` (or `self`).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ticks as f64 / hz.max(1) as f64
 }
