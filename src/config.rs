@@ -49,8 +49,20 @@ pub struct RuntimeConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Largest accepted request body, in bytes. Default 262144 (256 KiB).
+    /// Largest accepted request body, in bytes. Default 25165824 (24 MiB): twice a
+    /// 10,000-alert Alertmanager notification of kube-prometheus-stack's
+    /// `KubePodCrashLooping` (11.1 MB, measured; see docs/delivery.md). Only a body no
+    /// legitimate sender produces is answered 413, which a sender never retries.
     pub body_limit: usize,
+    /// Body bytes that all requests together may hold while they are read and
+    /// decided. A request that would go over waits up to `body_budget_wait`, then is
+    /// answered 503 with `Retry-After`: memory stays bounded and nothing is refused
+    /// for good. Default: an eighth of the memory the process may use (its cgroup's
+    /// limit, else the machine's), at least twice `body_limit`, at most 1 GiB.
+    pub body_budget: Option<u64>,
+    /// How long a request may wait for room in `body_budget`. Default `2s`.
+    #[serde(with = "duration")]
+    pub body_budget_wait: Duration,
     /// How long one request may take before it is answered 503. Default `10s`.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
@@ -144,6 +156,10 @@ pub struct RateLimitConfig {
     pub rate: f64,
     /// Requests a source may send back to back above the rate. Default 5000.
     pub burst: u32,
+    /// The status of a refusal: `503` (the default), which Alertmanager and
+    /// Prometheus retry, or `429`, for senders that honour it; Alertmanager treats
+    /// a 429 like any 4xx and drops the notification (docs/delivery.md).
+    pub refusal_status: u16,
     /// Proxies whose `X-Forwarded-For` / `X-Real-IP` are believed, as CIDRs.
     /// Default none: the source is the peer address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -299,10 +315,48 @@ impl Config {
     }
 }
 
+impl Config {
+    /// How long after its last write a request may still hold an open incident or
+    /// storm window: the longer of the dedup window and a storm's longest life,
+    /// twice over, so that a status write held back by the write cap or a crash
+    /// still leaves its incident inside.
+    pub fn open_horizon(&self) -> Duration {
+        2 * self.dedup.window.max(self.storm.max_duration) + Duration::from_secs(60)
+    }
+
+    /// Body bytes in flight, at most: `http.body_budget`, or by default an eighth of
+    /// the memory this process may use, at least twice `http.body_limit` and at most
+    /// 1 GiB. Parsing roughly doubles a body's footprint while it is decided, so an
+    /// eighth keeps bodies well inside a quarter of memory.
+    pub fn body_budget(&self) -> u64 {
+        self.http.body_budget.unwrap_or_else(|| {
+            let floor = 2 * self.http.body_limit as u64;
+            (memory_limit() / 8).clamp(floor, floor.max(1 << 30))
+        })
+    }
+}
+
+/// The memory this process may use: its cgroup's limit (v2, then v1), else the
+/// machine's total, else 4 GiB when neither can be read.
+fn memory_limit() -> u64 {
+    let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+    let machine = || {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?;
+        kib.trim().parse::<u64>().ok().map(|kib| kib * 1024)
+    };
+    let total = machine().unwrap_or(4 << 30);
+    // An unlimited cgroup reads "max" (v2) or a huge number (v1).
+    let cgroup = read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"));
+    cgroup.map_or(total, |limit| limit.min(total))
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            body_limit: 256 * 1024,
+            body_limit: 24 * 1024 * 1024,
+            body_budget: None,
+            body_budget_wait: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
@@ -367,7 +421,7 @@ impl StormConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { enabled: true, rate: 1000.0, burst: 5000, trusted_proxies: Vec::new() }
+        RateLimitConfig { enabled: true, rate: 1000.0, burst: 5000, refusal_status: 503, trusted_proxies: Vec::new() }
     }
 }
 
@@ -431,6 +485,15 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
             return invalid("http.body_limit", "must be between 1024 and 67108864 bytes");
         }
+        if self.http.body_budget.is_some_and(|budget| budget < self.http.body_limit as u64) {
+            return invalid(
+                "http.body_budget",
+                "must be at least http.body_limit, or the largest body could never be read",
+            );
+        }
+        if self.http.body_budget.is_some_and(|budget| budget > u32::MAX as u64 * 16) {
+            return invalid("http.body_budget", "must be at most 64 GiB");
+        }
         if self.http.request_timeout < Duration::from_millis(100) {
             return invalid("http.request_timeout", "must be at least 100ms");
         }
@@ -488,6 +551,9 @@ impl Config {
         }
         if !(self.rate_limit.rate > 0.0 && self.rate_limit.rate <= 1_000_000.0) {
             return invalid("rate_limit.rate", "must be more than 0 and at most 1000000 requests per second");
+        }
+        if !matches!(self.rate_limit.refusal_status, 429 | 503) {
+            return invalid("rate_limit.refusal_status", "must be 503 (retried by Alertmanager) or 429");
         }
         if self.rate_limit.burst == 0 {
             return invalid("rate_limit.burst", "must be at least 1");

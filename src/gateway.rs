@@ -107,7 +107,8 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let mut namespace_labels = None;
     let sink: Arc<dyn Sink> = match &config.sink {
         SinkTarget::Dir(path) => Arc::new(
-            DirSink::new(path).map_err(|source| StartError::SinkDir { path: path.display().to_string(), source })?,
+            DirSink::new(path, config.open_horizon())
+                .map_err(|source| StartError::SinkDir { path: path.display().to_string(), source })?,
         ),
         SinkTarget::Kube => {
             let client = match overrides.kube_client {
@@ -144,6 +145,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         coalescer,
         classifier,
         storms: config.storm.rules(),
+        window_s: config.dedup.window.as_secs() as u32,
         affected_cap: config.storm.affected_resources_cap,
         placement: Placement {
             control_namespace: config.placement.control_namespace.clone(),
@@ -159,15 +161,19 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         clock,
         limits: Limits {
             body_limit: config.http.body_limit,
+            body_budget_wait: config.http.body_budget_wait,
             request_timeout: config.http.request_timeout,
             retry_after_secs: config.http.retry_after_secs,
             rate_limit: config
                 .rate_limit
                 .enabled
                 .then_some(RateLimit { rate_per_s: config.rate_limit.rate, burst: config.rate_limit.burst }),
+            refusal_status: axum::http::StatusCode::from_u16(config.rate_limit.refusal_status)
+                .expect("validated: 429 or 503"),
             trusted_proxies: config.rate_limit.trusted_proxies.clone(),
         },
         readiness: readiness.clone(),
+        budget: http::BodyBudget::new(config.body_budget(), config.http.body_budget_wait, metrics.clone()),
     };
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;

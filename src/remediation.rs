@@ -329,6 +329,18 @@ pub fn build(
     build_named(signal, &name, namespace, class, status)
 }
 
+/// What an aggregated request is about: the namespace its storm is in.
+fn storm_target(namespace: &str) -> TargetResource {
+    TargetResource { kind: "Namespace".into(), name: namespace.to_string(), namespace: String::new() }
+}
+
+/// The fingerprint of the aggregated requests of a storm scope: the alert name in
+/// the namespace, about no one resource. The sink finds a scope's open aggregated
+/// request by it.
+pub fn storm_fingerprint(signal_name: &str, namespace: &str) -> crate::signal::Fingerprint {
+    crate::signal::Fingerprint::new(signal_name, namespace, &storm_target(namespace))
+}
+
 /// Builds the aggregated request of a storm window that `signal` opened. Its
 /// fingerprint is the scope's: the alert name in the namespace, no resource.
 pub fn build_storm(
@@ -339,11 +351,9 @@ pub fn build_storm(
     status: &StatusUpdate,
 ) -> RemediationRequest {
     let name = storm_request_name(&signal.name, scope, folded.window_id);
-    let scope_target =
-        TargetResource { kind: "Namespace".into(), name: signal.namespace.to_string(), namespace: String::new() };
     let mut aggregate = signal.clone();
-    aggregate.fingerprint = crate::signal::Fingerprint::new(&signal.name, &signal.namespace, &scope_target);
-    aggregate.target = scope_target;
+    aggregate.fingerprint = storm_fingerprint(&signal.name, &signal.namespace);
+    aggregate.target = storm_target(&signal.namespace);
     let mut rr = build_named(&aggregate, &name, &signal.namespace, class, status);
     rr.spec.storm = Some(StormSpec {
         kind: folded.kind.as_str().to_string(),

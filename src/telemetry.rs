@@ -68,6 +68,7 @@ pub struct Metrics {
     pub requests_created: Counter,
     pub http_duration: Family<HttpLabels, Histogram>,
     pub http_in_flight: Gauge,
+    pub body_bytes_in_flight: Gauge,
     pub rejections: Family<ReasonLabels, Counter>,
     pub state_errors: Family<ReasonLabels, Counter>,
     pub state_entries: Gauge,
@@ -105,8 +106,18 @@ impl Metrics {
         registry.register("http_request_duration_seconds", "HTTP request latency", http_duration.clone());
         let http_in_flight = Gauge::default();
         registry.register("http_requests_in_flight", "HTTP requests being served", http_in_flight.clone());
+        let body_bytes_in_flight = Gauge::default();
+        registry.register(
+            "http_body_bytes_in_flight",
+            "Request-body bytes held by requests being read or decided (bounded by http.body_budget)",
+            body_bytes_in_flight.clone(),
+        );
         let rejections = Family::<ReasonLabels, Counter>::default();
-        registry.register("http_rejections", "Requests refused with a 4xx, by reason", rejections.clone());
+        registry.register(
+            "http_rejections",
+            "Requests refused before a decision (4xx, and 503 for rate limits and the body budget), by reason",
+            rejections.clone(),
+        );
         let state_errors = Family::<ReasonLabels, Counter>::default();
         registry.register("state_errors", "State store failures answered 503, by cause", state_errors.clone());
         let state_entries = Gauge::default();
@@ -152,7 +163,11 @@ impl Metrics {
             storm_windows_open.clone(),
         );
         let rate_limited = Family::<SourceClassLabels, Counter>::default();
-        registry.register("rate_limited", "Requests refused with 429, by source class", rate_limited.clone());
+        registry.register(
+            "rate_limited",
+            "Requests refused for their source's rate limit, by source class",
+            rate_limited.clone(),
+        );
         let classifications = Family::<ClassLabels, Counter>::default();
         registry.register(
             "classifications",
@@ -167,6 +182,7 @@ impl Metrics {
             requests_created,
             http_duration,
             http_in_flight,
+            body_bytes_in_flight,
             rejections,
             state_errors,
             state_entries,

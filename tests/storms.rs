@@ -157,7 +157,7 @@ async fn resources_arriving_after_the_aggregated_request_are_recorded_on_it() {
 }
 
 #[tokio::test]
-async fn a_source_over_its_limit_gets_429_and_nothing_is_recorded() {
+async fn a_source_over_its_limit_gets_a_503_it_retries_and_nothing_is_recorded() {
     let mut gw = memory(|c| {
         c.rate_limit.rate = 1.0;
         c.rate_limit.burst = 2;
@@ -167,8 +167,9 @@ async fn a_source_over_its_limit_gets_429_and_nothing_is_recorded() {
         assert_eq!(gw.alerts(&webhook(vec![alert("A", "shop", &format!("p{n}"))])).await.status(), 201);
     }
     let refused = gw.alerts(&webhook(vec![alert("A", "shop", "refused")])).await;
-    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.status(), 503, "Alertmanager retries a 5xx; a 429 would drop the notification");
     assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(gw.metric(r#"tidegate_http_rejections_total{reason="rate_limited"}"#).await, 1.0);
     assert_eq!(refused.headers()["content-type"], "application/problem+json");
     assert_eq!(gw.metric(r#"tidegate_rate_limited_total{source_class="peer"}"#).await, 1.0);
     // The refused alert left no trace: once allowed, it is a new incident.
@@ -176,6 +177,23 @@ async fn a_source_over_its_limit_gets_429_and_nothing_is_recorded() {
     assert_eq!(gw.alerts(&webhook(vec![alert("A", "shop", "refused")])).await.status(), 201);
     gw.stop().await;
     assert_eq!(gw.manifests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_429_is_available_for_senders_that_honour_it() {
+    let gw = memory(|c| {
+        c.rate_limit.rate = 1.0;
+        c.rate_limit.burst = 1;
+        c.rate_limit.refusal_status = 429;
+    })
+    .await;
+    assert_eq!(gw.alerts(&webhook(vec![alert("A", "shop", "p0")])).await.status(), 201);
+    let refused = gw.alerts(&webhook(vec![alert("A", "shop", "p1")])).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "https://tidegate.dev/problems/rate-limited");
+    assert_eq!(gw.metric(r#"tidegate_http_rejections_total{reason="rate_limited"}"#).await, 1.0);
 }
 
 #[tokio::test]
@@ -196,7 +214,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
             .send()
     };
     assert_eq!(send("203.0.113.1", 0).await.unwrap().status(), 201);
-    assert_eq!(send("203.0.113.1", 1).await.unwrap().status(), 429);
+    assert_eq!(send("203.0.113.1", 1).await.unwrap().status(), 503);
     assert_eq!(send("203.0.113.2", 0).await.unwrap().status(), 201);
     assert_eq!(gw.metric(r#"tidegate_rate_limited_total{source_class="forwarded"}"#).await, 1.0);
 }

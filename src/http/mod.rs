@@ -3,6 +3,7 @@
 //! Handlers here translate between HTTP and the pipeline and nothing more: they
 //! never decide dedup or touch state directly.
 
+mod budget;
 mod probes;
 pub mod problem;
 mod signals;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, Method};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +26,7 @@ use crate::clock::Clock;
 use crate::pipeline::Pipeline;
 use crate::state::RateLimit;
 use crate::telemetry::{HttpLabels, Metrics, ReasonLabels};
+pub use budget::BodyBudget;
 use problem::Problem;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,16 +39,21 @@ pub struct AppState {
     pub clock: Clock,
     pub limits: Limits,
     pub readiness: Readiness,
+    pub budget: BodyBudget,
 }
 
 /// Request limits and retry advice, from `http.*` and `rate_limit.*` config.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub body_limit: usize,
+    /// How long a body may wait for room in the budget before a 503.
+    pub body_budget_wait: Duration,
     pub request_timeout: Duration,
     pub retry_after_secs: u32,
     /// Per-source rate limit; `None` when disabled.
     pub rate_limit: Option<RateLimit>,
+    /// The status of a rate-limit refusal: 503, or 429 where configured.
+    pub refusal_status: StatusCode,
     /// Peers whose forwarding headers name the real source.
     pub trusted_proxies: Vec<IpNet>,
 }
@@ -86,9 +93,7 @@ impl Readiness {
 impl AppState {
     /// Counts a refused request by reason and turns it into a response.
     fn reject(&self, problem: Problem) -> Response {
-        if problem.status.is_client_error() {
-            self.metrics.rejections.get_or_create(&ReasonLabels { reason: problem.reason }).inc();
-        }
+        self.metrics.rejections.get_or_create(&ReasonLabels { reason: problem.reason }).inc();
         problem.into_response()
     }
 }

@@ -86,15 +86,29 @@ impl Problem {
         )
     }
 
-    pub fn too_many_requests(source: &str, retry_after_secs: u32) -> Self {
+    /// A source over its rate limit: `status` is 503 by default, which every sender
+    /// retries, or 429 where configured for senders that honour it.
+    pub fn rate_limited(source: &str, retry_after_secs: u32, status: StatusCode) -> Self {
+        let title = if status == StatusCode::TOO_MANY_REQUESTS { "Too many requests" } else { "Service unavailable" };
         let mut p = Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
+            status,
             "rate_limited",
-            "Too many requests",
+            title,
             format!("source {source} is over its rate limit; retry in {retry_after_secs}s"),
         );
         p.retry_after_secs = Some(retry_after_secs);
         p
+    }
+
+    /// Bodies in flight already fill the budget: this one may be read later.
+    pub fn body_budget(bytes: u64, waited: std::time::Duration, retry_after_secs: u32) -> Self {
+        Problem::unavailable(
+            "body_budget",
+            format!(
+                "no room for a {bytes}-byte body within {waited:?}: other large requests are being read; retry later"
+            ),
+            retry_after_secs,
+        )
     }
 
     pub fn unavailable(reason: &'static str, detail: impl Into<String>, retry_after_secs: u32) -> Self {

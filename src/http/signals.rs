@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -68,7 +67,7 @@ impl Payer {
     fn limited(&self, app: &AppState, retry_after_ms: u64) -> Response {
         app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: self.class }).inc();
         let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
-        app.reject(Problem::too_many_requests(&self.source, secs))
+        app.reject(Problem::rate_limited(&self.source, secs, app.limits.refusal_status))
     }
 }
 
@@ -153,9 +152,19 @@ async fn ingest(
     if let Err(p) = check_content_type(&headers) {
         return refuse(&app, payer.as_ref(), p).await;
     }
-    let bytes = match read_body(&headers, body, app.limits.body_limit).await {
-        Ok(bytes) => bytes,
-        Err(p) => return refuse(&app, payer.as_ref(), p).await,
+    // Held until the answer: the signals borrow from the body.
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let (bytes, _held) = match app.budget.read(declared, body, app.limits.body_limit).await {
+        Ok(read) => read,
+        Err(refused) => {
+            let limits = &app.limits;
+            let problem = refused.problem(limits.body_limit, limits.body_budget_wait, limits.retry_after_secs);
+            if problem.status.is_server_error() {
+                // No room yet is not the sender's doing: its retry is not charged twice.
+                return app.reject(problem);
+            }
+            return refuse(&app, payer.as_ref(), problem).await;
+        }
     };
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
     let parsed = match parse(&bytes, received) {
@@ -284,23 +293,5 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
         Ok(())
     } else {
         Err(Problem::unsupported_media_type(Some(text)))
-    }
-}
-
-/// Reads at most `limit` bytes, refusing early when Content-Length already says more.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, Problem> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(Problem::too_large(limit));
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Problem::too_large(limit)),
-        Err(e) => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "body_unreadable",
-            "Unreadable body",
-            format!("could not read the request body: {e}"),
-        )),
     }
 }

@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
 use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate};
-use crate::signal::{Fingerprint, Signal};
+use crate::signal::{Fingerprint, Signal, SignalStatus};
 use crate::sink::{Created, Lookup, RequestRef, Sink, SinkError};
 use crate::state::{
-    Charge, Decision, Entry, Folded, Observation, StateError, StateStore, StormKey, StormRules, Verdict,
+    Charge, Decision, Entry, Folded, Observation, OpenWindow, StateError, StateStore, StormKey, StormRules, Verdict,
 };
 use crate::telemetry::{ClassLabels, Metrics, StormLabels};
 use classify::Classifier;
@@ -89,6 +89,7 @@ pub struct Pipeline {
     coalescer: Coalescer,
     classifier: Classifier,
     storms: StormRules,
+    window_s: u32,
     affected_cap: usize,
     placement: Placement,
     /// Storm windows seen by this replica, (scope, opening second) → last alert.
@@ -113,6 +114,9 @@ pub struct Parts {
     pub coalescer: Coalescer,
     pub classifier: Classifier,
     pub storms: StormRules,
+    /// The dedup window, in seconds: an open request whose incident was last seen
+    /// longer ago than this is history, not an incident to count on.
+    pub window_s: u32,
     /// Most affected resources listed on an aggregated request.
     pub affected_cap: usize,
     pub placement: Placement,
@@ -122,13 +126,15 @@ pub struct Parts {
 
 impl Pipeline {
     pub fn new(parts: Parts) -> Self {
-        let Parts { state, sink, coalescer, classifier, storms, affected_cap, placement, clock, metrics } = parts;
+        let Parts { state, sink, coalescer, classifier, storms, window_s, affected_cap, placement, clock, metrics } =
+            parts;
         Pipeline {
             state,
             sink,
             coalescer,
             classifier,
             storms,
+            window_s,
             affected_cap,
             placement,
             windows: Mutex::default(),
@@ -238,18 +244,35 @@ impl Pipeline {
     /// store.
     async fn act(&self, signal: &Signal<'_>, asked: &Observation, slow: Slow) -> Result<Outcome, PipelineError> {
         match slow {
-            Slow::OpenStorm(scope, folded) => self.fold(signal, &scope, folded).await,
+            Slow::OpenStorm(scope, folded) => {
+                let now = self.clock.now_s();
+                if let Some((scope, window)) = self.open_window(signal, asked, now) {
+                    // The store opened a window, but the sink still holds the scope's
+                    // aggregated request from before the store lost its window: the
+                    // storm goes on there rather than in a second aggregated request.
+                    return self.rejoin(signal, asked, scope, window, now).await;
+                }
+                self.fold(signal, &scope, folded).await
+            }
             Slow::New(entry) => {
-                if let Some(open) = self.sink.open_request(&signal.fingerprint) {
-                    // The cluster still has this incident open, but the state store
-                    // forgot it (restart, failover, eviction): count it there, and
-                    // teach the store again.
-                    let now = self.clock.now_s();
+                let now = self.clock.now_s();
+                let open = self.sink.open_request(&signal.fingerprint);
+                if let Some(open) =
+                    open.filter(|o| o.storm.is_none() && now.saturating_sub(o.last_seen_s) < self.window_s)
+                {
+                    // The sink's record still has this incident open, but the state
+                    // store forgot it (restart, failover, eviction): count it there,
+                    // and teach the store again.
                     let entry =
                         Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
                     self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
                     self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
                     return Ok(self.outcome(signal, OutcomeStatus::Duplicate, Some(open.at), entry.count));
+                }
+                if let Some((scope, window)) = self.open_window(signal, asked, now) {
+                    // Likewise for a storm: its aggregated request's window is still
+                    // open, so the alert folds into it instead of opening an incident.
+                    return self.rejoin(signal, asked, scope, window, now).await;
                 }
                 self.open(signal, entry).await
             }
@@ -264,10 +287,39 @@ impl Pipeline {
         }
     }
 
+    /// The storm window, still open by the storm rules, whose aggregated request the
+    /// sink holds for `signal`'s scope.
+    fn open_window(&self, signal: &Signal<'_>, asked: &Observation, now: u32) -> Option<([u8; 16], OpenWindow)> {
+        let scope = asked.storm.filter(|_| signal.status == SignalStatus::Firing)?.scope;
+        let open = self.sink.open_request(&remediation::storm_fingerprint(&signal.name, &signal.namespace))?;
+        let kind = open.storm?;
+        let rules = &self.storms;
+        let live = now.saturating_sub(open.last_seen_s) < rules.inactivity_s
+            && now.saturating_sub(open.first_seen_s) < rules.max_duration_s;
+        let window = OpenWindow { id: open.first_seen_s, kind, alerts: open.count.min(u32::MAX as u64) as u32 };
+        live.then_some((scope, window))
+    }
+
+    /// Folds `signal` into a storm window the sink knows is open and the store had
+    /// lost, teaching the store the window again.
+    async fn rejoin(
+        &self,
+        signal: &Signal<'_>,
+        asked: &Observation,
+        scope: [u8; 16],
+        window: OpenWindow,
+        now: u32,
+    ) -> Result<Outcome, PipelineError> {
+        let folded = self.state.adopt_window(asked, window, now).await.inspect_err(|e| self.failed(e))?;
+        let (outcome, incident, at, update) = self.folded(signal, &scope, folded);
+        self.coalescer.record(incident, &at, update);
+        Ok(outcome)
+    }
+
     /// Whether the request a duplicate counts towards is finished or deleted.
     fn gone(&self, at: &RequestRef, entry: &Entry) -> bool {
         match self.sink.lookup(at) {
-            Lookup::Terminal => true,
+            Lookup::Terminal | Lookup::Gone => true,
             // Deleted by hand, unless it is merely too new for the cache.
             Lookup::Missing => self.clock.now_s().saturating_sub(entry.first_seen_s) > CACHE_GRACE_S,
             Lookup::Open | Lookup::Unknown => false,

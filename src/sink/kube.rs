@@ -27,15 +27,12 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 
-use super::{Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
+use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
 use crate::pipeline::classify::NamespaceLabels;
 use crate::remediation::{labels, RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
 use crate::telemetry::{ApiLabels, Metrics};
-
-/// Phases a downstream controller writes when it is done with a request.
-pub const TERMINAL_PHASES: [&str; 5] = ["Completed", "Failed", "Cancelled", "TimedOut", "Skipped"];
 
 /// How the sink talks to the API server, from `kube.*` config.
 #[derive(Clone, Debug)]
@@ -271,7 +268,9 @@ impl Sink for KubeSink {
                 Some(OpenRequest {
                     at: RequestRef { namespace: rr.namespace()?, name: rr.name_any() },
                     first_seen_s: dedup.first_seen_at.0.as_second() as u32,
+                    last_seen_s: dedup.last_seen_at.0.as_second() as u32,
                     count: dedup.occurrence_count,
+                    storm: rr.spec.storm.as_ref().map(|s| crate::state::StormKind::parse(&s.kind)),
                 })
             })
             .max_by_key(|open| open.first_seen_s)
@@ -279,8 +278,7 @@ impl Sink for KubeSink {
 }
 
 fn terminal(rr: &RemediationRequest) -> bool {
-    let phase = rr.status.as_ref().and_then(|s| s.phase.as_deref());
-    phase.is_some_and(|p| TERMINAL_PHASES.contains(&p))
+    is_terminal(rr.status.as_ref().and_then(|s| s.phase.as_deref()))
 }
 
 /// The gateway-owned part of a freshly built status, as an update.

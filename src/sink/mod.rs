@@ -36,16 +36,33 @@ pub enum Lookup {
     Terminal,
     /// Not (or not yet) in the authority's view.
     Missing,
+    /// Known not to exist any more: removed since it was written.
+    Gone,
     /// This sink keeps no authority (the directory sink).
     Unknown,
 }
 
-/// An open request found by fingerprint.
+/// Phases a downstream controller writes when it is done with a request: the next
+/// occurrence of its incident is a new incident. The same set for every sink.
+pub const TERMINAL_PHASES: [&str; 5] = ["Completed", "Failed", "Cancelled", "TimedOut", "Skipped"];
+
+/// Whether `phase` says a controller is done with a request.
+pub fn is_terminal(phase: Option<&str>) -> bool {
+    phase.is_some_and(|p| TERMINAL_PHASES.contains(&p))
+}
+
+/// An open request found by fingerprint: an incident's, or a storm's aggregated
+/// request (found by its scope's fingerprint).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenRequest {
     pub at: RequestRef,
+    /// For an aggregated request, the second its window opened.
     pub first_seen_s: u32,
+    pub last_seen_s: u32,
+    /// Occurrences, or for an aggregated request the alerts folded into it.
     pub count: u64,
+    /// Set on an aggregated request: the kind of storm that opened it.
+    pub storm: Option<crate::state::StormKind>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -28,8 +28,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::{
-    Admission, BoxFuture, Entry, Folded, Observation, RateLimit, StateError, StateStore, StormKey, StormKind,
-    StormRules, Verdict,
+    Admission, BoxFuture, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore, StormKey,
+    StormKind, StormRules, Verdict,
 };
 use crate::clock::Clock;
 use crate::signal::SignalStatus;
@@ -163,6 +163,17 @@ impl Window {
 }
 
 impl Scope {
+    /// A scope first seen at `now_s`: nothing counted, no window.
+    fn fresh(now_s: u32, rules: &StormRules) -> Self {
+        Scope {
+            rate_bucket: now_s / rules.rate_window_s,
+            rate_count: 0,
+            pattern_bucket: now_s / rules.pattern_window_s,
+            pattern: HashSet::default(),
+            window: None,
+        }
+    }
+
     fn deadline(&self, rules: &StormRules) -> u32 {
         let rate_end = (self.rate_bucket + 1).saturating_mul(rules.rate_window_s);
         let pattern_end = (self.pattern_bucket + 1).saturating_mul(rules.pattern_window_s);
@@ -261,13 +272,7 @@ impl MemoryStore {
                         MapEntry::Vacant(v) => {
                             notify |= inner.scope_deadlines.next().is_none();
                             inner.scope_deadlines.file(now_s.saturating_add(rules.rate_window_s), storm.scope);
-                            v.insert(Scope {
-                                rate_bucket: now_s / rules.rate_window_s,
-                                rate_count: 0,
-                                pattern_bucket: now_s / rules.pattern_window_s,
-                                pattern: HashSet::default(),
-                                window: None,
-                            })
+                            v.insert(Scope::fresh(now_s, rules))
                         }
                     };
                     let folded = scope.observe(storm, repeat.is_some(), now_s, rules);
@@ -315,6 +320,43 @@ impl MemoryStore {
         if notify {
             self.shared.purge_wakeup.notify_one();
         }
+    }
+
+    fn adopt_window_now(&self, o: &Observation, window: OpenWindow, now_s: u32) -> Result<Folded, StateError> {
+        let storm = o.storm.ok_or_else(|| StateError::Unavailable("an adopted window needs a storm scope".into()))?;
+        let rules = &self.shared.storms;
+        let mut inner = self.shared.lock();
+        let inner = &mut *inner;
+        // Its stale heap item, if any, finds no entry and is dropped.
+        inner.entries.remove(&key(o));
+        let notify = inner.scope_deadlines.next().is_none();
+        let scope = inner.scopes.entry(storm.scope).or_insert_with(|| {
+            inner.scope_deadlines.file(now_s.saturating_add(rules.rate_window_s), storm.scope);
+            Scope::fresh(now_s, rules)
+        });
+        // Concurrent adoptions of one window (a batch of its alerts after a restart)
+        // count on from each other, not each from the authority's count.
+        let open = scope.window.as_mut().filter(|w| w.id == window.id && w.open_at(now_s, rules));
+        let folded = match open {
+            Some(adopted) => {
+                adopted.last = adopted.last.max(now_s);
+                adopted.fold(storm.resource)
+            }
+            None => {
+                let adopted = Window {
+                    id: window.id,
+                    kind: window.kind,
+                    last: now_s,
+                    alerts: window.alerts,
+                    resources: HashSet::default(),
+                };
+                scope.window.insert(adopted).fold(storm.resource)
+            }
+        };
+        if notify {
+            self.shared.purge_wakeup.notify_one();
+        }
+        Ok(folded)
     }
 
     fn admit_now(&self, source: &str, limit: RateLimit, now_ms: u64) -> Admission {
@@ -420,6 +462,15 @@ impl StateStore for MemoryStore {
 
     fn observe<'a>(&'a self, batch: &'a [Observation], now_s: u32) -> BoxFuture<'a, Result<Vec<Verdict>, StateError>> {
         Box::pin(async move { self.observe_now(batch, now_s) })
+    }
+
+    fn adopt_window<'a>(
+        &'a self,
+        o: &'a Observation,
+        window: OpenWindow,
+        now_s: u32,
+    ) -> BoxFuture<'a, Result<Folded, StateError>> {
+        Box::pin(async move { self.adopt_window_now(o, window, now_s) })
     }
 
     fn admit<'a>(

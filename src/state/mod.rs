@@ -113,6 +113,16 @@ impl StormKind {
             StormKind::Pattern => "pattern",
         }
     }
+
+    /// The kind [`as_str`](Self::as_str) spelled; anything else is a rate storm,
+    /// the kind that needs nothing but a count.
+    pub fn parse(s: &str) -> Self {
+        if s == StormKind::Pattern.as_str() {
+            StormKind::Pattern
+        } else {
+            StormKind::Rate
+        }
+    }
 }
 
 /// A firing alert folded into a storm's aggregation window.
@@ -128,6 +138,17 @@ pub struct Folded {
     pub resource_count: u32,
     /// Whether this alert opened the window.
     pub opened: bool,
+}
+
+/// A storm's aggregation window that an authority (the sink, which holds its
+/// aggregated request) knows is open, though the store may have lost it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenWindow {
+    /// The second the window opened.
+    pub id: u32,
+    pub kind: StormKind,
+    /// Alerts counted in it so far.
+    pub alerts: u32,
 }
 
 /// Rate-limit settings for one class of sources: GCRA with `rate` per second and
@@ -258,6 +279,19 @@ pub trait StateStore: Send + Sync + 'static {
         entry: Entry,
         now_s: u32,
     ) -> BoxFuture<'a, Result<(), StateError>>;
+
+    /// Takes `window` back as the open aggregation window of `observation`'s storm
+    /// scope, after the store lost it (restart, failover, eviction), and folds the
+    /// firing `observation` into it: its alert count goes on from `window.alerts`.
+    /// The incident [`observe`](Self::observe) has just opened for `observation` is
+    /// removed, so that its repeats fold too rather than count on a request that was
+    /// never made.
+    fn adopt_window<'a>(
+        &'a self,
+        observation: &'a Observation,
+        window: OpenWindow,
+        now_s: u32,
+    ) -> BoxFuture<'a, Result<Folded, StateError>>;
 
     /// Charges one request to `source` under `limit` (GCRA). A limited request
     /// changes nothing.

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
 use tidegate::state::{
-    Admission, Charge, Decision, Entry, Folded, Observation, RateLimit, StateStore, StormKey, StormKind, Verdict,
+    Admission, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateStore, StormKey, StormKind,
+    Verdict,
 };
 
 pub const WINDOW: Duration = Duration::from_secs(300);
@@ -49,6 +50,7 @@ macro_rules! conformance_suite {
             a_charged_batch_is_charged_once_and_decided,
             a_limited_charged_batch_records_nothing,
             adopted_incident_continues_its_count,
+            an_adopted_window_folds_its_alerts_and_their_repeats,
         );
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -404,4 +406,23 @@ pub async fn adopted_incident_continues_its_count(store: Arc<dyn StateStore>) {
     let o = alert("adopt", "ns", 0);
     store.adopt(&o, entry(T0 - 100, T0 - 50, 7), T0).await.unwrap();
     assert_eq!(one(&*store, o, T0 + 1).await, Verdict::Duplicate(entry(T0 - 100, T0 + 1, 8)));
+}
+
+pub async fn an_adopted_window_folds_its_alerts_and_their_repeats(store: Arc<dyn StateStore>) {
+    // The store lost a window the sink's aggregated request says is open (opened at
+    // T0 - 30 with 40 alerts), so a batch of two of its alerts was seen as new...
+    let (o, other) = (alert("rejoin", "ns", 0), alert("rejoin", "ns", 1));
+    let v = store.observe(&[o, other], T0).await.unwrap();
+    assert!(v.iter().all(|v| matches!(v, Verdict::New(_))), "{v:?}");
+    let window = OpenWindow { id: T0 - 30, kind: StormKind::Pattern, alerts: 40 };
+    let first = store.adopt_window(&o, window, T0).await.unwrap();
+    assert_eq!(
+        (first.window_id, first.kind, first.alert_count, first.opened),
+        (T0 - 30, StormKind::Pattern, 41, false)
+    );
+    // ...the second adoption of the same window counts on from the first...
+    assert_eq!(store.adopt_window(&other, window, T0).await.unwrap().alert_count, 42);
+    // ...and an adopted alert's repeat folds too: it has no incident of its own.
+    let repeat = folded(&one(&*store, o, T0 + 1).await);
+    assert_eq!((repeat.window_id, repeat.alert_count), (T0 - 30, 43));
 }

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod kube_api;
+pub mod notification;
 pub mod redis;
 pub mod tls;
 
@@ -23,6 +24,7 @@ pub struct Gateway {
     pub clock: Clock,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
+    config: Config,
     running: Option<Running>,
 }
 
@@ -41,12 +43,13 @@ async fn start_full(tweak: impl FnOnce(&mut Config), overrides: gateway::Overrid
     config.http.shutdown_delay = Duration::ZERO;
     config.dedup.status_interval = Duration::from_millis(20);
     tweak(&mut config);
-    let running = gateway::start_with(config, clock.clone(), overrides).await.unwrap();
+    let running = gateway::start_with(config.clone(), clock.clone(), overrides).await.unwrap();
     Gateway {
         url: format!("http://{}", running.addr),
         clock,
         client: reqwest::Client::new(),
         dir,
+        config,
         running: Some(running),
     }
 }
@@ -123,6 +126,15 @@ impl Gateway {
     pub fn read(&self, namespace: &str, name: &str) -> RemediationRequest {
         let path = self.dir.path().join(namespace).join(format!("{name}.yaml"));
         serde_norway::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"))).unwrap()
+    }
+
+    /// Shuts down gracefully and starts again with the same configuration, clock and
+    /// sink directory, as a deploy does (on a new port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let running = gateway::start(self.config.clone(), self.clock.clone()).await.unwrap();
+        self.url = format!("http://{}", running.addr);
+        self.running = Some(running);
     }
 
     /// Shuts down (flushing pending status writes) and keeps the manifests readable.

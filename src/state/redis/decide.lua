@@ -30,9 +30,11 @@
 --              pattern window, inactivity, max duration
 -- then from ARGV[12], one per signal, packed (a webhook's call would otherwise carry
 -- hundreds of arguments, each one a string for Redis to parse and Lua to intern):
---   struct '>BI4I4I4I4c8' = mode (0 fire | 1 resolve | 2 adopt), d, s (0: no storm
---   keys), for adopt first_seen and count (the incident an authority says is open;
---   0 otherwise), resource (8 bytes; zeros without storm keys); then the field.
+--   struct '>BI4I4I4I4c8' = mode (0 fire | 1 resolve | 2 adopt | 3 adopt a rate
+--   window | 4 adopt a pattern window), d, s (0: no storm keys), for adopt
+--   first_seen and count (the incident an authority says is open), for a window
+--   its id and alert count (0 otherwise), resource (8 bytes; zeros without storm
+--   keys); then the field.
 -- Reply: one string: 8 bytes of admission, two big-endian u32s (1, 0) allowed or
 -- (0, retry after in ms) limited, in which case nothing else was done and nothing
 -- follows; then 24 bytes per signal in order: six big-endian u32s,
@@ -60,7 +62,7 @@ end
 -- Firing alerts per storm scope in this call, so that each scope's rate counter
 -- takes one INCRBY for the whole call.
 local firing = {}
-local FIRE, RESOLVE, ADOPT = 0, 1, 2
+local FIRE, RESOLVE, ADOPT, ADOPT_WINDOW = 0, 1, 2, 3
 local RECORD = '>BI4I4I4I4c8'
 local RECORD_BYTES = 25
 
@@ -194,6 +196,29 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
   if value then
     first, last, count = struct.unpack('>I4I4I4', value)
     live = (now - last) < window
+  end
+
+  if mode >= ADOPT_WINDOW then
+    -- The sink holds this scope's aggregated request with its window still open,
+    -- which Redis lost: take the window back and fold this alert into it. The
+    -- incident just opened for the alert goes, so its repeats fold too.
+    if found then
+      redis.call('HDEL', KEYS[d + found], field)
+    end
+    local id, kind = adopt_first, mode - 2
+    -- Concurrent adoptions of one window (a batch of its alerts after Redis lost
+    -- it) count on from each other, not each from the sink's count.
+    local w = redis.call('HMGET', KEYS[s + 2], 'id', 'alerts', 'last')
+    local alerts = adopt_count + 1
+    if tonumber(w[1]) == id and now - tonumber(w[3]) < inactivity then
+      alerts = tonumber(w[2]) + 1
+    end
+    local ttl = math.min(now + inactivity, id + max_duration) - now + 1
+    redis.call('HSET', KEYS[s + 2], 'id', id, 'kind', kind, 'last', now, 'alerts', alerts)
+    redis.call('EXPIRE', KEYS[s + 2], ttl)
+    redis.call('PFADD', KEYS[s + 3], resource)
+    redis.call('EXPIRE', KEYS[s + 3], ttl)
+    return {5, id, kind, alerts, redis.call('PFCOUNT', KEYS[s + 3]), 0}
   end
 
   if mode == RESOLVE then

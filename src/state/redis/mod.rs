@@ -24,8 +24,8 @@ use redis::{RedisError, Script, Value};
 use std::future::Future;
 
 use super::{
-    Admission, BoxFuture, Charge, Decision, Entry, Folded, Observation, RateLimit, StateError, StateStore, StormKind,
-    StormRules, Verdict,
+    Admission, BoxFuture, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore,
+    StormKind, StormRules, Verdict,
 };
 use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
@@ -152,12 +152,13 @@ impl Shared {
 
     /// Decides `batch` with `decide.lua`: one call for the whole batch on a single
     /// node, one per slot (concurrently) on Cluster. `adopt` turns every observation
-    /// into an adoption of that entry; `charge` (single node only) is applied first.
+    /// into an adoption of that entry or window; `charge` (single node only) is
+    /// applied first.
     async fn decide(
         &self,
         batch: &[Observation],
         now_s: u32,
-        adopt: Option<Entry>,
+        adopt: Option<Adoption>,
         charge: Option<Charge<'_>>,
     ) -> Result<Result<Decision, StateError>, RedisError> {
         let rules = &self.storms;
@@ -182,23 +183,27 @@ impl Shared {
             };
             let d = call.intern(Group::Dedup(tag), || self.schema.dedup_keys(tag, now_s));
             let storm = match (o.status, &o.storm, adopt) {
-                (SignalStatus::Firing, Some(key), None) => Some(key),
+                (SignalStatus::Firing, Some(key), None | Some(Adoption::Window(_))) => Some(key),
                 _ => None,
             };
             let s = match storm {
                 Some(key) => call.intern(Group::Storm(key.scope), || self.schema.storm_keys(&key.scope, now_s, rules)),
                 None => 0,
             };
-            let mode = match (adopt, o.status) {
-                (Some(_), _) => Mode::Adopt,
-                (None, SignalStatus::Firing) => Mode::Fire,
-                (None, SignalStatus::Resolved) => Mode::Resolve,
+            let (mode, adopted) = match (adopt, o.status) {
+                (Some(Adoption::Entry(e)), _) => (Mode::Adopt, (e.first_seen_s, e.count)),
+                (Some(Adoption::Window(w)), _) => match w.kind {
+                    StormKind::Rate => (Mode::AdoptRateWindow, (w.id, w.alerts)),
+                    StormKind::Pattern => (Mode::AdoptPatternWindow, (w.id, w.alerts)),
+                },
+                (None, SignalStatus::Firing) => (Mode::Fire, (0, 0)),
+                (None, SignalStatus::Resolved) => (Mode::Resolve, (0, 0)),
             };
             let record = Record {
                 mode,
                 dedup_at: d,
                 storm_at: s,
-                adopt: adopt.map_or((0, 0), |e| (e.first_seen_s, e.count)),
+                adopt: adopted,
                 resource: storm.map_or([0; 8], |k| k.resource),
                 field: self.schema.field(&o.fingerprint),
             };
@@ -244,8 +249,22 @@ impl Shared {
     }
 
     async fn adopt(&self, o: &Observation, entry: Entry, now_s: u32) -> Result<(), StateError> {
-        self.guarded(self.decide(std::slice::from_ref(o), now_s, Some(entry), None)).await??;
+        self.guarded(self.decide(std::slice::from_ref(o), now_s, Some(Adoption::Entry(entry)), None)).await??;
         Ok(())
+    }
+
+    async fn adopt_window(&self, o: &Observation, window: OpenWindow, now_s: u32) -> Result<Folded, StateError> {
+        if o.storm.is_none() || o.status != SignalStatus::Firing {
+            return Err(bad_reply("decide", "an adopted window needs a firing alert with a storm scope".into()));
+        }
+        let adopt = Some(Adoption::Window(window));
+        match self.guarded(self.decide(std::slice::from_ref(o), now_s, adopt, None)).await?? {
+            Decision::Decided(verdicts) => match verdicts[..] {
+                [Verdict::Folded(folded)] => Ok(folded),
+                _ => Err(bad_reply("decide", format!("{verdicts:?} for an adopted window"))),
+            },
+            Decision::Limited { .. } => Err(bad_reply("decide", "limited an uncharged adoption".into())),
+        }
     }
 
     async fn admit(&self, source: &str, limit: RateLimit, now_ms: u64) -> Result<Admission, StateError> {
@@ -402,6 +421,16 @@ enum Mode {
     Fire = 0,
     Resolve = 1,
     Adopt = 2,
+    /// `decide.lua` reads the window's kind off the mode: 1 rate, 2 pattern.
+    AdoptRateWindow = 3,
+    AdoptPatternWindow = 4,
+}
+
+/// What an authority told the store to take back.
+#[derive(Clone, Copy)]
+enum Adoption {
+    Entry(Entry),
+    Window(OpenWindow),
 }
 
 /// One observation's argument to `decide.lua`: struct `>BI4I4I4I4c8`, then the field.
@@ -513,6 +542,15 @@ impl StateStore for RedisStore {
 
     fn observe<'a>(&'a self, batch: &'a [Observation], now_s: u32) -> BoxFuture<'a, Result<Vec<Verdict>, StateError>> {
         Box::pin(self.shared.observe(batch, now_s))
+    }
+
+    fn adopt_window<'a>(
+        &'a self,
+        o: &'a Observation,
+        window: OpenWindow,
+        now_s: u32,
+    ) -> BoxFuture<'a, Result<Folded, StateError>> {
+        Box::pin(self.shared.adopt_window(o, window, now_s))
     }
 
     fn admit_and_observe<'a>(

@@ -9,28 +9,61 @@
 //! count. Creation
 //! uses `link(2)`, which fails if the name exists: two writers racing on one incident
 //! cannot both create it, and neither clobbers the other.
+//!
+//! The manifests are the record of open incidents, as the cluster is for the kube
+//! sink: [`index`] reads them at start and follows every change, so a restart (or
+//! a state store that lost its entries) never opens a second request for an open
+//! incident, and a request finished or removed by hand ends its incident at once.
+
+pub mod index;
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::{Created, RequestRef, Sink, SinkError};
+use super::{Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
 use crate::remediation::{RemediationRequest, StatusUpdate};
+use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
+use index::{Index, Record};
 
 /// The per-namespace lock file serialising status rewrites.
 const LOCK_FILE: &str = ".tidegate.lock";
 
 pub struct DirSink {
     root: PathBuf,
+    index: Arc<Index>,
+    /// Keeps the index in line with changes made by others; stops when dropped.
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl DirSink {
-    /// A sink writing under `root`, which is created if missing.
-    pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
+    /// A sink writing under `root`, which is created if missing, with every
+    /// manifest written within `horizon` indexed: the longest an incident or a
+    /// storm window can stay open without a write to its request.
+    pub fn new(root: impl Into<PathBuf>, horizon: Duration) -> io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
-        Ok(DirSink { root })
+        let index = Arc::new(Index::default());
+        // Watch first, then read: a change made while reading is not missed.
+        let watcher = index::watch(root.clone(), index.clone())
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "cannot watch the sink directory: manifests removed or finished by hand are noticed only after a restart");
+            })
+            .ok();
+        let started = Instant::now();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let loaded = index.load(&root, horizon, threads)?;
+        tracing::info!(
+            indexed = loaded.indexed,
+            stale = loaded.stale,
+            unreadable = loaded.unreadable,
+            took = ?started.elapsed(),
+            "indexed the sink directory's open incidents"
+        );
+        Ok(DirSink { root, index, _watcher: watcher })
     }
 
     /// Where the manifest of `at` lives.
@@ -56,7 +89,7 @@ fn create_blocking(path: &Path, yaml: &str) -> Result<Created, SinkError> {
     }
 }
 
-fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Result<(), SinkError> {
+fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Result<RemediationRequest, SinkError> {
     // Read-modify-write must not interleave with another writer (a second gateway
     // sharing the directory), or an older count could land last. One advisory lock
     // per namespace directory: status writes are coalesced, so contention is low.
@@ -78,7 +111,7 @@ fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Resul
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })?;
-    Ok(())
+    Ok(request)
 }
 
 /// Runs blocking file work off the async workers.
@@ -132,9 +165,22 @@ fn write_temp(path: &Path, contents: &str, durability: Durability) -> io::Result
 
 impl Sink for DirSink {
     fn create<'a>(&'a self, request: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
-        let path = self.path_of(&reference(request));
+        let at = reference(request);
+        let path = self.path_of(&at);
         let yaml = to_yaml(request);
-        Box::pin(blocking(move || create_blocking(&path, &yaml)))
+        // Indexed before it is written: if the write fails, the status writer retries
+        // it until it lands, so the incident is open from now on either way.
+        if let Some(record) = Record::of(request) {
+            self.index.insert(&at, record);
+        }
+        Box::pin(async move {
+            let created = blocking(move || create_blocking(&path, &yaml)).await?;
+            if created == Created::AlreadyExists {
+                // Someone else's manifest: the index takes what the file says.
+                self.index.refresh(&self.root, &self.path_of(&at));
+            }
+            Ok(created)
+        })
     }
 
     fn update_status<'a>(
@@ -143,8 +189,31 @@ impl Sink for DirSink {
         update: &'a StatusUpdate,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
         let path = self.path_of(at);
-        let (at, update) = (at.clone(), update.clone());
-        Box::pin(blocking(move || update_blocking(&path, &at, &update)))
+        let (owned, update) = (at.clone(), update.clone());
+        Box::pin(async move {
+            match blocking(move || update_blocking(&path, &owned, &update)).await {
+                Ok(written) => {
+                    if let Some(record) = Record::of(&written) {
+                        self.index.update(at, record);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    if matches!(e, SinkError::NotFound(_)) {
+                        self.index.remove(at);
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn lookup(&self, at: &RequestRef) -> Lookup {
+        self.index.lookup(at)
+    }
+
+    fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
+        self.index.open_request(fingerprint)
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -1,0 +1,370 @@
+//! The directory sink's authority on open incidents: what the manifests under the
+//! sink directory say, in memory.
+//!
+//! At start the gateway reads every manifest that could still belong to an open
+//! incident (modified within the horizon, the longest a dedup or storm window can
+//! stay open), so that after a restart a repeat of an open incident is counted on
+//! its request instead of opening a second one. From then on it keeps the index
+//! current from two sides: the sink's own writes, and a watch on the directory
+//! (inotify), which sees a manifest removed by hand, or a phase a controller wrote,
+//! as soon as it happens.
+//!
+//! The index never decides anything: the pipeline asks it, through the [`Sink`]
+//! trait, and it answers from memory without I/O.
+//!
+//! [`Sink`]: crate::sink::Sink
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use jiff::Timestamp;
+use serde::Deserialize;
+
+use crate::remediation::RemediationRequest;
+use crate::signal::Fingerprint;
+use crate::sink::{is_terminal, Lookup, OpenRequest, RequestRef};
+use crate::state::StormKind;
+
+/// What the index keeps of one manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub fingerprint: Fingerprint,
+    pub first_seen_s: u32,
+    pub last_seen_s: u32,
+    pub count: u64,
+    pub terminal: bool,
+    pub storm: Option<StormKind>,
+}
+
+impl Record {
+    /// The record of a request as this gateway wrote it.
+    pub fn of(request: &RemediationRequest) -> Option<Record> {
+        let status = request.status.as_ref();
+        let dedup = status.and_then(|s| s.deduplication.as_ref())?;
+        Some(Record {
+            fingerprint: parse_fingerprint(&request.spec.signal_fingerprint)?,
+            first_seen_s: dedup.first_seen_at.0.as_second() as u32,
+            last_seen_s: dedup.last_seen_at.0.as_second() as u32,
+            count: dedup.occurrence_count,
+            terminal: is_terminal(status.and_then(|s| s.phase.as_deref())),
+            storm: request.spec.storm.as_ref().map(|s| StormKind::parse(&s.kind)),
+        })
+    }
+}
+
+fn parse_fingerprint(hex: &str) -> Option<Fingerprint> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex, &mut bytes).ok()?;
+    Some(Fingerprint::from_bytes(bytes))
+}
+
+/// The fields of a manifest the index needs, read without the rest of the schema.
+#[derive(Deserialize)]
+struct Manifest {
+    spec: ManifestSpec,
+    #[serde(default)]
+    status: Option<ManifestStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestSpec {
+    signal_fingerprint: String,
+    #[serde(default)]
+    storm: Option<ManifestStorm>,
+}
+
+#[derive(Deserialize)]
+struct ManifestStorm {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct ManifestStatus {
+    #[serde(default)]
+    deduplication: Option<ManifestDedup>,
+    #[serde(default)]
+    phase: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestDedup {
+    first_seen_at: Timestamp,
+    last_seen_at: Timestamp,
+    occurrence_count: u64,
+}
+
+/// Parses a manifest's text into its record; `None` for anything that is not a
+/// complete manifest of ours (a file being edited, a stranger's YAML).
+pub fn parse(text: &str) -> Option<Record> {
+    let manifest: Manifest = serde_norway::from_str(text).ok()?;
+    let status = manifest.status?;
+    let dedup = status.deduplication?;
+    Some(Record {
+        fingerprint: parse_fingerprint(&manifest.spec.signal_fingerprint)?,
+        first_seen_s: dedup.first_seen_at.as_second() as u32,
+        last_seen_s: dedup.last_seen_at.as_second() as u32,
+        count: dedup.occurrence_count,
+        terminal: is_terminal(status.phase.as_deref()),
+        storm: manifest.spec.storm.map(|s| StormKind::parse(&s.kind)),
+    })
+}
+
+/// Every indexed manifest, by request and by fingerprint.
+#[derive(Default)]
+pub struct Index {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: HashMap<RequestRef, Record>,
+    /// The newest request of each fingerprint: the one a repeat may belong to.
+    newest: HashMap<Fingerprint, RequestRef>,
+}
+
+/// What loading the directory found, for the start-up log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Manifests read and indexed.
+    pub indexed: usize,
+    /// Manifests left unread: last written before the horizon.
+    pub stale: usize,
+    /// Files that are not a manifest of ours.
+    pub unreadable: usize,
+}
+
+impl Index {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every mutation is a pair of map writes that cannot fail halfway.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records (or updates) the manifest at `at`.
+    pub fn insert(&self, at: &RequestRef, record: Record) {
+        let mut inner = self.lock();
+        let Inner { requests, newest } = &mut *inner;
+        requests.insert(at.clone(), record);
+        let newer = match newest.get(&record.fingerprint).and_then(|n| requests.get(n).map(|r| (n, r))) {
+            Some((known, current)) => known == at || current.first_seen_s <= record.first_seen_s,
+            None => true,
+        };
+        if newer {
+            newest.insert(record.fingerprint, at.clone());
+        }
+    }
+
+    /// Forgets the manifest at `at`: it was removed.
+    pub fn remove(&self, at: &RequestRef) {
+        let mut inner = self.lock();
+        let Inner { requests, newest } = &mut *inner;
+        if let Some(record) = requests.remove(at) {
+            if newest.get(&record.fingerprint) == Some(at) {
+                newest.remove(&record.fingerprint);
+            }
+        }
+    }
+
+    /// Updates the record at `at` after a status write, if it is known.
+    pub fn update(&self, at: &RequestRef, record: Record) {
+        let mut inner = self.lock();
+        // The record comes from the file as just rewritten, phase included; one
+        // removed meanwhile stays removed.
+        if let Some(known) = inner.requests.get_mut(at) {
+            *known = record;
+        }
+    }
+
+    pub fn lookup(&self, at: &RequestRef) -> Lookup {
+        match self.lock().requests.get(at) {
+            Some(record) if record.terminal => Lookup::Terminal,
+            Some(_) => Lookup::Open,
+            // Every request this process writes is indexed before it is written, and
+            // every other one that could be open was read at start: a request the
+            // index lacks has been removed.
+            None => Lookup::Gone,
+        }
+    }
+
+    pub fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
+        let inner = self.lock();
+        let at = inner.newest.get(fingerprint)?;
+        let record = inner.requests.get(at).filter(|r| !r.terminal)?;
+        Some(OpenRequest {
+            at: at.clone(),
+            first_seen_s: record.first_seen_s,
+            last_seen_s: record.last_seen_s,
+            count: record.count,
+            storm: record.storm,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().requests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads every manifest under `root` written within `horizon` of now, on
+    /// `threads` threads. Older manifests cannot hold an open incident: a request is
+    /// rewritten whenever its incident is seen, so its file is at least as new as
+    /// its last sighting.
+    pub fn load(&self, root: &Path, horizon: Duration, threads: usize) -> io::Result<Loaded> {
+        let cutoff = SystemTime::now().checked_sub(horizon).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut files = Vec::new();
+        let mut loaded = Loaded::default();
+        for namespace in std::fs::read_dir(root)? {
+            let namespace = namespace?;
+            if !namespace.file_type()?.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(namespace.path())? {
+                let file = file?;
+                let path = file.path();
+                if manifest_ref(root, &path).is_none() {
+                    continue;
+                }
+                match file.metadata().and_then(|m| m.modified()) {
+                    Ok(modified) if modified >= cutoff => files.push(path),
+                    Ok(_) => loaded.stale += 1,
+                    Err(_) => loaded.unreadable += 1,
+                }
+            }
+        }
+        let chunk = files.len().div_ceil(threads.max(1)).max(1);
+        let counts = std::thread::scope(|scope| {
+            let workers: Vec<_> = files
+                .chunks(chunk)
+                .map(|paths| {
+                    scope.spawn(move || {
+                        let (mut indexed, mut unreadable) = (0, 0);
+                        for path in paths {
+                            match read_record(path) {
+                                Some(record) => {
+                                    let at = manifest_ref(root, path).expect("filtered above");
+                                    self.insert(&at, record);
+                                    indexed += 1;
+                                }
+                                None => unreadable += 1,
+                            }
+                        }
+                        (indexed, unreadable)
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap_or((0, 0))).collect::<Vec<_>>()
+        });
+        for (indexed, unreadable) in counts {
+            loaded.indexed += indexed;
+            loaded.unreadable += unreadable;
+        }
+        Ok(loaded)
+    }
+
+    /// Brings the entry of the file at `path` in line with the disk: read again if
+    /// it is there, forgotten if not.
+    pub fn refresh(&self, root: &Path, path: &Path) {
+        let Some(at) = manifest_ref(root, path) else { return };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                // A half-edited file is skipped; the write that completes it comes next.
+                if let Some(record) = parse(&text) {
+                    self.insert(&at, record);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.remove(&at),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read a manifest"),
+        }
+    }
+}
+
+fn read_record(path: &Path) -> Option<Record> {
+    parse(&std::fs::read_to_string(path).ok()?)
+}
+
+/// The request a path under `root` holds: `<root>/<namespace>/<name>.yaml`, not a
+/// hidden file (temporary files and the lock file are hidden).
+pub fn manifest_ref(root: &Path, path: &Path) -> Option<RequestRef> {
+    let relative = path.strip_prefix(root).ok()?;
+    let mut parts = relative.components();
+    let (namespace, file) = (parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let name = file.as_os_str().to_str()?.strip_suffix(".yaml")?;
+    let namespace = namespace.as_os_str().to_str()?;
+    if name.is_empty() || name.starts_with('.') || namespace.starts_with('.') {
+        return None;
+    }
+    Some(RequestRef { namespace: namespace.to_string(), name: name.to_string() })
+}
+
+/// Watches `root` and keeps `index` in line with every change to its manifests.
+/// The returned watcher stops when dropped.
+pub fn watch(root: PathBuf, index: Arc<Index>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let watched = root.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
+            for path in &event.paths {
+                index.refresh(&watched, path);
+            }
+        }
+        Ok(_) => {}
+        // The kernel's queue overflowed: events were lost, so the index may be
+        // behind the disk. It is still right about everything this process wrote.
+        Err(e) => tracing::warn!(error = %e, "watching the sink directory failed for some events"),
+    })?;
+    watcher.watch(&root, RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(name: &str) -> RequestRef {
+        RequestRef { namespace: "ns".into(), name: name.into() }
+    }
+
+    fn record(fp: u8, first_seen_s: u32) -> Record {
+        Record {
+            fingerprint: Fingerprint::from_bytes([fp; 32]),
+            first_seen_s,
+            last_seen_s: first_seen_s,
+            count: 1,
+            terminal: false,
+            storm: None,
+        }
+    }
+
+    #[test]
+    fn the_newest_request_of_a_fingerprint_is_the_open_one() {
+        let index = Index::default();
+        index.insert(&at("b"), record(1, 200));
+        index.insert(&at("a"), record(1, 100));
+        let open = index.open_request(&Fingerprint::from_bytes([1; 32])).unwrap();
+        assert_eq!((open.at, open.first_seen_s), (at("b"), 200));
+        index.update(&at("b"), Record { terminal: true, ..record(1, 200) });
+        assert_eq!(index.lookup(&at("b")), Lookup::Terminal);
+        assert_eq!(index.open_request(&Fingerprint::from_bytes([1; 32])), None, "a finished request is not open");
+        index.remove(&at("b"));
+        assert_eq!(index.lookup(&at("b")), Lookup::Gone);
+    }
+
+    #[test]
+    fn only_manifests_two_levels_down_are_requests() {
+        let root = Path::new("/r");
+        assert_eq!(manifest_ref(root, Path::new("/r/ns/a.yaml")), Some(at("a")));
+        for other in ["/r/ns/.a.yaml.1.tmp", "/r/ns/.tidegate.lock", "/r/a.yaml", "/r/ns/x/a.yaml", "/r/ns/a.yml"] {
+            assert_eq!(manifest_ref(root, Path::new(other)), None, "{other}");
+        }
+    }
+}
