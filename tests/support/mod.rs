@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod kube_api;
+pub mod process;
 pub mod redis;
 pub mod tls;
 
