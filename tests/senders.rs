@@ -196,8 +196,12 @@ async fn redis_down_for_10s_mid_storm_means_503s_retries_and_nothing_lost() {
     redis.restart();
     let after_outage = rig.alertmanager.counters().await;
 
-    // Alertmanager's retries within the 10 s notification deadline, or the next
-    // flush after a notification that gave up, deliver the group once Redis is back.
+    // How the group gets delivered once Redis is back (see support/senders/alertmanager.rs):
+    // the flush that met the outage retries with backoff (0.5 s, then ×1.5 ±50%)
+    // until its 10 s deadline. If a retry falls after the restart, it is delivered;
+    // if the deadline comes first, that notification fails for good, and since
+    // nothing was logged as sent, the next flush (at once: the 1 s group timer has
+    // long fired) sends the whole group again. Either way within a few seconds.
     let all: BTreeSet<String> = first.iter().chain(&during).cloned().collect();
     rig.wait_for("every pod accounted for after recovery", DELIVERY, || covered(all.clone())).await;
     rig.wait_for("a delivery after the outage", DELIVERY, || async {
