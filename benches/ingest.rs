@@ -59,6 +59,8 @@ use http_body_util::{BodyExt, Full};
 
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "../tests/support/process.rs"]
+mod process;
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
 use cpu::{cpu_seconds, machine_busy_seconds};
@@ -87,6 +89,11 @@ const ALERT_NAMES: [&str; 20] = [
     "EtcdHighCommitDurations",
     "CertificateExpiringSoon",
 ];
+/// Requests in one pass over every identity.
+fn bodies() -> usize {
+    FINGERPRINTS / batch()
+}
+
 /// Identities per alert name: `BENCH_WORKLOAD=spread` (the default) puts 5 pods in
 /// each of 100 namespaces, at the pattern-storm threshold, so no storm forms;
 /// `BENCH_WORKLOAD=storm` puts 50 pods in each of 10 namespaces, so every
@@ -99,14 +106,21 @@ const _: () = assert!(FINGERPRINTS == 10_000);
 fn pods_per_namespace() -> usize {
     match std::env::var("BENCH_WORKLOAD").as_deref() {
         Ok("storm") => 50,
+        Ok("large") => PER_NAME,
         _ => 5,
     }
 }
-/// Alerts per request: one alert name each. In the storm workload a request is one
-/// (alertname, namespace) group, as Alertmanager's usual grouping would send it; in
-/// the spread workload (5 pods per namespace) it spans two namespaces.
-const BATCH: usize = 10;
-const BODIES: usize = FINGERPRINTS / BATCH;
+
+/// Alerts per request: `BENCH_WORKLOAD=large` sends storm-sized notifications of
+/// 2,000 alerts (four alert names, each firing on 500 pods of one namespace: the
+/// groups Alertmanager sends when a node or a rollout takes a namespace down);
+/// the other workloads send 10.
+fn batch() -> usize {
+    match std::env::var("BENCH_WORKLOAD").as_deref() {
+        Ok("large") => 2_000,
+        _ => 10,
+    }
+}
 
 const DEFAULT_ALERTMANAGER_BIN: &str = "/usr/bin/prometheus-alertmanager";
 /// The warm-up ends after this long even if a full pass has not been made.
@@ -155,7 +169,7 @@ fn main() -> ExitCode {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let settings = Settings::from_env(smoke);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("ingest bench: {FINGERPRINTS} distinct fingerprints, {BATCH} alerts per request");
+    println!("ingest bench: {FINGERPRINTS} distinct fingerprints, {} alerts per request", batch());
     if smoke {
         println!("SMOKE MODE (not run by `cargo bench`): short run, figures are not benchmarks");
     }
@@ -194,9 +208,10 @@ fn main() -> ExitCode {
 async fn run(settings: Settings) -> ExitCode {
     let workload = Workload::render();
     println!(
-        "bodies: {BODIES} per target, pre-rendered; webhook {} B and postable {} B on average",
-        workload.webhook.iter().map(Bytes::len).sum::<usize>() / BODIES,
-        workload.postable.iter().map(Bytes::len).sum::<usize>() / BODIES,
+        "bodies: {} per target, pre-rendered; webhook {} B and postable {} B on average",
+        bodies(),
+        workload.webhook.iter().map(Bytes::len).sum::<usize>() / bodies(),
+        workload.postable.iter().map(Bytes::len).sum::<usize>() / bodies(),
     );
 
     let mut rows = Vec::new();
@@ -251,7 +266,7 @@ struct Identity {
 
 impl Identity {
     /// Consecutive numbers share an alert name, then a namespace, so a batch of
-    /// `BATCH` consecutive identities has one alert name.
+    /// `batch()` consecutive identities (up to 500) have one alert name.
     fn nth(i: usize) -> Self {
         let pods = pods_per_namespace();
         let (name, rest) = (i / PER_NAME, i % PER_NAME);
@@ -296,10 +311,11 @@ impl Workload {
         let starts_at = starts.to_string();
         let ends_at = (starts + jiff::SignedDuration::from_hours(1)).to_string();
         let generator_url = "http://prometheus-k8s-0:9090/graph?g0.expr=up%3D%3D0&g0.tab=1";
-        let mut webhook = Vec::with_capacity(BODIES);
-        let mut postable = Vec::with_capacity(BODIES);
-        for b in 0..BODIES {
-            let ids: Vec<Identity> = (b * BATCH..(b + 1) * BATCH).map(Identity::nth).collect();
+        let mut webhook = Vec::with_capacity(bodies());
+        let mut postable = Vec::with_capacity(bodies());
+        let batch = batch();
+        for b in 0..bodies() {
+            let ids: Vec<Identity> = (b * batch..(b + 1) * batch).map(Identity::nth).collect();
             let group = json!({"alertname": ids[0].alertname, "namespace": ids[0].namespace});
             let am_alerts: Vec<Value> = ids
                 .iter()
@@ -325,7 +341,7 @@ impl Workload {
                         "endsAt": "0001-01-01T00:00:00Z",
                         "generatorURL": generator_url,
                         // Alertmanager's own 64-bit label hash; any stable value will do.
-                        "fingerprint": format!("{:016x}", splitmix64((b * BATCH + k) as u64)),
+                        "fingerprint": format!("{:016x}", splitmix64((b * batch + k) as u64)),
                     })
                 })
                 .collect();
@@ -589,7 +605,7 @@ async fn drive(settings: &Settings, target: &Target, pid: u32, redis: Option<u32
     // One counter across both phases, so the measured phase continues the cycle.
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let until = Until { soft: started + settings.warmup, min_requests: BODIES as u64, hard: started + WARMUP_LIMIT };
+    let until = Until { soft: started + settings.warmup, min_requests: bodies() as u64, hard: started + WARMUP_LIMIT };
     let (warm, senders) = phase(senders, target, &next, until).await;
     let warm_elapsed = started.elapsed();
     println!(
@@ -597,7 +613,7 @@ async fn drive(settings: &Settings, target: &Target, pid: u32, redis: Option<u32
         warm.ok + warm.errors(),
         warm_elapsed.as_secs_f64(),
         warm.errors(),
-        if warm.ok < BODIES as u64 { "  <-- did not complete one full pass" } else { "" }
+        if warm.ok < bodies() as u64 { "  <-- did not complete one full pass" } else { "" }
     );
     report_failures("warm-up", target.name, &warm);
     let mut problems = Vec::new();
@@ -619,7 +635,7 @@ async fn drive(settings: &Settings, target: &Target, pid: u32, redis: Option<u32
     let other_cpu =
         (machine_busy_seconds() - machine_cpu0 - server_cpu - client_cpu - redis_cpu.unwrap_or(0.0)).max(0.0);
     report_failures("measured phase", target.name, &tally);
-    let acked_alerts = (warm.ok + tally.ok) * BATCH as u64;
+    let acked_alerts = (warm.ok + tally.ok) * batch() as u64;
     Ok(Row { name: target.name, elapsed, tally, server_cpu, client_cpu, other_cpu, redis_cpu, acked_alerts, problems })
 }
 
@@ -826,7 +842,7 @@ fn print_table(rows: &[Row]) {
     for row in rows {
         let secs = row.elapsed.as_secs_f64();
         let requests = row.tally.ok as f64 / secs;
-        let alerts = (row.tally.ok * BATCH as u64) as f64 / secs;
+        let alerts = (row.tally.ok * batch() as u64) as f64 / secs;
         // The server's side of the work includes its redis-server's.
         let server_side = row.server_cpu + row.redis_cpu.unwrap_or(0.0);
         let mut lat = row.tally.latencies_us.clone();
@@ -842,15 +858,15 @@ fn print_table(rows: &[Row]) {
             row.server_cpu / secs,
             row.client_cpu / secs,
             row.other_cpu / secs,
-            (row.tally.ok * BATCH as u64) as f64 / server_side.max(f64::EPSILON),
+            (row.tally.ok * batch() as u64) as f64 / server_side.max(f64::EPSILON),
             if row.tally.errors() > 0 { "  <-- FAILURES" } else { "" }
         );
-        rates.insert(row.name, (alerts, (row.tally.ok * BATCH as u64) as f64 / server_side));
+        rates.insert(row.name, (alerts, (row.tally.ok * batch() as u64) as f64 / server_side));
     }
     // Where each alert's CPU went, when Redis is one of the parts.
     for row in rows {
         if let Some(redis_cpu) = row.redis_cpu {
-            let alerts = (row.tally.ok * BATCH as u64).max(1) as f64;
+            let alerts = (row.tally.ok * batch() as u64).max(1) as f64;
             let us = |cpu: f64| cpu * 1e6 / alerts;
             println!(
                 "{}: CPU per alert: server {:.2} µs, redis-server {:.2} µs ({:.2} cores), load generator {:.2} µs, \
@@ -868,7 +884,7 @@ fn print_table(rows: &[Row]) {
         "(over {} s each; {} 2xx requests = {} alerts for tidegate)",
         rows.first().map_or(0.0, |r| (r.elapsed.as_secs_f64() * 100.0).round() / 100.0),
         rows.first().map_or(0, |r| r.tally.ok),
-        rows.first().map_or(0, |r| r.tally.ok * BATCH as u64),
+        rows.first().map_or(0, |r| r.tally.ok * batch() as u64),
     );
     match (rates.get("tidegate"), rates.get("alertmanager")) {
         (Some((t, t_cpu)), Some((a, a_cpu))) if *a > 0.0 => {

@@ -3,6 +3,8 @@
 //!
 //! Included by path so this binary does not depend on `support/mod.rs`.
 
+#[path = "support/process.rs"]
+mod process;
 #[path = "support/redis.rs"]
 mod redis_support;
 

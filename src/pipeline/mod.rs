@@ -187,9 +187,12 @@ impl Pipeline {
         // Most verdicts (repeats, resolutions, alerts folded into an open storm) need
         // no I/O: answer those at once, and only make futures for the rest.
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(signals.len());
+        // Windows the store opened in this batch that go on in an aggregated request
+        // the sink still holds: (scope, the store's window id) → that request's window.
+        let mut rejoined = HashMap::new();
         let mut slow = Vec::new();
         for (i, ((signal, asked), verdict)) in signals.iter().zip(&observations).zip(verdicts).enumerate() {
-            match self.act_now(signal, asked, verdict) {
+            match self.act_now(signal, asked, verdict, &mut rejoined) {
                 Ok(outcome) => outcomes.push(Some(outcome)),
                 Err(work) => {
                     outcomes.push(None);
@@ -211,11 +214,28 @@ impl Pipeline {
     }
 
     /// Acts on a verdict that needs no I/O, or says what [`Self::act`] must do.
-    fn act_now(&self, signal: &Signal<'_>, asked: &Observation, verdict: Verdict) -> Result<Outcome, Slow> {
+    fn act_now(
+        &self,
+        signal: &Signal<'_>,
+        asked: &Observation,
+        verdict: Verdict,
+        rejoined: &mut HashMap<([u8; 16], u32), OpenWindow>,
+    ) -> Result<Outcome, Slow> {
         match verdict {
             Verdict::Folded(folded) => {
                 let scope = asked.storm.expect("only alerts with a storm scope fold").scope;
+                if let Some(window) = rejoined.get(&(scope, folded.window_id)) {
+                    return Err(Slow::Rejoin(scope, *window));
+                }
                 if folded.opened {
+                    // The store opened a window, but the sink may still hold the
+                    // scope's aggregated request from before the store lost its
+                    // window: then the storm goes on there, with every alert of this
+                    // batch the store folded into its new window.
+                    if let Some((_, window)) = self.open_window(signal, asked, self.clock.now_s()) {
+                        rejoined.insert((scope, folded.window_id), window);
+                        return Err(Slow::Rejoin(scope, window));
+                    }
                     return Err(Slow::OpenStorm(scope, folded));
                 }
                 let (outcome, incident, at, update) = self.folded(signal, &scope, folded);
@@ -244,16 +264,8 @@ impl Pipeline {
     /// store.
     async fn act(&self, signal: &Signal<'_>, asked: &Observation, slow: Slow) -> Result<Outcome, PipelineError> {
         match slow {
-            Slow::OpenStorm(scope, folded) => {
-                let now = self.clock.now_s();
-                if let Some((scope, window)) = self.open_window(signal, asked, now) {
-                    // The store opened a window, but the sink still holds the scope's
-                    // aggregated request from before the store lost its window: the
-                    // storm goes on there rather than in a second aggregated request.
-                    return self.rejoin(signal, asked, scope, window, now).await;
-                }
-                self.fold(signal, &scope, folded).await
-            }
+            Slow::OpenStorm(scope, folded) => self.fold(signal, &scope, folded).await,
+            Slow::Rejoin(scope, window) => self.rejoin(signal, asked, scope, window, self.clock.now_s()).await,
             Slow::New(entry) => {
                 let now = self.clock.now_s();
                 let open = self.sink.open_request(&signal.fingerprint);
@@ -459,6 +471,8 @@ impl Pipeline {
 enum Slow {
     /// A new incident: its request is created (or an open one adopted).
     New(Entry),
+    /// An alert of a storm whose window the store lost and the sink still holds.
+    Rejoin([u8; 16], OpenWindow),
     /// A duplicate whose request is finished or gone: a new incident starts.
     Reopen,
     /// An alert that opened a storm window: the aggregated request is created.

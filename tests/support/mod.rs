@@ -5,7 +5,9 @@
 pub mod conformance;
 pub mod kube_api;
 pub mod notification;
+pub mod process;
 pub mod redis;
+pub mod senders;
 pub mod tls;
 
 use std::future::Future;
@@ -100,20 +102,7 @@ impl Gateway {
 
     /// Every manifest written, sorted.
     pub fn manifests(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for ns in std::fs::read_dir(self.dir.path()).unwrap() {
-            let ns = ns.unwrap().path();
-            if ns.is_dir() {
-                for f in std::fs::read_dir(&ns).unwrap() {
-                    let f = f.unwrap().path();
-                    if f.extension().is_some_and(|e| e == "yaml") {
-                        out.push(f);
-                    }
-                }
-            }
-        }
-        out.sort();
-        out
+        manifests_in(self.dir.path())
     }
 
     /// The only request written; fails unless there is exactly one.
@@ -155,6 +144,24 @@ impl Gateway {
     }
 }
 
+/// Every manifest under a directory sink's `dir` (`<namespace>/<name>.yaml`), sorted.
+pub fn manifests_in(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for ns in std::fs::read_dir(dir).unwrap() {
+        let ns = ns.unwrap().path();
+        if ns.is_dir() {
+            for f in std::fs::read_dir(&ns).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_some_and(|e| e == "yaml") {
+                    out.push(f);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The occurrence count recorded on a request.
 pub fn occurrences(request: &RemediationRequest) -> u64 {
     let dedup = request.status.as_ref().and_then(|s| s.deduplication.as_ref());
@@ -187,16 +194,39 @@ where
 }
 
 /// Polls `check` until it returns true, failing after `limit`.
-pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut check: F)
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_every(what, limit, Duration::from_millis(10), check).await
+}
+
+/// Polls `check` every `interval` until it returns true, failing after `limit`; for
+/// checks too costly to run every 10 ms.
+pub async fn eventually_every<F, Fut>(what: &str, limit: Duration, interval: Duration, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    assert!(poll_within(limit, interval, check).await, "timed out waiting for {what}");
+}
+
+/// Polls `check` every `interval` until it returns true (then true), or `limit` has
+/// passed (then false).
+pub async fn poll_within<F, Fut>(limit: Duration, interval: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + limit;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(interval).await;
     }
+    true
 }
 
 /// One Alertmanager alert.

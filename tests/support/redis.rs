@@ -13,34 +13,27 @@
 //!   silently evicted state;
 //! * helpers panic with the server's log on failure, since they only run in tests.
 //!
-//! Lifecycle (why there are three mechanisms):
-//! * `Drop` kills a server (SIGKILL, then reaps it) and removes its temp dir;
-//! * statics are never dropped, so the [`shared()`] server and anything leaked would
-//!   outlive the test binary: a `libc::atexit` hook kills every child this process
-//!   started (a global pid registry) and removes their temp dirs. libtest leaves
-//!   `main` through `exit()` whether tests pass or fail, so the hook runs;
-//! * atexit does not run if the test binary is killed by a signal or aborts, so every
-//!   child also gets `PR_SET_PDEATHSIG(SIGKILL)` as a backstop. PDEATHSIG fires when
-//!   the *thread* that forked the child exits, and libtest runs each test on a
-//!   short-lived thread, so children are forked by one dedicated helper thread that
-//!   lives as long as the process (see [`spawn`]).
+//! Lifecycle: `Drop` kills a server and removes its temp dir; the shared server (a
+//! static, never dropped) and anything leaked are stopped by the atexit hook and
+//! PDEATHSIG of `process.rs`, which spawns every server and tool.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::hash::{BuildHasher, Hasher, RandomState};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, LazyLock, Mutex, MutexGuard, Once, OnceLock, PoisonError, TryLockError};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ::redis::{Client, Connection, RedisResult, Value};
 use tempfile::TempDir;
+
+use super::process::{
+    self, poll_until, read_from, register_dir, scratch_dir, spawn, tail, unregister_dir, unregister_pid,
+};
 
 /// How long a freshly spawned server gets to answer PING before the test fails.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,13 +47,7 @@ const STATE_INTERVAL: Duration = Duration::from_millis(50);
 /// test instead of hanging it.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Ports are drawn from 20000..30000, below the kernel's ephemeral range
-/// (32768..60999 by default), so nothing in this machine is handed one of them for an
-/// outgoing connection or a `bind(:0)` between our "is it free?" check and
-/// `redis-server` binding it, or between `kill()` and `restart()` on the same port.
-/// The cluster bus (port + 10000) lands in 30000..40000 and is checked as well.
-const PORT_LOW: u16 = 20000;
-const PORT_SPAN: u16 = 10000;
+/// The cluster bus listens at port + 10000, which must be free too.
 const CLUSTER_BUS_OFFSET: u16 = 10000;
 /// Attempts at starting on a fresh port when another process wins the race for one.
 const PORT_ATTEMPTS: usize = 20;
@@ -176,8 +163,8 @@ impl RedisServer {
         let mut server = RedisServer { port: 0, tls_port: None, kind, log, child: Mutex::new(None), dir };
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            server.port = pick_port(bus);
-            server.tls_port = tls.then(|| pick_port(false));
+            server.port = process::pick_port(bus.then_some(CLUSTER_BUS_OFFSET));
+            server.tls_port = tls.then(|| process::pick_port(None));
             if let Kind::Sentinel { body, tls } = &server.kind {
                 // Written once per port; on restart the sentinel keeps the config it
                 // rewrote itself (known replicas, sentinels, epochs), as in production.
@@ -274,11 +261,8 @@ impl RedisServer {
     /// SIGKILL, then wait for the process to be gone. A no-op if it is not running.
     /// The port is closed once this returns, so clients see connection refused.
     pub fn kill(&self) {
-        if let Some(mut child) = self.lock_child().take() {
-            // Errors mean it already exited (or the atexit hook reaped it): fine.
-            let _ = child.kill();
-            let _ = child.wait();
-            unregister_pid(child.id());
+        if let Some(child) = self.lock_child().take() {
+            process::kill(child);
         }
     }
 
@@ -466,7 +450,17 @@ pub fn shared() -> &'static RedisServer {
 /// again is harmless (the first counter wins).
 pub fn register_memory_report(fingerprints: &'static AtomicU64) {
     let _ = REPORT_COUNTER.set(fingerprints);
-    ensure_exit_hook();
+    process::before_exit(print_memory_report);
+}
+
+/// Prints the report on stderr and stdout, at exit (before the servers are killed).
+fn print_memory_report() {
+    if let Some(report) = memory_report() {
+        let _ = io::stderr().write_all(report.as_bytes());
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(report.as_bytes());
+        let _ = out.flush();
+    }
 }
 
 fn memory_report() -> Option<String> {
@@ -803,178 +797,8 @@ fn run_to_completion(mut cmd: Command, timeout: Duration) {
 }
 
 // ---------------------------------------------------------------------------------
-// Process plumbing: spawning, the pid/dir registry, the atexit hook
-// ---------------------------------------------------------------------------------
-
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
-
-/// Spawns `cmd` from the long-lived "redis-spawner" thread, with
-/// `PR_SET_PDEATHSIG(SIGKILL)`, and registers the child for the atexit hook.
-///
-/// Why a dedicated thread: Linux delivers PDEATHSIG when the *thread* that forked the
-/// child exits, not the process. Tests run on libtest threads that exit when the test
-/// ends, which would kill the shared server (and any server handed to another test)
-/// under the next test's feet. The spawner thread is only fed through a channel whose
-/// sender lives in a static, so it never exits before the process does — and then the
-/// children die with it even if atexit never ran (SIGKILL, abort, panic=abort).
-fn spawn(mut cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
-    ensure_exit_hook();
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: runs in the forked child before exec; only async-signal-safe calls
-    // (prctl, getppid, _exit) and no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // If the parent died between fork and prctl we have already been
-            // reparented and the signal will never come: don't start orphaned.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        thread::Builder::new()
-            .name("redis-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let result = cmd.spawn();
-                    if let Ok(child) = &result {
-                        // Registered before the requester even sees it, so no window
-                        // in which an exiting process would forget it.
-                        register_pid(child.id());
-                    }
-                    let _ = reply.send(result);
-                }
-            })
-            .expect("start redis-spawner thread");
-        tx
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    spawner.send((cmd, reply_tx)).expect("redis-spawner thread is gone");
-    reply_rx.recv().expect("redis-spawner thread is gone")
-}
-
-/// Children and temp dirs that the atexit hook must clean up.
-struct Registry {
-    pids: Vec<u32>,
-    dirs: Vec<PathBuf>,
-}
-
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { pids: Vec::new(), dirs: Vec::new() });
-
-fn registry() -> MutexGuard<'static, Registry> {
-    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn register_pid(pid: u32) {
-    registry().pids.push(pid);
-}
-
-fn unregister_pid(pid: u32) {
-    registry().pids.retain(|&p| p != pid);
-}
-
-fn register_dir(dir: &Path) {
-    ensure_exit_hook();
-    registry().dirs.push(dir.to_owned());
-}
-
-fn unregister_dir(dir: &Path) {
-    registry().dirs.retain(|d| d != dir);
-}
-
-fn ensure_exit_hook() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        // SAFETY: registers a plain `extern "C" fn` that never unwinds.
-        let rc = unsafe { libc::atexit(at_exit) };
-        assert_eq!(rc, 0, "atexit registration failed");
-    });
-}
-
-/// Runs when the test binary exits: prints the memory report, then kills and reaps
-/// every child still registered and removes the temp dirs (the shared server's, and
-/// any leaked server's).
-extern "C" fn at_exit() {
-    // Unwinding out of an `extern "C"` fn aborts; a failing report must not stop the
-    // cleanup, nor turn a passing run into a crash.
-    let _ = std::panic::catch_unwind(|| {
-        if let Some(report) = memory_report() {
-            let _ = io::stderr().write_all(report.as_bytes());
-            let mut out = io::stdout().lock();
-            let _ = out.write_all(report.as_bytes());
-            let _ = out.flush();
-        }
-    });
-    let _ = std::panic::catch_unwind(|| {
-        // try_lock: a thread still running at exit could hold the lock forever; then
-        // PDEATHSIG is what stops the children, and the dirs stay behind.
-        let mut reg = match REGISTRY.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
-        };
-        for pid in reg.pids.drain(..) {
-            // SAFETY: plain syscalls on pids of our own unreaped children.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
-            }
-        }
-        for dir in reg.dirs.drain(..) {
-            let _ = fs::remove_dir_all(dir);
-        }
-    });
-}
-
-// ---------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------
-
-/// A free port in 20000..30000 (and, for cluster nodes, a free bus port at +10000).
-/// Each process walks the range from a random offset, so parallel test binaries (other
-/// engineers' runs, other `cargo test` invocations) rarely even try the same port; the
-/// bind check and the "Address already in use" retry in `launch` handle the rest.
-fn pick_port(cluster_bus: bool) -> u16 {
-    static CURSOR: LazyLock<AtomicU32> =
-        LazyLock::new(|| AtomicU32::new(RandomState::new().build_hasher().finish() as u32));
-    let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
-    for _ in 0..PORT_SPAN {
-        let port = PORT_LOW + (CURSOR.fetch_add(1, Ordering::Relaxed) % u32::from(PORT_SPAN)) as u16;
-        if free(port) && (!cluster_bus || free(port + CLUSTER_BUS_OFFSET)) {
-            return port;
-        }
-    }
-    panic!("no free port in {PORT_LOW}..{}", PORT_LOW + PORT_SPAN);
-}
-
-/// Temp dirs are named `tidegate-redis-<pid>-*` so that the first one a process makes
-/// can sweep away those of earlier test binaries that were SIGKILLed (no atexit, no
-/// Drop): any whose pid no longer exists. A live process's dirs are never touched.
-fn scratch_dir() -> TempDir {
-    static SWEEP: Once = Once::new();
-    let tmp = std::env::temp_dir();
-    SWEEP.call_once(|| {
-        let Ok(entries) = fs::read_dir(&tmp) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let pid =
-                name.to_str().and_then(|n| n.strip_prefix("tidegate-redis-")?.split('-').next()?.parse::<u32>().ok());
-            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    });
-    tempfile::Builder::new()
-        .prefix(&format!("tidegate-redis-{}-", std::process::id()))
-        .tempdir_in(tmp)
-        .expect("create temp dir for redis")
-}
 
 fn connect(port: u16) -> RedisResult<Connection> {
     let client = Client::open(format!("redis://127.0.0.1:{port}"))?;
@@ -1013,38 +837,4 @@ fn parse_info(text: &str) -> HashMap<String, String> {
         .filter_map(|line| line.split_once(':'))
         .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
         .collect()
-}
-
-/// Calls `f` every `interval` until it returns `Some`, or returns `None` after `timeout`.
-fn poll_until<T>(timeout: Duration, interval: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(interval);
-    }
-}
-
-/// The last `max` bytes of `text` or a little less (never splitting a character).
-fn tail(text: &str, max: usize) -> &str {
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
-/// The file's contents from byte `offset` on (lossy UTF-8), or "" if unreadable.
-fn read_from(path: &Path, offset: u64) -> String {
-    let mut bytes = Vec::new();
-    if let Ok(mut f) = fs::File::open(path) {
-        if f.seek(SeekFrom::Start(offset)).is_ok() {
-            let _ = f.read_to_end(&mut bytes);
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -66,6 +66,11 @@ impl DirSink {
         Ok(DirSink { root, index, _watcher: watcher })
     }
 
+    /// Manifests indexed as the record of open incidents.
+    pub fn indexed(&self) -> usize {
+        self.index.len()
+    }
+
     /// Where the manifest of `at` lives.
     pub fn path_of(&self, at: &RequestRef) -> PathBuf {
         self.root.join(&at.namespace).join(format!("{}.yaml", at.name))

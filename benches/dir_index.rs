@@ -1,0 +1,99 @@
+//! Start-up of the directory sink over many manifests: how long indexing takes and
+//! what the index costs in memory.
+//!
+//! Run with `cargo bench --bench dir_index`. Writes 100,000 RemediationRequest
+//! manifests (built by the gateway's own code, one per incident, spread over 20
+//! namespaces) into a temporary directory under `$TMPDIR`, then opens a `DirSink`
+//! on it as `tidegate serve` does at start, and reports the wall time and the growth
+//! of the process's resident set (`/proc/self/statm`) per manifest indexed.
+//! The page cache is warm (the files were just written): a cold start adds the
+//! disk's read time. `cargo test --benches` runs it on 2,000 manifests as a check.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tidegate::remediation::{self, Classification, StatusUpdate};
+use tidegate::signal::{Fingerprint, Labels, Signal, SignalStatus, SignalType, TargetResource};
+use tidegate::sink::dir::DirSink;
+
+#[global_allocator]
+static ALLOCATOR: tidegate::allocator::Allocator = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    tidegate::allocator::tune();
+    let bench = std::env::args().any(|a| a == "--bench");
+    let manifests = if bench { 100_000 } else { 2_000 };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let now = Timestamp::now().as_second() as u32;
+    let class = Classification { environment: "production".into(), priority: "P1".into(), rule: "critical".into() };
+    let written = Instant::now();
+    for i in 0..manifests {
+        let namespace = format!("team-{:02}", i % 20);
+        let pod = format!("api-7c9d8f6b5-{i:06}");
+        let target = TargetResource { kind: "Pod".into(), name: pod.clone(), namespace: namespace.clone() };
+        let labels: Labels<'static> = [
+            ("alertname", "KubePodCrashLooping".to_string()),
+            ("namespace", namespace.clone()),
+            ("pod", pod.clone()),
+            ("container", "api".into()),
+            ("severity", "warning".into()),
+            ("job", "kube-state-metrics".into()),
+        ]
+        .into_iter()
+        .collect();
+        let annotations: Labels<'static> = [
+            ("summary", "Pod is crash looping.".to_string()),
+            ("description", format!("Pod {namespace}/{pod} is crash looping.")),
+        ]
+        .into_iter()
+        .collect();
+        let signal = Signal {
+            name: "KubePodCrashLooping".into(),
+            severity: "warning".into(),
+            namespace: namespace.clone().into(),
+            fingerprint: Fingerprint::new("KubePodCrashLooping", &namespace, &target),
+            target,
+            labels,
+            annotations,
+            firing_time: Some(Timestamp::now()),
+            received_time: Timestamp::now(),
+            signal_type: SignalType::PrometheusAlert,
+            source: "http://alertmanager:9093".into(),
+            status: SignalStatus::Firing,
+        };
+        let update =
+            StatusUpdate { first_seen_s: now - 60, last_seen_s: now, count: 3, resolved_at_s: None, storm: None };
+        let request = remediation::build(&signal, &namespace, now - 60, &class, &update);
+        let path = dir.path().join(&namespace).join(format!("{}.yaml", request.metadata.name.as_deref().unwrap()));
+        std::fs::create_dir_all(path.parent().unwrap()).expect("namespace dir");
+        std::fs::write(&path, serde_norway::to_string(&request).expect("yaml")).expect("write manifest");
+    }
+    println!("dir_index bench: {manifests} manifests written in {:.1?}", written.elapsed());
+
+    let before = rss_bytes();
+    let started = Instant::now();
+    let sink = DirSink::new(dir.path(), Duration::from_secs(3600)).expect("open the sink");
+    let took = started.elapsed();
+    let grown = rss_bytes().saturating_sub(before);
+    let indexed = sink.indexed();
+    println!(
+        "indexed {indexed} manifests in {took:.2?} ({:.0} manifests/s); resident memory grew {:.1} MiB, {:.0} B per manifest",
+        indexed as f64 / took.as_secs_f64(),
+        grown as f64 / (1 << 20) as f64,
+        grown as f64 / indexed.max(1) as f64
+    );
+    if indexed != manifests {
+        eprintln!("FAILED: indexed {indexed} of {manifests} manifests");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("reading /proc/self/statm (Linux only)");
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).expect("statm has a resident field");
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).expect("a positive page size")
+}
