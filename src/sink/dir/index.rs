@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use jiff::Timestamp;
 use serde::Deserialize;
@@ -116,9 +116,10 @@ pub fn parse(text: &str) -> Option<Record> {
 }
 
 /// Every indexed manifest, by request and by fingerprint.
-#[derive(Default)]
 pub struct Index {
     inner: Mutex<Inner>,
+    /// How long a removal is remembered: as long as an incident can stay open.
+    horizon: Duration,
 }
 
 #[derive(Default)]
@@ -126,7 +127,13 @@ struct Inner {
     requests: HashMap<RequestRef, Record>,
     /// The newest request of each fingerprint: the one a repeat may belong to.
     newest: HashMap<Fingerprint, RequestRef>,
+    /// Requests seen removed, and when: known gone, unlike a request another writer
+    /// of the directory made that the watch has not reported yet.
+    removed: HashMap<RequestRef, Instant>,
 }
+
+/// Removals remembered before old ones are swept.
+const REMOVED_SWEEP: usize = 4096;
 
 /// What loading the directory found, for the start-up log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,6 +147,11 @@ pub struct Loaded {
 }
 
 impl Index {
+    /// An empty index that remembers removals for `horizon`.
+    pub fn new(horizon: Duration) -> Self {
+        Index { inner: Mutex::default(), horizon }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every mutation is a pair of map writes that cannot fail halfway.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
@@ -148,7 +160,8 @@ impl Index {
     /// Records (or updates) the manifest at `at`.
     pub fn insert(&self, at: &RequestRef, record: Record) {
         let mut inner = self.lock();
-        let Inner { requests, newest } = &mut *inner;
+        let Inner { requests, newest, removed } = &mut *inner;
+        removed.remove(at);
         requests.insert(at.clone(), record);
         let newer = match newest.get(&record.fingerprint).and_then(|n| requests.get(n).map(|r| (n, r))) {
             Some((known, current)) => known == at || current.first_seen_s <= record.first_seen_s,
@@ -162,12 +175,16 @@ impl Index {
     /// Forgets the manifest at `at`: it was removed.
     pub fn remove(&self, at: &RequestRef) {
         let mut inner = self.lock();
-        let Inner { requests, newest } = &mut *inner;
+        let Inner { requests, newest, removed } = &mut *inner;
         if let Some(record) = requests.remove(at) {
             if newest.get(&record.fingerprint) == Some(at) {
                 newest.remove(&record.fingerprint);
             }
         }
+        if removed.len() >= REMOVED_SWEEP {
+            removed.retain(|_, at| at.elapsed() < self.horizon);
+        }
+        removed.insert(at.clone(), Instant::now());
     }
 
     /// Updates the record at `at` after a status write, if it is known.
@@ -181,13 +198,15 @@ impl Index {
     }
 
     pub fn lookup(&self, at: &RequestRef) -> Lookup {
-        match self.lock().requests.get(at) {
+        let inner = self.lock();
+        match inner.requests.get(at) {
             Some(record) if record.terminal => Lookup::Terminal,
             Some(_) => Lookup::Open,
-            // Every request this process writes is indexed before it is written, and
-            // every other one that could be open was read at start: a request the
-            // index lacks has been removed.
-            None => Lookup::Gone,
+            // Seen removed, by the watch or by a write that found it missing.
+            None if inner.removed.contains_key(at) => Lookup::Gone,
+            // Another writer of the directory (a second gateway) made it, and the
+            // watch has not reported it yet.
+            None => Lookup::Missing,
         }
     }
 
@@ -347,7 +366,7 @@ mod tests {
 
     #[test]
     fn the_newest_request_of_a_fingerprint_is_the_open_one() {
-        let index = Index::default();
+        let index = Index::new(Duration::from_secs(600));
         index.insert(&at("b"), record(1, 200));
         index.insert(&at("a"), record(1, 100));
         let open = index.open_request(&Fingerprint::from_bytes([1; 32])).unwrap();
@@ -357,6 +376,7 @@ mod tests {
         assert_eq!(index.open_request(&Fingerprint::from_bytes([1; 32])), None, "a finished request is not open");
         index.remove(&at("b"));
         assert_eq!(index.lookup(&at("b")), Lookup::Gone);
+        assert_eq!(index.lookup(&at("c")), Lookup::Missing, "never seen: maybe not yet seen");
     }
 
     #[test]

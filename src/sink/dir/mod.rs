@@ -46,7 +46,7 @@ impl DirSink {
     pub fn new(root: impl Into<PathBuf>, horizon: Duration) -> io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
-        let index = Arc::new(Index::default());
+        let index = Arc::new(Index::new(horizon));
         // Watch first, then read: a change made while reading is not missed.
         let watcher = index::watch(root.clone(), index.clone())
             .inspect_err(|e| {
