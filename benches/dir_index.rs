@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             annotations,
             firing_time: Some(Timestamp::now()),
             received_time: Timestamp::now(),
-            signal_type: SignalType::PrometheusAlert,
+            signal_type: SignalType::PROMETHEUS_ALERT,
             source: "http://alertmanager:9093".into(),
             status: SignalStatus::Firing,
         };

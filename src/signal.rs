@@ -14,21 +14,59 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Where a signal came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum SignalType {
-    #[serde(rename = "prometheus-alert")]
-    PrometheusAlert,
-    #[serde(rename = "kubernetes-event")]
-    KubernetesEvent,
-}
+/// Where a signal came from: one value per source in the source table
+/// ([`crate::ingest::SOURCES`]), which is also the CRD's `signalType` enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SignalType(&'static str);
 
 impl SignalType {
+    /// Alerts from Prometheus, through Alertmanager or straight from a ruler.
+    pub const PROMETHEUS_ALERT: SignalType = SignalType("prometheus-alert");
+    /// Warning events of the Kubernetes API.
+    pub const KUBERNETES_EVENT: SignalType = SignalType("kubernetes-event");
+
+    pub const fn new(name: &'static str) -> Self {
+        SignalType(name)
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            SignalType::PrometheusAlert => "prometheus-alert",
-            SignalType::KubernetesEvent => "kubernetes-event",
-        }
+        self.0
+    }
+
+    /// The signal type spelled `name`, if a source in the table produces it.
+    pub fn parse(name: &str) -> Option<Self> {
+        crate::ingest::signal_types().find(|t| t.0 == name)
+    }
+}
+
+impl Serialize for SignalType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignalType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <Cow<'de, str>>::deserialize(deserializer)?;
+        SignalType::parse(&name).ok_or_else(|| {
+            let known: Vec<_> = crate::ingest::signal_types().map(SignalType::as_str).collect();
+            serde::de::Error::custom(format!("unknown signal type {name:?}, expected one of {known:?}"))
+        })
+    }
+}
+
+impl JsonSchema for SignalType {
+    fn schema_name() -> Cow<'static, str> {
+        "SignalType".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let known: Vec<_> = crate::ingest::signal_types().map(SignalType::as_str).collect();
+        schemars::json_schema!({"description": "Where a signal came from.", "type": "string", "enum": known})
     }
 }
 

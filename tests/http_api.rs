@@ -317,7 +317,7 @@ async fn warning_event_becomes_a_request_for_its_involved_object() {
     gw.stop().await;
     let rr = gw.read("shop", body["name"].as_str().unwrap());
     assert_eq!(rr.spec.signal_name, "BackOff");
-    assert_eq!(rr.spec.signal_type, tidegate::signal::SignalType::KubernetesEvent);
+    assert_eq!(rr.spec.signal_type, tidegate::signal::SignalType::KUBERNETES_EVENT);
     assert_eq!(rr.spec.target_resource.name, "web-0");
     assert_eq!(rr.spec.signal_source, "kubelet");
     assert_eq!(occurrences(&rr), 2);

@@ -23,6 +23,7 @@ use ipnet::IpNet;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::clock::Clock;
+use crate::ingest;
 use crate::pipeline::Pipeline;
 use crate::state::RateLimit;
 use crate::telemetry::{HttpLabels, Metrics, ReasonLabels};
@@ -98,19 +99,27 @@ impl AppState {
     }
 }
 
-const PROMETHEUS: &str = "/api/v1/signals/prometheus";
-const KUBERNETES_EVENT: &str = "/api/v1/signals/kubernetes-event";
 const HEALTHZ: &str = "/healthz";
 const READYZ: &str = "/readyz";
 const METRICS: &str = "/metrics";
-/// Every route, for metric labels.
-const ROUTES: [&str; 5] = [PROMETHEUS, KUBERNETES_EVENT, HEALTHZ, READYZ, METRICS];
+/// Routes that are not a source's, for metric labels.
+const PROBES: [&str; 3] = [HEALTHZ, READYZ, METRICS];
 
-/// The gateway's router.
+/// The route label of a matched path: a source's route or a probe's, so that the
+/// label set stays bounded whatever paths clients send.
+fn route_label(path: &str) -> Option<&'static str> {
+    let sources = ingest::SOURCES.iter().map(|s| s.route);
+    sources.chain(PROBES).find(|route| *route == path)
+}
+
+/// The gateway's router: a route per source in the table, and the probes.
 pub fn router(app: AppState) -> Router {
-    Router::new()
-        .route(PROMETHEUS, post(signals::prometheus))
-        .route(KUBERNETES_EVENT, post(signals::kubernetes_event))
+    let mut router = Router::new();
+    for source in ingest::SOURCES {
+        let handler = move |state, peer, headers, body| signals::ingest(state, peer, headers, body, source);
+        router = router.route(source.route, post(handler));
+    }
+    router
         .route(HEALTHZ, get(probes::healthz))
         .route(READYZ, get(probes::readyz))
         .route(METRICS, get(probes::metrics))
@@ -141,11 +150,7 @@ async fn observe(State(app): State<AppState>, request: Request, next: Next) -> R
         Method::HEAD => "HEAD",
         _ => "other",
     };
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied())
-        .unwrap_or("unmatched");
+    let route = request.extensions().get::<MatchedPath>().and_then(|p| route_label(p.as_str())).unwrap_or("unmatched");
     app.metrics.http_in_flight.inc();
     let response = next.run(request).await;
     app.metrics.http_in_flight.dec();

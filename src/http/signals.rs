@@ -19,30 +19,21 @@ use serde::Serialize;
 
 use super::problem::{AlertError, Problem};
 use super::AppState;
-use crate::ingest::{self, IngestError, Parsed};
+use crate::ingest::{Payload, Source};
 use crate::pipeline::{Outcome, OutcomeStatus, PipelineError, Processed};
 use crate::signal::Fingerprint;
 use crate::state::{Admission, Charge, RateLimit};
 use crate::telemetry::SourceClassLabels;
 
-type Parser = fn(&[u8], Timestamp) -> Result<Parsed<'_>, IngestError>;
-
-pub async fn prometheus(
+/// `POST` on a source's route: the one handler of every source in the table.
+pub async fn ingest(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
+    source: &'static Source,
 ) -> Response {
-    ingest(app, peer, headers, body, ingest::alertmanager::parse, "prometheus-alert").await
-}
-
-pub async fn kubernetes_event(
-    State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    ingest(app, peer, headers, body, ingest::k8s_event::parse, "kubernetes-event").await
+    decide(app, peer, headers, body, source).await
 }
 
 /// Who a request is charged to, when rate limiting is on.
@@ -138,18 +129,11 @@ impl Serialize for Hex<'_> {
     }
 }
 
-async fn ingest(
-    app: AppState,
-    peer: SocketAddr,
-    headers: HeaderMap,
-    body: Body,
-    parse: Parser,
-    source: &'static str,
-) -> Response {
+async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body, source: &'static Source) -> Response {
     // The charge to the source's rate limit goes with the decision, in one round trip
     // to the state store; a request refused before that is charged on its own.
     let payer = Payer::of(&app, peer, &headers);
-    if let Err(p) = check_content_type(&headers) {
+    if let Err(p) = check_content_type(&headers, source) {
         return refuse(&app, payer.as_ref(), p).await;
     }
     // Held until the answer: the signals borrow from the body.
@@ -167,7 +151,8 @@ async fn ingest(
         }
     };
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
-    let parsed = match parse(&bytes, received) {
+    let payload = Payload { body: &bytes, headers: &headers, received };
+    let parsed = match (source.parse)(&payload) {
         Ok(parsed) => parsed,
         Err(e) => return refuse(&app, payer.as_ref(), Problem::bad_request(&e)).await,
     };
@@ -182,7 +167,7 @@ async fn ingest(
     // Unusable alerts are counted once the request is past its source's limit.
     let count_failures = |failures: &[AlertError]| {
         for failure in failures {
-            app.metrics.signal(source, "failed");
+            app.metrics.signal(source.signal_type.as_str(), "failed");
             app.metrics.rejections.get_or_create(&crate::telemetry::ReasonLabels { reason: failure.reason }).inc();
         }
     };
@@ -281,15 +266,14 @@ fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult<'_> {
     }
 }
 
-/// Accepts `application/json` and any `application/*+json`, with parameters.
-fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+/// Accepts the media types `source` takes, with any parameters.
+fn check_content_type(headers: &HeaderMap, source: &Source) -> Result<(), Problem> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Err(Problem::unsupported_media_type(None));
     };
     let text = value.to_str().unwrap_or("");
     let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if json {
+    if source.accepts(&essence) {
         Ok(())
     } else {
         Err(Problem::unsupported_media_type(Some(text)))

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use super::{parse_json, IngestError, Parsed};
+use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
 use crate::signal::{
     namespace_from_labels, Fingerprint, Labels, Signal, SignalStatus, SignalType, TargetResource, Text,
 };
@@ -48,8 +48,18 @@ enum Status {
     Resolved,
 }
 
+/// Alertmanager's webhook receiver (`webhook_configs`).
+pub const WEBHOOK: Source = Source {
+    route: "/api/v1/signals/prometheus",
+    media_types: JSON,
+    parse,
+    signal_type: SignalType::PROMETHEUS_ALERT,
+    answer: Answer::Results,
+};
+
 /// Parses a webhook body into one result per alert.
-pub fn parse<'a>(body: &'a [u8], received: Timestamp) -> Result<Parsed<'a>, IngestError> {
+pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
+    let (body, received) = (payload.body, payload.received);
     let webhook: Webhook<'a> = parse_json(body)?;
     if webhook.alerts.is_empty() {
         return Err(IngestError::NoAlerts);
@@ -100,7 +110,7 @@ fn signal<'a>(
         annotations: alert.annotations,
         firing_time,
         received_time: received,
-        signal_type: SignalType::PrometheusAlert,
+        signal_type: SignalType::PROMETHEUS_ALERT,
         source: source.clone(),
         status: match status {
             Status::Firing => SignalStatus::Firing,
@@ -115,7 +125,7 @@ mod tests {
     use super::*;
 
     fn parse_str(body: &str) -> Result<Parsed<'_>, IngestError> {
-        parse(body.as_bytes(), Timestamp::UNIX_EPOCH)
+        parse(&crate::ingest::payload(body))
     }
 
     #[test]

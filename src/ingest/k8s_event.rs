@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use super::{parse_json, IngestError, Parsed};
+use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
 use crate::signal::{Fingerprint, Signal, SignalStatus, SignalType, TargetResource};
 
 #[derive(Debug, Deserialize)]
@@ -62,9 +62,19 @@ struct Metadata {
     namespace: String,
 }
 
+/// core/v1 Events, as event exporters forward them.
+pub const SOURCE: Source = Source {
+    route: "/api/v1/signals/kubernetes-event",
+    media_types: JSON,
+    parse,
+    signal_type: SignalType::KUBERNETES_EVENT,
+    answer: Answer::Results,
+};
+
 /// Parses an Event body into exactly one result.
-pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed<'_>, IngestError> {
-    let event: Event = parse_json(body)?;
+pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
+    let received = payload.received;
+    let event: Event = parse_json(payload.body)?;
     match event.kind.as_deref() {
         Some("Warning") => {}
         Some(other) => return Err(IngestError::NotWarning(other.to_string())),
@@ -112,7 +122,7 @@ pub fn parse(body: &[u8], received: Timestamp) -> Result<Parsed<'_>, IngestError
         annotations: annotations.into_iter().collect(),
         firing_time: event.first_timestamp.or(event.event_time).or(event.last_timestamp),
         received_time: received,
-        signal_type: SignalType::KubernetesEvent,
+        signal_type: SignalType::KUBERNETES_EVENT,
         source: source.into(),
         status: SignalStatus::Firing,
         fingerprint,
@@ -129,9 +139,13 @@ mod tests {
         "firstTimestamp":"2026-11-25T10:00:00Z","lastTimestamp":"2026-11-25T10:05:00Z",
         "source":{"component":"kubelet","host":"node-1"},"metadata":{"name":"web-0.abc","namespace":"shop"}}"#;
 
+    fn parse_str(body: &str) -> Result<Parsed<'_>, IngestError> {
+        parse(&crate::ingest::payload(body))
+    }
+
     #[test]
     fn warning_event_targets_its_involved_object() {
-        let parsed = parse(WARNING.as_bytes(), Timestamp::UNIX_EPOCH).unwrap();
+        let parsed = parse_str(WARNING).unwrap();
         let s = parsed[0].as_ref().unwrap();
         assert_eq!(s.name, "BackOff");
         assert_eq!(s.target, TargetResource { kind: "Pod".into(), name: "web-0".into(), namespace: "shop".into() });
@@ -143,16 +157,13 @@ mod tests {
     #[test]
     fn normal_event_is_rejected_with_its_type() {
         let body = WARNING.replace("\"Warning\"", "\"Normal\"");
-        assert_eq!(
-            parse(body.as_bytes(), Timestamp::UNIX_EPOCH).unwrap_err(),
-            IngestError::NotWarning("Normal".into())
-        );
+        assert_eq!(parse_str(&body).unwrap_err(), IngestError::NotWarning("Normal".into()));
     }
 
     #[test]
     fn event_without_involved_object_name_is_invalid() {
         let body = WARNING.replace("\"name\":\"web-0\",", "");
-        let err = parse(body.as_bytes(), Timestamp::UNIX_EPOCH).unwrap_err();
+        let err = parse_str(&body).unwrap_err();
         assert_eq!(err, IngestError::invalid("$.involvedObject.name", "missing; it identifies the target resource"));
     }
 }

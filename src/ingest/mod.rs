@@ -1,15 +1,86 @@
-//! Source adapters: bytes in, [`Signal`]s out.
+//! Source adapters: bytes in, [`Signal`]s out, and the table of every source.
 //!
-//! One adapter per source. Adapters parse and validate; they never do I/O, hold
-//! state or consult the clock (the receive time is passed in). Every rejection names
-//! the JSON path at fault, so a sender can fix its payload without reading our code.
+//! One adapter per source, one file each, and one entry per source in [`SOURCES`]:
+//! its route, the media types it accepts, its parser, its signal type and how its
+//! sender expects to be answered. The router, the metric labels and the CRD's
+//! `signalType` enum are derived from the table, so adding a source is one file
+//! and one entry.
+//!
+//! Adapters parse and validate; they never do I/O, hold state or consult the clock
+//! (the receive time is passed in). Every rejection names the JSON path at fault, so
+//! a sender can fix its payload without reading our code.
 
 pub mod alertmanager;
 pub mod k8s_event;
 
+use axum::http::HeaderMap;
+use jiff::Timestamp;
 use serde::Deserialize;
 
-use crate::signal::Signal;
+use crate::signal::{Signal, SignalType};
+
+/// Every source tidegate accepts.
+pub const SOURCES: &[Source] = &[alertmanager::WEBHOOK, k8s_event::SOURCE];
+
+/// One kind of sender: where it posts, what it sends, and what it expects back.
+#[derive(Debug)]
+pub struct Source {
+    /// The path it posts to.
+    pub route: &'static str,
+    /// Media types accepted, by essence (`type/subtype`, no parameters); a pattern
+    /// `application/*+json` accepts every JSON-based type.
+    pub media_types: &'static [&'static str],
+    pub parse: Parse,
+    /// What its signals are, on the request (`spec.signalType`) and in metrics.
+    pub signal_type: SignalType,
+    pub answer: Answer,
+}
+
+/// How a sender expects success to be answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// 201 created or 202 otherwise for one signal; 207 with a result per signal for
+    /// several.
+    Results,
+}
+
+/// A source's parser.
+pub type Parse = for<'a> fn(&Payload<'a>) -> Result<Parsed<'a>, IngestError>;
+
+/// What a parser reads: the body and its headers, and when it was received.
+pub struct Payload<'a> {
+    pub body: &'a [u8],
+    pub headers: &'a HeaderMap,
+    pub received: Timestamp,
+}
+
+impl Source {
+    /// Whether a request of media type `essence` (lowercase) is for this source.
+    pub fn accepts(&self, essence: &str) -> bool {
+        self.media_types.iter().any(|accepted| match accepted.strip_prefix("application/*") {
+            Some(suffix) => essence.starts_with("application/") && essence.ends_with(suffix),
+            None => *accepted == essence,
+        })
+    }
+}
+
+/// A payload of `body` alone, received at the epoch, for parser tests.
+#[cfg(test)]
+pub fn payload(body: &str) -> Payload<'_> {
+    static HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
+    Payload { body: body.as_bytes(), headers: &HEADERS, received: Timestamp::UNIX_EPOCH }
+}
+
+/// The media types of a JSON sender: `application/json` and any `application/*+json`.
+pub const JSON: &[&str] = &["application/json", "application/*+json"];
+
+/// Every signal type of the table, once each, in table order.
+pub fn signal_types() -> impl Iterator<Item = SignalType> {
+    SOURCES.iter().enumerate().filter_map(|(i, s)| {
+        let first = SOURCES[..i].iter().all(|earlier| earlier.signal_type != s.signal_type);
+        first.then_some(s.signal_type)
+    })
+}
 
 /// Why a payload, or one alert in it, was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,3 +135,34 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, IngestError> 
 
 /// What one payload turned into: a result per alert, in payload order.
 pub type Parsed<'a> = Vec<Result<Signal<'a>, IngestError>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_has_a_route_of_its_own() {
+        for (i, source) in SOURCES.iter().enumerate() {
+            assert!(SOURCES[..i].iter().all(|s| s.route != source.route), "{} twice", source.route);
+        }
+    }
+
+    #[test]
+    fn signal_types_come_from_the_table_once_each() {
+        let types: Vec<_> = signal_types().map(SignalType::as_str).collect();
+        assert_eq!(types, ["prometheus-alert", "kubernetes-event"]);
+        assert_eq!(SignalType::parse("kubernetes-event"), Some(SignalType::KUBERNETES_EVENT));
+        assert_eq!(SignalType::parse("carrier-pigeon"), None);
+    }
+
+    #[test]
+    fn json_senders_accept_json_and_json_based_types_only() {
+        let source = &SOURCES[0];
+        for essence in ["application/json", "application/cloudevents+json"] {
+            assert!(source.accepts(essence), "{essence}");
+        }
+        for essence in ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"] {
+            assert!(!source.accepts(essence), "{essence}");
+        }
+    }
+}

@@ -99,7 +99,7 @@ mod tests {
             annotations: Default::default(),
             firing_time: None,
             received_time: jiff::Timestamp::UNIX_EPOCH,
-            signal_type: SignalType::PrometheusAlert,
+            signal_type: SignalType::PROMETHEUS_ALERT,
             source: "test".into(),
             status: SignalStatus::Firing,
             fingerprint: Fingerprint::new("A", namespace, &TargetResource::default()),
