@@ -51,6 +51,8 @@ pub struct Running {
     pub readiness: Readiness,
     pub metrics: Arc<Metrics>,
     pub pipeline: Arc<Pipeline>,
+    /// Where requests go, for tests that wait on what the sink knows.
+    pub sink: Arc<dyn Sink>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), StartError>>,
 }
@@ -139,6 +141,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     if let Some(labels) = namespace_labels {
         classifier = classifier.with_namespace_labels(labels);
     }
+    let sink_handle = sink.clone();
     let pipeline = Arc::new(Pipeline::new(Parts {
         state,
         sink,
@@ -181,7 +184,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(listener, app, config, stopped));
     tracing::info!(%addr, "tidegate listening");
-    Ok(Running { addr, readiness, metrics, pipeline, stop, task })
+    Ok(Running { addr, readiness, metrics, pipeline, sink: sink_handle, stop, task })
 }
 
 async fn run(
@@ -223,7 +226,7 @@ async fn run(
         }
     };
     let used = closed.get().map_or(Duration::ZERO, |at| at.elapsed());
-    pipeline.coalescer().shutdown(grace.saturating_sub(used).max(Duration::from_secs(1))).await;
+    pipeline.drain(grace.saturating_sub(used).max(Duration::from_secs(1))).await;
     tracing::info!("tidegate stopped");
     result
 }

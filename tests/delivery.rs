@@ -160,7 +160,7 @@ async fn an_incident_last_seen_beyond_the_window_is_new_after_a_restart() {
 
 /// Waits until the gateway's sink sees the request at `at` as `expected`.
 async fn seen_as(gw: &Gateway, at: &RequestRef, expected: Lookup) {
-    let sink = gw.running().pipeline.sink().clone();
+    let sink = gw.running().sink.clone();
     eventually("the sink directory's index to catch up", || {
         let seen = sink.lookup(at);
         async move { seen == expected }

@@ -34,7 +34,7 @@ fn at(body: &Value) -> RequestRef {
 
 /// Waits until this gateway's watch-fed cache sees the request as `expected`.
 async fn cached(gw: &Gateway, at: &RequestRef, expected: Lookup) {
-    let sink = gw.running().pipeline.sink().clone();
+    let sink = gw.running().sink.clone();
     eventually("the watch cache to catch up", || {
         let seen = sink.lookup(at);
         async move { seen == expected }

@@ -116,12 +116,7 @@ impl Refused {
         match self {
             Refused::TooLarge => Problem::too_large(limit),
             Refused::NoRoom { bytes } => Problem::body_budget(bytes, wait, retry_after_secs),
-            Refused::Unreadable(e) => Problem::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "body_unreadable",
-                "Unreadable body",
-                format!("could not read the request body: {e}"),
-            ),
+            Refused::Unreadable(e) => Problem::unreadable_body(&e),
         }
     }
 }

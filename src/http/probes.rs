@@ -16,20 +16,17 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let retry = app.limits.retry_after_secs;
     if app.readiness.shutting_down() {
-        return Problem::unavailable("shutting_down", "tidegate is shutting down", retry).into_response();
+        return Problem::shutting_down(retry).into_response();
     }
-    if let Err(e) = app.pipeline.state().ping().await {
-        return Problem::unavailable("state_unavailable", e.to_string(), retry).into_response();
-    }
-    if let Err(e) = app.pipeline.sink().ready().await {
-        return Problem::unavailable("sink_unavailable", e.to_string(), retry).into_response();
+    if let Err(e) = app.pipeline.ready().await {
+        return Problem::from_pipeline(&e, retry).into_response();
     }
     (StatusCode::OK, "ready\n").into_response()
 }
 
 /// Prometheus text exposition.
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    if let Ok(n) = app.pipeline.state().entries().await {
+    if let Ok(n) = app.pipeline.entries().await {
         app.metrics.state_entries.set(n as i64);
     }
     app.metrics.storm_windows_open.set(app.pipeline.open_windows() as i64);

@@ -117,6 +117,42 @@ impl Problem {
         p
     }
 
+    pub fn unreadable_body(e: &str) -> Self {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "body_unreadable",
+            "Unreadable body",
+            format!("could not read the request body: {e}"),
+        )
+    }
+
+    /// None of a payload's `total` signals could be used: the first failure's
+    /// reason, and each failure when there were several.
+    pub fn unusable(failures: Vec<AlertError>, total: usize) -> Self {
+        let first = &failures[0];
+        let detail = if total == 1 { first.detail.clone() } else { format!("none of the {total} alerts is usable") };
+        let mut problem = Problem::new(StatusCode::BAD_REQUEST, first.reason, "Invalid payload", detail);
+        if total > 1 {
+            problem.errors = failures;
+        }
+        problem
+    }
+
+    /// The decision took longer than `http.request_timeout`.
+    pub fn timeout(limit: std::time::Duration, retry_after_secs: u32) -> Self {
+        Problem::unavailable("timeout", format!("could not decide within {limit:?}; retry later"), retry_after_secs)
+    }
+
+    /// The state store limited a batch that was not charged: it cannot happen, and
+    /// the sender's retry is safe if it does.
+    pub fn uncharged_limit(retry_after_secs: u32) -> Self {
+        Problem::unavailable("state_unavailable", "rate limit without a charge", retry_after_secs)
+    }
+
+    pub fn shutting_down(retry_after_secs: u32) -> Self {
+        Problem::unavailable("shutting_down", "tidegate is shutting down", retry_after_secs)
+    }
+
     pub fn from_pipeline(e: &PipelineError, retry_after_secs: u32) -> Self {
         let reason = match e {
             PipelineError::State(_) => "state_unavailable",

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::problem::{AlertError, Problem};
 use super::AppState;
 use crate::ingest::{Payload, Source};
-use crate::pipeline::{Outcome, OutcomeStatus, PipelineError, Processed};
+use crate::pipeline::{Outcome, OutcomeStatus, Processed};
 use crate::signal::Fingerprint;
 use crate::state::{Admission, Charge, RateLimit};
 use crate::telemetry::SourceClassLabels;
@@ -67,13 +67,10 @@ impl Payer {
 /// not be recorded): a bad request never gets round the limit.
 async fn over_limit(app: &AppState, payer: Option<&Payer>) -> Option<Response> {
     let payer = payer?;
-    match app.pipeline.state().admit(&payer.source, payer.limit, payer.now_ms).await {
+    match app.pipeline.admit(payer.charge()).await {
         Ok(Admission::Allowed) => None,
         Ok(Admission::Limited { retry_after_ms }) => Some(payer.limited(app, retry_after_ms)),
-        Err(e) => {
-            app.metrics.state_error(e.cause());
-            Some(Problem::from_pipeline(&PipelineError::State(e), app.limits.retry_after_secs).into_response())
-        }
+        Err(e) => Some(Problem::from_pipeline(&e, app.limits.retry_after_secs).into_response()),
     }
 }
 
@@ -176,16 +173,7 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
             return refused;
         }
         count_failures(&failures);
-        let mut problem = Problem::new(
-            StatusCode::BAD_REQUEST,
-            failures[0].reason,
-            "Invalid payload",
-            if total == 1 { failures[0].detail.clone() } else { format!("none of the {total} alerts is usable") },
-        );
-        if total > 1 {
-            problem.errors = failures;
-        }
-        return problem.into_response();
+        return Problem::unusable(failures, total).into_response();
     }
     let (indices, batch): (Vec<usize>, Vec<_>) = signals.into_iter().unzip();
     let charge = payer.as_ref().map(Payer::charge);
@@ -198,18 +186,10 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
         Ok(Ok(Processed::Decided(outcomes))) => outcomes,
         // Only a charged batch can be limited, and that is answered above.
         Ok(Ok(Processed::Limited { .. })) => {
-            return Problem::unavailable("state", "rate limit without a charge", app.limits.retry_after_secs)
-                .into_response()
+            return Problem::uncharged_limit(app.limits.retry_after_secs).into_response()
         }
         Ok(Err(e)) => return Problem::from_pipeline(&e, app.limits.retry_after_secs).into_response(),
-        Err(_) => {
-            return Problem::unavailable(
-                "timeout",
-                format!("could not decide within {:?}; retry later", app.limits.request_timeout),
-                app.limits.retry_after_secs,
-            )
-            .into_response()
-        }
+        Err(_) => return Problem::timeout(app.limits.request_timeout, app.limits.retry_after_secs).into_response(),
     };
     if total == 1 {
         let outcome = &outcomes[0];

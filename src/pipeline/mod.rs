@@ -20,7 +20,8 @@ use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate};
 use crate::signal::{Fingerprint, Signal, SignalStatus};
 use crate::sink::{Created, Lookup, RequestRef, Sink, SinkError};
 use crate::state::{
-    Charge, Decision, Entry, Folded, Observation, OpenWindow, StateError, StateStore, StormKey, StormRules, Verdict,
+    Admission, Charge, Decision, Entry, Folded, Observation, OpenWindow, StateError, StateStore, StormKey, StormRules,
+    Verdict,
 };
 use crate::telemetry::{ClassLabels, Metrics, StormLabels};
 use classify::Classifier;
@@ -79,7 +80,7 @@ pub enum Processed {
 pub enum PipelineError {
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("could not create the remediation request: {0}")]
+    #[error(transparent)]
     Sink(#[from] SinkError),
 }
 
@@ -154,16 +155,29 @@ impl Pipeline {
         windows.len()
     }
 
-    pub fn state(&self) -> &Arc<dyn StateStore> {
-        &self.state
+    /// Charges a request that will not be decided (it was refused before its
+    /// signals were read) to its source: a bad request never gets round the limit.
+    pub async fn admit(&self, charge: Charge<'_>) -> Result<Admission, PipelineError> {
+        let admitted = self.state.admit(charge.source, charge.limit, charge.now_ms).await;
+        Ok(admitted.inspect_err(|e| self.failed(e))?)
     }
 
-    pub fn sink(&self) -> &Arc<dyn Sink> {
-        &self.sink
+    /// Whether state and sink can take writes, for `/readyz`.
+    pub async fn ready(&self) -> Result<(), PipelineError> {
+        self.state.ping().await?;
+        self.sink.ready().await?;
+        Ok(())
     }
 
-    pub fn coalescer(&self) -> &Coalescer {
-        &self.coalescer
+    /// Entries the state store holds, for the `tidegate_state_entries` gauge.
+    pub async fn entries(&self) -> Result<u64, PipelineError> {
+        Ok(self.state.entries().await?)
+    }
+
+    /// Writes every pending status now, waiting at most `deadline`: the last step of
+    /// a shutdown.
+    pub async fn drain(&self, deadline: std::time::Duration) {
+        self.coalescer.shutdown(deadline).await;
     }
 
     /// Decides a batch of signals, in order, after charging the request to its
