@@ -1,5 +1,7 @@
 //! Sentinel and Cluster deployments, started for real by this test binary.
 
+#[path = "support/conformance.rs"]
+mod conformance;
 mod support;
 
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! The embedded store against the shared conformance suite.
 
+#[path = "support/conformance.rs"]
+mod conformance;
 mod support;
 
 use std::sync::Arc;

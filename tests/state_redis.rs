@@ -2,6 +2,8 @@
 //! (16 MB maxmemory, noeviction) that this test binary starts. Every store gets a
 //! key prefix of its own, so the cases run in parallel on one server.
 
+#[path = "support/conformance.rs"]
+mod conformance;
 mod support;
 
 use std::sync::Arc;

@@ -1,10 +1,14 @@
 //! The behavioural contract of a `StateStore`: one definition of the dedup rule,
 //! run against every backend.
 //!
-//! A backend's test file provides an async factory `fn(window: Duration) ->
+//! A backend's test file includes this module (`#[path = "support/conformance.rs"]
+//! mod conformance;`), provides an async factory `fn(window: Duration) ->
 //! Arc<dyn StateStore>` and invokes `conformance_suite!(factory)`, which expands to
-//! one test per case below. Time is passed to `observe` explicitly, so windows are
-//! tested at exact boundaries without waiting.
+//! one test per case below. A case written here but missing from the macro's list
+//! is dead code in every binary that includes the module, which `deny(dead_code)`
+//! turns into a compile error: no case can exist without running. Time is passed to
+//! `observe` explicitly, so windows are tested at exact boundaries without waiting.
+#![deny(dead_code)]
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -57,8 +61,8 @@ macro_rules! conformance_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                let store = $factory($crate::support::conformance::WINDOW).await;
-                $crate::support::conformance::$case(store).await;
+                let store = $factory($crate::conformance::WINDOW).await;
+                $crate::conformance::$case(store).await;
             }
         )+
     };

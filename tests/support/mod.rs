@@ -2,7 +2,6 @@
 //! and builders for real payloads.
 #![allow(dead_code)]
 
-pub mod conformance;
 pub mod kube_api;
 pub mod notification;
 pub mod process;
