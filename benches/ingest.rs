@@ -59,6 +59,8 @@ use http_body_util::{BodyExt, Full};
 
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "../tests/support/process.rs"]
+mod process;
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
 use cpu::{cpu_seconds, machine_busy_seconds};

@@ -9,6 +9,8 @@
 //! `maxmemory` is compared against. RSS and the fragmentation ratio are printed too,
 //! because that is what the host pays. Target: at most 48 B per fingerprint.
 
+#[path = "../tests/support/process.rs"]
+mod process;
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
 

@@ -18,6 +18,8 @@
 
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "../tests/support/process.rs"]
+mod process;
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
 

@@ -13,17 +13,9 @@
 //!   silently evicted state;
 //! * helpers panic with the server's log on failure, since they only run in tests.
 //!
-//! Lifecycle (why there are three mechanisms):
-//! * `Drop` kills a server (SIGKILL, then reaps it) and removes its temp dir;
-//! * statics are never dropped, so the [`shared()`] server and anything leaked would
-//!   outlive the test binary: a `libc::atexit` hook kills every child this process
-//!   started (a global pid registry) and removes their temp dirs. libtest leaves
-//!   `main` through `exit()` whether tests pass or fail, so the hook runs;
-//! * atexit does not run if the test binary is killed by a signal or aborts, so every
-//!   child also gets `PR_SET_PDEATHSIG(SIGKILL)` as a backstop. PDEATHSIG fires when
-//!   the *thread* that forked the child exits, and libtest runs each test on a
-//!   short-lived thread, so children are forked by one dedicated helper thread that
-//!   lives as long as the process (see [`spawn`]).
+//! Lifecycle: `Drop` kills a server (SIGKILL, then reaps it) and removes its temp
+//! dir; the [`shared()`] server and anything leaked are stopped at exit by
+//! [`super::process`].
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -31,15 +23,16 @@ use std::fs::{self, OpenOptions};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, LazyLock, Mutex, MutexGuard, Once, OnceLock, PoisonError, TryLockError};
+use std::sync::{LazyLock, Mutex, MutexGuard, Once, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ::redis::{Client, Connection, RedisResult, Value};
+
+use super::process::{register_dir, spawn, unregister_dir, unregister_pid};
 use tempfile::TempDir;
 
 /// How long a freshly spawned server gets to answer PING before the test fails.
@@ -465,8 +458,18 @@ pub fn shared() -> &'static RedisServer {
 /// fingerprint. Printed only if the shared server was actually started. Calling it
 /// again is harmless (the first counter wins).
 pub fn register_memory_report(fingerprints: &'static AtomicU64) {
-    let _ = REPORT_COUNTER.set(fingerprints);
-    ensure_exit_hook();
+    if REPORT_COUNTER.set(fingerprints).is_ok() {
+        super::process::on_exit(print_memory_report);
+    }
+}
+
+fn print_memory_report() {
+    if let Some(report) = memory_report() {
+        let _ = io::stderr().write_all(report.as_bytes());
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(report.as_bytes());
+        let _ = out.flush();
+    }
 }
 
 fn memory_report() -> Option<String> {
@@ -800,136 +803,6 @@ fn run_to_completion(mut cmd: Command, timeout: Duration) {
         Some(s) => panic!("{what} failed with {s}:\n{output}"),
         None => panic!("{what} did not finish within {timeout:?}:\n{output}"),
     }
-}
-
-// ---------------------------------------------------------------------------------
-// Process plumbing: spawning, the pid/dir registry, the atexit hook
-// ---------------------------------------------------------------------------------
-
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
-
-/// Spawns `cmd` from the long-lived "redis-spawner" thread, with
-/// `PR_SET_PDEATHSIG(SIGKILL)`, and registers the child for the atexit hook.
-///
-/// Why a dedicated thread: Linux delivers PDEATHSIG when the *thread* that forked the
-/// child exits, not the process. Tests run on libtest threads that exit when the test
-/// ends, which would kill the shared server (and any server handed to another test)
-/// under the next test's feet. The spawner thread is only fed through a channel whose
-/// sender lives in a static, so it never exits before the process does — and then the
-/// children die with it even if atexit never ran (SIGKILL, abort, panic=abort).
-fn spawn(mut cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
-    ensure_exit_hook();
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: runs in the forked child before exec; only async-signal-safe calls
-    // (prctl, getppid, _exit) and no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // If the parent died between fork and prctl we have already been
-            // reparented and the signal will never come: don't start orphaned.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        thread::Builder::new()
-            .name("redis-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let result = cmd.spawn();
-                    if let Ok(child) = &result {
-                        // Registered before the requester even sees it, so no window
-                        // in which an exiting process would forget it.
-                        register_pid(child.id());
-                    }
-                    let _ = reply.send(result);
-                }
-            })
-            .expect("start redis-spawner thread");
-        tx
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    spawner.send((cmd, reply_tx)).expect("redis-spawner thread is gone");
-    reply_rx.recv().expect("redis-spawner thread is gone")
-}
-
-/// Children and temp dirs that the atexit hook must clean up.
-struct Registry {
-    pids: Vec<u32>,
-    dirs: Vec<PathBuf>,
-}
-
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { pids: Vec::new(), dirs: Vec::new() });
-
-fn registry() -> MutexGuard<'static, Registry> {
-    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn register_pid(pid: u32) {
-    registry().pids.push(pid);
-}
-
-fn unregister_pid(pid: u32) {
-    registry().pids.retain(|&p| p != pid);
-}
-
-fn register_dir(dir: &Path) {
-    ensure_exit_hook();
-    registry().dirs.push(dir.to_owned());
-}
-
-fn unregister_dir(dir: &Path) {
-    registry().dirs.retain(|d| d != dir);
-}
-
-fn ensure_exit_hook() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        // SAFETY: registers a plain `extern "C" fn` that never unwinds.
-        let rc = unsafe { libc::atexit(at_exit) };
-        assert_eq!(rc, 0, "atexit registration failed");
-    });
-}
-
-/// Runs when the test binary exits: prints the memory report, then kills and reaps
-/// every child still registered and removes the temp dirs (the shared server's, and
-/// any leaked server's).
-extern "C" fn at_exit() {
-    // Unwinding out of an `extern "C"` fn aborts; a failing report must not stop the
-    // cleanup, nor turn a passing run into a crash.
-    let _ = std::panic::catch_unwind(|| {
-        if let Some(report) = memory_report() {
-            let _ = io::stderr().write_all(report.as_bytes());
-            let mut out = io::stdout().lock();
-            let _ = out.write_all(report.as_bytes());
-            let _ = out.flush();
-        }
-    });
-    let _ = std::panic::catch_unwind(|| {
-        // try_lock: a thread still running at exit could hold the lock forever; then
-        // PDEATHSIG is what stops the children, and the dirs stay behind.
-        let mut reg = match REGISTRY.try_lock() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
-        };
-        for pid in reg.pids.drain(..) {
-            // SAFETY: plain syscalls on pids of our own unreaped children.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
-            }
-        }
-        for dir in reg.dirs.drain(..) {
-            let _ = fs::remove_dir_all(dir);
-        }
-    });
 }
 
 // ---------------------------------------------------------------------------------
