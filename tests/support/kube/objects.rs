@@ -1,7 +1,10 @@
 //! Workload objects as their controllers would make them, for the owner-chain
 //! tests: Deployments, ReplicaSets, StatefulSets, DaemonSets, CronJobs, Jobs and
 //! Pods with ownerReferences. No controller runs against the test API server, so
-//! nothing acts on them; they are valid objects the API server stores.
+//! nothing acts on them there. On a real cluster (`TIDEGATE_TEST_KUBECONFIG`) they
+//! are made inert for its controllers: no replicas, no parallelism, a suspended
+//! CronJob, and pods without the labels the selectors match, so no controller
+//! adopts, scales away or replaces the tests' pods.
 
 use kube::api::{DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -37,12 +40,16 @@ fn spec(kind: &str) -> Value {
     let pod = |restart: &str| json!({"restartPolicy": restart, "containers": [{"name": "app", "image": "registry.example/app:1"}]});
     let template = |restart: &str| json!({"metadata": {"labels": {"app": "x"}}, "spec": pod(restart)});
     let selector = json!({"matchLabels": {"app": "x"}});
+    let job = json!({"parallelism": 0, "template": template("Never")});
     match kind {
         "Pod" => pod("Always"),
-        "Job" => json!({"template": template("Never")}),
-        "CronJob" => json!({"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": template("Never")}}}),
-        "StatefulSet" => json!({"selector": selector, "serviceName": "x", "template": template("Always")}),
-        _ => json!({"selector": selector, "template": template("Always")}),
+        "Job" => job,
+        "CronJob" => json!({"schedule": "0 3 * * *", "suspend": true, "jobTemplate": {"spec": job}}),
+        "StatefulSet" => {
+            json!({"replicas": 0, "selector": selector, "serviceName": "x", "template": template("Always")})
+        }
+        "DaemonSet" => json!({"selector": selector, "template": template("Always")}),
+        _ => json!({"replicas": 0, "selector": selector, "template": template("Always")}),
     }
 }
 
@@ -68,8 +75,18 @@ impl Kube {
         }
         let object: DynamicObject = serde_json::from_value(object).expect("an object");
         let api: Api<DynamicObject> = Api::namespaced_with(self.admin.clone(), namespace, &resource);
-        let created = api.create(&PostParams::default(), &object).await;
-        let created = created.unwrap_or_else(|e| panic!("create {kind} {namespace}/{name}: {e}"));
+        let mut attempts = 0;
+        let created = loop {
+            match api.create(&PostParams::default(), &object).await {
+                // On a real cluster a new namespace's `default` service account, which
+                // pods need, appears a moment after the namespace.
+                Err(kube::Error::Api(e)) if e.message.contains("serviceaccount") && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => break other.unwrap_or_else(|e| panic!("create {kind} {namespace}/{name}: {e}")),
+            }
+        };
         Object { api_version: resource.api_version, kind, name: name.into(), uid: created.uid().expect("a uid") }
     }
 }
