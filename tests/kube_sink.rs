@@ -401,6 +401,24 @@ async fn a_slow_api_server_times_out_into_503() {
     assert_eq!(status, 503);
 }
 
+#[tokio::test]
+async fn a_create_that_landed_while_its_caller_timed_out_is_still_reported_created() {
+    let (kube, ns) = setup().await;
+    // The default 2 s call timeout: ample for the first attempt to land before its
+    // answer is held back, and for the retry to follow it.
+    let mut gw = start_kube(&kube, |_| {}).await;
+    let creates = Matching::new(Method::POST, "/remediationrequests");
+    kube.proxy.fail_next(1, Fault::Delay(Duration::from_secs(4)), creates.clone());
+    let (status, body) = post(&gw, &ns, "web-0").await;
+    assert_eq!(status, 201, "the retry's 409 is this create's own request: {body}");
+    let answers: Vec<u16> = kube.proxy.calls().iter().filter(|c| creates.covers(c)).map(|c| c.status).collect();
+    assert_eq!(answers, [201, 409], "the first attempt landed, unseen; the retry found it");
+    gw.stop().await;
+    let objects = kube.requests(&ns).await;
+    assert_eq!(objects.len(), 1);
+    assert_eq!(count(&objects[0]), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_racing_to_create_converge_on_one_request() {
     // Separate state stores: both replicas believe the incident is new, and the API

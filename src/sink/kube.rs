@@ -69,6 +69,10 @@ impl Default for KubeOptions {
     }
 }
 
+/// Annotation with which each create marks its request (a random token), so that a
+/// retried create recognises its own earlier attempt.
+pub const CREATE_MARK: &str = "tidegate.dev/create-id";
+
 /// Requests the watch reported deleted that this replica remembers, at most. Past
 /// it the oldest are forgotten, and a lookup of one costs a GET instead.
 const DELETED_REMEMBERED: usize = 10_000;
@@ -306,10 +310,26 @@ impl Sink for KubeSink {
             let at = RequestRef { namespace: namespace.clone(), name: request.name_any() };
             let api = self.api(&namespace);
             let pp = PostParams::default();
+            // A mark of this create: an attempt that timed out may still have landed,
+            // and the retry's 409 must then not pass for someone else's request.
+            let mark = uuid::Uuid::new_v4().simple().to_string();
+            let mut marked = request.clone();
+            marked.annotations_mut().insert(CREATE_MARK.into(), mark.clone());
+            let attempts = AtomicU32::new(0);
+            let attempt = || {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                api.create(&pp, &marked)
+            };
             // The reply carries the resourceVersion the status write needs: the new
             // object is not in the watch cache yet, and reading it back would cost a GET.
-            let created = match self.call("create", || api.create(&pp, request)).await {
+            let created = match self.call("create", attempt).await {
                 Ok(created) => created,
+                Err(e) if code(&e) == Some(409) && attempts.load(Ordering::Relaxed) > 1 => {
+                    match self.call("get", || api.get(&at.name)).await {
+                        Ok(existing) if existing.annotations().get(CREATE_MARK) == Some(&mark) => existing,
+                        _ => return Ok(Created::AlreadyExists),
+                    }
+                }
                 Err(e) if code(&e) == Some(409) => return Ok(Created::AlreadyExists),
                 Err(e) => return Err(sink_error(e)),
             };

@@ -260,11 +260,19 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
                 Some(Fault::Delay(d)) => Some(d),
                 _ => None,
             };
-            let response = upstream(&shared, request, watching, &uri).await;
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
-            response
+            // On a task of its own: a caller that gives up does not take back a
+            // request the API server may already be applying, as with a real server.
+            let forwarded = tokio::spawn(async move {
+                let response = upstream(&shared, request, watching, &uri).await;
+                lock(&shared.calls).push(Call { method, uri, status: response.status().as_u16() });
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                response
+            });
+            return forwarded
+                .await
+                .unwrap_or_else(|e| status(502, "BadGateway", &format!("the test proxy failed: {e}")));
         }
     };
     lock(&shared.calls).push(Call { method, uri, status: response.status().as_u16() });
