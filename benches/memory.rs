@@ -12,9 +12,13 @@
 //! generated one batch at a time into one reused buffer allocated before the first
 //! reading, so it does not inflate the figure.
 
+#[path = "common/rss.rs"]
+mod rss;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use rss::rss_bytes;
 use tidegate::clock::Clock;
 use tidegate::signal::{Fingerprint, SignalStatus};
 use tidegate::state::memory::MemoryStore;
@@ -129,15 +133,6 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-/// Resident set size: the second field of `/proc/self/statm`, in pages.
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("reading /proc/self/statm (Linux only)");
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).expect("statm has a resident field");
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page).expect("a positive page size")
 }
 
 /// The peak resident set, `VmHWM` in `/proc/self/status`.

@@ -193,6 +193,14 @@ pub struct KubeConfig {
     /// How long start-up waits for the first list of requests and namespaces. Default `30s`.
     #[serde(with = "duration")]
     pub sync_timeout: Duration,
+    /// Attribute a signal about a Pod (or ReplicaSet, Job) to its top controller
+    /// (Deployment, StatefulSet, DaemonSet, CronJob) through ownerReferences, so that
+    /// a workload's pods are one incident. Default `true`.
+    pub owner_chain: bool,
+    /// How long one owner lookup the caches cannot answer may take (one GET); past
+    /// it the signal keeps the pod's identity. Default `500ms`.
+    #[serde(with = "duration")]
+    pub owner_lookup_timeout: Duration,
 }
 
 impl Default for KubeConfig {
@@ -203,6 +211,8 @@ impl Default for KubeConfig {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(10),
             sync_timeout: Duration::from_secs(30),
+            owner_chain: true,
+            owner_lookup_timeout: Duration::from_millis(500),
         }
     }
 }

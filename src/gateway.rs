@@ -22,6 +22,7 @@ use crate::pipeline::classify::Classifier;
 use crate::pipeline::coalesce::Coalescer;
 use crate::pipeline::{Parts, Pipeline, Placement};
 use crate::sink::dir::DirSink;
+use crate::sink::kube::owners::OwnerCache;
 use crate::sink::kube::{KubeOptions, KubeSink};
 use crate::sink::Sink;
 use crate::state::memory::MemoryStore;
@@ -107,6 +108,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         }
     };
     let mut namespace_labels = None;
+    let mut owners: Option<Arc<dyn crate::workload::Owners>> = None;
     let sink: Arc<dyn Sink> = match &config.sink {
         SinkTarget::Dir(path) => Arc::new(
             DirSink::new(path, config.open_horizon())
@@ -124,10 +126,13 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
                 breaker_failures: config.kube.breaker_failures,
                 breaker_cooldown: config.kube.breaker_cooldown,
             };
-            let kube = KubeSink::start(client, options, metrics.clone(), config.kube.sync_timeout)
+            let kube = KubeSink::start(client.clone(), options, metrics.clone(), config.kube.sync_timeout)
                 .await
                 .map_err(|e| StartError::Kube(e.to_string()))?;
             namespace_labels = Some(kube.namespace_labels());
+            if config.kube.owner_chain {
+                owners = Some(OwnerCache::start(client, &config.kube, metrics.clone()));
+            }
             Arc::new(kube)
         }
     };
@@ -154,6 +159,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
             control_namespace: config.placement.control_namespace.clone(),
             all: config.placement.all_in_control_namespace,
         },
+        owners,
         clock: clock.clone(),
         metrics: metrics.clone(),
     }));

@@ -18,3 +18,4 @@ pub mod signal;
 pub mod sink;
 pub mod state;
 pub mod telemetry;
+pub mod workload;

@@ -57,6 +57,11 @@ pub struct ApiLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub op: &'static str,
     pub outcome: &'static str,
@@ -85,6 +90,7 @@ pub struct Metrics {
     pub rate_limited: Family<SourceClassLabels, Counter>,
     pub classifications: Family<ClassLabels, Counter>,
     pub api_calls: Family<ApiLabels, Counter>,
+    pub owner_cache_objects: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -176,6 +182,12 @@ impl Metrics {
         );
         let api_calls = Family::<ApiLabels, Counter>::default();
         registry.register("kube_api_calls", "Kubernetes API calls, by verb and outcome", api_calls.clone());
+        let owner_cache_objects = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "kube_owner_cache_objects",
+            "Objects in the owner-reference caches, by kind",
+            owner_cache_objects.clone(),
+        );
         Metrics {
             registry,
             signals,
@@ -199,6 +211,7 @@ impl Metrics {
             rate_limited,
             classifications,
             api_calls,
+            owner_cache_objects,
         }
     }
 

@@ -192,7 +192,7 @@ async fn a_request_removed_by_hand_is_known_gone_at_once() {
     let (_, first) = post(&gw, &webhook(vec![alert("HighMemory", "shop", "web-0")])).await;
     let path = gw.dir.path().join("shop").join(format!("{}.yaml", first["name"].as_str().unwrap()));
     std::fs::remove_file(&path).unwrap();
-    seen_as(&gw, &at(&first), Lookup::Gone).await;
+    seen_as(&gw, &at(&first), Lookup::Deleted).await;
 
     gw.clock.advance(Duration::from_secs(1));
     let (status, next) = post(&gw, &webhook(vec![alert("HighMemory", "shop", "web-0")])).await;

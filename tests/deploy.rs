@@ -214,8 +214,12 @@ fn cluster_role_is_exactly_the_minimal_set() {
         }
     };
     grant(&rr.group, &rr.plural, &["create", "get", "list", "watch"]);
-    grant(&rr.group, &format!("{}/status", rr.plural), &["get", "update", "patch"]);
-    grant("", "namespaces", &["get", "list", "watch"]);
+    grant(&rr.group, &format!("{}/status", rr.plural), &["update"]);
+    grant("", "namespaces", &["list", "watch"]);
+    // Owner references, for incident identity (src/sink/kube/owners.rs).
+    grant("", "pods", &["get", "list", "watch"]);
+    grant("apps", "replicasets", &["get", "list", "watch"]);
+    grant("batch", "jobs", &["get", "list", "watch"]);
     assert_eq!(granted, expected);
 }
 

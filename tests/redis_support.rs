@@ -1,7 +1,8 @@
 //! Smoke tests of the real-Redis test support (`tests/support/redis.rs`): standalone
 //! kill/restart, Sentinel failover, Cluster routing, and the shared server.
 //!
-//! Included by path so this binary does not depend on `support/mod.rs`.
+//! Included by path (with the process plumbing it needs) so this binary does not
+//! depend on `support/mod.rs`.
 
 #[path = "support/process.rs"]
 mod process;

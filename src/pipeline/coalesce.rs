@@ -128,6 +128,14 @@ impl Coalescer {
         self.enqueue(incident, at, update, Some(Box::new(request)));
     }
 
+    /// Whether this replica is still trying to create `incident`'s request (its
+    /// direct create failed), or is writing it right now: a request the sink does not
+    /// have yet is then not a deleted one.
+    pub fn creating(&self, incident: &Incident) -> bool {
+        let inner = self.shared.lock();
+        inner.pending.get(incident).is_some_and(|p| p.create.is_some()) || inner.in_flight.contains(incident)
+    }
+
     /// Requests with a write pending.
     pub fn pending(&self) -> usize {
         self.shared.lock().pending.len()

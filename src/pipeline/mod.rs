@@ -6,12 +6,16 @@
 //! handed to the [`coalesce::Coalescer`], which writes the request's status at most
 //! once per interval.
 //!
+//! In Kubernetes mode a signal about a pod is first attributed to its workload
+//! ([`crate::workload`]), so that every fingerprint below names the workload.
+//!
 //! A 2xx answer is only ever given for a signal whose state write succeeded, and a
 //! created request only after the sink confirmed it.
 
 pub mod classify;
 pub mod coalesce;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +28,7 @@ use crate::state::{
     Verdict,
 };
 use crate::telemetry::{ClassLabels, Metrics, StormLabels};
+use crate::workload::{self, Owners};
 use classify::Classifier;
 use coalesce::{Coalescer, Incident};
 
@@ -93,6 +98,7 @@ pub struct Pipeline {
     window_s: u32,
     affected_cap: usize,
     placement: Placement,
+    owners: Option<Arc<dyn Owners>>,
     /// Storm windows seen by this replica, (scope, opening second) → last alert.
     windows: Mutex<HashMap<([u8; 16], u32), u32>>,
     clock: Clock,
@@ -121,14 +127,27 @@ pub struct Parts {
     /// Most affected resources listed on an aggregated request.
     pub affected_cap: usize,
     pub placement: Placement,
+    /// Who owns a pod, for incident identity; `None` keeps every signal's own target.
+    pub owners: Option<Arc<dyn Owners>>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
     pub fn new(parts: Parts) -> Self {
-        let Parts { state, sink, coalescer, classifier, storms, window_s, affected_cap, placement, clock, metrics } =
-            parts;
+        let Parts {
+            state,
+            sink,
+            coalescer,
+            classifier,
+            storms,
+            window_s,
+            affected_cap,
+            placement,
+            owners,
+            clock,
+            metrics,
+        } = parts;
         Pipeline {
             state,
             sink,
@@ -138,6 +157,7 @@ impl Pipeline {
             window_s,
             affected_cap,
             placement,
+            owners,
             windows: Mutex::default(),
             clock,
             metrics,
@@ -187,6 +207,11 @@ impl Pipeline {
         signals: &[Signal<'_>],
         charge: Option<Charge<'_>>,
     ) -> Result<Processed, PipelineError> {
+        let signals = match &self.owners {
+            Some(owners) => workload::attribute(owners.as_ref(), signals).await,
+            None => Cow::Borrowed(signals),
+        };
+        let signals = signals.as_ref();
         let mut scope = None;
         let observations: Vec<Observation> = signals.iter().map(|s| observation(s, &mut scope)).collect();
         let now = self.clock.now_s();
@@ -259,11 +284,11 @@ impl Pipeline {
             Verdict::New(entry) => Err(Slow::New(entry)),
             Verdict::Duplicate(entry) => {
                 let at = self.reference(signal, &entry);
-                if self.gone(&at, &entry) {
-                    return Err(Slow::Reopen);
+                match self.sink.lookup(&at) {
+                    Lookup::Terminal | Lookup::Deleted => Err(Slow::Reopen),
+                    Lookup::Missing if !self.coalescer.creating(&incident(signal, &entry)) => Err(Slow::Ensure(entry)),
+                    Lookup::Open | Lookup::Unknown | Lookup::Missing => Ok(self.duplicate(signal, entry, at)),
                 }
-                self.coalescer.record(incident(signal, &entry), &at, update(&entry, None));
-                Ok(self.outcome(signal, OutcomeStatus::Duplicate, Some(at), entry.count))
             }
             Verdict::ResolvedOpen(entry) => {
                 let at = self.reference(signal, &entry);
@@ -302,14 +327,11 @@ impl Pipeline {
                 }
                 self.open(signal, entry).await
             }
-            Slow::Reopen => {
-                // A controller finished the request (or it was deleted): this
-                // occurrence starts a new incident.
-                let now = self.clock.now_s();
-                let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
-                self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
-                self.open(signal, entry).await
-            }
+            // Another replica may be creating it right now, or may have failed to:
+            // the create is idempotent, so whichever lands first makes the one
+            // request, and the other counts this occurrence on it.
+            Slow::Ensure(entry) => self.open(signal, entry).await,
+            Slow::Reopen => self.reopen(signal, asked).await,
         }
     }
 
@@ -342,14 +364,19 @@ impl Pipeline {
         Ok(outcome)
     }
 
-    /// Whether the request a duplicate counts towards is finished or deleted.
-    fn gone(&self, at: &RequestRef, entry: &Entry) -> bool {
-        match self.sink.lookup(at) {
-            Lookup::Terminal | Lookup::Gone => true,
-            // Deleted by hand, unless it is merely too new for the cache.
-            Lookup::Missing => self.clock.now_s().saturating_sub(entry.first_seen_s) > CACHE_GRACE_S,
-            Lookup::Open | Lookup::Unknown => false,
-        }
+    /// Counts a duplicate on its open request.
+    fn duplicate(&self, signal: &Signal<'_>, entry: Entry, at: RequestRef) -> Outcome {
+        self.coalescer.record(incident(signal, &entry), &at, update(&entry, None));
+        self.outcome(signal, OutcomeStatus::Duplicate, Some(at), entry.count)
+    }
+
+    /// A controller finished the request, or it was deleted: this occurrence starts
+    /// a new incident.
+    async fn reopen(&self, signal: &Signal<'_>, asked: &Observation) -> Result<Outcome, PipelineError> {
+        let now = self.clock.now_s();
+        let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
+        self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
+        self.open(signal, entry).await
     }
 
     /// Creates the request of a new incident.
@@ -489,6 +516,9 @@ enum Slow {
     Rejoin([u8; 16], OpenWindow),
     /// A duplicate whose request is finished or gone: a new incident starts.
     Reopen,
+    /// A duplicate whose request the sink has not seen and no one reported deleted:
+    /// not created yet, or too new for the sink's view. It is created, idempotently.
+    Ensure(Entry),
     /// An alert that opened a storm window: the aggregated request is created.
     OpenStorm([u8; 16], Folded),
 }
@@ -512,10 +542,6 @@ fn observation<'a>(s: &'a Signal<'_>, last: &mut Option<(&'a str, &'a str, [u8; 
 fn incident(signal: &Signal<'_>, entry: &Entry) -> Incident {
     Incident::Signal(signal.fingerprint, entry.first_seen_s)
 }
-
-/// How long a request may be missing from the sink's watch-fed cache because the
-/// cache has not caught up, rather than because it was deleted.
-const CACHE_GRACE_S: u32 = 30;
 
 fn update(entry: &Entry, resolved_at_s: Option<u32>) -> StatusUpdate {
     StatusUpdate {

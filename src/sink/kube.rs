@@ -10,14 +10,22 @@
 //!   one API call.
 //! - Watch-fed caches (kube-runtime reflectors) of tidegate's requests and of
 //!   namespaces answer "is this incident still open?" and "which environment is
-//!   this namespace?" without an API call per alert.
+//!   this namespace?" without an API call per alert. Deletions are known exactly
+//!   from the watch: its delete events, and a re-list (after a gap or `410 Gone`)
+//!   that no longer has a request it had. A request the cache lacks and the watch
+//!   never reported deleted is one the watch has not delivered yet.
+//! - [`owners`] finds a pod's workload for incident identity, from metadata-only
+//!   watch caches.
 //! - 5xx, 429, timeouts and connection failures are retried with jittered
 //!   exponential backoff within the operation's deadline; past it the caller gets
 //!   an error (answered 503). A circuit breaker stops calling a failing API server
 //!   for a cool-down and turns readiness off meanwhile.
 
+pub mod owners;
+
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -58,9 +66,18 @@ impl Default for KubeOptions {
     }
 }
 
+/// Annotation with which each create marks its request (a random token), so that a
+/// retried create recognises its own earlier attempt.
+pub const CREATE_MARK: &str = "tidegate.dev/create-id";
+
+/// Requests the watch reported deleted that this replica remembers, at most. Past
+/// it the oldest are forgotten, and a lookup of one costs a GET instead.
+const DELETED_REMEMBERED: usize = 10_000;
+
 pub struct KubeSink {
     client: Client,
     requests: Store<RemediationRequest>,
+    deleted: Arc<Mutex<Deleted>>,
     namespaces: Store<Namespace>,
     breaker: Breaker,
     options: KubeOptions,
@@ -78,11 +95,13 @@ impl KubeSink {
     ) -> Result<Self, SinkError> {
         let managed = format!("{}=tidegate", labels::MANAGED_BY);
         let (requests, writer) = reflector::store();
+        let deleted = Arc::new(Mutex::new(Deleted::default()));
+        let mut deletions = Deletions { deleted: deleted.clone(), store: requests.clone(), before_relist: None };
         let stream =
             watcher(Api::<RemediationRequest>::all(client.clone()), watcher::Config::default().labels(&managed))
                 .default_backoff()
                 .reflect(writer)
-                .applied_objects();
+                .inspect(move |event| deletions.follow(event));
         tokio::spawn(drain(stream, "remediationrequests"));
         let (namespaces, writer) = reflector::store();
         let stream = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
@@ -100,7 +119,7 @@ impl KubeSink {
             ))
         })?;
         let breaker = Breaker::new(options.breaker_failures, options.breaker_cooldown);
-        Ok(KubeSink { client, requests, namespaces, breaker, options, metrics })
+        Ok(KubeSink { client, requests, deleted, namespaces, breaker, options, metrics })
     }
 
     /// The namespace-label view, for environment classification.
@@ -199,6 +218,79 @@ impl KubeSink {
     }
 }
 
+/// Requests the watch reported deleted, oldest first, bounded.
+#[derive(Default)]
+struct Deleted {
+    set: HashSet<RequestRef>,
+    order: VecDeque<RequestRef>,
+}
+
+impl Deleted {
+    fn contains(&self, at: &RequestRef) -> bool {
+        self.set.contains(at)
+    }
+}
+
+fn lock(deleted: &Mutex<Deleted>) -> std::sync::MutexGuard<'_, Deleted> {
+    deleted.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keeps [`Deleted`] in step with the watch of requests, which the reflector has
+/// applied to `store` by the time an event gets here.
+struct Deletions {
+    deleted: Arc<Mutex<Deleted>>,
+    store: Store<RemediationRequest>,
+    /// The requests cached when a re-list began (after a watch gap or `410 Gone`).
+    before_relist: Option<HashSet<RequestRef>>,
+}
+
+impl Deletions {
+    /// A delete event adds its request; so does a re-list that no longer has a
+    /// request cached before it (deleted while no watch was open). A request seen
+    /// again (re-created under its name) leaves the set.
+    fn follow(&mut self, event: &Result<watcher::Event<RemediationRequest>, watcher::Error>) {
+        match event {
+            Ok(watcher::Event::Delete(rr)) => self.gone(reference(rr)),
+            Ok(watcher::Event::Apply(rr) | watcher::Event::InitApply(rr)) => {
+                if let Some(at) = reference(rr) {
+                    let mut deleted = lock(&self.deleted);
+                    if deleted.set.remove(&at) {
+                        deleted.order.retain(|d| *d != at);
+                    }
+                }
+            }
+            Ok(watcher::Event::Init) => {
+                self.before_relist = Some(self.store.state().iter().filter_map(|rr| reference(rr)).collect());
+            }
+            Ok(watcher::Event::InitDone) => {
+                let Some(before) = self.before_relist.take() else { return };
+                let now: HashSet<RequestRef> = self.store.state().iter().filter_map(|rr| reference(rr)).collect();
+                for at in before.into_iter().filter(|at| !now.contains(at)) {
+                    self.gone(Some(at));
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn gone(&self, at: Option<RequestRef>) {
+        let Some(at) = at else { return };
+        let mut deleted = lock(&self.deleted);
+        if deleted.set.insert(at.clone()) {
+            deleted.order.push_back(at);
+        }
+        while deleted.order.len() > DELETED_REMEMBERED {
+            if let Some(old) = deleted.order.pop_front() {
+                deleted.set.remove(&old);
+            }
+        }
+    }
+}
+
+fn reference(rr: &RemediationRequest) -> Option<RequestRef> {
+    Some(RequestRef { namespace: rr.namespace()?, name: rr.name_any() })
+}
+
 async fn drain<S: futures::Stream<Item = Result<T, watcher::Error>> + Send, T>(stream: S, what: &'static str) {
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
@@ -215,10 +307,26 @@ impl Sink for KubeSink {
             let at = RequestRef { namespace: namespace.clone(), name: request.name_any() };
             let api = self.api(&namespace);
             let pp = PostParams::default();
+            // A mark of this create: an attempt that timed out may still have landed,
+            // and the retry's 409 must then not pass for someone else's request.
+            let mark = uuid::Uuid::new_v4().simple().to_string();
+            let mut marked = request.clone();
+            marked.annotations_mut().insert(CREATE_MARK.into(), mark.clone());
+            let attempts = AtomicU32::new(0);
+            let attempt = || {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                api.create(&pp, &marked)
+            };
             // The reply carries the resourceVersion the status write needs: the new
             // object is not in the watch cache yet, and reading it back would cost a GET.
-            let created = match self.call("create", || api.create(&pp, request)).await {
+            let created = match self.call("create", attempt).await {
                 Ok(created) => created,
+                Err(e) if code(&e) == Some(409) && attempts.load(Ordering::Relaxed) > 1 => {
+                    match self.call("get", || api.get(&at.name)).await {
+                        Ok(existing) if existing.annotations().get(CREATE_MARK) == Some(&mark) => existing,
+                        _ => return Ok(Created::AlreadyExists),
+                    }
+                }
                 Err(e) if code(&e) == Some(409) => return Ok(Created::AlreadyExists),
                 Err(e) => return Err(sink_error(e)),
             };
@@ -253,6 +361,7 @@ impl Sink for KubeSink {
         match self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace)) {
             Some(rr) if terminal(&rr) => Lookup::Terminal,
             Some(_) => Lookup::Open,
+            None if lock(&self.deleted).contains(at) => Lookup::Deleted,
             None => Lookup::Missing,
         }
     }
@@ -320,6 +429,7 @@ fn retryable(e: &kube::Error) -> bool {
     }
 }
 
+/// The metric outcome of a failed call.
 fn outcome(e: &kube::Error) -> &'static str {
     match code(e) {
         Some(409) => "conflict",

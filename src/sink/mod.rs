@@ -34,11 +34,12 @@ pub enum Lookup {
     Open,
     /// A controller finished it (a terminal phase): the next occurrence is a new incident.
     Terminal,
-    /// Not (or not yet) in the authority's view.
+    /// The authority reported it deleted: it is gone.
+    Deleted,
+    /// Not in the authority's view, and never reported deleted: not created yet, or
+    /// created too recently for the view. Creating it (idempotently) settles which.
     Missing,
-    /// Known not to exist any more: removed since it was written.
-    Gone,
-    /// This sink keeps no authority (the directory sink).
+    /// This sink keeps no authority.
     Unknown,
 }
 

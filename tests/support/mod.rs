@@ -2,7 +2,7 @@
 //! and builders for real payloads.
 #![allow(dead_code)]
 
-pub mod kube_api;
+pub mod kube;
 pub mod notification;
 pub mod process;
 pub mod redis;
@@ -45,24 +45,17 @@ async fn start_full(tweak: impl FnOnce(&mut Config), overrides: gateway::Overrid
     config.dedup.status_interval = Duration::from_millis(20);
     tweak(&mut config);
     let running = gateway::start_with(config.clone(), clock.clone(), overrides).await.unwrap();
-    Gateway {
-        url: format!("http://{}", running.addr),
-        clock,
-        client: reqwest::Client::new(),
-        dir,
-        config,
-        running: Some(running),
-    }
+    Gateway::new(running, clock, dir, config)
 }
 
-/// A gateway writing RemediationRequests to `api`, adjusted by `tweak`.
-pub async fn start_kube(api: &kube_api::FakeApi, tweak: impl FnOnce(&mut Config)) -> Gateway {
-    start_kube_at(api, Clock::manual(SystemTime::now()), tweak).await
+/// A gateway writing RemediationRequests through `kube`'s proxy as tidegate's
+/// service account, adjusted by `tweak`.
+pub async fn start_kube(kube: &kube::Kube, tweak: impl FnOnce(&mut Config)) -> Gateway {
+    start_kube_as(kube.gateway_client(), Clock::manual(SystemTime::now()), tweak).await
 }
 
-/// [`start_kube`] on a given clock, so that replicas can share one.
-pub async fn start_kube_at(api: &kube_api::FakeApi, clock: Clock, tweak: impl FnOnce(&mut Config)) -> Gateway {
-    let client = api.client();
+/// [`start_kube`] with a given client and clock (replicas share one clock).
+pub async fn start_kube_as(client: ::kube::Client, clock: Clock, tweak: impl FnOnce(&mut Config)) -> Gateway {
     let tweak = |c: &mut Config| {
         c.sink = SinkTarget::Kube;
         tweak(c);
@@ -75,6 +68,19 @@ pub async fn start() -> Gateway {
 }
 
 impl Gateway {
+    /// A handle on a gateway started elsewhere with `config`, whose manifests (if
+    /// any) go to `dir`.
+    pub fn new(running: Running, clock: Clock, dir: tempfile::TempDir, config: Config) -> Gateway {
+        Gateway {
+            url: format!("http://{}", running.addr),
+            clock,
+            client: reqwest::Client::new(),
+            dir,
+            config,
+            running: Some(running),
+        }
+    }
+
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
     }
@@ -131,6 +137,25 @@ impl Gateway {
             running.shutdown();
             running.join().await.unwrap();
         }
+    }
+
+    /// Whether `/metrics` has a line for `series` at all.
+    pub async fn has_metric(&self, series: &str) -> bool {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines().any(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+    }
+
+    /// Waits until the owner caches of `--sink kube` have listed: their object
+    /// gauges appear then.
+    pub async fn owner_caches_listed(&self) {
+        eventually("the owner caches to list", || async {
+            let mut listed = true;
+            for kind in ["Pod", "ReplicaSet", "Job"] {
+                listed &= self.has_metric(&format!(r#"tidegate_kube_owner_cache_objects{{kind="{kind}"}}"#)).await;
+            }
+            listed
+        })
+        .await;
     }
 
     /// The value of one metric line, e.g. `tidegate_remediation_requests_created_total`.

@@ -203,7 +203,7 @@ impl Index {
             Some(record) if record.terminal => Lookup::Terminal,
             Some(_) => Lookup::Open,
             // Seen removed, by the watch or by a write that found it missing.
-            None if inner.removed.contains_key(at) => Lookup::Gone,
+            None if inner.removed.contains_key(at) => Lookup::Deleted,
             // Another writer of the directory (a second gateway) made it, and the
             // watch has not reported it yet.
             None => Lookup::Missing,
@@ -375,7 +375,7 @@ mod tests {
         assert_eq!(index.lookup(&at("b")), Lookup::Terminal);
         assert_eq!(index.open_request(&Fingerprint::from_bytes([1; 32])), None, "a finished request is not open");
         index.remove(&at("b"));
-        assert_eq!(index.lookup(&at("b")), Lookup::Gone);
+        assert_eq!(index.lookup(&at("b")), Lookup::Deleted);
         assert_eq!(index.lookup(&at("c")), Lookup::Missing, "never seen: maybe not yet seen");
     }
 
