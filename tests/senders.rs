@@ -6,7 +6,9 @@
 //!
 //! Timings are those of `support/senders`: 1 s scrape, evaluation, resend delay,
 //! group wait and group interval, so a gauge set to 1 reaches the gateway in about
-//! 3 s. Each case runs its own Prometheus, Alertmanager and gateway.
+//! 3 s. Each case runs its own Prometheus, Alertmanager and gateway. The
+//! `prometheus_direct_` cases have Prometheus post to the gateway's `/api/v2/alerts`
+//! itself, with no Alertmanager, and assert on Prometheus' notifier counters.
 
 mod support;
 
@@ -15,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use support::occurrences;
 use support::redis::{RedisServer, ServerOptions};
-use support::senders::{sample, Accounting, Rig};
+use support::senders::{sample, Accounting, Gateway, GaugeTarget, Prometheus, Rig};
 use tidegate::config::StateBackend;
+use tidegate::remediation::RemediationRequest;
 
 /// How long a case waits for the senders to deliver something: the ~3 s path plus
 /// Prometheus' start-up and a loaded machine's slack.
@@ -80,20 +83,35 @@ async fn repeats_are_counted_on_the_one_request() {
     assert_eq!(am.failed, 0, "{am:?}\n{}", rig.logs());
 }
 
+/// Fires web-0's alert in `shop`, waits for its request, resolves the alert and waits
+/// until `status.signalResolvedAt` is recorded; fails, with `logs`, unless that one
+/// request is all there is.
+async fn fire_then_resolve(
+    target: &GaugeTarget,
+    gateway: &Gateway,
+    logs: impl Fn() -> String,
+) -> Vec<RemediationRequest> {
+    let poll = Duration::from_millis(200);
+    target.set("shop", ["web-0"], 1.0);
+    let fired = support::poll_within(DELIVERY, poll, || async { !gateway.requests().is_empty() }).await;
+    assert!(fired, "timed out waiting for the request\n{}", logs());
+
+    target.set("shop", ["web-0"], 0.0);
+    let resolved = |rr: &RemediationRequest| rr.status.as_ref().and_then(|s| s.signal_resolved_at.as_ref()).is_some();
+    let recorded = support::poll_within(DELIVERY, poll, || async { gateway.requests().iter().any(resolved) }).await;
+    assert!(recorded, "timed out waiting for signalResolvedAt\n{}", logs());
+
+    let requests = gateway.requests();
+    assert_eq!(requests.len(), 1, "the resolution is recorded, not a new request: {requests:#?}");
+    requests
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resolution_is_recorded_as_signal_resolved_at() {
     let rig = Rig::start("1h", |_| {}).await;
-    rig.target.set("shop", ["web-0"], 1.0);
-    rig.wait_for("the request", DELIVERY, || async { !rig.gateway.requests().is_empty() }).await;
 
-    rig.target.set("shop", ["web-0"], 0.0);
-    let resolved = |rr: &tidegate::remediation::RemediationRequest| {
-        rr.status.as_ref().and_then(|s| s.signal_resolved_at.as_ref()).is_some()
-    };
-    rig.wait_for("signalResolvedAt", DELIVERY, || async { rig.gateway.requests().iter().any(resolved) }).await;
+    let requests = fire_then_resolve(&rig.target, &rig.gateway, || rig.logs()).await;
 
-    let requests = rig.gateway.requests();
-    assert_eq!(requests.len(), 1, "the resolution is recorded, not a new request: {requests:#?}");
     assert_eq!(occurrences(&requests[0]), 1, "a resolution is not an occurrence");
     let am = rig.alertmanager.settled_counters().await;
     assert_eq!((am.notifications, am.failed, am.delivered()), (2, 0, 2), "firing, then resolved: {am:?}");
@@ -249,4 +267,102 @@ async fn a_tight_rate_limit_loses_nothing() {
     let seen: BTreeSet<_> = requests.iter().map(|rr| rr.metadata.namespace.clone().unwrap()).collect();
     assert_eq!(seen, namespaces.iter().map(|n| n.to_string()).collect());
     assert!(requests.iter().all(|rr| occurrences(rr) == 1), "one delivery each");
+}
+
+/// Prometheus posting straight to the gateway's `/api/v2/alerts`, as it posts to an
+/// Alertmanager: no Alertmanager in between. Its notifier never retries; a firing
+/// alert is sent again every resend delay (1 s here), a resolved one likewise.
+struct Direct {
+    target: GaugeTarget,
+    gateway: Gateway,
+    prometheus: Prometheus,
+}
+
+impl Direct {
+    async fn start() -> Direct {
+        let target = GaugeTarget::start().await;
+        let gateway = Gateway::start(|_| {}).await;
+        let prometheus = Prometheus::start(&target.addr(), &gateway.addr()).await;
+        Direct { target, gateway, prometheus }
+    }
+
+    async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        if !support::poll_within(limit, Duration::from_millis(200), check).await {
+            panic!("timed out after {limit:?} waiting for {what}\n{}", self.prometheus.process.log_tail());
+        }
+    }
+
+    /// The occurrence count of the one request, 0 before there is one.
+    fn occurrences(&self) -> u64 {
+        let requests = self.gateway.requests();
+        let dedup = requests.first().and_then(|rr| rr.status.as_ref()?.deduplication.as_ref());
+        dedup.map_or(0, |d| d.occurrence_count)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_direct_a_firing_alert_becomes_one_request() {
+    let rig = Direct::start().await;
+    rig.target.set("shop", ["web-0"], 1.0);
+
+    rig.wait_for("the first request", DELIVERY, || async { !rig.gateway.requests().is_empty() }).await;
+    // Prometheus' first sends can precede its notifier's discovery of the static
+    // target (discovery updates are throttled to every 5 s): those alerts are counted
+    // in `_dropped_total` and sent again a resend delay later. Once one was
+    // delivered, nothing more may be dropped.
+    let first = rig.prometheus.notifications().await;
+    rig.wait_for("three more sends", DELIVERY, || async {
+        rig.prometheus.notifications().await.sent >= first.sent + 3.0
+    })
+    .await;
+
+    let requests = rig.gateway.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let rr = &requests[0];
+    assert_eq!(rr.spec.signal_name, "KubePodCrashLooping");
+    assert_eq!((rr.spec.target_resource.kind.as_str(), rr.spec.target_resource.name.as_str()), ("Pod", "web-0"));
+    assert_eq!(rr.metadata.namespace.as_deref(), Some("shop"));
+    assert_eq!(rr.spec.signal_type.as_str(), "prometheus-alert");
+    let port = format!(":{}", rig.prometheus.process.port());
+    assert!(rr.spec.signal_source.ends_with(&port), "the generatorURL's origin: {}", rr.spec.signal_source);
+    let n = rig.prometheus.notifications().await;
+    assert_eq!(n.errors, 0.0, "{n:?}\n{}", rig.prometheus.process.log_tail());
+    assert_eq!(n.dropped, first.dropped, "dropped after delivery began: {n:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_direct_resends_are_counted_on_the_one_request() {
+    let mut rig = Direct::start().await;
+    rig.target.set("shop", ["web-0"], 1.0);
+
+    rig.wait_for("three occurrences", DELIVERY, || async { rig.occurrences() >= 3 }).await;
+    // Once the gateway has stopped, every later send fails at once, so the alerts
+    // Prometheus got a 2xx for are final: those sent less those in failed requests
+    // (one alert a request: one rule, one series, sent every second).
+    rig.gateway.stop().await;
+    rig.wait_for("a send refused by the stopped gateway", DELIVERY, || async {
+        rig.prometheus.notifications().await.errors >= 1.0
+    })
+    .await;
+    let n = rig.prometheus.notifications().await;
+
+    let requests = rig.gateway.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert_eq!(occurrences(&requests[0]) as f64, n.sent - n.errors, "every delivered send is counted, once: {n:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_direct_resolution_is_recorded_as_signal_resolved_at() {
+    let rig = Direct::start().await;
+
+    // Prometheus sends the resolved alert with `endsAt` at its resolution, in the past.
+    fire_then_resolve(&rig.target, &rig.gateway, || rig.prometheus.process.log_tail()).await;
+
+    let n = rig.prometheus.notifications().await;
+    assert_eq!(n.errors, 0.0, "{n:?}\n{}", rig.prometheus.process.log_tail());
+    assert!(n.sent >= 2.0, "firing, then resolved: {n:?}");
 }

@@ -126,11 +126,21 @@ impl Problem {
         )
     }
 
-    /// None of a payload's `total` signals could be used: the first failure's
-    /// reason, and each failure when there were several.
+    /// Some (or all) of a payload's `total` signals could not be used: the first
+    /// failure's reason, and each failure when there were several. Where a sender
+    /// is answered for the whole batch only (Alertmanager's API), the others were
+    /// recorded, and the detail says so.
     pub fn unusable(failures: Vec<AlertError>, total: usize) -> Self {
         let first = &failures[0];
-        let detail = if total == 1 { first.detail.clone() } else { format!("none of the {total} alerts is usable") };
+        let recorded = total - failures.len();
+        let detail = match (total, recorded) {
+            (1, _) => first.detail.clone(),
+            (_, 0) => format!("none of the {total} alerts is usable"),
+            (_, _) => format!(
+                "{} of the {total} alerts are not usable and were not recorded; the other {recorded} were",
+                failures.len()
+            ),
+        };
         let mut problem = Problem::new(StatusCode::BAD_REQUEST, first.reason, "Invalid payload", detail);
         if total > 1 {
             problem.errors = failures;

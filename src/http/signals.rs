@@ -4,9 +4,11 @@
 //! which charges the source's rate limit (429) and decides in one step (503 if state
 //! or sink cannot record). A request refused before the pipeline is charged too.
 //!
-//! One alert is answered 201 or 202; a batch of several is answered 207 with a
-//! result per alert, so a sender learns about every alert and a bad alert never
-//! costs it the good ones.
+//! How success is answered is the source's ([`Answer`]). For tidegate's own routes one
+//! alert is answered 201 or 202, and a batch of several 207 with a result per alert,
+//! so a sender learns about every alert and a bad alert never costs it the good ones.
+//! `/api/v2/alerts` is answered as Alertmanager answers it: 200 with an empty body,
+//! or 400 naming the unusable alerts once the others are recorded.
 
 use axum::body::Body;
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use serde::Serialize;
 
 use super::problem::{AlertError, Problem};
 use super::AppState;
-use crate::ingest::{Payload, Source};
+use crate::ingest::{Answer, Payload, Source};
 use crate::pipeline::{Outcome, OutcomeStatus, Processed};
 use crate::signal::Fingerprint;
 use crate::state::{Admission, Charge, RateLimit};
@@ -191,6 +193,16 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
         Ok(Err(e)) => return Problem::from_pipeline(&e, app.limits.retry_after_secs).into_response(),
         Err(_) => return Problem::timeout(app.limits.request_timeout, app.limits.retry_after_secs).into_response(),
     };
+    match source.answer {
+        Answer::Results => results_answer(total, &indices, &outcomes, failures),
+        Answer::Alertmanager if failures.is_empty() => StatusCode::OK.into_response(),
+        // The valid alerts are recorded; the sender only learns that the batch failed.
+        Answer::Alertmanager => Problem::unusable(failures, total).into_response(),
+    }
+}
+
+/// 201 or 202 for one signal, 207 with a result per alert for a batch.
+fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failures: Vec<AlertError>) -> Response {
     if total == 1 {
         let outcome = &outcomes[0];
         let status = if outcome.status.created() { StatusCode::CREATED } else { StatusCode::ACCEPTED };
@@ -199,7 +211,7 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
     let mut summary = Summary { failed: failures.len(), ..Summary::default() };
     let mut results: Vec<AlertResult> = indices
         .iter()
-        .zip(&outcomes)
+        .zip(outcomes)
         .map(|(index, outcome)| {
             match outcome.status {
                 OutcomeStatus::Created => summary.created += 1,

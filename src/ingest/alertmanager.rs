@@ -86,38 +86,84 @@ fn signal<'a>(
     source: &Cow<'a, str>,
     received: Timestamp,
 ) -> Result<Signal<'a>, IngestError> {
-    let name = match alert.labels.get_cow("alertname") {
-        Some(name) if !name.trim().is_empty() => name.clone(),
-        Some(_) => return Err(IngestError::invalid(format!("$.alerts[{i}].labels.alertname"), "must not be empty")),
-        None => {
-            return Err(IngestError::invalid(format!("$.alerts[{i}].labels"), "missing required label \"alertname\""))
-        }
+    let at = At { list: "$.alerts", index: i };
+    let name = alert_name(&alert.labels, at)?;
+    let status = alert
+        .status
+        .or(group_status)
+        .ok_or_else(|| IngestError::invalid(at.path("status"), "missing; expected \"firing\" or \"resolved\""))?;
+    let status = match status {
+        Status::Firing => SignalStatus::Firing,
+        Status::Resolved => SignalStatus::Resolved,
     };
-    let status = alert.status.or(group_status).ok_or_else(|| {
-        IngestError::invalid(format!("$.alerts[{i}].status"), "missing; expected \"firing\" or \"resolved\"")
-    })?;
-    let namespace = namespace_from_labels(&alert.labels);
-    let target = TargetResource::from_labels(&alert.labels, &namespace);
-    let fingerprint = Fingerprint::new(&name, &namespace, &target);
-    // Alertmanager writes the zero time (year 1) for "unset".
-    let firing_time = alert.starts_at.filter(|t| t.as_second() > 0);
-    Ok(Signal {
-        severity: alert.labels.get_cow("severity").cloned().unwrap_or(Cow::Borrowed("unknown")),
-        name,
-        namespace,
-        target,
-        labels: alert.labels,
-        annotations: alert.annotations,
-        firing_time,
-        received_time: received,
-        signal_type: SignalType::PROMETHEUS_ALERT,
-        source: source.clone(),
-        status: match status {
-            Status::Firing => SignalStatus::Firing,
-            Status::Resolved => SignalStatus::Resolved,
-        },
-        fingerprint,
-    })
+    let parts = AlertParts { labels: alert.labels, annotations: alert.annotations, starts_at: alert.starts_at };
+    Ok(parts.into_signal(name, status, source.clone(), received))
+}
+
+/// Where an alert sits in its payload: the JSON path of its errors.
+#[derive(Clone, Copy)]
+pub(super) struct At {
+    /// The path of the alert list: `$.alerts` in a webhook, `$` in an API v2 array.
+    pub list: &'static str,
+    pub index: usize,
+}
+
+impl At {
+    pub fn path(self, field: &str) -> String {
+        format!("{}[{}].{field}", self.list, self.index)
+    }
+}
+
+/// An alert's name: its `alertname` label, present and not blank. Both Alertmanager
+/// formats follow this rule (Alertmanager itself does not require the label; we do,
+/// because the name is part of the incident's identity).
+pub(super) fn alert_name<'a>(labels: &Labels<'a>, at: At) -> Result<Cow<'a, str>, IngestError> {
+    match labels.get_cow("alertname") {
+        Some(name) if !name.trim().is_empty() => Ok(name.clone()),
+        Some(_) => Err(IngestError::invalid(at.path("labels.alertname"), "must not be empty")),
+        None => Err(IngestError::invalid(at.path("labels"), "missing required label \"alertname\"")),
+    }
+}
+
+/// Alertmanager writes the zero time (year 1) for "unset".
+pub(super) fn set_time(t: Option<Timestamp>) -> Option<Timestamp> {
+    t.filter(|t| t.as_second() > 0)
+}
+
+/// What both Alertmanager formats say about one alert, and the one way it becomes a
+/// signal: namespace, target, fingerprint and severity from its labels.
+pub(super) struct AlertParts<'a> {
+    pub labels: Labels<'a>,
+    pub annotations: Labels<'a>,
+    pub starts_at: Option<Timestamp>,
+}
+
+impl<'a> AlertParts<'a> {
+    pub fn into_signal(
+        self,
+        name: Cow<'a, str>,
+        status: SignalStatus,
+        source: Cow<'a, str>,
+        received: Timestamp,
+    ) -> Signal<'a> {
+        let namespace = namespace_from_labels(&self.labels);
+        let target = TargetResource::from_labels(&self.labels, &namespace);
+        let fingerprint = Fingerprint::new(&name, &namespace, &target);
+        Signal {
+            severity: self.labels.get_cow("severity").cloned().unwrap_or(Cow::Borrowed("unknown")),
+            name,
+            namespace,
+            target,
+            labels: self.labels,
+            annotations: self.annotations,
+            firing_time: set_time(self.starts_at),
+            received_time: received,
+            signal_type: SignalType::PROMETHEUS_ALERT,
+            source,
+            status,
+            fingerprint,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! a sender can fix its payload without reading our code.
 
 pub mod alertmanager;
+pub mod alertmanager_v2;
 pub mod k8s_event;
 
 use axum::http::HeaderMap;
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use crate::signal::{Signal, SignalType};
 
 /// Every source tidegate accepts.
-pub const SOURCES: &[Source] = &[alertmanager::WEBHOOK, k8s_event::SOURCE];
+pub const SOURCES: &[Source] = &[alertmanager::WEBHOOK, alertmanager_v2::SOURCE, k8s_event::SOURCE];
 
 /// One kind of sender: where it posts, what it sends, and what it expects back.
 #[derive(Debug)]
@@ -42,6 +43,11 @@ pub enum Answer {
     /// 201 created or 202 otherwise for one signal; 207 with a result per signal for
     /// several.
     Results,
+    /// As an Alertmanager answers `POST /api/v2/alerts`: 200 with an empty body once
+    /// every alert is recorded. Its senders read nothing but the status, so a batch
+    /// with invalid alerts records the valid ones and is answered 400 naming the
+    /// invalid ones (a re-send of the batch only repeats duplicates).
+    Alertmanager,
 }
 
 /// A source's parser.
@@ -127,7 +133,12 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, IngestError> 
         let inner = e.into_inner();
         // serde_json appends " at line L column C"; keep it, it helps with big bodies.
         IngestError::Malformed {
-            path: if path == "." { "$".into() } else { format!("$.{path}") },
+            path: match path.as_str() {
+                "." => "$".into(),
+                // An array at the root: `[0].labels`, not `.[0].labels`.
+                p if p.starts_with('[') => format!("${p}"),
+                p => format!("$.{p}"),
+            },
             reason: inner.to_string(),
         }
     })

@@ -209,6 +209,12 @@ impl Gateway {
         panic!("no port for the gateway in {PORT_ATTEMPTS} attempts");
     }
 
+    /// `127.0.0.1:PORT`: an Alertmanager address for Prometheus, which posts to
+    /// `/api/v2/alerts` there.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// Where Alertmanager's webhook receiver posts.
     pub fn webhook_url(&self) -> String {
         format!("http://127.0.0.1:{}/api/v1/signals/prometheus", self.port)

@@ -23,7 +23,8 @@ pub struct Prometheus {
 
 impl Prometheus {
     /// Starts Prometheus scraping `target` (`host:port`) and alerting `alertmanager`
-    /// (`host:port`).
+    /// (`host:port`): an Alertmanager, or the gateway itself, since both take
+    /// `POST /api/v2/alerts`.
     pub async fn start(target: &str, alertmanager: &str) -> Prometheus {
         let config = format!(
             "global:\n\
@@ -67,6 +68,32 @@ impl Prometheus {
 
     /// `prometheus_notifications_sent_total`: alerts sent to Alertmanager so far.
     pub async fn alerts_sent(&self) -> f64 {
-        family_sum(&self.process.metrics().await, "prometheus_notifications_sent_total")
+        self.notifications().await.sent
     }
+
+    /// The notifier's own counters, read from one scrape.
+    pub async fn notifications(&self) -> Notifications {
+        let metrics = self.process.metrics().await;
+        let sum = |name| family_sum(&metrics, name);
+        Notifications {
+            sent: sum("prometheus_notifications_sent_total"),
+            errors: sum("prometheus_notifications_errors_total"),
+            dropped: sum("prometheus_notifications_dropped_total"),
+        }
+    }
+}
+
+/// Prometheus 2.42's notifier counters (notifier/notifier.go, `sendAll`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Notifications {
+    /// `prometheus_notifications_sent_total`: alerts in every request made, answered
+    /// 2xx or not.
+    pub sent: f64,
+    /// `prometheus_notifications_errors_total`: requests that failed (non-2xx, or no
+    /// answer); never retried.
+    pub errors: f64,
+    /// `prometheus_notifications_dropped_total`: alerts of batches no Alertmanager
+    /// took: none was discovered yet, or every request failed (so a failure counts
+    /// here and in `errors`); also alerts a full queue pushed out.
+    pub dropped: f64,
 }
