@@ -11,6 +11,7 @@
 //! a sender can fix its payload without reading our code.
 
 pub mod alertmanager;
+pub mod grafana;
 pub mod k8s_event;
 
 use axum::http::HeaderMap;
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use crate::signal::{Signal, SignalType};
 
 /// Every source tidegate accepts.
-pub const SOURCES: &[Source] = &[alertmanager::WEBHOOK, k8s_event::SOURCE];
+pub const SOURCES: &[Source] = &[alertmanager::WEBHOOK, k8s_event::SOURCE, grafana::WEBHOOK];
 
 /// One kind of sender: where it posts, what it sends, and what it expects back.
 #[derive(Debug)]
@@ -150,7 +151,7 @@ mod tests {
     #[test]
     fn signal_types_come_from_the_table_once_each() {
         let types: Vec<_> = signal_types().map(SignalType::as_str).collect();
-        assert_eq!(types, ["prometheus-alert", "kubernetes-event"]);
+        assert_eq!(types, ["prometheus-alert", "kubernetes-event", "grafana-alert"]);
         assert_eq!(SignalType::parse("kubernetes-event"), Some(SignalType::KUBERNETES_EVENT));
         assert_eq!(SignalType::parse("carrier-pigeon"), None);
     }
