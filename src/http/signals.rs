@@ -151,7 +151,7 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
         }
     };
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
-    let payload = Payload { body: &bytes, headers: &headers, received };
+    let payload = Payload { body: &bytes, headers: &headers, received, cloudevents: &app.cloudevents };
     let parsed = match (source.parse)(&payload) {
         Ok(parsed) => parsed,
         Err(e) => return refuse(&app, payer.as_ref(), Problem::bad_request(&e)).await,
