@@ -272,8 +272,7 @@ fn check_content_type(headers: &HeaderMap, source: &Source) -> Result<(), Proble
         return Err(Problem::unsupported_media_type(None));
     };
     let text = value.to_str().unwrap_or("");
-    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if source.accepts(&essence) {
+    if source.accepts(&crate::ingest::essence(text)) {
         Ok(())
     } else {
         Err(Problem::unsupported_media_type(Some(text)))

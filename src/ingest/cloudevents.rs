@@ -294,7 +294,7 @@ impl At {
 /// Parses one event, or a batch of them, into a result per event.
 pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
     let content_type = payload.headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let essence = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = super::essence(content_type.unwrap_or(""));
     let config = payload.cloudevents;
     let one = |event: Result<Map<String, Value>, IngestError>, at: At| {
         event.and_then(|event| signal(event, at, config, payload.received))

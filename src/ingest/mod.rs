@@ -79,6 +79,12 @@ pub fn payload(body: &str) -> Payload<'_> {
     Payload { body: body.as_bytes(), headers: &HEADERS, received: Timestamp::UNIX_EPOCH, cloudevents: &CLOUDEVENTS }
 }
 
+/// The essence of a `Content-Type` value: its `type/subtype`, lowercase, without
+/// parameters.
+pub fn essence(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
 /// The media types of a JSON sender: `application/json` and any `application/*+json`.
 pub const JSON: &[&str] = &["application/json", "application/*+json"];
 
