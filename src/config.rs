@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::ingest::cloudevents::CloudEventsConfig;
 use crate::state::redis::connection::{TlsFiles, Topology};
 
 /// Everything `tidegate serve` can be told.
@@ -35,6 +36,8 @@ pub struct Config {
     pub placement: PlacementConfig,
     pub kube: KubeConfig,
     pub classify: ClassifyConfig,
+    /// How CloudEvents become signals, per event type.
+    pub cloudevents: CloudEventsConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
 }
@@ -301,6 +304,7 @@ impl Default for Config {
             placement: PlacementConfig::default(),
             kube: KubeConfig::default(),
             classify: ClassifyConfig::default(),
+            cloudevents: CloudEventsConfig::default(),
             log: LogConfig::default(),
             runtime: RuntimeConfig::default(),
         }
@@ -578,6 +582,9 @@ impl Config {
             return invalid("kube.breaker_failures", "must be at least 1");
         }
         self.validate_priorities()?;
+        if let Err(reason) = self.cloudevents.validate() {
+            return Err(ConfigError::Invalid { key: "cloudevents.types", reason });
+        }
         if let SinkTarget::Dir(path) = &self.sink {
             if path.as_os_str().is_empty() {
                 return invalid("sink", "dir: needs a path, as in dir:./remediations");
@@ -734,6 +741,10 @@ mod tests {
         let mut c = Config::default();
         c.http.body_limit = 10;
         assert!(c.validate().unwrap_err().to_string().starts_with("http.body_limit:"));
+        let mut c = Config::default();
+        let falco = c.cloudevents.types.get_mut("falco.rule.output.v1").unwrap();
+        falco.name = crate::ingest::cloudevents::Pointers(vec!["rule".into()]);
+        assert!(c.validate().unwrap_err().to_string().starts_with("cloudevents.types: \"falco.rule.output.v1\""));
         assert!(Config::default().validate().is_ok());
     }
 

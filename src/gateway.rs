@@ -183,6 +183,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         },
         readiness: readiness.clone(),
         budget: http::BodyBudget::new(config.body_budget(), config.http.body_budget_wait, metrics.clone()),
+        cloudevents: Arc::new(config.cloudevents.clone()),
     };
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;

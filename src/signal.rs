@@ -88,29 +88,38 @@ pub struct TargetResource {
 }
 
 /// Label names that identify the target resource, most specific first, with the
-/// Kubernetes kind each one names and whether that kind is namespaced.
-const RESOURCE_LABELS: [(&str, &str, bool); 6] = [
-    ("pod", "Pod", true),
-    ("deployment", "Deployment", true),
-    ("statefulset", "StatefulSet", true),
-    ("daemonset", "DaemonSet", true),
-    ("node", "Node", false),
-    ("service", "Service", true),
+/// Kubernetes kind each one names.
+const RESOURCE_LABELS: [(&str, &str); 6] = [
+    ("pod", "Pod"),
+    ("deployment", "Deployment"),
+    ("statefulset", "StatefulSet"),
+    ("daemonset", "DaemonSet"),
+    ("node", "Node"),
+    ("service", "Service"),
 ];
 
+/// Kinds a signal may name that are not namespaced.
+const CLUSTER_SCOPED: [&str; 3] = ["Node", "Namespace", "PersistentVolume"];
+
 impl TargetResource {
+    /// A `kind` named `name` in `namespace`, or in none if the kind is cluster-scoped.
+    pub fn new(kind: &str, name: &str, namespace: &str) -> Self {
+        let namespaced = !CLUSTER_SCOPED.contains(&kind);
+        TargetResource {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            namespace: if namespaced { namespace.to_string() } else { String::new() },
+        }
+    }
+
     /// Resolves the target from alert labels in the order
     /// pod > deployment > statefulset > daemonset > node > service.
     pub fn from_labels(labels: &Labels<'_>, namespace: &str) -> Self {
         RESOURCE_LABELS
             .iter()
-            .find_map(|(label, kind, namespaced)| {
+            .find_map(|(label, kind)| {
                 let name = labels.get(label).filter(|v| !v.is_empty())?;
-                Some(TargetResource {
-                    kind: (*kind).to_string(),
-                    name: name.to_string(),
-                    namespace: if *namespaced { namespace.to_string() } else { String::new() },
-                })
+                Some(TargetResource::new(kind, name, namespace))
             })
             .unwrap_or_default()
     }
@@ -137,6 +146,11 @@ impl<'a> Labels<'a> {
 
     pub fn get_cow(&self, name: &str) -> Option<&Cow<'a, str>> {
         self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// Adds `name` with `value`; a name given again means its last value.
+    pub fn push(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, str>>) {
+        self.0.push((name.into(), value.into()));
     }
 
     /// Owned, sorted, one value per name.

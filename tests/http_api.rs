@@ -6,20 +6,11 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{alert, event, eventually, occurrences, resolved, start, start_with, tally, webhook};
+use support::{alert, event, eventually, occurrences, problem, resolved, start, start_with, tally, webhook};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROMETHEUS: &str = "/api/v1/signals/prometheus";
 const EVENTS: &str = "/api/v1/signals/kubernetes-event";
-
-async fn problem(resp: reqwest::Response, status: u16) -> Value {
-    assert_eq!(resp.status().as_u16(), status);
-    assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["status"], status);
-    assert!(body["type"].as_str().unwrap().starts_with("https://tidegate.dev/problems/"));
-    body
-}
 
 #[tokio::test]
 async fn new_alert_is_created_201_and_written_as_a_manifest() {

@@ -41,6 +41,8 @@ pub struct AppState {
     pub limits: Limits,
     pub readiness: Readiness,
     pub budget: BodyBudget,
+    /// `cloudevents`: the CloudEvents source's mapping per event type.
+    pub cloudevents: Arc<ingest::cloudevents::CloudEventsConfig>,
 }
 
 /// Request limits and retry advice, from `http.*` and `rate_limit.*` config.

@@ -150,7 +150,7 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
         }
     };
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
-    let payload = Payload { body: &bytes, headers: &headers, received };
+    let payload = Payload { body: &bytes, headers: &headers, received, cloudevents: &app.cloudevents };
     let parsed = match (source.parse)(&payload) {
         Ok(parsed) => parsed,
         Err(e) => return refuse(&app, payer.as_ref(), Problem::bad_request(&e)).await,
@@ -264,8 +264,7 @@ fn check_content_type(headers: &HeaderMap, source: &Source) -> Result<(), Proble
         return Err(Problem::unsupported_media_type(None));
     };
     let text = value.to_str().unwrap_or("");
-    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if source.accepts(&essence) {
+    if source.accepts(&crate::ingest::essence(text)) {
         Ok(())
     } else {
         Err(Problem::unsupported_media_type(Some(text)))

@@ -1,4 +1,5 @@
-//! Prometheus Alertmanager webhook payload, version 4.
+//! Prometheus Alertmanager webhook payload, version 4, and the rules of its envelope
+//! that Grafana's webhook shares (`grafana.rs`).
 //!
 //! Every alert in `alerts[]` becomes a signal; unknown fields are ignored because
 //! Alertmanager adds fields without bumping the version. An alert that cannot be
@@ -6,8 +7,10 @@
 //! rest of its batch.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
@@ -16,8 +19,8 @@ use crate::signal::{
 };
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Webhook<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "U: Deserialize<'de>"))]
+struct Webhook<'a, U> {
     #[serde(default, borrow)]
     receiver: Option<Text<'a>>,
     #[serde(default)]
@@ -25,20 +28,44 @@ struct Webhook<'a> {
     #[serde(default, borrow, rename = "externalURL")]
     external_url: Option<Text<'a>>,
     #[serde(borrow)]
-    alerts: Vec<Alert<'a>>,
+    alerts: Vec<Alert<'a, U>>,
 }
 
+/// One alert of the envelope: Alertmanager's fields, and the URLs and values Grafana
+/// adds. Its URL fields are `U`: [`Text`] where a sender keeps them, [`IgnoredAny`]
+/// where it does not, so Alertmanager's alerts do not pay for copying them.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Alert<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "U: Deserialize<'de>"))]
+pub(super) struct Alert<'a, U> {
     #[serde(default)]
     status: Option<Status>,
     #[serde(default, borrow)]
     labels: Labels<'a>,
     #[serde(default, borrow)]
-    annotations: Labels<'a>,
+    pub annotations: Labels<'a>,
     #[serde(default)]
     starts_at: Option<Timestamp>,
+    #[serde(default = "none", rename = "generatorURL")]
+    pub generator_url: Option<U>,
+    /// Grafana only, as the rest: where to silence the alert.
+    #[serde(default = "none", rename = "silenceURL")]
+    pub silence_url: Option<U>,
+    #[serde(default = "none", rename = "dashboardURL")]
+    pub dashboard_url: Option<U>,
+    #[serde(default = "none", rename = "panelURL")]
+    pub panel_url: Option<U>,
+    #[serde(default = "none", rename = "imageURL")]
+    pub image_url: Option<U>,
+    /// The rule's query results by reference ID; `null` when it has none.
+    #[serde(default)]
+    pub values: Option<BTreeMap<String, f64>>,
+    /// The same as text (older Grafana sends only this).
+    #[serde(default = "none")]
+    pub value_string: Option<U>,
+}
+
+fn none<U>() -> Option<U> {
+    None
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -59,32 +86,48 @@ pub const WEBHOOK: Source = Source {
 
 /// Parses a webhook body into one result per alert.
 pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
+    parse_envelope::<IgnoredAny>(payload, "alertmanager", SignalType::PROMETHEUS_ALERT, |_| {})
+}
+
+/// Parses a body of this envelope into one result per alert of `signal_type`, after
+/// `annotate` has moved what the sender adds to an alert into its annotations.
+/// `sender` names the sender in `signalSource` when the payload has no `externalURL`.
+pub(super) fn parse_envelope<'a, U: Deserialize<'a>>(
+    payload: &Payload<'a>,
+    sender: &'static str,
+    signal_type: SignalType,
+    annotate: impl Fn(&mut Alert<'a, U>),
+) -> Result<Parsed<'a>, IngestError> {
     let (body, received) = (payload.body, payload.received);
-    let webhook: Webhook<'a> = parse_json(body)?;
+    let webhook: Webhook<'a, U> = parse_json(body)?;
     if webhook.alerts.is_empty() {
         return Err(IngestError::NoAlerts);
     }
     let text = |t: Option<Text<'a>>| t.map(|Text(t)| t).filter(|t| !t.is_empty());
     let source = match (text(webhook.external_url), text(webhook.receiver)) {
         (Some(url), _) => url,
-        (None, Some(receiver)) => Cow::Owned(format!("alertmanager/{receiver}")),
-        (None, None) => Cow::Borrowed("alertmanager"),
+        (None, Some(receiver)) => Cow::Owned(format!("{sender}/{receiver}")),
+        (None, None) => Cow::Borrowed(sender),
     };
     let group_status = webhook.status;
     Ok(webhook
         .alerts
         .into_iter()
         .enumerate()
-        .map(|(i, alert)| signal(i, alert, group_status, &source, received))
+        .map(|(i, mut alert)| {
+            annotate(&mut alert);
+            signal(i, alert, group_status, &source, received, signal_type)
+        })
         .collect())
 }
 
-fn signal<'a>(
+fn signal<'a, U>(
     i: usize,
-    alert: Alert<'a>,
+    alert: Alert<'a, U>,
     group_status: Option<Status>,
     source: &Cow<'a, str>,
     received: Timestamp,
+    signal_type: SignalType,
 ) -> Result<Signal<'a>, IngestError> {
     let at = At { list: "$.alerts", index: i };
     let name = alert_name(&alert.labels, at)?;
@@ -97,7 +140,7 @@ fn signal<'a>(
         Status::Resolved => SignalStatus::Resolved,
     };
     let parts = AlertParts { labels: alert.labels, annotations: alert.annotations, starts_at: alert.starts_at };
-    Ok(parts.into_signal(name, status, source.clone(), received))
+    Ok(parts.into_signal(name, status, signal_type, source.clone(), received))
 }
 
 /// Where an alert sits in its payload: the JSON path of its errors.
@@ -125,7 +168,7 @@ pub(super) fn alert_name<'a>(labels: &Labels<'a>, at: At) -> Result<Cow<'a, str>
     }
 }
 
-/// Alertmanager writes the zero time (year 1) for "unset".
+/// Alertmanager and Grafana write the zero time (year 1) for "unset".
 pub(super) fn set_time(t: Option<Timestamp>) -> Option<Timestamp> {
     t.filter(|t| t.as_second() > 0)
 }
@@ -143,6 +186,7 @@ impl<'a> AlertParts<'a> {
         self,
         name: Cow<'a, str>,
         status: SignalStatus,
+        signal_type: SignalType,
         source: Cow<'a, str>,
         received: Timestamp,
     ) -> Signal<'a> {
@@ -158,7 +202,7 @@ impl<'a> AlertParts<'a> {
             annotations: self.annotations,
             firing_time: set_time(self.starts_at),
             received_time: received,
-            signal_type: SignalType::PROMETHEUS_ALERT,
+            signal_type,
             source,
             status,
             fingerprint,

@@ -74,7 +74,7 @@ fn signal<'a>(at: At, alert: Alert<'a>, received: Timestamp) -> Result<Signal<'a
     };
     let source = alert.generator_url.and_then(|Text(url)| origin(url)).unwrap_or(Cow::Borrowed("prometheus"));
     let parts = AlertParts { labels: alert.labels, annotations: alert.annotations, starts_at: alert.starts_at };
-    Ok(parts.into_signal(name, status, source, received))
+    Ok(parts.into_signal(name, status, SignalType::PROMETHEUS_ALERT, source, received))
 }
 
 /// `scheme://host[:port]` of a URL, without credentials: the sender's address, which

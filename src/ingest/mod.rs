@@ -12,6 +12,8 @@
 
 pub mod alertmanager;
 pub mod alertmanager_v2;
+pub mod cloudevents;
+pub mod grafana;
 pub mod k8s_event;
 
 use axum::http::HeaderMap;
@@ -21,7 +23,8 @@ use serde::Deserialize;
 use crate::signal::{Signal, SignalType};
 
 /// Every source tidegate accepts.
-pub const SOURCES: &[Source] = &[alertmanager::WEBHOOK, alertmanager_v2::SOURCE, k8s_event::SOURCE];
+pub const SOURCES: &[Source] =
+    &[alertmanager::WEBHOOK, alertmanager_v2::SOURCE, k8s_event::SOURCE, grafana::WEBHOOK, cloudevents::SOURCE];
 
 /// One kind of sender: where it posts, what it sends, and what it expects back.
 #[derive(Debug)]
@@ -53,11 +56,14 @@ pub enum Answer {
 /// A source's parser.
 pub type Parse = for<'a> fn(&Payload<'a>) -> Result<Parsed<'a>, IngestError>;
 
-/// What a parser reads: the body and its headers, and when it was received.
+/// What a parser reads: the body and its headers, when it was received, and the
+/// configuration of the sources that have one.
 pub struct Payload<'a> {
     pub body: &'a [u8],
     pub headers: &'a HeaderMap,
     pub received: Timestamp,
+    /// `cloudevents`: how each event type becomes a signal.
+    pub cloudevents: &'a cloudevents::CloudEventsConfig,
 }
 
 impl Source {
@@ -70,11 +76,20 @@ impl Source {
     }
 }
 
-/// A payload of `body` alone, received at the epoch, for parser tests.
+/// A payload of `body` alone, received at the epoch with the default configuration,
+/// for parser tests.
 #[cfg(test)]
 pub fn payload(body: &str) -> Payload<'_> {
     static HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
-    Payload { body: body.as_bytes(), headers: &HEADERS, received: Timestamp::UNIX_EPOCH }
+    static CLOUDEVENTS: std::sync::LazyLock<cloudevents::CloudEventsConfig> =
+        std::sync::LazyLock::new(Default::default);
+    Payload { body: body.as_bytes(), headers: &HEADERS, received: Timestamp::UNIX_EPOCH, cloudevents: &CLOUDEVENTS }
+}
+
+/// The essence of a `Content-Type` value: its `type/subtype`, lowercase, without
+/// parameters.
+pub fn essence(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
 /// The media types of a JSON sender: `application/json` and any `application/*+json`.
@@ -161,7 +176,7 @@ mod tests {
     #[test]
     fn signal_types_come_from_the_table_once_each() {
         let types: Vec<_> = signal_types().map(SignalType::as_str).collect();
-        assert_eq!(types, ["prometheus-alert", "kubernetes-event"]);
+        assert_eq!(types, ["prometheus-alert", "kubernetes-event", "grafana-alert", "cloudevent"]);
         assert_eq!(SignalType::parse("kubernetes-event"), Some(SignalType::KUBERNETES_EVENT));
         assert_eq!(SignalType::parse("carrier-pigeon"), None);
     }

@@ -117,6 +117,12 @@ impl Gateway {
         serde_norway::from_str(&std::fs::read_to_string(&manifests[0]).unwrap()).unwrap()
     }
 
+    /// Every request written, in manifest order.
+    pub fn requests(&self) -> Vec<RemediationRequest> {
+        let read = |p: &PathBuf| serde_norway::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        self.manifests().iter().map(read).collect()
+    }
+
     pub fn read(&self, namespace: &str, name: &str) -> RemediationRequest {
         let path = self.dir.path().join(namespace).join(format!("{name}.yaml"));
         serde_norway::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"))).unwrap()
@@ -190,6 +196,16 @@ pub fn manifests_in(dir: &std::path::Path) -> Vec<PathBuf> {
 pub fn occurrences(request: &RemediationRequest) -> u64 {
     let dedup = request.status.as_ref().and_then(|s| s.deduplication.as_ref());
     dedup.expect("status.deduplication is set").occurrence_count
+}
+
+/// The body of an RFC 7807 problem answer of `status`, checked for its shape.
+pub async fn problem(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status().as_u16(), status);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(body["type"].as_str().unwrap().starts_with("https://tidegate.dev/problems/"));
+    body
 }
 
 /// How many responses had each status code.
