@@ -71,7 +71,8 @@ impl Default for KubeOptions {
 pub const CREATE_MARK: &str = "tidegate.dev/create-id";
 
 /// Requests the watch reported deleted that this replica remembers, at most. Past
-/// it the oldest are forgotten, and a lookup of one costs a GET instead.
+/// it the oldest are forgotten: one of those repeated within the dedup window
+/// would look merely unseen, and be created again under its old name.
 const DELETED_REMEMBERED: usize = 10_000;
 
 pub struct KubeSink {
