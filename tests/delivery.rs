@@ -158,16 +158,6 @@ async fn an_incident_last_seen_beyond_the_window_is_new_after_a_restart() {
     assert_eq!(gw.manifests().len(), 2);
 }
 
-/// Waits until the gateway's sink sees the request at `at` as `expected`.
-async fn seen_as(gw: &Gateway, at: &RequestRef, expected: Lookup) {
-    let sink = gw.running().sink.clone();
-    eventually("the sink directory's index to catch up", || {
-        let seen = sink.lookup(at);
-        async move { seen == expected }
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_request_finished_by_hand_lets_the_next_occurrence_open_a_new_one() {
     let mut gw = start_with(|_| {}).await;
@@ -176,7 +166,7 @@ async fn a_request_finished_by_hand_lets_the_next_occurrence_open_a_new_one() {
     // What a controller does: write the phase, here straight into the file.
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("status:\n", "status:\n  phase: Completed\n")).unwrap();
-    seen_as(&gw, &at(&first), Lookup::Terminal).await;
+    gw.sink_sees(&at(&first), Lookup::Terminal).await;
 
     gw.clock.advance(Duration::from_secs(5));
     let (status, next) = post(&gw, &webhook(vec![alert("HighMemory", "shop", "web-0")])).await;
@@ -192,7 +182,7 @@ async fn a_request_removed_by_hand_is_known_gone_at_once() {
     let (_, first) = post(&gw, &webhook(vec![alert("HighMemory", "shop", "web-0")])).await;
     let path = gw.dir.path().join("shop").join(format!("{}.yaml", first["name"].as_str().unwrap()));
     std::fs::remove_file(&path).unwrap();
-    seen_as(&gw, &at(&first), Lookup::Deleted).await;
+    gw.sink_sees(&at(&first), Lookup::Deleted).await;
 
     gw.clock.advance(Duration::from_secs(1));
     let (status, next) = post(&gw, &webhook(vec![alert("HighMemory", "shop", "web-0")])).await;

@@ -42,12 +42,7 @@ fn at(body: &Value) -> RequestRef {
 
 /// Waits until this gateway's watch-fed cache sees the request as `expected`.
 async fn cached(gw: &Gateway, at: &RequestRef, expected: Lookup) {
-    let sink = gw.running().sink.clone();
-    eventually("the watch cache to catch up", || {
-        let seen = sink.lookup(at);
-        async move { seen == expected }
-    })
-    .await;
+    gw.sink_sees(at, expected).await
 }
 
 /// Requests to RemediationRequests other than watches, as the proxy saw them.

@@ -320,9 +320,14 @@ impl Pipeline {
                     self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
                     return Ok(self.outcome(signal, OutcomeStatus::Duplicate, Some(open.at), entry.count));
                 }
-                if let Some((scope, window)) = self.open_window(signal, asked, now) {
-                    // Likewise for a storm: its aggregated request's window is still
-                    // open, so the alert folds into it instead of opening an incident.
+                // Likewise for a storm: its aggregated request's window is still open,
+                // so the alert folds into it instead of opening an incident. Only a
+                // window opened before this alert was decided: the store folds every
+                // alert after a window it knows, so a window it opened in the same
+                // second, after deciding this one, is no window it lost, and this
+                // alert came before the storm.
+                let lost = self.open_window(signal, asked, now).filter(|(_, w)| w.id < entry.first_seen_s);
+                if let Some((scope, window)) = lost {
                     return self.rejoin(signal, asked, scope, window, now).await;
                 }
                 self.open(signal, entry).await

@@ -128,6 +128,17 @@ impl Gateway {
         serde_norway::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"))).unwrap()
     }
 
+    /// Waits until the gateway's sink sees the request at `at` as `expected`: its
+    /// watch (of the cluster, or of the manifest directory) has caught up.
+    pub async fn sink_sees(&self, at: &tidegate::sink::RequestRef, expected: tidegate::sink::Lookup) {
+        let sink = self.running().sink.clone();
+        eventually("the sink's view to catch up", || {
+            let seen = sink.lookup(at);
+            async move { seen == expected }
+        })
+        .await;
+    }
+
     /// Shuts down gracefully and starts again with the same configuration, clock and
     /// sink directory, as a deploy does (on a new port).
     pub async fn restart(&mut self) {
