@@ -68,6 +68,9 @@ struct Inner {
     /// Source → GCRA theoretical arrival time, in ms.
     budgets: HashMap<String, u64>,
     budget_deadlines: Deadlines<String>,
+    /// Replay-protection ids → the second their sighting expires.
+    sightings: HashMap<Key, u32>,
+    sighting_deadlines: Deadlines<Key>,
     shutdown: bool,
 }
 
@@ -382,6 +385,40 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Sightings count against `max_entries` on their own: a flood of signed
+    /// messages can fill the replay store (then refused with 503, which the sender
+    /// retries) but never crowd out open incidents.
+    fn first_sighting_now(&self, id: Key, ttl: Duration) -> Result<bool, StateError> {
+        let now_s = self.shared.clock.now_s();
+        // Whole seconds: a second more than asked rather than up to one less.
+        let deadline = now_s.saturating_add(ttl.as_secs().max(1) as u32 + 1);
+        let mut inner = self.shared.lock();
+        let inner = &mut *inner;
+        let full = inner.sightings.len() >= self.shared.max_entries;
+        match inner.sightings.entry(id) {
+            MapEntry::Occupied(e) if *e.get() > now_s => Ok(false),
+            // Expired, not yet purged: its heap item re-files itself at the new deadline.
+            MapEntry::Occupied(mut e) => {
+                *e.get_mut() = deadline;
+                Ok(true)
+            }
+            MapEntry::Vacant(v) => {
+                if full {
+                    return Err(StateError::Full { max_entries: self.shared.max_entries });
+                }
+                v.insert(deadline);
+                let notify = inner.sighting_deadlines.next().is_none();
+                inner.sighting_deadlines.file(deadline, id);
+                if notify {
+                    self.shared.purge_wakeup.notify_one();
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
 /// Counts a repeat of an open incident; `last_seen` never moves backwards.
 fn seen_again(entry: &mut Entry, now_s: u32) -> Entry {
     entry.last_seen_s = entry.last_seen_s.max(now_s);
@@ -409,17 +446,31 @@ impl Shared {
     fn purge(&self) -> Option<u32> {
         let now_s = self.clock.now_s();
         let mut inner = self.lock();
-        let Inner { entries, entry_deadlines, scopes, scope_deadlines, budgets, budget_deadlines, .. } = &mut *inner;
+        let Inner {
+            entries,
+            entry_deadlines,
+            scopes,
+            scope_deadlines,
+            budgets,
+            budget_deadlines,
+            sightings,
+            sighting_deadlines,
+            ..
+        } = &mut *inner;
         let window_s = self.window_s;
         let mut budget = PURGE_CHUNK;
         budget -= entry_deadlines.expire(now_s, entries, |e| e.last_seen_s.saturating_add(window_s), budget);
         budget -= scope_deadlines.expire(now_s, scopes, |s| s.deadline(&self.storms), budget);
-        budget_deadlines.expire(now_s, budgets, |tat| deadline_s(*tat), budget);
+        budget -= budget_deadlines.expire(now_s, budgets, |tat| deadline_s(*tat), budget);
+        sighting_deadlines.expire(now_s, sightings, |deadline| *deadline, budget);
         if entries.capacity() > 4 * entries.len().max(1024) {
             entries.shrink_to(2 * entries.len());
         }
         entry_deadlines.shrink();
-        [entry_deadlines.next(), scope_deadlines.next(), budget_deadlines.next()].into_iter().flatten().min()
+        [entry_deadlines.next(), scope_deadlines.next(), budget_deadlines.next(), sighting_deadlines.next()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -482,6 +533,18 @@ impl StateStore for MemoryStore {
         Box::pin(async move { Ok(self.admit_now(source, limit, now_ms)) })
     }
 
+    fn first_sighting(&self, id: [u8; 16], ttl: Duration) -> BoxFuture<'_, Result<bool, StateError>> {
+        Box::pin(async move { self.first_sighting_now(id, ttl) })
+    }
+
+    fn forget_sighting(&self, id: [u8; 16]) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(async move {
+            // Its heap item finds nothing and is dropped.
+            self.shared.lock().sightings.remove(&id);
+            Ok(())
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>> {
         Box::pin(async { Ok(()) })
     }
@@ -541,6 +604,25 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(store.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sightings_are_bounded_by_max_entries_and_purged_after_their_ttl() {
+        let clock = Clock::manual(SystemTime::now());
+        let store = MemoryStore::new(2, Duration::from_secs(60), StormRules::default(), clock.clone());
+        let ttl = Duration::from_secs(300);
+        assert!(store.first_sighting([1; 16], ttl).await.unwrap());
+        assert!(store.first_sighting([2; 16], ttl).await.unwrap());
+        let full = store.first_sighting([3; 16], ttl).await.unwrap_err();
+        assert!(matches!(full, StateError::Full { max_entries: 2 }));
+        assert!(!store.first_sighting([1; 16], ttl).await.unwrap(), "a full store still answers for known ids");
+        clock.advance(Duration::from_secs(302));
+        tokio::time::advance(Duration::from_secs(302)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.shared.lock().sightings.len(), 0);
+        assert!(store.first_sighting([3; 16], ttl).await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]

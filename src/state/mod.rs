@@ -16,6 +16,7 @@ pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -313,6 +314,17 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Decision, StateError>> {
         Box::pin(admit_then_observe(self, charge, batch, now_s))
     }
+
+    /// Records `id` as seen for `ttl` and answers whether this is its first
+    /// sighting in that time: atomically, so of two replicas racing on one id
+    /// exactly one sees `true`. The replay store of signed webhooks: `id` is a digest
+    /// of a message id, fixed-size whatever the sender sends.
+    fn first_sighting(&self, id: [u8; 16], ttl: Duration) -> BoxFuture<'_, Result<bool, StateError>>;
+
+    /// Forgets a sighting, so that the retry of a message that was refused after
+    /// [`first_sighting`](Self::first_sighting) (the sink was down, say) is not
+    /// taken for a replay.
+    fn forget_sighting(&self, id: [u8; 16]) -> BoxFuture<'_, Result<(), StateError>>;
 
     /// Cheap liveness check used by `/readyz`.
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>>;

@@ -55,6 +55,9 @@ macro_rules! conformance_suite {
             a_limited_charged_batch_records_nothing,
             adopted_incident_continues_its_count,
             an_adopted_window_folds_its_alerts_and_their_repeats,
+            an_id_is_sighted_first_once_until_its_ttl_lapses,
+            of_concurrent_sightings_of_one_id_exactly_one_is_first,
+            a_forgotten_sighting_is_first_again,
         );
     };
     (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -429,4 +432,50 @@ pub async fn an_adopted_window_folds_its_alerts_and_their_repeats(store: Arc<dyn
     // ...and an adopted alert's repeat folds too: it has no incident of its own.
     let repeat = folded(&one(&*store, o, T0 + 1).await);
     assert_eq!((repeat.window_id, repeat.alert_count), (T0 - 30, 43));
+}
+
+// The replay store of signed webhooks.
+
+/// An id unique to a case, so cases may share one server.
+fn sighting(case: &str, n: u8) -> [u8; 16] {
+    let mut id = [n; 16];
+    id[..case.len().min(15)].copy_from_slice(&case.as_bytes()[..case.len().min(15)]);
+    id
+}
+
+pub async fn an_id_is_sighted_first_once_until_its_ttl_lapses(store: Arc<dyn StateStore>) {
+    let (id, other) = (sighting("ttl", 0), sighting("ttl", 1));
+    assert!(store.first_sighting(id, Duration::from_secs(1)).await.unwrap());
+    assert!(!store.first_sighting(id, Duration::from_secs(1)).await.unwrap());
+    assert!(store.first_sighting(other, Duration::from_secs(60)).await.unwrap());
+    // Stores keep their own time here (Redis expires keys itself): poll.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !store.first_sighting(id, Duration::from_secs(60)).await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "the sighting outlived its ttl");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!store.first_sighting(other, Duration::from_secs(60)).await.unwrap(), "a longer ttl still holds");
+}
+
+pub async fn of_concurrent_sightings_of_one_id_exactly_one_is_first(store: Arc<dyn StateStore>) {
+    let id = sighting("race", 0);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.first_sighting(id, Duration::from_secs(60)).await.unwrap() })
+        })
+        .collect();
+    let mut firsts = 0;
+    for task in tasks {
+        firsts += task.await.unwrap() as u32;
+    }
+    assert_eq!(firsts, 1);
+}
+
+pub async fn a_forgotten_sighting_is_first_again(store: Arc<dyn StateStore>) {
+    let id = sighting("forget", 0);
+    assert!(store.first_sighting(id, Duration::from_secs(60)).await.unwrap());
+    store.forget_sighting(id).await.unwrap();
+    assert!(store.first_sighting(id, Duration::from_secs(60)).await.unwrap());
+    assert!(!store.first_sighting(id, Duration::from_secs(60)).await.unwrap());
 }

@@ -287,6 +287,29 @@ impl Shared {
         }
     }
 
+    /// `SET <id key> 1 NX EX <ttl>`: set only if absent, so exactly one replica
+    /// sees a given id first.
+    async fn first_sighting(&self, id: [u8; 16], ttl: Duration) -> Result<bool, StateError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.schema.sighting_key(&id)).arg(1).arg("NX").arg("EX").arg(ttl.as_secs().max(1));
+        let reply: Value = self.guarded(self.query(&cmd)).await?;
+        Ok(matches!(reply, Value::Okay))
+    }
+
+    async fn forget_sighting(&self, id: [u8; 16]) -> Result<(), StateError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.schema.sighting_key(&id));
+        self.guarded(self.query::<()>(&cmd)).await
+    }
+
+    /// Runs one command on whichever topology.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        match self.conn.handle() {
+            Handle::Single(mut c) => cmd.query_async(&mut c).await,
+            Handle::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
     fn classify(&self, e: &RedisError) -> StateError {
         if is_oom(e) {
             self.out_of_memory.store(true, Ordering::Relaxed);
@@ -572,6 +595,14 @@ impl StateStore for RedisStore {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Admission, StateError>> {
         Box::pin(self.shared.admit(source, limit, now_ms))
+    }
+
+    fn first_sighting(&self, id: [u8; 16], ttl: Duration) -> BoxFuture<'_, Result<bool, StateError>> {
+        Box::pin(self.shared.first_sighting(id, ttl))
+    }
+
+    fn forget_sighting(&self, id: [u8; 16]) -> BoxFuture<'_, Result<(), StateError>> {
+        Box::pin(self.shared.forget_sighting(id))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>> {

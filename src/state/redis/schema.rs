@@ -10,7 +10,8 @@
 //! fingerprint costs ~29 bytes of `used_memory` instead of ~190 for a key of its
 //! own. Every key expires one window after the last entry in it can be live. On
 //! Cluster the dedup hashes take the storm scope's hash tag instead, so one script
-//! reaches both in one slot. See `docs/redis.md` for every key and its cost.
+//! reaches both in one slot. Replay-protection ids of signed webhooks are keys of
+//! their own. See `docs/redis.md` for every key and its cost.
 
 use std::fmt;
 
@@ -95,6 +96,13 @@ impl Schema {
         self.key(KeyName::Budget(digest[..8].try_into().expect("8 of 32 bytes")))
     }
 
+    /// A replay-protection id's key: a string set with `NX EX`, tagged with the
+    /// id itself (it is only ever touched alone, so any slot will do, and the ids
+    /// spread evenly over a Cluster).
+    pub fn sighting_key(&self, id: &[u8; 16]) -> Key<'_> {
+        self.key(KeyName::Sighting(*id))
+    }
+
     fn key(&self, name: KeyName) -> Key<'_> {
         Key { prefix: &self.prefix, name }
     }
@@ -116,6 +124,8 @@ enum KeyName {
     Storm { scope: [u8; 16], part: StormPart },
     /// `<prefix>r:{<source hash>}`
     Budget([u8; 8]),
+    /// `<prefix>m:{<id digest>}`
+    Sighting([u8; 16]),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -173,6 +183,11 @@ impl Key<'_> {
             KeyName::Budget(digest) => {
                 out.write_all(b"r:{")?;
                 hex(out, &digest)?;
+                out.write_all(b"}")
+            }
+            KeyName::Sighting(id) => {
+                out.write_all(b"m:{")?;
+                hex(out, &id)?;
                 out.write_all(b"}")
             }
         }
@@ -233,6 +248,8 @@ mod tests {
         assert_eq!(storm, [format!("{tag}:r:10"), format!("{tag}:p:5"), format!("{tag}:w"), format!("{tag}:wr")]);
         let budget = cluster.budget_key("10.0.0.1").to_string();
         assert!(budget.starts_with("tg:r:{") && budget.ends_with('}') && budget.len() == "tg:r:{}".len() + 16);
+        let sighting = cluster.sighting_key(&[0xcd; 16]).to_string();
+        assert_eq!(sighting, format!("tg:m:{{{}}}", "cd".repeat(16)));
     }
 
     #[test]
