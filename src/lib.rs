@@ -3,9 +3,11 @@
 //! Alertmanager webhooks and Kubernetes Events come in over HTTP ([`http`]), are
 //! normalised into [`signal::Signal`]s by [`ingest`], decided by the [`pipeline`]
 //! against shared [`state`], and written out as RemediationRequests by a [`sink`].
-//! [`gateway`] wires these together from one [`config::Config`].
+//! [`auth`] decides who may submit. [`gateway`] wires these together from one
+//! [`config::Config`].
 
 pub mod allocator;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -18,4 +20,5 @@ pub mod signal;
 pub mod sink;
 pub mod state;
 pub mod telemetry;
+pub mod watched;
 pub mod workload;

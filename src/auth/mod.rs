@@ -1,0 +1,527 @@
+//! Who may submit signals: the `auth` section, its authenticators, and the chain
+//! each endpoint checks a request against.
+//!
+//! An endpoint has an ordered list of authenticators. The first that recognises
+//! the request's credentials decides: it answers with the sender's [`Identity`], or
+//! with an [`AuthError`]. One that does not recognise them (no credentials of its
+//! kind, a token it does not know) passes the request on; if none recognises them,
+//! the request is unauthenticated (401).
+//!
+//! Credentials are checked from the request's head, before its body is read, except
+//! by the HMAC authenticators, whose signature covers the body: they recognise the
+//! request from its head and verify it once the (bounded) body is read.
+//!
+//! Nothing here ever logs or formats a credential: secrets are held in [`Secret`],
+//! whose `Debug` is redacted, and caches key on a SHA-256 of the credential.
+
+pub mod basic;
+pub mod bearer;
+pub mod cache;
+pub mod cert;
+pub mod hmac;
+pub mod kubernetes;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::watched::LoadError;
+
+/// The `auth` section: named authenticators, and which of them each endpoint
+/// tries, in order. Written `auth: none`, authentication is off on purpose.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(try_from = "AuthSetting", into = "AuthSetting")]
+pub struct AuthConfig {
+    /// Authentication was turned off explicitly (`auth: none`).
+    pub none: bool,
+    pub sections: AuthSections,
+}
+
+/// The `auth` section as written: `none`, or the sections.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+enum AuthSetting {
+    Off(Off),
+    On(AuthSections),
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Off {
+    None,
+}
+
+impl From<AuthSetting> for AuthConfig {
+    fn from(setting: AuthSetting) -> Self {
+        match setting {
+            AuthSetting::Off(Off::None) => AuthConfig { none: true, sections: AuthSections::default() },
+            AuthSetting::On(sections) => AuthConfig { none: false, sections },
+        }
+    }
+}
+
+impl From<AuthConfig> for AuthSetting {
+    fn from(config: AuthConfig) -> Self {
+        if config.none {
+            AuthSetting::Off(Off::None)
+        } else {
+            AuthSetting::On(config.sections)
+        }
+    }
+}
+
+/// The authenticators, and which endpoint uses which.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSections {
+    /// Authenticators by name. A name is what endpoint lists refer to, and the
+    /// metric label of senders it identifies that have no configured name of their
+    /// own.
+    pub authenticators: BTreeMap<String, AuthenticatorConfig>,
+    /// The authenticators every endpoint tries, in order, unless it has a list in
+    /// `endpoints`.
+    pub default: Vec<String>,
+    /// Per endpoint (its route, e.g. `/api/v2/alerts`): the authenticators it tries,
+    /// in order, instead of `default`.
+    pub endpoints: BTreeMap<String, Vec<String>>,
+}
+
+/// One authenticator: its kind and settings.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthenticatorConfig {
+    /// Static bearer tokens (`Authorization: Bearer`), read from files.
+    Bearer(bearer::BearerConfig),
+    /// HTTP basic auth with bcrypt-hashed passwords.
+    Basic(basic::BasicConfig),
+    /// Standard Webhooks HMAC signatures (`webhook-signature`).
+    StandardWebhooks(hmac::StandardWebhooksConfig),
+    /// Grafana Alerting's HMAC signature header.
+    Grafana(hmac::GrafanaConfig),
+    /// Kubernetes service-account tokens: TokenReview, then SubjectAccessReview.
+    Kubernetes(kubernetes::KubernetesConfig),
+    /// The verified client certificate of the TLS connection.
+    ClientCertificate(cert::ClientCertificateConfig),
+}
+
+impl AuthenticatorConfig {
+    fn kind(&self) -> &'static str {
+        match self {
+            AuthenticatorConfig::Bearer(_) => "bearer",
+            AuthenticatorConfig::Basic(_) => "basic",
+            AuthenticatorConfig::StandardWebhooks(_) => "standard_webhooks",
+            AuthenticatorConfig::Grafana(_) => "grafana",
+            AuthenticatorConfig::Kubernetes(_) => "kubernetes",
+            AuthenticatorConfig::ClientCertificate(_) => "client_certificate",
+        }
+    }
+}
+
+/// Why the `auth` section cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("auth.{list} names {name:?}, which is not in auth.authenticators")]
+    Unknown { list: String, name: String },
+    #[error("auth.authenticators.{name}: {source}")]
+    Load {
+        name: String,
+        #[source]
+        source: LoadError,
+    },
+    #[error("auth.authenticators.{name}: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("auth.authenticators.{name}: a kubernetes authenticator needs a Kubernetes client")]
+    NoKubeClient { name: String },
+}
+
+impl AuthConfig {
+    /// Whether any endpoint checks credentials.
+    pub fn enabled(&self) -> bool {
+        !self.none && (!self.sections.default.is_empty() || self.sections.endpoints.values().any(|l| !l.is_empty()))
+    }
+
+    /// Builds every authenticator (reading its files) and each endpoint's chain.
+    /// `kube` is required when a `kubernetes` authenticator is configured.
+    pub fn build(&self, kube: Option<kube::Client>) -> Result<Auth, BuildError> {
+        if self.none {
+            return Ok(Auth { default: None, endpoints: BTreeMap::new() });
+        }
+        let s = &self.sections;
+        let mut built = BTreeMap::new();
+        for (name, config) in &s.authenticators {
+            let label: Arc<str> = name.as_str().into();
+            let invalid = |reason: String| BuildError::Invalid { name: name.clone(), reason };
+            let load = |source| BuildError::Load { name: name.clone(), source };
+            let authenticator = match config {
+                AuthenticatorConfig::Bearer(c) => Authenticator::Bearer(bearer::Tokens::load(c).map_err(load)?),
+                AuthenticatorConfig::Basic(c) => Authenticator::Basic(basic::Users::new(c).map_err(invalid)?),
+                AuthenticatorConfig::StandardWebhooks(c) => {
+                    Authenticator::StandardWebhooks(hmac::StandardWebhooks::load(name, c).map_err(load)?)
+                }
+                AuthenticatorConfig::Grafana(c) => Authenticator::Grafana(hmac::Grafana::load(c).map_err(load)?),
+                AuthenticatorConfig::Kubernetes(c) => {
+                    let client = kube.clone().ok_or_else(|| BuildError::NoKubeClient { name: name.clone() })?;
+                    Authenticator::Kubernetes(Box::new(
+                        kubernetes::Reviewer::new(client, c, label.clone()).map_err(invalid)?,
+                    ))
+                }
+                AuthenticatorConfig::ClientCertificate(c) => {
+                    Authenticator::ClientCertificate(cert::Certificates::new(c, label.clone()))
+                }
+            };
+            built.insert(name.clone(), Arc::new(authenticator));
+        }
+        let chain = |list: &str, names: &[String]| -> Result<Option<Arc<Chain>>, BuildError> {
+            if names.is_empty() {
+                return Ok(None);
+            }
+            let steps = names
+                .iter()
+                .map(|n| {
+                    built.get(n).cloned().ok_or_else(|| BuildError::Unknown { list: list.into(), name: n.clone() })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(Arc::new(Chain::new(steps))))
+        };
+        let default = chain("default", &s.default)?;
+        let mut endpoints = BTreeMap::new();
+        for (route, names) in &s.endpoints {
+            endpoints.insert(route.clone(), chain(&format!("endpoints.{route}"), names)?);
+        }
+        Ok(Auth { default, endpoints })
+    }
+
+    /// The kinds of the authenticators configured, for start-up logs.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.sections.authenticators.values().map(AuthenticatorConfig::kind).collect()
+    }
+}
+
+/// Every endpoint's chain, built.
+pub struct Auth {
+    default: Option<Arc<Chain>>,
+    /// A route with `None` has an empty list: it checks nothing.
+    endpoints: BTreeMap<String, Option<Arc<Chain>>>,
+}
+
+impl Auth {
+    /// The chain `route` checks requests against; `None` if it checks nothing.
+    pub fn chain(&self, route: &str) -> Option<Arc<Chain>> {
+        match self.endpoints.get(route) {
+            Some(chain) => chain.clone(),
+            None => self.default.clone(),
+        }
+    }
+}
+
+/// A secret: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<[u8]>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Box<[u8]>>) -> Self {
+        Secret(bytes.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Who sent a request, as an authenticator established it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The sender's name: the rate-limit key, the `tidegate.dev/submitted-by`
+    /// annotation and the audit log's actor.
+    pub name: Arc<str>,
+    /// A name from the configuration (a configured source, user or authenticator),
+    /// so that metric labels stay bounded whatever senders present.
+    pub label: Arc<str>,
+    /// The kind of authenticator that established it.
+    pub method: &'static str,
+}
+
+impl Identity {
+    fn new(name: impl Into<Arc<str>>, label: Arc<str>, method: &'static str) -> Self {
+        Identity { name: name.into(), label, method }
+    }
+}
+
+/// Why a request's credentials were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials any authenticator of the endpoint looks for (401).
+    #[error("no credentials were presented")]
+    Missing,
+    /// Credentials were presented but not accepted (401).
+    #[error("the credentials were not accepted: {0}")]
+    Rejected(Rejection),
+    /// The sender is known but may not submit signals here (403).
+    #[error("{name} is not allowed to submit signals: {reason}")]
+    Forbidden { name: String, reason: String },
+    /// The authority that checks the credentials could not answer; the sender
+    /// should retry (503 with `Retry-After`, never 401).
+    #[error("cannot check the credentials now: {0}")]
+    Unavailable(#[source] kubernetes::ReviewError),
+    /// The replay store could not answer; the sender should retry (503).
+    #[error("cannot check for replays now: {0}")]
+    ReplayStore(#[source] crate::state::StateError),
+}
+
+/// Why presented credentials were not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("no authenticator recognised them")]
+    Unknown,
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("wrong password")]
+    WrongPassword,
+    #[error("the signature does not match")]
+    BadSignature,
+    #[error("the signature's timestamp is outside the tolerance of {tolerance_s}s")]
+    Stale { tolerance_s: u64 },
+    #[error("this message id was already delivered")]
+    Replayed,
+    /// The token authority's own words (TokenReview's `status.error`): expired,
+    /// wrong audience, unknown.
+    #[error("token review: {0}")]
+    NotAuthenticated(String),
+}
+
+impl AuthError {
+    /// The metric label of this refusal: one place maps errors to reasons.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "auth_missing",
+            AuthError::Rejected(Rejection::Replayed) => "auth_replayed",
+            AuthError::Rejected(Rejection::Stale { .. }) => "auth_stale",
+            AuthError::Rejected(_) => "auth_rejected",
+            AuthError::Forbidden { .. } => "auth_forbidden",
+            AuthError::Unavailable(_) | AuthError::ReplayStore(_) => "auth_unavailable",
+        }
+    }
+}
+
+/// What a request presents: its headers and, over TLS, its verified client
+/// certificate.
+#[derive(Clone, Copy)]
+pub struct Presented<'a> {
+    pub headers: &'a HeaderMap,
+    pub peer: Option<&'a cert::PeerCertificate>,
+}
+
+/// One configured authenticator.
+pub enum Authenticator {
+    Bearer(bearer::Tokens),
+    Basic(basic::Users),
+    StandardWebhooks(hmac::StandardWebhooks),
+    Grafana(hmac::Grafana),
+    /// Boxed: its API handles make it several times the size of the others.
+    Kubernetes(Box<kubernetes::Reviewer>),
+    ClientCertificate(cert::Certificates),
+}
+
+/// What an authenticator makes of a request's head.
+enum Step {
+    /// Not credentials of its kind, or not ones it knows: the next one is asked.
+    Pass(Option<Rejection>),
+    Identified(Identity),
+    /// Its signature is on the request: the body decides.
+    NeedsBody,
+}
+
+impl Authenticator {
+    async fn check_head(&self, presented: &Presented<'_>) -> Result<Step, AuthError> {
+        match self {
+            Authenticator::Bearer(tokens) => Ok(tokens.check(presented.headers)),
+            Authenticator::Basic(users) => users.check(presented.headers).await,
+            Authenticator::StandardWebhooks(s) => Ok(s.recognises(presented.headers)),
+            Authenticator::Grafana(g) => Ok(g.recognises(presented.headers)),
+            Authenticator::Kubernetes(reviewer) => reviewer.check(presented.headers).await,
+            Authenticator::ClientCertificate(certs) => Ok(certs.check(presented.peer)),
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of its kind.
+    fn challenge(&self) -> &'static str {
+        match self {
+            Authenticator::Bearer(_) | Authenticator::Kubernetes(_) => r#"Bearer realm="tidegate""#,
+            Authenticator::Basic(_) => r#"Basic realm="tidegate", charset="UTF-8""#,
+            Authenticator::StandardWebhooks(_) | Authenticator::Grafana(_) => r#"Signature realm="tidegate""#,
+            Authenticator::ClientCertificate(_) => r#"Certificate realm="tidegate""#,
+        }
+    }
+}
+
+/// An endpoint's authenticators, in order.
+pub struct Chain {
+    steps: Vec<Arc<Authenticator>>,
+    challenge: HeaderValue,
+}
+
+/// What a chain makes of a request's head.
+pub enum Checked {
+    Identified(Identity),
+    /// An HMAC authenticator recognised the request: [`Pending::verify`] decides
+    /// once the body is read.
+    Pending(Pending),
+}
+
+/// An HMAC authenticator waiting for the body its signature covers.
+pub struct Pending(Arc<Authenticator>);
+
+impl Chain {
+    fn new(steps: Vec<Arc<Authenticator>>) -> Self {
+        let mut challenges: Vec<&str> = Vec::new();
+        for step in &steps {
+            if !challenges.contains(&step.challenge()) {
+                challenges.push(step.challenge());
+            }
+        }
+        let challenge = HeaderValue::from_str(&challenges.join(", ")).expect("static challenges are valid");
+        Chain { steps, challenge }
+    }
+
+    /// The `WWW-Authenticate` value of a 401 from this chain.
+    pub fn challenge(&self) -> &HeaderValue {
+        &self.challenge
+    }
+
+    /// Checks the request's head: the first authenticator that recognises the
+    /// credentials decides.
+    pub async fn check(&self, presented: &Presented<'_>) -> Result<Checked, AuthError> {
+        let mut rejection = None;
+        for step in &self.steps {
+            match step.check_head(presented).await? {
+                Step::Identified(identity) => return Ok(Checked::Identified(identity)),
+                Step::NeedsBody => return Ok(Checked::Pending(Pending(step.clone()))),
+                Step::Pass(why) => rejection = why.or(rejection),
+            }
+        }
+        let presented_any = presented.headers.contains_key(axum::http::header::AUTHORIZATION)
+            || presented.peer.is_some()
+            || rejection.is_some();
+        Err(match (rejection, presented_any) {
+            (Some(why), _) => AuthError::Rejected(why),
+            (None, true) => AuthError::Rejected(Rejection::Unknown),
+            (None, false) => AuthError::Missing,
+        })
+    }
+}
+
+impl Pending {
+    /// Verifies the signature over `body`, then records the message as seen in
+    /// `replays` (a replayed message is refused) at `now_s`, Unix seconds.
+    pub async fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_s: u64,
+        replays: &dyn crate::state::StateStore,
+    ) -> Result<Identity, AuthError> {
+        match &*self.0 {
+            Authenticator::StandardWebhooks(s) => s.verify(headers, body, now_s, replays).await,
+            Authenticator::Grafana(g) => g.verify(headers, body, now_s),
+            _ => unreachable!("only HMAC authenticators wait for the body"),
+        }
+    }
+
+    /// What a successful [`Pending::verify`] recorded in the replay store, so that
+    /// a request answered 5xx can be forgotten and its retry accepted.
+    pub fn replay_key(&self, headers: &HeaderMap) -> Option<[u8; 16]> {
+        match &*self.0 {
+            Authenticator::StandardWebhooks(s) => s.replay_key(headers),
+            _ => None,
+        }
+    }
+}
+
+/// The credential of an `Authorization: <scheme> <credential>` header, if it has
+/// that scheme (compared case-insensitively, as RFC 9110 says).
+fn authorization<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (given, credential) = value.split_once(' ')?;
+    given.eq_ignore_ascii_case(scheme).then(|| credential.trim())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn auth_none_is_explicit_and_distinct_from_an_empty_section() {
+        let off: AuthConfig = serde_norway::from_str("none").unwrap();
+        assert!(off.none && !off.enabled());
+        let empty: AuthConfig = serde_norway::from_str("{}").unwrap();
+        assert!(!empty.none && !empty.enabled());
+        assert!(serde_norway::from_str::<AuthConfig>("nothing").is_err());
+        assert_eq!(serde_norway::to_string(&off).unwrap().trim(), "none");
+    }
+
+    #[test]
+    fn an_endpoint_list_naming_an_unknown_authenticator_is_refused() {
+        let config: AuthConfig = serde_norway::from_str("default: [ghost]").unwrap();
+        let err = config.build(None).err().unwrap().to_string();
+        assert_eq!(err, r#"auth.default names "ghost", which is not in auth.authenticators"#);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secret = Secret::new(b"hunter2".to_vec());
+        assert_eq!(format!("{secret:?}"), "Secret([redacted])");
+    }
+
+    #[tokio::test]
+    async fn the_first_authenticator_that_recognises_the_credentials_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("am"), "token-a\n").unwrap();
+        let yaml = format!(
+            "authenticators:\n  tokens:\n    bearer:\n      tokens:\n        alertmanager: {}\n  \
+             users:\n    basic:\n      users:\n        ops: {}\n\
+             default: [users, tokens]\n\
+             endpoints:\n  /open: []\n",
+            dir.path().join("am").display(),
+            bcrypt::hash("pw", 4).unwrap(),
+        );
+        let config: AuthConfig = serde_norway::from_str(&yaml).unwrap();
+        let auth = config.build(None).unwrap();
+        assert!(auth.chain("/open").is_none(), "an empty list checks nothing");
+        let chain = auth.chain("/api/v2/alerts").unwrap();
+        assert_eq!(chain.challenge(), r#"Basic realm="tidegate", charset="UTF-8", Bearer realm="tidegate""#);
+
+        let check = |pairs: &'static [(&str, &str)]| {
+            let chain = chain.clone();
+            async move {
+                let h = headers(pairs);
+                match chain.check(&Presented { headers: &h, peer: None }).await {
+                    Ok(Checked::Identified(id)) => Ok(id.name.to_string()),
+                    Ok(Checked::Pending(_)) => Ok("pending".into()),
+                    Err(e) => Err(e.reason()),
+                }
+            }
+        };
+        assert_eq!(check(&[("authorization", "Bearer token-a")]).await, Ok("alertmanager".into()));
+        assert_eq!(check(&[("authorization", "Basic b3BzOnB3")]).await, Ok("ops".into())); // ops:pw
+        assert_eq!(check(&[("authorization", "Basic b3BzOm5v")]).await, Err("auth_rejected")); // ops:no
+        assert_eq!(check(&[("authorization", "Bearer token-b")]).await, Err("auth_rejected"));
+        assert_eq!(check(&[]).await, Err("auth_missing"));
+    }
+}
