@@ -7,6 +7,7 @@ mod budget;
 mod probes;
 pub mod problem;
 mod signals;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
