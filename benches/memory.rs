@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use rss::rss_bytes;
 use tidegate::clock::Clock;
 use tidegate::signal::{Fingerprint, SignalStatus};
-use tidegate::state::memory::MemoryStore;
-use tidegate::state::{Observation, StateStore, StormRules, Verdict};
+use tidegate::state::memory::{MemoryConfig, MemoryStore};
+use tidegate::state::{Observation, StateStore, StormConfig, Verdict};
 
 // The allocator the gateway's binary uses, tuned the same way, so the reading is
 // what the gateway would pay.
@@ -55,7 +55,12 @@ async fn run() -> ExitCode {
     }
 
     let clock = Clock::System;
-    let store = MemoryStore::new(MAX_ENTRIES, Duration::from_secs(300), StormRules::default(), clock.clone());
+    let store = MemoryStore::new(
+        &MemoryConfig { max_entries: MAX_ENTRIES },
+        Duration::from_secs(300),
+        &StormConfig::default(),
+        clock.clone(),
+    );
     let mut batch: Vec<Observation> = Vec::with_capacity(BATCH);
     // Let the purge task start and park, so its first poll is not in the reading.
     tokio::task::yield_now().await;

@@ -16,15 +16,12 @@ mod redis_support;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use redis_support::{RedisServer, ServerOptions};
 use tidegate::clock::Clock;
 use tidegate::signal::{Fingerprint, SignalStatus};
-use tidegate::state::redis::RedisStore;
 use tidegate::state::{Observation, StateStore, Verdict};
-use tidegate::telemetry::Metrics;
 
 const FINGERPRINTS: u64 = 1_000_000;
 /// Without `--bench` (that is, under `cargo test --all-targets`), a quick run that
@@ -36,8 +33,7 @@ const TARGET: f64 = 48.0;
 #[tokio::main]
 async fn main() -> ExitCode {
     let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
-    let options = server.bench_store_options();
-    let store = RedisStore::connect(options, Arc::new(Metrics::new())).await.expect("connecting");
+    let store = server.bench_store().await;
     let clock = Clock::System;
     let smoke = !std::env::args().any(|a| a == "--bench");
     let total = if smoke { SMOKE_FINGERPRINTS } else { FINGERPRINTS };

@@ -153,12 +153,6 @@ impl Problem {
         Problem::unavailable("timeout", format!("could not decide within {limit:?}; retry later"), retry_after_secs)
     }
 
-    /// The state store limited a batch that was not charged: it cannot happen, and
-    /// the sender's retry is safe if it does.
-    pub fn uncharged_limit(retry_after_secs: u32) -> Self {
-        Problem::unavailable("state_unavailable", "rate limit without a charge", retry_after_secs)
-    }
-
     pub fn shutting_down(retry_after_secs: u32) -> Self {
         Problem::unavailable("shutting_down", "tidegate is shutting down", retry_after_secs)
     }

@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Deserializer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
@@ -41,20 +42,21 @@ pub const SOURCE: Source = Source {
 };
 
 /// `cloudevents`: how events of each type become signals.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CloudEventsConfig {
-    /// Event `type` → its mapping. An event of any other type is refused with 400.
-    /// Default: Falco's `falco.rule.output.v1`, as Falcosidekick sends it (see
-    /// [`FALCO`]). Setting `types` replaces the default: keep that entry to keep
-    /// taking Falco's events.
+    /// Event `type` → its mapping; an event of any other type is refused with 400.
+    ///
+    /// The default maps Falco's `falco.rule.output.v1`, as Falcosidekick sends it
+    /// (see [`FALCO`]). Setting `types` replaces the default: keep that entry to
+    /// keep taking Falco's events.
     pub types: BTreeMap<String, Mapping>,
 }
 
 /// How events of one type become a signal. Every value is read through JSON
 /// pointers into the event; a pointer to a missing, `null` or empty value reads
 /// nothing, and the next pointer of the list is tried.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
     /// The signal name. Required: an event where it reads nothing is refused (400).
@@ -80,7 +82,7 @@ pub struct Mapping {
 }
 
 /// Where the severity is read, and how a sender's words become tidegate's.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SeverityMapping {
     pub from: Pointers,
@@ -94,7 +96,7 @@ pub struct SeverityMapping {
 
 /// One candidate target: a Kubernetes kind and where its name is read. The
 /// namespace is the signal's, or none for a cluster-scoped kind such as `Node`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetMapping {
     pub kind: String,
@@ -238,6 +240,28 @@ impl<'de> Deserialize<'de> for Pointers {
             }
         }
         deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for Pointers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => serializer.serialize_str(one),
+            many => many.serialize(serializer),
+        }
+    }
+}
+
+impl JsonSchema for Pointers {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Pointers".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A JSON pointer into the event, or a list of them tried in order.",
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+        })
     }
 }
 

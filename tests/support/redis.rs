@@ -209,19 +209,21 @@ impl RedisServer {
         self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Child::id)
     }
 
-    /// Options for a `RedisStore` on this server as a bench drives it: the gateway's
-    /// prefix, window and storm rules, a timeout no hiccup of a loaded machine
-    /// reaches, and no memory monitor running alongside.
-    pub fn bench_store_options(&self) -> tidegate::state::redis::RedisOptions {
-        tidegate::state::redis::RedisOptions {
-            topology: self.url().parse().expect("a redis:// URL"),
-            tls: Default::default(),
-            prefix: "tg:".into(),
-            window: Duration::from_secs(300),
-            storms: tidegate::state::StormRules::default(),
+    /// A `RedisStore` on this server as a bench drives it: the gateway's prefix,
+    /// window and storm rules, a timeout no hiccup of a loaded machine reaches, and
+    /// no memory monitor running alongside.
+    pub async fn bench_store(&self) -> tidegate::state::redis::RedisStore {
+        let config = tidegate::state::redis::RedisConfig {
             timeout: Duration::from_secs(5),
             monitor_interval: Duration::from_secs(3600),
-        }
+            ..Default::default()
+        };
+        let topology = self.url().parse().expect("a redis:// URL");
+        let (window, storms) = (Duration::from_secs(300), tidegate::state::StormConfig::default());
+        let metrics = std::sync::Arc::new(tidegate::telemetry::Metrics::new());
+        tidegate::state::redis::RedisStore::connect(&topology, &config, window, &storms, metrics)
+            .await
+            .expect("connecting")
     }
 
     /// `127.0.0.1:PORT`, as `redis-cli --cluster` and Sentinel spell addresses.
