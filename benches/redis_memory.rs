@@ -11,7 +11,7 @@
 
 #[path = "../tests/support/process.rs"]
 mod process;
-#[path = "../tests/support/redis.rs"]
+#[path = "../tests/support/redis/mod.rs"]
 mod redis_support;
 
 use std::collections::HashMap;

@@ -20,7 +20,7 @@
 mod cpu;
 #[path = "../tests/support/process.rs"]
 mod process;
-#[path = "../tests/support/redis.rs"]
+#[path = "../tests/support/redis/mod.rs"]
 mod redis_support;
 
 use std::process::ExitCode;

@@ -42,7 +42,7 @@ fn now_s() -> u32 {
 
 /// A gateway using `url` as its state, under a prefix of its own (or `prefix`).
 async fn gateway(url: &str, prefix: Option<String>, tweak: impl FnOnce(&mut tidegate::config::Config)) -> Gateway {
-    support::redis::register_memory_report(&FINGERPRINTS);
+    support::redis::report::register_memory_report(&FINGERPRINTS);
     let url = url.to_string();
     start_with(move |c| {
         c.state = StateBackend::Redis(url.parse().unwrap());

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Commands;
 use serde_json::Value;
-use support::redis::{ClusterSetup, RedisServer, SentinelSetup, ServerOptions, MASTER_NAME};
+use support::redis::cluster::ClusterSetup;
+use support::redis::sentinel::SentinelSetup;
+use support::redis::{RedisServer, ServerOptions, MASTER_NAME};
 use support::tls::Pki;
 use support::{alert, start_with, unique_prefix, webhook, Gateway};
 use tidegate::config::StateBackend;

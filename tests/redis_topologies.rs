@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::redis::{ClusterSetup, SentinelSetup, MASTER_NAME};
+use support::redis::cluster::ClusterSetup;
+use support::redis::sentinel::SentinelSetup;
+use support::redis::MASTER_NAME;
 use support::{alert, eventually, start_with, unique_prefix, webhook};
 use tidegate::config::StateBackend;
 use tidegate::state::redis::{RedisConfig, RedisStore};
