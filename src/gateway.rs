@@ -127,11 +127,9 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         clock,
-        http: Arc::new(config.http.clone()),
-        rate_limit: Arc::new(config.rate_limit.clone()),
+        config: Arc::new(config.clone()),
         readiness: readiness.clone(),
         budget: http::BodyBudget::new(config.http.body_budget(), config.http.body_budget_wait, metrics.clone()),
-        cloudevents: Arc::new(config.cloudevents.clone()),
     };
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;

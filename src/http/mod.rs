@@ -25,10 +25,9 @@ use serde::{Deserialize, Serialize};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::clock::Clock;
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::ingest;
 use crate::pipeline::Pipeline;
-use crate::pipeline::RateLimitConfig;
 use crate::telemetry::{HttpLabels, Metrics, ReasonLabels};
 pub use budget::BodyBudget;
 use problem::Problem;
@@ -41,13 +40,11 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
-    pub http: Arc<HttpConfig>,
-    /// Who a request is charged to, and how a refusal is answered.
-    pub rate_limit: Arc<RateLimitConfig>,
+    /// Read for `http`, `rate_limit` (who a request is charged to, how a refusal is
+    /// answered) and the sections of sources that have one.
+    pub config: Arc<Config>,
     pub readiness: Readiness,
     pub budget: BodyBudget,
-    /// `cloudevents`: the CloudEvents source's mapping per event type.
-    pub cloudevents: Arc<ingest::cloudevents::CloudEventsConfig>,
 }
 
 /// `http`: the listener's limits, timeouts and shutdown.

@@ -14,7 +14,7 @@ pub async fn healthz() -> &'static str {
 
 /// 200 when state and sink are reachable and the process is not shutting down.
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let retry = app.http.retry_after_secs;
+    let retry = app.config.http.retry_after_secs;
     if app.readiness.shutting_down() {
         return Problem::shutting_down(retry).into_response();
     }

@@ -47,14 +47,14 @@ struct Sender {
 
 impl Sender {
     fn of(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
-        let (source, class) = super::source_of(peer.ip(), headers, &app.rate_limit.trusted_proxies);
+        let (source, class) = super::source_of(peer.ip(), headers, &app.config.rate_limit.trusted_proxies);
         Sender { source, class }
     }
 
     fn limited(&self, app: &AppState, retry_after_ms: u64) -> Response {
         app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: self.class }).inc();
         let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
-        let status = StatusCode::from_u16(app.rate_limit.refusal_status).expect("validated: 429 or 503");
+        let status = StatusCode::from_u16(app.config.rate_limit.refusal_status).expect("validated: 429 or 503");
         app.reject(Problem::rate_limited(&self.source, secs, status))
     }
 }
@@ -66,7 +66,7 @@ async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
     match app.pipeline.admit(&sender.source).await {
         Ok(Admission::Allowed) => None,
         Ok(Admission::Limited { retry_after_ms }) => Some(sender.limited(app, retry_after_ms)),
-        Err(e) => Some(Problem::from_pipeline(&e, app.http.retry_after_secs).into_response()),
+        Err(e) => Some(Problem::from_pipeline(&e, app.config.http.retry_after_secs).into_response()),
     }
 }
 
@@ -131,10 +131,10 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
     }
     // Held until the answer: the signals borrow from the body.
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let (bytes, _held) = match app.budget.read(declared, body, app.http.body_limit).await {
+    let (bytes, _held) = match app.budget.read(declared, body, app.config.http.body_limit).await {
         Ok(read) => read,
         Err(refused) => {
-            let http = &app.http;
+            let http = &app.config.http;
             let problem = refused.problem(http.body_limit, http.body_budget_wait, http.retry_after_secs);
             if problem.status.is_server_error() {
                 // No room yet is not the sender's doing: its retry is not charged twice.
@@ -144,7 +144,7 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
         }
     };
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
-    let payload = Payload { body: &bytes, headers: &headers, received, cloudevents: &app.cloudevents };
+    let payload = Payload { body: &bytes, headers: &headers, received, config: &app.config };
     let parsed = match (source.parse)(&payload) {
         Ok(parsed) => parsed,
         Err(e) => return refuse(&app, &sender, Problem::bad_request(&e)).await,
@@ -172,12 +172,13 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
         return Problem::unusable(failures, total).into_response();
     }
     let (indices, batch): (Vec<usize>, Vec<_>) = signals.into_iter().unzip();
-    let processed = tokio::time::timeout(app.http.request_timeout, app.pipeline.process(&batch, &sender.source)).await;
+    let processed =
+        tokio::time::timeout(app.config.http.request_timeout, app.pipeline.process(&batch, &sender.source)).await;
     let decided = match processed {
         Ok(Ok(Processed::Limited { retry_after_ms })) => return sender.limited(&app, retry_after_ms),
         Ok(Ok(Processed::Decided(outcomes))) => Ok(outcomes),
-        Ok(Err(e)) => Err(Problem::from_pipeline(&e, app.http.retry_after_secs)),
-        Err(_) => Err(Problem::timeout(app.http.request_timeout, app.http.retry_after_secs)),
+        Ok(Err(e)) => Err(Problem::from_pipeline(&e, app.config.http.retry_after_secs)),
+        Err(_) => Err(Problem::timeout(app.config.http.request_timeout, app.config.http.retry_after_secs)),
     };
     count_failures(&failures);
     let outcomes = match decided {
