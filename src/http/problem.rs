@@ -117,7 +117,7 @@ impl Problem {
         p
     }
 
-    pub fn unreadable_body(e: &str) -> Self {
+    pub fn unreadable_body(e: &dyn std::error::Error) -> Self {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "body_unreadable",

@@ -44,6 +44,7 @@ use crate::remediation::{labels, RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
 use crate::telemetry::{ApiLabels, Metrics};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// `kube`: how the sink and the owner lookups talk to the API server.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -153,7 +154,7 @@ impl KubeSink {
             namespaces.wait_until_ready().await.ok();
         };
         tokio::time::timeout(sync_timeout, synced).await.map_err(|_| SinkError::NotSynced(sync_timeout))?;
-        let breaker = Breaker::new(config.breaker_failures, config.breaker_cooldown);
+        let breaker = Breaker::new(config.breaker_failures, config.breaker_cooldown, metrics.kube_breaker_open.clone());
         Ok(KubeSink { client, requests, deleted, namespaces, breaker, config: config.clone(), metrics })
     }
 
@@ -496,6 +497,8 @@ fn jittered(d: Duration) -> Duration {
 
 /// Consecutive-failure circuit breaker.
 struct Breaker {
+    /// `tidegate_kube_breaker_open`: 1 from opening until a call succeeds.
+    open: Gauge,
     failures: AtomicU32,
     threshold: u32,
     cooldown: Duration,
@@ -505,8 +508,9 @@ struct Breaker {
 }
 
 impl Breaker {
-    fn new(threshold: u32, cooldown: Duration) -> Self {
+    fn new(threshold: u32, cooldown: Duration, open: Gauge) -> Self {
         Breaker {
+            open,
             failures: AtomicU32::new(0),
             threshold,
             cooldown,
@@ -532,11 +536,13 @@ impl Breaker {
     fn success(&self) {
         self.failures.store(0, Ordering::Relaxed);
         self.opened_ms.store(0, Ordering::Relaxed);
+        self.open.set(0);
     }
 
     fn failure(&self) {
         if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= self.threshold {
             self.opened_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.open.set(1);
         }
     }
 }
