@@ -61,7 +61,7 @@ use http_body_util::{BodyExt, Full};
 mod cpu;
 #[path = "../tests/support/process.rs"]
 mod process;
-#[path = "../tests/support/redis.rs"]
+#[path = "../tests/support/redis/mod.rs"]
 mod redis_support;
 use cpu::{cpu_seconds, machine_busy_seconds};
 use serde_json::{json, Value};

@@ -9,26 +9,30 @@
 //! `maxmemory` is compared against. RSS and the fragmentation ratio are printed too,
 //! because that is what the host pays. Target: at most 48 B per fingerprint.
 //!
-//! Then it records 100,000 Standard Webhooks message ids in the replay store
-//! (`StateStore::first_sighting`, one `SET NX EX` each) and prints their cost per
-//! id, which `docs/redis.md` adds to the sizing.
+//! Then, each on a fresh server, what a storm scope and a rate-limited source cost:
+//! 10,000 scopes each sent one alert past the rate threshold (so each opens an
+//! aggregation window), and 100,000 sources each charged once. A scope's figure
+//! leaves out its alerts' own incidents (the fingerprint figure times the alerts
+//! that were not folded). `tidegate capacity` reads these figures
+//! (`src/capacity.rs`, checked against docs/benches/redis_memory.txt). Last, on a
+//! fresh server too, 100,000 Standard Webhooks message ids recorded in the replay
+//! store (`StateStore::first_sighting`, one `SET NX EX` each).
 
 #[path = "../tests/support/process.rs"]
 mod process;
-#[path = "../tests/support/redis.rs"]
+#[path = "../tests/support/redis/mod.rs"]
 mod redis_support;
+#[path = "common/scopes.rs"]
+mod scopes;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use redis_support::{RedisServer, ServerOptions};
 use tidegate::clock::Clock;
 use tidegate::signal::{Fingerprint, SignalStatus};
-use tidegate::state::redis::RedisStore;
-use tidegate::state::{Observation, StateStore, Verdict};
-use tidegate::telemetry::Metrics;
+use tidegate::state::{Observation, RateLimit, StateStore, Verdict};
 
 const FINGERPRINTS: u64 = 1_000_000;
 /// Without `--bench` (that is, under `cargo test --all-targets`), a quick run that
@@ -36,14 +40,11 @@ const FINGERPRINTS: u64 = 1_000_000;
 const SMOKE_FINGERPRINTS: u64 = 20_000;
 const BATCH: u64 = 1_000;
 const TARGET: f64 = 48.0;
-const SIGHTINGS: u64 = 100_000;
-const SMOKE_SIGHTINGS: u64 = 2_000;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
-    let options = server.bench_store_options();
-    let store = RedisStore::connect(options, Arc::new(Metrics::new())).await.expect("connecting");
+    let store = server.bench_store().await;
     let clock = Clock::System;
     let smoke = !std::env::args().any(|a| a == "--bench");
     let total = if smoke { SMOKE_FINGERPRINTS } else { FINGERPRINTS };
@@ -82,7 +83,9 @@ async fn main() -> ExitCode {
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
-    sightings(&server, &store, if smoke { SMOKE_SIGHTINGS } else { SIGHTINGS }).await;
+    storm_scopes(if smoke { 200 } else { 10_000 }, per_fp).await;
+    sources(if smoke { 2_000 } else { 100_000 }).await;
+    sightings(if smoke { 2_000 } else { 100_000 }).await;
     compare(if smoke { 2_000 } else { 200_000 });
     if smoke || per_fp <= TARGET {
         ExitCode::SUCCESS
@@ -92,19 +95,57 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Records `n` distinct replay ids and prints what each costs.
-async fn sightings(server: &RedisServer, store: &RedisStore, n: u64) {
-    let before = memory(server)["used_memory"];
+/// `used_memory` per storm scope with an open window, less its alerts' incidents.
+async fn storm_scopes(n: u64, per_fingerprint: f64) {
+    let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
+    let store = server.bench_store().await;
+    let now = Clock::System.now_s();
+    let before = memory(&server)["used_memory"];
+    let mut incidents = 0;
+    for scope in 0..n {
+        let verdicts = store.observe(&scopes::storm(scope), now).await.expect("Redis accepts the storm");
+        incidents += verdicts.iter().filter(|v| matches!(v, Verdict::New(_))).count();
+        assert!(matches!(verdicts.last(), Some(Verdict::Folded(_))), "the last alert opens a window");
+    }
+    let growth = memory(&server)["used_memory"] - before;
+    let per_scope = (growth - incidents as f64 * per_fingerprint) / n as f64;
+    println!(
+        "  bytes per storm scope {per_scope:.1} B of used_memory ({n} scopes, {} alerts each)",
+        scopes::alerts_per_scope()
+    );
+}
+
+/// `used_memory` per source charged against the rate limit.
+async fn sources(n: u64) {
+    let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
+    let store = server.bench_store().await;
+    let limit = RateLimit { rate_per_s: 1000.0, burst: 5000 };
+    let now_ms = Clock::System.now_ms();
+    let before = memory(&server)["used_memory"];
+    let charges: Vec<_> = (0..n).map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)).collect();
+    for chunk in charges.chunks(1000) {
+        let admitted = chunk.iter().map(|source| store.admit(source, limit, now_ms));
+        futures::future::try_join_all(admitted).await.expect("Redis accepts the charges");
+    }
+    let per_source = (memory(&server)["used_memory"] - before) / n as f64;
+    println!("  bytes per source      {per_source:.1} B of used_memory ({n} sources charged once)");
+}
+
+/// `used_memory` per replay id of the Standard Webhooks authenticator.
+async fn sightings(n: u64) {
+    let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
+    let store = server.bench_store().await;
+    let before = memory(&server)["used_memory"];
     for first in (0..n).step_by(BATCH as usize) {
         let calls = (first..(first + BATCH).min(n)).map(|i| {
             let id: [u8; 16] = fingerprint(i).as_bytes()[..16].try_into().expect("16 of 32 bytes");
             store.first_sighting(id, std::time::Duration::from_secs(600))
         });
-        let firsts = futures::future::join_all(calls).await;
-        assert!(firsts.into_iter().all(|first| first.expect("Redis answers")), "ids are distinct");
+        let firsts = futures::future::try_join_all(calls).await.expect("Redis accepts the ids");
+        assert!(firsts.into_iter().all(|first| first), "ids are distinct");
     }
-    let per_id = (memory(server)["used_memory"] - before) / n as f64;
-    println!("  replay ids            {per_id:.1} B of used_memory per webhook id (SET NX EX, {n} ids)");
+    let per_id = (memory(&server)["used_memory"] - before) / n as f64;
+    println!("  bytes per replay id   {per_id:.1} B of used_memory ({n} webhook ids, SET NX EX)");
 }
 
 /// The layouts tidegate does not use, on a fresh server each, for comparison: a key

@@ -20,7 +20,7 @@
 mod cpu;
 #[path = "../tests/support/process.rs"]
 mod process;
-#[path = "../tests/support/redis.rs"]
+#[path = "../tests/support/redis/mod.rs"]
 mod redis_support;
 
 use std::process::ExitCode;
@@ -34,7 +34,6 @@ use tidegate::clock::Clock;
 use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
 use tidegate::state::redis::RedisStore;
 use tidegate::state::{Charge, Decision, Observation, RateLimit, StateStore, StormKey};
-use tidegate::telemetry::Metrics;
 
 const ALERT_NAMES: usize = 20;
 const NAMESPACES: usize = 100;
@@ -55,8 +54,7 @@ async fn main() -> ExitCode {
     let concurrency = if smoke { 4 } else { var("BENCH_CONCURRENCY", 32) } as usize;
 
     let server = RedisServer::start(ServerOptions { maxmemory: "256mb".into(), ..ServerOptions::default() });
-    let options = server.bench_store_options();
-    let store = Arc::new(RedisStore::connect(options, Arc::new(Metrics::new())).await.expect("connecting"));
+    let store = Arc::new(server.bench_store().await);
     let batches = Arc::new(batches());
     let sources: Arc<Vec<String>> = Arc::new((0..SOURCES).map(|s| format!("127.0.0.{}", s + 2)).collect());
 

@@ -1,8 +1,10 @@
 //! Command-line interface.
 //!
-//! Flags and `TIDEGATE_*` environment variables override the YAML config file;
-//! clap applies "flag beats environment" and [`ServeArgs::apply`] lays both over the
-//! file.
+//! The layers, from the bottom: defaults, the YAML config file, a `TIDEGATE_*`
+//! variable for any key ([`Config::load`]), then the flags below, which are
+//! shorthands for the keys set most often. A few flags also read the variable
+//! names of earlier releases (`TIDEGATE_BODY_LIMIT`, `TIDEGATE_LOG`, …), which
+//! therefore still win over the file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,46 +25,68 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(Box<ServeArgs>),
+    /// Print every configuration key with its environment variable, default and
+    /// meaning, as a Markdown table; with `--defaults`, the default configuration
+    /// as YAML.
+    Config {
+        #[arg(long)]
+        defaults: bool,
+    },
+    /// Print the Redis `maxmemory` and the embedded store's memory a load needs,
+    /// from the per-incident figures the benches measured.
+    Capacity {
+        /// Distinct incidents per `dedup.window`.
+        #[arg(long)]
+        incidents: u64,
+        /// (namespace, alert name) pairs storming at once.
+        #[arg(long, default_value_t = 100)]
+        storm_scopes: u64,
+        /// Distinct senders within a rate-limit period.
+        #[arg(long, default_value_t = 100)]
+        sources: u64,
+    },
     /// Print the RemediationRequest CustomResourceDefinition as YAML.
     Crd,
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Every key of the config file can also be set with a TIDEGATE_* variable; \
+`tidegate config` lists them with their defaults.")]
 pub struct ServeArgs {
     /// YAML configuration file; flags and environment variables override it.
     #[arg(long, env = "TIDEGATE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080].
+    /// Address to listen on.
     #[arg(long, env = "TIDEGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// `memory` or a Redis URL [default: memory].
+    /// `memory` or a Redis URL.
     #[arg(long, env = "TIDEGATE_STATE")]
     pub state: Option<StateBackend>,
-    /// `dir:<path>` or `kube` [default: dir:./remediations].
+    /// `dir:<path>` or `kube`.
     #[arg(long, env = "TIDEGATE_SINK")]
     pub sink: Option<SinkTarget>,
-    /// Largest request body in bytes [default: 262144].
+    /// `http.body_limit`: largest request body in bytes.
     #[arg(long, env = "TIDEGATE_BODY_LIMIT")]
     pub body_limit: Option<usize>,
-    /// Dedup window, e.g. `5m` [default: 5m].
+    /// `dedup.window`, e.g. `5m`.
     #[arg(long, env = "TIDEGATE_DEDUP_WINDOW", value_parser = parse_duration)]
     pub dedup_window: Option<Duration>,
-    /// Minimum interval between status writes to one request [default: 1s].
+    /// `dedup.status_interval`: least time between status writes to one request.
     #[arg(long, env = "TIDEGATE_STATUS_INTERVAL", value_parser = parse_duration)]
     pub status_interval: Option<Duration>,
-    /// Most open incidents the embedded store holds [default: 1000000].
+    /// `memory.max_entries`: most open incidents the embedded store holds.
     #[arg(long, env = "TIDEGATE_MEMORY_MAX_ENTRIES")]
     pub memory_max_entries: Option<usize>,
-    /// Keep serving this long after SIGTERM with readiness at 503 [default: 5s].
+    /// `http.shutdown_delay`: keep serving this long after SIGTERM with readiness at 503.
     #[arg(long, env = "TIDEGATE_SHUTDOWN_DELAY", value_parser = parse_duration)]
     pub shutdown_delay: Option<Duration>,
-    /// Log format [default: text].
+    /// `log.format`.
     #[arg(long, env = "TIDEGATE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `tidegate=debug` [default: info].
+    /// `log.filter`, e.g. `info` or `tidegate=debug`.
     #[arg(long, env = "TIDEGATE_LOG")]
     pub log: Option<String>,
-    /// Threads that run requests [default: one per core; one with a Redis state].
+    /// Threads that run requests.
     #[arg(long, env = "TIDEGATE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 }
@@ -70,7 +94,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The file's config with environment variables and flags laid over it.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut config = Config::from_file(self.config.as_deref())?;
+        let mut config = Config::load(self.config.as_deref(), utf8_vars())?;
         self.apply(&mut config);
         config.validate()?;
         Ok(config)
@@ -96,6 +120,12 @@ impl ServeArgs {
             c.runtime.worker_threads = self.worker_threads;
         }
     }
+}
+
+/// The environment's variables, leaving out any that is not UTF-8 (no key's
+/// variable can be).
+fn utf8_vars() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
 }
 
 #[cfg(test)]

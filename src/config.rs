@@ -1,31 +1,51 @@
-//! The one configuration type.
+//! The one configuration type, and how it is loaded.
+//!
+//! Every component owns its section: the section's type, its defaults (its
+//! `Default` impl, the only place a default is written) and its checks live beside
+//! the code that reads it, and the component builds itself from it. [`Config`]
+//! only composes the sections.
 //!
 //! Loaded once at start-up, in layers: defaults, then the YAML file given with
-//! `--config`, then `TIDEGATE_*` environment variables, then flags (the last two are
-//! applied by `cli`). [`Config::validate`] runs before anything starts, and every
-//! component receives the values it needs as arguments: nothing reads the
-//! environment or the file later.
+//! `--config`, then a `TIDEGATE_*` environment variable for any key, then flags.
+//! The keys, their variables, defaults and meanings all come from the types
+//! themselves (their JSON schema and `Default`), so `tidegate config` and the
+//! README's table cannot drift from the code. [`Config::validate`] runs before
+//! anything starts; nothing reads the environment or the file later.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::ingest::cloudevents::CloudEventsConfig;
-use crate::state::redis::connection::{TlsFiles, Topology};
+pub use crate::http::HttpConfig;
+pub use crate::ingest::cloudevents::CloudEventsConfig;
+pub use crate::pipeline::classify::{ClassifyConfig, PriorityRule};
+pub use crate::pipeline::{PlacementConfig, RateLimitConfig};
+pub use crate::sink::kube::KubeConfig;
+pub use crate::state::memory::MemoryConfig;
+use crate::state::redis::connection::Topology;
+pub use crate::state::redis::RedisConfig;
+pub use crate::state::{DedupConfig, StormConfig};
+pub use crate::telemetry::{LogConfig, LogFormat};
 
 /// Everything `tidegate serve` can be told.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address the HTTP server binds. Default `127.0.0.1:8080`.
+    /// Address the HTTP server binds. Off loopback, senders must authenticate.
     pub listen: SocketAddr,
-    /// Where decision state lives: `memory`, or a Redis URL. Default `memory`.
+    /// Where decision state lives: `memory`, or a Redis URL (`redis://`,
+    /// `redis+sentinel://`, `redis+cluster://`, or `rediss…` over TLS).
+    #[schemars(with = "String")]
     pub state: StateBackend,
-    /// Where RemediationRequests go: `dir:<path>` or `kube`. Default `dir:./remediations`.
+    /// Where RemediationRequests go: `dir:<path>` or `kube`.
+    #[schemars(with = "String")]
     pub sink: SinkTarget,
     pub http: HttpConfig,
     pub dedup: DedupConfig,
@@ -36,257 +56,9 @@ pub struct Config {
     pub placement: PlacementConfig,
     pub kube: KubeConfig,
     pub classify: ClassifyConfig,
-    /// How CloudEvents become signals, per event type.
     pub cloudevents: CloudEventsConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RuntimeConfig {
-    /// Threads that run requests. Default: see [`Config::worker_threads`].
-    pub worker_threads: Option<usize>,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Largest accepted request body, in bytes. Default 25165824 (24 MiB): twice a
-    /// 10,000-alert Alertmanager notification of kube-prometheus-stack's
-    /// `KubePodCrashLooping` (11.1 MB, measured; see docs/delivery.md). Only a body no
-    /// legitimate sender produces is answered 413, which a sender never retries.
-    pub body_limit: usize,
-    /// Body bytes that all requests together may hold while they are read and
-    /// decided. A request that would go over waits up to `body_budget_wait`, then is
-    /// answered 503 with `Retry-After`: memory stays bounded and nothing is refused
-    /// for good. Default: an eighth of the memory the process may use (its cgroup's
-    /// limit, else the machine's), at least twice `body_limit`, at most 1 GiB.
-    pub body_budget: Option<u64>,
-    /// How long a request may wait for room in `body_budget`. Default `2s`.
-    #[serde(with = "duration")]
-    pub body_budget_wait: Duration,
-    /// How long one request may take before it is answered 503. Default `10s`.
-    #[serde(with = "duration")]
-    pub request_timeout: Duration,
-    /// After SIGTERM, how long to keep serving with readiness at 503, so that load
-    /// balancers stop sending before the listener closes. Default `5s`.
-    #[serde(with = "duration")]
-    pub shutdown_delay: Duration,
-    /// Then, how long in-flight requests and pending status writes may take.
-    /// Default `20s`: delay plus grace stays inside Kubernetes' default 30 s.
-    #[serde(with = "duration")]
-    pub shutdown_grace: Duration,
-    /// `Retry-After` sent with 503 answers, in seconds. Default 5.
-    pub retry_after_secs: u32,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DedupConfig {
-    /// Repeats within this long of the last occurrence are duplicates; each
-    /// duplicate restarts the window. Default `5m`.
-    #[serde(with = "duration")]
-    pub window: Duration,
-    /// At most one status write per RemediationRequest per interval; duplicates in
-    /// between are folded into the next write. Default `1s`.
-    #[serde(with = "duration")]
-    pub status_interval: Duration,
-    /// Status writes per second across all requests, at most: bounds the load on
-    /// the disk or the API server when many incidents repeat at once; counts wait,
-    /// they are not lost. Default 200.
-    pub max_status_writes_per_s: u32,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct MemoryConfig {
-    /// Most open incidents the embedded store holds; beyond it new incidents are
-    /// refused with 503 rather than evicting open ones. Default 1,000,000.
-    pub max_entries: usize,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisConfig {
-    /// Every key tidegate writes starts with this; replicas sharing state must use
-    /// the same prefix. Default `tg:`.
-    pub prefix: String,
-    /// A Redis call slower than this is answered 503 and retried by the sender.
-    /// Default `1s`.
-    #[serde(with = "duration")]
-    pub timeout: Duration,
-    /// How often Redis memory and key gauges are refreshed. Default `15s`.
-    #[serde(with = "duration")]
-    pub monitor_interval: Duration,
-    /// PEM files for a `rediss…` state URL; by default the system's trust store.
-    pub tls: TlsFiles,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct StormConfig {
-    /// A rate storm is more than this many firing alerts of one alert name in one
-    /// namespace within `rate_window`. Default 10.
-    pub rate_threshold: u32,
-    /// Default `1m`.
-    #[serde(with = "duration")]
-    pub rate_window: Duration,
-    /// A pattern storm is the same alert name on more than this many distinct
-    /// resources of one namespace within `pattern_window`. Default 5.
-    pub pattern_threshold: u32,
-    /// Default `2m`.
-    #[serde(with = "duration")]
-    pub pattern_window: Duration,
-    /// An aggregation window closes after this long without an alert. Default `60s`.
-    #[serde(with = "duration")]
-    pub inactivity: Duration,
-    /// ... or this long after it opened. Default `5m`.
-    #[serde(with = "duration")]
-    pub max_duration: Duration,
-    /// Most affected resources listed on an aggregated request; counts go on beyond
-    /// it. Default 100.
-    pub affected_resources_cap: usize,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Default `true`.
-    pub enabled: bool,
-    /// Sustained requests per second per source. Default 1000: far above what one
-    /// Alertmanager sends in a storm, so only abusive sources are refused.
-    pub rate: f64,
-    /// Requests a source may send back to back above the rate. Default 5000.
-    pub burst: u32,
-    /// The status of a refusal: `503` (the default), which Alertmanager and
-    /// Prometheus retry, or `429`, for senders that honour it; Alertmanager treats
-    /// a 429 like any 4xx and drops the notification (docs/delivery.md).
-    pub refusal_status: u16,
-    /// Proxies whose `X-Forwarded-For` / `X-Real-IP` are believed, as CIDRs.
-    /// Default none: the source is the peer address.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct PlacementConfig {
-    /// Namespace for requests about cluster-scoped targets (nodes). Default none:
-    /// they go to the signal's namespace.
-    pub control_namespace: Option<String>,
-    /// Put every request in `control_namespace`. Default `false`.
-    pub all_in_control_namespace: bool,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct KubeConfig {
-    /// One API call's timeout. Default `2s`.
-    #[serde(with = "duration")]
-    pub call_timeout: Duration,
-    /// One operation's budget, retries of 5xx/429/timeouts included; past it the
-    /// caller gets 503. Default `5s`.
-    #[serde(with = "duration")]
-    pub deadline: Duration,
-    /// Consecutive failed operations that open the circuit breaker. Default 5.
-    pub breaker_failures: u32,
-    /// How long an open breaker refuses calls (and keeps `/readyz` at 503). Default `10s`.
-    #[serde(with = "duration")]
-    pub breaker_cooldown: Duration,
-    /// How long start-up waits for the first list of requests and namespaces. Default `30s`.
-    #[serde(with = "duration")]
-    pub sync_timeout: Duration,
-    /// Attribute a signal about a Pod (or ReplicaSet, Job) to its top controller
-    /// (Deployment, StatefulSet, DaemonSet, CronJob) through ownerReferences, so that
-    /// a workload's pods are one incident. Default `true`.
-    pub owner_chain: bool,
-    /// How long one owner lookup the caches cannot answer may take (one GET); past
-    /// it the signal keeps the pod's identity. Default `500ms`.
-    #[serde(with = "duration")]
-    pub owner_lookup_timeout: Duration,
-}
-
-impl Default for KubeConfig {
-    fn default() -> Self {
-        KubeConfig {
-            call_timeout: Duration::from_secs(2),
-            deadline: Duration::from_secs(5),
-            breaker_failures: 5,
-            breaker_cooldown: Duration::from_secs(10),
-            sync_timeout: Duration::from_secs(30),
-            owner_chain: true,
-            owner_lookup_timeout: Duration::from_millis(500),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClassifyConfig {
-    /// Environment recorded when nothing else decides it. Default `unknown`.
-    pub default_environment: String,
-    /// Namespace → environment, used when the namespace has no `environment` label.
-    pub namespaces: std::collections::BTreeMap<String, String>,
-    /// Environment spellings → canonical name, so `prod` and `production` match the
-    /// same rules. Default: prod/prd → production, stage/stg → staging,
-    /// dev → development.
-    pub aliases: std::collections::BTreeMap<String, String>,
-    /// Priority rules, first match wins. Default: see README.
-    pub priorities: Vec<PriorityRule>,
-}
-
-/// One row of the priority table. Empty matchers match everything.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PriorityRule {
-    /// Shown on the request as `spec.priorityRule` and an annotation.
-    pub name: String,
-    /// Severities this rule applies to (case-insensitive); absent: any.
-    #[serde(default)]
-    pub severity: Option<Vec<String>>,
-    /// Environments (after aliasing); absent: any.
-    #[serde(default)]
-    pub environment: Option<Vec<String>>,
-    /// Labels that must all be present with these values.
-    #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// `P0` (most urgent) to `P3`.
-    pub priority: String,
-}
-
-impl PriorityRule {
-    fn new(name: &str, severity: &[&str], environment: &[&str], priority: &str) -> Self {
-        let list = |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
-        PriorityRule {
-            name: name.into(),
-            severity: list(severity),
-            environment: list(environment),
-            labels: Default::default(),
-            priority: priority.into(),
-        }
-    }
-
-    /// Whether this rule matches anything at all.
-    pub fn is_catch_all(&self) -> bool {
-        self.severity.is_none() && self.environment.is_none() && self.labels.is_empty()
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `text` or `json`. Default `text`.
-    pub format: LogFormat,
-    /// A tracing filter such as `info` or `tidegate=debug`. Default `info`.
-    pub filter: String,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
 }
 
 impl Default for Config {
@@ -295,20 +67,29 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             state: StateBackend::Memory,
             sink: SinkTarget::Dir(PathBuf::from("./remediations")),
-            http: HttpConfig::default(),
-            dedup: DedupConfig::default(),
-            memory: MemoryConfig::default(),
-            redis: RedisConfig::default(),
-            storm: StormConfig::default(),
-            rate_limit: RateLimitConfig::default(),
-            placement: PlacementConfig::default(),
-            kube: KubeConfig::default(),
-            classify: ClassifyConfig::default(),
-            cloudevents: CloudEventsConfig::default(),
-            log: LogConfig::default(),
-            runtime: RuntimeConfig::default(),
+            http: Default::default(),
+            dedup: Default::default(),
+            memory: Default::default(),
+            redis: Default::default(),
+            storm: Default::default(),
+            rate_limit: Default::default(),
+            placement: Default::default(),
+            kube: Default::default(),
+            classify: Default::default(),
+            cloudevents: Default::default(),
+            log: Default::default(),
+            runtime: Default::default(),
         }
     }
+}
+
+/// `runtime`: the async runtime.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Threads that run requests. Unset: one per core with the embedded store, and
+    /// one with Redis, which measured faster (see `Config::worker_threads`).
+    pub worker_threads: Option<usize>,
 }
 
 impl Config {
@@ -327,9 +108,7 @@ impl Config {
             StateBackend::Memory => std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
-}
 
-impl Config {
     /// How long after its last write a request may still hold an open incident or
     /// storm window: the longer of the dedup window and a storm's longest life,
     /// twice over, so that a status write held back by the write cap or a crash
@@ -338,134 +117,31 @@ impl Config {
         2 * self.dedup.window.max(self.storm.max_duration) + Duration::from_secs(60)
     }
 
-    /// Body bytes in flight, at most: `http.body_budget`, or by default an eighth of
-    /// the memory this process may use, at least twice `http.body_limit` and at most
-    /// 1 GiB. Parsing roughly doubles a body's footprint while it is decided, so an
-    /// eighth keeps bodies well inside a quarter of memory.
-    pub fn body_budget(&self) -> u64 {
-        self.http.body_budget.unwrap_or_else(|| {
-            let floor = 2 * self.http.body_limit as u64;
-            (memory_limit() / 8).clamp(floor, floor.max(1 << 30))
-        })
-    }
-}
-
-/// The memory this process may use: its cgroup's limit (v2, then v1), else the
-/// machine's total, else 4 GiB when neither can be read.
-fn memory_limit() -> u64 {
-    let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
-    let machine = || {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?;
-        kib.trim().parse::<u64>().ok().map(|kib| kib * 1024)
-    };
-    let total = machine().unwrap_or(4 << 30);
-    // An unlimited cgroup reads "max" (v2) or a huge number (v1).
-    let cgroup = read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"));
-    cgroup.map_or(total, |limit| limit.min(total))
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            body_limit: 24 * 1024 * 1024,
-            body_budget: None,
-            body_budget_wait: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(10),
-            shutdown_delay: Duration::from_secs(5),
-            shutdown_grace: Duration::from_secs(20),
-            retry_after_secs: 5,
+    /// Rejects values no deployment should run with, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http.validate()?;
+        self.dedup.validate()?;
+        self.memory.validate()?;
+        self.redis.validate()?;
+        self.storm.validate()?;
+        self.rate_limit.validate()?;
+        self.placement.validate()?;
+        self.kube.validate()?;
+        self.classify.validate()?;
+        self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
+        if matches!(self.runtime.worker_threads, Some(n) if n == 0 || n > 1024) {
+            return Err(ConfigError::invalid("runtime.worker_threads", "must be between 1 and 1024"));
         }
-    }
-}
-
-impl Default for DedupConfig {
-    fn default() -> Self {
-        DedupConfig {
-            window: Duration::from_secs(300),
-            status_interval: Duration::from_secs(1),
-            max_status_writes_per_s: 200,
+        let tls_state = matches!(&self.state, StateBackend::Redis(topology) if topology.tls());
+        if !self.redis.tls.is_empty() && !tls_state {
+            return Err(ConfigError::invalid("redis.tls", "is set, but the state is not a rediss:// (TLS) Redis URL"));
         }
-    }
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        MemoryConfig { max_entries: 1_000_000 }
-    }
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            prefix: "tg:".into(),
-            timeout: Duration::from_secs(1),
-            monitor_interval: Duration::from_secs(15),
-            tls: TlsFiles::default(),
+        if let SinkTarget::Dir(path) = &self.sink {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::invalid("sink", "dir: needs a path, as in dir:./remediations"));
+            }
         }
-    }
-}
-
-impl Default for StormConfig {
-    fn default() -> Self {
-        StormConfig {
-            rate_threshold: 10,
-            rate_window: Duration::from_secs(60),
-            pattern_threshold: 5,
-            pattern_window: Duration::from_secs(120),
-            inactivity: Duration::from_secs(60),
-            max_duration: Duration::from_secs(300),
-            affected_resources_cap: 100,
-        }
-    }
-}
-
-impl StormConfig {
-    pub fn rules(&self) -> crate::state::StormRules {
-        crate::state::StormRules {
-            rate_threshold: self.rate_threshold,
-            rate_window_s: self.rate_window.as_secs() as u32,
-            pattern_threshold: self.pattern_threshold,
-            pattern_window_s: self.pattern_window.as_secs() as u32,
-            inactivity_s: self.inactivity.as_secs() as u32,
-            max_duration_s: self.max_duration.as_secs() as u32,
-        }
-    }
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        RateLimitConfig { enabled: true, rate: 1000.0, burst: 5000, refusal_status: 503, trusted_proxies: Vec::new() }
-    }
-}
-
-impl Default for ClassifyConfig {
-    fn default() -> Self {
-        let aliases = [
-            ("prod", "production"),
-            ("prd", "production"),
-            ("stage", "staging"),
-            ("stg", "staging"),
-            ("dev", "development"),
-        ];
-        ClassifyConfig {
-            default_environment: "unknown".into(),
-            namespaces: Default::default(),
-            aliases: aliases.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
-            priorities: vec![
-                PriorityRule::new("critical-production", &["critical"], &["production"], "P0"),
-                PriorityRule::new("critical", &["critical"], &[], "P1"),
-                PriorityRule::new("warning-production", &["warning"], &["production"], "P1"),
-                PriorityRule::new("warning", &["warning"], &[], "P2"),
-                PriorityRule::new("default", &[], &[], "P3"),
-            ],
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig { format: LogFormat::Text, filter: "info".into() }
+        Ok(())
     }
 }
 
@@ -474,157 +150,162 @@ impl Default for LogConfig {
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {reason}")]
-    Parse { path: PathBuf, reason: String },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: serde_norway::Error },
+    /// A value of the file or of a variable that does not fit its key.
+    #[error("{at}: {source}")]
+    Value { at: String, source: serde_json::Error },
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+}
+
+impl ConfigError {
+    pub fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { key, reason: reason.into() }
+    }
 }
 
 impl Config {
     /// Defaults overlaid with the YAML file at `path`, if given.
     pub fn from_file(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = path else {
-            return Ok(Config::default());
-        };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        if text.trim().is_empty() {
-            return Ok(Config::default());
-        }
-        serde_norway::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })
+        Config::load(path, std::iter::empty())
     }
 
-    /// Rejects values no deployment should run with.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_string() });
-        if !(1024..=64 * 1024 * 1024).contains(&self.http.body_limit) {
-            return invalid("http.body_limit", "must be between 1024 and 67108864 bytes");
-        }
-        if self.http.body_budget.is_some_and(|budget| budget < self.http.body_limit as u64) {
-            return invalid(
-                "http.body_budget",
-                "must be at least http.body_limit, or the largest body could never be read",
-            );
-        }
-        if self.http.body_budget.is_some_and(|budget| budget > u32::MAX as u64 * 16) {
-            return invalid("http.body_budget", "must be at most 64 GiB");
-        }
-        if self.http.request_timeout < Duration::from_millis(100) {
-            return invalid("http.request_timeout", "must be at least 100ms");
-        }
-        if self.http.retry_after_secs == 0 {
-            return invalid("http.retry_after_secs", "must be at least 1");
-        }
-        if self.dedup.window < Duration::from_secs(1) || self.dedup.window.subsec_nanos() != 0 {
-            return invalid("dedup.window", "must be a whole number of seconds, at least 1s");
-        }
-        if self.dedup.status_interval < Duration::from_millis(10) || self.dedup.status_interval > self.dedup.window {
-            return invalid("dedup.status_interval", "must be at least 10ms and no longer than dedup.window");
-        }
-        if self.dedup.max_status_writes_per_s == 0 {
-            return invalid("dedup.max_status_writes_per_s", "must be at least 1");
-        }
-        if self.memory.max_entries == 0 {
-            return invalid("memory.max_entries", "must be at least 1");
-        }
-        if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}']) {
-            return invalid("redis.prefix", "must be non-empty and free of '{' and '}' (they are Cluster hash tags)");
-        }
-        if self.redis.timeout < Duration::from_millis(10) {
-            return invalid("redis.timeout", "must be at least 10ms");
-        }
-        if self.redis.monitor_interval < Duration::from_secs(1) {
-            return invalid("redis.monitor_interval", "must be at least 1s");
-        }
-        if matches!(self.runtime.worker_threads, Some(n) if n == 0 || n > 1024) {
-            return invalid("runtime.worker_threads", "must be between 1 and 1024");
-        }
-        let tls_state = matches!(&self.state, StateBackend::Redis(topology) if topology.tls());
-        if !self.redis.tls.is_empty() && !tls_state {
-            return invalid("redis.tls", "is set, but the state is not a rediss:// (TLS) Redis URL");
-        }
-        if self.redis.tls.cert_file.is_some() != self.redis.tls.key_file.is_some() {
-            return invalid("redis.tls", "cert_file and key_file go together");
-        }
-        if self.classify.default_environment.trim().is_empty() {
-            return invalid("classify.default_environment", "must not be empty");
-        }
-        let whole_seconds = |d: Duration| d >= Duration::from_secs(1) && d.subsec_nanos() == 0;
-        let storm = &self.storm;
-        for (key, d) in [
-            ("storm.rate_window", storm.rate_window),
-            ("storm.pattern_window", storm.pattern_window),
-            ("storm.inactivity", storm.inactivity),
-            ("storm.max_duration", storm.max_duration),
-        ] {
-            if !whole_seconds(d) {
-                return invalid(key, "must be a whole number of seconds, at least 1s");
+    /// Defaults, overlaid with the YAML file at `path` if given, then with every
+    /// `TIDEGATE_*` variable of `vars` that names a key (see [`keys`]).
+    pub fn load(path: Option<&Path>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut tree = match path {
+            Some(path) => read_file(path)?,
+            None => Value::Object(Default::default()),
+        };
+        let vars: BTreeMap<String, String> =
+            vars.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
+        let mut from_env = Vec::new();
+        for key in keys() {
+            if let Some(raw) = vars.get(&key.env) {
+                set(&mut tree, &key.path, key.parse(raw));
+                from_env.push(key);
             }
         }
-        if storm.affected_resources_cap == 0 || storm.affected_resources_cap > 1000 {
-            return invalid("storm.affected_resources_cap", "must be between 1 and 1000");
-        }
-        if !(self.rate_limit.rate > 0.0 && self.rate_limit.rate <= 1_000_000.0) {
-            return invalid("rate_limit.rate", "must be more than 0 and at most 1000000 requests per second");
-        }
-        if !matches!(self.rate_limit.refusal_status, 429 | 503) {
-            return invalid("rate_limit.refusal_status", "must be 503 (retried by Alertmanager) or 429");
-        }
-        if self.rate_limit.burst == 0 {
-            return invalid("rate_limit.burst", "must be at least 1");
-        }
-        if self.placement.all_in_control_namespace && self.placement.control_namespace.is_none() {
-            return invalid("placement.all_in_control_namespace", "needs placement.control_namespace");
-        }
-        if self.kube.call_timeout < Duration::from_millis(10) || self.kube.deadline < self.kube.call_timeout {
-            return invalid("kube.deadline", "must be at least kube.call_timeout (itself at least 10ms)");
-        }
-        if self.kube.breaker_failures == 0 {
-            return invalid("kube.breaker_failures", "must be at least 1");
-        }
-        self.validate_priorities()?;
-        if let Err(reason) = self.cloudevents.validate() {
-            return Err(ConfigError::Invalid { key: "cloudevents.types", reason });
-        }
-        if let SinkTarget::Dir(path) = &self.sink {
-            if path.as_os_str().is_empty() {
-                return invalid("sink", "dir: needs a path, as in dir:./remediations");
-            }
-        }
-        Ok(())
+        serde_path_to_error::deserialize(tree).map_err(|error| {
+            let path = error.path().to_string();
+            let at = match from_env.iter().find(|key| path.starts_with(&key.path)) {
+                Some(key) => format!("{} ({})", key.env, key.path),
+                None => match path {
+                    _ if path == "." => "config".to_string(),
+                    _ => path,
+                },
+            };
+            ConfigError::Value { at, source: error.into_inner() }
+        })
     }
 }
 
-impl Config {
-    fn validate_priorities(&self) -> Result<(), ConfigError> {
-        let invalid = |reason: String| Err(ConfigError::Invalid { key: "classify.priorities", reason });
-        let rules = &self.classify.priorities;
-        let mut names = std::collections::HashSet::new();
-        for (i, rule) in rules.iter().enumerate() {
-            let at = format!("rule {i} ({:?})", rule.name);
-            if rule.name.trim().is_empty() {
-                return invalid(format!("rule {i}: name must not be empty"));
-            }
-            if !names.insert(rule.name.as_str()) {
-                return invalid(format!("{at}: duplicate name"));
-            }
-            if !matches!(rule.priority.as_str(), "P0" | "P1" | "P2" | "P3") {
-                return invalid(format!("{at}: priority must be one of P0, P1, P2, P3, got {:?}", rule.priority));
-            }
-            if rule.severity.as_ref().is_some_and(Vec::is_empty) || rule.environment.as_ref().is_some_and(Vec::is_empty)
-            {
-                return invalid(format!(
-                    "{at}: an empty list matches nothing; leave the matcher out to match anything"
-                ));
-            }
-            if rule.is_catch_all() && i + 1 < rules.len() {
-                return invalid(format!(
-                    "{at} matches everything, so the {} rule(s) after it can never match",
-                    rules.len() - i - 1
-                ));
-            }
-        }
-        Ok(())
+fn read_file(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Default::default()));
     }
+    serde_norway::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+}
+
+/// Sets `path` (dotted) in `tree`, creating the sections on the way.
+fn set(tree: &mut Value, path: &str, value: Value) {
+    let mut node = tree;
+    for part in path.split('.') {
+        if !node.is_object() {
+            *node = Value::Object(Default::default());
+        }
+        node = node.as_object_mut().expect("made an object").entry(part).or_insert(Value::Null);
+    }
+    *node = value;
+}
+
+/// Every environment variable that sets a key starts with this.
+pub const ENV_PREFIX: &str = "TIDEGATE_";
+
+/// One key of the configuration: a value that is not itself a section.
+#[derive(Clone, Debug)]
+pub struct Key {
+    /// Dotted, as in the YAML file: `http.body_limit`.
+    pub path: String,
+    /// The variable that sets it: `TIDEGATE_HTTP_BODY_LIMIT`.
+    pub env: String,
+    /// The first paragraph of its documentation.
+    pub meaning: String,
+    /// Its default, as the YAML file would spell it.
+    pub default: Value,
+    /// Whether its value is a string, taken from a variable as written; other
+    /// values are read as YAML (`true`, `5`, `[a, b]`, `{k: v}`).
+    text: bool,
+}
+
+impl Key {
+    fn parse(&self, raw: &str) -> Value {
+        if self.text {
+            return Value::String(raw.to_string());
+        }
+        // What YAML cannot read is passed on as text, for the key's own type to
+        // refuse with a message that names it.
+        serde_norway::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+    }
+}
+
+/// Every key, in the order of the schema (sections alphabetically, then keys).
+pub fn keys() -> Vec<Key> {
+    let schema = schemars::schema_for!(Config);
+    let root = schema.as_value();
+    let defaults = serde_json::to_value(Config::default()).expect("the defaults serialize");
+    let mut keys = Vec::new();
+    walk(root, root, &defaults, "", &mut keys);
+    keys
+}
+
+fn walk(root: &Value, schema: &Value, defaults: &Value, prefix: &str, keys: &mut Vec<Key>) {
+    let Some(properties) = resolve(root, schema)["properties"].as_object() else { return };
+    for (name, property) in properties {
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let resolved = resolve(root, property);
+        let default = &defaults[name.as_str()];
+        if resolved["properties"].is_object() {
+            walk(root, resolved, default, &path, keys);
+            continue;
+        }
+        let described = property["description"].as_str().or(resolved["description"].as_str()).unwrap_or("");
+        let meaning = described.split("\n\n").next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+        let types = &resolved["type"];
+        let text = types == "string" || types.as_array().is_some_and(|t| t.iter().any(|t| t == "string"));
+        let env = format!("{ENV_PREFIX}{}", path.replace('.', "_").to_ascii_uppercase());
+        keys.push(Key { path, env, meaning, default: default.clone(), text });
+    }
+}
+
+/// `schema`, or the definition its `$ref` names.
+fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/$defs/")) {
+        Some(name) => &root["$defs"][name],
+        None => schema,
+    }
+}
+
+/// The configuration table: every key, its variable, default and meaning, as the
+/// README shows it (`tidegate config`).
+pub fn table() -> String {
+    let mut out = String::from("| Key | Environment variable | Default | Meaning |\n|---|---|---|---|\n");
+    for key in keys() {
+        let default = match &key.default {
+            Value::Null => "none".to_string(),
+            Value::String(s) if s.is_empty() => "empty".to_string(),
+            Value::String(s) => format!("`{s}`"),
+            Value::Array(a) if a.is_empty() => "none".to_string(),
+            Value::Object(o) if o.is_empty() => "none".to_string(),
+            Value::Array(_) | Value::Object(_) => "see `tidegate config --defaults`".to_string(),
+            scalar => format!("`{scalar}`"),
+        };
+        let meaning = key.meaning.replace('|', "\\|");
+        out.push_str(&format!("| `{}` | `{}` | {default} | {meaning} |\n", key.path, key.env));
+    }
+    out
 }
 
 /// Where decision state lives.
@@ -666,6 +347,14 @@ impl fmt::Display for StateBackend {
     }
 }
 
+/// Written as [`Display`](fmt::Display) writes it, with credentials masked: it is
+/// serialized only to show a configuration, never to store one.
+impl Serialize for StateBackend {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Where RemediationRequests go.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -696,20 +385,69 @@ impl TryFrom<String> for SinkTarget {
     }
 }
 
+impl fmt::Display for SinkTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkTarget::Dir(path) => write!(f, "dir:{}", path.display()),
+            SinkTarget::Kube => f.write_str("kube"),
+        }
+    }
+}
+
+impl Serialize for SinkTarget {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Parses durations written as `5m`, `1s`, `250ms`, `1h 30m` or ISO 8601 `PT5M`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d: jiff::SignedDuration = s.parse().map_err(|e| format!("invalid duration {s:?}: {e}"))?;
     Duration::try_from(d).map_err(|_| format!("invalid duration {s:?}: must not be negative"))
 }
 
-mod duration {
+/// `#[serde(with = "crate::config::duration")]`: a duration as people write it,
+/// `5m` or `250ms`.
+pub mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(de)?;
         super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// In the largest unit that writes it exactly.
+    pub fn serialize<S: Serializer>(d: &Duration, ser: S) -> Result<S::Ok, S::Error> {
+        let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
+        match (secs, nanos) {
+            (0, 0) => ser.serialize_str("0s"),
+            (s, 0) if s % 3600 == 0 => ser.collect_str(&format_args!("{}h", s / 3600)),
+            (s, 0) if s % 60 == 0 => ser.collect_str(&format_args!("{}m", s / 60)),
+            (s, 0) => ser.collect_str(&format_args!("{s}s")),
+            _ if nanos % 1_000_000 == 0 => ser.collect_str(&format_args!("{}ms", d.as_millis())),
+            _ => ser.collect_str(&format_args!("{}ns", d.as_nanos())),
+        }
+    }
+}
+
+/// `#[serde(with = "crate::config::optional_duration")]`: [`duration`], or nothing.
+pub mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(de)?;
+        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, ser: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, ser),
+            None => ser.serialize_none(),
+        }
     }
 }
 
@@ -731,6 +469,70 @@ mod tests {
         std::fs::write(&path, "dedup:\n  windw: 2m\n").unwrap();
         let err = Config::from_file(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("unknown field `windw`"), "{err}");
+        assert!(err.starts_with("dedup.windw"), "{err}");
+    }
+
+    #[test]
+    fn every_key_has_a_variable_and_variables_override_the_file() {
+        let keys = keys();
+        let mut names: Vec<&str> = keys.iter().map(|k| k.env.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), keys.len(), "two keys share a variable");
+        for path in ["listen", "http.body_limit", "redis.tls.ca_file", "kube.owner_chain", "classify.namespaces"] {
+            assert!(keys.iter().any(|k| k.path == path), "{path} is not a key");
+        }
+        assert!(!keys.iter().any(|k| k.path == "http" || k.path == "redis.tls"), "a section listed as a key");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "dedup:\n  window: 2m\nredis:\n  prefix: \"file:\"\n").unwrap();
+        let vars = [
+            ("TIDEGATE_DEDUP_WINDOW", "10m"),
+            ("TIDEGATE_REDIS_PREFIX", "env:"),
+            ("TIDEGATE_KUBE_OWNER_CHAIN", "false"),
+            ("TIDEGATE_HTTP_BODY_LIMIT", "2048"),
+            ("TIDEGATE_CLASSIFY_NAMESPACES", "{payments: production}"),
+            ("TIDEGATE_RATE_LIMIT_TRUSTED_PROXIES", "[10.0.0.0/8]"),
+            ("TIDEGATE_NOT_A_KEY", "ignored"),
+            ("HOME", "/root"),
+        ];
+        let c = Config::load(Some(&path), vars.map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+        assert_eq!(c.dedup.window, Duration::from_secs(600));
+        assert_eq!(c.redis.prefix, "env:");
+        assert!(!c.kube.owner_chain);
+        assert_eq!(c.http.body_limit, 2048);
+        assert_eq!(c.classify.namespaces["payments"], "production");
+        assert_eq!(c.rate_limit.trusted_proxies, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+
+        let bad = [("TIDEGATE_DEDUP_WINDOW".to_string(), "soon".to_string())];
+        let err = Config::load(None, bad).unwrap_err().to_string();
+        assert!(err.starts_with("TIDEGATE_DEDUP_WINDOW (dedup.window): invalid duration"), "{err}");
+    }
+
+    /// The README's table is `tidegate config`'s output, and its priority table the
+    /// default one: regenerate with `cargo run -q -- config`.
+    #[test]
+    fn the_readme_documents_every_key_and_default() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let (begin, end) = ("<!-- tidegate config: begin -->\n", "<!-- tidegate config: end -->");
+        let start = readme.find(begin).expect("the README marks its configuration table") + begin.len();
+        let documented = &readme[start..start + readme[start..].find(end).expect("the table's end marker")];
+        assert!(documented == table(), "README.md's configuration table is stale; it should read:\n{}", table());
+
+        let yaml = readme.split("```yaml\nclassify:\n  priorities:\n").nth(1).expect("the default priority table");
+        let yaml = format!("priorities:\n{}", &yaml[..yaml.find("```").unwrap()]);
+        let documented: ClassifyConfig = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(documented.priorities, ClassifyConfig::default().priorities);
+    }
+
+    #[test]
+    fn the_defaults_read_back_as_themselves() {
+        let written = serde_norway::to_string(&Config::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("defaults.yaml");
+        std::fs::write(&path, &written).unwrap();
+        assert_eq!(Config::from_file(Some(&path)).unwrap(), Config::default(), "{written}");
     }
 
     #[test]

@@ -17,17 +17,15 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::{Config, SinkTarget, StateBackend};
-use crate::http::{self, AppState, Limits, Readiness};
-use crate::pipeline::classify::Classifier;
-use crate::pipeline::coalesce::Coalescer;
-use crate::pipeline::{Parts, Pipeline, Placement};
+use crate::http::{self, AppState, Readiness};
+use crate::pipeline::{Parts, Pipeline};
 use crate::sink::dir::DirSink;
 use crate::sink::kube::owners::OwnerCache;
-use crate::sink::kube::{KubeOptions, KubeSink};
+use crate::sink::kube::KubeSink;
 use crate::sink::Sink;
 use crate::state::memory::MemoryStore;
-use crate::state::redis::{RedisOptions, RedisStore};
-use crate::state::{RateLimit, StateStore};
+use crate::state::redis::RedisStore;
+use crate::state::StateStore;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +38,10 @@ pub enum StartError {
     SinkDir { path: String, source: std::io::Error },
     #[error(transparent)]
     State(crate::state::StateError),
+    #[error("cannot configure a Kubernetes client: {0}")]
+    KubeClient(#[source] kube::Error),
     #[error("cannot use the Kubernetes API: {0}")]
-    Kube(String),
+    Kube(#[source] crate::sink::SinkError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -87,24 +87,14 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
     let state: Arc<dyn StateStore> = match &config.state {
-        StateBackend::Memory => Arc::new(MemoryStore::new(
-            config.memory.max_entries,
-            config.dedup.window,
-            config.storm.rules(),
-            clock.clone(),
-        )),
+        StateBackend::Memory => {
+            Arc::new(MemoryStore::new(&config.memory, config.dedup.window, &config.storm, clock.clone()))
+        }
         StateBackend::Redis(topology) => {
-            let options = RedisOptions {
-                topology: topology.clone(),
-                tls: config.redis.tls.clone(),
-                prefix: config.redis.prefix.clone(),
-                window: config.dedup.window,
-                storms: config.storm.rules(),
-                timeout: config.redis.timeout,
-                monitor_interval: config.redis.monitor_interval,
-            };
             tracing::info!(state = %config.state, "connecting to Redis");
-            Arc::new(RedisStore::connect(options, metrics.clone()).await.map_err(StartError::State)?)
+            let (window, storms) = (config.dedup.window, &config.storm);
+            let store = RedisStore::connect(topology, &config.redis, window, storms, metrics.clone()).await;
+            Arc::new(store.map_err(StartError::State)?)
         }
     };
     let mut namespace_labels = None;
@@ -118,17 +108,10 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
             let client = match overrides.kube_client {
                 Some(client) => client,
                 // In the cluster: the service account; outside: the kubeconfig.
-                None => kube::Client::try_default().await.map_err(|e| StartError::Kube(e.to_string()))?,
+                None => kube::Client::try_default().await.map_err(StartError::KubeClient)?,
             };
-            let options = KubeOptions {
-                call_timeout: config.kube.call_timeout,
-                deadline: config.kube.deadline,
-                breaker_failures: config.kube.breaker_failures,
-                breaker_cooldown: config.kube.breaker_cooldown,
-            };
-            let kube = KubeSink::start(client.clone(), options, metrics.clone(), config.kube.sync_timeout)
-                .await
-                .map_err(|e| StartError::Kube(e.to_string()))?;
+            let kube =
+                KubeSink::start(client.clone(), &config.kube, metrics.clone()).await.map_err(StartError::Kube)?;
             namespace_labels = Some(kube.namespace_labels());
             if config.kube.owner_chain {
                 owners = Some(OwnerCache::start(client, &config.kube, metrics.clone()));
@@ -136,54 +119,17 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
             Arc::new(kube)
         }
     };
-    let coalescer = Coalescer::new(
-        sink.clone(),
-        config.dedup.status_interval,
-        config.dedup.max_status_writes_per_s,
-        metrics.clone(),
-    );
-    let mut classifier = Classifier::new(&config.classify);
-    if let Some(labels) = namespace_labels {
-        classifier = classifier.with_namespace_labels(labels);
-    }
     let sink_handle = sink.clone();
-    let pipeline = Arc::new(Pipeline::new(Parts {
-        state,
-        sink,
-        coalescer,
-        classifier,
-        storms: config.storm.rules(),
-        window_s: config.dedup.window.as_secs() as u32,
-        affected_cap: config.storm.affected_resources_cap,
-        placement: Placement {
-            control_namespace: config.placement.control_namespace.clone(),
-            all: config.placement.all_in_control_namespace,
-        },
-        owners,
-        clock: clock.clone(),
-        metrics: metrics.clone(),
-    }));
+    let parts = Parts { state, sink, owners, namespace_labels, clock: clock.clone(), metrics: metrics.clone() };
+    let pipeline = Arc::new(Pipeline::build(&config, parts));
     let readiness = Readiness::default();
     let app = AppState {
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         clock,
-        limits: Limits {
-            body_limit: config.http.body_limit,
-            body_budget_wait: config.http.body_budget_wait,
-            request_timeout: config.http.request_timeout,
-            retry_after_secs: config.http.retry_after_secs,
-            rate_limit: config
-                .rate_limit
-                .enabled
-                .then_some(RateLimit { rate_per_s: config.rate_limit.rate, burst: config.rate_limit.burst }),
-            refusal_status: axum::http::StatusCode::from_u16(config.rate_limit.refusal_status)
-                .expect("validated: 429 or 503"),
-            trusted_proxies: config.rate_limit.trusted_proxies.clone(),
-        },
+        config: Arc::new(config.clone()),
         readiness: readiness.clone(),
-        budget: http::BodyBudget::new(config.body_budget(), config.http.body_budget_wait, metrics.clone()),
-        cloudevents: Arc::new(config.cloudevents.clone()),
+        budget: http::BodyBudget::new(config.http.body_budget(), config.http.body_budget_wait, metrics.clone()),
     };
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;

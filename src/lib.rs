@@ -8,6 +8,7 @@
 
 pub mod allocator;
 pub mod auth;
+pub mod capacity;
 pub mod cli;
 pub mod clock;
 pub mod config;

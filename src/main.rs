@@ -24,6 +24,13 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(worker_threads = workers, "runtime started");
             runtime.block_on(tidegate::gateway::serve(config))?;
         }
+        Command::Config { defaults: false } => print!("{}", tidegate::config::table()),
+        Command::Config { defaults: true } => {
+            print!("{}", serde_norway::to_string(&tidegate::config::Config::default())?);
+        }
+        Command::Capacity { incidents, storm_scopes, sources } => {
+            print!("{}", tidegate::capacity::Load { incidents, storm_scopes, sources }.plan());
+        }
         Command::Crd => {
             print!("{}", serde_norway::to_string(&RemediationRequest::crd())?);
         }

@@ -14,7 +14,32 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::config::{LogConfig, LogFormat};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `log`: what is logged, and how.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `tidegate=debug`.
+    pub filter: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, filter: "info".into() }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SignalLabels {
@@ -84,6 +109,9 @@ pub struct Metrics {
     pub redis_maxmemory: Gauge,
     pub redis_fragmentation: Gauge<f64, AtomicU64>,
     pub redis_keys: Gauge,
+    pub redis_memory_config_risky: Gauge,
+    pub ready: Gauge,
+    pub kube_breaker_open: Gauge,
     pub storms: Family<StormLabels, Counter>,
     pub alerts_aggregated: Counter,
     pub storm_windows_open: Gauge,
@@ -154,6 +182,20 @@ impl Metrics {
         );
         let redis_keys = Gauge::default();
         registry.register("redis_keys", "Keys under tidegate's prefix", redis_keys.clone());
+        let redis_memory_config_risky = Gauge::default();
+        registry.register(
+            "redis_memory_config_risky",
+            "1 when Redis may evict dedup state (maxmemory-policy allkeys-*) or has no maxmemory",
+            redis_memory_config_risky.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register("ready", "1 when /readyz would answer 200, as of the last scrape", ready.clone());
+        let kube_breaker_open = Gauge::default();
+        registry.register(
+            "kube_breaker_open",
+            "1 while the circuit breaker to the Kubernetes API is open",
+            kube_breaker_open.clone(),
+        );
         let storms = Family::<StormLabels, Counter>::default();
         registry.register("storms_detected", "Storm aggregation windows opened, by type", storms.clone());
         let alerts_aggregated = Counter::default();
@@ -205,6 +247,9 @@ impl Metrics {
             redis_maxmemory,
             redis_fragmentation,
             redis_keys,
+            redis_memory_config_risky,
+            ready,
+            kube_breaker_open,
             storms,
             alerts_aggregated,
             storm_windows_open,

@@ -46,10 +46,14 @@ impl Doc {
     }
 }
 
-/// Every document of every file in `deploy/`, in file-name order.
+/// Every document of every file in `deploy/`, in file-name order. Folders hold
+/// optional add-ons with tests of their own (`monitoring/`: tests/monitoring.rs).
 fn load() -> Vec<Doc> {
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(deploy_dir()).expect("deploy/").map(|e| e.expect("a directory entry").path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .expect("deploy/")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|path| !path.is_dir())
+        .collect();
     files.sort();
     let mut docs = Vec::new();
     for path in files {
@@ -282,8 +286,8 @@ fn deployment_env_names_real_settings() {
     let deployment: Deployment = one(&docs);
     let cli = Cli::command();
     let serve = cli.find_subcommand("serve").expect("the serve subcommand");
-    let known: BTreeSet<String> =
-        serve.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
+    let flags = serve.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned());
+    let known: BTreeSet<String> = flags.chain(tidegate::config::keys().into_iter().map(|k| k.env)).collect();
     let env = the_container(&deployment).env.clone().unwrap_or_default();
     for var in &env {
         assert!(known.contains(&var.name), "{} is not read by `tidegate serve` (known: {known:?})", var.name);

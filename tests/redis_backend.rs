@@ -16,24 +16,19 @@ use support::redis::{shared, RedisServer, ServerOptions, FINGERPRINTS};
 use support::{alert, eventually, occurrences, start_with, tally, unique_prefix, webhook, Gateway};
 use tidegate::config::StateBackend;
 use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
-use tidegate::state::redis::{RedisOptions, RedisStore};
+use tidegate::state::redis::{RedisConfig, RedisStore};
 use tidegate::state::{Observation, StateError, StateStore, Verdict};
 use tidegate::telemetry::Metrics;
 
-fn options(url: &str, prefix: &str, window: Duration) -> RedisOptions {
-    RedisOptions {
-        topology: url.parse().unwrap(),
-        tls: Default::default(),
+async fn store(url: &str, prefix: &str, window: Duration) -> RedisStore {
+    let config = RedisConfig {
         prefix: prefix.to_string(),
-        window,
-        storms: tidegate::state::StormRules::default(),
         timeout: Duration::from_millis(500),
         monitor_interval: Duration::from_secs(1),
-    }
-}
-
-async fn store(url: &str, prefix: &str, window: Duration) -> RedisStore {
-    RedisStore::connect(options(url, prefix, window), Arc::new(Metrics::new())).await.unwrap()
+        ..Default::default()
+    };
+    let storms = tidegate::state::StormConfig::default();
+    RedisStore::connect(&url.parse().unwrap(), &config, window, &storms, Arc::new(Metrics::new())).await.unwrap()
 }
 
 fn fire(case: &str, n: u32) -> Observation {
@@ -47,7 +42,7 @@ fn now_s() -> u32 {
 
 /// A gateway using `url` as its state, under a prefix of its own (or `prefix`).
 async fn gateway(url: &str, prefix: Option<String>, tweak: impl FnOnce(&mut tidegate::config::Config)) -> Gateway {
-    support::redis::register_memory_report(&FINGERPRINTS);
+    support::redis::report::register_memory_report(&FINGERPRINTS);
     let url = url.to_string();
     start_with(move |c| {
         c.state = StateBackend::Redis(url.parse().unwrap());

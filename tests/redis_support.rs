@@ -1,4 +1,4 @@
-//! Smoke tests of the real-Redis test support (`tests/support/redis.rs`): standalone
+//! Smoke tests of the real-Redis test support (`tests/support/redis/`): standalone
 //! kill/restart, Sentinel failover, Cluster routing, and the shared server.
 //!
 //! Included by path (with the process plumbing it needs) so this binary does not
@@ -6,7 +6,7 @@
 
 #[path = "support/process.rs"]
 mod process;
-#[path = "support/redis.rs"]
+#[path = "support/redis/mod.rs"]
 mod redis_support;
 
 use std::sync::atomic::Ordering;
@@ -14,7 +14,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use redis_support::{register_memory_report, shared, ClusterSetup, RedisServer, SentinelSetup, ServerOptions};
+use redis_support::cluster::ClusterSetup;
+use redis_support::report::register_memory_report;
+use redis_support::sentinel::SentinelSetup;
+use redis_support::{shared, RedisServer, ServerOptions};
 
 fn ping(server: &RedisServer) -> redis::RedisResult<String> {
     let mut con = server.client().get_connection_with_timeout(Duration::from_secs(1))?;

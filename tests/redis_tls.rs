@@ -10,13 +10,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Commands;
 use serde_json::Value;
-use support::redis::{ClusterSetup, RedisServer, SentinelSetup, ServerOptions, MASTER_NAME};
+use support::redis::cluster::ClusterSetup;
+use support::redis::sentinel::SentinelSetup;
+use support::redis::{RedisServer, ServerOptions, MASTER_NAME};
 use support::tls::Pki;
 use support::{alert, start_with, unique_prefix, webhook, Gateway};
 use tidegate::config::StateBackend;
 use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
 use tidegate::state::redis::connection::TlsFiles;
-use tidegate::state::redis::{RedisOptions, RedisStore};
+use tidegate::state::redis::{RedisConfig, RedisStore};
 use tidegate::state::{Observation, StateError, StateStore, Verdict};
 use tidegate::telemetry::Metrics;
 
@@ -25,16 +27,14 @@ fn tls_server(pki: &Pki, require_client_cert: bool) -> RedisServer {
 }
 
 async fn connect(url: &str, tls: TlsFiles) -> Result<RedisStore, StateError> {
-    let options = RedisOptions {
-        topology: url.parse().unwrap(),
-        tls,
+    let config = RedisConfig {
         prefix: unique_prefix(),
-        window: Duration::from_secs(300),
-        storms: tidegate::state::StormRules::default(),
         timeout: Duration::from_secs(2),
         monitor_interval: Duration::from_secs(3600),
+        tls,
     };
-    RedisStore::connect(options, Arc::new(Metrics::new())).await
+    let (window, storms) = (Duration::from_secs(300), tidegate::state::StormConfig::default());
+    RedisStore::connect(&url.parse().unwrap(), &config, window, &storms, Arc::new(Metrics::new())).await
 }
 
 /// A gateway whose state is the TLS Redis at `url`, trusting `pki`'s CA, under a

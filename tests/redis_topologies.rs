@@ -1,5 +1,6 @@
 //! Sentinel and Cluster deployments, started for real by this test binary.
 
+#[macro_use]
 #[path = "support/conformance.rs"]
 mod conformance;
 mod support;
@@ -8,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::redis::{ClusterSetup, SentinelSetup, MASTER_NAME};
+use support::redis::cluster::ClusterSetup;
+use support::redis::sentinel::SentinelSetup;
+use support::redis::MASTER_NAME;
 use support::{alert, eventually, start_with, unique_prefix, webhook};
 use tidegate::config::StateBackend;
-use tidegate::state::redis::{RedisOptions, RedisStore};
+use tidegate::state::redis::{RedisConfig, RedisStore};
 use tidegate::state::StateStore;
 use tidegate::telemetry::Metrics;
 
@@ -35,16 +38,18 @@ mod cluster_conformance {
 
     async fn cluster_store(window: Duration) -> Arc<dyn StateStore> {
         let url = tokio::task::spawn_blocking(cluster_url).await.unwrap();
-        let options = RedisOptions {
-            topology: url.parse().unwrap(),
-            tls: Default::default(),
+        let config = RedisConfig {
             prefix: unique_prefix(),
-            window,
-            storms: tidegate::state::StormRules::default(),
             timeout: Duration::from_secs(2),
             monitor_interval: Duration::from_secs(3600),
+            ..Default::default()
         };
-        Arc::new(RedisStore::connect(options, Arc::new(Metrics::new())).await.unwrap())
+        let storms = tidegate::state::StormConfig::default();
+        Arc::new(
+            RedisStore::connect(&url.parse().unwrap(), &config, window, &storms, Arc::new(Metrics::new()))
+                .await
+                .unwrap(),
+        )
     }
 
     conformance_suite!(cluster_store);

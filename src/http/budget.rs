@@ -52,7 +52,7 @@ pub enum Refused {
     /// No room in the budget within the wait: 503.
     NoRoom { bytes: u64 },
     /// The connection failed mid-body: 400.
-    Unreadable(String),
+    Unreadable(axum::Error),
 }
 
 impl BodyBudget {
@@ -98,7 +98,7 @@ impl BodyBudget {
         let mut body = body;
         let mut buf = Vec::with_capacity(declared);
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Refused::Unreadable(e.to_string()))?;
+            let frame = frame.map_err(Refused::Unreadable)?;
             let Ok(data) = frame.into_data() else { continue };
             if buf.len() + data.len() > limit {
                 return Err(Refused::TooLarge);

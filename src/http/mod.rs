@@ -15,18 +15,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use ipnet::IpNet;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::clock::Clock;
+use crate::config::{Config, ConfigError};
 use crate::ingest;
 use crate::pipeline::Pipeline;
-use crate::state::RateLimit;
 use crate::telemetry::{HttpLabels, Metrics, ReasonLabels};
 pub use budget::BodyBudget;
 use problem::Problem;
@@ -39,27 +41,115 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
-    pub limits: Limits,
+    /// Read for `http`, `rate_limit` (who a request is charged to, how a refusal is
+    /// answered) and the sections of sources that have one.
+    pub config: Arc<Config>,
     pub readiness: Readiness,
     pub budget: BodyBudget,
-    /// `cloudevents`: the CloudEvents source's mapping per event type.
-    pub cloudevents: Arc<ingest::cloudevents::CloudEventsConfig>,
 }
 
-/// Request limits and retry advice, from `http.*` and `rate_limit.*` config.
-#[derive(Clone, Debug)]
-pub struct Limits {
+/// `http`: the listener's limits, timeouts and shutdown.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest accepted request body, in bytes. Twice a 10,000-alert Alertmanager
+    /// notification of kube-prometheus-stack's `KubePodCrashLooping` (11.1 MB,
+    /// measured; see docs/delivery.md): only a body no legitimate sender produces is
+    /// answered 413, which a sender never retries.
     pub body_limit: usize,
-    /// How long a body may wait for room in the budget before a 503.
+    /// Body bytes that all requests together may hold while they are read and
+    /// decided; a request that would go over waits up to `body_budget_wait`, then is
+    /// answered 503 with `Retry-After`. Unset: an eighth of the memory the process
+    /// may use (its cgroup's limit, else the machine's), at least twice
+    /// `body_limit`, at most 1 GiB.
+    ///
+    /// Memory stays bounded and nothing is refused for good.
+    pub body_budget: Option<u64>,
+    /// How long a request may wait for room in `body_budget`.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
     pub body_budget_wait: Duration,
+    /// How long one request may take before it is answered 503.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
+    /// After SIGTERM, how long to keep serving with readiness at 503, so that load
+    /// balancers stop sending before the listener closes.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub shutdown_delay: Duration,
+    /// Then, how long in-flight requests and pending status writes may take; delay
+    /// plus grace stays inside Kubernetes' default 30 s.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub shutdown_grace: Duration,
+    /// `Retry-After` sent with 503 answers, in seconds.
     pub retry_after_secs: u32,
-    /// Per-source rate limit; `None` when disabled.
-    pub rate_limit: Option<RateLimit>,
-    /// The status of a rate-limit refusal: 503, or 429 where configured.
-    pub refusal_status: StatusCode,
-    /// Peers whose forwarding headers name the real source.
-    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            body_limit: 24 * 1024 * 1024,
+            body_budget: None,
+            body_budget_wait: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(20),
+            retry_after_secs: 5,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason| Err(ConfigError::invalid(key, reason));
+        if !(1024..=64 * 1024 * 1024).contains(&self.body_limit) {
+            return invalid("http.body_limit", "must be between 1024 and 67108864 bytes");
+        }
+        if self.body_budget.is_some_and(|budget| budget < self.body_limit as u64) {
+            return invalid(
+                "http.body_budget",
+                "must be at least http.body_limit, or the largest body could never be read",
+            );
+        }
+        if self.body_budget.is_some_and(|budget| budget > u32::MAX as u64 * 16) {
+            return invalid("http.body_budget", "must be at most 64 GiB");
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            return invalid("http.request_timeout", "must be at least 100ms");
+        }
+        if self.retry_after_secs == 0 {
+            return invalid("http.retry_after_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Body bytes in flight, at most: `body_budget`, or by default an eighth of the
+    /// memory this process may use, at least twice `body_limit` and at most 1 GiB.
+    /// Parsing roughly doubles a body's footprint while it is decided, so an eighth
+    /// keeps bodies well inside a quarter of memory.
+    pub fn body_budget(&self) -> u64 {
+        self.body_budget.unwrap_or_else(|| {
+            let floor = 2 * self.body_limit as u64;
+            (memory_limit() / 8).clamp(floor, floor.max(1 << 30))
+        })
+    }
+}
+
+/// The memory this process may use: its cgroup's limit (v2, then v1), else the
+/// machine's total, else 4 GiB when neither can be read.
+fn memory_limit() -> u64 {
+    let read = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+    let machine = || {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().strip_suffix("kB")?;
+        kib.trim().parse::<u64>().ok().map(|kib| kib * 1024)
+    };
+    let total = machine().unwrap_or(4 << 30);
+    // An unlimited cgroup reads "max" (v2) or a huge number (v1).
+    let cgroup = read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"));
+    cgroup.map_or(total, |limit| limit.min(total))
 }
 
 /// Who a request is charged to, and how that was decided (a metric label).

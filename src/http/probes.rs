@@ -14,14 +14,18 @@ pub async fn healthz() -> &'static str {
 
 /// 200 when state and sink are reachable and the process is not shutting down.
 pub async fn readyz(State(app): State<AppState>) -> Response {
-    let retry = app.limits.retry_after_secs;
+    match readiness(&app).await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn readiness(app: &AppState) -> Result<(), Problem> {
+    let retry = app.config.http.retry_after_secs;
     if app.readiness.shutting_down() {
-        return Problem::shutting_down(retry).into_response();
+        return Err(Problem::shutting_down(retry));
     }
-    if let Err(e) = app.pipeline.ready().await {
-        return Problem::from_pipeline(&e, retry).into_response();
-    }
-    (StatusCode::OK, "ready\n").into_response()
+    app.pipeline.ready().await.map_err(|e| Problem::from_pipeline(&e, retry))
 }
 
 /// Prometheus text exposition.
@@ -30,6 +34,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         app.metrics.state_entries.set(n as i64);
     }
     app.metrics.storm_windows_open.set(app.pipeline.open_windows() as i64);
+    app.metrics.ready.set(readiness(&app).await.is_ok() as i64);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.encode())
         .into_response()
 }

@@ -117,7 +117,7 @@ impl Problem {
         p
     }
 
-    pub fn unreadable_body(e: &str) -> Self {
+    pub fn unreadable_body(e: &dyn std::error::Error) -> Self {
         Problem::new(
             StatusCode::BAD_REQUEST,
             "body_unreadable",
@@ -151,12 +151,6 @@ impl Problem {
     /// The decision took longer than `http.request_timeout`.
     pub fn timeout(limit: std::time::Duration, retry_after_secs: u32) -> Self {
         Problem::unavailable("timeout", format!("could not decide within {limit:?}; retry later"), retry_after_secs)
-    }
-
-    /// The state store limited a batch that was not charged: it cannot happen, and
-    /// the sender's retry is safe if it does.
-    pub fn uncharged_limit(retry_after_secs: u32) -> Self {
-        Problem::unavailable("state_unavailable", "rate limit without a charge", retry_after_secs)
     }
 
     pub fn shutting_down(retry_after_secs: u32) -> Self {

@@ -24,7 +24,7 @@ use super::AppState;
 use crate::ingest::{Answer, Payload, Source};
 use crate::pipeline::{Outcome, OutcomeStatus, Processed};
 use crate::signal::Fingerprint;
-use crate::state::{Admission, Charge, RateLimit};
+use crate::state::Admission;
 use crate::telemetry::SourceClassLabels;
 
 /// `POST` on a source's route: the one handler of every source in the table.
@@ -38,47 +38,41 @@ pub async fn ingest(
     decide(app, peer, headers, body, source).await
 }
 
-/// Who a request is charged to, when rate limiting is on.
-struct Payer {
+/// Who sent a request: the source it is charged to, and how that was decided (a
+/// metric label).
+struct Sender {
     source: String,
     class: &'static str,
-    limit: RateLimit,
-    now_ms: u64,
 }
 
-impl Payer {
-    fn of(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Option<Self> {
-        let limit = app.limits.rate_limit?;
-        let (source, class) = super::source_of(peer.ip(), headers, &app.limits.trusted_proxies);
-        Some(Payer { source, class, limit, now_ms: app.clock.now_ms() })
-    }
-
-    fn charge(&self) -> Charge<'_> {
-        Charge { source: &self.source, limit: self.limit, now_ms: self.now_ms }
+impl Sender {
+    fn of(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
+        let (source, class) = super::source_of(peer.ip(), headers, &app.config.rate_limit.trusted_proxies);
+        Sender { source, class }
     }
 
     fn limited(&self, app: &AppState, retry_after_ms: u64) -> Response {
         app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: self.class }).inc();
         let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
-        app.reject(Problem::rate_limited(&self.source, secs, app.limits.refusal_status))
+        let status = StatusCode::from_u16(app.config.rate_limit.refusal_status).expect("validated: 429 or 503");
+        app.reject(Problem::rate_limited(&self.source, secs, status))
     }
 }
 
-/// Charges a request that will not reach the pipeline to its source, and returns
-/// the answer it gets instead if its source is over the limit (or the charge could
+/// Charges a request that will not reach the pipeline to its sender, and returns
+/// the answer it gets instead if the sender is over its limit (or the charge could
 /// not be recorded): a bad request never gets round the limit.
-async fn over_limit(app: &AppState, payer: Option<&Payer>) -> Option<Response> {
-    let payer = payer?;
-    match app.pipeline.admit(payer.charge()).await {
+async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
+    match app.pipeline.admit(&sender.source).await {
         Ok(Admission::Allowed) => None,
-        Ok(Admission::Limited { retry_after_ms }) => Some(payer.limited(app, retry_after_ms)),
-        Err(e) => Some(Problem::from_pipeline(&e, app.limits.retry_after_secs).into_response()),
+        Ok(Admission::Limited { retry_after_ms }) => Some(sender.limited(app, retry_after_ms)),
+        Err(e) => Some(Problem::from_pipeline(&e, app.config.http.retry_after_secs).into_response()),
     }
 }
 
-/// Refuses a request with `problem`, unless its source is over the limit.
-async fn refuse(app: &AppState, payer: Option<&Payer>, problem: Problem) -> Response {
-    match over_limit(app, payer).await {
+/// Refuses a request with `problem`, unless its sender is over the limit.
+async fn refuse(app: &AppState, sender: &Sender, problem: Problem) -> Response {
+    match over_limit(app, sender).await {
         Some(response) => response,
         None => app.reject(problem),
     }
@@ -129,31 +123,31 @@ impl Serialize for Hex<'_> {
 }
 
 async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body, source: &'static Source) -> Response {
-    // The charge to the source's rate limit goes with the decision, in one round trip
+    // The charge to the sender's rate limit goes with the decision, in one round trip
     // to the state store; a request refused before that is charged on its own.
-    let payer = Payer::of(&app, peer, &headers);
+    let sender = Sender::of(&app, peer, &headers);
     if let Err(p) = check_content_type(&headers, source) {
-        return refuse(&app, payer.as_ref(), p).await;
+        return refuse(&app, &sender, p).await;
     }
     // Held until the answer: the signals borrow from the body.
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let (bytes, _held) = match app.budget.read(declared, body, app.limits.body_limit).await {
+    let (bytes, _held) = match app.budget.read(declared, body, app.config.http.body_limit).await {
         Ok(read) => read,
         Err(refused) => {
-            let limits = &app.limits;
-            let problem = refused.problem(limits.body_limit, limits.body_budget_wait, limits.retry_after_secs);
+            let http = &app.config.http;
+            let problem = refused.problem(http.body_limit, http.body_budget_wait, http.retry_after_secs);
             if problem.status.is_server_error() {
                 // No room yet is not the sender's doing: its retry is not charged twice.
                 return app.reject(problem);
             }
-            return refuse(&app, payer.as_ref(), problem).await;
+            return refuse(&app, &sender, problem).await;
         }
     };
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
-    let payload = Payload { body: &bytes, headers: &headers, received, cloudevents: &app.cloudevents };
+    let payload = Payload { body: &bytes, headers: &headers, received, config: &app.config };
     let parsed = match (source.parse)(&payload) {
         Ok(parsed) => parsed,
-        Err(e) => return refuse(&app, payer.as_ref(), Problem::bad_request(&e)).await,
+        Err(e) => return refuse(&app, &sender, Problem::bad_request(&e)).await,
     };
     let total = parsed.len();
     let (mut signals, mut failures) = (Vec::with_capacity(total), Vec::new());
@@ -171,27 +165,25 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
         }
     };
     if signals.is_empty() {
-        if let Some(refused) = over_limit(&app, payer.as_ref()).await {
+        if let Some(refused) = over_limit(&app, &sender).await {
             return refused;
         }
         count_failures(&failures);
         return Problem::unusable(failures, total).into_response();
     }
     let (indices, batch): (Vec<usize>, Vec<_>) = signals.into_iter().unzip();
-    let charge = payer.as_ref().map(Payer::charge);
-    let processed = tokio::time::timeout(app.limits.request_timeout, app.pipeline.process(&batch, charge)).await;
-    if let (Ok(Ok(Processed::Limited { retry_after_ms })), Some(payer)) = (&processed, &payer) {
-        return payer.limited(&app, *retry_after_ms);
-    }
+    let processed =
+        tokio::time::timeout(app.config.http.request_timeout, app.pipeline.process(&batch, &sender.source)).await;
+    let decided = match processed {
+        Ok(Ok(Processed::Limited { retry_after_ms })) => return sender.limited(&app, retry_after_ms),
+        Ok(Ok(Processed::Decided(outcomes))) => Ok(outcomes),
+        Ok(Err(e)) => Err(Problem::from_pipeline(&e, app.config.http.retry_after_secs)),
+        Err(_) => Err(Problem::timeout(app.config.http.request_timeout, app.config.http.retry_after_secs)),
+    };
     count_failures(&failures);
-    let outcomes = match processed {
-        Ok(Ok(Processed::Decided(outcomes))) => outcomes,
-        // Only a charged batch can be limited, and that is answered above.
-        Ok(Ok(Processed::Limited { .. })) => {
-            return Problem::uncharged_limit(app.limits.retry_after_secs).into_response()
-        }
-        Ok(Err(e)) => return Problem::from_pipeline(&e, app.limits.retry_after_secs).into_response(),
-        Err(_) => return Problem::timeout(app.limits.request_timeout, app.limits.retry_after_secs).into_response(),
+    let outcomes = match decided {
+        Ok(outcomes) => outcomes,
+        Err(problem) => return problem.into_response(),
     };
     match source.answer {
         Answer::Results => results_answer(total, &indices, &outcomes, failures),

@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Deserializer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
@@ -41,20 +42,21 @@ pub const SOURCE: Source = Source {
 };
 
 /// `cloudevents`: how events of each type become signals.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CloudEventsConfig {
-    /// Event `type` → its mapping. An event of any other type is refused with 400.
-    /// Default: Falco's `falco.rule.output.v1`, as Falcosidekick sends it (see
-    /// [`FALCO`]). Setting `types` replaces the default: keep that entry to keep
-    /// taking Falco's events.
+    /// Event `type` → its mapping; an event of any other type is refused with 400.
+    ///
+    /// The default maps Falco's `falco.rule.output.v1`, as Falcosidekick sends it
+    /// (see [`FALCO`]). Setting `types` replaces the default: keep that entry to
+    /// keep taking Falco's events.
     pub types: BTreeMap<String, Mapping>,
 }
 
 /// How events of one type become a signal. Every value is read through JSON
 /// pointers into the event; a pointer to a missing, `null` or empty value reads
 /// nothing, and the next pointer of the list is tried.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
     /// The signal name. Required: an event where it reads nothing is refused (400).
@@ -80,7 +82,7 @@ pub struct Mapping {
 }
 
 /// Where the severity is read, and how a sender's words become tidegate's.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SeverityMapping {
     pub from: Pointers,
@@ -94,7 +96,7 @@ pub struct SeverityMapping {
 
 /// One candidate target: a Kubernetes kind and where its name is read. The
 /// namespace is the signal's, or none for a cluster-scoped kind such as `Node`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetMapping {
     pub kind: String,
@@ -241,6 +243,28 @@ impl<'de> Deserialize<'de> for Pointers {
     }
 }
 
+impl Serialize for Pointers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => serializer.serialize_str(one),
+            many => many.serialize(serializer),
+        }
+    }
+}
+
+impl JsonSchema for Pointers {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Pointers".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A JSON pointer into the event, or a list of them tried in order.",
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+        })
+    }
+}
+
 /// A value as text: strings as they are, numbers and booleans as JSON writes them,
 /// lists and objects as compact JSON; `null` and empty values read nothing.
 fn text(value: &Value) -> Option<String> {
@@ -295,7 +319,7 @@ impl At {
 pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
     let content_type = payload.headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let essence = super::essence(content_type.unwrap_or(""));
-    let config = payload.cloudevents;
+    let config = &payload.config.cloudevents;
     let one = |event: Result<Map<String, Value>, IngestError>, at: At| {
         event.and_then(|event| signal(event, at, config, payload.received))
     };
@@ -501,6 +525,7 @@ mod tests {
     use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
     use super::*;
+    use crate::config::Config;
 
     /// Falcosidekick's request (`tests/fixtures/cloudevents/*.http`): its headers and body.
     const SIDEKICK: &str = include_str!("../../tests/fixtures/cloudevents/falcosidekick-cloudevent-binary.http");
@@ -517,12 +542,8 @@ mod tests {
         (headers, body.to_string())
     }
 
-    fn parse_with<'a>(
-        headers: &'a HeaderMap,
-        body: &'a str,
-        config: &'a CloudEventsConfig,
-    ) -> Result<Parsed<'a>, IngestError> {
-        let payload = Payload { body: body.as_bytes(), headers, received: Timestamp::UNIX_EPOCH, cloudevents: config };
+    fn parse_with<'a>(headers: &'a HeaderMap, body: &'a str, config: &'a Config) -> Result<Parsed<'a>, IngestError> {
+        let payload = Payload { body: body.as_bytes(), headers, received: Timestamp::UNIX_EPOCH, config };
         parse(&payload)
     }
 
@@ -540,7 +561,7 @@ mod tests {
     }
 
     /// A configuration mapping the CloudEvents spec's example type.
-    fn example_config() -> CloudEventsConfig {
+    fn example_config() -> Config {
         let yaml = r#"types:
   com.example.someevent:
     name: /data/appinfoA
@@ -549,15 +570,15 @@ mod tests {
     target: [{kind: Deployment, name: /source}]
     labels: {b: /data/appinfoB, c: /data/appinfoC}
 "#;
-        let config: CloudEventsConfig = serde_norway::from_str(yaml).unwrap();
-        config.validate().unwrap();
-        config
+        let cloudevents: CloudEventsConfig = serde_norway::from_str(yaml).unwrap();
+        cloudevents.validate().unwrap();
+        Config { cloudevents, ..Default::default() }
     }
 
     #[test]
     fn falcosidekicks_binary_event_becomes_a_signal_about_the_falco_node() {
         let (headers, body) = request(SIDEKICK);
-        let config = CloudEventsConfig::default();
+        let config = Config::default();
         let s = one(parse_with(&headers, &body, &config));
         assert_eq!((&*s.name, &*s.severity, &*s.namespace), ("Read sensitive file untrusted", "warning", "default"));
         assert_eq!(s.target, TargetResource::new("Node", "97ade2b595f0", ""));
@@ -580,7 +601,7 @@ mod tests {
         let (headers, body) = request(SIDEKICK);
         let body =
             body.replace(r#""output_fields":{"#, r#""output_fields":{"k8s.ns.name":"shop","k8s.pod.name":"web-0","#);
-        let config = CloudEventsConfig::default();
+        let config = Config::default();
         let s = one(parse_with(&headers, &body, &config));
         assert_eq!(s.target, TargetResource::new("Pod", "web-0", "shop"));
         assert_eq!(s.fingerprint, Fingerprint::new("Read sensitive file untrusted", "shop", &s.target));
@@ -588,7 +609,7 @@ mod tests {
 
     #[test]
     fn falco_priorities_fold_into_three_severities() {
-        let config = CloudEventsConfig::default();
+        let config = Config::default();
         let (mut headers, body) = request(SIDEKICK);
         for (priority, severity) in [
             ("Emergency", "critical"),
@@ -659,7 +680,7 @@ mod tests {
 
     #[test]
     fn an_unknown_type_is_refused_naming_the_configured_types() {
-        let err = parse_with(&structured_headers(), STRUCTURED, &CloudEventsConfig::default()).unwrap_err();
+        let err = parse_with(&structured_headers(), STRUCTURED, &Config::default()).unwrap_err();
         let reason = "no mapping for event type \"com.example.someevent\"; configured types: falco.rule.output.v1";
         assert_eq!(err, IngestError::invalid("$.type", reason));
     }
@@ -670,7 +691,7 @@ mod tests {
         let body = body.replace(r#""rule":"Read sensitive file untrusted","#, "");
         let mut headers = headers;
         headers.remove("ce-rule");
-        let err = parse_with(&headers, &body, &CloudEventsConfig::default()).unwrap_err();
+        let err = parse_with(&headers, &body, &Config::default()).unwrap_err();
         let reason = "missing; the mapping for \"falco.rule.output.v1\" takes the signal name from /data/rule or /rule";
         assert_eq!(err, IngestError::invalid("$.rule", reason));
     }
@@ -683,8 +704,8 @@ mod tests {
             HeaderValue::from_static("application/cloudevents-batch+json"),
         )]);
         let mut config = example_config();
-        let mapping = config.types["com.example.someevent"].clone();
-        config.types.insert("com.example.someotherevent".into(), mapping);
+        let mapping = config.cloudevents.types["com.example.someevent"].clone();
+        config.cloudevents.types.insert("com.example.someotherevent".into(), mapping);
         let parsed = parse_with(&headers, batch, &config).unwrap();
         // The spec's first element carries placeholder text, not base64.
         let err = parsed[0].as_ref().unwrap_err();
@@ -697,7 +718,7 @@ mod tests {
     #[test]
     fn malformed_data_names_its_path() {
         let (headers, _) = request(SIDEKICK);
-        let err = parse_with(&headers, r#"{"rule": ["x"}"#, &CloudEventsConfig::default()).unwrap_err();
+        let err = parse_with(&headers, r#"{"rule": ["x"}"#, &Config::default()).unwrap_err();
         assert!(matches!(err, IngestError::Malformed { ref path, .. } if path.starts_with("$.rule")), "{err:?}");
     }
 

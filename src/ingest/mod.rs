@@ -20,6 +20,7 @@ use axum::http::HeaderMap;
 use jiff::Timestamp;
 use serde::Deserialize;
 
+use crate::config::Config;
 use crate::signal::{Signal, SignalType};
 
 /// Every source tidegate accepts.
@@ -62,8 +63,8 @@ pub struct Payload<'a> {
     pub body: &'a [u8],
     pub headers: &'a HeaderMap,
     pub received: Timestamp,
-    /// `cloudevents`: how each event type becomes a signal.
-    pub cloudevents: &'a cloudevents::CloudEventsConfig,
+    /// The configuration, for the sources that have a section of their own.
+    pub config: &'a Config,
 }
 
 impl Source {
@@ -81,9 +82,8 @@ impl Source {
 #[cfg(test)]
 pub fn payload(body: &str) -> Payload<'_> {
     static HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
-    static CLOUDEVENTS: std::sync::LazyLock<cloudevents::CloudEventsConfig> =
-        std::sync::LazyLock::new(Default::default);
-    Payload { body: body.as_bytes(), headers: &HEADERS, received: Timestamp::UNIX_EPOCH, cloudevents: &CLOUDEVENTS }
+    static CONFIG: std::sync::LazyLock<Config> = std::sync::LazyLock::new(Default::default);
+    Payload { body: body.as_bytes(), headers: &HEADERS, received: Timestamp::UNIX_EPOCH, config: &CONFIG }
 }
 
 /// The essence of a `Content-Type` value: its `type/subtype`, lowercase, without

@@ -9,9 +9,124 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{ClassifyConfig, PriorityRule};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
 use crate::remediation::Classification;
 use crate::signal::Signal;
+
+/// `classify`: how a signal's environment and priority are decided.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassifyConfig {
+    /// Environment recorded when nothing else decides it.
+    pub default_environment: String,
+    /// Namespace → environment, used when the namespace has no `environment` label.
+    pub namespaces: std::collections::BTreeMap<String, String>,
+    /// Environment spellings → canonical name, so `prod` and `production` match the
+    /// same rules.
+    pub aliases: std::collections::BTreeMap<String, String>,
+    /// Priority rules, first match wins.
+    pub priorities: Vec<PriorityRule>,
+}
+
+/// One row of the priority table. Empty matchers match everything.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityRule {
+    /// Shown on the request as `spec.priorityRule` and an annotation.
+    pub name: String,
+    /// Severities this rule applies to (case-insensitive); absent: any.
+    #[serde(default)]
+    pub severity: Option<Vec<String>>,
+    /// Environments (after aliasing); absent: any.
+    #[serde(default)]
+    pub environment: Option<Vec<String>>,
+    /// Labels that must all be present with these values.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `P0` (most urgent) to `P3`.
+    pub priority: String,
+}
+
+impl PriorityRule {
+    fn new(name: &str, severity: &[&str], environment: &[&str], priority: &str) -> Self {
+        let list = |v: &[&str]| (!v.is_empty()).then(|| v.iter().map(|s| s.to_string()).collect());
+        PriorityRule {
+            name: name.into(),
+            severity: list(severity),
+            environment: list(environment),
+            labels: Default::default(),
+            priority: priority.into(),
+        }
+    }
+
+    /// Whether this rule matches anything at all.
+    pub fn is_catch_all(&self) -> bool {
+        self.severity.is_none() && self.environment.is_none() && self.labels.is_empty()
+    }
+}
+
+impl Default for ClassifyConfig {
+    fn default() -> Self {
+        let aliases = [
+            ("prod", "production"),
+            ("prd", "production"),
+            ("stage", "staging"),
+            ("stg", "staging"),
+            ("dev", "development"),
+        ];
+        ClassifyConfig {
+            default_environment: "unknown".into(),
+            namespaces: Default::default(),
+            aliases: aliases.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            priorities: vec![
+                PriorityRule::new("critical-production", &["critical"], &["production"], "P0"),
+                PriorityRule::new("critical", &["critical"], &[], "P1"),
+                PriorityRule::new("warning-production", &["warning"], &["production"], "P1"),
+                PriorityRule::new("warning", &["warning"], &[], "P2"),
+                PriorityRule::new("default", &[], &[], "P3"),
+            ],
+        }
+    }
+}
+
+impl ClassifyConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.default_environment.trim().is_empty() {
+            return Err(ConfigError::invalid("classify.default_environment", "must not be empty"));
+        }
+        let invalid = |reason: String| Err(ConfigError::invalid("classify.priorities", reason));
+        let rules = &self.priorities;
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let at = format!("rule {i} ({:?})", rule.name);
+            if rule.name.trim().is_empty() {
+                return invalid(format!("rule {i}: name must not be empty"));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return invalid(format!("{at}: duplicate name"));
+            }
+            if !matches!(rule.priority.as_str(), "P0" | "P1" | "P2" | "P3") {
+                return invalid(format!("{at}: priority must be one of P0, P1, P2, P3, got {:?}", rule.priority));
+            }
+            if rule.severity.as_ref().is_some_and(Vec::is_empty) || rule.environment.as_ref().is_some_and(Vec::is_empty)
+            {
+                return invalid(format!(
+                    "{at}: an empty list matches nothing; leave the matcher out to match anything"
+                ));
+            }
+            if rule.is_catch_all() && i + 1 < rules.len() {
+                return invalid(format!(
+                    "{at} matches everything, so the {} rule(s) after it can never match",
+                    rules.len() - i - 1
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Where namespace labels come from, when tidegate runs against a cluster.
 pub trait NamespaceLabels: Send + Sync {

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::sink::{Created, RequestRef, Sink, SinkError};
+use crate::state::DedupConfig;
 use crate::telemetry::{Metrics, SinkLabels};
 
 /// Longest wait between retries of a failing write.
@@ -93,8 +94,10 @@ struct Pending {
 impl Coalescer {
     /// Starts the writer task. Must be called within a tokio runtime.
     /// `max_per_s` caps writes per second across all requests.
-    pub fn new(sink: Arc<dyn Sink>, interval: Duration, max_per_s: u32, metrics: Arc<Metrics>) -> Self {
-        let max_per_s = max_per_s.max(1) as f64;
+    /// A coalescer writing at most once per `dedup.status_interval` per request and
+    /// `dedup.max_status_writes_per_s` in all.
+    pub fn new(sink: Arc<dyn Sink>, config: &DedupConfig, metrics: Arc<Metrics>) -> Self {
+        let (interval, max_per_s) = (config.status_interval, config.max_status_writes_per_s.max(1) as f64);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 budget: Budget { tokens: max_per_s, at: Some(Instant::now()) },
@@ -343,6 +346,10 @@ mod tests {
     use crate::state::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    fn dedup(status_interval: Duration, max_status_writes_per_s: u32) -> DedupConfig {
+        DedupConfig { status_interval, max_status_writes_per_s, ..Default::default() }
+    }
+
     /// A sink that counts status writes.
     #[derive(Default)]
     struct Counting(AtomicUsize);
@@ -381,7 +388,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_write_per_request_per_interval_carrying_the_latest_count() {
         let sink = Arc::new(Counting::default());
-        let c = Coalescer::new(sink.clone(), Duration::from_secs(1), 1000, Arc::new(Metrics::new()));
+        let c = Coalescer::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
         for n in 1..=50 {
             c.record(incident(0), &at(0), update(n));
         }
@@ -395,7 +402,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn writes_over_the_cap_wait_and_shutdown_writes_them_all() {
         let sink = Arc::new(Counting::default());
-        let c = Coalescer::new(sink.clone(), Duration::from_millis(100), 2, Arc::new(Metrics::new()));
+        let c = Coalescer::new(sink.clone(), &dedup(Duration::from_millis(100), 2), Arc::new(Metrics::new()));
         for n in 0..10 {
             c.record(incident(n), &at(n), update(1));
         }

@@ -19,17 +19,21 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
 use crate::clock::Clock;
+use crate::config::{Config, ConfigError};
 use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate};
 use crate::signal::{Fingerprint, Signal, SignalStatus};
 use crate::sink::{Created, Lookup, RequestRef, Sink, SinkError};
 use crate::state::{
-    Admission, Charge, Decision, Entry, Folded, Observation, OpenWindow, StateError, StateStore, StormKey, StormRules,
-    Verdict,
+    Admission, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore,
+    StormConfig, StormKey, Verdict,
 };
 use crate::telemetry::{ClassLabels, Metrics, StormLabels};
 use crate::workload::{self, Owners};
-use classify::Classifier;
+use classify::{Classifier, NamespaceLabels};
 use coalesce::{Coalescer, Incident};
 
 /// What happened to one signal.
@@ -94,10 +98,13 @@ pub struct Pipeline {
     sink: Arc<dyn Sink>,
     coalescer: Coalescer,
     classifier: Classifier,
-    storms: StormRules,
+    storm: StormConfig,
+    /// The dedup window, in seconds: an open request whose incident was last seen
+    /// longer ago than this is history, not an incident to count on.
     window_s: u32,
-    affected_cap: usize,
-    placement: Placement,
+    placement: PlacementConfig,
+    /// Per-source rate limit; `None` when disabled.
+    rate_limit: Option<RateLimit>,
     owners: Option<Arc<dyn Owners>>,
     /// Storm windows seen by this replica, (scope, opening second) → last alert.
     windows: Mutex<HashMap<([u8; 16], u32), u32>>,
@@ -105,58 +112,107 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
 }
 
-/// Which namespace requests go to, from `placement.*` config.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Placement {
-    /// Where requests about cluster-scoped targets (such as nodes) go.
+/// `placement`: which namespace requests go to.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// Namespace for requests about cluster-scoped targets (nodes). Unset: they go
+    /// to the signal's namespace.
     pub control_namespace: Option<String>,
-    /// Put every request in the control namespace.
-    pub all: bool,
+    /// Put every request in `control_namespace`.
+    pub all_in_control_namespace: bool,
 }
 
-/// The parts a pipeline decides with.
+impl PlacementConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.all_in_control_namespace && self.control_namespace.is_none() {
+            return Err(ConfigError::invalid(
+                "placement.all_in_control_namespace",
+                "needs placement.control_namespace",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `rate_limit`: requests per source, decided in the state store, so that replicas
+/// sharing Redis share each source's budget.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Whether sources are rate-limited at all.
+    pub enabled: bool,
+    /// Sustained requests per second per source: far above what one Alertmanager
+    /// sends in a storm, so that only abusive sources are refused.
+    pub rate: f64,
+    /// Requests a source may send back to back above the rate.
+    pub burst: u32,
+    /// The status of a refusal: `503`, which Alertmanager and Prometheus retry, or
+    /// `429`, for senders that honour it; Alertmanager treats a 429 like any 4xx and
+    /// drops the notification (docs/delivery.md).
+    pub refusal_status: u16,
+    /// Proxies whose `X-Forwarded-For` / `X-Real-IP` are believed, as CIDRs. Empty:
+    /// the source is the peer address.
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { enabled: true, rate: 1000.0, burst: 5000, refusal_status: 503, trusted_proxies: Vec::new() }
+    }
+}
+
+impl RateLimitConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason| Err(ConfigError::invalid(key, reason));
+        if !(self.rate > 0.0 && self.rate <= 1_000_000.0) {
+            return invalid("rate_limit.rate", "must be more than 0 and at most 1000000 requests per second");
+        }
+        if !matches!(self.refusal_status, 429 | 503) {
+            return invalid("rate_limit.refusal_status", "must be 503 (retried by Alertmanager) or 429");
+        }
+        if self.burst == 0 {
+            return invalid("rate_limit.burst", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The limit each source is charged against; `None` when disabled.
+    pub fn limit(&self) -> Option<RateLimit> {
+        self.enabled.then_some(RateLimit { rate_per_s: self.rate, burst: self.burst })
+    }
+}
+
+/// What a pipeline decides with, besides its configuration.
 pub struct Parts {
     pub state: Arc<dyn StateStore>,
     pub sink: Arc<dyn Sink>,
-    pub coalescer: Coalescer,
-    pub classifier: Classifier,
-    pub storms: StormRules,
-    /// The dedup window, in seconds: an open request whose incident was last seen
-    /// longer ago than this is history, not an incident to count on.
-    pub window_s: u32,
-    /// Most affected resources listed on an aggregated request.
-    pub affected_cap: usize,
-    pub placement: Placement,
     /// Who owns a pod, for incident identity; `None` keeps every signal's own target.
     pub owners: Option<Arc<dyn Owners>>,
+    /// Namespace labels, for environment classification, where a cluster has them.
+    pub namespace_labels: Option<Arc<dyn NamespaceLabels>>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
-    pub fn new(parts: Parts) -> Self {
-        let Parts {
-            state,
-            sink,
-            coalescer,
-            classifier,
-            storms,
-            window_s,
-            affected_cap,
-            placement,
-            owners,
-            clock,
-            metrics,
-        } = parts;
+    /// A pipeline deciding as `config` says, with the parts built before it.
+    pub fn build(config: &Config, parts: Parts) -> Self {
+        let Parts { state, sink, owners, namespace_labels, clock, metrics } = parts;
+        let mut classifier = Classifier::new(&config.classify);
+        if let Some(labels) = namespace_labels {
+            classifier = classifier.with_namespace_labels(labels);
+        }
         Pipeline {
             state,
+            coalescer: Coalescer::new(sink.clone(), &config.dedup, metrics.clone()),
             sink,
-            coalescer,
             classifier,
-            storms,
-            window_s,
-            affected_cap,
-            placement,
+            storm: config.storm,
+            window_s: config.dedup.window.as_secs() as u32,
+            placement: config.placement.clone(),
+            rate_limit: config.rate_limit.limit(),
             owners,
             windows: Mutex::default(),
             clock,
@@ -167,19 +223,25 @@ impl Pipeline {
     /// Storm windows this replica has folded alerts into that are still open.
     pub fn open_windows(&self) -> usize {
         let now = self.clock.now_s();
-        let rules = &self.storms;
+        let rules = &self.storm;
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         windows.retain(|(_, opened), last| {
-            now.saturating_sub(*last) < rules.inactivity_s && now.saturating_sub(*opened) < rules.max_duration_s
+            now.saturating_sub(*last) < rules.inactivity_s() && now.saturating_sub(*opened) < rules.max_duration_s()
         });
         windows.len()
     }
 
-    /// Charges a request that will not be decided (it was refused before its
-    /// signals were read) to its source: a bad request never gets round the limit.
-    pub async fn admit(&self, charge: Charge<'_>) -> Result<Admission, PipelineError> {
+    /// Charges a request from `source` that will not be decided (it was refused
+    /// before its signals were read): a bad request never gets round the limit.
+    pub async fn admit(&self, source: &str) -> Result<Admission, PipelineError> {
+        let Some(charge) = self.charge(source) else { return Ok(Admission::Allowed) };
         let admitted = self.state.admit(charge.source, charge.limit, charge.now_ms).await;
         Ok(admitted.inspect_err(|e| self.failed(e))?)
+    }
+
+    /// What a request from `source` costs it, when sources are rate-limited.
+    fn charge<'a>(&self, source: &'a str) -> Option<Charge<'a>> {
+        self.rate_limit.map(|limit| Charge { source, limit, now_ms: self.clock.now_ms() })
     }
 
     /// Whether state and sink can take writes, for `/readyz`.
@@ -200,13 +262,11 @@ impl Pipeline {
         self.coalescer.shutdown(deadline).await;
     }
 
-    /// Decides a batch of signals, in order, after charging the request to its
-    /// source when `charge` is given (in the same round trip, where the store can).
-    pub async fn process(
-        &self,
-        signals: &[Signal<'_>],
-        charge: Option<Charge<'_>>,
-    ) -> Result<Processed, PipelineError> {
+    /// Decides a batch of signals from `source`, in order, after charging the
+    /// request to the source's rate limit (in the same round trip, where the store
+    /// can).
+    pub async fn process(&self, signals: &[Signal<'_>], source: &str) -> Result<Processed, PipelineError> {
+        let charge = self.charge(source);
         let signals = match &self.owners {
             Some(owners) => workload::attribute(owners.as_ref(), signals).await,
             None => Cow::Borrowed(signals),
@@ -346,9 +406,9 @@ impl Pipeline {
         let scope = asked.storm.filter(|_| signal.status == SignalStatus::Firing)?.scope;
         let open = self.sink.open_request(&remediation::storm_fingerprint(&signal.name, &signal.namespace))?;
         let kind = open.storm?;
-        let rules = &self.storms;
-        let live = now.saturating_sub(open.last_seen_s) < rules.inactivity_s
-            && now.saturating_sub(open.first_seen_s) < rules.max_duration_s;
+        let rules = &self.storm;
+        let live = now.saturating_sub(open.last_seen_s) < rules.inactivity_s()
+            && now.saturating_sub(open.first_seen_s) < rules.max_duration_s();
         let window = OpenWindow { id: open.first_seen_s, kind, alerts: open.count.min(u32::MAX as u64) as u32 };
         live.then_some((scope, window))
     }
@@ -440,8 +500,8 @@ impl Pipeline {
     fn namespace_for(&self, signal: &Signal<'_>) -> String {
         let cluster_scoped = !signal.target.kind.is_empty() && signal.target.namespace.is_empty();
         match &self.placement {
-            Placement { control_namespace: Some(control), all: true } => control.clone(),
-            Placement { control_namespace: Some(control), .. } if cluster_scoped => control.clone(),
+            PlacementConfig { control_namespace: Some(control), all_in_control_namespace: true } => control.clone(),
+            PlacementConfig { control_namespace: Some(control), .. } if cluster_scoped => control.clone(),
             _ => signal.namespace.to_string(),
         }
     }
@@ -501,7 +561,7 @@ impl Pipeline {
                 alert_count: folded.alert_count as u64,
                 resource_count: folded.resource_count as u64,
                 resources: vec![signal.target.clone()],
-                cap: self.affected_cap,
+                cap: self.storm.affected_resources_cap,
             }),
         };
         let incident = Incident::Storm(*scope, folded.window_id);

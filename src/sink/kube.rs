@@ -34,35 +34,78 @@ use kube::api::{Api, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
+use crate::config::ConfigError;
 use crate::pipeline::classify::NamespaceLabels;
 use crate::remediation::{labels, RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
 use crate::telemetry::{ApiLabels, Metrics};
+use prometheus_client::metrics::gauge::Gauge;
 
-/// How the sink talks to the API server, from `kube.*` config.
-#[derive(Clone, Debug)]
-pub struct KubeOptions {
+/// `kube`: how the sink and the owner lookups talk to the API server.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeConfig {
     /// One API call's timeout.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
     pub call_timeout: Duration,
-    /// One operation's budget, retries included.
+    /// One operation's budget, retries of 5xx/429/timeouts included; past it the
+    /// caller gets 503.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
     pub deadline: Duration,
-    /// Consecutive failed operations that open the circuit.
+    /// Consecutive failed operations that open the circuit breaker.
     pub breaker_failures: u32,
-    /// How long an open circuit refuses calls before letting one through.
+    /// How long an open breaker refuses calls (and keeps `/readyz` at 503).
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
     pub breaker_cooldown: Duration,
+    /// How long start-up waits for the first list of requests and namespaces.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub sync_timeout: Duration,
+    /// Attribute a signal about a Pod (or ReplicaSet, Job) to its top controller
+    /// (Deployment, StatefulSet, DaemonSet, CronJob) through ownerReferences, so that
+    /// a workload's pods are one incident.
+    pub owner_chain: bool,
+    /// How long one owner lookup the caches cannot answer may take (one GET); past
+    /// it the signal keeps the pod's identity.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub owner_lookup_timeout: Duration,
 }
 
-impl Default for KubeOptions {
+impl Default for KubeConfig {
     fn default() -> Self {
-        KubeOptions {
+        KubeConfig {
             call_timeout: Duration::from_secs(2),
             deadline: Duration::from_secs(5),
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(10),
+            sync_timeout: Duration::from_secs(30),
+            owner_chain: true,
+            owner_lookup_timeout: Duration::from_millis(500),
         }
+    }
+}
+
+impl KubeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.call_timeout < Duration::from_millis(10) || self.deadline < self.call_timeout {
+            return Err(ConfigError::invalid(
+                "kube.deadline",
+                "must be at least kube.call_timeout (itself at least 10ms)",
+            ));
+        }
+        if self.breaker_failures == 0 {
+            return Err(ConfigError::invalid("kube.breaker_failures", "must be at least 1"));
+        }
+        Ok(())
     }
 }
 
@@ -81,19 +124,15 @@ pub struct KubeSink {
     deleted: Arc<Mutex<Deleted>>,
     namespaces: Store<Namespace>,
     breaker: Breaker,
-    options: KubeOptions,
+    config: KubeConfig,
     metrics: Arc<Metrics>,
 }
 
 impl KubeSink {
-    /// Starts the watches and waits (up to `sync_timeout`) until both caches have
-    /// listed once: before that, the cache could not vouch for open incidents.
-    pub async fn start(
-        client: Client,
-        options: KubeOptions,
-        metrics: Arc<Metrics>,
-        sync_timeout: Duration,
-    ) -> Result<Self, SinkError> {
+    /// Starts the watches and waits (up to `kube.sync_timeout`) until both caches
+    /// have listed once: before that, the cache could not vouch for open incidents.
+    pub async fn start(client: Client, config: &KubeConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
+        let sync_timeout = config.sync_timeout;
         let managed = format!("{}=tidegate", labels::MANAGED_BY);
         let (requests, writer) = reflector::store();
         let deleted = Arc::new(Mutex::new(Deleted::default()));
@@ -114,13 +153,9 @@ impl KubeSink {
             requests.wait_until_ready().await.ok();
             namespaces.wait_until_ready().await.ok();
         };
-        tokio::time::timeout(sync_timeout, synced).await.map_err(|_| {
-            SinkError::Unavailable(format!(
-                "the Kubernetes API did not list requests and namespaces within {sync_timeout:?}"
-            ))
-        })?;
-        let breaker = Breaker::new(options.breaker_failures, options.breaker_cooldown);
-        Ok(KubeSink { client, requests, deleted, namespaces, breaker, options, metrics })
+        tokio::time::timeout(sync_timeout, synced).await.map_err(|_| SinkError::NotSynced(sync_timeout))?;
+        let breaker = Breaker::new(config.breaker_failures, config.breaker_cooldown, metrics.kube_breaker_open.clone());
+        Ok(KubeSink { client, requests, deleted, namespaces, breaker, config: config.clone(), metrics })
     }
 
     /// The namespace-label view, for environment classification.
@@ -145,7 +180,7 @@ impl KubeSink {
                 self.count(verb, "circuit_open");
                 return Err(unavailable("the circuit breaker is open: the API server has been failing"));
             }
-            let result = match tokio::time::timeout(self.options.call_timeout, op()).await {
+            let result = match tokio::time::timeout(self.config.call_timeout, op()).await {
                 Ok(result) => result,
                 Err(_) => Err(unavailable("the API call timed out")),
             };
@@ -159,7 +194,7 @@ impl KubeSink {
                     self.count(verb, outcome(&e));
                     attempt += 1;
                     let backoff = jittered(Duration::from_millis(50) * 2u32.saturating_pow(attempt.min(6)));
-                    if started.elapsed() + backoff >= self.options.deadline {
+                    if started.elapsed() + backoff >= self.config.deadline {
                         self.breaker.failure();
                         return Err(e);
                     }
@@ -215,7 +250,7 @@ impl KubeSink {
                 Err(e) => return Err(sink_error(e)),
             }
         }
-        Err(SinkError::Unavailable(format!("status of {}/{} kept conflicting", at.namespace, at.name)))
+        Err(SinkError::Conflicting(at.clone()))
     }
 }
 
@@ -352,7 +387,7 @@ impl Sink for KubeSink {
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             if self.breaker.is_open() {
-                return Err(SinkError::Unavailable("the Kubernetes API is failing (circuit open)".into()));
+                return Err(SinkError::CircuitOpen);
             }
             Ok(())
         })
@@ -449,8 +484,8 @@ fn unavailable(reason: &str) -> kube::Error {
 
 fn sink_error(e: kube::Error) -> SinkError {
     match code(&e) {
-        Some(422) => SinkError::Rejected(e.to_string()),
-        _ => SinkError::Unavailable(e.to_string()),
+        Some(422) => SinkError::Rejected(e),
+        _ => SinkError::Unavailable(e),
     }
 }
 
@@ -462,6 +497,8 @@ fn jittered(d: Duration) -> Duration {
 
 /// Consecutive-failure circuit breaker.
 struct Breaker {
+    /// `tidegate_kube_breaker_open`: 1 from opening until a call succeeds.
+    open: Gauge,
     failures: AtomicU32,
     threshold: u32,
     cooldown: Duration,
@@ -471,8 +508,9 @@ struct Breaker {
 }
 
 impl Breaker {
-    fn new(threshold: u32, cooldown: Duration) -> Self {
+    fn new(threshold: u32, cooldown: Duration, open: Gauge) -> Self {
         Breaker {
+            open,
             failures: AtomicU32::new(0),
             threshold,
             cooldown,
@@ -498,11 +536,13 @@ impl Breaker {
     fn success(&self) {
         self.failures.store(0, Ordering::Relaxed);
         self.opened_ms.store(0, Ordering::Relaxed);
+        self.open.set(0);
     }
 
     fn failure(&self) {
         if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= self.threshold {
             self.opened_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.open.set(1);
         }
     }
 }

@@ -68,23 +68,32 @@ pub struct OpenRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("the sink cannot be reached: {0}")]
-    Unavailable(String),
-    #[error("the sink refused the request as invalid: {0}")]
-    Rejected(String),
+    #[error("the Kubernetes API cannot be reached: {0}")]
+    Unavailable(#[source] ::kube::Error),
+    #[error("the Kubernetes API refused the request as invalid: {0}")]
+    Rejected(#[source] ::kube::Error),
+    #[error("the Kubernetes API is failing (circuit open)")]
+    CircuitOpen,
+    #[error("the Kubernetes API did not list requests and namespaces within {0:?}")]
+    NotSynced(std::time::Duration),
+    #[error("the status of {0:?} kept conflicting")]
+    Conflicting(RequestRef),
     #[error("remediation request {0:?} does not exist")]
     NotFound(RequestRef),
     #[error("sink I/O failed: {0}")]
     Io(#[from] std::io::Error),
-    #[error("stored manifest {path} is unreadable: {reason}")]
-    Corrupt { path: String, reason: String },
+    #[error("stored manifest {path} is unreadable: {source}")]
+    Corrupt { path: String, source: serde_norway::Error },
 }
 
 impl SinkError {
     /// The metric label for this error.
     pub fn cause(&self) -> &'static str {
         match self {
-            SinkError::Unavailable(_) => "unavailable",
+            SinkError::Unavailable(_)
+            | SinkError::CircuitOpen
+            | SinkError::NotSynced(_)
+            | SinkError::Conflicting(_) => "unavailable",
             SinkError::Rejected(_) => "rejected",
             SinkError::NotFound(_) => "not_found",
             SinkError::Io(_) => "io",

@@ -25,13 +25,16 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, BoxFuture, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore, StormKey,
-    StormKind, StormRules, Verdict,
+    Admission, BoxFuture, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore, StormConfig,
+    StormKey, StormKind, Verdict,
 };
 use crate::clock::Clock;
+use crate::config::ConfigError;
 use crate::signal::SignalStatus;
 
 /// 128 bits of the SHA-256 fingerprint: collision-free in practice, and half the
@@ -45,6 +48,30 @@ const PURGE_CHUNK: usize = 4096;
 /// saturates (Redis counts with HyperLogLog instead). Bounds a scope to ~200 KB.
 pub const DISTINCT_CAP: usize = 16_384;
 
+/// `memory`: the embedded store.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Most open incidents the embedded store holds; beyond it new incidents are
+    /// refused with 503 rather than evicting open ones.
+    pub max_entries: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig { max_entries: 1_000_000 }
+    }
+}
+
+impl MemoryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_entries == 0 {
+            return Err(ConfigError::invalid("memory.max_entries", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// The embedded store. Dropping it stops its purge task.
 pub struct MemoryStore {
     shared: Arc<Shared>,
@@ -55,7 +82,7 @@ struct Shared {
     purge_wakeup: Notify,
     max_entries: usize,
     window_s: u32,
-    storms: StormRules,
+    storms: StormConfig,
     clock: Clock,
 }
 
@@ -146,8 +173,8 @@ struct Window {
 }
 
 impl Window {
-    fn open_at(&self, now: u32, rules: &StormRules) -> bool {
-        now.saturating_sub(self.last) < rules.inactivity_s && now.saturating_sub(self.id) < rules.max_duration_s
+    fn open_at(&self, now: u32, rules: &StormConfig) -> bool {
+        now.saturating_sub(self.last) < rules.inactivity_s() && now.saturating_sub(self.id) < rules.max_duration_s()
     }
 
     fn fold(&mut self, resource: [u8; 8]) -> Folded {
@@ -167,35 +194,34 @@ impl Window {
 
 impl Scope {
     /// A scope first seen at `now_s`: nothing counted, no window.
-    fn fresh(now_s: u32, rules: &StormRules) -> Self {
+    fn fresh(now_s: u32, rules: &StormConfig) -> Self {
         Scope {
-            rate_bucket: now_s / rules.rate_window_s,
+            rate_bucket: now_s / rules.rate_window_s(),
             rate_count: 0,
-            pattern_bucket: now_s / rules.pattern_window_s,
+            pattern_bucket: now_s / rules.pattern_window_s(),
             pattern: HashSet::default(),
             window: None,
         }
     }
 
-    fn deadline(&self, rules: &StormRules) -> u32 {
-        let rate_end = (self.rate_bucket + 1).saturating_mul(rules.rate_window_s);
-        let pattern_end = (self.pattern_bucket + 1).saturating_mul(rules.pattern_window_s);
-        let window_end = self
-            .window
-            .as_ref()
-            .map_or(0, |w| (w.last.saturating_add(rules.inactivity_s)).min(w.id.saturating_add(rules.max_duration_s)));
+    fn deadline(&self, rules: &StormConfig) -> u32 {
+        let rate_end = (self.rate_bucket + 1).saturating_mul(rules.rate_window_s());
+        let pattern_end = (self.pattern_bucket + 1).saturating_mul(rules.pattern_window_s());
+        let window_end = self.window.as_ref().map_or(0, |w| {
+            (w.last.saturating_add(rules.inactivity_s())).min(w.id.saturating_add(rules.max_duration_s()))
+        });
         rate_end.max(pattern_end).max(window_end)
     }
 
     /// Counts a firing alert towards detection; folds it if its scope is, or now
     /// becomes, a storm and it is not `tracked` as an open incident of its own.
-    fn observe(&mut self, key: &StormKey, tracked: bool, now: u32, rules: &StormRules) -> Option<Folded> {
-        let rate_bucket = now / rules.rate_window_s;
+    fn observe(&mut self, key: &StormKey, tracked: bool, now: u32, rules: &StormConfig) -> Option<Folded> {
+        let rate_bucket = now / rules.rate_window_s();
         if rate_bucket != self.rate_bucket {
             (self.rate_bucket, self.rate_count) = (rate_bucket, 0);
         }
         self.rate_count = self.rate_count.saturating_add(1);
-        let pattern_bucket = now / rules.pattern_window_s;
+        let pattern_bucket = now / rules.pattern_window_s();
         if pattern_bucket != self.pattern_bucket {
             self.pattern_bucket = pattern_bucket;
             self.pattern.clear();
@@ -224,15 +250,15 @@ impl Scope {
 }
 
 impl MemoryStore {
-    /// A store holding at most `max_entries` open incidents, each open for `window`
-    /// after it was last seen. Must be called within a tokio runtime.
-    pub fn new(max_entries: usize, window: Duration, storms: StormRules, clock: Clock) -> Self {
+    /// A store holding at most `config.max_entries` open incidents, each open for
+    /// `window` after it was last seen. Must be called within a tokio runtime.
+    pub fn new(config: &MemoryConfig, window: Duration, storms: &StormConfig, clock: Clock) -> Self {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
             purge_wakeup: Notify::new(),
-            max_entries,
+            max_entries: config.max_entries,
             window_s: window.as_secs().max(1) as u32,
-            storms,
+            storms: *storms,
             clock,
         });
         tokio::spawn(purge_task(shared.clone()));
@@ -274,7 +300,7 @@ impl MemoryStore {
                         MapEntry::Occupied(e) => e.into_mut(),
                         MapEntry::Vacant(v) => {
                             notify |= inner.scope_deadlines.next().is_none();
-                            inner.scope_deadlines.file(now_s.saturating_add(rules.rate_window_s), storm.scope);
+                            inner.scope_deadlines.file(now_s.saturating_add(rules.rate_window_s()), storm.scope);
                             v.insert(Scope::fresh(now_s, rules))
                         }
                     };
@@ -326,7 +352,7 @@ impl MemoryStore {
     }
 
     fn adopt_window_now(&self, o: &Observation, window: OpenWindow, now_s: u32) -> Result<Folded, StateError> {
-        let storm = o.storm.ok_or_else(|| StateError::Unavailable("an adopted window needs a storm scope".into()))?;
+        let storm = o.storm.ok_or_else(|| StateError::Misuse("an adopted window needs a storm scope"))?;
         let rules = &self.shared.storms;
         let mut inner = self.shared.lock();
         let inner = &mut *inner;
@@ -334,7 +360,7 @@ impl MemoryStore {
         inner.entries.remove(&key(o));
         let notify = inner.scope_deadlines.next().is_none();
         let scope = inner.scopes.entry(storm.scope).or_insert_with(|| {
-            inner.scope_deadlines.file(now_s.saturating_add(rules.rate_window_s), storm.scope);
+            inner.scope_deadlines.file(now_s.saturating_add(rules.rate_window_s()), storm.scope);
             Scope::fresh(now_s, rules)
         });
         // Concurrent adoptions of one window (a batch of its alerts after a restart)
@@ -575,7 +601,12 @@ mod tests {
     #[tokio::test]
     async fn full_store_refuses_new_incidents_and_keeps_open_ones() {
         let clock = clock();
-        let store = MemoryStore::new(2, Duration::from_secs(300), StormRules::default(), clock.clone());
+        let store = MemoryStore::new(
+            &MemoryConfig { max_entries: 2 },
+            Duration::from_secs(300),
+            &StormConfig::default(),
+            clock.clone(),
+        );
         let now = clock.now_s();
         store.observe(&[fire("a"), fire("b")], now).await.unwrap();
         let err = store.observe(&[fire("a"), fire("c")], now).await.unwrap_err();
@@ -588,7 +619,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn purge_task_removes_entries_at_their_deadline_not_before() {
         let clock = Clock::manual(SystemTime::now());
-        let store = MemoryStore::new(10, Duration::from_secs(60), StormRules::default(), clock.clone());
+        let store = MemoryStore::new(
+            &MemoryConfig { max_entries: 10 },
+            Duration::from_secs(60),
+            &StormConfig::default(),
+            clock.clone(),
+        );
         store.observe(&[fire("a")], clock.now_s()).await.unwrap();
         let step = |secs| {
             clock.advance(Duration::from_secs(secs));
@@ -628,7 +664,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_storm_scopes_and_budgets_are_purged() {
         let clock = Clock::manual(SystemTime::now());
-        let store = MemoryStore::new(10, Duration::from_secs(60), StormRules::default(), clock.clone());
+        let store = MemoryStore::new(
+            &MemoryConfig { max_entries: 10 },
+            Duration::from_secs(60),
+            &StormConfig::default(),
+            clock.clone(),
+        );
         let mut o = fire("a");
         o.storm = Some(StormKey::new("ns", "a", &TargetResource::default()));
         store.observe(&[o], clock.now_s()).await.unwrap();

@@ -18,8 +18,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::ConfigError;
 use crate::signal::{Fingerprint, SignalStatus, TargetResource};
 
 /// A boxed future, so that stores can sit behind `Arc<dyn StateStore>`.
@@ -72,32 +75,136 @@ fn digest(parts: &[&str]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Storm detection thresholds and window lifetimes, from `storm.*` config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StormRules {
-    /// A rate storm is more than this many firing alerts in one rate window.
-    pub rate_threshold: u32,
-    pub rate_window_s: u32,
-    /// A pattern storm is more than this many distinct resources in one pattern window.
-    pub pattern_threshold: u32,
-    pub pattern_window_s: u32,
-    /// An aggregation window closes after this long without a folded alert...
-    pub inactivity_s: u32,
-    /// ... or this long after it opened, whichever comes first.
-    pub max_duration_s: u32,
+/// `dedup`: what counts as a repeat, and how often a repeat is written.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Repeats within this long of the last occurrence are duplicates; each
+    /// duplicate restarts the window.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub window: Duration,
+    /// At most one status write per RemediationRequest per interval; duplicates in
+    /// between are folded into the next write.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub status_interval: Duration,
+    /// Status writes per second across all requests, at most: bounds the load on
+    /// the disk or the API server when many incidents repeat at once; counts wait,
+    /// they are not lost.
+    pub max_status_writes_per_s: u32,
 }
 
-impl Default for StormRules {
+impl Default for DedupConfig {
     fn default() -> Self {
-        StormRules {
-            rate_threshold: 10,
-            rate_window_s: 60,
-            pattern_threshold: 5,
-            pattern_window_s: 120,
-            inactivity_s: 60,
-            max_duration_s: 300,
+        DedupConfig {
+            window: Duration::from_secs(300),
+            status_interval: Duration::from_secs(1),
+            max_status_writes_per_s: 200,
         }
     }
+}
+
+impl DedupConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason| Err(ConfigError::invalid(key, reason));
+        if !whole_seconds(self.window) {
+            return invalid("dedup.window", "must be a whole number of seconds, at least 1s");
+        }
+        if self.status_interval < Duration::from_millis(10) || self.status_interval > self.window {
+            return invalid("dedup.status_interval", "must be at least 10ms and no longer than dedup.window");
+        }
+        if self.max_status_writes_per_s == 0 {
+            return invalid("dedup.max_status_writes_per_s", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `storm`: when many alerts are one incident, and how long its aggregation
+/// window lives. The store works in whole seconds.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StormConfig {
+    /// A rate storm is more than this many firing alerts of one alert name in one
+    /// namespace within `rate_window`.
+    pub rate_threshold: u32,
+    /// The span over which a rate storm's alerts are counted.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub rate_window: Duration,
+    /// A pattern storm is the same alert name on more than this many distinct
+    /// resources of one namespace within `pattern_window`.
+    pub pattern_threshold: u32,
+    /// The span over which a pattern storm's resources are counted.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub pattern_window: Duration,
+    /// An aggregation window closes after this long without an alert, or at
+    /// `max_duration`, whichever comes first.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub inactivity: Duration,
+    /// An aggregation window closes this long after it opened, at the latest.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub max_duration: Duration,
+    /// Most affected resources listed on an aggregated request; counts go on beyond
+    /// it.
+    pub affected_resources_cap: usize,
+}
+
+impl Default for StormConfig {
+    fn default() -> Self {
+        StormConfig {
+            rate_threshold: 10,
+            rate_window: Duration::from_secs(60),
+            pattern_threshold: 5,
+            pattern_window: Duration::from_secs(120),
+            inactivity: Duration::from_secs(60),
+            max_duration: Duration::from_secs(300),
+            affected_resources_cap: 100,
+        }
+    }
+}
+
+impl StormConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("storm.rate_window", self.rate_window),
+            ("storm.pattern_window", self.pattern_window),
+            ("storm.inactivity", self.inactivity),
+            ("storm.max_duration", self.max_duration),
+        ] {
+            if !whole_seconds(d) {
+                return Err(ConfigError::invalid(key, "must be a whole number of seconds, at least 1s"));
+            }
+        }
+        if self.affected_resources_cap == 0 || self.affected_resources_cap > 1000 {
+            return Err(ConfigError::invalid("storm.affected_resources_cap", "must be between 1 and 1000"));
+        }
+        Ok(())
+    }
+
+    pub fn rate_window_s(&self) -> u32 {
+        self.rate_window.as_secs() as u32
+    }
+
+    pub fn pattern_window_s(&self) -> u32 {
+        self.pattern_window.as_secs() as u32
+    }
+
+    pub fn inactivity_s(&self) -> u32 {
+        self.inactivity.as_secs() as u32
+    }
+
+    pub fn max_duration_s(&self) -> u32 {
+        self.max_duration.as_secs() as u32
+    }
+}
+
+fn whole_seconds(d: Duration) -> bool {
+    d >= Duration::from_secs(1) && d.subsec_nanos() == 0
 }
 
 /// What kind of storm opened an aggregation window.
@@ -229,10 +336,20 @@ pub enum StateError {
         "state store is full ({max_entries} open incidents); refusing new incidents rather than evicting open ones"
     )]
     Full { max_entries: usize },
-    #[error("state store is out of memory: {0}")]
-    OutOfMemory(String),
+    #[error("Redis refused a write for lack of memory: {0}")]
+    OutOfMemory(#[source] ::redis::RedisError),
+    #[error("Redis' used_memory has reached its maxmemory")]
+    AtMaxmemory,
     #[error("state store is unreachable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] ::redis::RedisError),
+    #[error("cannot use the Redis TLS files: {0}")]
+    Tls(#[source] redis::connection::TlsFileError),
+    #[error("unexpected reply from the {script} script: {what}")]
+    Reply { script: &'static str, what: String },
+    #[error("unexpected reply from the {script} script: {source}")]
+    ReplyType { script: &'static str, source: ::redis::RedisError },
+    #[error("the store was asked something it cannot answer: {0}")]
+    Misuse(&'static str),
     #[error("state store did not answer within {0:?}")]
     Timeout(std::time::Duration),
 }
@@ -242,8 +359,12 @@ impl StateError {
     pub fn cause(&self) -> &'static str {
         match self {
             StateError::Full { .. } => "full",
-            StateError::OutOfMemory(_) => "oom",
-            StateError::Unavailable(_) => "unavailable",
+            StateError::OutOfMemory(_) | StateError::AtMaxmemory => "oom",
+            StateError::Unavailable(_)
+            | StateError::Tls(_)
+            | StateError::Reply { .. }
+            | StateError::ReplyType { .. }
+            | StateError::Misuse(_) => "unavailable",
             StateError::Timeout(_) => "timeout",
         }
     }

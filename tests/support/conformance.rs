@@ -1,14 +1,14 @@
 //! The behavioural contract of a `StateStore`: one definition of the dedup rule,
 //! run against every backend.
 //!
-//! A backend's test file includes this module (`#[path = "support/conformance.rs"]
-//! mod conformance;`), provides an async factory `fn(window: Duration) ->
-//! Arc<dyn StateStore>` and invokes `conformance_suite!(factory)`, which expands to
-//! one test per case below. A case written here but missing from the macro's list
-//! is dead code in every binary that includes the module, which `deny(dead_code)`
-//! turns into a compile error: no case can exist without running. Time is passed to
-//! `observe` explicitly, so windows are tested at exact boundaries without waiting.
-#![deny(dead_code)]
+//! A backend's test file includes this module (`#[macro_use] #[path =
+//! "support/conformance.rs"] mod conformance;`), provides an async factory
+//! `fn(window: Duration) -> Arc<dyn StateStore>` and invokes
+//! `conformance_suite!(factory)`, which expands to one test per case below. The
+//! cases are written inside one `cases!` list, which defines each case and, from
+//! the same list, the `conformance_suite!` that runs it: a case cannot exist
+//! without running. Time is passed to `observe` explicitly, so windows are tested
+//! at exact boundaries without waiting.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,50 +25,31 @@ pub const WINDOW: Duration = Duration::from_secs(300);
 /// beginning of a rate and a pattern window.
 const T0: u32 = 1_800_000_000;
 
-/// Expands to one `#[tokio::test]` per conformance case.
-#[macro_export]
-macro_rules! conformance_suite {
-    ($factory:path) => {
-        $crate::conformance_suite!(@cases $factory;
-            first_firing_opens_an_incident,
-            repeat_within_window_is_a_duplicate_that_counts,
-            each_duplicate_slides_the_window,
-            window_lapse_opens_a_new_incident_with_a_new_epoch,
-            resolved_reports_the_open_incident_without_counting,
-            resolved_for_an_unknown_incident_records_nothing,
-            resolved_after_the_window_is_unknown,
-            batch_is_answered_in_order_and_sees_its_own_writes,
-            a_batch_decides_as_one_at_a_time_would,
-            fingerprints_are_independent,
-            fifty_concurrent_observers_open_exactly_one_incident,
-            pattern_threshold_is_not_a_storm_but_one_more_resource_is,
-            rate_threshold_is_not_a_storm_but_one_more_alert_is,
-            later_alerts_fold_into_the_open_window,
-            storms_are_per_namespace_and_alert_name,
-            window_closes_after_inactivity_then_individual_incidents_follow,
-            window_closes_at_its_maximum_duration,
-            resolved_alerts_never_count_towards_a_storm,
-            burst_is_allowed_then_limited_with_retry_after,
-            limited_requests_change_nothing,
-            sources_have_independent_budgets,
-            a_charged_batch_is_charged_once_and_decided,
-            a_limited_charged_batch_records_nothing,
-            adopted_incident_continues_its_count,
-            an_adopted_window_folds_its_alerts_and_their_repeats,
-            an_id_is_sighted_first_once_until_its_ttl_lapses,
-            of_concurrent_sightings_of_one_id_exactly_one_is_first,
-            a_forgotten_sighting_is_first_again,
-        );
+/// Defines the cases, and `conformance_suite!` with one `#[tokio::test]` for each.
+/// `$d` is a `$`, so that the macro it defines can have variables of its own.
+macro_rules! cases {
+    ($d:tt $($(#[$meta:meta])* async fn $case:ident($store:ident: $ty:ty) $body:block)+) => {
+        $($(#[$meta])* pub async fn $case($store: $ty) $body)+
+
+        macro_rules! conformance_suite {
+            ($d factory:path) => {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $case() {
+                        let store = $d factory($crate::conformance::WINDOW).await;
+                        $crate::conformance::$case(store).await;
+                    }
+                )+
+            };
+        }
     };
-    (@cases $factory:path; $($case:ident),+ $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() {
-                let store = $factory($crate::conformance::WINDOW).await;
-                $crate::conformance::$case(store).await;
-            }
-        )+
-    };
+}
+
+/// An id unique to a case, so cases may share one server.
+fn sighting(case: &str, n: u8) -> [u8; 16] {
+    let mut id = [n; 16];
+    id[..case.len().min(15)].copy_from_slice(&case.as_bytes()[..case.len().min(15)]);
+    id
 }
 
 /// A fingerprint unique to a case, so cases may share one server.
@@ -117,19 +98,33 @@ fn entry(first: u32, last: u32, count: u32) -> Entry {
     Entry { first_seen_s: first, last_seen_s: last, count }
 }
 
-pub async fn first_firing_opens_an_incident(store: Arc<dyn StateStore>) {
+fn source(case: &str) -> String {
+    format!("{case}-{}", std::process::id())
+}
+
+fn charge(source: &str) -> Charge<'_> {
+    Charge { source, limit: LIMIT, now_ms: NOW_MS }
+}
+
+const LIMIT: RateLimit = RateLimit { rate_per_s: 1.0, burst: 3 };
+
+const NOW_MS: u64 = T0 as u64 * 1000;
+
+cases! { $
+
+async fn first_firing_opens_an_incident(store: Arc<dyn StateStore>) {
     let v = one(&*store, fire(fp("first", 0)), T0).await;
     assert_eq!(v, Verdict::New(entry(T0, T0, 1)));
 }
 
-pub async fn repeat_within_window_is_a_duplicate_that_counts(store: Arc<dyn StateStore>) {
+async fn repeat_within_window_is_a_duplicate_that_counts(store: Arc<dyn StateStore>) {
     let f = fp("repeat", 0);
     one(&*store, fire(f), T0).await;
     assert_eq!(one(&*store, fire(f), T0 + 10).await, Verdict::Duplicate(entry(T0, T0 + 10, 2)));
     assert_eq!(one(&*store, fire(f), T0 + 20).await, Verdict::Duplicate(entry(T0, T0 + 20, 3)));
 }
 
-pub async fn each_duplicate_slides_the_window(store: Arc<dyn StateStore>) {
+async fn each_duplicate_slides_the_window(store: Arc<dyn StateStore>) {
     let f = fp("slide", 0);
     let w = WINDOW.as_secs() as u32;
     one(&*store, fire(f), T0).await;
@@ -139,7 +134,7 @@ pub async fn each_duplicate_slides_the_window(store: Arc<dyn StateStore>) {
     assert_eq!(one(&*store, fire(f), later).await, Verdict::Duplicate(entry(T0, later, 3)));
 }
 
-pub async fn window_lapse_opens_a_new_incident_with_a_new_epoch(store: Arc<dyn StateStore>) {
+async fn window_lapse_opens_a_new_incident_with_a_new_epoch(store: Arc<dyn StateStore>) {
     let f = fp("lapse", 0);
     let w = WINDOW.as_secs() as u32;
     one(&*store, fire(f), T0).await;
@@ -148,26 +143,26 @@ pub async fn window_lapse_opens_a_new_incident_with_a_new_epoch(store: Arc<dyn S
     assert_eq!(one(&*store, fire(f), T0 + w + 1).await, Verdict::Duplicate(entry(T0 + w, T0 + w + 1, 2)));
 }
 
-pub async fn resolved_reports_the_open_incident_without_counting(store: Arc<dyn StateStore>) {
+async fn resolved_reports_the_open_incident_without_counting(store: Arc<dyn StateStore>) {
     let f = fp("resolved-open", 0);
     one(&*store, fire(f), T0).await;
     assert_eq!(one(&*store, resolve(f), T0 + 5).await, Verdict::ResolvedOpen(entry(T0, T0, 1)));
     assert_eq!(one(&*store, fire(f), T0 + 6).await, Verdict::Duplicate(entry(T0, T0 + 6, 2)));
 }
 
-pub async fn resolved_for_an_unknown_incident_records_nothing(store: Arc<dyn StateStore>) {
+async fn resolved_for_an_unknown_incident_records_nothing(store: Arc<dyn StateStore>) {
     let f = fp("resolved-unknown", 0);
     assert_eq!(one(&*store, resolve(f), T0).await, Verdict::ResolvedUnknown);
     assert_eq!(one(&*store, fire(f), T0 + 1).await, Verdict::New(entry(T0 + 1, T0 + 1, 1)));
 }
 
-pub async fn resolved_after_the_window_is_unknown(store: Arc<dyn StateStore>) {
+async fn resolved_after_the_window_is_unknown(store: Arc<dyn StateStore>) {
     let f = fp("resolved-late", 0);
     one(&*store, fire(f), T0).await;
     assert_eq!(one(&*store, resolve(f), T0 + WINDOW.as_secs() as u32).await, Verdict::ResolvedUnknown);
 }
 
-pub async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn StateStore>) {
+async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn StateStore>) {
     let (a, b) = (fp("batch", 0), fp("batch", 1));
     let verdicts = store.observe(&[fire(a), fire(b), fire(a), resolve(b)], T0).await.unwrap();
     assert_eq!(
@@ -184,7 +179,7 @@ pub async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn S
 /// Storms opening, folding and repeats of every kind inside one batch, across two
 /// scopes: a store may decide a batch in one step, but never differently from
 /// deciding its observations one after another.
-pub async fn a_batch_decides_as_one_at_a_time_would(store: Arc<dyn StateStore>) {
+async fn a_batch_decides_as_one_at_a_time_would(store: Arc<dyn StateStore>) {
     let sequence = |case: &str| -> Vec<Observation> {
         let (a, b) = (format!("{case}-a"), format!("{case}-b"));
         let mut s: Vec<Observation> = Vec::new();
@@ -214,14 +209,14 @@ pub async fn a_batch_decides_as_one_at_a_time_would(store: Arc<dyn StateStore>) 
     assert!(batched.iter().any(|v| matches!(v, Verdict::Folded(f) if f.kind == StormKind::Rate)));
 }
 
-pub async fn fingerprints_are_independent(store: Arc<dyn StateStore>) {
+async fn fingerprints_are_independent(store: Arc<dyn StateStore>) {
     for n in 0..20 {
         assert_eq!(one(&*store, fire(fp("independent", n)), T0).await, Verdict::New(entry(T0, T0, 1)));
     }
     assert_eq!(one(&*store, fire(fp("independent", 3)), T0 + 1).await, Verdict::Duplicate(entry(T0, T0 + 1, 2)));
 }
 
-pub async fn fifty_concurrent_observers_open_exactly_one_incident(store: Arc<dyn StateStore>) {
+async fn fifty_concurrent_observers_open_exactly_one_incident(store: Arc<dyn StateStore>) {
     let f = fp("concurrent", 0);
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -250,7 +245,7 @@ pub async fn fifty_concurrent_observers_open_exactly_one_incident(store: Arc<dyn
 // Storms, with the default rules: rate > 10 alerts per 60 s, pattern > 5 resources
 // per 120 s, windows closing after 60 s idle or 300 s open.
 
-pub async fn pattern_threshold_is_not_a_storm_but_one_more_resource_is(store: Arc<dyn StateStore>) {
+async fn pattern_threshold_is_not_a_storm_but_one_more_resource_is(store: Arc<dyn StateStore>) {
     let batch: Vec<_> = (0..5).map(|n| alert("pattern", "ns", n)).collect();
     for v in store.observe(&batch, T0).await.unwrap() {
         assert_not_storm(&v);
@@ -262,7 +257,7 @@ pub async fn pattern_threshold_is_not_a_storm_but_one_more_resource_is(store: Ar
     );
 }
 
-pub async fn rate_threshold_is_not_a_storm_but_one_more_alert_is(store: Arc<dyn StateStore>) {
+async fn rate_threshold_is_not_a_storm_but_one_more_alert_is(store: Arc<dyn StateStore>) {
     // Repeats count towards detection, but stay with their own open incident.
     for i in 0..9 {
         assert_not_storm(&one(&*store, alert("rate", "ns", 0), T0 + i).await);
@@ -277,7 +272,7 @@ pub async fn rate_threshold_is_not_a_storm_but_one_more_alert_is(store: Arc<dyn 
     assert!(matches!(repeat, Verdict::Duplicate(Entry { count: 10, .. })), "{repeat:?}");
 }
 
-pub async fn later_alerts_fold_into_the_open_window(store: Arc<dyn StateStore>) {
+async fn later_alerts_fold_into_the_open_window(store: Arc<dyn StateStore>) {
     let batch: Vec<_> = (0..6).map(|n| alert("fold", "ns", n)).collect();
     store.observe(&batch, T0).await.unwrap();
     // A new resource, a repeat of a folded one, and a repeat of a pre-storm incident.
@@ -289,7 +284,7 @@ pub async fn later_alerts_fold_into_the_open_window(store: Arc<dyn StateStore>) 
     assert_eq!(v[2], Verdict::Duplicate(entry(T0, T0 + 5, 2)), "a pre-storm incident keeps its own count");
 }
 
-pub async fn storms_are_per_namespace_and_alert_name(store: Arc<dyn StateStore>) {
+async fn storms_are_per_namespace_and_alert_name(store: Arc<dyn StateStore>) {
     let batch: Vec<_> = (0..6).map(|n| alert("scoped", "a", n)).collect();
     let v = store.observe(&batch, T0).await.unwrap();
     folded(&v[5]);
@@ -300,7 +295,7 @@ pub async fn storms_are_per_namespace_and_alert_name(store: Arc<dyn StateStore>)
     }
 }
 
-pub async fn window_closes_after_inactivity_then_individual_incidents_follow(store: Arc<dyn StateStore>) {
+async fn window_closes_after_inactivity_then_individual_incidents_follow(store: Arc<dyn StateStore>) {
     let batch: Vec<_> = (0..6).map(|n| alert("idle", "ns", n)).collect();
     store.observe(&batch, T0).await.unwrap();
     assert_eq!(folded(&one(&*store, alert("idle", "ns", 7), T0 + 59).await).window_id, T0);
@@ -310,7 +305,7 @@ pub async fn window_closes_after_inactivity_then_individual_incidents_follow(sto
     assert_not_storm(&one(&*store, alert("idle", "ns", 8), later).await);
 }
 
-pub async fn window_closes_at_its_maximum_duration(store: Arc<dyn StateStore>) {
+async fn window_closes_at_its_maximum_duration(store: Arc<dyn StateStore>) {
     let batch: Vec<_> = (0..6).map(|n| alert("long", "ns", n)).collect();
     store.observe(&batch, T0).await.unwrap();
     for t in (30..300).step_by(30) {
@@ -326,7 +321,7 @@ pub async fn window_closes_at_its_maximum_duration(store: Arc<dyn StateStore>) {
     assert_eq!((next.window_id, next.opened), (T0 + 300, true));
 }
 
-pub async fn resolved_alerts_never_count_towards_a_storm(store: Arc<dyn StateStore>) {
+async fn resolved_alerts_never_count_towards_a_storm(store: Arc<dyn StateStore>) {
     let resolutions: Vec<_> =
         (0..20).map(|n| Observation { status: SignalStatus::Resolved, ..alert("resolving", "ns", n) }).collect();
     for v in store.observe(&resolutions, T0).await.unwrap() {
@@ -340,14 +335,9 @@ pub async fn resolved_alerts_never_count_towards_a_storm(store: Arc<dyn StateSto
 
 // Rate limiting: GCRA.
 
-const LIMIT: RateLimit = RateLimit { rate_per_s: 1.0, burst: 3 };
-const NOW_MS: u64 = T0 as u64 * 1000;
 
-fn source(case: &str) -> String {
-    format!("{case}-{}", std::process::id())
-}
 
-pub async fn burst_is_allowed_then_limited_with_retry_after(store: Arc<dyn StateStore>) {
+async fn burst_is_allowed_then_limited_with_retry_after(store: Arc<dyn StateStore>) {
     let src = source("burst");
     for _ in 0..3 {
         assert_eq!(store.admit(&src, LIMIT, NOW_MS).await.unwrap(), Admission::Allowed);
@@ -356,7 +346,7 @@ pub async fn burst_is_allowed_then_limited_with_retry_after(store: Arc<dyn State
     assert_eq!(store.admit(&src, LIMIT, NOW_MS + 1000).await.unwrap(), Admission::Allowed);
 }
 
-pub async fn limited_requests_change_nothing(store: Arc<dyn StateStore>) {
+async fn limited_requests_change_nothing(store: Arc<dyn StateStore>) {
     let src = source("refused");
     for _ in 0..3 {
         store.admit(&src, LIMIT, NOW_MS).await.unwrap();
@@ -369,7 +359,7 @@ pub async fn limited_requests_change_nothing(store: Arc<dyn StateStore>) {
     assert!(matches!(store.admit(&src, LIMIT, NOW_MS + 1000).await.unwrap(), Admission::Limited { .. }));
 }
 
-pub async fn sources_have_independent_budgets(store: Arc<dyn StateStore>) {
+async fn sources_have_independent_budgets(store: Arc<dyn StateStore>) {
     let (a, b) = (source("a"), source("b"));
     for _ in 0..3 {
         store.admit(&a, LIMIT, NOW_MS).await.unwrap();
@@ -378,11 +368,8 @@ pub async fn sources_have_independent_budgets(store: Arc<dyn StateStore>) {
     assert_eq!(store.admit(&b, LIMIT, NOW_MS).await.unwrap(), Admission::Allowed);
 }
 
-fn charge(source: &str) -> Charge<'_> {
-    Charge { source, limit: LIMIT, now_ms: NOW_MS }
-}
 
-pub async fn a_charged_batch_is_charged_once_and_decided(store: Arc<dyn StateStore>) {
+async fn a_charged_batch_is_charged_once_and_decided(store: Arc<dyn StateStore>) {
     let src = source("charged");
     let batch = [alert("charged", "ns", 0), alert("charged", "ns", 0)];
     let decision = store.admit_and_observe(charge(&src), &batch, T0).await.unwrap();
@@ -394,7 +381,7 @@ pub async fn a_charged_batch_is_charged_once_and_decided(store: Arc<dyn StateSto
     assert!(matches!(store.admit(&src, LIMIT, NOW_MS).await.unwrap(), Admission::Limited { .. }));
 }
 
-pub async fn a_limited_charged_batch_records_nothing(store: Arc<dyn StateStore>) {
+async fn a_limited_charged_batch_records_nothing(store: Arc<dyn StateStore>) {
     let src = source("charged-limited");
     for _ in 0..3 {
         store.admit(&src, LIMIT, NOW_MS).await.unwrap();
@@ -409,13 +396,13 @@ pub async fn a_limited_charged_batch_records_nothing(store: Arc<dyn StateStore>)
 
 // Adoption: an authority re-seeds lost state.
 
-pub async fn adopted_incident_continues_its_count(store: Arc<dyn StateStore>) {
+async fn adopted_incident_continues_its_count(store: Arc<dyn StateStore>) {
     let o = alert("adopt", "ns", 0);
     store.adopt(&o, entry(T0 - 100, T0 - 50, 7), T0).await.unwrap();
     assert_eq!(one(&*store, o, T0 + 1).await, Verdict::Duplicate(entry(T0 - 100, T0 + 1, 8)));
 }
 
-pub async fn an_adopted_window_folds_its_alerts_and_their_repeats(store: Arc<dyn StateStore>) {
+async fn an_adopted_window_folds_its_alerts_and_their_repeats(store: Arc<dyn StateStore>) {
     // The store lost a window the sink's aggregated request says is open (opened at
     // T0 - 30 with 40 alerts), so a batch of two of its alerts was seen as new...
     let (o, other) = (alert("rejoin", "ns", 0), alert("rejoin", "ns", 1));
@@ -436,14 +423,7 @@ pub async fn an_adopted_window_folds_its_alerts_and_their_repeats(store: Arc<dyn
 
 // The replay store of signed webhooks.
 
-/// An id unique to a case, so cases may share one server.
-fn sighting(case: &str, n: u8) -> [u8; 16] {
-    let mut id = [n; 16];
-    id[..case.len().min(15)].copy_from_slice(&case.as_bytes()[..case.len().min(15)]);
-    id
-}
-
-pub async fn an_id_is_sighted_first_once_until_its_ttl_lapses(store: Arc<dyn StateStore>) {
+async fn an_id_is_sighted_first_once_until_its_ttl_lapses(store: Arc<dyn StateStore>) {
     let (id, other) = (sighting("ttl", 0), sighting("ttl", 1));
     assert!(store.first_sighting(id, Duration::from_secs(1)).await.unwrap());
     assert!(!store.first_sighting(id, Duration::from_secs(1)).await.unwrap());
@@ -457,7 +437,7 @@ pub async fn an_id_is_sighted_first_once_until_its_ttl_lapses(store: Arc<dyn Sta
     assert!(!store.first_sighting(other, Duration::from_secs(60)).await.unwrap(), "a longer ttl still holds");
 }
 
-pub async fn of_concurrent_sightings_of_one_id_exactly_one_is_first(store: Arc<dyn StateStore>) {
+async fn of_concurrent_sightings_of_one_id_exactly_one_is_first(store: Arc<dyn StateStore>) {
     let id = sighting("race", 0);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -472,10 +452,11 @@ pub async fn of_concurrent_sightings_of_one_id_exactly_one_is_first(store: Arc<d
     assert_eq!(firsts, 1);
 }
 
-pub async fn a_forgotten_sighting_is_first_again(store: Arc<dyn StateStore>) {
+async fn a_forgotten_sighting_is_first_again(store: Arc<dyn StateStore>) {
     let id = sighting("forget", 0);
     assert!(store.first_sighting(id, Duration::from_secs(60)).await.unwrap());
     store.forget_sighting(id).await.unwrap();
     assert!(store.first_sighting(id, Duration::from_secs(60)).await.unwrap());
     assert!(!store.first_sighting(id, Duration::from_secs(60)).await.unwrap());
+}
 }

@@ -110,7 +110,7 @@ fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Resul
         Err(e) => return Err(e.into()),
     };
     let mut request: RemediationRequest = serde_norway::from_str(&text)
-        .map_err(|e| SinkError::Corrupt { path: path.display().to_string(), reason: e.to_string() })?;
+        .map_err(|e| SinkError::Corrupt { path: path.display().to_string(), source: e })?;
     request.status.get_or_insert_with(Default::default).apply(update);
     let tmp = write_temp(path, &to_yaml(&request), Durability::Rename)?;
     fs::rename(&tmp, path).inspect_err(|_| {

@@ -35,7 +35,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::config::KubeConfig;
+use super::KubeConfig;
 use crate::signal::TargetResource;
 use crate::state::BoxFuture;
 use crate::telemetry::{ApiLabels, KindLabels, Metrics};

@@ -152,13 +152,14 @@ fn parse_auth(userinfo: &str) -> Auth {
 
 /// PEM files for TLS topologies (`redis.tls.*`). With none set, Redis' certificate
 /// is checked against the system's trust store and no client certificate is sent.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsFiles {
     /// The CA certificates that sign Redis' certificate, instead of the system's.
     pub ca_file: Option<PathBuf>,
-    /// A client certificate and its key, for a Redis with `tls-auth-clients`.
+    /// A client certificate, for a Redis with `tls-auth-clients`.
     pub cert_file: Option<PathBuf>,
+    /// The client certificate's key.
     pub key_file: Option<PathBuf>,
 }
 
@@ -168,23 +169,32 @@ impl TlsFiles {
     }
 
     /// Reads the files; `None` when none is set.
-    pub fn load(&self) -> Result<Option<TlsCertificates>, String> {
+    pub fn load(&self) -> Result<Option<TlsCertificates>, TlsFileError> {
         if self.is_empty() {
             return Ok(None);
         }
-        let read = |name: &str, path: &Path| {
-            std::fs::read(path).map_err(|e| format!("cannot read redis.tls.{name} {}: {e}", path.display()))
+        let read = |name: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|source| TlsFileError::Read { name, path: path.into(), source })
         };
         let client_tls = match (&self.cert_file, &self.key_file) {
             (Some(cert), Some(key)) => {
                 Some(ClientTlsConfig { client_cert: read("cert_file", cert)?, client_key: read("key_file", key)? })
             }
             (None, None) => None,
-            _ => return Err("redis.tls.cert_file and redis.tls.key_file go together".into()),
+            _ => return Err(TlsFileError::Unpaired),
         };
         let root_cert = self.ca_file.as_deref().map(|ca| read("ca_file", ca)).transpose()?;
         Ok(Some(TlsCertificates { client_tls, root_cert }))
     }
+}
+
+/// A `redis.tls` file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileError {
+    #[error("cannot read redis.tls.{name} {}: {source}", path.display())]
+    Read { name: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("redis.tls.cert_file and redis.tls.key_file go together")]
+    Unpaired,
 }
 
 /// A live connection, whatever the topology.

@@ -20,16 +20,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{RedisError, Script, Value};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use std::future::Future;
 
 use super::{
     Admission, BoxFuture, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore,
-    StormKind, StormRules, Verdict,
+    StormConfig, StormKind, Verdict,
 };
+use crate::config::ConfigError;
 use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
-use connection::{Connection, Handle, TlsFiles, Topology};
+pub use connection::TlsFiles;
+use connection::{Connection, Handle, Topology};
 use schema::{DedupTag, Key, Schema};
 
 const DECIDE: &str = include_str!("decide.lua");
@@ -49,16 +53,53 @@ fn scripts() -> (Script, Script) {
     (Script::new(&decide), Script::new(&gcra))
 }
 
-/// Settings of the Redis backend, from `redis.*` config.
-#[derive(Clone, Debug)]
-pub struct RedisOptions {
-    pub topology: Topology,
-    pub tls: TlsFiles,
+/// `redis`: the Redis backend, used when `state` is a Redis URL.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Every key tidegate writes starts with this; replicas sharing state must use
+    /// the same prefix.
     pub prefix: String,
-    pub window: Duration,
-    pub storms: StormRules,
+    /// A Redis call slower than this is answered 503 and retried by the sender.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
+    /// How often Redis memory and key gauges are refreshed.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
     pub monitor_interval: Duration,
+    /// PEM files for a `rediss…` state URL; unset, the system's trust store.
+    pub tls: TlsFiles,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            prefix: "tg:".into(),
+            timeout: Duration::from_secs(1),
+            monitor_interval: Duration::from_secs(15),
+            tls: TlsFiles::default(),
+        }
+    }
+}
+
+impl RedisConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason| Err(ConfigError::invalid(key, reason));
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return invalid("redis.prefix", "must be non-empty and free of '{' and '}' (they are Cluster hash tags)");
+        }
+        if self.timeout < Duration::from_millis(10) {
+            return invalid("redis.timeout", "must be at least 10ms");
+        }
+        if self.monitor_interval < Duration::from_secs(1) {
+            return invalid("redis.monitor_interval", "must be at least 1s");
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return invalid("redis.tls", "cert_file and key_file go together");
+        }
+        Ok(())
+    }
 }
 
 pub struct RedisStore {
@@ -69,7 +110,7 @@ pub struct RedisStore {
 struct Shared {
     conn: Connection,
     schema: Schema,
-    storms: StormRules,
+    storms: StormConfig,
     decide: Script,
     gcra: Script,
     timeout: Duration,
@@ -82,23 +123,27 @@ struct Shared {
 impl RedisStore {
     /// Connects, loads the script, checks the eviction policy and starts the
     /// monitor that exports Redis memory gauges.
-    pub async fn connect(options: RedisOptions, metrics: Arc<Metrics>) -> Result<Self, StateError> {
-        let certs = options.tls.load().map_err(StateError::Unavailable)?;
-        let conn = Connection::open(&options.topology, options.timeout, certs.as_ref())
-            .await
-            .map_err(|e| StateError::Unavailable(format!("cannot connect to Redis: {e}")))?;
+    pub async fn connect(
+        topology: &Topology,
+        config: &RedisConfig,
+        window: Duration,
+        storms: &StormConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StateError> {
+        let certs = config.tls.load().map_err(StateError::Tls)?;
+        let conn = Connection::open(topology, config.timeout, certs.as_ref()).await.map_err(StateError::Unavailable)?;
         let (decide, gcra) = scripts();
         let shared = Arc::new(Shared {
             conn,
             schema: Schema::new(
-                options.prefix,
-                options.window.as_secs() as u32,
-                matches!(options.topology, Topology::Cluster { .. }),
+                config.prefix.clone(),
+                window.as_secs() as u32,
+                matches!(topology, Topology::Cluster { .. }),
             ),
-            storms: options.storms,
+            storms: *storms,
             decide,
             gcra,
-            timeout: options.timeout,
+            timeout: config.timeout,
             out_of_memory: AtomicBool::new(false),
             entries: AtomicU64::new(0),
         });
@@ -106,7 +151,7 @@ impl RedisStore {
         for warning in &warnings {
             tracing::warn!("{warning}");
         }
-        tokio::spawn(monitor::run(Arc::downgrade(&shared), metrics, options.monitor_interval));
+        tokio::spawn(monitor::run(Arc::downgrade(&shared), metrics, config.monitor_interval));
         Ok(RedisStore { shared, warnings })
     }
 
@@ -255,7 +300,7 @@ impl Shared {
 
     async fn adopt_window(&self, o: &Observation, window: OpenWindow, now_s: u32) -> Result<Folded, StateError> {
         if o.storm.is_none() || o.status != SignalStatus::Firing {
-            return Err(bad_reply("decide", "an adopted window needs a firing alert with a storm scope".into()));
+            return Err(StateError::Misuse("an adopted window needs a firing alert with a storm scope"));
         }
         let adopt = Some(Adoption::Window(window));
         match self.guarded(self.decide(std::slice::from_ref(o), now_s, adopt, None)).await?? {
@@ -279,7 +324,8 @@ impl Shared {
             })
             .await?;
         let bad = |what: String| bad_reply("rate-limit", what);
-        let fields: Vec<i64> = redis::from_redis_value(reply).map_err(|e| bad(e.to_string()))?;
+        let fields: Vec<i64> = redis::from_redis_value(reply)
+            .map_err(|source| StateError::ReplyType { script: "rate-limit", source: source.into() })?;
         match fields[..] {
             [1, _] => Ok(Admission::Allowed),
             [0, retry] => Ok(Admission::Limited { retry_after_ms: retry.max(0) as u64 }),
@@ -313,11 +359,11 @@ impl Shared {
     fn classify(&self, e: &RedisError) -> StateError {
         if is_oom(e) {
             self.out_of_memory.store(true, Ordering::Relaxed);
-            StateError::OutOfMemory(e.to_string())
+            StateError::OutOfMemory(e.clone())
         } else if e.is_timeout() {
             StateError::Timeout(self.timeout)
         } else {
-            StateError::Unavailable(e.to_string())
+            StateError::Unavailable(e.clone())
         }
     }
 
@@ -337,7 +383,7 @@ impl Shared {
                 self.out_of_memory.store(false, Ordering::Relaxed);
                 Ok(())
             }
-            Ok(Ok(true)) => Err(StateError::OutOfMemory("used_memory has reached maxmemory".into())),
+            Ok(Ok(true)) => Err(StateError::AtMaxmemory),
             Ok(Err(e)) => {
                 self.conn.failed(&e).await;
                 Err(self.classify(&e))
@@ -382,18 +428,18 @@ impl<'a> DecideCall<'a> {
         slot: Option<DedupTag>,
         now_s: u32,
         window_s: u32,
-        rules: &StormRules,
+        rules: &StormConfig,
         charge: Option<(Key<'a>, Charge<'_>)>,
     ) -> Self {
         let header = [
             now_s,
             window_s,
             rules.rate_threshold,
-            rules.rate_window_s,
+            rules.rate_window_s(),
             rules.pattern_threshold,
-            rules.pattern_window_s,
-            rules.inactivity_s,
-            rules.max_duration_s,
+            rules.pattern_window_s(),
+            rules.inactivity_s(),
+            rules.max_duration_s(),
         ]
         .map(|n| Arg::Int(n.into()));
         let mut call =
@@ -496,8 +542,8 @@ impl Record<'_> {
     }
 }
 
-fn bad_reply(script: &str, what: String) -> StateError {
-    StateError::Unavailable(format!("unexpected reply from the {script} script: {what}"))
+fn bad_reply(script: &'static str, what: String) -> StateError {
+    StateError::Reply { script, what }
 }
 
 /// Bytes of the admission that starts each of `decide.lua`'s replies, and of each

@@ -64,6 +64,8 @@ pub async fn is_full(conn: &Connection) -> RedisResult<bool> {
     }))
 }
 
+const EVICTS_ANY_KEY: &str = "evicts_any_key";
+
 /// `INFO memory` of every primary.
 async fn memory(conn: &Connection) -> RedisResult<Vec<HashMap<String, f64>>> {
     let mut out = Vec::new();
@@ -80,7 +82,12 @@ async fn memory(conn: &Connection) -> RedisResult<Vec<HashMap<String, f64>>> {
 
 async fn memory_info(conn: &mut impl ConnectionLike) -> RedisResult<HashMap<String, f64>> {
     let text: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
-    Ok(parse_info(&text))
+    let mut info = parse_info(&text);
+    // The one text field the gauges need, as a number: whether the policy may evict
+    // any key, open incidents' included.
+    let evicts_any = text.lines().any(|line| line.trim().starts_with("maxmemory_policy:allkeys-"));
+    info.insert(EVICTS_ANY_KEY.into(), if evicts_any { 1.0 } else { 0.0 });
+    Ok(info)
 }
 
 /// Parses the numeric `key:value` lines of `INFO`.
@@ -115,6 +122,9 @@ async fn refresh(shared: &Shared, metrics: &Metrics) -> RedisResult<()> {
     metrics.redis_maxmemory.set(sum("maxmemory") as i64);
     let worst = infos.iter().filter_map(|i| i.get("mem_fragmentation_ratio").copied()).fold(0.0, f64::max);
     metrics.redis_fragmentation.set(worst);
+    let field = |info: &HashMap<String, f64>, k: &str| info.get(k).copied().unwrap_or(0.0);
+    let risky = infos.iter().any(|i| field(i, EVICTS_ANY_KEY) == 1.0 || field(i, "maxmemory") == 0.0);
+    metrics.redis_memory_config_risky.set(risky as i64);
     let prefix = shared.schema.prefix();
     let (mut keys, mut fields) = (0, 0);
     match shared.conn.handle() {

@@ -18,7 +18,7 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::signal::Fingerprint;
-use crate::state::StormRules;
+use crate::state::StormConfig;
 
 /// Bits of the fingerprint that choose the hash.
 pub const SHARD_BITS: u32 = 14;
@@ -79,10 +79,10 @@ impl Schema {
 
     /// The four keys of a storm scope: this rate window's counter, this pattern
     /// window's resource HyperLogLog, the open aggregation window and its resources.
-    pub fn storm_keys(&self, scope: &[u8; 16], now_s: u32, rules: &StormRules) -> [Key<'_>; 4] {
+    pub fn storm_keys(&self, scope: &[u8; 16], now_s: u32, rules: &StormConfig) -> [Key<'_>; 4] {
         [
-            StormPart::Rate(now_s / rules.rate_window_s),
-            StormPart::Pattern(now_s / rules.pattern_window_s),
+            StormPart::Rate(now_s / rules.rate_window_s()),
+            StormPart::Pattern(now_s / rules.pattern_window_s()),
             StormPart::Window,
             StormPart::WindowResources,
         ]
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn storm_budget_and_cluster_keys_are_spelled_as_documented() {
-        let rules = StormRules::default();
+        let rules = StormConfig::default();
         let scope = [0xab; 16];
         let cluster = Schema::new("tg:", 300, true);
         let fp = Fingerprint::from_bytes([0xff; 32]);

@@ -18,9 +18,12 @@
 //! PDEATHSIG of `process.rs`, which spawns every server and tool.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod report;
+pub mod sentinel;
+
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -209,19 +212,21 @@ impl RedisServer {
         self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Child::id)
     }
 
-    /// Options for a `RedisStore` on this server as a bench drives it: the gateway's
-    /// prefix, window and storm rules, a timeout no hiccup of a loaded machine
-    /// reaches, and no memory monitor running alongside.
-    pub fn bench_store_options(&self) -> tidegate::state::redis::RedisOptions {
-        tidegate::state::redis::RedisOptions {
-            topology: self.url().parse().expect("a redis:// URL"),
-            tls: Default::default(),
-            prefix: "tg:".into(),
-            window: Duration::from_secs(300),
-            storms: tidegate::state::StormRules::default(),
+    /// A `RedisStore` on this server as a bench drives it: the gateway's prefix,
+    /// window and storm rules, a timeout no hiccup of a loaded machine reaches, and
+    /// no memory monitor running alongside.
+    pub async fn bench_store(&self) -> tidegate::state::redis::RedisStore {
+        let config = tidegate::state::redis::RedisConfig {
             timeout: Duration::from_secs(5),
             monitor_interval: Duration::from_secs(3600),
-        }
+            ..Default::default()
+        };
+        let topology = self.url().parse().expect("a redis:// URL");
+        let (window, storms) = (Duration::from_secs(300), tidegate::state::StormConfig::default());
+        let metrics = std::sync::Arc::new(tidegate::telemetry::Metrics::new());
+        tidegate::state::redis::RedisStore::connect(&topology, &config, window, &storms, metrics)
+            .await
+            .expect("connecting")
     }
 
     /// `127.0.0.1:PORT`, as `redis-cli --cluster` and Sentinel spell addresses.
@@ -430,7 +435,6 @@ impl Drop for RedisServer {
 static SHARED: OnceLock<RedisServer> = OnceLock::new();
 /// `used_memory` of the shared server right after it started.
 static BASELINE_USED_MEMORY: AtomicU64 = AtomicU64::new(0);
-static REPORT_COUNTER: OnceLock<&'static AtomicU64> = OnceLock::new();
 
 /// The test binary's shared server (16 MB, `noeviction`), started on first use. Tests
 /// share it concurrently, so they must use key prefixes of their own and must not kill,
@@ -442,333 +446,6 @@ pub fn shared() -> &'static RedisServer {
         BASELINE_USED_MEMORY.store(baseline, Ordering::Relaxed);
         server
     })
-}
-
-/// Asks for a memory report of the [`shared()`] server at process exit, on stderr and
-/// stdout, with `fingerprints` (normally `&FINGERPRINTS`) as the divisor for bytes per
-/// fingerprint. Printed only if the shared server was actually started. Calling it
-/// again is harmless (the first counter wins).
-pub fn register_memory_report(fingerprints: &'static AtomicU64) {
-    let _ = REPORT_COUNTER.set(fingerprints);
-    process::before_exit(print_memory_report);
-}
-
-/// Prints the report on stderr and stdout, at exit (before the servers are killed).
-fn print_memory_report() {
-    if let Some(report) = memory_report() {
-        let _ = io::stderr().write_all(report.as_bytes());
-        let mut out = io::stdout().lock();
-        let _ = out.write_all(report.as_bytes());
-        let _ = out.flush();
-    }
-}
-
-fn memory_report() -> Option<String> {
-    let server = SHARED.get()?;
-    let fingerprints = REPORT_COUNTER.get()?.load(Ordering::Relaxed);
-    let baseline = BASELINE_USED_MEMORY.load(Ordering::Relaxed);
-    let mut out = format!("── redis memory report: shared server {} (16mb, noeviction) ──\n", server.addr());
-    let stats = try_info(server.port, "memory").and_then(|info| Ok((info, try_dbsize(server.port)?)));
-    let (info, keys) = match stats {
-        Ok(stats) => stats,
-        Err(e) => {
-            out.push_str(&format!("  unavailable: {e}\n"));
-            return Some(out);
-        }
-    };
-    let num = |k: &str| info.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let (used, peak) = (num("used_memory"), num("used_memory_peak"));
-    let growth = used as i64 - baseline as i64;
-    let per_fp = if fingerprints == 0 {
-        "n/a (no fingerprints recorded)".to_owned()
-    } else {
-        format!("{:.1} B", growth as f64 / fingerprints as f64)
-    };
-    let frag = info.get("mem_fragmentation_ratio").map(String::as_str).unwrap_or("?");
-    out.push_str(&format!(
-        "  used_memory_peak         {}\n\
-         \x20 used_memory              {}\n\
-         \x20 baseline used_memory     {} (right after start)\n\
-         \x20 keys (DBSIZE)            {keys}\n\
-         \x20 mem_fragmentation_ratio  {frag} (RSS / used; meaningless for a few MB)\n\
-         \x20 fingerprints recorded    {fingerprints}\n\
-         \x20 bytes per fingerprint    {per_fp} = (used - baseline) / fingerprints\n\
-         \x20 (used_memory includes the buffers of client connections still open)\n",
-        human(peak),
-        human(used),
-        human(baseline),
-    ));
-    Some(out)
-}
-
-fn human(bytes: u64) -> String {
-    format!("{bytes} B ({:.2} MiB)", bytes as f64 / (1024.0 * 1024.0))
-}
-
-// ---------------------------------------------------------------------------------
-// Sentinel
-// ---------------------------------------------------------------------------------
-
-/// A primary, one replica and three sentinels (quorum 2, down-after 1 s, failover
-/// timeout 5 s) monitoring it as [`MASTER_NAME`]. Everything is killed on drop.
-pub struct SentinelSetup {
-    /// The initial primary, then the initial replica. Roles swap on failover.
-    servers: Vec<RedisServer>,
-    sentinels: Vec<RedisServer>,
-    /// The primary as last seen: the initial one, then whatever `wait_for_failover` found.
-    primary_port: AtomicU16,
-}
-
-impl SentinelSetup {
-    /// Starts everything and waits until every sentinel knows the master, the replica
-    /// (with a live link) and the two other sentinels, so a failover can start at once.
-    pub fn start() -> SentinelSetup {
-        Self::start_with(None)
-    }
-
-    /// The same, with every server and sentinel also serving `tls` on a TLS port,
-    /// and replication, monitoring and the addresses sentinels hand out on TLS ports.
-    /// The failover helpers below are for plain setups only.
-    pub fn start_with(tls: Option<ServerTls>) -> SentinelSetup {
-        let data = ServerOptions {
-            tls: tls.clone(),
-            extra_args: if tls.is_some() { vec!["--tls-replication".into(), "yes".into()] } else { Vec::new() },
-            ..Default::default()
-        };
-        // The port everyone else is to use for a data server.
-        let public = |s: &RedisServer| s.tls_port.unwrap_or(s.port);
-        let primary = RedisServer::start(data.clone());
-        let replica = RedisServer::start(ServerOptions { replica_of: Some(public(&primary)), ..data });
-        // The replica must be attached before the sentinels start: a sentinel learns
-        // replicas from the master's INFO, which it asks for on connect and then only
-        // every 10 s.
-        poll_until(CONVERGE_TIMEOUT, STATE_INTERVAL, || {
-            try_info(replica.port, "replication")
-                .ok()
-                .filter(|i| i.get("master_link_status").map(String::as_str) == Some("up"))
-        })
-        .unwrap_or_else(|| panic!("replica never linked to the primary; replica log:\n{}", replica.log()));
-
-        let body = format!(
-            "bind 127.0.0.1\n\
-             daemonize no\n\
-             protected-mode no\n\
-             logfile \"\"\n\
-             sentinel resolve-hostnames no\n\
-             sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
-             sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-             sentinel failover-timeout {MASTER_NAME} 5000\n",
-            public(&primary)
-        );
-        let sentinels: Vec<RedisServer> =
-            (0..3).map(|_| RedisServer::launch(Kind::Sentinel { body: body.clone(), tls: tls.clone() })).collect();
-        let (primary_port, replica_port) = (public(&primary), public(&replica));
-        let setup =
-            SentinelSetup { primary_port: AtomicU16::new(primary.port), servers: vec![primary, replica], sentinels };
-        for sentinel in &setup.sentinels {
-            let ready = poll_until(CONVERGE_TIMEOUT, STATE_INTERVAL, || {
-                sentinel_is_ready(sentinel.port, primary_port, replica_port).then_some(())
-            });
-            if ready.is_none() {
-                panic!("{} never saw the whole setup; log:\n{}", sentinel.describe(), sentinel.log());
-            }
-        }
-        setup
-    }
-
-    pub fn master_name(&self) -> &str {
-        MASTER_NAME
-    }
-
-    /// `redis://127.0.0.1:PORT` of each sentinel.
-    pub fn sentinel_urls(&self) -> Vec<String> {
-        self.sentinels.iter().map(RedisServer::url).collect()
-    }
-
-    /// `rediss://127.0.0.1:TLS_PORT` of each sentinel of a TLS setup.
-    pub fn sentinel_tls_urls(&self) -> Vec<String> {
-        self.sentinels.iter().map(RedisServer::tls_url).collect()
-    }
-
-    pub fn sentinels(&self) -> &[RedisServer] {
-        &self.sentinels
-    }
-
-    /// Both data servers (initial primary first), e.g. to restart a killed primary.
-    pub fn servers(&self) -> &[RedisServer] {
-        &self.servers
-    }
-
-    /// The current primary's port: the initial one until [`Self::wait_for_failover`]
-    /// has seen a new one.
-    pub fn primary_port(&self) -> u16 {
-        self.primary_port.load(Ordering::SeqCst)
-    }
-
-    pub fn primary(&self) -> &RedisServer {
-        self.server(self.primary_port())
-    }
-
-    /// The data server on `port`.
-    pub fn server(&self, port: u16) -> &RedisServer {
-        self.servers.iter().find(|s| s.port == port).unwrap_or_else(|| panic!("no server on port {port}"))
-    }
-
-    /// SIGKILLs the current primary; returns its port.
-    pub fn kill_primary(&self) -> u16 {
-        let primary = self.primary();
-        primary.kill();
-        primary.port
-    }
-
-    /// Polls the sentinels until every one that answers (at least two) reports the same
-    /// master address, different from the primary before, and that server answers
-    /// `ROLE` with `master`. Returns its port and remembers it as the primary.
-    /// Waiting for all sentinels (not just the leader) matters because clients ask
-    /// whichever sentinel they reach first.
-    pub fn wait_for_failover(&self, timeout: Duration) -> u16 {
-        let old = self.primary_port();
-        let found = poll_until(timeout, STATE_INTERVAL, || {
-            let views: Vec<u16> = self.sentinels.iter().filter_map(|s| master_addr(s.port).ok().flatten()).collect();
-            let new = *views.first()?;
-            let agreed = views.len() >= 2 && views.iter().all(|&p| p == new);
-            (agreed && new != old && role(new).as_deref() == Some("master")).then_some(new)
-        });
-        match found {
-            Some(new) => {
-                self.primary_port.store(new, Ordering::SeqCst);
-                new
-            }
-            None => {
-                let mut diag = String::new();
-                for s in &self.sentinels {
-                    let view = master_addr(s.port);
-                    let log = s.log();
-                    let tail = tail(&log, 3000);
-                    diag.push_str(&format!("\n--- sentinel {} says {view:?}; log tail:\n{tail}", s.port));
-                }
-                panic!("no failover away from port {old} within {timeout:?}{diag}");
-            }
-        }
-    }
-}
-
-/// Whether the sentinel on `port` reports `primary` as master, knows `replica` with an
-/// up link, and knows the two other sentinels.
-fn sentinel_is_ready(port: u16, primary: u16, replica: u16) -> bool {
-    let Ok(mut con) = connect(port) else { return false };
-    let addr: RedisResult<Option<Vec<String>>> =
-        ::redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME).query(&mut con);
-    if addr.ok().flatten().and_then(|a| a.get(1)?.parse::<u16>().ok()) != Some(primary) {
-        return false;
-    }
-    let replicas: RedisResult<Vec<HashMap<String, String>>> =
-        ::redis::cmd("SENTINEL").arg("replicas").arg(MASTER_NAME).query(&mut con);
-    let replica_ok = replicas.unwrap_or_default().iter().any(|r| {
-        let field = |k: &str| r.get(k).map(String::as_str).unwrap_or("");
-        field("port") == replica.to_string()
-            && field("master-link-status") == "ok"
-            && !field("flags").contains("down")
-            && !field("flags").contains("disconnected")
-    });
-    let master: RedisResult<HashMap<String, String>> =
-        ::redis::cmd("SENTINEL").arg("master").arg(MASTER_NAME).query(&mut con);
-    let others = master.ok().and_then(|m| m.get("num-other-sentinels")?.parse::<u32>().ok());
-    replica_ok && others == Some(2)
-}
-
-/// The master port a sentinel reports, if it answers.
-fn master_addr(sentinel: u16) -> RedisResult<Option<u16>> {
-    let mut con = connect(sentinel)?;
-    let addr: Option<Vec<String>> =
-        ::redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME).query(&mut con)?;
-    Ok(addr.and_then(|a| a.get(1)?.parse().ok()))
-}
-
-/// The first element of `ROLE` (`master`, `slave`, `sentinel`), if the server answers.
-fn role(port: u16) -> Option<String> {
-    let mut con = connect(port).ok()?;
-    let reply: Vec<Value> = ::redis::cmd("ROLE").query(&mut con).ok()?;
-    ::redis::from_redis_value_ref(reply.first()?).ok()
-}
-
-// ---------------------------------------------------------------------------------
-// Cluster
-// ---------------------------------------------------------------------------------
-
-/// Three cluster primaries (no replicas) covering all 16384 slots. Killed on drop.
-pub struct ClusterSetup {
-    nodes: Vec<RedisServer>,
-}
-
-impl ClusterSetup {
-    /// Starts three nodes, joins them with `redis-cli --cluster create` and waits until
-    /// every node reports `cluster_state:ok` and knows all three nodes.
-    pub fn start() -> ClusterSetup {
-        Self::start_with(None)
-    }
-
-    /// The same, with each node also serving `tls` on a TLS port and the nodes
-    /// talking TLS among themselves (`tls-cluster yes`). Clients that come in over
-    /// TLS are told the nodes' TLS ports; the harness keeps to the plain ones.
-    pub fn start_with(tls: Option<ServerTls>) -> ClusterSetup {
-        let extra_args = match tls {
-            Some(_) => vec!["--tls-cluster".into(), "yes".into()],
-            None => Vec::new(),
-        };
-        let options = ServerOptions { cluster: true, tls, extra_args, ..Default::default() };
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start(options.clone())).collect();
-        let mut create = Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
-        create.args(nodes.iter().map(RedisServer::addr));
-        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
-        run_to_completion(create, Duration::from_secs(30));
-
-        let setup = ClusterSetup { nodes };
-        for node in &setup.nodes {
-            let ok = poll_until(CONVERGE_TIMEOUT, STATE_INTERVAL, || {
-                let info = cluster_info(node.port).ok()?;
-                let field = |k: &str| info.get(k).map(String::as_str);
-                (field("cluster_state") == Some("ok")
-                    && field("cluster_known_nodes") == Some("3")
-                    && field("cluster_slots_ok") == Some("16384"))
-                .then_some(())
-            });
-            if ok.is_none() {
-                panic!(
-                    "cluster node {} never reached cluster_state:ok: {:?}; log:\n{}",
-                    node.port,
-                    cluster_info(node.port),
-                    node.log()
-                );
-            }
-        }
-        setup
-    }
-
-    pub fn nodes(&self) -> &[RedisServer] {
-        &self.nodes
-    }
-
-    /// `redis://127.0.0.1:PORT` of each node, for `ClusterClient::new`.
-    pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::url).collect()
-    }
-
-    /// `rediss://127.0.0.1:TLS_PORT` of each node of a TLS cluster.
-    pub fn tls_urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::tls_url).collect()
-    }
-
-    pub fn client(&self) -> ::redis::cluster::ClusterClient {
-        ::redis::cluster::ClusterClient::new(self.urls()).expect("cluster client")
-    }
-}
-
-fn cluster_info(port: u16) -> RedisResult<HashMap<String, String>> {
-    let mut con = connect(port)?;
-    let text: String = ::redis::cmd("CLUSTER").arg("INFO").query(&mut con)?;
-    Ok(parse_info(&text))
 }
 
 /// Runs a short-lived tool to completion, failing the test with its output if it fails
