@@ -136,7 +136,7 @@ mod tests {
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "listen: 0.0.0.0:9000\ndedup:\n  window: 2m\n").unwrap();
+        std::fs::write(&path, "listen: 0.0.0.0:9000\nauth: none\ndedup:\n  window: 2m\n").unwrap();
         let path = path.to_str().unwrap();
         let cli =
             Cli::parse_from(["tidegate", "serve", "--config", path, "--dedup-window", "10m", "--worker-threads", "3"]);

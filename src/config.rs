@@ -23,6 +23,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::auth::AuthConfig;
 pub use crate::http::HttpConfig;
 pub use crate::ingest::cloudevents::CloudEventsConfig;
 pub use crate::pipeline::classify::{ClassifyConfig, PriorityRule};
@@ -57,6 +58,9 @@ pub struct Config {
     pub kube: KubeConfig,
     pub classify: ClassifyConfig,
     pub cloudevents: CloudEventsConfig,
+    /// Who may submit signals: authenticators, and which routes use which; `none`
+    /// turns authentication off on purpose. See README, Authentication.
+    pub auth: AuthConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
 }
@@ -77,6 +81,7 @@ impl Default for Config {
             kube: Default::default(),
             classify: Default::default(),
             cloudevents: Default::default(),
+            auth: Default::default(),
             log: Default::default(),
             runtime: Default::default(),
         }
@@ -129,6 +134,17 @@ impl Config {
         self.kube.validate()?;
         self.classify.validate()?;
         self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
+        if !self.listen.ip().is_loopback() && !self.auth.enabled() && !self.auth.none {
+            return Err(ConfigError::invalid(
+                "listen",
+                format!(
+                    "{} is not a loopback address, and no authenticator is configured: anyone who can reach it \
+                     could create RemediationRequests. Configure `auth` (see README, Authentication), or write \
+                     `auth: none` (TIDEGATE_AUTH=none) to accept unauthenticated senders on purpose",
+                    self.listen
+                ),
+            ));
+        }
         if matches!(self.runtime.worker_threads, Some(n) if n == 0 || n > 1024) {
             return Err(ConfigError::invalid("runtime.worker_threads", "must be between 1 and 1024"));
         }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -42,6 +43,10 @@ pub enum StartError {
     KubeClient(#[source] kube::Error),
     #[error("cannot use the Kubernetes API: {0}")]
     Kube(#[source] crate::sink::SinkError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::BuildError),
+    #[error(transparent)]
+    Tls(#[from] crate::http::tls::TlsError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -85,6 +90,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
 /// [`start`], with parts supplied by the caller.
 pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> Result<Running, StartError> {
     config.validate()?;
+    let tls = config.http.tls.build()?;
     let metrics = Arc::new(Metrics::new());
     let state: Arc<dyn StateStore> = match &config.state {
         StateBackend::Memory => {
@@ -97,6 +103,8 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
             Arc::new(store.map_err(StartError::State)?)
         }
     };
+    let replays = state.clone();
+    let mut kube_client = overrides.kube_client;
     let mut namespace_labels = None;
     let mut owners: Option<Arc<dyn crate::workload::Owners>> = None;
     let sink: Arc<dyn Sink> = match &config.sink {
@@ -105,11 +113,12 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
                 .map_err(|source| StartError::SinkDir { path: path.display().to_string(), source })?,
         ),
         SinkTarget::Kube => {
-            let client = match overrides.kube_client {
+            let client = match kube_client.clone() {
                 Some(client) => client,
                 // In the cluster: the service account; outside: the kubeconfig.
                 None => kube::Client::try_default().await.map_err(StartError::KubeClient)?,
             };
+            kube_client = Some(client.clone());
             let kube =
                 KubeSink::start(client.clone(), &config.kube, metrics.clone()).await.map_err(StartError::Kube)?;
             namespace_labels = Some(kube.namespace_labels());
@@ -120,6 +129,17 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         }
     };
     let sink_handle = sink.clone();
+    let reviews_tokens = config.auth.enabled() && config.auth.kinds().contains(&crate::auth::kind::KUBERNETES);
+    if reviews_tokens && kube_client.is_none() {
+        kube_client = Some(kube::Client::try_default().await.map_err(StartError::KubeClient)?);
+    }
+    let routes: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.auth)).collect();
+    let auth = Arc::new(config.auth.build(kube_client, &routes)?);
+    if config.auth.enabled() {
+        tracing::info!(authenticators = ?config.auth.kinds(), "senders must authenticate");
+    } else if config.auth.none {
+        tracing::warn!(listen = %config.listen, "auth: none: anyone who can reach the listener may submit signals");
+    }
     let parts = Parts { state, sink, owners, namespace_labels, clock: clock.clone(), metrics: metrics.clone() };
     let pipeline = Arc::new(Pipeline::build(&config, parts));
     let readiness = Readiness::default();
@@ -130,18 +150,21 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         config: Arc::new(config.clone()),
         readiness: readiness.clone(),
         budget: http::BodyBudget::new(config.http.body_budget(), config.http.body_budget_wait, metrics.clone()),
+        auth,
+        replays,
     };
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(run(listener, app, config, stopped));
+    let task = tokio::spawn(run(listener, tls, app, config, stopped));
     tracing::info!(%addr, "tidegate listening");
     Ok(Running { addr, readiness, metrics, pipeline, sink: sink_handle, stop, task })
 }
 
 async fn run(
     listener: TcpListener,
+    tls: Option<http::tls::Tls>,
     app: AppState,
     config: Config,
     mut stopped: watch::Receiver<bool>,
@@ -163,8 +186,17 @@ async fn run(
         let _ = closed_at.set(tokio::time::Instant::now());
         let _ = begun.send(());
     };
-    let service = http::router(app).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(begin).into_future();
+    let router = http::router(app);
+    let server = match tls {
+        Some(tls) => {
+            let listener = http::tls::TlsListener::new(listener, tls);
+            http::tls::serve(listener, router).with_graceful_shutdown(begin).into_future().boxed()
+        }
+        None => {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, service).with_graceful_shutdown(begin).into_future().boxed()
+        }
+    };
     let result = tokio::select! {
         r = server => r.map_err(StartError::Serve),
         _ = async {

@@ -310,6 +310,9 @@ pub struct Classification {
 
 /// Annotation naming the priority rule that chose the request's priority.
 pub const PRIORITY_RULE_ANNOTATION: &str = "tidegate.dev/priority-rule";
+/// Who submitted the signal that created a request: the authenticated sender's
+/// name, or its address where authentication is off.
+pub const SUBMITTED_BY_ANNOTATION: &str = "tidegate.dev/submitted-by";
 
 /// The name of a storm's aggregated request: readable signal name, a prefix of the
 /// scope hash and the window's opening second. Every replica derives the same one.

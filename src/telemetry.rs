@@ -70,6 +70,14 @@ pub struct ClassLabels {
     pub priority: String,
 }
 
+/// An authenticated sender: a configured name (a source, user or authenticator),
+/// never a name a client chose, so the label set stays bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SenderLabels {
+    pub sender: String,
+    pub method: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceClassLabels {
     pub source_class: &'static str,
@@ -116,6 +124,7 @@ pub struct Metrics {
     pub alerts_aggregated: Counter,
     pub storm_windows_open: Gauge,
     pub rate_limited: Family<SourceClassLabels, Counter>,
+    pub authenticated: Family<SenderLabels, Counter>,
     pub classifications: Family<ClassLabels, Counter>,
     pub api_calls: Family<ApiLabels, Counter>,
     pub owner_cache_objects: Family<KindLabels, Gauge>,
@@ -210,6 +219,12 @@ impl Metrics {
             "Storm windows this replica saw that are still open",
             storm_windows_open.clone(),
         );
+        let authenticated = Family::<SenderLabels, Counter>::default();
+        registry.register(
+            "authenticated_requests",
+            "Requests whose sender was authenticated, by sender (a configured name) and method",
+            authenticated.clone(),
+        );
         let rate_limited = Family::<SourceClassLabels, Counter>::default();
         registry.register(
             "rate_limited",
@@ -254,6 +269,7 @@ impl Metrics {
             alerts_aggregated,
             storm_windows_open,
             rate_limited,
+            authenticated,
             classifications,
             api_calls,
             owner_cache_objects,

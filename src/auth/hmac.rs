@@ -272,8 +272,9 @@ mod tests {
     use super::*;
     use crate::auth::tests::headers;
     use crate::clock::Clock;
+    use crate::state::memory::MemoryConfig;
     use crate::state::memory::MemoryStore;
-    use crate::state::StormRules;
+    use crate::state::StormConfig;
 
     // The published Standard Webhooks test vector: `TestWebhookSign` in
     // standard-webhooks/standard-webhooks, libraries/go/webhook_test.go (the same
@@ -296,7 +297,12 @@ mod tests {
         std::fs::write(&path, format!("whsec_b2xkLXNlY3JldA== {SECRET}\n")).unwrap();
         let config = StandardWebhooksConfig { source: "falco".into(), secret_file: path, ..Default::default() };
         let webhooks = StandardWebhooks::load("sw", &config).unwrap();
-        let store = MemoryStore::new(10, Duration::from_secs(300), StormRules::default(), Clock::System);
+        let store = MemoryStore::new(
+            &MemoryConfig { max_entries: 10 },
+            Duration::from_secs(300),
+            &StormConfig::default(),
+            Clock::System,
+        );
         Fixture { _dir: dir, webhooks, store }
     }
 

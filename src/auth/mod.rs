@@ -108,15 +108,28 @@ pub enum AuthenticatorConfig {
     ClientCertificate(cert::ClientCertificateConfig),
 }
 
+/// The kinds of authenticator, as the source table names what each sender can
+/// present.
+pub mod kind {
+    pub const BEARER: &str = "bearer";
+    pub const BASIC: &str = "basic";
+    pub const STANDARD_WEBHOOKS: &str = "standard_webhooks";
+    pub const GRAFANA: &str = "grafana";
+    pub const KUBERNETES: &str = "kubernetes";
+    pub const CLIENT_CERTIFICATE: &str = "client_certificate";
+    /// What any HTTP client can present in its head: tokens, passwords, certificates.
+    pub const HEAD: &[&str] = &[BEARER, BASIC, KUBERNETES, CLIENT_CERTIFICATE];
+}
+
 impl AuthenticatorConfig {
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
-            AuthenticatorConfig::Bearer(_) => "bearer",
-            AuthenticatorConfig::Basic(_) => "basic",
-            AuthenticatorConfig::StandardWebhooks(_) => "standard_webhooks",
-            AuthenticatorConfig::Grafana(_) => "grafana",
-            AuthenticatorConfig::Kubernetes(_) => "kubernetes",
-            AuthenticatorConfig::ClientCertificate(_) => "client_certificate",
+            AuthenticatorConfig::Bearer(_) => kind::BEARER,
+            AuthenticatorConfig::Basic(_) => kind::BASIC,
+            AuthenticatorConfig::StandardWebhooks(_) => kind::STANDARD_WEBHOOKS,
+            AuthenticatorConfig::Grafana(_) => kind::GRAFANA,
+            AuthenticatorConfig::Kubernetes(_) => kind::KUBERNETES,
+            AuthenticatorConfig::ClientCertificate(_) => kind::CLIENT_CERTIFICATE,
         }
     }
 }
@@ -136,19 +149,28 @@ pub enum BuildError {
     Invalid { name: String, reason: String },
     #[error("auth.authenticators.{name}: a kubernetes authenticator needs a Kubernetes client")]
     NoKubeClient { name: String },
+    #[error("auth.endpoints names {route:?}, which is not a route of any source")]
+    NoRoute { route: String },
 }
 
 impl AuthConfig {
-    /// Whether any endpoint checks credentials.
+    /// Whether any endpoint checks credentials: some authenticator is configured
+    /// and authentication was not turned off.
     pub fn enabled(&self) -> bool {
-        !self.none && (!self.sections.default.is_empty() || self.sections.endpoints.values().any(|l| !l.is_empty()))
+        !self.none && !self.sections.authenticators.is_empty()
     }
 
-    /// Builds every authenticator (reading its files) and each endpoint's chain.
-    /// `kube` is required when a `kubernetes` authenticator is configured.
-    pub fn build(&self, kube: Option<kube::Client>) -> Result<Auth, BuildError> {
-        if self.none {
-            return Ok(Auth { default: None, endpoints: BTreeMap::new() });
+    /// Builds every authenticator (reading its files) and the chain of each of
+    /// `routes`: a route and the kinds of authenticator its sender can present.
+    /// A route's chain is its list in `endpoints` (an empty list: no
+    /// authentication), else `default` (else every authenticator, by name) less
+    /// those its sender cannot present. A route left with none refuses every
+    /// request rather than take anyone's. `kube` is required when a `kubernetes`
+    /// authenticator is configured.
+    pub fn build(&self, kube: Option<kube::Client>, routes: &[(&str, &[&str])]) -> Result<Auth, BuildError> {
+        let mut auth = Auth { chains: BTreeMap::new() };
+        if !self.enabled() {
+            return Ok(auth);
         }
         let s = &self.sections;
         let mut built = BTreeMap::new();
@@ -173,26 +195,39 @@ impl AuthConfig {
                     Authenticator::ClientCertificate(cert::Certificates::new(c, label.clone()))
                 }
             };
-            built.insert(name.clone(), Arc::new(authenticator));
+            built.insert(name.as_str(), (config.kind(), Arc::new(authenticator)));
         }
-        let chain = |list: &str, names: &[String]| -> Result<Option<Arc<Chain>>, BuildError> {
-            if names.is_empty() {
-                return Ok(None);
-            }
-            let steps = names
-                .iter()
-                .map(|n| {
-                    built.get(n).cloned().ok_or_else(|| BuildError::Unknown { list: list.into(), name: n.clone() })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Some(Arc::new(Chain::new(steps))))
+        let find = |list: &str, name: &String| {
+            built.get(name.as_str()).ok_or_else(|| BuildError::Unknown { list: list.into(), name: name.clone() })
         };
-        let default = chain("default", &s.default)?;
-        let mut endpoints = BTreeMap::new();
-        for (route, names) in &s.endpoints {
-            endpoints.insert(route.clone(), chain(&format!("endpoints.{route}"), names)?);
+        for name in &s.default {
+            find("default", name)?;
         }
-        Ok(Auth { default, endpoints })
+        for route in s.endpoints.keys() {
+            if !routes.iter().any(|(r, _)| r == route) {
+                return Err(BuildError::NoRoute { route: route.clone() });
+            }
+        }
+        for (route, kinds) in routes {
+            let chain = match s.endpoints.get(*route) {
+                Some(names) if names.is_empty() => None,
+                Some(names) => {
+                    let list = format!("endpoints.{route}");
+                    let steps = names.iter().map(|n| find(&list, n).map(|(_, a)| a.clone()));
+                    Some(Arc::new(Chain::new(steps.collect::<Result<_, _>>()?)))
+                }
+                None => {
+                    let names: Vec<&str> = match s.default.is_empty() {
+                        true => built.keys().copied().collect(),
+                        false => s.default.iter().map(String::as_str).collect(),
+                    };
+                    let steps = names.iter().map(|n| &built[n]).filter(|(kind, _)| kinds.contains(kind));
+                    Some(Arc::new(Chain::new(steps.map(|(_, a)| a.clone()).collect())))
+                }
+            };
+            auth.chains.insert(route.to_string(), chain);
+        }
+        Ok(auth)
     }
 
     /// The kinds of the authenticators configured, for start-up logs.
@@ -201,20 +236,16 @@ impl AuthConfig {
     }
 }
 
-/// Every endpoint's chain, built.
+/// Every route's chain, built.
 pub struct Auth {
-    default: Option<Arc<Chain>>,
-    /// A route with `None` has an empty list: it checks nothing.
-    endpoints: BTreeMap<String, Option<Arc<Chain>>>,
+    /// A route with `None` checks nothing.
+    chains: BTreeMap<String, Option<Arc<Chain>>>,
 }
 
 impl Auth {
     /// The chain `route` checks requests against; `None` if it checks nothing.
     pub fn chain(&self, route: &str) -> Option<Arc<Chain>> {
-        match self.endpoints.get(route) {
-            Some(chain) => chain.clone(),
-            None => self.default.clone(),
-        }
+        self.chains.get(route).cloned().flatten()
     }
 }
 
@@ -459,6 +490,10 @@ fn authorization<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
 pub(crate) mod tests {
     use super::*;
 
+    /// Routes as the source table gives them: two whose senders present anything
+    /// in their heads, one that can only sign.
+    const ROUTES: &[(&str, &[&str])] = &[("/a", kind::HEAD), ("/open", kind::HEAD), ("/hmac", &[kind::GRAFANA])];
+
     pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         pairs
             .iter()
@@ -472,14 +507,16 @@ pub(crate) mod tests {
         assert!(off.none && !off.enabled());
         let empty: AuthConfig = serde_norway::from_str("{}").unwrap();
         assert!(!empty.none && !empty.enabled());
+        assert!(off.build(None, ROUTES).unwrap().chain("/a").is_none());
         assert!(serde_norway::from_str::<AuthConfig>("nothing").is_err());
         assert_eq!(serde_norway::to_string(&off).unwrap().trim(), "none");
     }
 
     #[test]
     fn an_endpoint_list_naming_an_unknown_authenticator_is_refused() {
-        let config: AuthConfig = serde_norway::from_str("default: [ghost]").unwrap();
-        let err = config.build(None).err().unwrap().to_string();
+        let config: AuthConfig =
+            serde_norway::from_str("authenticators: {c: {client_certificate: {}}}\ndefault: [ghost]").unwrap();
+        let err = config.build(None, ROUTES).err().unwrap().to_string();
         assert_eq!(err, r#"auth.default names "ghost", which is not in auth.authenticators"#);
     }
 
@@ -490,7 +527,7 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn the_first_authenticator_that_recognises_the_credentials_decides() {
+    async fn the_first_authenticator_that_recognises_the_credentials_decides_and_routes_get_what_they_can_use() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("am"), "token-a\n").unwrap();
         let yaml = format!(
@@ -502,9 +539,12 @@ pub(crate) mod tests {
             bcrypt::hash("pw", 4).unwrap(),
         );
         let config: AuthConfig = serde_norway::from_str(&yaml).unwrap();
-        let auth = config.build(None).unwrap();
+        let auth = config.build(None, ROUTES).unwrap();
         assert!(auth.chain("/open").is_none(), "an empty list checks nothing");
-        let chain = auth.chain("/api/v2/alerts").unwrap();
+        let hmac_only = auth.chain("/hmac").unwrap();
+        let none = Presented { headers: &HeaderMap::new(), peer: None };
+        assert!(matches!(hmac_only.check(&none).await, Err(AuthError::Missing)), "no usable authenticator: closed");
+        let chain = auth.chain("/a").unwrap();
         assert_eq!(chain.challenge(), r#"Basic realm="tidegate", charset="UTF-8", Bearer realm="tidegate""#);
 
         let check = |pairs: &'static [(&str, &str)]| {

@@ -46,6 +46,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub readiness: Readiness,
     pub budget: BodyBudget,
+    /// Each route's authenticators.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Where signed webhooks' message ids are remembered: the state store.
+    pub replays: Arc<dyn crate::state::StateStore>,
 }
 
 /// `http`: the listener's limits, timeouts and shutdown.
@@ -85,6 +89,8 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// `Retry-After` sent with 503 answers, in seconds.
     pub retry_after_secs: u32,
+    /// TLS on the listener: on when `cert_file` and `key_file` are set.
+    pub tls: tls::TlsConfig,
 }
 
 impl Default for HttpConfig {
@@ -97,6 +103,7 @@ impl Default for HttpConfig {
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
             retry_after_secs: 5,
+            tls: Default::default(),
         }
     }
 }
@@ -121,6 +128,9 @@ impl HttpConfig {
         }
         if self.retry_after_secs == 0 {
             return invalid("http.retry_after_secs", "must be at least 1");
+        }
+        if let Err(reason) = self.tls.validate() {
+            return Err(ConfigError::invalid("http.tls", reason));
         }
         Ok(())
     }
@@ -209,7 +219,9 @@ fn route_label(path: &str) -> Option<&'static str> {
 pub fn router(app: AppState) -> Router {
     let mut router = Router::new();
     for source in ingest::SOURCES {
-        let handler = move |state, peer, headers, body| signals::ingest(state, peer, headers, body, source);
+        let handler = move |state, peer, certificate, headers, body| {
+            signals::ingest(state, peer, certificate, headers, body, source)
+        };
         router = router.route(source.route, post(handler));
     }
     router

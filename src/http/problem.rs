@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::auth::AuthError;
 use crate::ingest::IngestError;
 use crate::pipeline::PipelineError;
 
@@ -26,6 +27,9 @@ pub struct Problem {
     pub errors: Vec<AlertError>,
     #[serde(skip)]
     pub retry_after_secs: Option<u32>,
+    /// The challenges of a 401 (`WWW-Authenticate`).
+    #[serde(skip)]
+    pub challenge: Option<HeaderValue>,
     /// The metric label of this problem.
     #[serde(skip)]
     pub reason: &'static str,
@@ -52,6 +56,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after_secs: None,
+            challenge: None,
             reason,
         }
     }
@@ -157,6 +162,24 @@ impl Problem {
         Problem::unavailable("shutting_down", "tidegate is shutting down", retry_after_secs)
     }
 
+    /// Refused credentials: 401 with the route's `challenge` when missing or not
+    /// accepted, 403 when the sender may not submit, 503 (retried) when the
+    /// authority that checks them cannot answer. The detail never holds a
+    /// credential: the errors carry none.
+    pub fn auth(e: &AuthError, challenge: &HeaderValue, retry_after_secs: u32) -> Self {
+        match e {
+            AuthError::Missing | AuthError::Rejected(_) => {
+                let mut p = Problem::new(StatusCode::UNAUTHORIZED, e.reason(), "Unauthorized", e.to_string());
+                p.challenge = Some(challenge.clone());
+                p
+            }
+            AuthError::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, e.reason(), "Forbidden", e.to_string()),
+            AuthError::Unavailable(_) | AuthError::ReplayStore(_) => {
+                Problem::unavailable(e.reason(), format!("{e}; retry later"), retry_after_secs)
+            }
+        }
+    }
+
     pub fn from_pipeline(e: &PipelineError, retry_after_secs: u32) -> Self {
         let reason = match e {
             PipelineError::State(_) => "state_unavailable",
@@ -184,6 +207,9 @@ impl IntoResponse for Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(challenge) = self.challenge {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }

@@ -1,8 +1,11 @@
 //! `POST /api/v1/signals/*`: read, validate, decide, answer.
 //!
-//! Order of checks: media type (415), size (413), shape (400), then the pipeline,
-//! which charges the source's rate limit (429) and decides in one step (503 if state
-//! or sink cannot record). A request refused before the pipeline is charged too.
+//! Order of checks: credentials (401, 403; before the body is read, except an HMAC
+//! signature, which covers the body and is checked once it is read), media type
+//! (415), size (413), shape (400), then the pipeline, which charges the sender's rate
+//! limit (429) and decides in one step (503 if state or sink cannot record). A
+//! request refused before the pipeline is charged too: to its sender once
+//! authenticated, else to its address.
 //!
 //! How success is answered is the source's ([`Answer`]). For tidegate's own routes one
 //! alert is answered 201 or 202, and a batch of several 207 with a result per alert,
@@ -16,26 +19,31 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use jiff::Timestamp;
 use serde::Serialize;
 
 use super::problem::{AlertError, Problem};
 use super::AppState;
+use crate::auth::{AuthError, Chain, Checked, Identity, Presented};
+use crate::http::tls::PeerCertificate;
 use crate::ingest::{Answer, Payload, Source};
 use crate::pipeline::{Outcome, OutcomeStatus, Processed};
 use crate::signal::Fingerprint;
 use crate::state::Admission;
-use crate::telemetry::SourceClassLabels;
+use crate::telemetry::{SenderLabels, SourceClassLabels};
 
 /// `POST` on a source's route: the one handler of every source in the table.
 pub async fn ingest(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    certificate: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     body: Body,
     source: &'static Source,
 ) -> Response {
-    decide(app, peer, headers, body, source).await
+    let certificate = certificate.map(|Extension(c)| c);
+    decide(app, peer, certificate.as_ref(), headers, body, source).await
 }
 
 /// Who sent a request: the source it is charged to, and how that was decided (a
@@ -49,6 +57,13 @@ impl Sender {
     fn of(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
         let (source, class) = super::source_of(peer.ip(), headers, &app.config.rate_limit.trusted_proxies);
         Sender { source, class }
+    }
+
+    /// An authenticated sender: charged, annotated and audited by its name.
+    fn identified(app: &AppState, identity: &Identity) -> Self {
+        let labels = SenderLabels { sender: identity.label.to_string(), method: identity.method };
+        app.metrics.authenticated.get_or_create(&labels).inc();
+        Sender { source: identity.name.to_string(), class: "authenticated" }
     }
 
     fn limited(&self, app: &AppState, retry_after_ms: u64) -> Response {
@@ -68,6 +83,17 @@ async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
         Ok(Admission::Limited { retry_after_ms }) => Some(sender.limited(app, retry_after_ms)),
         Err(e) => Some(Problem::from_pipeline(&e, app.config.http.retry_after_secs).into_response()),
     }
+}
+
+/// Refuses credentials. A 401 or 403 is charged to the address that sent it, so
+/// that guessing is rate-limited; a 503 (the authority is down) is not the
+/// sender's doing and is not charged.
+async fn refuse_credentials(app: &AppState, peer: &Sender, chain: &Chain, e: &AuthError) -> Response {
+    let problem = Problem::auth(e, chain.challenge(), app.config.http.retry_after_secs);
+    if problem.status.is_server_error() {
+        return app.reject(problem);
+    }
+    refuse(app, peer, problem).await
 }
 
 /// Refuses a request with `problem`, unless its sender is over the limit.
@@ -122,10 +148,25 @@ impl Serialize for Hex<'_> {
     }
 }
 
-async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body, source: &'static Source) -> Response {
+async fn decide(
+    app: AppState,
+    peer: SocketAddr,
+    certificate: Option<&PeerCertificate>,
+    headers: HeaderMap,
+    body: Body,
+    source: &'static Source,
+) -> Response {
     // The charge to the sender's rate limit goes with the decision, in one round trip
     // to the state store; a request refused before that is charged on its own.
-    let sender = Sender::of(&app, peer, &headers);
+    let chain = app.auth.chain(source.route);
+    let (sender, pending) = match &chain {
+        None => (Sender::of(&app, peer, &headers), None),
+        Some(chain) => match chain.check(&Presented { headers: &headers, peer: certificate }).await {
+            Ok(Checked::Identified(identity)) => (Sender::identified(&app, &identity), None),
+            Ok(Checked::Pending(pending)) => (Sender::of(&app, peer, &headers), Some(pending)),
+            Err(e) => return refuse_credentials(&app, &Sender::of(&app, peer, &headers), chain, &e).await,
+        },
+    };
     if let Err(p) = check_content_type(&headers, source) {
         return refuse(&app, &sender, p).await;
     }
@@ -143,11 +184,39 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
             return refuse(&app, &sender, problem).await;
         }
     };
+    // A signature covers the body: it is checked now, and its message id recorded.
+    let (sender, replay) = match (pending, &chain) {
+        (Some(pending), Some(chain)) => {
+            match pending.verify(&headers, &bytes, app.clock.now_s() as u64, &*app.replays).await {
+                Ok(identity) => (Sender::identified(&app, &identity), pending.replay_key(&headers)),
+                Err(e) => return refuse_credentials(&app, &sender, chain, &e).await,
+            }
+        }
+        _ => (sender, None),
+    };
+    let response = decide_signals(&app, &sender, &headers, &bytes, source).await;
+    if let Some(id) = replay.filter(|_| response.status().is_server_error()) {
+        // Nothing was acknowledged: the sender's retry of this message is no replay.
+        if let Err(e) = app.replays.forget_sighting(id).await {
+            tracing::warn!(error = %e, "could not forget a refused message's id; its retry will be refused");
+        }
+    }
+    response
+}
+
+/// Parses, decides and answers a request whose sender is known.
+async fn decide_signals(
+    app: &AppState,
+    sender: &Sender,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    source: &'static Source,
+) -> Response {
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
-    let payload = Payload { body: &bytes, headers: &headers, received, config: &app.config };
+    let payload = Payload { body: bytes, headers, received, config: &app.config };
     let parsed = match (source.parse)(&payload) {
         Ok(parsed) => parsed,
-        Err(e) => return refuse(&app, &sender, Problem::bad_request(&e)).await,
+        Err(e) => return refuse(app, &sender, Problem::bad_request(&e)).await,
     };
     let total = parsed.len();
     let (mut signals, mut failures) = (Vec::with_capacity(total), Vec::new());
@@ -165,7 +234,7 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
         }
     };
     if signals.is_empty() {
-        if let Some(refused) = over_limit(&app, &sender).await {
+        if let Some(refused) = over_limit(app, &sender).await {
             return refused;
         }
         count_failures(&failures);
@@ -175,7 +244,7 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
     let processed =
         tokio::time::timeout(app.config.http.request_timeout, app.pipeline.process(&batch, &sender.source)).await;
     let decided = match processed {
-        Ok(Ok(Processed::Limited { retry_after_ms })) => return sender.limited(&app, retry_after_ms),
+        Ok(Ok(Processed::Limited { retry_after_ms })) => return sender.limited(app, retry_after_ms),
         Ok(Ok(Processed::Decided(outcomes))) => Ok(outcomes),
         Ok(Err(e)) => Err(Problem::from_pipeline(&e, app.config.http.retry_after_secs)),
         Err(_) => Err(Problem::timeout(app.config.http.request_timeout, app.config.http.retry_after_secs)),

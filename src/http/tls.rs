@@ -117,28 +117,34 @@ impl TlsConfig {
         self.cert_file.is_some() || self.key_file.is_some()
     }
 
-    /// Validates and loads the files; `None` when TLS is off.
-    pub fn build(&self) -> Result<Option<Tls>, TlsError> {
-        let (cert, key) = match (&self.cert_file, &self.key_file) {
-            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-            (None, None) if self.client_ca_file.is_none() && self.client_auth_type == ClientAuthType::NoClientCert => {
-                return Ok(None);
-            }
-            (None, None) => return Err(TlsError::Invalid("client certificate settings need cert_file and key_file")),
-            _ => return Err(TlsError::Invalid("cert_file and key_file must be set together")),
-        };
+    /// Refuses what the exporter-toolkit refuses.
+    pub fn validate(&self) -> Result<(), &'static str> {
         let mode = self.client_auth_type;
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), Some(_)) => {}
+            (None, None) if self.client_ca_file.is_none() && mode == ClientAuthType::NoClientCert => {}
+            (None, None) => return Err("client certificate settings need cert_file and key_file"),
+            _ => return Err("cert_file and key_file must be set together"),
+        }
         if self.client_ca_file.is_some() && mode == ClientAuthType::NoClientCert {
-            return Err(TlsError::Invalid("client_ca_file is set but client_auth_type is NoClientCert"));
+            return Err("client_ca_file is set but client_auth_type is NoClientCert");
         }
         if mode.verifies() && self.client_ca_file.is_none() {
-            return Err(TlsError::Invalid("client_auth_type verifies client certificates: set client_ca_file"));
+            return Err("client_auth_type verifies client certificates: set client_ca_file");
         }
         if !self.client_allowed_sans.is_empty() && !mode.requires() {
-            return Err(TlsError::Invalid(
+            return Err(
                 "client_allowed_sans requires client_auth_type RequireAnyClientCert or RequireAndVerifyClientCert",
-            ));
+            );
         }
+        Ok(())
+    }
+
+    /// Validates and loads the files; `None` when TLS is off.
+    pub fn build(&self) -> Result<Option<Tls>, TlsError> {
+        self.validate().map_err(TlsError::Invalid)?;
+        let (Some(cert), Some(key)) = (self.cert_file.clone(), self.key_file.clone()) else { return Ok(None) };
+        let mode = self.client_auth_type;
         let provider = provider();
         let resolver = ReloadingCert::new(cert, key, provider.clone()).map_err(TlsError::Load)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())

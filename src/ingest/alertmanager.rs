@@ -82,6 +82,7 @@ pub const WEBHOOK: Source = Source {
     parse,
     signal_type: SignalType::PROMETHEUS_ALERT,
     answer: Answer::Results,
+    auth: crate::auth::kind::HEAD,
 };
 
 /// Parses a webhook body into one result per alert.

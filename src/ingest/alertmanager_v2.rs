@@ -45,6 +45,7 @@ pub const SOURCE: Source = Source {
     parse,
     signal_type: SignalType::PROMETHEUS_ALERT,
     answer: Answer::Alertmanager,
+    auth: crate::auth::kind::HEAD,
 };
 
 /// Parses an alert array into one result per alert.

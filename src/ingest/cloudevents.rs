@@ -33,12 +33,23 @@ use crate::signal::{Fingerprint, Labels, Signal, SignalStatus, SignalType, Targe
 pub const SIGNAL_TYPE: SignalType = SignalType::new("cloudevent");
 
 /// CloudEvents in structured, batched or binary content mode.
+/// CloudEvents over webhooks are signed the Standard Webhooks way (Falcosidekick
+/// and most brokers can send a token instead).
+const CLOUDEVENTS_AUTH: &[&str] = &[
+    crate::auth::kind::STANDARD_WEBHOOKS,
+    crate::auth::kind::BEARER,
+    crate::auth::kind::BASIC,
+    crate::auth::kind::KUBERNETES,
+    crate::auth::kind::CLIENT_CERTIFICATE,
+];
+
 pub const SOURCE: Source = Source {
     route: "/api/v1/signals/cloudevents",
     media_types: JSON,
     parse,
     signal_type: SIGNAL_TYPE,
     answer: Answer::Results,
+    auth: CLOUDEVENTS_AUTH,
 };
 
 /// `cloudevents`: how events of each type become signals.

@@ -22,12 +22,22 @@ use crate::signal::{SignalType, Text};
 pub const SIGNAL_TYPE: SignalType = SignalType::new("grafana-alert");
 
 /// Grafana's webhook contact point (integration type `webhook`).
+/// Grafana signs its webhooks (HMAC), and can also send a token or a password.
+const GRAFANA_AUTH: &[&str] = &[
+    crate::auth::kind::GRAFANA,
+    crate::auth::kind::BEARER,
+    crate::auth::kind::BASIC,
+    crate::auth::kind::KUBERNETES,
+    crate::auth::kind::CLIENT_CERTIFICATE,
+];
+
 pub const WEBHOOK: Source = Source {
     route: "/api/v1/signals/grafana",
     media_types: JSON,
     parse,
     signal_type: SIGNAL_TYPE,
     answer: Answer::Results,
+    auth: GRAFANA_AUTH,
 };
 
 /// Parses a Grafana webhook body into one result per alert.

@@ -69,6 +69,7 @@ pub const SOURCE: Source = Source {
     parse,
     signal_type: SignalType::KUBERNETES_EVENT,
     answer: Answer::Results,
+    auth: crate::auth::kind::HEAD,
 };
 
 /// Parses an Event body into exactly one result.

@@ -39,6 +39,10 @@ pub struct Source {
     /// What its signals are, on the request (`spec.signalType`) and in metrics.
     pub signal_type: SignalType,
     pub answer: Answer,
+    /// The kinds of authenticator (`crate::auth::kind`) its sender can present: the
+    /// configured authenticators of these kinds guard the route, unless
+    /// `auth.endpoints` names its own list.
+    pub auth: &'static [&'static str],
 }
 
 /// How a sender expects success to be answered.

@@ -264,7 +264,8 @@ impl Pipeline {
 
     /// Decides a batch of signals from `source`, in order, after charging the
     /// request to the source's rate limit (in the same round trip, where the store
-    /// can).
+    /// can). `source` is the authenticated sender (its address where authentication
+    /// is off): the rate-limit key, and the submitter of the requests created.
     pub async fn process(&self, signals: &[Signal<'_>], source: &str) -> Result<Processed, PipelineError> {
         let charge = self.charge(source);
         let signals = match &self.owners {
@@ -295,7 +296,7 @@ impl Pipeline {
                 Ok(outcome) => outcomes.push(Some(outcome)),
                 Err(work) => {
                     outcomes.push(None);
-                    slow.push(async move { (i, self.act(signal, asked, work).await) });
+                    slow.push(async move { (i, self.act(signal, asked, work, source).await) });
                 }
             }
         }
@@ -361,9 +362,16 @@ impl Pipeline {
 
     /// Does what [`Self::act_now`] could not: create a request, or repair the state
     /// store.
-    async fn act(&self, signal: &Signal<'_>, asked: &Observation, slow: Slow) -> Result<Outcome, PipelineError> {
+    /// `by` is who submitted the signal, for the requests it creates.
+    async fn act(
+        &self,
+        signal: &Signal<'_>,
+        asked: &Observation,
+        slow: Slow,
+        by: &str,
+    ) -> Result<Outcome, PipelineError> {
         match slow {
-            Slow::OpenStorm(scope, folded) => self.fold(signal, &scope, folded).await,
+            Slow::OpenStorm(scope, folded) => self.fold(signal, &scope, folded, by).await,
             Slow::Rejoin(scope, window) => self.rejoin(signal, asked, scope, window, self.clock.now_s()).await,
             Slow::New(entry) => {
                 let now = self.clock.now_s();
@@ -390,13 +398,13 @@ impl Pipeline {
                 if let Some((scope, window)) = lost {
                     return self.rejoin(signal, asked, scope, window, now).await;
                 }
-                self.open(signal, entry).await
+                self.open(signal, entry, by).await
             }
             // Another replica may be creating it right now, or may have failed to:
             // the create is idempotent, so whichever lands first makes the one
             // request, and the other counts this occurrence on it.
-            Slow::Ensure(entry) => self.open(signal, entry).await,
-            Slow::Reopen => self.reopen(signal, asked).await,
+            Slow::Ensure(entry) => self.open(signal, entry, by).await,
+            Slow::Reopen => self.reopen(signal, asked, by).await,
         }
     }
 
@@ -437,20 +445,20 @@ impl Pipeline {
 
     /// A controller finished the request, or it was deleted: this occurrence starts
     /// a new incident.
-    async fn reopen(&self, signal: &Signal<'_>, asked: &Observation) -> Result<Outcome, PipelineError> {
+    async fn reopen(&self, signal: &Signal<'_>, asked: &Observation, by: &str) -> Result<Outcome, PipelineError> {
         let now = self.clock.now_s();
         let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
         self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
-        self.open(signal, entry).await
+        self.open(signal, entry, by).await
     }
 
     /// Creates the request of a new incident.
-    async fn open(&self, signal: &Signal<'_>, entry: Entry) -> Result<Outcome, PipelineError> {
+    async fn open(&self, signal: &Signal<'_>, entry: Entry, by: &str) -> Result<Outcome, PipelineError> {
         let class = self.classify(signal);
         let at = self.reference(signal, &entry);
         let update = update(&entry, None);
         let request = remediation::build(signal, &at.namespace, entry.first_seen_s, &class, &update);
-        let status = match self.create(incident(signal, &entry), request, &at, update).await {
+        let status = match self.create(incident(signal, &entry), request, &at, update, by).await {
             Ok(Created::Created) => OutcomeStatus::Created,
             Ok(Created::AlreadyExists) => OutcomeStatus::Duplicate,
             Err(e) => {
@@ -467,20 +475,34 @@ impl Pipeline {
         Outcome { fingerprint: signal.fingerprint, status, request, count }
     }
 
-    /// Creates `request`. If it exists already, `update` is counted on it. If the
-    /// sink fails, the request goes to the status writer, which keeps trying: the
-    /// incident is recorded as open, so the sender's retry will be a duplicate, and
-    /// the request it is counted in must get made.
+    /// Creates `request`, annotated with who submitted it (`by`). If it exists
+    /// already, `update` is counted on it. If the sink fails, the request goes to the
+    /// status writer, which keeps trying: the incident is recorded as open, so the
+    /// sender's retry will be a duplicate, and the request it is counted in must get
+    /// made. Each request created is one audit event, naming its submitter.
     async fn create(
         &self,
         incident: Incident,
-        request: RemediationRequest,
+        mut request: RemediationRequest,
         at: &RequestRef,
         update: StatusUpdate,
+        by: &str,
     ) -> Result<Created, SinkError> {
+        let annotations = request.metadata.annotations.get_or_insert_with(Default::default);
+        annotations.insert(remediation::SUBMITTED_BY_ANNOTATION.to_string(), by.to_string());
         match self.sink.create(&request).await {
             Ok(Created::Created) => {
                 self.metrics.requests_created.inc();
+                tracing::info!(
+                    target: "tidegate::audit",
+                    event = "remediation_request_created",
+                    actor = by,
+                    namespace = %at.namespace,
+                    name = %at.name,
+                    signal = %request.spec.signal_name,
+                    fingerprint = %request.spec.signal_fingerprint,
+                    "created a RemediationRequest"
+                );
                 Ok(Created::Created)
             }
             Ok(Created::AlreadyExists) => {
@@ -527,7 +549,13 @@ impl Pipeline {
 
     /// Counts a storm's alert on its aggregated request, creating the request when
     /// this alert opened the window.
-    async fn fold(&self, signal: &Signal<'_>, scope: &[u8; 16], folded: Folded) -> Result<Outcome, PipelineError> {
+    async fn fold(
+        &self,
+        signal: &Signal<'_>,
+        scope: &[u8; 16],
+        folded: Folded,
+        by: &str,
+    ) -> Result<Outcome, PipelineError> {
         let (outcome, incident, at, update) = self.folded(signal, scope, folded);
         if !folded.opened {
             self.coalescer.record(incident, &at, update);
@@ -536,7 +564,7 @@ impl Pipeline {
         self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
         let class = self.classify(signal);
         let request = remediation::build_storm(signal, scope, &folded, &class, &update);
-        self.create(incident, request, &at, update).await?;
+        self.create(incident, request, &at, update, by).await?;
         Ok(outcome)
     }
 

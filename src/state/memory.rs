@@ -645,7 +645,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn sightings_are_bounded_by_max_entries_and_purged_after_their_ttl() {
         let clock = Clock::manual(SystemTime::now());
-        let store = MemoryStore::new(2, Duration::from_secs(60), StormRules::default(), clock.clone());
+        let store = MemoryStore::new(
+            &MemoryConfig { max_entries: 2 },
+            Duration::from_secs(60),
+            &StormConfig::default(),
+            clock.clone(),
+        );
         let ttl = Duration::from_secs(300);
         assert!(store.first_sighting([1; 16], ttl).await.unwrap());
         assert!(store.first_sighting([2; 16], ttl).await.unwrap());
