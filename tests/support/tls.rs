@@ -8,12 +8,19 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 use super::redis::ServerTls;
 
+/// The subject alternative name of [`Pki::sender_cert`].
+pub const SENDER_SAN: &str = "alertmanager.monitoring.svc";
+
 pub struct Pki {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// A client certificate naming its sender in a subject alternative name, as
+    /// an Alertmanager's would.
+    pub sender_cert: PathBuf,
+    pub sender_key: PathBuf,
     /// A CA that signed none of the above.
     pub stranger_ca: PathBuf,
     _dir: tempfile::TempDir,
@@ -46,12 +53,15 @@ impl Pki {
         };
         let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], "redis");
         let (client_cert, client_key) = leaf(Vec::new(), "tidegate");
+        let (sender_cert, sender_key) = leaf(vec![SENDER_SAN.into()], "alertmanager");
         Pki {
             ca: write("ca.pem", ca_cert.pem()),
             server_cert: write("server.pem", server_cert),
             server_key: write("server.key", server_key),
             client_cert: write("client.pem", client_cert),
             client_key: write("client.key", client_key),
+            sender_cert: write("sender.pem", sender_cert),
+            sender_key: write("sender.key", sender_key),
             stranger_ca: write("stranger-ca.pem", stranger_cert.pem()),
             _dir: dir,
         }
