@@ -83,6 +83,13 @@ fn one<K: Resource<DynamicType = ()> + DeserializeOwned>(docs: &[Doc]) -> K {
     typed(doc)
 }
 
+/// The object of kind `K` named `name`.
+fn named<K: Resource<DynamicType = ()> + DeserializeOwned>(docs: &[Doc], name: &str) -> K {
+    let kind = K::kind(&());
+    let doc = docs.iter().find(|d| d.kind() == kind && d.name() == name);
+    typed(doc.unwrap_or_else(|| panic!("no {kind} {name} in deploy/")))
+}
+
 fn typed<K: DeserializeOwned>(doc: &Doc) -> K {
     serde_json::from_value(doc.value.clone()).unwrap_or_else(|e| panic!("deploy/{} ({}): {e}", doc.file, doc.kind()))
 }
@@ -191,8 +198,7 @@ fn namespaced_objects_live_in_tidegate_system() {
 #[test]
 fn cluster_role_is_exactly_the_minimal_set() {
     let docs = load();
-    let role: ClusterRole = one(&docs);
-    assert_eq!(role.metadata.name.as_deref(), Some(NAME));
+    let role: ClusterRole = named(&docs, NAME);
     assert!(role.aggregation_rule.is_none(), "no aggregation");
     assert!(docs.iter().all(|d| d.kind() != "Role" && d.kind() != "RoleBinding"), "no namespaced roles");
 
@@ -228,11 +234,38 @@ fn cluster_role_is_exactly_the_minimal_set() {
 }
 
 #[test]
+fn tidegate_may_review_tokens_and_senders_get_a_role_that_grants_nothing_else() {
+    let docs = load();
+    let delegation: ClusterRoleBinding = named(&docs, "tidegate-auth-delegator");
+    assert_eq!(delegation.role_ref.name, "system:auth-delegator");
+    let subjects = delegation.subjects.unwrap_or_default();
+    assert_eq!(
+        subjects.iter().map(|s| (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref())).collect::<Vec<_>>(),
+        [("ServiceAccount", NAME, Some(NAMESPACE))]
+    );
+    let sender: ClusterRole = named(&docs, "tidegate-sender");
+    let rules = sender.rules.unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&["remediation.tidegate.dev".to_string()][..]));
+    assert_eq!(rules[0].resources.as_deref(), Some(&["signals".to_string()][..]));
+    assert_eq!(rules[0].verbs, ["create"]);
+    // The gateway's own configuration (off loopback) authenticates by those tokens.
+    let deployment: Deployment = one(&docs);
+    let env = the_container(&deployment).env.clone().unwrap_or_default();
+    let auth = env.iter().find(|v| v.name == "TIDEGATE_AUTH").and_then(|v| v.value.clone()).expect("TIDEGATE_AUTH");
+    let config =
+        Config::load(None, [("TIDEGATE_AUTH".to_string(), auth), ("TIDEGATE_LISTEN".into(), "0.0.0.0:8080".into())])
+            .expect("the deployment's auth parses");
+    assert_eq!(config.auth.kinds(), ["kubernetes"]);
+    config.validate().expect("a valid configuration off loopback");
+}
+
+#[test]
 fn cluster_role_binding_binds_the_service_account() {
     let docs = load();
     let account: ServiceAccount = one(&docs);
     assert_eq!(account.metadata.name.as_deref(), Some(NAME));
-    let binding: ClusterRoleBinding = one(&docs);
+    let binding: ClusterRoleBinding = named(&docs, NAME);
     assert_eq!(binding.role_ref.api_group.as_deref(), Some("rbac.authorization.k8s.io"));
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(binding.role_ref.name, NAME);

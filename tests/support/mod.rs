@@ -34,7 +34,8 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
     start_full(tweak, gateway::Overrides::default(), Clock::manual(SystemTime::now())).await
 }
 
-async fn start_full(tweak: impl FnOnce(&mut Config), overrides: gateway::Overrides, clock: Clock) -> Gateway {
+/// A gateway with `overrides` and `clock`, adjusted by `tweak`.
+pub async fn start_full(tweak: impl FnOnce(&mut Config), overrides: gateway::Overrides, clock: Clock) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -281,10 +281,29 @@ impl Kube {
         api.delete(name, &Default::default()).await.expect("delete request");
     }
 
+    /// The full name [`Kube::account_with_rules`] gives an account named `name`.
+    pub fn account(&self, name: &str) -> String {
+        format!("{name}-{}", self.cluster.run)
+    }
+
+    /// A token of the account [`Kube::account_with_rules`] made as `name`, issued
+    /// for `audiences`.
+    pub async fn token_for(&self, name: &str, audiences: &[&str]) -> String {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), SYSTEM_NAMESPACE);
+        let spec = TokenRequestSpec {
+            audiences: Some(audiences.iter().map(|a| a.to_string()).collect()),
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        };
+        let request = TokenRequest { spec: Some(spec), ..TokenRequest::default() };
+        let issued = accounts.create_token_request(&self.account(name), &PostParams::default(), &request).await;
+        issued.expect("a TokenRequest").status.and_then(|s| s.token).expect("a token")
+    }
+
     /// A service account in the tidegate namespace bound to a cluster role of
     /// exactly `rules`, and a token of it.
     pub async fn account_with_rules(&self, name: &str, rules: Vec<PolicyRule>) -> String {
-        let name = format!("{name}-{}", self.cluster.run);
+        let name = self.account(name);
         let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), SYSTEM_NAMESPACE);
         accounts.create(&PostParams::default(), &sa).await.expect("create service account");
