@@ -22,7 +22,9 @@
 //! Knobs (environment): `BENCH_CONCURRENCY` (workers, default 32), `BENCH_SECONDS`
 //! (measured phase, default 10), `BENCH_WARMUP_SECONDS` (default 2), and
 //! `BENCH_TIDEGATE_ARGS` (extra `tidegate serve` flags, split on whitespace, e.g.
-//! `--status-interval 5m` to see what the status writer costs).
+//! `--status-interval 5m` to see what the status writer costs), and `BENCH_AUTH=bearer`
+//! (tidegate checks a static bearer token on every request: each worker is a sender
+//! with a token file of its own, so the rate limit still sees many senders).
 //!
 //! `cargo test --all-targets` also runs this file (without the `--bench` flag that
 //! `cargo bench` passes). It then runs as a short smoke test: 8 workers, one full pass
@@ -410,6 +412,24 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
         }
     }
     command.env("TIDEGATE_LOG", "warn");
+    let tokens = match std::env::var("BENCH_AUTH").as_deref() {
+        Err(_) => Vec::new(),
+        Ok("bearer") => {
+            // A token file per worker, each its own source.
+            let mut files = Vec::new();
+            let tokens: Vec<String> = (0..settings.concurrency).map(|w| format!("bench-token-{w:04}")).collect();
+            for (w, token) in tokens.iter().enumerate() {
+                let path = tmp.path().join(format!("token-{w}"));
+                std::fs::write(&path, token).map_err(|e| format!("{}: {e}", path.display()))?;
+                files.push(format!("sender-{w}: {}", path.display()));
+            }
+            let auth = format!("{{authenticators: {{bench: {{bearer: {{tokens: {{{}}}}}}}}}}}", files.join(", "));
+            command.env("TIDEGATE_AUTH", auth);
+            println!("  authentication: a bearer token per worker");
+            tokens
+        }
+        Ok(other) => return Err(format!("BENCH_AUTH={other}: only `bearer` is known")),
+    };
     let mut server = Server::spawn("tidegate", command, tmp.path())?;
     // For readiness and metrics only; the load goes through the workers' own clients.
     let client = http_client()?;
@@ -419,6 +439,7 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
         name: "tidegate",
         url: format!("http://{addr}/api/v1/signals/prometheus"),
         bodies: workload.webhook.clone(),
+        tokens,
     };
     let mut row = drive(settings, &target, server.pid(), redis.as_ref().and_then(|r| r.pid())).await?;
 
@@ -500,8 +521,12 @@ async fn bench_alertmanager(settings: &Settings, workload: &Workload, bin: &str)
     let client = http_client()?;
     server.wait_ready(&client, &format!("http://{addr}/-/ready")).await?;
 
-    let target =
-        Target { name: "alertmanager", url: format!("http://{addr}/api/v2/alerts"), bodies: workload.postable.clone() };
+    let target = Target {
+        name: "alertmanager",
+        url: format!("http://{addr}/api/v2/alerts"),
+        bodies: workload.postable.clone(),
+        tokens: Vec::new(),
+    };
     let mut row = drive(settings, &target, server.pid(), None).await?;
 
     let metrics = get_text(&client, &format!("http://{addr}/metrics")).await?;
@@ -530,6 +555,8 @@ struct Target {
     name: &'static str,
     url: String,
     bodies: Vec<Bytes>,
+    /// Worker `w` presents `Authorization: Bearer <tokens[w]>`; none if empty.
+    tokens: Vec<String>,
 }
 
 /// When a phase ends.
@@ -600,7 +627,8 @@ async fn drive(settings: &Settings, target: &Target, pid: u32, redis: Option<u32
     // One connection per worker, kept open across both phases.
     let mut senders = Vec::with_capacity(settings.concurrency);
     for w in 0..settings.concurrency {
-        senders.push(Sender::connect(source_address(w), target).await?);
+        let token = target.tokens.get(w).map(|t| format!("Bearer {t}").parse().expect("a header value"));
+        senders.push(Sender::connect(source_address(w), target, token).await?);
     }
     // One counter across both phases, so the measured phase continues the cycle.
     let next = Arc::new(AtomicU64::new(0));
@@ -670,16 +698,21 @@ struct Sender {
     server: SocketAddr,
     uri: hyper::Uri,
     host: hyper::header::HeaderValue,
+    authorization: Option<hyper::header::HeaderValue>,
     conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
 }
 
 impl Sender {
-    async fn connect(source: IpAddr, target: &Target) -> Result<Self, String> {
+    async fn connect(
+        source: IpAddr,
+        target: &Target,
+        authorization: Option<hyper::header::HeaderValue>,
+    ) -> Result<Self, String> {
         let uri: hyper::Uri = target.url.parse().map_err(|e| format!("{}: {e}", target.url))?;
         let authority = uri.authority().ok_or_else(|| format!("{}: no authority", target.url))?;
         let server: SocketAddr = authority.as_str().parse().map_err(|e| format!("{authority}: {e}"))?;
         let host = authority.as_str().parse().map_err(|e| format!("{authority}: {e}"))?;
-        let mut sender = Sender { source, server, uri, host, conn: None };
+        let mut sender = Sender { source, server, uri, host, authorization, conn: None };
         sender.ensure_connected().await?;
         Ok(sender)
     }
@@ -704,11 +737,13 @@ impl Sender {
     async fn post(&mut self, body: Bytes) -> Result<(u16, Bytes), String> {
         self.ensure_connected().await?;
         let conn = self.conn.as_mut().expect("connected");
-        let request = hyper::Request::post(self.uri.clone())
+        let mut request = hyper::Request::post(self.uri.clone())
             .header(hyper::header::HOST, self.host.clone())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| format!("request: {e}"))?;
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization.clone());
+        }
+        let request = request.body(Full::new(body)).map_err(|e| format!("request: {e}"))?;
         let exchange = async {
             let response = conn.send_request(request).await.map_err(|e| format!("send: {e}"))?;
             let status = response.status().as_u16();

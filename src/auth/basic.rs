@@ -5,11 +5,12 @@
 //! on the blocking pool, and a successful check is cached for a while under a
 //! SHA-256 of the user and password: a sender that authenticates every few seconds
 //! pays for bcrypt once. A failed check is never cached. An unknown user is checked
-//! against a decoy hash, so the answer's timing does not tell which users exist.
+//! against a configured user's hash, so the answer's timing does not tell which
+//! users exist.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -43,9 +44,6 @@ impl fmt::Debug for PasswordHash {
 const CACHE_TTL: Duration = Duration::from_secs(300);
 const CACHE_SIZE: usize = 1024;
 
-/// Checked for unknown users, so that they cost what known ones do.
-static DECOY: LazyLock<String> = LazyLock::new(|| bcrypt::hash("decoy", bcrypt::DEFAULT_COST).expect("hashing"));
-
 pub struct Users {
     users: BTreeMap<String, (Arc<str>, String)>,
     verified: TtlCache<()>,
@@ -72,7 +70,10 @@ impl Users {
         if let Some((name, _)) = known.filter(|_| self.verified.get(&key).is_some()) {
             return Ok(Step::Identified(Identity::new(name.clone(), name.clone(), "basic")));
         }
-        let hash = known.map_or_else(|| DECOY.clone(), |(_, hash)| hash.clone());
+        // An unknown user is checked against a configured hash (of the same cost),
+        // so it costs what a known one does; it can identify no one.
+        let Some((_, hash)) = known.or_else(|| self.users.values().next()) else { return Ok(Step::Pass(None)) };
+        let hash = hash.clone();
         let password = password.to_owned();
         let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
             .await

@@ -56,6 +56,16 @@ impl Alertmanager {
     /// group wait and interval, `repeat_interval` as given), no clustering, and one
     /// webhook receiver posting to `webhook_url` with `send_resolved: true`.
     pub async fn start(webhook_url: &str, repeat_interval: &str) -> Alertmanager {
+        Alertmanager::start_with(webhook_url, repeat_interval, "").await
+    }
+
+    /// [`Alertmanager::start`], the receiver's `http_config` being `http_config`
+    /// (YAML, as the keys under it: `authorization`, `basic_auth`, `tls_config`).
+    pub async fn start_with(webhook_url: &str, repeat_interval: &str, http_config: &str) -> Alertmanager {
+        let http_config = match http_config {
+            "" => String::new(),
+            yaml => format!("\x20       http_config: {yaml}\n"),
+        };
         let config = format!(
             "route:\n\
              \x20 receiver: tidegate\n\
@@ -67,7 +77,8 @@ impl Alertmanager {
              \x20 - name: tidegate\n\
              \x20   webhook_configs:\n\
              \x20     - url: {webhook_url}\n\
-             \x20       send_resolved: true\n"
+             \x20       send_resolved: true\n\
+             {http_config}"
         );
         let args = |port: u16, dir: &std::path::Path| -> Vec<OsString> {
             vec![

@@ -178,7 +178,7 @@ pub struct Gateway {
     pub port: u16,
     /// The sink directory, kept across restarts.
     pub dir: TempDir,
-    config: Config,
+    pub config: Config,
     running: Option<Running>,
     client: reqwest::Client,
 }
@@ -307,9 +307,19 @@ impl Rig {
     /// `repeat_interval` (an Alertmanager duration such as `2s` or `1h`); Prometheus
     /// scraping a fresh gauge target with nothing firing yet.
     pub async fn start(repeat_interval: &str, tweak: impl FnOnce(&mut Config)) -> Rig {
+        Rig::start_with(repeat_interval, tweak, "").await
+    }
+
+    /// [`Rig::start`], with Alertmanager's receiver configured by `http_config` (see
+    /// [`Alertmanager::start_with`]), over TLS when the gateway serves it.
+    pub async fn start_with(repeat_interval: &str, tweak: impl FnOnce(&mut Config), http_config: &str) -> Rig {
         let target = GaugeTarget::start().await;
         let gateway = Gateway::start(tweak).await;
-        let alertmanager = Alertmanager::start(&gateway.webhook_url(), repeat_interval).await;
+        let mut url = gateway.webhook_url();
+        if gateway.config.http.tls.cert_file.is_some() {
+            url = url.replace("http://", "https://");
+        }
+        let alertmanager = Alertmanager::start_with(&url, repeat_interval, http_config).await;
         let prometheus = Prometheus::start(&target.addr(), &alertmanager.process.addr()).await;
         Rig { target, gateway, alertmanager, prometheus }
     }
