@@ -16,8 +16,9 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 /// A problem answer.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
-    #[serde(rename = "type")]
-    pub type_uri: String,
+    /// The metric label of this problem; answered as the `type` URI it names.
+    #[serde(rename = "type", serialize_with = "type_uri")]
+    pub reason: &'static str,
     pub title: &'static str,
     #[serde(serialize_with = "status_code")]
     pub status: StatusCode,
@@ -27,12 +28,9 @@ pub struct Problem {
     pub errors: Vec<AlertError>,
     #[serde(skip)]
     pub retry_after_secs: Option<u32>,
-    /// The challenges of a 401 (`WWW-Authenticate`).
+    /// The challenges of a 401 (`WWW-Authenticate`); boxed, as few answers have one.
     #[serde(skip)]
-    pub challenge: Option<HeaderValue>,
-    /// The metric label of this problem.
-    #[serde(skip)]
-    pub reason: &'static str,
+    pub challenge: Option<Box<HeaderValue>>,
 }
 
 /// Why one alert of a batch failed.
@@ -47,17 +45,20 @@ fn status_code<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S:
     ser.serialize_u16(s.as_u16())
 }
 
+fn type_uri<S: serde::Serializer>(reason: &&'static str, ser: S) -> Result<S::Ok, S::Error> {
+    ser.collect_str(&format_args!("https://tidegate.dev/problems/{}", reason.replace('_', "-")))
+}
+
 impl Problem {
     pub fn new(status: StatusCode, reason: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
         Problem {
-            type_uri: format!("https://tidegate.dev/problems/{}", reason.replace('_', "-")),
+            reason,
             title,
             status,
             detail: detail.into(),
             errors: Vec::new(),
             retry_after_secs: None,
             challenge: None,
-            reason,
         }
     }
 
@@ -170,7 +171,7 @@ impl Problem {
         match e {
             AuthError::Missing | AuthError::Rejected(_) => {
                 let mut p = Problem::new(StatusCode::UNAUTHORIZED, e.reason(), "Unauthorized", e.to_string());
-                p.challenge = Some(challenge.clone());
+                p.challenge = Some(Box::new(challenge.clone()));
                 p
             }
             AuthError::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, e.reason(), "Forbidden", e.to_string()),
@@ -209,7 +210,7 @@ impl IntoResponse for Problem {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(challenge) = self.challenge {
-            headers.insert(header::WWW_AUTHENTICATE, challenge);
+            headers.insert(header::WWW_AUTHENTICATE, *challenge);
         }
         response
     }

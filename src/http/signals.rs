@@ -216,7 +216,7 @@ async fn decide_signals(
     let payload = Payload { body: bytes, headers, received, config: &app.config };
     let parsed = match (source.parse)(&payload) {
         Ok(parsed) => parsed,
-        Err(e) => return refuse(app, &sender, Problem::bad_request(&e)).await,
+        Err(e) => return refuse(app, sender, Problem::bad_request(&e)).await,
     };
     let total = parsed.len();
     let (mut signals, mut failures) = (Vec::with_capacity(total), Vec::new());
@@ -234,7 +234,7 @@ async fn decide_signals(
         }
     };
     if signals.is_empty() {
-        if let Some(refused) = over_limit(app, &sender).await {
+        if let Some(refused) = over_limit(app, sender).await {
             return refused;
         }
         count_failures(&failures);
