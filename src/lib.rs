@@ -9,6 +9,7 @@ pub mod allocator;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod gateway;
 pub mod http;
 pub mod ingest;
