@@ -17,7 +17,9 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
 use kube::CustomResourceExt;
 use support::kube::Kube;
+use support::redis::cluster::ClusterSetup;
 use support::redis::{RedisServer, ServerOptions};
+use support::tls::Pki;
 use tidegate::config::{Config, SinkTarget};
 use tidegate::doctor::{self, Options, Outcome, Report};
 use tidegate::remediation::RemediationRequest;
@@ -123,6 +125,46 @@ async fn maxmemory_short_of_the_expected_incidents_fails() {
 
     assert_eq!(outcome(&report, "redis headroom"), Outcome::Fail, "{report}");
     assert!(fix(&report, "redis headroom").contains("set maxmemory to at least 120.2 MiB"), "{report}");
+}
+
+#[tokio::test]
+async fn a_tls_redis_is_reached_with_the_configured_ca_and_refused_with_another() {
+    let pki = Pki::generate();
+    let server = RedisServer::start(ServerOptions { tls: Some(pki.server(false)), ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&server.tls_url(), SinkTarget::Dir(dir.path().into()));
+    config.redis.tls.ca_file = Some(pki.ca.clone());
+    let trusted = doctor::run(&config, &Options::default()).await;
+    config.redis.tls.ca_file = Some(pki.stranger_ca.clone());
+    let untrusted = doctor::run(&config, &Options::default()).await;
+
+    assert_eq!(outcome(&trusted, "redis"), Outcome::Ok, "{trusted}");
+    assert_eq!(outcome(&trusted, "redis policy"), Outcome::Ok, "{trusted}");
+    assert_eq!(outcome(&untrusted, "redis"), Outcome::Fail, "{untrusted}");
+    assert!(fix(&untrusted, "redis").contains("redis.tls"), "{untrusted}");
+}
+
+#[tokio::test]
+async fn a_cluster_is_checked_on_every_primary() {
+    let cluster = ClusterSetup::start();
+    let addrs: Vec<String> = cluster.nodes().iter().map(RedisServer::addr).collect();
+    let url = format!("redis+cluster://{}", addrs.join(","));
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&url, SinkTarget::Dir(dir.path().into()));
+    // Three primaries of 16 MB hold 48 MB: more than 20 MB, less than twice 25 MB.
+    let options = Options { incidents: Some(400_000), kube_client: None };
+    let healthy = doctor::run(&config, &options).await;
+    cluster.nodes()[2].config_set("maxmemory-policy", "allkeys-lru");
+    let one_bad = doctor::run(&config, &Options::default()).await;
+
+    assert!(detail(&healthy, "redis").contains("3 primaries"), "{healthy}");
+    assert_eq!(outcome(&healthy, "redis policy"), Outcome::Ok, "{healthy}");
+    assert_eq!(detail(&healthy, "redis policy").matches("(noeviction)").count(), 3, "{healthy}");
+    assert_eq!(outcome(&healthy, "redis latency"), Outcome::Ok, "{healthy}");
+    assert_eq!(outcome(&healthy, "redis headroom"), Outcome::Warn, "{healthy}");
+    assert!(detail(&healthy, "redis headroom").contains("maxmemory 48.0 MiB"), "{healthy}");
+    assert_eq!(outcome(&one_bad, "redis policy"), Outcome::Fail, "{one_bad}");
+    assert!(detail(&one_bad, "redis policy").contains("(allkeys-lru)"), "{one_bad}");
 }
 
 #[tokio::test]
