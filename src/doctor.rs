@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionVersion,
+};
 use kube::api::{Api, PostParams};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use redis::FromRedisValue;
@@ -180,6 +182,9 @@ pub fn invalid(error: &ConfigError) -> Report {
 
 /// Runs every check that `config` calls for.
 pub async fn run(config: &Config, options: &Options) -> Report {
+    if let Err(e) = config.validate() {
+        return invalid(&e);
+    }
     let mut checks = vec![Check::ok("config", format!("valid; state {}, sink {}", config.state, config.sink))];
     checks.push(listener(config.listen));
     checks.push(match &config.sink {
@@ -270,25 +275,26 @@ pub fn redis_bytes(incidents: u64) -> u64 {
 
 /// Connects, then looks at the memory settings, persistence, latency and headroom.
 pub async fn redis_checks(topology: &Topology, config: &RedisConfig, incidents: Option<u64>) -> Vec<Check> {
-    const LATER: &[&str] = &["redis policy", "redis persistence", "redis latency", "redis headroom"];
-    let skipped = |why: &str| LATER.iter().map(|name| Check::skip(*name, why)).collect::<Vec<_>>();
-    let conn = match redis_connect(topology, config).await {
-        Ok((conn, check)) => {
-            let mut checks = vec![check];
-            checks.push(redis_policy(&conn).await);
-            checks.push(redis_persistence(&conn).await);
-            checks.push(redis_latency(&conn, config.timeout).await);
-            checks.push(match incidents {
-                Some(n) => redis_headroom(&conn, n).await,
-                None => Check::skip(LATER[3], "give --incidents N (distinct incidents per dedup window) to check"),
-            });
+    const HEADROOM: &str = "redis headroom";
+    let (conn, reached) = match redis_connect(topology, config).await {
+        Ok(connected) => connected,
+        Err(failed) => {
+            let later = ["redis policy", "redis persistence", "redis latency", HEADROOM];
+            let mut checks = vec![failed];
+            checks.extend(later.map(|name| Check::skip(name, "Redis is not reachable")));
             return checks;
         }
-        Err(check) => check,
     };
-    let mut checks = vec![conn];
-    checks.extend(skipped("Redis is not reachable"));
-    checks
+    vec![
+        reached,
+        redis_policy(&conn).await,
+        redis_persistence(&conn).await,
+        redis_latency(&conn, config.timeout).await,
+        match incidents {
+            Some(n) => redis_headroom(&conn, n).await,
+            None => Check::skip(HEADROOM, "give --incidents N (distinct incidents per dedup window) to check"),
+        },
+    ]
 }
 
 async fn redis_connect(topology: &Topology, config: &RedisConfig) -> Result<(Connection, Check), Check> {
@@ -543,12 +549,15 @@ async fn kube_reach(client: Option<Client>, budget: Duration) -> Result<(Client,
     Ok((client, Check::ok(NAME, format!("Kubernetes {}{at}{who}", version.git_version))))
 }
 
+/// How to install the CRD this build writes.
+const CRD_FIX: &str = "install this build's CRD: tidegate crd | kubectl apply -f - (or kubectl apply -k deploy/)";
+
 /// The CRD `expected` is installed, serves its version, and has its schema.
 pub async fn crd(client: &Client, expected: &CustomResourceDefinition, budget: Duration) -> Check {
     const NAME: &str = "crd";
     let name = expected.name_any();
     let version = &expected.spec.versions[0];
-    let fix = "install this build's CRD: tidegate crd | kubectl apply -f - (or kubectl apply -k deploy/)";
+    let fix = CRD_FIX;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let installed = match tokio::time::timeout(budget, crds.get_opt(&name)).await {
         Ok(Ok(Some(installed))) => installed,
@@ -564,10 +573,9 @@ pub async fn crd(client: &Client, expected: &CustomResourceDefinition, budget: D
             installed.spec.versions.iter().filter(|v| v.served).map(|v| v.name.as_str()).collect();
         return Check::fail(NAME, format!("{name} serves {versions:?}; this build writes {}", version.name), fix);
     };
-    let schema =
-        |v: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionVersion| {
-            serde_json::to_value(v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref())).unwrap_or(Value::Null)
-        };
+    let schema = |v: &CustomResourceDefinitionVersion| {
+        serde_json::to_value(v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref())).unwrap_or(Value::Null)
+    };
     let mut differences = Vec::new();
     differ(&schema(version), &schema(served), String::new(), &mut differences);
     if !differences.is_empty() {
@@ -603,7 +611,7 @@ async fn crd_served(client: &Client, expected: &CustomResourceDefinition, budget
         _ => Check::fail(
             NAME,
             format!("{plural}.{group_version} is not served"),
-            "install this build's CRD: tidegate crd | kubectl apply -f - (or kubectl apply -k deploy/)",
+            CRD_FIX,
         ),
     }
 }
