@@ -11,9 +11,16 @@
 //! whatever the allocator keeps after the table's resizes. The bench's own input is
 //! generated one batch at a time into one reused buffer allocated before the first
 //! reading, so it does not inflate the figure.
+//!
+//! Then, on a second store, what a storm scope with an open aggregation window
+//! costs: 10,000 scopes each sent one alert past the rate threshold, less their
+//! alerts' own incidents. `tidegate capacity` reads both figures
+//! (`src/capacity.rs`, checked against docs/benches/memory.txt).
 
 #[path = "common/rss.rs"]
 mod rss;
+#[path = "common/scopes.rs"]
+mod scopes;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -100,12 +107,37 @@ async fn run() -> ExitCode {
         if per_fingerprint <= TARGET_BYTES_PER_FINGERPRINT { "met" } else { "NOT MET" }
     );
     trimmed_reading(before, len);
+    // While the first store lives, so that the second cannot reuse its pages.
+    storm_scopes(10_000, per_fingerprint).await;
+    drop(store);
 
     if len != FINGERPRINTS {
         eprintln!("store.len() is {len}, expected {FINGERPRINTS}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// Resident memory per storm scope with an open window, less its alerts' incidents.
+async fn storm_scopes(n: u64, per_fingerprint: f64) {
+    let clock = Clock::System;
+    let store = MemoryStore::new(
+        &MemoryConfig { max_entries: MAX_ENTRIES },
+        Duration::from_secs(300),
+        &StormConfig::default(),
+        clock.clone(),
+    );
+    tokio::task::yield_now().await;
+    let before = rss_bytes();
+    let mut incidents = 0;
+    for scope in 0..n {
+        let verdicts = store.observe(&scopes::storm(scope), clock.now_s()).await.expect("room for the storm");
+        incidents += verdicts.iter().filter(|v| matches!(v, Verdict::New(_))).count();
+        assert!(matches!(verdicts.last(), Some(Verdict::Folded(_))), "the last alert opens a window");
+    }
+    let growth = rss_bytes().saturating_sub(before) as f64;
+    let per_scope = (growth - incidents as f64 * per_fingerprint) / n as f64;
+    println!("bytes per storm scope: {per_scope:.1}  ({n} scopes, {} alerts each)", scopes::alerts_per_scope());
 }
 
 /// Diagnostic only: the same reading after the allocator has collected everything

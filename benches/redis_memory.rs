@@ -8,11 +8,20 @@
 //! `INFO memory` `used_memory` divided by the fingerprints held, which is what
 //! `maxmemory` is compared against. RSS and the fragmentation ratio are printed too,
 //! because that is what the host pays. Target: at most 48 B per fingerprint.
+//!
+//! Then, each on a fresh server, what a storm scope and a rate-limited source cost:
+//! 10,000 scopes each sent one alert past the rate threshold (so each opens an
+//! aggregation window), and 100,000 sources each charged once. A scope's figure
+//! leaves out its alerts' own incidents (the fingerprint figure times the alerts
+//! that were not folded). `tidegate capacity` reads these figures
+//! (`src/capacity.rs`, checked against docs/benches/redis_memory.txt).
 
 #[path = "../tests/support/process.rs"]
 mod process;
 #[path = "../tests/support/redis/mod.rs"]
 mod redis_support;
+#[path = "common/scopes.rs"]
+mod scopes;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -21,7 +30,7 @@ use std::time::Instant;
 use redis_support::{RedisServer, ServerOptions};
 use tidegate::clock::Clock;
 use tidegate::signal::{Fingerprint, SignalStatus};
-use tidegate::state::{Observation, StateStore, Verdict};
+use tidegate::state::{Observation, RateLimit, StateStore, Verdict};
 
 const FINGERPRINTS: u64 = 1_000_000;
 /// Without `--bench` (that is, under `cargo test --all-targets`), a quick run that
@@ -72,6 +81,8 @@ async fn main() -> ExitCode {
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
+    storm_scopes(if smoke { 200 } else { 10_000 }, per_fp).await;
+    sources(if smoke { 2_000 } else { 100_000 }).await;
     compare(if smoke { 2_000 } else { 200_000 });
     if smoke || per_fp <= TARGET {
         ExitCode::SUCCESS
@@ -79,6 +90,45 @@ async fn main() -> ExitCode {
         println!("  OVER TARGET");
         ExitCode::FAILURE
     }
+}
+
+/// `used_memory` per storm scope with an open window, less its alerts' incidents.
+async fn storm_scopes(n: u64, per_fingerprint: f64) {
+    let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
+    let store = server.bench_store().await;
+    let now = Clock::System.now_s();
+    let before = memory(&server)["used_memory"];
+    let mut incidents = 0;
+    for scope in 0..n {
+        let verdicts = store.observe(&scopes::storm(scope), now).await.expect("Redis accepts the storm");
+        incidents += verdicts.iter().filter(|v| matches!(v, Verdict::New(_))).count();
+        assert!(matches!(verdicts.last(), Some(Verdict::Folded(_))), "the last alert opens a window");
+    }
+    let growth = memory(&server)["used_memory"] - before;
+    let per_scope = (growth - incidents as f64 * per_fingerprint) / n as f64;
+    println!(
+        "  bytes per storm scope {per_scope:.1} B of used_memory ({n} scopes, {} alerts each)",
+        scopes::alerts_per_scope()
+    );
+}
+
+/// `used_memory` per source charged against the rate limit.
+async fn sources(n: u64) {
+    let server = RedisServer::start(ServerOptions { maxmemory: "512mb".into(), ..ServerOptions::default() });
+    let store = server.bench_store().await;
+    // A budget that refills slowly keeps each source's key until it is measured: a
+    // source's key lives until its burst is back, which is what a source sending
+    // steadily holds.
+    let limit = RateLimit { rate_per_s: 1.0, burst: 5000 };
+    let now_ms = Clock::System.now_ms();
+    let before = memory(&server)["used_memory"];
+    let charges: Vec<_> = (0..n).map(|i| format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)).collect();
+    for chunk in charges.chunks(1000) {
+        let admitted = chunk.iter().map(|source| store.admit(source, limit, now_ms));
+        futures::future::try_join_all(admitted).await.expect("Redis accepts the charges");
+    }
+    let per_source = (memory(&server)["used_memory"] - before) / n as f64;
+    println!("  bytes per source      {per_source:.1} B of used_memory ({n} sources charged once)");
 }
 
 /// The layouts tidegate does not use, on a fresh server each, for comparison: a key

@@ -32,6 +32,19 @@ pub enum Command {
         #[arg(long)]
         defaults: bool,
     },
+    /// Print the Redis `maxmemory` and the embedded store's memory a load needs,
+    /// from the per-incident figures the benches measured.
+    Capacity {
+        /// Distinct incidents per `dedup.window`.
+        #[arg(long)]
+        incidents: u64,
+        /// (namespace, alert name) pairs storming at once.
+        #[arg(long, default_value_t = 100)]
+        storm_scopes: u64,
+        /// Distinct senders within a rate-limit period.
+        #[arg(long, default_value_t = 100)]
+        sources: u64,
+    },
     /// Print the RemediationRequest CustomResourceDefinition as YAML.
     Crd,
     /// Check a configuration against the Redis, Kubernetes API and sink it names:

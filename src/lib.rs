@@ -6,6 +6,7 @@
 //! [`gateway`] wires these together from one [`config::Config`].
 
 pub mod allocator;
+pub mod capacity;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -28,6 +28,9 @@ fn main() -> anyhow::Result<()> {
         Command::Config { defaults: true } => {
             print!("{}", serde_norway::to_string(&tidegate::config::Config::default())?);
         }
+        Command::Capacity { incidents, storm_scopes, sources } => {
+            print!("{}", tidegate::capacity::Load { incidents, storm_scopes, sources }.plan());
+        }
         Command::Crd => {
             print!("{}", serde_norway::to_string(&RemediationRequest::crd())?);
         }
