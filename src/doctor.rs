@@ -32,6 +32,7 @@ use kube::{Client, CustomResourceExt, ResourceExt};
 use redis::FromRedisValue;
 use serde_json::Value;
 
+use crate::capacity::Load;
 use crate::cli::ServeArgs;
 use crate::config::{Config, ConfigError, SinkTarget, StateBackend};
 use crate::remediation::RemediationRequest;
@@ -45,9 +46,23 @@ pub struct DoctorArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
     /// Distinct incidents expected per `dedup.window` at the worst; with it, doctor
-    /// checks that Redis' `maxmemory` holds them.
+    /// checks that Redis' `maxmemory` holds them, as `tidegate capacity` sizes it.
     #[arg(long)]
     pub incidents: Option<u64>,
+    /// With `--incidents`: (namespace, alert name) pairs storming at once.
+    #[arg(long, default_value_t = 100, requires = "incidents")]
+    pub storm_scopes: u64,
+    /// With `--incidents`: distinct senders within a rate-limit period.
+    #[arg(long, default_value_t = 100, requires = "incidents")]
+    pub sources: u64,
+}
+
+impl DoctorArgs {
+    /// The load to check Redis' headroom against, if one was given.
+    pub fn load(&self) -> Option<Load> {
+        let (storm_scopes, sources) = (self.storm_scopes, self.sources);
+        self.incidents.map(|incidents| Load { incidents, storm_scopes, sources })
+    }
 }
 
 /// How one check came out.
@@ -147,8 +162,8 @@ impl fmt::Display for Report {
 /// What the checks take besides the configuration.
 #[derive(Clone, Default)]
 pub struct Options {
-    /// See [`DoctorArgs::incidents`].
-    pub incidents: Option<u64>,
+    /// The load Redis must hold ([`DoctorArgs::load`]); unset, headroom is skipped.
+    pub load: Option<Load>,
     /// The client to check Kubernetes with, instead of the in-cluster or kubeconfig
     /// one (`kube::Client::try_default`, as `serve` uses).
     pub kube_client: Option<Client>,
@@ -156,7 +171,7 @@ pub struct Options {
 
 /// Loads the configuration as `serve` would and runs every check.
 pub async fn examine(args: &DoctorArgs) -> Report {
-    let options = Options { incidents: args.incidents, kube_client: None };
+    let options = Options { load: args.load(), kube_client: None };
     match args.serve.load() {
         Ok(config) => run(&config, &options).await,
         Err(e) => invalid(&e),
@@ -192,7 +207,7 @@ pub async fn run(config: &Config, options: &Options) -> Report {
         SinkTarget::Kube => Check::skip("sink dir", "the sink is kube"),
     });
     match &config.state {
-        StateBackend::Redis(topology) => checks.extend(redis_checks(topology, &config.redis, options.incidents).await),
+        StateBackend::Redis(topology) => checks.extend(redis_checks(topology, &config.redis, options.load).await),
         StateBackend::Memory => checks.push(Check::skip("redis", "state is memory")),
     }
     match &config.sink {
@@ -266,15 +281,8 @@ pub fn sink_dir(path: &Path) -> Check {
 /// PINGs for the latency check.
 const PINGS: usize = 20;
 
-/// Redis bytes that `incidents` distinct incidents per dedup window need at the
-/// worst: docs/redis.md's `1 MB + 2 × incidents × 31 B`.
-// TODO(issue 14): `capacity::redis_bytes` once the capacity command lands.
-pub fn redis_bytes(incidents: u64) -> u64 {
-    1_000_000 + 2 * incidents * 31
-}
-
 /// Connects, then looks at the memory settings, persistence, latency and headroom.
-pub async fn redis_checks(topology: &Topology, config: &RedisConfig, incidents: Option<u64>) -> Vec<Check> {
+pub async fn redis_checks(topology: &Topology, config: &RedisConfig, load: Option<Load>) -> Vec<Check> {
     const HEADROOM: &str = "redis headroom";
     let (conn, reached) = match redis_connect(topology, config).await {
         Ok(connected) => connected,
@@ -290,8 +298,8 @@ pub async fn redis_checks(topology: &Topology, config: &RedisConfig, incidents: 
         redis_policy(&conn).await,
         redis_persistence(&conn).await,
         redis_latency(&conn, config.timeout).await,
-        match incidents {
-            Some(n) => redis_headroom(&conn, n).await,
+        match load {
+            Some(load) => redis_headroom(&conn, load).await,
             None => Check::skip(HEADROOM, "give --incidents N (distinct incidents per dedup window) to check"),
         },
     ]
@@ -377,7 +385,7 @@ async fn redis_policy(conn: &Connection) -> Check {
         NAME,
         format!("{}: {}", seen.join(", "), problems.join(" ")),
         "in redis.conf, and live with CONFIG SET: maxmemory-policy noeviction, and maxmemory as docs/redis.md \
-         sizes it (doctor --incidents N checks it)",
+         sizes it (tidegate capacity --incidents N)",
     )
 }
 
@@ -450,8 +458,9 @@ async fn redis_latency(conn: &Connection, timeout: Duration) -> Check {
     Check::ok(NAME, detail)
 }
 
-/// `maxmemory` (summed over Cluster primaries) against what `incidents` need.
-async fn redis_headroom(conn: &Connection, incidents: u64) -> Check {
+/// `maxmemory` (summed over Cluster primaries) against what `load` needs at the
+/// worst, as `tidegate capacity` figures it.
+async fn redis_headroom(conn: &Connection, load: Load) -> Check {
     const NAME: &str = "redis headroom";
     let infos = match memory(conn).await {
         Ok(infos) => infos,
@@ -459,22 +468,29 @@ async fn redis_headroom(conn: &Connection, incidents: u64) -> Check {
     };
     let sum = |key| infos.iter().map(|i| number(i, key)).sum::<u64>();
     let (maxmemory, used) = (sum("maxmemory"), sum("used_memory"));
-    let needed = redis_bytes(incidents);
+    let plan = load.plan();
+    let worst = plan.redis_used.ceil() as u64;
     let detail = format!(
-        "{incidents} incidents per window need {} at the worst; maxmemory {}, used {}",
-        bytes(needed),
+        "{} incidents, {} storm scopes, {} sources need {} at the worst; maxmemory {}, used {}",
+        load.incidents,
+        load.storm_scopes,
+        load.sources,
+        bytes(worst),
         bytes(maxmemory),
         bytes(used)
     );
-    let fix =
-        format!("set maxmemory to at least {} (twice the worst case, as docs/redis.md advises)", bytes(2 * needed));
+    let fix = format!(
+        "set maxmemory to {} (CONFIG SET maxmemory {}, and in redis.conf), as `tidegate capacity` advises",
+        bytes(plan.redis_maxmemory),
+        plan.redis_maxmemory
+    );
     if maxmemory == 0 {
         return Check::warn(NAME, format!("{detail} (unbounded)"), fix);
     }
-    if maxmemory < needed {
+    if maxmemory < worst {
         return Check::fail(NAME, detail, fix);
     }
-    if maxmemory < 2 * needed {
+    if maxmemory < 2 * worst {
         return Check::warn(NAME, format!("{detail}: less than twice the worst case"), fix);
     }
     Check::ok(NAME, detail)
@@ -701,10 +717,17 @@ mod tests {
     }
 
     #[test]
-    fn headroom_follows_docs_redis_md() {
-        // docs/redis.md's table: 1,000,000 incidents per window need 63 MB at worst.
-        assert_eq!(redis_bytes(1_000_000), 63_000_000);
-        assert_eq!(redis_bytes(0), 1_000_000);
+    fn storm_scopes_and_sources_go_with_incidents() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let cli = crate::cli::Cli::try_parse_from(["tidegate", "doctor"].iter().chain(args))?;
+            let crate::cli::Command::Doctor(args) = cli.command else { panic!("doctor") };
+            Ok::<_, clap::Error>(args.load())
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        let load = parse(&["--incidents", "5000", "--sources", "7"]).unwrap().unwrap();
+        assert_eq!(load, Load { incidents: 5000, storm_scopes: 100, sources: 7 });
+        assert!(parse(&["--sources", "7"]).is_err(), "--sources alone would check nothing");
     }
 
     #[test]

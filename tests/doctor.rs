@@ -20,6 +20,7 @@ use support::kube::Kube;
 use support::redis::cluster::ClusterSetup;
 use support::redis::{RedisServer, ServerOptions};
 use support::tls::Pki;
+use tidegate::capacity::Load;
 use tidegate::config::{Config, SinkTarget};
 use tidegate::doctor::{self, Options, Outcome, Report};
 use tidegate::remediation::RemediationRequest;
@@ -27,6 +28,11 @@ use tidegate::sink::kube::access::{self, Permission};
 
 /// How long one Kubernetes check may take in these tests.
 const BUDGET: Duration = Duration::from_secs(10);
+
+/// `incidents`, with `tidegate capacity`'s default storm scopes and sources.
+fn load(incidents: u64) -> Load {
+    Load { incidents, storm_scopes: 100, sources: 100 }
+}
 
 fn redis(policy: &str) -> RedisServer {
     RedisServer::start(ServerOptions {
@@ -69,7 +75,7 @@ async fn a_good_redis_and_dir_config_passes_every_check() {
     let mut config = config(&server.url(), SinkTarget::Dir(dir.path().into()));
     // Latency warns from a quarter of the timeout: out of reach of a busy test machine.
     config.redis.timeout = Duration::from_secs(5);
-    let report = doctor::run(&config, &Options { incidents: Some(10_000), kube_client: None }).await;
+    let report = doctor::run(&config, &Options { load: Some(load(10_000)), kube_client: None }).await;
 
     assert!(!report.failed(), "{report}");
     for name in ["config", "listener", "sink dir", "redis", "redis policy", "redis latency", "redis headroom"] {
@@ -122,11 +128,11 @@ async fn maxmemory_short_of_the_expected_incidents_fails() {
     let server = redis("noeviction");
     let dir = tempfile::tempdir().unwrap();
     let config = config(&server.url(), SinkTarget::Dir(dir.path().into()));
-    // 1,000,000 incidents per window need 63 MB at the worst; the server has 16 MB.
-    let report = doctor::run(&config, &Options { incidents: Some(1_000_000), kube_client: None }).await;
+    // A million incidents per window need 57 MiB at the worst; the server has 16 MiB.
+    let report = doctor::run(&config, &Options { load: Some(load(1_000_000)), kube_client: None }).await;
 
     assert_eq!(outcome(&report, "redis headroom"), Outcome::Fail, "{report}");
-    assert!(fix(&report, "redis headroom").contains("set maxmemory to at least 120.2 MiB"), "{report}");
+    assert!(fix(&report, "redis headroom").contains("CONFIG SET maxmemory 134217728"), "{report}");
 }
 
 #[tokio::test]
@@ -153,8 +159,9 @@ async fn a_cluster_is_checked_on_every_primary() {
     let url = format!("redis+cluster://{}", addrs.join(","));
     let dir = tempfile::tempdir().unwrap();
     let config = config(&url, SinkTarget::Dir(dir.path().into()));
-    // Three primaries of 16 MB hold 48 MB: more than 20 MB, less than twice 25 MB.
-    let options = Options { incidents: Some(400_000), kube_client: None };
+    // Three primaries of 16 MiB hold 48 MiB: more than the 35 MiB that 600,000
+    // incidents need at the worst, less than twice that.
+    let options = Options { load: Some(load(600_000)), kube_client: None };
     let healthy = doctor::run(&config, &options).await;
     cluster.nodes()[2].config_set("maxmemory-policy", "allkeys-lru");
     let one_bad = doctor::run(&config, &Options::default()).await;
@@ -189,7 +196,7 @@ async fn a_port_in_use_fails() {
 /// `kube`, as the gateway's service account or another, through the test's proxy.
 async fn kube_report(kube: &Kube, token: &str) -> Report {
     let config = config("memory", SinkTarget::Kube);
-    doctor::run(&config, &Options { incidents: None, kube_client: Some(kube.client_as(token)) }).await
+    doctor::run(&config, &Options { load: None, kube_client: Some(kube.client_as(token)) }).await
 }
 
 fn check_names(permissions: &[Permission]) -> Vec<&'static str> {
@@ -318,7 +325,7 @@ async fn an_unreachable_api_server_fails_and_skips_what_needs_it() {
     config.connect_timeout = Some(Duration::from_secs(2));
     let client = kube::Client::try_from(config).unwrap();
     let report =
-        doctor::run(&self::config("memory", SinkTarget::Kube), &Options { incidents: None, kube_client: Some(client) })
+        doctor::run(&self::config("memory", SinkTarget::Kube), &Options { load: None, kube_client: Some(client) })
             .await;
 
     assert_eq!(outcome(&report, "kubernetes"), Outcome::Fail, "{report}");
