@@ -18,6 +18,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomR
 use kube::CustomResourceExt;
 use support::kube::Kube;
 use support::redis::cluster::ClusterSetup;
+use support::redis::sentinel::SentinelSetup;
 use support::redis::{RedisServer, ServerOptions};
 use support::tls::Pki;
 use tidegate::capacity::Load;
@@ -154,7 +155,7 @@ async fn a_tls_redis_is_reached_with_the_configured_ca_and_refused_with_another(
 
 #[tokio::test]
 async fn a_cluster_is_checked_on_every_primary() {
-    let cluster = ClusterSetup::start();
+    let cluster = tokio::task::spawn_blocking(ClusterSetup::start).await.unwrap();
     let addrs: Vec<String> = cluster.nodes().iter().map(RedisServer::addr).collect();
     let url = format!("redis+cluster://{}", addrs.join(","));
     let dir = tempfile::tempdir().unwrap();
@@ -174,6 +175,21 @@ async fn a_cluster_is_checked_on_every_primary() {
     assert!(detail(&healthy, "redis headroom").contains("maxmemory 48.0 MiB"), "{healthy}");
     assert_eq!(outcome(&one_bad, "redis policy"), Outcome::Fail, "{one_bad}");
     assert!(detail(&one_bad, "redis policy").contains("(allkeys-lru)"), "{one_bad}");
+}
+
+#[tokio::test]
+async fn a_sentinel_setup_is_checked_on_the_primary_it_names() {
+    let setup = tokio::task::spawn_blocking(SentinelSetup::start).await.unwrap();
+    let sentinels: Vec<String> = setup.sentinels().iter().map(RedisServer::addr).collect();
+    let url = format!("redis+sentinel://{}/{}", sentinels.join(","), setup.master_name());
+    let dir = tempfile::tempdir().unwrap();
+    setup.primary().config_set("maxmemory-policy", "allkeys-lfu");
+    let report = doctor::run(&config(&url, SinkTarget::Dir(dir.path().into())), &Options::default()).await;
+
+    assert_eq!(outcome(&report, "redis"), Outcome::Ok, "{report}");
+    assert!(detail(&report, "redis").contains("1 primary"), "{report}");
+    assert_eq!(outcome(&report, "redis policy"), Outcome::Fail, "{report}");
+    assert!(detail(&report, "redis policy").contains("(allkeys-lfu)"), "{report}");
 }
 
 #[tokio::test]
