@@ -47,6 +47,9 @@ pub enum Command {
     },
     /// Print the RemediationRequest CustomResourceDefinition as YAML.
     Crd,
+    /// Check a configuration against the Redis, Kubernetes API and sink it names:
+    /// one line per check, with a fix for each failure; exits 1 if any failed.
+    Doctor(Box<crate::doctor::DoctorArgs>),
 }
 
 #[derive(Debug, Args)]

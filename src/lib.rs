@@ -12,6 +12,7 @@ pub mod capacity;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod gateway;
 pub mod http;
 pub mod ingest;

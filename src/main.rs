@@ -34,6 +34,14 @@ fn main() -> anyhow::Result<()> {
         Command::Crd => {
             print!("{}", serde_norway::to_string(&RemediationRequest::crd())?);
         }
+        Command::Doctor(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let report = runtime.block_on(tidegate::doctor::examine(&args));
+            print!("{report}");
+            if report.failed() {
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }

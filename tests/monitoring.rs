@@ -54,6 +54,46 @@ fn dashboard_expressions() -> Vec<(String, String)> {
     out
 }
 
+/// The dashboard's panels as a Markdown table: what docs/dashboard.md shows, in
+/// place of a screenshot.
+fn dashboard_table() -> String {
+    let text = std::fs::read_to_string(monitoring().join("dashboard.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let mut out = String::from(
+        "# The tidegate dashboard\n\n\
+         `deploy/monitoring/dashboard.json`, panel by panel. Generated from the JSON by\n\
+         `scripts/dashboard-doc`; `tests/monitoring.rs` fails when the two differ.\n\n\
+         | # | Panel | Unit | Queries |\n|---|---|---|---|\n",
+    );
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let queries: Vec<String> = panel["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| format!("`{}`", t["expr"].as_str().unwrap().replace('|', "\\|")))
+            .collect();
+        let unit = panel["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("");
+        out.push_str(&format!(
+            "| {} | {} | {unit} | {} |\n",
+            panel["id"],
+            panel["title"].as_str().unwrap(),
+            queries.join("<br>")
+        ));
+    }
+    out
+}
+
+/// `TIDEGATE_BLESS=1` (what `scripts/dashboard-doc` sets) writes the table instead.
+#[test]
+fn docs_dashboard_md_lists_every_panel() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.md");
+    if std::env::var_os("TIDEGATE_BLESS").is_some() {
+        std::fs::write(&path, dashboard_table()).unwrap();
+    }
+    let documented = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(documented == dashboard_table(), "docs/dashboard.md is stale: run scripts/dashboard-doc");
+}
+
 #[test]
 fn the_rules_pass_promtool_check_and_their_unit_tests() {
     promtool(&["check", "rules", "tidegate.rules.yaml"]);

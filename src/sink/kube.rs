@@ -21,6 +21,7 @@
 //!   an error (answered 503). A circuit breaker stops calling a failing API server
 //!   for a cool-down and turns readiness off meanwhile.
 
+pub mod access;
 pub mod owners;
 
 use std::collections::{HashSet, VecDeque};

@@ -34,6 +34,7 @@ use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
 pub use connection::TlsFiles;
 use connection::{Connection, Handle, Topology};
+pub use monitor::{parse_info, risks};
 use schema::{DedupTag, Key, Schema};
 
 const DECIDE: &str = include_str!("decide.lua");
