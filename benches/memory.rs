@@ -62,12 +62,7 @@ async fn run() -> ExitCode {
     }
 
     let clock = Clock::System;
-    let store = MemoryStore::new(
-        &MemoryConfig { max_entries: MAX_ENTRIES },
-        Duration::from_secs(300),
-        &StormConfig::default(),
-        clock.clone(),
-    );
+    let store = store(&clock);
     let mut batch: Vec<Observation> = Vec::with_capacity(BATCH);
     // Let the purge task start and park, so its first poll is not in the reading.
     tokio::task::yield_now().await;
@@ -118,15 +113,16 @@ async fn run() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A store as the gateway builds it by default, with room for every fingerprint.
+fn store(clock: &Clock) -> MemoryStore {
+    let memory = MemoryConfig { max_entries: MAX_ENTRIES };
+    MemoryStore::new(&memory, Duration::from_secs(300), &StormConfig::default(), clock.clone())
+}
+
 /// Resident memory per storm scope with an open window, less its alerts' incidents.
 async fn storm_scopes(n: u64, per_fingerprint: f64) {
     let clock = Clock::System;
-    let store = MemoryStore::new(
-        &MemoryConfig { max_entries: MAX_ENTRIES },
-        Duration::from_secs(300),
-        &StormConfig::default(),
-        clock.clone(),
-    );
+    let store = store(&clock);
     tokio::task::yield_now().await;
     let before = rss_bytes();
     let mut incidents = 0;
