@@ -32,6 +32,7 @@ pub use crate::state::memory::MemoryConfig;
 use crate::state::redis::connection::Topology;
 pub use crate::state::redis::RedisConfig;
 pub use crate::state::{DedupConfig, StormConfig};
+pub use crate::telemetry::trace::TraceConfig;
 pub use crate::telemetry::{LogConfig, LogFormat};
 
 /// Everything `tidegate serve` can be told.
@@ -58,6 +59,7 @@ pub struct Config {
     pub classify: ClassifyConfig,
     pub cloudevents: CloudEventsConfig,
     pub log: LogConfig,
+    pub trace: TraceConfig,
     pub runtime: RuntimeConfig,
 }
 
@@ -78,6 +80,7 @@ impl Default for Config {
             classify: Default::default(),
             cloudevents: Default::default(),
             log: Default::default(),
+            trace: Default::default(),
             runtime: Default::default(),
         }
     }
@@ -128,6 +131,7 @@ impl Config {
         self.placement.validate()?;
         self.kube.validate()?;
         self.classify.validate()?;
+        self.trace.validate()?;
         self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
         if matches!(self.runtime.worker_threads, Some(n) if n == 0 || n > 1024) {
             return Err(ConfigError::invalid("runtime.worker_threads", "must be between 1 and 1024"));
