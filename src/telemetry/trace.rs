@@ -177,8 +177,13 @@ where
         .with_resource(Resource::builder_empty().with_service_name(config.service_name.clone()).build())
         .build();
     let tracer = provider.tracer("tidegate");
+    // Lean spans: no busy/idle times (two clock reads per poll of an instrumented
+    // future) and no OpenTelemetry context made current on every poll, which
+    // nothing here reads; the span tree comes from the tracing spans themselves.
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
         .with_location(false)
         .with_threads(false)
         .with_target(false)
