@@ -26,6 +26,11 @@
 //! (tidegate checks a static bearer token on every request: each worker is a sender
 //! with a token file of its own, so the rate limit still sees many senders).
 //!
+//! `BENCH_TRACE_RATIO=0.01` (or `1.0`, …) turns tracing on, sampled at that ratio:
+//! tidegate exports its spans over OTLP/HTTP to a receiver in this process that
+//! counts and discards them, so the row measures what making and sending spans
+//! costs. Unset, tracing is off, as by default.
+//!
 //! `cargo test --all-targets` also runs this file (without the `--bench` flag that
 //! `cargo bench` passes). It then runs as a short smoke test: 8 workers, one full pass
 //! of warm-up, a 1 s measured phase, and a non-zero exit on any failed request or
@@ -430,6 +435,15 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
         }
         Ok(other) => return Err(format!("BENCH_AUTH={other}: only `bearer` is known")),
     };
+    let otlp = match std::env::var("BENCH_TRACE_RATIO") {
+        Ok(ratio) => {
+            let otlp = OtlpSink::start().await?;
+            println!("  traces: sampled at {ratio}, sent to an OTLP receiver in the bench that discards them");
+            command.env("TIDEGATE_TRACE_OTLP_ENDPOINT", otlp.url()).env("TIDEGATE_TRACE_SAMPLE_RATIO", ratio);
+            Some(otlp)
+        }
+        Err(_) => None,
+    };
     let mut server = Server::spawn("tidegate", command, tmp.path())?;
     // For readiness and metrics only; the load goes through the workers' own clients.
     let client = http_client()?;
@@ -479,6 +493,13 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
         row.problem(format!("sink holds {manifests} manifests, but tidegate reports {created} created"));
     }
     server.stop();
+    if let Some(otlp) = otlp {
+        let (exports, bytes) = (otlp.exports.load(Ordering::Relaxed), otlp.bytes.load(Ordering::Relaxed));
+        println!("  OTLP receiver got {exports} exports, {bytes} bytes of spans");
+        if exports == 0 {
+            row.problem("tracing was on, but no spans reached the OTLP receiver".into());
+        }
+    }
     // Removing thousands of manifests takes seconds on a slow disk: do it now, and flush
     // the file system, so none of it lands in the next target's measurement.
     let started = Instant::now();
@@ -1053,6 +1074,35 @@ impl Drop for Server {
 
 /// A currently free loopback port. Another process could take it before the server
 /// binds it; on this single-user bench machine that race is not worth more code.
+/// An OTLP/HTTP receiver that counts what it is sent and discards it.
+struct OtlpSink {
+    addr: SocketAddr,
+    exports: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl OtlpSink {
+    async fn start() -> Result<Self, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("OTLP receiver: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| format!("OTLP receiver: {e}"))?;
+        let (exports, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let counts = (exports.clone(), bytes.clone());
+        let receive = move |body: Bytes| async move {
+            counts.0.fetch_add(1, Ordering::Relaxed);
+            counts.1.fetch_add(body.len() as u64, Ordering::Relaxed);
+            // An empty ExportTraceServiceResponse: no field set encodes as no bytes.
+            ([("content-type", "application/x-protobuf")], Bytes::new())
+        };
+        let app = axum::Router::new().route("/v1/traces", axum::routing::post(receive));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(OtlpSink { addr, exports, bytes })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 fn free_port() -> Result<SocketAddr, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
     listener.local_addr().map_err(|e| format!("finding a free port: {e}"))

@@ -33,6 +33,7 @@ pub use crate::state::memory::MemoryConfig;
 use crate::state::redis::connection::Topology;
 pub use crate::state::redis::RedisConfig;
 pub use crate::state::{DedupConfig, StormConfig};
+pub use crate::telemetry::trace::TraceConfig;
 pub use crate::telemetry::{LogConfig, LogFormat};
 
 /// Everything `tidegate serve` can be told.
@@ -62,6 +63,7 @@ pub struct Config {
     /// turns authentication off on purpose. See README, Authentication.
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub trace: TraceConfig,
     pub runtime: RuntimeConfig,
 }
 
@@ -83,6 +85,7 @@ impl Default for Config {
             cloudevents: Default::default(),
             auth: Default::default(),
             log: Default::default(),
+            trace: Default::default(),
             runtime: Default::default(),
         }
     }
@@ -133,6 +136,7 @@ impl Config {
         self.placement.validate()?;
         self.kube.validate()?;
         self.classify.validate()?;
+        self.trace.validate()?;
         self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
         if !self.listen.ip().is_loopback() && !self.auth.enabled() && !self.auth.none {
             return Err(ConfigError::invalid(

@@ -13,7 +13,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
             let config = args.load().context("invalid configuration")?;
-            tidegate::telemetry::init_logging(&config.log);
             // Built after the config is read: how many threads depends on it.
             let workers = config.worker_threads();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -21,6 +20,9 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
+            // Dropped before the runtime: the last spans are sent on it.
+            let _traces = tidegate::telemetry::init_logging(&config.log, &config.trace, runtime.handle())
+                .context("setting up traces")?;
             tracing::info!(worker_threads = workers, "runtime started");
             runtime.block_on(tidegate::gateway::serve(config))?;
         }

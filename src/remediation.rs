@@ -314,6 +314,15 @@ pub const PRIORITY_RULE_ANNOTATION: &str = "tidegate.dev/priority-rule";
 /// name, or its address where authentication is off.
 pub const SUBMITTED_BY_ANNOTATION: &str = "tidegate.dev/submitted-by";
 
+/// Annotation naming the trace (its W3C trace id) a request was created in, set
+/// when tracing is on and the trace is sampled.
+pub const TRACE_ID_ANNOTATION: &str = "tidegate.dev/trace-id";
+
+/// Sets the annotation `key` of a request being built.
+pub fn annotate(request: &mut RemediationRequest, key: &str, value: String) {
+    request.metadata.annotations.get_or_insert_with(Default::default).insert(key.to_string(), value);
+}
+
 /// The name of a storm's aggregated request: readable signal name, a prefix of the
 /// scope hash and the window's opening second. Every replica derives the same one.
 pub fn storm_request_name(signal_name: &str, scope: &[u8; 16], window_id: u32) -> String {

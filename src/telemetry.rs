@@ -1,9 +1,11 @@
-//! Metrics and logging.
+//! Metrics, logging and traces ([`trace`]).
 //!
 //! One [`Metrics`] value owns the one `prometheus-client` registry; components get
 //! an `Arc<Metrics>` and increment typed families. Label values come from the
 //! `kind()`/`cause()` methods of the error types, so each error maps to a metric
 //! label in exactly one place.
+
+pub mod trace;
 
 use std::sync::atomic::AtomicU64;
 
@@ -294,13 +296,39 @@ impl Metrics {
     }
 }
 
-/// Installs the global tracing subscriber. Call once, from the binary.
-pub fn init_logging(config: &LogConfig) {
+/// Installs the global tracing subscriber: the log, and the spans of [`trace`] when
+/// `trace.otlp_endpoint` is set, exported from `runtime`. Call once, from the binary,
+/// and hold the returned [`trace::Traces`] until the runtime stops.
+pub fn init_logging(
+    config: &LogConfig,
+    traces: &trace::TraceConfig,
+    runtime: &tokio::runtime::Handle,
+) -> Result<trace::Traces, trace::TraceError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(trace::hidden_from_log());
+    let (spans, sender) = trace::layer(traces, runtime)?;
+    match spans {
+        // The filter for the whole subscriber: a span it turns off is never made.
+        None => tracing_subscriber::registry().with(filter).with(log_layer(config.format)).init(),
+        // The filter for the log only: the spans still reach the trace layer.
+        Some(spans) => {
+            tracing_subscriber::registry().with(log_layer(config.format).with_filter(filter)).with(spans).init()
+        }
+    }
+    Ok(sender)
+}
+
+fn log_layer<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     }
 }

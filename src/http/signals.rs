@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use jiff::Timestamp;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::problem::{AlertError, Problem};
 use super::AppState;
@@ -31,7 +32,7 @@ use crate::ingest::{Answer, Payload, Source};
 use crate::pipeline::{Outcome, OutcomeStatus, Processed};
 use crate::signal::Fingerprint;
 use crate::state::Admission;
-use crate::telemetry::{SenderLabels, SourceClassLabels};
+use crate::telemetry::{trace, SenderLabels, SourceClassLabels};
 
 /// `POST` on a source's route: the one handler of every source in the table.
 pub async fn ingest(
@@ -43,7 +44,12 @@ pub async fn ingest(
     source: &'static Source,
 ) -> Response {
     let certificate = certificate.map(|Extension(c)| c);
-    decide(app, peer, certificate.as_ref(), headers, body, source).await
+    let span = tracing::info_span!(target: trace::TARGET, "receive", otel.kind = "server", http.route = source.route,
+        http.response.status_code = tracing::field::Empty);
+    trace::follow(&span, &headers);
+    let response = decide(app, peer, certificate.as_ref(), headers, body, source).instrument(span.clone()).await;
+    span.record("http.response.status_code", i64::from(response.status().as_u16()));
+    response
 }
 
 /// Who sent a request: the source it is charged to, and how that was decided (a
@@ -214,7 +220,7 @@ async fn decide_signals(
 ) -> Response {
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
     let payload = Payload { body: bytes, headers, received, config: &app.config };
-    let parsed = match (source.parse)(&payload) {
+    let parsed = match tracing::info_span!(target: trace::TARGET, "parse").in_scope(|| (source.parse)(&payload)) {
         Ok(parsed) => parsed,
         Err(e) => return refuse(app, sender, Problem::bad_request(&e)).await,
     };

@@ -23,12 +23,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::sink::{Created, RequestRef, Sink, SinkError};
 use crate::state::DedupConfig;
-use crate::telemetry::{Metrics, SinkLabels};
+use crate::telemetry::{trace, Metrics, SinkLabels};
 
 /// Longest wait between retries of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -249,18 +250,24 @@ impl Shared {
         Err(inner.due.peek().map(|Reverse((due, _))| *due))
     }
 
+    /// Writes one pending update. It stands for many alerts, answered long before, so
+    /// its spans start a trace of their own.
     async fn write(&self, p: &Pending) -> Result<(), SinkError> {
+        let (namespace, name) = (&p.at.namespace, &p.at.name);
         if let Some(request) = &p.create {
             let mut request = (**request).clone();
             request.status.get_or_insert_with(Default::default).apply(&p.update);
-            let created = self.sink.create(&request).await?;
+            let span = tracing::info_span!(target: trace::TARGET, parent: None, "create", rr.namespace = %namespace, rr.name = %name);
+            let created = self.sink.create(&request).instrument(span).await?;
             self.count("create", "ok");
             if created == Created::Created {
                 self.metrics.requests_created.inc();
                 return Ok(());
             }
         }
-        self.sink.update_status(&p.at, &p.update).await
+        let span = tracing::info_span!(target: trace::TARGET, parent: None, "update_status", rr.namespace = %namespace,
+            rr.name = %name, count = p.update.count);
+        self.sink.update_status(&p.at, &p.update).instrument(span).await
     }
 
     fn finish(&self, incident: Incident, p: Pending, result: Result<(), SinkError>) {

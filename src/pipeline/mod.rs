@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
@@ -31,7 +32,7 @@ use crate::state::{
     Admission, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore,
     StormConfig, StormKey, Verdict,
 };
-use crate::telemetry::{ClassLabels, Metrics, StormLabels};
+use crate::telemetry::{trace, ClassLabels, Metrics, StormLabels};
 use crate::workload::{self, Owners};
 use classify::{Classifier, NamespaceLabels};
 use coalesce::{Coalescer, Incident};
@@ -110,6 +111,8 @@ pub struct Pipeline {
     windows: Mutex<HashMap<([u8; 16], u32), u32>>,
     clock: Clock,
     metrics: Arc<Metrics>,
+    /// Whether spans are recorded, so that created requests name their trace.
+    traced: bool,
 }
 
 /// `placement`: which namespace requests go to.
@@ -217,6 +220,7 @@ impl Pipeline {
             windows: Mutex::default(),
             clock,
             metrics,
+            traced: config.trace.enabled(),
         }
     }
 
@@ -235,7 +239,8 @@ impl Pipeline {
     /// before its signals were read): a bad request never gets round the limit.
     pub async fn admit(&self, source: &str) -> Result<Admission, PipelineError> {
         let Some(charge) = self.charge(source) else { return Ok(Admission::Allowed) };
-        let admitted = self.state.admit(charge.source, charge.limit, charge.now_ms).await;
+        let admitted =
+            self.state.admit(charge.source, charge.limit, charge.now_ms).instrument(decide_span("admit")).await;
         Ok(admitted.inspect_err(|e| self.failed(e))?)
     }
 
@@ -277,8 +282,15 @@ impl Pipeline {
         let observations: Vec<Observation> = signals.iter().map(|s| observation(s, &mut scope)).collect();
         let now = self.clock.now_s();
         let decision = match charge {
-            Some(charge) => self.state.admit_and_observe(charge, &observations, now).await,
-            None => self.state.observe(&observations, now).await.map(Decision::Decided),
+            Some(charge) => {
+                self.state
+                    .admit_and_observe(charge, &observations, now)
+                    .instrument(decide_span("admit_and_observe"))
+                    .await
+            }
+            None => {
+                self.state.observe(&observations, now).instrument(decide_span("observe")).await.map(Decision::Decided)
+            }
         };
         let verdicts = match decision.inspect_err(|e| self.failed(e))? {
             Decision::Limited { retry_after_ms } => return Ok(Processed::Limited { retry_after_ms }),
@@ -384,7 +396,11 @@ impl Pipeline {
                     // and teach the store again.
                     let entry =
                         Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
-                    self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
+                    self.state
+                        .adopt(asked, entry, now)
+                        .instrument(decide_span("adopt"))
+                        .await
+                        .inspect_err(|e| self.failed(e))?;
                     self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
                     return Ok(self.outcome(signal, OutcomeStatus::Duplicate, Some(open.at), entry.count));
                 }
@@ -431,7 +447,8 @@ impl Pipeline {
         window: OpenWindow,
         now: u32,
     ) -> Result<Outcome, PipelineError> {
-        let folded = self.state.adopt_window(asked, window, now).await.inspect_err(|e| self.failed(e))?;
+        let adopted = self.state.adopt_window(asked, window, now).instrument(decide_span("adopt_window")).await;
+        let folded = adopted.inspect_err(|e| self.failed(e))?;
         let (outcome, incident, at, update) = self.folded(signal, &scope, folded);
         self.coalescer.record(incident, &at, update);
         Ok(outcome)
@@ -448,7 +465,7 @@ impl Pipeline {
     async fn reopen(&self, signal: &Signal<'_>, asked: &Observation, by: &str) -> Result<Outcome, PipelineError> {
         let now = self.clock.now_s();
         let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
-        self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
+        self.state.adopt(asked, entry, now).instrument(decide_span("adopt")).await.inspect_err(|e| self.failed(e))?;
         self.open(signal, entry, by).await
     }
 
@@ -457,7 +474,8 @@ impl Pipeline {
         let class = self.classify(signal);
         let at = self.reference(signal, &entry);
         let update = update(&entry, None);
-        let request = remediation::build(signal, &at.namespace, entry.first_seen_s, &class, &update);
+        let mut request = remediation::build(signal, &at.namespace, entry.first_seen_s, &class, &update);
+        self.name_trace(&mut request);
         let status = match self.create(incident(signal, &entry), request, &at, update, by).await {
             Ok(Created::Created) => OutcomeStatus::Created,
             Ok(Created::AlreadyExists) => OutcomeStatus::Duplicate,
@@ -490,7 +508,9 @@ impl Pipeline {
     ) -> Result<Created, SinkError> {
         let annotations = request.metadata.annotations.get_or_insert_with(Default::default);
         annotations.insert(remediation::SUBMITTED_BY_ANNOTATION.to_string(), by.to_string());
-        match self.sink.create(&request).await {
+        let span =
+            tracing::info_span!(target: trace::TARGET, "create", rr.namespace = %at.namespace, rr.name = %at.name);
+        match self.sink.create(&request).instrument(span).await {
             Ok(Created::Created) => {
                 self.metrics.requests_created.inc();
                 tracing::info!(
@@ -535,6 +555,13 @@ impl Pipeline {
         }
     }
 
+    /// Records the trace this request is created in, when it is sampled.
+    fn name_trace(&self, request: &mut RemediationRequest) {
+        if let Some(id) = self.traced.then(trace::sampled_trace_id).flatten() {
+            remediation::annotate(request, remediation::TRACE_ID_ANNOTATION, id);
+        }
+    }
+
     /// Counts a state store failure by cause.
     fn failed(&self, e: &StateError) {
         self.metrics.state_error(e.cause());
@@ -563,7 +590,8 @@ impl Pipeline {
         }
         self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
         let class = self.classify(signal);
-        let request = remediation::build_storm(signal, scope, &folded, &class, &update);
+        let mut request = remediation::build_storm(signal, scope, &folded, &class, &update);
+        self.name_trace(&mut request);
         self.create(incident, request, &at, update, by).await?;
         Ok(outcome)
     }
@@ -629,6 +657,11 @@ fn observation<'a>(s: &'a Signal<'_>, last: &mut Option<(&'a str, &'a str, [u8; 
         }
     };
     Observation { fingerprint: s.fingerprint, status: s.status, storm: Some(StormKey::in_scope(scope, &s.target)) }
+}
+
+/// The span of one state-store round trip, `op` naming the call.
+fn decide_span(op: &'static str) -> tracing::Span {
+    tracing::info_span!(target: trace::TARGET, "decide", state.op = op)
 }
 
 /// The incident a signal's entry stands for.
