@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ingest::cloudevents::CloudEventsConfig;
+use crate::ingest::IngestConfig;
 use crate::state::redis::connection::{TlsFiles, Topology};
 
 /// Everything `tidegate serve` can be told.
@@ -38,6 +39,7 @@ pub struct Config {
     pub classify: ClassifyConfig,
     /// How CloudEvents become signals, per event type.
     pub cloudevents: CloudEventsConfig,
+    pub ingest: IngestConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
 }
@@ -79,6 +81,20 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// `Retry-After` sent with 503 answers, in seconds. Default 5.
     pub retry_after_secs: u32,
+    /// How long a client may take to send a request's head (and, on a kept-alive
+    /// connection, to start the next one) before its connection is closed: a slow
+    /// or silent client cannot hold a connection.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body, from the end of its
+    /// head; a slower one is answered 503 with `Retry-After` and its budget freed.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; a larger one is
+    /// answered 431.
+    pub max_header_bytes: usize,
+    /// Connections open at once, at most; further clients wait to be accepted.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -305,6 +321,7 @@ impl Default for Config {
             kube: KubeConfig::default(),
             classify: ClassifyConfig::default(),
             cloudevents: CloudEventsConfig::default(),
+            ingest: IngestConfig::default(),
             log: LogConfig::default(),
             runtime: RuntimeConfig::default(),
         }
@@ -375,6 +392,10 @@ impl Default for HttpConfig {
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
             retry_after_secs: 5,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_connections: 4096,
         }
     }
 }
@@ -511,6 +532,18 @@ impl Config {
         if self.http.request_timeout < Duration::from_millis(100) {
             return invalid("http.request_timeout", "must be at least 100ms");
         }
+        if self.http.header_read_timeout < Duration::from_millis(100) {
+            return invalid("http.header_read_timeout", "must be at least 100ms");
+        }
+        if self.http.body_read_timeout < Duration::from_millis(100) {
+            return invalid("http.body_read_timeout", "must be at least 100ms");
+        }
+        if !(1024..=1024 * 1024).contains(&self.http.max_header_bytes) {
+            return invalid("http.max_header_bytes", "must be between 1024 and 1048576 bytes");
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1");
+        }
         if self.http.retry_after_secs == 0 {
             return invalid("http.retry_after_secs", "must be at least 1");
         }
@@ -571,6 +604,12 @@ impl Config {
         }
         if self.rate_limit.burst == 0 {
             return invalid("rate_limit.burst", "must be at least 1");
+        }
+        if self.ingest.max_labels == 0 {
+            return invalid("ingest.max_labels", "must be at least 1");
+        }
+        if self.placement.control_namespace.as_deref().is_some_and(|ns| !crate::ingest::is_dns1123_label(ns)) {
+            return invalid("placement.control_namespace", "must be a Kubernetes namespace name");
         }
         if self.placement.all_in_control_namespace && self.placement.control_namespace.is_none() {
             return invalid("placement.all_in_control_namespace", "needs placement.control_namespace");

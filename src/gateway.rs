@@ -6,7 +6,6 @@
 //! `http.shutdown_delay` so endpoints can be withdrawn, then stops accepting, lets
 //! in-flight requests finish, and finally writes every pending status.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,6 +170,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         limits: Limits {
             body_limit: config.http.body_limit,
             body_budget_wait: config.http.body_budget_wait,
+            body_read_timeout: config.http.body_read_timeout,
             request_timeout: config.http.request_timeout,
             retry_after_secs: config.http.retry_after_secs,
             rate_limit: config
@@ -184,6 +184,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         readiness: readiness.clone(),
         budget: http::BodyBudget::new(config.body_budget(), config.http.body_budget_wait, metrics.clone()),
         cloudevents: Arc::new(config.cloudevents.clone()),
+        ingest: Arc::new(config.ingest.clone()),
     };
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -217,10 +218,15 @@ async fn run(
         let _ = closed_at.set(tokio::time::Instant::now());
         let _ = begun.send(());
     };
-    let service = http::router(app).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(begin).into_future();
+    let limits = http::ConnectionLimits {
+        header_read_timeout: config.http.header_read_timeout,
+        max_header_bytes: config.http.max_header_bytes,
+        max_connections: config.http.max_connections,
+    };
+    let metrics = app.metrics.clone();
+    let server = http::serve(listener, http::router(app), limits, metrics, begin);
     let result = tokio::select! {
-        r = server => r.map_err(StartError::Serve),
+        () = server => Ok(()),
         _ = async {
             if begun_rx.await.is_ok() {
                 tokio::time::sleep(grace).await;

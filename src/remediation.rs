@@ -374,10 +374,11 @@ fn build_named(
     let cut_all = |l: &Labels<'_>| l.to_map().into_iter().map(|(k, v)| (k, cut(&v, MAX_VALUE_BYTES))).collect();
     let spec = RemediationRequestSpec {
         signal_fingerprint: fp_hex,
-        signal_name: signal.name.to_string(),
-        severity: signal.severity.to_string(),
+        // Cut like every value: the fingerprint, not the name, is the identity.
+        signal_name: cut(&signal.name, MAX_VALUE_BYTES),
+        severity: cut(&signal.severity, MAX_VALUE_BYTES),
         signal_type: signal.signal_type,
-        signal_source: signal.source.to_string(),
+        signal_source: cut(&signal.source, MAX_VALUE_BYTES),
         target_resource: signal.target.clone(),
         firing_time: signal.firing_time.map(Time),
         received_time: Time(signal.received_time),

@@ -6,6 +6,7 @@
 mod budget;
 mod probes;
 pub mod problem;
+mod serve;
 mod signals;
 
 use std::net::IpAddr;
@@ -29,6 +30,7 @@ use crate::state::RateLimit;
 use crate::telemetry::{HttpLabels, Metrics, ReasonLabels};
 pub use budget::BodyBudget;
 use problem::Problem;
+pub use serve::{serve, ConnectionLimits};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -43,6 +45,8 @@ pub struct AppState {
     pub budget: BodyBudget,
     /// `cloudevents`: the CloudEvents source's mapping per event type.
     pub cloudevents: Arc<ingest::cloudevents::CloudEventsConfig>,
+    /// `ingest`: what every signal is held to.
+    pub ingest: Arc<ingest::IngestConfig>,
 }
 
 /// Request limits and retry advice, from `http.*` and `rate_limit.*` config.
@@ -51,6 +55,8 @@ pub struct Limits {
     pub body_limit: usize,
     /// How long a body may wait for room in the budget before a 503.
     pub body_budget_wait: Duration,
+    /// How long a body may take to arrive before a 503.
+    pub body_read_timeout: Duration,
     pub request_timeout: Duration,
     pub retry_after_secs: u32,
     /// Per-source rate limit; `None` when disabled.

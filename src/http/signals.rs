@@ -137,21 +137,22 @@ async fn decide(app: AppState, peer: SocketAddr, headers: HeaderMap, body: Body,
     }
     // Held until the answer: the signals borrow from the body.
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let (bytes, _held) = match app.budget.read(declared, body, app.limits.body_limit).await {
-        Ok(read) => read,
-        Err(refused) => {
-            let limits = &app.limits;
-            let problem = refused.problem(limits.body_limit, limits.body_budget_wait, limits.retry_after_secs);
-            if problem.status.is_server_error() {
-                // No room yet is not the sender's doing: its retry is not charged twice.
-                return app.reject(problem);
+    let (bytes, _held) =
+        match app.budget.read(declared, body, app.limits.body_limit, app.limits.body_read_timeout).await {
+            Ok(read) => read,
+            Err(refused) => {
+                let limits = &app.limits;
+                let problem = refused.problem(limits.body_limit, limits.body_budget_wait, limits.retry_after_secs);
+                if problem.status.is_server_error() {
+                    // No room yet is not the sender's doing: its retry is not charged twice.
+                    return app.reject(problem);
+                }
+                return refuse(&app, payer.as_ref(), problem).await;
             }
-            return refuse(&app, payer.as_ref(), problem).await;
-        }
-    };
+        };
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
     let payload = Payload { body: &bytes, headers: &headers, received, cloudevents: &app.cloudevents };
-    let parsed = match (source.parse)(&payload) {
+    let parsed = match crate::ingest::parse(source, &payload, &app.ingest) {
         Ok(parsed) => parsed,
         Err(e) => return refuse(&app, payer.as_ref(), Problem::bad_request(&e)).await,
     };
