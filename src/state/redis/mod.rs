@@ -491,6 +491,12 @@ pub fn decode<'m>(
     members: impl IntoIterator<Item = &'m [usize]>,
     replies: Vec<Value>,
 ) -> Result<Decision, StateError> {
+    let members: Vec<&[usize]> = members.into_iter().collect();
+    // One reply per call, or a call's admission went unread (fuzzing found a charge
+    // with no reply decided as allowed).
+    if replies.len() != members.len() {
+        return Err(bad_reply("decide", format!("{} replies for {} calls", replies.len(), members.len())));
+    }
     let mut verdicts: Vec<Option<Verdict>> = vec![None; len];
     for (members, reply) in members.into_iter().zip(replies) {
         let Value::BulkString(packed) = reply else {
