@@ -149,6 +149,7 @@ async fn new_incidents_beyond_memory_max_entries_are_refused_503_and_not_stored(
     assert!(body["detail"].as_str().unwrap().contains("100 open incidents"), "{body}");
     let metrics = gw.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("tidegate_state_entries 100\n"), "{metrics}");
+    assert!(metrics.contains("tidegate_state_errors_total{reason=\"full\"} 1\n"), "{metrics}");
     // An open incident repeating is still taken.
     assert_eq!(gw.alerts(&webhook(alerts(0, 1))).await.status(), 202);
 }
