@@ -26,6 +26,7 @@ use serde_json::Value;
 pub use crate::auth::AuthConfig;
 pub use crate::http::HttpConfig;
 pub use crate::ingest::cloudevents::CloudEventsConfig;
+pub use crate::ingest::IngestConfig;
 pub use crate::pipeline::classify::{ClassifyConfig, PriorityRule};
 pub use crate::pipeline::{PlacementConfig, RateLimitConfig};
 pub use crate::sink::kube::KubeConfig;
@@ -59,6 +60,7 @@ pub struct Config {
     pub kube: KubeConfig,
     pub classify: ClassifyConfig,
     pub cloudevents: CloudEventsConfig,
+    pub ingest: IngestConfig,
     /// Who may submit signals: authenticators, and which routes use which; `none`
     /// turns authentication off on purpose. See README, Authentication.
     pub auth: AuthConfig,
@@ -83,6 +85,7 @@ impl Default for Config {
             kube: Default::default(),
             classify: Default::default(),
             cloudevents: Default::default(),
+            ingest: Default::default(),
             auth: Default::default(),
             log: Default::default(),
             trace: Default::default(),
@@ -136,6 +139,7 @@ impl Config {
         self.placement.validate()?;
         self.kube.validate()?;
         self.classify.validate()?;
+        self.ingest.validate()?;
         self.trace.validate()?;
         self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
         if !self.listen.ip().is_loopback() && !self.auth.enabled() && !self.auth.none {

@@ -6,12 +6,10 @@
 //! `http.shutdown_delay` so endpoints can be withdrawn, then stops accepting, lets
 //! in-flight requests finish, and finally writes every pending status.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -186,19 +184,15 @@ async fn run(
         let _ = closed_at.set(tokio::time::Instant::now());
         let _ = begun.send(());
     };
-    let router = http::router(app);
-    let server = match tls {
-        Some(tls) => {
-            let listener = http::tls::TlsListener::new(listener, tls);
-            http::tls::serve(listener, router).with_graceful_shutdown(begin).into_future().boxed()
-        }
-        None => {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, service).with_graceful_shutdown(begin).into_future().boxed()
-        }
+    let limits = http::ConnectionLimits {
+        header_read_timeout: config.http.header_read_timeout,
+        max_header_bytes: config.http.max_header_bytes,
+        max_connections: config.http.max_connections,
     };
+    let metrics = app.metrics.clone();
+    let server = http::serve(listener, http::router(app), limits, tls, metrics, begin);
     let result = tokio::select! {
-        r = server => r.map_err(StartError::Serve),
+        () = server => Ok(()),
         _ = async {
             if begun_rx.await.is_ok() {
                 tokio::time::sleep(grace).await;

@@ -221,7 +221,9 @@ pub fn time_s(secs: u32) -> Time {
 /// The request's name: readable signal name, fingerprint and occurrence epoch (the
 /// first-seen second, base 36). Every replica derives the same name for the same
 /// incident, which is what makes creation idempotent.
-pub fn request_name(signal_name: &str, id: &[u8], epoch_s: u32) -> String {
+pub fn request_name<const N: usize>(signal_name: &str, id: &[u8; N], epoch_s: u32) -> String {
+    // The name takes the id's first 6 bytes: a shorter id does not compile.
+    const { assert!(N >= 6, "request names take 6 bytes of the id") };
     // Readable part, hex of the id, base-36 epoch: at most 30 + 1 + 12 + 1 + 7.
     let mut name = String::with_capacity(51);
     fn push(name: &mut String, c: char) {
@@ -386,10 +388,11 @@ fn build_named(
     let cut_all = |l: &Labels<'_>| l.to_map().into_iter().map(|(k, v)| (k, cut(&v, MAX_VALUE_BYTES))).collect();
     let spec = RemediationRequestSpec {
         signal_fingerprint: fp_hex,
-        signal_name: signal.name.to_string(),
-        severity: signal.severity.to_string(),
+        // Cut like every value: the fingerprint, not the name, is the identity.
+        signal_name: cut(&signal.name, MAX_VALUE_BYTES),
+        severity: cut(&signal.severity, MAX_VALUE_BYTES),
         signal_type: signal.signal_type,
-        signal_source: signal.source.to_string(),
+        signal_source: cut(&signal.source, MAX_VALUE_BYTES),
         target_resource: signal.target.clone(),
         firing_time: signal.firing_time.map(Time),
         received_time: Time(signal.received_time),

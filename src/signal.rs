@@ -153,6 +153,20 @@ impl<'a> Labels<'a> {
         self.0.push((name.into(), value.into()));
     }
 
+    /// How many pairs, a name given twice counted twice.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Every name, in payload order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_ref())
+    }
+
     /// Owned, sorted, one value per name.
     pub fn to_map(&self) -> BTreeMap<String, String> {
         self.0.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -53,6 +53,9 @@ pub enum Refused {
     NoRoom { bytes: u64 },
     /// The connection failed mid-body: 400.
     Unreadable(axum::Error),
+    /// The body did not arrive within `http.body_read_timeout`: 503, as a slow
+    /// network may be faster on a retry.
+    TooSlow { bytes: u64, timeout: Duration },
 }
 
 impl BodyBudget {
@@ -86,9 +89,16 @@ impl BodyBudget {
         Ok(())
     }
 
-    /// Reads a body of at most `limit` bytes, holding its bytes in the budget. A
-    /// declared `Content-Length` is reserved (or refused) before anything is read.
-    pub async fn read(&self, declared: Option<u64>, body: Body, limit: usize) -> Result<(Bytes, Reservation), Refused> {
+    /// Reads a body of at most `limit` bytes within `timeout`, holding its bytes in
+    /// the budget. A declared `Content-Length` is reserved (or refused) before
+    /// anything is read.
+    pub async fn read(
+        &self,
+        declared: Option<u64>,
+        body: Body,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(Bytes, Reservation), Refused> {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(Refused::TooLarge);
         }
@@ -97,7 +107,15 @@ impl BodyBudget {
         self.reserve(&mut held, declared).await?;
         let mut body = body;
         let mut buf = Vec::with_capacity(declared);
-        while let Some(frame) = body.frame().await {
+        // A trickled body would otherwise hold its reservation for as long as its
+        // sender likes: a few of them would starve every other sender.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => return Err(Refused::TooSlow { bytes: buf.len() as u64, timeout }),
+            };
             let frame = frame.map_err(Refused::Unreadable)?;
             let Ok(data) = frame.into_data() else { continue };
             if buf.len() + data.len() > limit {
@@ -117,6 +135,7 @@ impl Refused {
             Refused::TooLarge => Problem::too_large(limit),
             Refused::NoRoom { bytes } => Problem::body_budget(bytes, wait, retry_after_secs),
             Refused::Unreadable(e) => Problem::unreadable_body(&e),
+            Refused::TooSlow { bytes, timeout } => Problem::body_timeout(bytes, timeout, retry_after_secs),
         }
     }
 }
@@ -125,6 +144,9 @@ impl Refused {
 mod tests {
     use super::*;
 
+    /// A body read timeout no test reaches.
+    const SLOW: Duration = Duration::from_secs(3600);
+
     fn budget(total: u64, wait_ms: u64) -> BodyBudget {
         BodyBudget::new(total, Duration::from_millis(wait_ms), Arc::new(Metrics::new()))
     }
@@ -132,10 +154,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_does_not_fit_waits_for_room_and_then_is_read() {
         let b = budget(100, 1000);
-        let (_, first) = b.read(Some(80), Body::from(vec![b'x'; 80]), 1000).await.ok().unwrap();
+        let (_, first) = b.read(Some(80), Body::from(vec![b'x'; 80]), 1000, SLOW).await.ok().unwrap();
         let second = tokio::spawn({
             let b = b.clone();
-            async move { b.read(Some(50), Body::from(vec![b'y'; 50]), 1000).await.is_ok() }
+            async move { b.read(Some(50), Body::from(vec![b'y'; 50]), 1000, SLOW).await.is_ok() }
         });
         tokio::time::advance(Duration::from_millis(500)).await;
         assert!(!second.is_finished(), "waits while the first body is held");
@@ -146,21 +168,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_room_within_the_wait_is_a_retryable_refusal_not_a_413() {
         let b = budget(100, 200);
-        let (_, _held) = b.read(Some(80), Body::from(vec![b'x'; 80]), 1000).await.ok().unwrap();
-        match b.read(Some(50), Body::from(vec![b'y'; 50]), 1000).await {
+        let (_, _held) = b.read(Some(80), Body::from(vec![b'x'; 80]), 1000, SLOW).await.ok().unwrap();
+        match b.read(Some(50), Body::from(vec![b'y'; 50]), 1000, SLOW).await {
             Err(Refused::NoRoom { bytes: 50 }) => {}
             _ => panic!("expected NoRoom"),
         }
-        let problem = b.read(None, Body::from(vec![b'y'; 50]), 1000).await.err().unwrap().problem(1000, b.wait, 5);
+        let problem =
+            b.read(None, Body::from(vec![b'y'; 50]), 1000, SLOW).await.err().unwrap().problem(1000, b.wait, 5);
         assert_eq!((problem.status.as_u16(), problem.retry_after_secs), (503, Some(5)));
     }
 
     #[tokio::test]
     async fn over_the_limit_is_413_whether_declared_or_streamed() {
         let b = budget(1 << 20, 100);
-        assert!(matches!(b.read(Some(11), Body::from(vec![0u8; 11]), 10).await, Err(Refused::TooLarge)));
-        assert!(matches!(b.read(None, Body::from(vec![0u8; 11]), 10).await, Err(Refused::TooLarge)));
-        let (bytes, held) = b.read(None, Body::from(vec![7u8; 10]), 10).await.ok().unwrap();
+        assert!(matches!(b.read(Some(11), Body::from(vec![0u8; 11]), 10, SLOW).await, Err(Refused::TooLarge)));
+        assert!(matches!(b.read(None, Body::from(vec![0u8; 11]), 10, SLOW).await, Err(Refused::TooLarge)));
+        let (bytes, held) = b.read(None, Body::from(vec![7u8; 10]), 10, SLOW).await.ok().unwrap();
         assert_eq!((bytes.len(), held.bytes()), (10, 10));
     }
 }

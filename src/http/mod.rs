@@ -6,6 +6,7 @@
 mod budget;
 mod probes;
 pub mod problem;
+mod serve;
 mod signals;
 pub mod tls;
 
@@ -32,6 +33,7 @@ use crate::pipeline::Pipeline;
 use crate::telemetry::{HttpLabels, Metrics, ReasonLabels};
 pub use budget::BodyBudget;
 use problem::Problem;
+pub use serve::{serve, ConnectionLimits};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -89,6 +91,22 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// `Retry-After` sent with 503 answers, in seconds.
     pub retry_after_secs: u32,
+    /// How long a client may take to send a request's head (and, on a kept-alive
+    /// connection, to start the next one) before its connection is closed: a slow
+    /// or silent client cannot hold a connection (docs/abuse.md).
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body, from the end of its
+    /// head; a slower one is answered 503 with `Retry-After` and its budget freed.
+    #[serde(with = "crate::config::duration")]
+    #[schemars(with = "String")]
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; a larger one is
+    /// answered 431.
+    pub max_header_bytes: usize,
+    /// Connections open at once, at most; further clients wait to be accepted.
+    pub max_connections: usize,
     /// TLS on the listener: on when `cert_file` and `key_file` are set.
     pub tls: tls::TlsConfig,
 }
@@ -103,6 +121,10 @@ impl Default for HttpConfig {
             shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(20),
             retry_after_secs: 5,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_connections: 4096,
             tls: Default::default(),
         }
     }
@@ -125,6 +147,18 @@ impl HttpConfig {
         }
         if self.request_timeout < Duration::from_millis(100) {
             return invalid("http.request_timeout", "must be at least 100ms");
+        }
+        if self.header_read_timeout < Duration::from_millis(100) {
+            return invalid("http.header_read_timeout", "must be at least 100ms");
+        }
+        if self.body_read_timeout < Duration::from_millis(100) {
+            return invalid("http.body_read_timeout", "must be at least 100ms");
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return invalid("http.max_header_bytes", "must be between 1024 and 1048576 bytes");
+        }
+        if self.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1");
         }
         if self.retry_after_secs == 0 {
             return invalid("http.retry_after_secs", "must be at least 1");

@@ -117,6 +117,15 @@ impl Problem {
         )
     }
 
+    /// The body was still arriving when `http.body_read_timeout` ran out.
+    pub fn body_timeout(bytes: u64, timeout: std::time::Duration, retry_after_secs: u32) -> Self {
+        Problem::unavailable(
+            "body_timeout",
+            format!("the body did not arrive within {timeout:?} ({bytes} bytes had); retry later"),
+            retry_after_secs,
+        )
+    }
+
     pub fn unavailable(reason: &'static str, detail: impl Into<String>, retry_after_secs: u32) -> Self {
         let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, reason, "Service unavailable", detail);
         p.retry_after_secs = Some(retry_after_secs);
@@ -195,6 +204,8 @@ impl Problem {
             IngestError::Invalid { .. } => "Invalid payload",
             IngestError::NoAlerts => "No alerts",
             IngestError::NotWarning(_) => "Not a Warning event",
+            IngestError::OverLimit { .. } => "Over a limit",
+            IngestError::Identity { .. } => "Invalid identity",
         };
         Problem::new(StatusCode::BAD_REQUEST, e.kind(), title, e.to_string())
     }

@@ -178,18 +178,19 @@ async fn decide(
     }
     // Held until the answer: the signals borrow from the body.
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let (bytes, _held) = match app.budget.read(declared, body, app.config.http.body_limit).await {
-        Ok(read) => read,
-        Err(refused) => {
-            let http = &app.config.http;
-            let problem = refused.problem(http.body_limit, http.body_budget_wait, http.retry_after_secs);
-            if problem.status.is_server_error() {
-                // No room yet is not the sender's doing: its retry is not charged twice.
-                return app.reject(problem);
+    let (bytes, _held) =
+        match app.budget.read(declared, body, app.config.http.body_limit, app.config.http.body_read_timeout).await {
+            Ok(read) => read,
+            Err(refused) => {
+                let http = &app.config.http;
+                let problem = refused.problem(http.body_limit, http.body_budget_wait, http.retry_after_secs);
+                if problem.status.is_server_error() {
+                    // No room yet is not the sender's doing: its retry is not charged twice.
+                    return app.reject(problem);
+                }
+                return refuse(&app, &sender, problem).await;
             }
-            return refuse(&app, &sender, problem).await;
-        }
-    };
+        };
     // A signature covers the body: it is checked now, and its message id recorded.
     let (sender, replay) = match (pending, &chain) {
         (Some(pending), Some(chain)) => {
@@ -220,10 +221,11 @@ async fn decide_signals(
 ) -> Response {
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
     let payload = Payload { body: bytes, headers, received, config: &app.config };
-    let parsed = match tracing::info_span!(target: trace::TARGET, "parse").in_scope(|| (source.parse)(&payload)) {
-        Ok(parsed) => parsed,
-        Err(e) => return refuse(app, sender, Problem::bad_request(&e)).await,
-    };
+    let parsed =
+        match tracing::info_span!(target: trace::TARGET, "parse").in_scope(|| crate::ingest::parse(source, &payload)) {
+            Ok(parsed) => parsed,
+            Err(e) => return refuse(app, sender, Problem::bad_request(&e)).await,
+        };
     let total = parsed.len();
     let (mut signals, mut failures) = (Vec::with_capacity(total), Vec::new());
     for (index, result) in parsed.into_iter().enumerate() {

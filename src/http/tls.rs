@@ -14,17 +14,11 @@
 //! the client-certificate authenticator reads. An unverified certificate
 //! (`RequestClientCert`, `RequireAnyClientCert`) is never exposed as an identity.
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request};
-use axum::serve::{IncomingStream, Listener};
-use axum::Router;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -34,8 +28,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -364,122 +357,39 @@ pub fn sans(der: &CertificateDer<'_>) -> Vec<String> {
     sans
 }
 
-/// A TCP listener that hands axum finished TLS connections.
-pub struct TlsListener {
-    tcp: TcpListener,
-    tls: Tls,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, tls: Tls) -> Self {
-        TlsListener { tcp, tls, handshakes: JoinSet::new() }
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            tokio::select! {
-                accepted = self.tcp.accept() => match accepted {
-                    Ok((tcp, addr)) => {
-                        let acceptor = self.tls.acceptor.clone();
-                        self.handshakes.spawn(async move {
-                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => Some((stream, addr)),
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%addr, error = %e, "TLS handshake failed");
-                                    None
-                                }
-                                Err(_) => None,
-                            }
-                        });
-                    }
-                    // Out of file descriptors and the like: let connections close.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-                Some(done) = self.handshakes.join_next() => {
-                    if let Ok(Some(connection)) = done {
-                        return connection;
-                    }
-                }
+impl Tls {
+    /// Completes the handshake of an accepted connection, within
+    /// `HANDSHAKE_TIMEOUT`; `None` if it failed. With it, the client's certificate
+    /// when it was verified against the client CA.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(TlsStream<TcpStream>, Option<PeerCertificate>)> {
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return None;
             }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
-    }
-}
-
-/// Serves `router` on `listener`, each request carrying `ConnectInfo<SocketAddr>`
-/// and, when the client's certificate was verified, its [`PeerCertificate`].
-pub fn serve(listener: TlsListener, router: Router) -> axum::serve::Serve<TlsListener, MakeService, PerConnection> {
-    let verified = listener.tls.verified;
-    axum::serve(listener, MakeService { router, verified })
-}
-
-#[derive(Clone)]
-pub struct MakeService {
-    router: Router,
-    verified: bool,
-}
-
-impl<'a> tower::Service<IncomingStream<'a, TlsListener>> for MakeService {
-    type Response = PerConnection;
-    type Error = Infallible;
-    type Future = Ready<Result<PerConnection, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'a, TlsListener>) -> Self::Future {
-        let (_, session) = stream.io().get_ref();
-        let peer = match self.verified {
-            true => session.peer_certificates().and_then(|chain| chain.first()),
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return None;
+            }
+        };
+        let leaf = match self.verified {
+            true => stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()),
             false => None,
-        }
-        .map(|leaf| PeerCertificate { sans: sans(leaf).into() });
-        ready(Ok(PerConnection { router: self.router.clone(), addr: *stream.remote_addr(), peer }))
-    }
-}
-
-/// The router of one connection, adding what is known of its peer to each request.
-#[derive(Clone)]
-pub struct PerConnection {
-    router: Router,
-    addr: SocketAddr,
-    peer: Option<PeerCertificate>,
-}
-
-impl tower::Service<Request> for PerConnection {
-    type Response = axum::response::Response;
-    type Error = Infallible;
-    type Future = <Router as tower::Service<Request>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower::Service::<Request>::poll_ready(&mut self.router, cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        request.extensions_mut().insert(ConnectInfo(self.addr));
-        if let Some(peer) = &self.peer {
-            request.extensions_mut().insert(peer.clone());
-        }
-        tower::Service::call(&mut self.router, request)
+        };
+        let certificate = leaf.map(|leaf| PeerCertificate { sans: sans(leaf).into() });
+        Some((stream, certificate))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::ConnectInfo;
     use axum::routing::get;
     use axum::Extension;
     use bytes::Bytes;
@@ -487,7 +397,6 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
     use rustls::pki_types::ServerName;
-    use std::future::IntoFuture;
 
     /// A CA, and leaf certificates it signs, written where a test wants them.
     struct Pki {
@@ -533,10 +442,16 @@ mod tests {
     /// Serves [`whoami`] over TLS with `config`; returns the address.
     async fn server(config: TlsConfig) -> SocketAddr {
         let tls = config.build().unwrap().expect("TLS is configured");
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
-        let router = Router::new().route("/", get(whoami));
-        tokio::spawn(serve(TlsListener::new(tcp, tls), router).into_future());
+        let router = axum::Router::new().route("/", get(whoami));
+        let limits = super::super::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_connections: 64,
+        };
+        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        tokio::spawn(super::super::serve(tcp, router, limits, Some(tls), metrics, std::future::pending()));
         addr
     }
 

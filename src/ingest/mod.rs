@@ -18,9 +18,10 @@ pub mod k8s_event;
 
 use axum::http::HeaderMap;
 use jiff::Timestamp;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::signal::{Signal, SignalType};
 
 /// Every source tidegate accepts.
@@ -56,6 +57,100 @@ pub enum Answer {
     /// with invalid alerts records the valid ones and is answered 400 naming the
     /// invalid ones (a re-send of the batch only repeats duplicates).
     Alertmanager,
+}
+
+/// `ingest`: what every source's signals are held to, whatever their source.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Labels and annotations one alert may carry, together. An alert with more is
+    /// refused alone (400): no rule writes that many, and its request could not
+    /// hold them.
+    pub max_labels: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { max_labels: 256 }
+    }
+}
+
+impl IngestConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_labels == 0 {
+            return Err(ConfigError::invalid("ingest.max_labels", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a payload with `source`'s parser, then holds every signal to what any
+/// request must be: a bounded number of labels, and an identity Kubernetes can
+/// hold, by `payload.config.ingest`. The handler and the fuzz targets both parse
+/// through here.
+pub fn parse<'a>(source: &Source, payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
+    let config = &payload.config.ingest;
+    let mut parsed = (source.parse)(payload)?;
+    for result in &mut parsed {
+        if let Err(e) = result.as_ref().map_or(Ok(()), |signal| admissible(signal, config)) {
+            *result = Err(e);
+        }
+    }
+    Ok(parsed)
+}
+
+/// The longest name of a Kubernetes object (a DNS-1123 subdomain), and of a
+/// namespace or kind (a DNS-1123 label).
+const MAX_NAME_BYTES: usize = 253;
+const MAX_LABEL_BYTES: usize = 63;
+
+/// Whether `signal` can become a request: its namespace names a directory and a
+/// namespace, so it must be one Kubernetes could have (which also keeps `..` and
+/// `/` out of the directory sink's paths); label names and target names are the
+/// sizes Kubernetes allows. Values are not limited here: the request cuts them.
+fn admissible(signal: &Signal<'_>, config: &IngestConfig) -> Result<(), IngestError> {
+    let labels = signal.labels.len() + signal.annotations.len();
+    if labels > config.max_labels {
+        let reason = format!("{labels} labels and annotations, more than ingest.max_labels ({})", config.max_labels);
+        return Err(IngestError::OverLimit { field: "labels", reason });
+    }
+    let longest = signal.labels.names().chain(signal.annotations.names()).map(str::len).max().unwrap_or(0);
+    if longest > crate::remediation::MAX_VALUE_BYTES {
+        let reason = format!("a name of {longest} bytes; at most {}", crate::remediation::MAX_VALUE_BYTES);
+        return Err(IngestError::OverLimit { field: "labels", reason });
+    }
+    if !is_dns1123_label(&signal.namespace) {
+        let reason = "is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)";
+        return Err(IngestError::Identity {
+            field: "namespace",
+            reason: format!("{:?} {reason}", cut(&signal.namespace)),
+        });
+    }
+    let target = &signal.target;
+    if target.name.len() > MAX_NAME_BYTES || target.kind.len() > MAX_LABEL_BYTES {
+        let reason = format!("{} {:?} is longer than Kubernetes allows", cut(&target.kind), cut(&target.name));
+        return Err(IngestError::Identity { field: "target", reason });
+    }
+    Ok(())
+}
+
+/// A value short enough to quote in an error.
+fn cut(value: &str) -> &str {
+    let mut end = value.len().min(64);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
+/// A DNS-1123 label, as Kubernetes checks namespace names: 1 to 63 characters of
+/// `[a-z0-9-]`, alphanumeric at both ends.
+pub fn is_dns1123_label(name: &str) -> bool {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=MAX_LABEL_BYTES).contains(&name.len())
+        && name.bytes().all(|c| alnum(c) || c == b'-')
+        && name.bytes().next().is_some_and(alnum)
+        && name.bytes().last().is_some_and(alnum)
 }
 
 /// A source's parser.
@@ -122,6 +217,12 @@ pub enum IngestError {
     /// A Kubernetes event that is not a warning.
     #[error("type: only Warning events become signals, got {0:?}")]
     NotWarning(String),
+    /// More (or longer) than any request may hold.
+    #[error("{field}: {reason}")]
+    OverLimit { field: &'static str, reason: String },
+    /// An identity (namespace, target) Kubernetes cannot hold.
+    #[error("{field}: {reason}")]
+    Identity { field: &'static str, reason: String },
 }
 
 impl IngestError {
@@ -132,6 +233,8 @@ impl IngestError {
             IngestError::Invalid { .. } => "invalid",
             IngestError::NoAlerts => "no_alerts",
             IngestError::NotWarning(_) => "not_warning",
+            IngestError::OverLimit { .. } => "over_limit",
+            IngestError::Identity { .. } => "invalid_identity",
         }
     }
 

@@ -128,6 +128,9 @@ pub struct PlacementConfig {
 
 impl PlacementConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.control_namespace.as_deref().is_some_and(|ns| !crate::ingest::is_dns1123_label(ns)) {
+            return Err(ConfigError::invalid("placement.control_namespace", "must be a Kubernetes namespace name"));
+        }
         if self.all_in_control_namespace && self.control_namespace.is_none() {
             return Err(ConfigError::invalid(
                 "placement.all_in_control_namespace",

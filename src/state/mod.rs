@@ -109,7 +109,7 @@ impl DedupConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason| Err(ConfigError::invalid(key, reason));
         if !whole_seconds(self.window) {
-            return invalid("dedup.window", "must be a whole number of seconds, at least 1s");
+            return invalid("dedup.window", "must be a whole number of seconds, from 1s to 4294967295s");
         }
         if self.status_interval < Duration::from_millis(10) || self.status_interval > self.window {
             return invalid("dedup.status_interval", "must be at least 10ms and no longer than dedup.window");
@@ -177,7 +177,7 @@ impl StormConfig {
             ("storm.max_duration", self.max_duration),
         ] {
             if !whole_seconds(d) {
-                return Err(ConfigError::invalid(key, "must be a whole number of seconds, at least 1s"));
+                return Err(ConfigError::invalid(key, "must be a whole number of seconds, from 1s to 4294967295s"));
             }
         }
         if self.affected_resources_cap == 0 || self.affected_resources_cap > 1000 {
@@ -203,8 +203,9 @@ impl StormConfig {
     }
 }
 
+/// At least a second, whole, and few enough seconds for the store's `u32`s.
 fn whole_seconds(d: Duration) -> bool {
-    d >= Duration::from_secs(1) && d.subsec_nanos() == 0
+    d >= Duration::from_secs(1) && d.subsec_nanos() == 0 && d.as_secs() <= u64::from(u32::MAX)
 }
 
 /// What kind of storm opened an aggregation window.

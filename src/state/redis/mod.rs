@@ -257,7 +257,7 @@ impl Shared {
             call.members.push(position);
         }
         let replies = self.run(&self.decide, &calls).await?;
-        Ok(decode(batch.len(), &calls, replies))
+        Ok(decode(batch.len(), calls.iter().map(|c| c.members.as_slice()), replies))
     }
 
     /// Runs one script invocation per call: one pipeline on a single node,
@@ -552,10 +552,23 @@ fn bad_reply(script: &'static str, what: String) -> StateError {
 const ADMISSION_BYTES: usize = 8;
 const VERDICT_BYTES: usize = 24;
 
-/// Decodes `decide.lua`'s replies to `calls` into a decision on a batch of `len`.
-fn decode(len: usize, calls: &[DecideCall<'_>], replies: Vec<Value>) -> Result<Decision, StateError> {
+/// Decodes `decide.lua`'s replies, one per call, into a decision on a batch of
+/// `len`; `members` are, per call, the positions in the batch it decided. Public
+/// (hidden) for the fuzz targets only, which feed it hostile replies.
+#[doc(hidden)]
+pub fn decode<'m>(
+    len: usize,
+    members: impl IntoIterator<Item = &'m [usize]>,
+    replies: Vec<Value>,
+) -> Result<Decision, StateError> {
+    let members: Vec<&[usize]> = members.into_iter().collect();
+    // One reply per call, or a call's admission went unread (fuzzing found a charge
+    // with no reply decided as allowed).
+    if replies.len() != members.len() {
+        return Err(bad_reply("decide", format!("{} replies for {} calls", replies.len(), members.len())));
+    }
     let mut verdicts: Vec<Option<Verdict>> = vec![None; len];
-    for (call, reply) in calls.iter().zip(replies) {
+    for (members, reply) in members.into_iter().zip(replies) {
         let Value::BulkString(packed) = reply else {
             return Err(bad_reply("decide", format!("{reply:?}")));
         };
@@ -565,10 +578,10 @@ fn decode(len: usize, calls: &[DecideCall<'_>], replies: Vec<Value>) -> Result<D
             Some([0, retry]) => return Ok(Decision::Limited { retry_after_ms: retry.into() }),
             _ => return Err(bad_reply("decide", format!("admission {admission:?}"))),
         }
-        if packed.len() != VERDICT_BYTES * call.members.len() {
-            return Err(bad_reply("decide", format!("{} bytes for {} signals", packed.len(), call.members.len())));
+        if packed.len() != VERDICT_BYTES * members.len() {
+            return Err(bad_reply("decide", format!("{} bytes for {} signals", packed.len(), members.len())));
         }
-        for (&m, bytes) in call.members.iter().zip(packed.chunks_exact(VERDICT_BYTES)) {
+        for (&m, bytes) in members.iter().zip(packed.chunks_exact(VERDICT_BYTES)) {
             verdicts[m] = Some(verdict(bytes)?);
         }
     }

@@ -1,0 +1,332 @@
+//! What each fuzz target checks, one function per target, over the raw bytes
+//! libFuzzer hands it. A broken property panics.
+//!
+//! Shared, as this one file, by the fuzz targets (`fuzz/fuzz_targets/`, through the
+//! `tidegate-fuzz` crate) and by the stable replay test (`tests/fuzz_corpus.rs`),
+//! which runs the committed corpus and every fixed crash through the same checks:
+//! CI never fuzzes, but it never forgets what fuzzing found.
+//!
+//! The authentication header parsers (`src/auth/`, in progress) get their target
+//! here, `auth_headers`, once they land: one function and one row in [`TARGETS`].
+
+use arbitrary::{Arbitrary, Unstructured};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use jiff::Timestamp;
+use tidegate::config::{parse_duration, Config};
+use tidegate::ingest::{self, IngestError, Payload, Source};
+use tidegate::remediation::{self, Classification, StatusUpdate, MAX_VALUE_BYTES};
+use tidegate::signal::Fingerprint;
+use tidegate::state::{Decision, Verdict};
+
+/// What a target checks of one input; it panics on a broken property.
+pub type Check = fn(&[u8]);
+
+/// Every target: its name (the file in `fuzz/fuzz_targets/` and the folder in
+/// `fuzz/corpus/`) and its check.
+pub const TARGETS: &[(&str, Check)] = &[
+    ("ingest_alertmanager", ingest_alertmanager),
+    ("ingest_alertmanager_v2", ingest_alertmanager_v2),
+    ("ingest_k8s_event", ingest_k8s_event),
+    ("ingest_grafana", ingest_grafana),
+    ("ingest_cloudevents", ingest_cloudevents),
+    ("config", config),
+    ("duration", duration),
+    ("decide_reply", decide_reply),
+    ("request_name", request_name),
+];
+
+pub fn ingest_alertmanager(data: &[u8]) {
+    source(&ingest::alertmanager::WEBHOOK, data);
+}
+
+pub fn ingest_alertmanager_v2(data: &[u8]) {
+    source(&ingest::alertmanager_v2::SOURCE, data);
+}
+
+pub fn ingest_k8s_event(data: &[u8]) {
+    source(&ingest::k8s_event::SOURCE, data);
+}
+
+pub fn ingest_grafana(data: &[u8]) {
+    source(&ingest::grafana::WEBHOOK, data);
+}
+
+pub fn ingest_cloudevents(data: &[u8]) {
+    source(&ingest::cloudevents::SOURCE, data);
+}
+
+/// Splits an input into headers and body. An input that starts with `POST ` is a
+/// request as a sender writes it (the fixtures' `.http` files): header lines, a
+/// blank line, the body; the CloudEvents binary mode lives in its headers. Any
+/// other input is a body, sent as the source's first media type (structured mode
+/// for CloudEvents).
+fn request(source: &Source, data: &[u8]) -> (HeaderMap, Vec<u8>) {
+    let mut headers = HeaderMap::new();
+    let Some(rest) = data.strip_prefix(b"POST ") else {
+        let json = if source.route == ingest::cloudevents::SOURCE.route {
+            "application/cloudevents+json"
+        } else {
+            "application/json"
+        };
+        headers.insert("content-type", HeaderValue::from_static(json));
+        return (headers, data.to_vec());
+    };
+    let end = rest.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    let end = end.or_else(|| rest.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let (head, body) = match end {
+        Some((i, sep)) => (&rest[..i], &rest[i + sep..]),
+        None => (rest, &[][..]),
+    };
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
+        }
+    }
+    (headers, body.to_vec())
+}
+
+/// A source's parser, on any body and headers: it never panics, every rejection
+/// names a JSON path, parsing is deterministic, every signal carries its source's
+/// type and the fingerprint of its own identity, and the request built from it is
+/// one Kubernetes accepts (name, label values) with every spec value cut to size.
+pub fn source(source: &Source, data: &[u8]) {
+    static CONFIG: std::sync::LazyLock<Config> = std::sync::LazyLock::new(Default::default);
+    let (headers, body) = request(source, data);
+    let received = Timestamp::from_second(1_700_000_000).expect("a valid time");
+    let payload = Payload { body: &body, headers: &headers, received, config: &CONFIG };
+    let parsed = ingest::parse(source, &payload);
+    let summary = |p: &Result<ingest::Parsed, IngestError>| match p {
+        Ok(results) => Ok(results
+            .iter()
+            .map(|r| r.as_ref().map(|s| (s.fingerprint, s.name.to_string())).map_err(Clone::clone))
+            .collect::<Vec<_>>()),
+        Err(e) => Err(e.clone()),
+    };
+    assert_eq!(summary(&parsed), summary(&ingest::parse(source, &payload)), "parsing is deterministic");
+    let results = match parsed {
+        Ok(results) => results,
+        Err(e) => return assert_names_a_path(&e),
+    };
+    assert!(!results.is_empty(), "a parse that succeeds yields at least one result");
+    let class = Classification { environment: "unknown".into(), priority: "P3".into(), rule: "default".into() };
+    for result in results {
+        let signal = match result {
+            Ok(signal) => signal,
+            Err(e) => {
+                assert_names_a_path(&e);
+                continue;
+            }
+        };
+        assert_eq!(signal.signal_type, source.signal_type);
+        // The namespace names a Kubernetes namespace and the directory sink's folder.
+        assert_dns_label(&signal.namespace);
+        assert!(signal.labels.len() + signal.annotations.len() <= CONFIG.ingest.max_labels);
+        assert!(!signal.name.trim().is_empty(), "a signal has a name");
+        assert_eq!(signal.fingerprint, Fingerprint::new(&signal.name, &signal.namespace, &signal.target));
+        let status = StatusUpdate { first_seen_s: 1, last_seen_s: 1, count: 1, resolved_at_s: None, storm: None };
+        let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
+        assert_dns_label(rr.metadata.name.as_deref().expect("a request has a name"));
+        for (key, value) in rr.metadata.labels.iter().flatten() {
+            assert!(is_label_value(value), "label {key}={value:?} is not a valid label value");
+        }
+        let spec = &rr.spec;
+        let values = spec.signal_labels.iter().chain(&spec.signal_annotations).flat_map(|(k, v)| [k, v]);
+        for value in values.chain([&spec.signal_name, &spec.severity, &spec.signal_source]) {
+            assert!(value.len() <= MAX_VALUE_BYTES, "a spec value of {} bytes", value.len());
+        }
+        assert!(spec.target_resource.name.len() <= 253 && spec.target_resource.kind.len() <= 63);
+    }
+}
+
+/// Malformed and invalid input is reported where it is, so a sender can fix it: at
+/// a JSON path, or, for a CloudEvent in binary mode, at the `ce-` header that
+/// carries the attribute (fuzzing found those, rightly, naming the header).
+fn assert_names_a_path(e: &IngestError) {
+    if let IngestError::Malformed { path, .. } | IngestError::Invalid { path, .. } = e {
+        assert!(path.starts_with('$') || path.starts_with("ce-"), "error path {path:?} of {e}");
+    }
+}
+
+/// A DNS-1123 label (RFC 1123, as Kubernetes checks names): 1 to 63 characters of
+/// `[a-z0-9-]`, alphanumeric at both ends. Stricter than the subdomain a custom
+/// resource's name must be, so it implies it.
+fn assert_dns_label(name: &str) {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = (1..=63).contains(&name.len())
+        && name.bytes().all(|c| alnum(c) || c == b'-')
+        && name.bytes().next().is_some_and(alnum)
+        && name.bytes().last().is_some_and(alnum);
+    assert!(ok, "{name:?} is not a DNS-1123 label");
+}
+
+/// A Kubernetes label value: empty, or at most 63 characters of `[A-Za-z0-9._-]`,
+/// alphanumeric at both ends.
+fn is_label_value(v: &str) -> bool {
+    let alnum = |c: u8| c.is_ascii_alphanumeric();
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes().all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
+            && v.bytes().next().is_some_and(alnum)
+            && v.bytes().last().is_some_and(alnum))
+}
+
+/// The configuration loader, on any YAML: it never panics, and a configuration
+/// that validates never has a value silently changed by what the gateway derives
+/// from it (durations in whole seconds that fit the state store's u32 seconds,
+/// the open horizon, the body budget, the rate limit's GCRA parameters).
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    // What `Config::from_file` does with a file's text.
+    let config = if text.trim().is_empty() { Ok(Config::default()) } else { serde_norway::from_str::<Config>(text) };
+    let Ok(config) = config else { return };
+    if config.validate().is_err() {
+        return;
+    }
+    let storm = &config.storm;
+    for (seconds, d) in [
+        (storm.rate_window_s(), storm.rate_window),
+        (storm.pattern_window_s(), storm.pattern_window),
+        (storm.inactivity_s(), storm.inactivity),
+        (storm.max_duration_s(), storm.max_duration),
+    ] {
+        assert_eq!(u64::from(seconds), d.as_secs(), "{d:?} does not fit the store's seconds");
+    }
+    assert!(u32::try_from(config.dedup.window.as_secs()).is_ok(), "dedup.window {:?}", config.dedup.window);
+    assert!(config.open_horizon() >= config.dedup.window);
+    assert!(config.http.body_budget() >= config.http.body_limit as u64);
+    if let Some(limit) = config.rate_limit.limit() {
+        assert!(limit.emission_interval_ms() >= 1);
+        let _ = limit.tolerance_ms();
+    }
+    let _ = tidegate::pipeline::classify::Classifier::new(&config.classify);
+}
+
+/// The duration parser: it never panics, and what it accepts reads back the same
+/// when written in its own format.
+pub fn duration(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(d) = parse_duration(text) else { return };
+    let written = format!("{:#}", jiff::SignedDuration::try_from(d).expect("a parsed duration fits"));
+    assert_eq!(parse_duration(&written), Ok(d), "{text:?} read as {d:?}, written {written:?}");
+    let iso = format!("{}", jiff::SignedDuration::try_from(d).expect("a parsed duration fits"));
+    assert_eq!(parse_duration(&iso), Ok(d), "{text:?} read as {d:?}, written {iso:?}");
+}
+
+/// A reply `decide.lua` might send, good or hostile.
+#[derive(Arbitrary, Debug)]
+enum Reply {
+    /// What the script packs: an admission, then one verdict per member.
+    Packed {
+        admission: [u32; 2],
+        verdicts: Vec<[u32; 6]>,
+    },
+    Bytes(Vec<u8>),
+    Int(i64),
+    Nil,
+    Array(Vec<Vec<u8>>),
+}
+
+impl Reply {
+    fn value(&self) -> redis::Value {
+        use redis::Value;
+        match self {
+            Reply::Packed { admission, verdicts } => {
+                let words = admission.iter().chain(verdicts.iter().flatten());
+                Value::BulkString(words.flat_map(|w| w.to_be_bytes()).collect())
+            }
+            Reply::Bytes(b) => Value::BulkString(b.clone()),
+            Reply::Int(n) => Value::Int(*n),
+            Reply::Nil => Value::Nil,
+            Reply::Array(items) => Value::Array(items.iter().cloned().map(Value::BulkString).collect()),
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct DecideReplies {
+    /// How many observations each call decides; the batch is all of them, in order.
+    calls: Vec<u8>,
+    replies: Vec<Reply>,
+}
+
+/// `decide.lua`'s packed reply decoder, on any replies: it never panics, a decided
+/// batch has exactly one verdict per observation, and a reply packed as the script
+/// packs it decodes to the verdicts it carries.
+pub fn decide_reply(data: &[u8]) {
+    let Ok(input) = DecideReplies::arbitrary_take_rest(Unstructured::new(data)) else { return };
+    let mut members = Vec::new();
+    let mut len = 0;
+    for &n in input.calls.iter().take(64) {
+        members.push((len..len + usize::from(n % 32)).collect::<Vec<_>>());
+        len += usize::from(n % 32);
+    }
+    let values = input.replies.iter().map(Reply::value).collect();
+    let decided = tidegate::state::redis::decode(len, members.iter().map(Vec::as_slice), values);
+    let well_formed = input.replies.len() == members.len()
+        && members.iter().zip(&input.replies).all(|(m, r)| match r {
+            Reply::Packed { admission: [1, 0], verdicts } => {
+                verdicts.len() == m.len() && verdicts.iter().all(|v| matches!(v[0], 0..=3 | 5))
+            }
+            _ => false,
+        });
+    match decided {
+        Ok(Decision::Decided(verdicts)) => {
+            assert!(well_formed, "decided {verdicts:?} from {input:?}");
+            assert_eq!(verdicts.len(), len);
+            let packed = members.iter().zip(&input.replies).flat_map(|(_, r)| match r {
+                Reply::Packed { verdicts, .. } => verdicts.as_slice(),
+                _ => unreachable!("well formed"),
+            });
+            for (verdict, words) in verdicts.iter().zip(packed) {
+                assert_eq!(kind(verdict), words[0], "{verdict:?} from {words:?}");
+            }
+        }
+        Ok(Decision::Limited { .. }) => {
+            let limited = |r: &Reply| matches!(r, Reply::Packed { admission: [0, _], .. });
+            assert!(input.replies.iter().any(limited), "limited by {input:?}");
+        }
+        Err(_) => assert!(!well_formed, "refused a well-formed reply {input:?}"),
+    }
+}
+
+/// The verdict code `decide.lua` writes for `v`.
+fn kind(v: &Verdict) -> u32 {
+    match v {
+        Verdict::New(_) => 0,
+        Verdict::Duplicate(_) => 1,
+        Verdict::ResolvedOpen(_) => 2,
+        Verdict::ResolvedUnknown => 3,
+        Verdict::Folded(_) => 5,
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct NameInput {
+    signal_name: String,
+    fingerprint: [u8; 32],
+    epoch_s: u32,
+    scope: [u8; 16],
+}
+
+/// RemediationRequest names, of incidents and of storms: always a DNS-1123 label,
+/// always the same for the same input, and different for another occurrence epoch.
+pub fn request_name(data: &[u8]) {
+    let Ok(input) = NameInput::arbitrary_take_rest(Unstructured::new(data)) else { return };
+    let NameInput { signal_name, fingerprint, epoch_s, scope } = &input;
+    for name in [
+        remediation::request_name(signal_name, fingerprint, *epoch_s),
+        remediation::storm_request_name(signal_name, scope, *epoch_s),
+    ] {
+        assert_dns_label(&name);
+    }
+    let name = remediation::request_name(signal_name, fingerprint, *epoch_s);
+    assert_eq!(name, remediation::request_name(signal_name, fingerprint, *epoch_s));
+    assert_eq!(
+        remediation::storm_request_name(signal_name, scope, *epoch_s),
+        remediation::storm_request_name(signal_name, scope, *epoch_s)
+    );
+    assert_ne!(name, remediation::request_name(signal_name, fingerprint, epoch_s.wrapping_add(1)));
+}

@@ -1,0 +1,2 @@
+//! The checks of tidegate's fuzz targets, as a library the targets link.
+pub mod checks;
