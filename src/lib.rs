@@ -7,6 +7,7 @@
 //! [`config::Config`].
 
 pub mod allocator;
+pub mod audit;
 pub mod auth;
 pub mod capacity;
 pub mod cli;

@@ -307,9 +307,12 @@ pub fn init_logging(
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.filter)
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&config.filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
         .add_directive(trace::hidden_from_log());
+    if let Some(audit) = crate::audit::keep(&config.filter) {
+        filter = filter.add_directive(audit);
+    }
     let (spans, sender) = trace::layer(traces, runtime)?;
     match spans {
         // The filter for the whole subscriber: a span it turns off is never made.

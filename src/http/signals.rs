@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use super::problem::{AlertError, Problem};
 use super::AppState;
+use crate::audit;
 use crate::auth::{AuthError, Chain, Checked, Identity, Presented};
 use crate::http::tls::PeerCertificate;
 use crate::ingest::{Answer, Payload, Source};
@@ -76,6 +77,7 @@ impl Sender {
         app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: self.class }).inc();
         let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
         let status = StatusCode::from_u16(app.config.rate_limit.refusal_status).expect("validated: 429 or 503");
+        audit::rate_limited(&self.source, self.class, status, secs);
         app.reject(Problem::rate_limited(&self.source, secs, status))
     }
 }
@@ -94,12 +96,15 @@ async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
 /// Refuses credentials. A 401 or 403 is charged to the address that sent it, so
 /// that guessing is rate-limited; a 503 (the authority is down) is not the
 /// sender's doing and is not charged.
-async fn refuse_credentials(app: &AppState, peer: &Sender, chain: &Chain, e: &AuthError) -> Response {
+async fn refuse_credentials(app: &AppState, peer: &Sender, route: &str, chain: &Chain, e: &AuthError) -> Response {
     let problem = Problem::auth(e, chain.challenge(), app.config.http.retry_after_secs);
-    if problem.status.is_server_error() {
-        return app.reject(problem);
+    if !problem.status.is_server_error() {
+        if let Some(limited) = over_limit(app, peer).await {
+            return limited;
+        }
     }
-    refuse(app, peer, problem).await
+    audit::auth_refused(&peer.source, route, e.reason(), problem.status);
+    app.reject(problem)
 }
 
 /// Refuses a request with `problem`, unless its sender is over the limit.
@@ -170,7 +175,9 @@ async fn decide(
         Some(chain) => match chain.check(&Presented { headers: &headers, peer: certificate }).await {
             Ok(Checked::Identified(identity)) => (Sender::identified(&app, &identity), None),
             Ok(Checked::Pending(pending)) => (Sender::of(&app, peer, &headers), Some(pending)),
-            Err(e) => return refuse_credentials(&app, &Sender::of(&app, peer, &headers), chain, &e).await,
+            Err(e) => {
+                return refuse_credentials(&app, &Sender::of(&app, peer, &headers), source.route, chain, &e).await
+            }
         },
     };
     if let Err(p) = check_content_type(&headers, source) {
@@ -196,7 +203,7 @@ async fn decide(
         (Some(pending), Some(chain)) => {
             match pending.verify(&headers, &bytes, app.clock.now_s() as u64, &*app.replays).await {
                 Ok(identity) => (Sender::identified(&app, &identity), pending.replay_key(&headers)),
-                Err(e) => return refuse_credentials(&app, &sender, chain, &e).await,
+                Err(e) => return refuse_credentials(&app, &sender, source.route, chain, &e).await,
             }
         }
         _ => (sender, None),

@@ -23,6 +23,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use crate::audit;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate};
@@ -516,16 +517,8 @@ impl Pipeline {
         match self.sink.create(&request).instrument(span).await {
             Ok(Created::Created) => {
                 self.metrics.requests_created.inc();
-                tracing::info!(
-                    target: "tidegate::audit",
-                    event = "remediation_request_created",
-                    actor = by,
-                    namespace = %at.namespace,
-                    name = %at.name,
-                    signal = %request.spec.signal_name,
-                    fingerprint = %request.spec.signal_fingerprint,
-                    "created a RemediationRequest"
-                );
+                let spec = &request.spec;
+                audit::request_created(by, &at.namespace, &at.name, &spec.signal_name, &spec.signal_fingerprint);
                 Ok(Created::Created)
             }
             Ok(Created::AlreadyExists) => {
@@ -592,6 +585,7 @@ impl Pipeline {
             return Ok(outcome);
         }
         self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
+        audit::storm_opened(by, &at.namespace, &at.name, folded.kind.as_str(), &signal.name, &hex::encode(scope));
         let class = self.classify(signal);
         let mut request = remediation::build_storm(signal, scope, &folded, &class, &update);
         self.name_trace(&mut request);

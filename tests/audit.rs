@@ -1,0 +1,149 @@
+//! Audit events, read from the log of a real `tidegate serve --log-format json`:
+//! one per request created, per storm opened, per refusal for credentials and per
+//! refusal for rate, each with the fields the README's schema gives (which is
+//! checked against `tidegate::audit::SCHEMA`), and no credential in the log.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::process::{kill, pick_port, poll_until, spawn};
+use support::{alert, eventually_within, webhook};
+use tidegate::audit;
+
+const TOKEN: &str = "audit-token-7f3a";
+
+/// Every JSON line the gateway wrote, as it writes them.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Value>>>);
+
+impl Log {
+    fn audit(&self, event: &str) -> Vec<Value> {
+        let lines = self.0.lock().unwrap();
+        lines.iter().filter(|l| l["target"] == audit::TARGET && l["fields"]["event"] == event).cloned().collect()
+    }
+}
+
+#[tokio::test]
+async fn each_created_request_storm_and_refusal_is_one_audit_event_with_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let port = pick_port(None);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+        // A filter that would drop info events: audit events are kept anyway.
+        .args(["--log", "warn"])
+        .arg("--sink")
+        .arg(format!("dir:{}", dir.path().join("sink").display()))
+        .env(
+            "TIDEGATE_AUTH",
+            format!("{{authenticators: {{am: {{bearer: {{tokens: {{alertmanager: {}}}}}}}}}}}", token_file.display()),
+        )
+        .env("TIDEGATE_RATE_LIMIT_RATE", "0.01")
+        .env("TIDEGATE_RATE_LIMIT_BURST", "3")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = spawn(cmd).expect("spawn tidegate");
+    let log = Log::default();
+    let stdout = child.stdout.take().unwrap();
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            lines.0.lock().unwrap().push(value);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    eventually_within("tidegate to be ready", Duration::from_secs(20), || {
+        let (client, ready) = (client.clone(), format!("{url}/readyz"));
+        async move { client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let post = |token: &str, alerts: Vec<Value>| {
+        client
+            .post(format!("{url}/api/v1/signals/prometheus"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&webhook(alerts)).unwrap())
+            .send()
+    };
+
+    // One alert name on twelve pods of a namespace: five requests, then a pattern
+    // storm (207: the alerts had different outcomes).
+    let storm: Vec<Value> = (0..12).map(|i| alert("DiskFull", "payments", &format!("db-{i}"))).collect();
+    let first = post(TOKEN, storm).await.unwrap();
+    let status = first.status();
+    assert!(status.is_success(), "{}", first.text().await.unwrap());
+    assert_eq!(post("not-the-token", vec![alert("X", "payments", "x-0")]).await.unwrap().status(), 401);
+    // Burst 3 at 0.01/s: the sender's third request after the first is refused.
+    let statuses = [post(TOKEN, vec![]).await.unwrap().status(), post(TOKEN, vec![]).await.unwrap().status()];
+    let limited = post(TOKEN, vec![alert("Y", "payments", "y-0")]).await.unwrap();
+    assert_eq!(limited.status(), 503, "after {statuses:?}");
+
+    let events = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let events: Vec<_> = [audit::REQUEST_CREATED, audit::STORM_OPENED, audit::AUTH_REFUSED, audit::RATE_LIMITED]
+            .iter()
+            .map(|e| log.audit(e))
+            .collect();
+        events.iter().all(|e| !e.is_empty()).then_some(events)
+    })
+    .unwrap_or_else(|| panic!("not every kind of audit event was written: {:?}", log.0.lock().unwrap()));
+    let [created, storms, refused, rate_limited] = &events[..] else { unreachable!() };
+
+    // The pattern storm opens on the sixth pod: five requests before it, and its own.
+    assert_eq!(storms.len(), 1, "{storms:?}");
+    let storm = &storms[0]["fields"];
+    assert_eq!((storm["actor"].as_str(), storm["storm_type"].as_str()), (Some("alertmanager"), Some("pattern")));
+    assert_eq!((storm["signal"].as_str(), storm["namespace"].as_str()), (Some("DiskFull"), Some("payments")));
+    let names: BTreeSet<_> = created.iter().map(|c| c["fields"]["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names.len(), created.len(), "one event per request created: {created:?}");
+    assert!(names.contains(storm["name"].as_str().unwrap()), "the storm's request was created: {created:?}");
+    assert!(created.iter().all(|c| c["fields"]["actor"] == "alertmanager"));
+    let written = std::fs::read_dir(dir.path().join("sink").join("payments")).unwrap().count();
+    assert_eq!(created.len(), written, "one event per manifest written");
+
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let refusal = &refused[0]["fields"];
+    assert_eq!(refusal["actor"], "127.0.0.1");
+    assert_eq!((refusal["reason"].as_str(), refusal["status"].as_u64()), (Some("auth_rejected"), Some(401)));
+    assert_eq!(refusal["route"], "/api/v1/signals/prometheus");
+
+    assert_eq!(rate_limited.len(), 1, "{rate_limited:?}");
+    let limit = &rate_limited[0]["fields"];
+    assert_eq!((limit["actor"].as_str(), limit["status"].as_u64()), (Some("alertmanager"), Some(503)));
+    assert_eq!(limit["source_class"], "authenticated");
+    assert!(limit["retry_after_s"].as_u64().unwrap() >= 1);
+
+    // Every event carries exactly the schema's fields, and no credential is logged.
+    for (event, fields) in audit::SCHEMA {
+        for line in log.audit(event) {
+            let mut have: BTreeSet<&str> = line["fields"].as_object().unwrap().keys().map(String::as_str).collect();
+            have.remove("message");
+            let want: BTreeSet<&str> = ["event"].into_iter().chain(fields.iter().copied()).collect();
+            assert_eq!(have, want, "{event}");
+        }
+    }
+    let all = log.0.lock().unwrap().iter().map(Value::to_string).collect::<String>();
+    assert!(!all.contains(TOKEN) && !all.contains("not-the-token"), "a credential reached the log");
+    kill(child);
+}
+
+#[test]
+fn the_readme_documents_every_audit_event_and_field() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("## Audit events\n").nth(1).expect("README has an Audit events section");
+    let section = section.split("\n## ").next().unwrap();
+    for (event, fields) in audit::SCHEMA {
+        let row = section.lines().find(|l| l.starts_with(&format!("| `{event}`"))).unwrap_or_else(|| panic!("{event}"));
+        for field in *fields {
+            assert!(row.contains(&format!("`{field}`")), "README's row of {event} lacks {field}");
+        }
+    }
+}
