@@ -5,9 +5,6 @@
 //! `tidegate-fuzz` crate) and by the stable replay test (`tests/fuzz_corpus.rs`),
 //! which runs the committed corpus and every fixed crash through the same checks:
 //! CI never fuzzes, but it never forgets what fuzzing found.
-//!
-//! The authentication header parsers (`src/auth/`, in progress) get their target
-//! here, `auth_headers`, once they land: one function and one row in [`TARGETS`].
 
 use arbitrary::{Arbitrary, Unstructured};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -33,6 +30,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("duration", duration),
     ("decide_reply", decide_reply),
     ("request_name", request_name),
+    ("auth_headers", auth_headers),
 ];
 
 pub fn ingest_alertmanager(data: &[u8]) {
@@ -329,4 +327,186 @@ pub fn request_name(data: &[u8]) {
         remediation::storm_request_name(signal_name, scope, *epoch_s)
     );
     assert_ne!(name, remediation::request_name(signal_name, fingerprint, epoch_s.wrapping_add(1)));
+}
+
+/// A request's credentials, as a sender (or an attacker) might present them. The
+/// `sign_*` choices make the fuzzer able to reach the paths behind a valid
+/// signature, which it could never guess.
+#[derive(Arbitrary, Debug)]
+struct Credentials<'a> {
+    /// A raw `Authorization` value.
+    authorization: Option<&'a str>,
+    /// `Basic base64(user:password)`, instead of a raw value.
+    basic: Option<(&'a str, &'a str)>,
+    webhook_id: Option<&'a str>,
+    /// Seconds from now of `webhook-timestamp` (and Grafana's timestamp).
+    timestamp_offset_s: Option<i16>,
+    /// A raw `webhook-signature` value.
+    webhook_signature: Option<&'a str>,
+    /// Sign with the configured Standard Webhooks secret, flipping a bit if true.
+    sign_webhook: Option<bool>,
+    /// A raw Grafana signature header value.
+    grafana_signature: Option<&'a str>,
+    /// Sign with the configured Grafana secret, flipping a bit if true.
+    sign_grafana: Option<bool>,
+    body: &'a [u8],
+}
+
+/// The configured credentials the auth check knows.
+const TOKEN: &str = "fuzz-token-0123456789";
+const USER: (&str, &str) = ("oncall", "s3cret");
+const WEBHOOK_SECRET: &[u8] = b"fuzz-webhook-secret";
+const GRAFANA_SECRET: &str = "fuzz-grafana-secret";
+const NOW_S: u64 = 1_700_000_000;
+
+/// One authenticator of each kind a request head or body carries, on one route,
+/// with its files in a folder of this process's own.
+struct AuthFixture {
+    chain: std::sync::Arc<tidegate::auth::Chain>,
+    replays: tidegate::state::memory::MemoryStore,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn auth_fixture() -> &'static AuthFixture {
+    static FIXTURE: std::sync::OnceLock<AuthFixture> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        use data_encoding::BASE64;
+        let dir = std::env::temp_dir().join(format!("tidegate-fuzz-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("a secret file");
+            path.display().to_string()
+        };
+        let (token, webhook, grafana) = (
+            write("token", TOKEN),
+            write("whsec", &format!("whsec_{}", BASE64.encode(WEBHOOK_SECRET))),
+            write("grafana", GRAFANA_SECRET),
+        );
+        let hash = bcrypt::hash(USER.1, 4).expect("a bcrypt hash");
+        let yaml = format!(
+            "authenticators:
+               token: {{bearer: {{tokens: {{alertmanager: {token}}}}}}}
+               users: {{basic: {{users: {{{}: \"{hash}\"}}}}}}
+               webhooks: {{standard_webhooks: {{source: falco, secret_file: {webhook}}}}}
+               grafana: {{grafana: {{source: grafana, secret_file: {grafana}, timestamp_header: X-Grafana-Alerting-Timestamp}}}}",
+            USER.0
+        );
+        let config: tidegate::auth::AuthConfig = serde_norway::from_str(&yaml).expect("the fixture's auth section");
+        use tidegate::auth::kind;
+        let kinds = [kind::BEARER, kind::BASIC, kind::STANDARD_WEBHOOKS, kind::GRAFANA];
+        let auth = config.build(None, &[("/all", &kinds)]).expect("the fixture's authenticators");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        // The store starts its purge task on the runtime it is made in.
+        let replays = {
+            let _in_runtime = runtime.enter();
+            tidegate::state::memory::MemoryStore::new(
+                &Default::default(),
+                std::time::Duration::from_secs(300),
+                &Default::default(),
+                tidegate::clock::Clock::System,
+            )
+        };
+        AuthFixture { chain: auth.chain("/all").expect("a chain"), replays, runtime }
+    })
+}
+
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The authentication header parsers (bearer, basic, Standard Webhooks and Grafana
+/// signatures), on any head and body: they never panic, and a request is accepted
+/// only with a configured credential: the token, the user's password, or a
+/// signature made with the configured secret over this very body. A signed
+/// message is accepted once; its replay is refused.
+pub fn auth_headers(data: &[u8]) {
+    use data_encoding::{BASE64, HEXLOWER};
+    use tidegate::auth::{AuthError, Checked, Presented, Rejection};
+    let Ok(input) = Credentials::arbitrary_take_rest(Unstructured::new(data)) else { return };
+    let fixture = auth_fixture();
+    let timestamp = (NOW_S as i64 + i64::from(input.timestamp_offset_s.unwrap_or(0))).to_string();
+    let id = input.webhook_id.unwrap_or("msg_fuzz");
+    let flip = |mut tag: Vec<u8>, corrupt: bool| {
+        if corrupt {
+            tag[0] ^= 1;
+        }
+        tag
+    };
+    let mut pairs: Vec<(&str, String)> = Vec::new();
+    if let Some((user, password)) = input.basic {
+        pairs.push(("authorization", format!("Basic {}", BASE64.encode(format!("{user}:{password}").as_bytes()))));
+    } else if let Some(value) = input.authorization {
+        pairs.push(("authorization", value.to_string()));
+    }
+    if input.webhook_id.is_some() || input.sign_webhook.is_some() {
+        pairs.push(("webhook-id", id.to_string()));
+        pairs.push(("webhook-timestamp", timestamp.clone()));
+    }
+    if let Some(corrupt) = input.sign_webhook {
+        let tag = hmac_sha256(WEBHOOK_SECRET, &[id.as_bytes(), b".", timestamp.as_bytes(), b".", input.body]);
+        pairs.push(("webhook-signature", format!("v1,{}", BASE64.encode(&flip(tag, corrupt)))));
+    } else if let Some(value) = input.webhook_signature {
+        pairs.push(("webhook-signature", value.to_string()));
+    }
+    if let Some(corrupt) = input.sign_grafana {
+        let tag = hmac_sha256(GRAFANA_SECRET.as_bytes(), &[timestamp.as_bytes(), b":", input.body]);
+        pairs.push(("x-grafana-alerting-signature", HEXLOWER.encode(&flip(tag, corrupt))));
+        pairs.push(("x-grafana-alerting-timestamp", timestamp.clone()));
+    } else if let Some(value) = input.grafana_signature {
+        pairs.push(("x-grafana-alerting-signature", value.to_string()));
+    }
+    let mut headers = HeaderMap::new();
+    for (name, value) in &pairs {
+        // Values no HTTP parser would deliver never reach the authenticators.
+        let Ok(value) = HeaderValue::from_str(value) else { return };
+        headers.append(HeaderName::from_static(name), value);
+    }
+    let presented = Presented { headers: &headers, peer: None };
+    let checked = fixture.runtime.block_on(fixture.chain.check(&presented));
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    match checked {
+        Ok(Checked::Identified(identity)) => match identity.method {
+            "bearer" => {
+                let (scheme, token) = authorization.and_then(|v| v.split_once(' ')).expect("a bearer header");
+                assert!(scheme.eq_ignore_ascii_case("bearer") && token.trim() == TOKEN, "accepted {authorization:?}");
+                assert_eq!(&*identity.name, "alertmanager");
+            }
+            "basic" => {
+                assert_eq!(input.basic, Some(USER), "accepted {authorization:?}");
+                assert_eq!(&*identity.name, USER.0);
+            }
+            other => panic!("identified by {other} from {headers:?}"),
+        },
+        Ok(Checked::Pending(pending)) => {
+            let verify = || fixture.runtime.block_on(pending.verify(&headers, input.body, NOW_S, &fixture.replays));
+            match verify() {
+                Ok(identity) => {
+                    let signed = match identity.method {
+                        "standard_webhooks" => input.sign_webhook == Some(false),
+                        "grafana" => input.sign_grafana == Some(false),
+                        other => panic!("verified by {other}"),
+                    };
+                    // A raw value equal to the right signature is a fluke the
+                    // fuzzer cannot make; accepting anything else is the bug.
+                    assert!(signed, "accepted an unsigned or mis-signed request: {headers:?}");
+                    if identity.method == "standard_webhooks" {
+                        assert!(
+                            matches!(verify(), Err(AuthError::Rejected(Rejection::Replayed))),
+                            "a verified message was accepted twice"
+                        );
+                    }
+                }
+                Err(AuthError::Rejected(_)) => {}
+                Err(e) => panic!("verifying against the in-memory replay store: {e}"),
+            }
+        }
+        Err(AuthError::Missing | AuthError::Rejected(_)) => {}
+        Err(e) => panic!("no authenticator here can be unavailable: {e}"),
+    }
 }
