@@ -205,6 +205,33 @@ async fn redis_losing_everything_mid_incident_still_makes_one_request() {
 }
 
 #[tokio::test]
+async fn a_request_whose_status_is_not_written_yet_is_still_the_open_incident() {
+    // The API server drops status on create, and when the write after it fails the
+    // request stands without one until the status writer's retry. A gateway whose
+    // state forgot the incident meanwhile (Redis restarted; here a second gateway on
+    // an empty embedded store) must count on that request, not open another.
+    let (kube, ns) = setup().await;
+    let mut before = start_kube(&kube, |_| {}).await;
+    let (status, created) = post(&before, &ns, "web-0").await;
+    assert_eq!(status, 201, "{created}");
+    before.stop().await;
+    let api: Api<RemediationRequest> = Api::namespaced(kube.admin.clone(), &ns);
+    let name = created["name"].as_str().unwrap();
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": null}))).await.unwrap();
+    assert_eq!(kube.requests(&ns).await[0].status, None, "as if the status write had failed");
+
+    before.clock.advance(Duration::from_secs(2));
+    let mut gw = start_kube_as(kube.gateway_client(), before.clock.clone(), |_| {}).await;
+    cached(&gw, &at(&created), Lookup::Open).await;
+    let (status, again) = post(&gw, &ns, "web-0").await;
+    assert_eq!((status, &again["name"]), (202, &created["name"]), "counted on the open request: {again}");
+    gw.stop().await;
+    let objects = kube.requests(&ns).await;
+    assert_eq!(objects.len(), 1, "one request for the incident");
+    assert_eq!(count(&objects[0]), 2);
+}
+
+#[tokio::test]
 async fn a_terminal_phase_lets_the_next_occurrence_create_a_new_request() {
     let (kube, ns) = setup().await;
     let mut gw = start_kube(&kube, |_| {}).await;
