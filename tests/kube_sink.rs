@@ -206,6 +206,34 @@ async fn redis_losing_everything_mid_incident_still_makes_one_request() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn redis_losing_everything_while_status_writes_wait_counts_on_from_the_pending_count() {
+    let (kube, ns) = setup().await;
+    let redis = RedisServer::start(ServerOptions::default());
+    let url = redis.url();
+    // Status writes wait: a long interval here, a failing API server in production.
+    let mut gw = start_kube(&kube, move |c| {
+        c.state = StateBackend::Redis(url.parse().unwrap());
+        c.redis.prefix = unique_prefix();
+        c.dedup.status_interval = Duration::from_secs(300);
+    })
+    .await;
+    let (_, first) = post(&gw, &ns, "web-0").await;
+    cached(&gw, &at(&first), Lookup::Open).await;
+    for _ in 0..4 {
+        assert_eq!(post(&gw, &ns, "web-0").await.0, 202);
+    }
+    // The cluster counts 1; occurrences 2 to 5 wait in the status writer when Redis
+    // restarts empty.
+    redis.kill();
+    redis.restart();
+    eventually("the gateway to reach Redis again", || async { gw.get("/readyz").await.status() == 200 }).await;
+    let (status, again) = post(&gw, &ns, "web-0").await;
+    assert_eq!((status, again["occurrenceCount"].as_u64()), (202, Some(6)), "counting on from 5: {again}");
+    gw.stop().await;
+    assert_eq!(count(&kube.requests(&ns).await[0]), 6, "no occurrence lost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_repeat_racing_the_repair_of_a_forgotten_incident_counts_on_its_open_request() {
     // Redis forgot the incident; the alert that finds it new makes an entry first
     // seen now, and counts on the open request a moment later. A repeat decided in

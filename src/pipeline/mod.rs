@@ -422,7 +422,13 @@ impl Pipeline {
             o.storm.is_none() && now.saturating_sub(o.last_seen_s) < self.window_s && Some(&o.at) != except
         });
         let Some(open) = open else { return Ok(None) };
-        let entry = Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
+        // The count goes on from the larger of the sink's and the one this replica
+        // has yet to write to it (the sink lags while its writes fail): counts only
+        // move forward, so going on from the sink's alone would hide every occurrence
+        // until it passed the pending one.
+        let held = self.coalescer.pending_count(&Incident::Signal(signal.fingerprint, open.first_seen_s));
+        let count = open.count.max(held.unwrap_or(0)).min(u32::MAX as u64 - 1) as u32 + 1;
+        let entry = Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count };
         self.state.adopt(asked, entry, now).await.inspect_err(|e| self.failed(e))?;
         self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
         Ok(Some(self.outcome(signal, OutcomeStatus::Duplicate, Some(open.at), entry.count)))
