@@ -263,6 +263,17 @@ pub fn request_name<const N: usize>(signal_name: &str, id: &[u8; N], epoch_s: u3
     name
 }
 
+/// The epoch a request's name was derived from ([`request_name`],
+/// [`storm_request_name`]): the first-seen second of its incident, or its storm
+/// window's opening second. `None` for a name tidegate did not derive.
+pub fn request_epoch(name: &str) -> Option<u32> {
+    let (_, digits) = name.rsplit_once('-')?;
+    if digits.is_empty() || digits.len() > 7 {
+        return None;
+    }
+    digits.chars().try_fold(0u64, |n, c| Some(n * 36 + c.to_digit(36)? as u64)).and_then(|n| n.try_into().ok())
+}
+
 fn base36(mut n: u64) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
@@ -430,6 +441,7 @@ mod tests {
         assert_eq!(name, "kubepodcrashlooping-rate5m-abababababab-s44we8");
         assert_eq!(name, request_name("KubePodCrashLooping:rate5m", &fp, 1_700_000_000));
         assert_ne!(name, request_name("KubePodCrashLooping:rate5m", &fp, 1_700_000_001));
+        assert_eq!(request_epoch(&name), Some(1_700_000_000), "the epoch reads back from the name");
         assert!(request_name("!!!", &fp, 0).starts_with("signal-"));
         // Non-ASCII lowercases as Unicode says, and only ASCII survives.
         assert!(request_name("\u{212A}ube-Ärger", &fp, 0).starts_with("kube-rger-"));

@@ -18,6 +18,7 @@ use support::{alert, eventually, start_kube, start_kube_as, unique_prefix, webho
 use tidegate::config::{Config, StateBackend};
 use tidegate::remediation::RemediationRequest;
 use tidegate::sink::{Lookup, RequestRef};
+use tidegate::state::StateStore;
 
 /// The test's cluster view and a namespace labelled `environment: prod`.
 async fn setup() -> (Kube, String) {
@@ -202,6 +203,108 @@ async fn redis_losing_everything_mid_incident_still_makes_one_request() {
     let objects = kube.requests(&ns).await;
     assert_eq!(objects.len(), 1);
     assert_eq!(count(&objects[0]), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_losing_everything_while_status_writes_wait_counts_on_from_the_pending_count() {
+    let (kube, ns) = setup().await;
+    let redis = RedisServer::start(ServerOptions::default());
+    let url = redis.url();
+    // Status writes wait: a long interval here, a failing API server in production.
+    let mut gw = start_kube(&kube, move |c| {
+        c.state = StateBackend::Redis(url.parse().unwrap());
+        c.redis.prefix = unique_prefix();
+        c.dedup.status_interval = Duration::from_secs(300);
+    })
+    .await;
+    let (_, first) = post(&gw, &ns, "web-0").await;
+    cached(&gw, &at(&first), Lookup::Open).await;
+    for _ in 0..4 {
+        assert_eq!(post(&gw, &ns, "web-0").await.0, 202);
+    }
+    // The cluster counts 1; occurrences 2 to 5 wait in the status writer when Redis
+    // restarts empty.
+    redis.kill();
+    redis.restart();
+    eventually("the gateway to reach Redis again", || async { gw.get("/readyz").await.status() == 200 }).await;
+    let (status, again) = post(&gw, &ns, "web-0").await;
+    assert_eq!((status, again["occurrenceCount"].as_u64()), (202, Some(6)), "counting on from 5: {again}");
+    gw.stop().await;
+    assert_eq!(count(&kube.requests(&ns).await[0]), 6, "no occurrence lost");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeat_racing_the_repair_of_a_forgotten_incident_counts_on_its_open_request() {
+    // Redis forgot the incident; the alert that finds it new makes an entry first
+    // seen now, and counts on the open request a moment later. A repeat decided in
+    // between is a duplicate of that entry, whose request does not exist.
+    let (kube, ns) = setup().await;
+    let url = support::redis::shared().url();
+    let mut before = start_kube(&kube, |_| {}).await;
+    let (status, created) = post(&before, &ns, "web-0").await;
+    assert_eq!(status, 201, "{created}");
+    before.stop().await;
+    before.clock.advance(Duration::from_secs(2));
+    let (clock, prefix) = (before.clock.clone(), unique_prefix());
+    let config = tidegate::state::redis::RedisConfig { prefix: prefix.clone(), ..Default::default() };
+    let storms = tidegate::state::StormConfig::default();
+    let metrics = std::sync::Arc::new(tidegate::telemetry::Metrics::new());
+    let store = tidegate::state::redis::RedisStore::connect(
+        &url.parse().unwrap(),
+        &config,
+        Duration::from_secs(300),
+        &storms,
+        metrics,
+    )
+    .await
+    .unwrap();
+    let fingerprint = hex::decode(created["fingerprint"].as_str().unwrap()).unwrap();
+    let target = tidegate::signal::TargetResource { kind: "Pod".into(), name: "web-0".into(), namespace: ns.clone() };
+    let observation = tidegate::state::Observation {
+        fingerprint: tidegate::signal::Fingerprint::from_bytes(fingerprint.try_into().unwrap()),
+        status: tidegate::signal::SignalStatus::Firing,
+        storm: Some(tidegate::state::StormKey::in_scope(tidegate::state::StormKey::scope(&ns, "HighMemory"), &target)),
+    };
+    let verdicts = store.observe(&[observation], clock.now_s()).await.unwrap();
+    assert!(matches!(verdicts[0], tidegate::state::Verdict::New(_)), "{verdicts:?}");
+
+    let mut gw = start_kube_as(kube.gateway_client(), clock, move |c| {
+        c.state = StateBackend::Redis(url.parse().unwrap());
+        c.redis.prefix = prefix;
+    })
+    .await;
+    cached(&gw, &at(&created), Lookup::Open).await;
+    let (status, again) = post(&gw, &ns, "web-0").await;
+    assert_eq!((status, &again["name"]), (202, &created["name"]), "counted on the open request: {again}");
+    gw.stop().await;
+    assert_eq!(kube.requests(&ns).await.len(), 1, "one request for the incident");
+}
+
+#[tokio::test]
+async fn a_request_whose_status_is_not_written_yet_is_still_the_open_incident() {
+    // The API server drops status on create, and when the write after it fails the
+    // request stands without one until the status writer's retry. A gateway whose
+    // state forgot the incident meanwhile (Redis restarted; here a second gateway on
+    // an empty embedded store) must count on that request, not open another.
+    let (kube, ns) = setup().await;
+    let mut before = start_kube(&kube, |_| {}).await;
+    let (status, created) = post(&before, &ns, "web-0").await;
+    assert_eq!(status, 201, "{created}");
+    before.stop().await;
+    let api: Api<RemediationRequest> = Api::namespaced(kube.admin.clone(), &ns);
+    let name = created["name"].as_str().unwrap();
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": null}))).await.unwrap();
+    assert_eq!(kube.requests(&ns).await[0].status, None, "as if the status write had failed");
+
+    before.clock.advance(Duration::from_secs(2));
+    let mut gw = start_kube_as(kube.gateway_client(), before.clock.clone(), |_| {}).await;
+    cached(&gw, &at(&created), Lookup::Open).await;
+    let (status, again) = post(&gw, &ns, "web-0").await;
+    assert_eq!((status, &again["name"]), (202, &created["name"]), "counted on the open request: {again}");
+    gw.stop().await;
+    let objects = kube.requests(&ns).await;
+    assert_eq!(objects.len(), 1, "one request for the incident");
+    assert_eq!(count(&objects[0]), 2);
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 // foldhash is seeded per process; the table is hit once per duplicate alert.
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -59,7 +59,8 @@ struct Inner {
     budget: Budget,
     pending: HashMap<Incident, Pending>,
     due: BinaryHeap<Reverse<(Instant, Incident)>>,
-    in_flight: HashSet<Incident>,
+    /// Writes under way, with the count each carries.
+    in_flight: HashMap<Incident, u64>,
     draining: bool,
 }
 
@@ -137,7 +138,15 @@ impl Coalescer {
     /// have yet is then not a deleted one.
     pub fn creating(&self, incident: &Incident) -> bool {
         let inner = self.shared.lock();
-        inner.pending.get(incident).is_some_and(|p| p.create.is_some()) || inner.in_flight.contains(incident)
+        inner.pending.get(incident).is_some_and(|p| p.create.is_some()) || inner.in_flight.contains_key(incident)
+    }
+
+    /// The count waiting to be written for `incident`'s request, or being written:
+    /// counts this replica acknowledged that the sink's view may not have yet.
+    pub fn pending_count(&self, incident: &Incident) -> Option<u64> {
+        let inner = self.shared.lock();
+        let pending = inner.pending.get(incident).map(|p| p.update.count);
+        pending.max(inner.in_flight.get(incident).copied())
     }
 
     /// Requests with a write pending.
@@ -228,14 +237,14 @@ impl Shared {
                 break;
             }
             let Reverse((due, incident)) = inner.due.pop().expect("peeked");
-            if inner.in_flight.contains(&incident) {
+            if inner.in_flight.contains_key(&incident) {
                 // Never two writes to one request at once: wait for the first.
                 later.push(Reverse((due.max(now) + self.interval.min(Duration::from_millis(50)), incident)));
                 continue;
             }
             if let Some(p) = inner.pending.remove(&incident) {
                 inner.budget.tokens -= 1.0;
-                inner.in_flight.insert(incident);
+                inner.in_flight.insert(incident, p.update.count);
                 ready.push((incident, p));
             }
         }

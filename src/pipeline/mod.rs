@@ -391,25 +391,11 @@ impl Pipeline {
             Slow::Rejoin(scope, window) => self.rejoin(signal, asked, scope, window, self.clock.now_s()).await,
             Slow::New(entry) => {
                 let now = self.clock.now_s();
-                let open = self.sink.open_request(&signal.fingerprint);
-                if let Some(open) =
-                    open.filter(|o| o.storm.is_none() && now.saturating_sub(o.last_seen_s) < self.window_s)
-                {
-                    // The sink's record still has this incident open, but the state
-                    // store forgot it (restart, failover, eviction): count it there,
-                    // and teach the store again.
-                    let entry =
-                        Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count: open.count as u32 + 1 };
-                    self.state
-                        .adopt(asked, entry, now)
-                        .instrument(decide_span("adopt"))
-                        .await
-                        .inspect_err(|e| self.failed(e))?;
-                    self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
-                    return Ok(self.outcome(signal, OutcomeStatus::Duplicate, Some(open.at), entry.count));
+                if let Some(outcome) = self.count_on_open(signal, asked, None, now).await? {
+                    return Ok(outcome);
                 }
-                // Likewise for a storm: its aggregated request's window is still open,
-                // so the alert folds into it instead of opening an incident. Only a
+                // Likewise for a storm whose aggregated request's window is still
+                // open: the alert folds into it instead of opening an incident. Only a
                 // window opened before this alert was decided: the store folds every
                 // alert after a window it knows, so a window it opened in the same
                 // second, after deciding this one, is no window it lost, and this
@@ -422,10 +408,46 @@ impl Pipeline {
             }
             // Another replica may be creating it right now, or may have failed to:
             // the create is idempotent, so whichever lands first makes the one
-            // request, and the other counts this occurrence on it.
-            Slow::Ensure(entry) => self.open(signal, entry, by).await,
+            // request, and the other counts this occurrence on it. Unless the sink
+            // holds the incident open in another request: the store's entry is then
+            // one it made after forgetting the incident, a moment before the alert
+            // that found it new counted it on that request (the other replica's, or
+            // this one's, still on its way).
+            Slow::Ensure(entry) => {
+                let at = self.reference(signal, &entry);
+                if let Some(outcome) = self.count_on_open(signal, asked, Some(&at), self.clock.now_s()).await? {
+                    return Ok(outcome);
+                }
+                self.open(signal, entry, by).await
+            }
             Slow::Reopen => self.reopen(signal, asked, by).await,
         }
+    }
+
+    /// Counts `signal` on the request the sink holds open for its incident, other
+    /// than `except`, if there is one: the state store forgot the incident (restart,
+    /// failover, eviction), and is taught it again.
+    async fn count_on_open(
+        &self,
+        signal: &Signal<'_>,
+        asked: &Observation,
+        except: Option<&RequestRef>,
+        now: u32,
+    ) -> Result<Option<Outcome>, PipelineError> {
+        let open = self.sink.open_request(&signal.fingerprint).filter(|o| {
+            o.storm.is_none() && now.saturating_sub(o.last_seen_s) < self.window_s && Some(&o.at) != except
+        });
+        let Some(open) = open else { return Ok(None) };
+        // The count goes on from the larger of the sink's and the one this replica
+        // has yet to write to it (the sink lags while its writes fail): counts only
+        // move forward, so going on from the sink's alone would hide every occurrence
+        // until it passed the pending one.
+        let held = self.coalescer.pending_count(&Incident::Signal(signal.fingerprint, open.first_seen_s));
+        let count = open.count.max(held.unwrap_or(0)).min(u32::MAX as u64 - 1) as u32 + 1;
+        let entry = Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count };
+        self.state.adopt(asked, entry, now).instrument(decide_span("adopt")).await.inspect_err(|e| self.failed(e))?;
+        self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
+        Ok(Some(self.outcome(signal, OutcomeStatus::Duplicate, Some(open.at), entry.count)))
     }
 
     /// The storm window, still open by the storm rules, whose aggregated request the

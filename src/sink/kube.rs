@@ -410,14 +410,25 @@ impl Sink for KubeSink {
             .into_iter()
             .filter(|rr| rr.labels().get(labels::FINGERPRINT) == Some(&value) && !terminal(rr))
             .filter_map(|rr| {
-                let dedup = rr.status.as_ref()?.deduplication.as_ref()?;
-                Some(OpenRequest {
-                    at: RequestRef { namespace: rr.namespace()?, name: rr.name_any() },
-                    first_seen_s: dedup.first_seen_at.0.as_second() as u32,
-                    last_seen_s: dedup.last_seen_at.0.as_second() as u32,
-                    count: dedup.occurrence_count,
-                    storm: rr.spec.storm.as_ref().map(|s| crate::state::StormKind::parse(&s.kind)),
-                })
+                let at = RequestRef { namespace: rr.namespace()?, name: rr.name_any() };
+                let storm = rr.spec.storm.as_ref().map(|s| crate::state::StormKind::parse(&s.kind));
+                match rr.status.as_ref().and_then(|s| s.deduplication.as_ref()) {
+                    Some(dedup) => Some(OpenRequest {
+                        at,
+                        first_seen_s: dedup.first_seen_at.0.as_second() as u32,
+                        last_seen_s: dedup.last_seen_at.0.as_second() as u32,
+                        count: dedup.occurrence_count,
+                        storm,
+                    }),
+                    // Created, but its status is not written yet: the API server drops
+                    // status on create, and the write after it may have failed and be
+                    // waiting for a retry. It is still the incident's open request,
+                    // holding the occurrence that created it; its name says since when.
+                    None => {
+                        let first_seen_s = crate::remediation::request_epoch(&at.name)?;
+                        Some(OpenRequest { at, first_seen_s, last_seen_s: first_seen_s, count: 1, storm })
+                    }
+                }
             })
             .max_by_key(|open| open.first_seen_s)
     }

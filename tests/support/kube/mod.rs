@@ -243,6 +243,12 @@ impl Kube {
         self.cluster.client_with_token(&self.cluster.gateway_token, &self.cluster.admin.cluster_url.to_string())
     }
 
+    /// The TokenRequest token of tidegate's service account, for a gateway run as
+    /// a process of its own (its kubeconfig names the proxy and this token).
+    pub fn gateway_token(&self) -> &str {
+        &self.cluster.gateway_token
+    }
+
     /// A client with `token`, through the proxy.
     pub fn client_as(&self, token: &str) -> Client {
         self.cluster.client_with_token(token, &self.proxy.url)
