@@ -575,7 +575,8 @@ pub fn decode<'m>(
         let (admission, packed) = packed.split_at_checked(ADMISSION_BYTES).unwrap_or((&[][..], &[][..]));
         match words(admission) {
             Some([1, 0]) => {}
-            Some([0, retry]) => return Ok(Decision::Limited { retry_after_ms: retry.into() }),
+            // A limited call did nothing else, so its reply holds nothing else.
+            Some([0, retry]) if packed.is_empty() => return Ok(Decision::Limited { retry_after_ms: retry.into() }),
             _ => return Err(bad_reply("decide", format!("admission {admission:?}"))),
         }
         if packed.len() != VERDICT_BYTES * members.len() {
