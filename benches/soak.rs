@@ -955,6 +955,10 @@ fn analyse(store: &str, rate: f64, samples: &[Sample], errors: u64) -> String {
 // ---------------------------------------------------------------------------------
 // Plot
 
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
 /// Draws the CSV with Debian's gnuplot, if it is installed.
 fn plot(csv: &Path, png: &Path, store: &str) {
     let gnuplot = std::env::var("SOAK_GNUPLOT").unwrap_or_else(|_| "gnuplot".into());
@@ -982,20 +986,20 @@ plot "{csv}" using ($1/60):13 with lines title "state entries", "" using ($1/60)
 {last}
 unset multiplot
 "#,
-        png = png.display(),
-        csv = csv.display(),
+        png = file_name(png),
+        csv = file_name(csv),
         last = if store == "redis" {
             format!(
                 "set title \"Redis used_memory (MiB) and keys (thousands)\"\n\
                  plot \"{}\" using ($1/60):($16/1048576) with lines title \"used_memory\", \
                  \"\" using ($1/60):($17/1000) with lines title \"keys / 1000\"",
-                csv.display()
+                file_name(csv)
             )
         } else {
             format!(
                 "set title \"RemediationRequests created (thousands, cumulative)\"\n\
                  plot \"{}\" using ($1/60):($15/1000) with lines title \"created / 1000\"",
-                csv.display()
+                file_name(csv)
             )
         },
     );
@@ -1004,13 +1008,17 @@ unset multiplot
         println!("not plotting: {e}");
         return;
     }
-    match Command::new(&gnuplot).arg(&script_path).output() {
+    // Run in the output directory, so the script names its files relative to it
+    // and can be run again there by hand.
+    let dir = png.parent().unwrap_or(Path::new("."));
+    match Command::new(&gnuplot).arg(file_name(&script_path)).current_dir(dir).output() {
         Ok(o) if o.status.success() => println!("plot: {}", png.display()),
         Ok(o) => println!("gnuplot failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr)),
         Err(e) => println!(
             "not plotting: cannot run {gnuplot} ({e}); install it with `apt-get install -y gnuplot-nox` and run \
-             `gnuplot {}`",
-            script_path.display()
+             `cd {} && gnuplot {}`",
+            dir.display(),
+            file_name(&script_path)
         ),
     }
 }
