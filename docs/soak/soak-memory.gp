@@ -1,4 +1,4 @@
-set terminal pngcairo size 1400,1000 font ",10"
+set terminal pngcairo size 1400,1000 font ",10" noenhanced
 set output "soak-memory.png"
 set datafile separator ","
 set key autotitle columnhead
