@@ -963,7 +963,7 @@ fn file_name(path: &Path) -> String {
 fn plot(csv: &Path, png: &Path, store: &str) {
     let gnuplot = std::env::var("SOAK_GNUPLOT").unwrap_or_else(|_| "gnuplot".into());
     let script = format!(
-        r#"set terminal pngcairo size 1400,1000 font ",10"
+        r#"set terminal pngcairo size 1400,1000 font ",10" noenhanced
 set output "{png}"
 set datafile separator ","
 set key autotitle columnhead
