@@ -64,38 +64,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
+#[path = "common/alerts.rs"]
+mod alerts;
 #[path = "common/cpu.rs"]
 mod cpu;
 #[path = "../tests/support/process.rs"]
 mod process;
 #[path = "../tests/support/redis/mod.rs"]
 mod redis_support;
+use alerts::{splitmix64, ALERT_NAMES};
 use cpu::{cpu_seconds, machine_busy_seconds};
 use serde_json::{json, Value};
 
-/// Distinct alert identities: 20 alert names × 10 namespaces × 50 pods.
-const ALERT_NAMES: [&str; 20] = [
-    "KubePodCrashLooping",
-    "KubePodNotReady",
-    "KubeContainerWaiting",
-    "KubeDeploymentReplicasMismatch",
-    "KubeStatefulSetReplicasMismatch",
-    "KubeHpaMaxedOut",
-    "KubeJobFailed",
-    "KubeMemoryOvercommit",
-    "KubeCPUOvercommit",
-    "KubePersistentVolumeFillingUp",
-    "CPUThrottlingHigh",
-    "ContainerOOMKilled",
-    "HighMemoryUsage",
-    "HighErrorRate",
-    "HighLatencyP99",
-    "TargetDown",
-    "NodeFilesystemSpaceFillingUp",
-    "NodeNetworkReceiveErrs",
-    "EtcdHighCommitDurations",
-    "CertificateExpiringSoon",
-];
 /// Requests in one pass over every identity.
 fn bodies() -> usize {
     FINGERPRINTS / batch()
@@ -369,14 +349,6 @@ impl Workload {
         }
         Workload { webhook, postable }
     }
-}
-
-/// A bijective 64-bit mixer (SplitMix64's finaliser): distinct inputs, distinct outputs.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 // ---------------------------------------------------------------------------------

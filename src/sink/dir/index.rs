@@ -130,10 +130,16 @@ struct Inner {
     /// Requests seen removed, and when: known gone, unlike a request another writer
     /// of the directory made that the watch has not reported yet.
     removed: HashMap<RequestRef, Instant>,
+    /// The latest `last_seen_s` of any record: the clock the records were written by.
+    latest_s: u32,
+    /// `requests` is swept of incidents past the horizon when it grows to this size.
+    sweep_at: usize,
 }
 
 /// Removals remembered before old ones are swept.
 const REMOVED_SWEEP: usize = 4096;
+/// Requests indexed before the first sweep of those past the horizon.
+const REQUESTS_SWEEP: usize = 4096;
 
 /// What loading the directory found, for the start-up log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,9 +166,10 @@ impl Index {
     /// Records (or updates) the manifest at `at`.
     pub fn insert(&self, at: &RequestRef, record: Record) {
         let mut inner = self.lock();
-        let Inner { requests, newest, removed } = &mut *inner;
+        let Inner { requests, newest, removed, latest_s, sweep_at } = &mut *inner;
         removed.remove(at);
         requests.insert(at.clone(), record);
+        *latest_s = (*latest_s).max(record.last_seen_s);
         let newer = match newest.get(&record.fingerprint).and_then(|n| requests.get(n).map(|r| (n, r))) {
             Some((known, current)) => known == at || current.first_seen_s <= record.first_seen_s,
             None => true,
@@ -170,12 +177,37 @@ impl Index {
         if newer {
             newest.insert(record.fingerprint, at.clone());
         }
+        if requests.len() >= (*sweep_at).max(REQUESTS_SWEEP) {
+            // Amortised: the next sweep waits until the map has doubled again.
+            self.sweep(requests, newest, *latest_s);
+            *sweep_at = 2 * requests.len();
+        }
+    }
+
+    /// Forgets the requests whose incident was last seen before the horizon: none
+    /// can be open any more (the same rule as [`Index::load`]'s, which skips files
+    /// last written before it). Without this the index would hold every request the
+    /// process ever wrote.
+    ///
+    /// "Now" is the earlier of the wall clock and the latest sighting recorded, so a
+    /// gateway running on another clock (a test's) never sweeps what is still open.
+    fn sweep(
+        &self,
+        requests: &mut HashMap<RequestRef, Record>,
+        newest: &mut HashMap<Fingerprint, RequestRef>,
+        latest_s: u32,
+    ) {
+        let wall_s = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now_s = u64::from(latest_s).min(wall_s);
+        let horizon_s = self.horizon.as_secs();
+        requests.retain(|_, r| u64::from(r.last_seen_s) + horizon_s >= now_s);
+        newest.retain(|_, at| requests.contains_key(at));
     }
 
     /// Forgets the manifest at `at`: it was removed.
     pub fn remove(&self, at: &RequestRef) {
         let mut inner = self.lock();
-        let Inner { requests, newest, removed } = &mut *inner;
+        let Inner { requests, newest, removed, .. } = &mut *inner;
         if let Some(record) = requests.remove(at) {
             if newest.get(&record.fingerprint) == Some(at) {
                 newest.remove(&record.fingerprint);
@@ -194,6 +226,7 @@ impl Index {
         // removed meanwhile stays removed.
         if let Some(known) = inner.requests.get_mut(at) {
             *known = record;
+            inner.latest_s = inner.latest_s.max(record.last_seen_s);
         }
     }
 
@@ -377,6 +410,25 @@ mod tests {
         index.remove(&at("b"));
         assert_eq!(index.lookup(&at("b")), Lookup::Deleted);
         assert_eq!(index.lookup(&at("c")), Lookup::Missing, "never seen: maybe not yet seen");
+    }
+
+    #[test]
+    fn requests_past_the_horizon_are_forgotten_as_the_index_grows() {
+        let index = Index::new(Duration::from_secs(600));
+        let n = REQUESTS_SWEEP as u32;
+        // An old incident, then a churning population long after it.
+        index.insert(&at("old"), record(0, 1_000));
+        for i in 1..(4 * n) {
+            let mut bytes = [0; 32];
+            bytes[..4].copy_from_slice(&i.to_le_bytes());
+            let fp = Fingerprint::from_bytes(bytes);
+            index.insert(&at(&format!("r{i}")), Record { fingerprint: fp, ..record(0, 100_000 + i) });
+        }
+        assert_eq!(index.lookup(&at("old")), Lookup::Missing, "last seen long before the horizon");
+        assert_eq!(index.open_request(&Fingerprint::from_bytes([0; 32])), None);
+        assert!(index.len() < 4 * REQUESTS_SWEEP, "{} requests indexed", index.len());
+        let recent = 4 * n - 1;
+        assert_eq!(index.lookup(&at(&format!("r{recent}"))), Lookup::Open, "within the horizon");
     }
 
     #[test]
