@@ -560,14 +560,23 @@ fn converge(setup: &SentinelSetup) -> u16 {
 
 /// Waits until the sentinels name a primary other than `old` that says it is one.
 fn wait_new_primary(setup: &SentinelSetup, old: u16) -> u16 {
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    new_primary_within(setup, old, CONVERGE_TIMEOUT)
+        .unwrap_or_else(|| panic!("no failover away from {old} within {CONVERGE_TIMEOUT:?}"))
+}
+
+/// The primary other than `old` the sentinels name and that says it is one, once
+/// there is one within `timeout`.
+fn new_primary_within(setup: &SentinelSetup, old: u16, timeout: Duration) -> Option<u16> {
+    let deadline = Instant::now() + timeout;
     loop {
         if let Some(p) = sentinels_primary(setup).filter(|&p| p != old) {
             if replication(p).and_then(|i| i.get("role").cloned()).as_deref() == Some("master") {
-                return p;
+                return Some(p);
             }
         }
-        assert!(Instant::now() < deadline, "no failover away from {old} within {CONVERGE_TIMEOUT:?}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -608,19 +617,24 @@ fn state_track(
             }
             Kind::SentinelFailover => {
                 // A sentinel refuses while it has not yet seen the replica healthy
-                // (NOGOODSLAVE) or is still in its last failover (INPROG): ask again.
+                // (NOGOODSLAVE) or is still in its last failover (INPROG), and a
+                // failover it accepted can still be aborted (the replica not
+                // promoted within failover-timeout): ask again, as an operator would.
                 let deadline = Instant::now() + CONVERGE_TIMEOUT;
                 let mut refusals = Vec::new();
-                while !setup.sentinels().iter().any(|s| {
-                    redis_con(s.port()).is_some_and(|mut con| {
-                        let asked = redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER_NAME).query::<()>(&mut con);
-                        asked.map_err(|e| refusals.push(e.to_string())).is_ok()
-                    })
-                }) {
-                    assert!(Instant::now() < deadline, "no sentinel accepted SENTINEL FAILOVER: {refusals:?}");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                let promoted = wait_new_primary(&setup, before);
+                let promoted = loop {
+                    let accepted = setup.sentinels().iter().any(|s| {
+                        redis_con(s.port()).is_some_and(|mut con| {
+                            let asked = redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER_NAME).query::<()>(&mut con);
+                            asked.map_err(|e| refusals.push(e.to_string())).is_ok()
+                        })
+                    });
+                    let wait = if accepted { Duration::from_secs(15) } else { Duration::from_millis(200) };
+                    if let Some(promoted) = new_primary_within(&setup, before, wait) {
+                        break promoted;
+                    }
+                    assert!(Instant::now() < deadline, "no failover away from {before}: {refusals:?}");
+                };
                 format!("{before} → {promoted}")
             }
             Kind::ClientPause => {
