@@ -6,10 +6,14 @@
 //! each one gets. Without `--bench` (as `cargo test --benches` runs it) every case
 //! runs at a small scale, as a correctness check.
 
+#[path = "common/proc.rs"]
+mod proc;
+
 use std::future::Future;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use proc::vm_rss;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -115,13 +119,7 @@ async fn poll<F: Future<Output = bool>>(limit: Duration, mut check: impl FnMut()
 
 /// The resident memory of process `pid`, in bytes.
 fn rss_of(pid: u32) -> u64 {
-    rss_if_running(pid).expect("the gateway is running")
-}
-
-fn rss_if_running(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-    Some(kb.trim().trim_end_matches("kB").trim().parse::<u64>().expect("a number") * 1024)
+    vm_rss(pid).expect("the gateway is running")
 }
 
 fn alert(name: &str, pod: &str) -> Value {
@@ -227,7 +225,7 @@ impl Peak {
                 loop {
                     tick.tick().await;
                     // Gone (the bench failed and killed it): nothing to sample.
-                    let Some(rss) = rss_if_running(pid) else { return };
+                    let Some(rss) = vm_rss(pid) else { return };
                     max.fetch_max(rss, std::sync::atomic::Ordering::Relaxed);
                 }
             }

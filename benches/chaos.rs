@@ -86,6 +86,8 @@
 //! Needs `redis-server`, `redis-sentinel` and the kube test environment
 //! (`export TIDEGATE_KUBE_TESTENV=$(scripts/kube-testenv)`, or it is built on first use).
 
+#[path = "common/knobs.rs"]
+mod knobs;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -99,6 +101,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use knobs::knob;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
@@ -137,10 +140,7 @@ struct Settings {
 impl Settings {
     fn from_env(smoke: bool) -> Settings {
         fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
-            match std::env::var(name) {
-                Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a valid number")),
-                Err(_) => default,
-            }
+            knob(name).unwrap_or(default)
         }
         let clock_seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
         let settings = Settings {

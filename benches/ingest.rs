@@ -52,6 +52,7 @@
 //! tidegate's manifests go to a temporary directory under `$TMPDIR` (default `/tmp`),
 //! written with fsync as in production; `TMPDIR=/dev/shm` takes the disk out of it.
 
+use knobs::knob;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -68,6 +69,8 @@ use http_body_util::{BodyExt, Full};
 mod alerts;
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "common/knobs.rs"]
+mod knobs;
 #[path = "../tests/support/process.rs"]
 mod process;
 #[path = "../tests/support/redis/mod.rs"]
@@ -131,10 +134,7 @@ struct Settings {
 impl Settings {
     fn from_env(smoke: bool) -> Self {
         fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
-            match std::env::var(name) {
-                Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a valid number")),
-                Err(_) => default,
-            }
+            knob(name).unwrap_or(default)
         }
         let (concurrency, warmup, measure) = if smoke { (8, 0.0, 1.0) } else { (32, 2.0, 10.0) };
         let settings = Settings {

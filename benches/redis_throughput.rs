@@ -18,11 +18,14 @@
 
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "common/knobs.rs"]
+mod knobs;
 #[path = "../tests/support/process.rs"]
 mod process;
 #[path = "../tests/support/redis/mod.rs"]
 mod redis_support;
 
+use knobs::knob;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,9 +50,7 @@ const LIMIT: RateLimit = RateLimit { rate_per_s: 1000.0, burst: 5000 };
 #[tokio::main]
 async fn main() -> ExitCode {
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let var = |name: &str, default: u64| -> u64 {
-        std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?}")))
-    };
+    let var = |name: &str, default: u64| -> u64 { knob(name).unwrap_or(default) };
     let seconds = if smoke { 1 } else { var("BENCH_SECONDS", 10) };
     let concurrency = if smoke { 4 } else { var("BENCH_CONCURRENCY", 32) } as usize;
 

@@ -50,6 +50,8 @@
 //! the CSV in a temporary directory and no plot, failing on any failed request or
 //! missing sample.
 
+use knobs::knob;
+use proc::vm_rss;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -67,6 +69,10 @@ use bytes::Bytes;
 mod alerts;
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "common/knobs.rs"]
+mod knobs;
+#[path = "common/proc.rs"]
+mod proc;
 #[path = "../tests/support/process.rs"]
 mod process;
 #[path = "../tests/support/redis/mod.rs"]
@@ -106,11 +112,6 @@ struct Settings {
     gateway_env: Vec<(&'static str, String)>,
 }
 
-fn var<T: std::str::FromStr>(name: &str) -> Option<T> {
-    let v = std::env::var(name).ok()?;
-    Some(v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not valid")))
-}
-
 impl Settings {
     fn from_env(smoke: bool) -> Self {
         let stores = match std::env::var("SOAK_STATE").as_deref() {
@@ -143,12 +144,12 @@ impl Settings {
         let settings = Settings {
             smoke,
             stores,
-            minutes: var("SOAK_MINUTES").unwrap_or(minutes),
-            sample: secs(var("SOAK_SAMPLE_SECONDS").unwrap_or(sample)),
-            rate: var("SOAK_RATE").or(smoke.then_some(2000.0)),
-            probe: secs(var("SOAK_PROBE_SECONDS").unwrap_or(12.0)),
-            incidents: var("SOAK_INCIDENTS").unwrap_or(if smoke { 200 } else { 5000 }),
-            workers: var("SOAK_WORKERS").unwrap_or(if smoke { 4 } else { 32 }),
+            minutes: knob("SOAK_MINUTES").unwrap_or(minutes),
+            sample: secs(knob("SOAK_SAMPLE_SECONDS").unwrap_or(sample)),
+            rate: knob("SOAK_RATE").or(smoke.then_some(2000.0)),
+            probe: secs(knob("SOAK_PROBE_SECONDS").unwrap_or(12.0)),
+            incidents: knob("SOAK_INCIDENTS").unwrap_or(if smoke { 200 } else { 5000 }),
+            workers: knob("SOAK_WORKERS").unwrap_or(if smoke { 4 } else { 32 }),
             out,
             life,
             storm_every,
@@ -720,16 +721,6 @@ impl Sample {
     }
 }
 
-/// `VmRSS` of `/proc/<pid>/status`, in bytes.
-fn vm_rss(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb * 1024.0)
-}
-
 fn open_fds(pid: u32) -> f64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(f64::NAN, |d| d.count() as f64)
 }
@@ -783,7 +774,7 @@ async fn sample_loop(
             late: stats.late,
             p50_ms: percentile_ms(&stats.latencies_us, 0.50),
             p99_ms: percentile_ms(&stats.latencies_us, 0.99),
-            rss_bytes: vm_rss(pid),
+            rss_bytes: vm_rss(pid).map_or(f64::NAN, |b| b as f64),
             fds: open_fds(pid),
             gateway_cores: (cpu_now - cpu_last) / interval,
             status_pending: metric("tidegate_status_updates_pending"),
