@@ -52,21 +52,18 @@
 //!   recorded, and its retry is counted again (at-least-once), but nothing else can
 //!   add to a count;
 //! * **counts lost within the documented bound** (docs/delivery.md, "What a crash
-//!   loses"): a crash loses the counts acknowledged since the last status write of the
-//!   request, and in Kubernetes mode a Redis that loses its state (restart without
-//!   persistence, failover with asynchronous replication) loses the same, since the
-//!   request in the cluster is the authority the gateway counts on from. For a
-//!   fault `f` that can lose counts (gateway SIGKILL, Redis kill, failover, a pause
-//!   the sentinels took for a failure) let `L_f` be the alerts of `i` acknowledged
-//!   by the end of `f` minus the count its request had in the cluster when `f` began
-//!   (as the poller last saw it, which only widens `L_f` by the poll's lag): what
-//!   was acknowledged and not yet written when it struck, and what was acknowledged
-//!   while it lasted (a failover's old primary takes writes until it is demoted).
-//!   Losses of separate faults add up, so `C ≥ A − Σ_f L_f` must hold. The sum is
-//!   generous where faults overlap (a count unwritten at two faults is in both
-//!   terms); it cannot be tightened from outside without reading Redis, because a
-//!   count that went backwards in Redis stays hidden behind the larger one already
-//!   written (counts only move forward) until it passes it.
+//!   loses"): the one thing that loses counts is a gateway process dying before its
+//!   status writer wrote what it counted. Each process counts an incident under a
+//!   writer id of its own, and a request's status keeps every writer's tally, so a
+//!   Redis that loses state, fails over or pauses costs no count (it decides which
+//!   request an alert belongs to, never how many occurrences it has). For each
+//!   gateway SIGKILL `k` of replica `r` at time `t`, let `L_k` be the alerts of `i`
+//!   that `r` acknowledged since its previous kill, minus the tally the killed
+//!   process had in the cluster at `t` (as the poller last saw it before `t`, which
+//!   only widens `L_k`; each process's half of its writer ids is read from its
+//!   `tidegate_status_writer` metric when it is ready). Then `C ≥ A − Σ_k L_k` must
+//!   hold: any count lost to Redis, to the API faults or to a bug, and not to a
+//!   kill, fails the run.
 //!
 //! The population: `CHAOS_INCIDENTS` incidents (distinct alert name and Deployment,
 //! one namespace), every one repeating all run long. Storm thresholds are set out of
@@ -226,8 +223,8 @@ impl Incident {
 
 #[derive(Default)]
 struct Book {
-    /// When each acknowledged alert was answered, in order.
-    acked: Vec<Instant>,
+    /// When each acknowledged alert was answered, and by which replica, in order.
+    acked: Vec<(Instant, usize)>,
     /// Alerts in attempts not answered 2xx.
     unacked: u64,
     /// Request names the gateways answered for this incident.
@@ -318,8 +315,9 @@ struct Event {
     kind: Kind,
     start: Instant,
     end: Instant,
-    /// Whether it can lose counts: a gateway's pending status writes, or Redis' state.
-    loses_counts: bool,
+    /// The replica a gateway SIGKILL killed (at `start`): the one fault that can lose
+    /// counts, those its status writer held.
+    killed: Option<usize>,
     detail: String,
 }
 
@@ -357,8 +355,17 @@ struct Replica {
     log: PathBuf,
 }
 
+/// A replica's process, from when it was ready.
+struct Incarnation {
+    replica: usize,
+    ready: Instant,
+    /// Its half of the writer ids of its tallies (`tidegate_status_writer`).
+    writer: Option<String>,
+}
+
 struct Gateways {
     replicas: Vec<Replica>,
+    incarnations: Mutex<Vec<Incarnation>>,
     state_url: String,
     kubeconfig: PathBuf,
     prefix: String,
@@ -403,7 +410,13 @@ impl Gateways {
         self.spawn(r);
         loop {
             if http_get(self.replicas[r].port, "/readyz").is_some_and(|(status, _)| status == 200) {
-                return Instant::now();
+                let ready = Instant::now();
+                let writer = http_get(self.replicas[r].port, "/metrics").and_then(|(_, body)| {
+                    let line = body.lines().find_map(|l| l.strip_prefix("tidegate_status_writer{writer=\""))?;
+                    Some(line.split('"').next()?.to_string())
+                });
+                lock(&self.incarnations).push(Incarnation { replica: r, ready, writer });
+                return ready;
             }
             let exited = lock(&self.replicas[r].child).as_mut().map(|c| c.try_wait().ok().flatten());
             if let Some(Some(status)) = exited {
@@ -601,7 +614,7 @@ fn state_track(
         let kind = schedule.next();
         let before = converge(&setup);
         let start = Instant::now();
-        let mut loses_counts = true;
+        let mut killed = None;
         let mut detail = match kind {
             Kind::RedisKillRestart => {
                 let server = setup.server(before);
@@ -643,11 +656,11 @@ fn state_track(
                 let mut con = redis_con(before).expect("the primary answers");
                 let () = redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg(mode).query(&mut con).expect("CLIENT PAUSE");
                 std::thread::sleep(Duration::from_millis(ms));
-                loses_counts = false;
                 format!("{ms} ms {mode}")
             }
             Kind::GatewayKill => {
                 let r = rng.below(gateways.replicas.len() as u64) as usize;
+                killed = Some(r);
                 gateways.sigkill(r);
                 let ready = gateways.start(r);
                 format!("replica {r}, ready again after {:.1} s", (ready - start).as_secs_f64())
@@ -655,12 +668,11 @@ fn state_track(
             _ => unreachable!("not a state fault"),
         };
         let after = converge(&setup);
-        if after != before && !loses_counts {
-            // A pause long enough for the sentinels to fail over: a failover it is.
-            loses_counts = true;
+        if after != before && kind == Kind::ClientPause {
+            // A pause long enough for the sentinels to take the primary for failed.
             let _ = write!(detail, "; the sentinels failed over to {after}");
         }
-        let event = Event { kind, start, end: Instant::now(), loses_counts, detail };
+        let event = Event { kind, start, end: Instant::now(), killed, detail };
         println!("  fault {:>6.1} s: {} ({})", (start - began).as_secs_f64(), kind.describe(), event.detail);
         lock(&events).push(event);
     }
@@ -702,7 +714,7 @@ async fn kube_track(
             _ => unreachable!("not a Kubernetes fault"),
         };
         println!("  fault {:>6.1} s: {} {detail}", (start - began).as_secs_f64(), kind.describe());
-        lock(&events).push(Event { kind, start, end: Instant::now(), loses_counts: false, detail });
+        lock(&events).push(Event { kind, start, end: Instant::now(), killed: None, detail });
     }
 }
 
@@ -813,7 +825,7 @@ async fn sender(senders: Arc<Senders>, id: usize, mut rng: Rng) {
             };
             match answer {
                 Ok((status, text)) if (200..300).contains(&status) => {
-                    acknowledge(&senders, &picks, status, &text);
+                    acknowledge(&senders, &picks, replica, status, &text);
                     break;
                 }
                 Ok((status, text)) if (400..500).contains(&status) => {
@@ -843,7 +855,7 @@ async fn sender(senders: Arc<Senders>, id: usize, mut rng: Rng) {
 }
 
 /// Records a 2xx answer in the ledger: every alert of the body is acknowledged.
-fn acknowledge(senders: &Senders, picks: &[usize], status: u16, text: &str) {
+fn acknowledge(senders: &Senders, picks: &[usize], replica: usize, status: u16, text: &str) {
     let now = Instant::now();
     let tally = &senders.ledger.tally;
     let parsed: Value = serde_json::from_str(text).unwrap_or(Value::Null);
@@ -863,7 +875,7 @@ fn acknowledge(senders: &Senders, picks: &[usize], status: u16, text: &str) {
             senders.ledger.note(format!("{status}, alert {k} answered {result}"));
         }
         let mut book = senders.ledger.book(i);
-        book.acked.push(now);
+        book.acked.push((now, replica));
         if let Some(name) = result["name"].as_str() {
             *book.names.entry(name.to_string()).or_default() += 1;
         }
@@ -874,10 +886,26 @@ fn acknowledge(senders: &Senders, picks: &[usize], status: u16, text: &str) {
 // ---------------------------------------------------------------------------------
 // The poller: what the cluster held, and when
 
-/// Each request's count as listed over time: name → (when, count) at each change.
+/// Each request's count as listed over time: name → (when, count) at each change;
+/// and its tallies, by the process that wrote them (the first 8 hex digits of the
+/// writer id), at each change.
 #[derive(Default)]
 struct Seen {
     series: HashMap<String, Vec<(Instant, u64)>>,
+    tallies: HashMap<String, Vec<(Instant, ByProcess)>>,
+}
+
+/// Counts by the writing process's half of the writer id.
+type ByProcess = BTreeMap<String, u64>;
+
+/// A request's tallies summed by writing process.
+fn tallies_of(rr: &RemediationRequest) -> ByProcess {
+    let mut by_process = BTreeMap::new();
+    let tallies = rr.status.as_ref().and_then(|s| s.deduplication.as_ref()).map(|d| d.tallies.as_slice());
+    for t in tallies.unwrap_or_default() {
+        *by_process.entry(t.writer.chars().take(8).collect()).or_default() += t.count;
+    }
+    by_process
 }
 
 fn count_of(rr: &RemediationRequest) -> u64 {
@@ -895,6 +923,11 @@ async fn poller(api: Api<RemediationRequest>, seen: Arc<Mutex<Seen>>, stop: Arc<
                 if series.last().is_none_or(|&(_, last)| last != count) {
                     series.push((now, count));
                 }
+                let tallies = tallies_of(rr);
+                let series = seen.tallies.entry(rr.name_any()).or_default();
+                if series.last().is_none_or(|(_, last)| *last != tallies) {
+                    series.push((now, tallies));
+                }
             }
         }
         tokio::time::sleep(POLL).await;
@@ -902,9 +935,10 @@ async fn poller(api: Api<RemediationRequest>, seen: Arc<Mutex<Seen>>, stop: Arc<
 }
 
 impl Seen {
-    /// The count `name` had when last listed at or before `at` (0 before it was seen).
-    fn count_at(&self, name: &str, at: Instant) -> u64 {
-        self.series.get(name).and_then(|s| s.iter().rev().find(|(t, _)| *t <= at)).map_or(0, |&(_, c)| c)
+    /// What `process` had counted on `name` when last listed at or before `at`.
+    fn landed(&self, name: &str, process: &str, at: Instant) -> u64 {
+        let listed = self.tallies.get(name).and_then(|s| s.iter().rev().find(|(t, _)| *t <= at));
+        listed.and_then(|(_, tallies)| tallies.get(process)).copied().unwrap_or(0)
     }
 }
 
@@ -929,6 +963,7 @@ async fn run(settings: Settings) -> ExitCode {
                 log: dir.path().join(format!("tidegate-{r}.log")),
             })
             .collect(),
+        incarnations: Mutex::default(),
         state_url: format!("redis+sentinel://{}/{MASTER_NAME}", sentinels.join(",")),
         kubeconfig: write_kubeconfig(dir.path(), &kube.proxy.url, kube.gateway_token()),
         prefix: format!("chaos{}:", std::process::id()),
@@ -1051,7 +1086,7 @@ async fn run(settings: Settings) -> ExitCode {
     if std::env::var_os("CHAOS_TRACE").is_some() {
         trace(&senders, &requests, &lock(&seen), &events, chaos_started);
     }
-    let report = check(&senders, &requests, &lock(&seen), &events);
+    let report = check(&senders, &gateways, &requests, &lock(&seen), &events);
     print_report(&settings, chaos, &senders, &events, &report, undelivered, settled.0);
     let tally = &senders.ledger.tally;
     let failed =
@@ -1087,7 +1122,13 @@ struct Report {
     violations: Vec<String>,
 }
 
-fn check(senders: &Senders, requests: &[RemediationRequest], seen: &Seen, events: &[Event]) -> Report {
+fn check(
+    senders: &Senders,
+    gateways: &Gateways,
+    requests: &[RemediationRequest],
+    seen: &Seen,
+    events: &[Event],
+) -> Report {
     let mut report = Report { incidents: senders.incidents.len(), requests: requests.len(), ..Report::default() };
     let index: HashMap<(&str, &str), usize> = senders
         .incidents
@@ -1109,7 +1150,8 @@ fn check(senders: &Senders, requests: &[RemediationRequest], seen: &Seen, events
             )),
         }
     }
-    let losing: Vec<&Event> = events.iter().filter(|e| e.loses_counts).collect();
+    let kills: Vec<(usize, Instant)> = events.iter().filter_map(|e| Some((e.killed?, e.start))).collect();
+    let incarnations = lock(&gateways.incarnations);
     for (i, rrs) in per_incident.iter().enumerate() {
         let incident = &senders.incidents[i];
         let book = senders.ledger.book(i);
@@ -1128,13 +1170,16 @@ fn check(senders: &Senders, requests: &[RemediationRequest], seen: &Seen, events
                 book.names
             ));
         }
-        // The documented loss: at a fault that can lose counts, what was acknowledged by
-        // its end and not yet in the cluster at its start (see the module doc).
+        // The documented loss: at each SIGKILL, what the killed process acknowledged
+        // and its tallies in the cluster did not hold yet (see the module doc).
         let mut bound = 0;
-        for event in &losing {
-            let acked_by_end = book.acked.partition_point(|t| *t <= event.end) as u64;
-            let in_cluster: u64 = names.iter().map(|n| seen.count_at(n, event.start)).sum();
-            bound += acked_by_end.saturating_sub(in_cluster);
+        for (k, &(r, at)) in kills.iter().enumerate() {
+            let since = kills[..k].iter().rev().find(|(killed, _)| *killed == r).map(|&(_, t)| t);
+            let acked_by = book.acked.iter().filter(|&&(t, by)| by == r && t <= at && since.is_none_or(|s| t > s));
+            let killed = incarnations.iter().rev().find(|inc| inc.replica == r && inc.ready <= at);
+            let process = killed.and_then(|inc| inc.writer.as_deref());
+            let landed: u64 = process.map_or(0, |p| names.iter().map(|n| seen.landed(n, p, at)).sum());
+            bound += (acked_by.count() as u64).saturating_sub(landed);
         }
         let lost = acked.saturating_sub(counted);
         let extra = counted.saturating_sub(acked);
@@ -1183,7 +1228,7 @@ fn trace(senders: &Senders, requests: &[RemediationRequest], seen: &Seen, events
     let mut lines: Vec<(Instant, String)> = Vec::new();
     for name in &names {
         for &(t, count) in seen.series.get(name).map(Vec::as_slice).unwrap_or_default() {
-            let acked = book.acked.partition_point(|a| *a <= t);
+            let acked = book.acked.partition_point(|a| a.0 <= t);
             lines.push((t, format!("count {count:>6}  acked {acked:>6}  gap {:>6}", acked as i64 - count as i64)));
         }
     }
@@ -1218,10 +1263,7 @@ fn print_report(
     for kind in STATE_FAULTS.iter().chain(&KUBE_FAULTS) {
         println!("  {:>4}  {}", counts.get(kind).copied().unwrap_or(0), kind.describe());
     }
-    println!(
-        "  ({} of them can lose counts: gateway SIGKILLs and Redis losing state)",
-        events.iter().filter(|e| e.loses_counts).count()
-    );
+    println!("  ({} of them can lose counts: gateway SIGKILLs)", events.iter().filter(|e| e.killed.is_some()).count());
     println!("senders ({} of them):", settings.senders);
     println!(
         "  notifications {}, attempts {}, retries {}",

@@ -119,23 +119,72 @@ pub struct RemediationRequestStatus {
 pub struct Deduplication {
     pub first_seen_at: Time,
     pub last_seen_at: Time,
+    /// Occurrences counted on this request: the one that created it and every
+    /// writer's tally, including tallies dropped from the list.
     pub occurrence_count: u64,
+    /// Each gateway writer's share of `occurrenceCount`, most recently written last,
+    /// at most 16. A writer states its whole share on every write, so a write retried
+    /// after an unclear outcome never counts twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_TALLIES))]
+    pub tallies: Vec<Tally>,
 }
+
+/// The repeats one writer (a gateway process's count of one incident) counted on a
+/// request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Tally {
+    pub writer: String,
+    pub count: u64,
+}
+
+/// Tallies a request keeps. An older one is dropped, its count staying in the
+/// total: a writer stops writing an incident once it has not seen it for
+/// [`crate::pipeline::coalesce`]'s tally horizon, long before this many others wrote.
+const MAX_TALLIES: usize = 16;
+
+impl Deduplication {
+    /// Raises `writer`'s tally to `count`.
+    fn tally(&mut self, writer: &str, count: u64) {
+        let mut known = 0;
+        if let Some(i) = self.tallies.iter().position(|t| t.writer == writer) {
+            known = self.tallies[i].count;
+            if count <= known {
+                return;
+            }
+            self.tallies.remove(i);
+        }
+        self.occurrence_count += count - known;
+        self.tallies.push(Tally { writer: writer.to_string(), count });
+        if self.tallies.len() > MAX_TALLIES {
+            self.tallies.remove(0);
+        }
+    }
+}
+
+/// The writer of updates that count nothing.
+pub const NO_WRITER: u64 = 0;
 
 /// The gateway-owned part of a status, as computed from dedup state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatusUpdate {
     pub first_seen_s: u32,
     pub last_seen_s: u32,
+    /// Who counts: one gateway process's tally of one incident, or [`NO_WRITER`]
+    /// for an update that counts nothing beyond the occurrence that created the
+    /// request (a creation, a resolution).
+    pub writer: u64,
+    /// The occurrences `writer` has counted on the request in all (not since its last
+    /// write): applying an update twice counts nothing twice.
     pub count: u64,
     pub resolved_at_s: Option<u32>,
     pub storm: Option<StormUpdate>,
 }
 
-/// Storm counts and the resources seen, for an aggregated request.
+/// What an aggregated request's update adds besides its alerts, which are the
+/// update's occurrences.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StormUpdate {
-    pub alert_count: u64,
     pub resource_count: u64,
     pub resources: Vec<TargetResource>,
     /// Most resources listed.
@@ -144,7 +193,6 @@ pub struct StormUpdate {
 
 impl StormUpdate {
     fn merge(&mut self, other: &StormUpdate) {
-        self.alert_count = self.alert_count.max(other.alert_count);
         self.resource_count = self.resource_count.max(other.resource_count);
         self.cap = self.cap.max(other.cap);
         union_capped(&mut self.resources, &other.resources, self.cap);
@@ -164,12 +212,17 @@ fn union_capped(list: &mut Vec<TargetResource>, more: &[TargetResource], cap: us
 }
 
 impl StatusUpdate {
-    /// Folds a later observation into this one. Counts and times only move forward,
-    /// so updates applied out of order (or by racing replicas) never regress.
+    /// Folds a later update of the same writer into this one. Counts and times only
+    /// move forward, so updates applied out of order never regress.
     pub fn merge(&mut self, other: &StatusUpdate) {
+        if self.writer == NO_WRITER {
+            (self.writer, self.count) = (other.writer, other.count);
+        } else if other.writer != NO_WRITER {
+            debug_assert_eq!(self.writer, other.writer, "one writer's updates merge");
+            self.count = self.count.max(other.count);
+        }
         self.first_seen_s = self.first_seen_s.min(other.first_seen_s);
         self.last_seen_s = self.last_seen_s.max(other.last_seen_s);
-        self.count = self.count.max(other.count);
         self.resolved_at_s = self.resolved_at_s.max(other.resolved_at_s);
         match (&mut self.storm, &other.storm) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
@@ -181,35 +234,65 @@ impl StatusUpdate {
 
 impl RemediationRequestStatus {
     /// Applies a gateway update, never moving counts or times backwards and never
-    /// touching fields the gateway does not own.
+    /// touching fields the gateway does not own. The occurrences it adds are what
+    /// its writer counted since its tally here was last raised. The first status
+    /// written holds the occurrence that created the request, whoever writes it:
+    /// the API server drops status on create.
     pub fn apply(&mut self, update: &StatusUpdate) {
-        let mut merged = update.clone();
-        if let Some(d) = &self.deduplication {
-            merged.merge(&StatusUpdate {
-                first_seen_s: d.first_seen_at.0.as_second() as u32,
-                last_seen_s: d.last_seen_at.0.as_second() as u32,
-                count: d.occurrence_count,
-                resolved_at_s: None,
-                storm: None,
-            });
+        let dedup = self.deduplication.get_or_insert_with(|| Deduplication {
+            first_seen_at: time_s(update.first_seen_s),
+            last_seen_at: time_s(update.last_seen_s),
+            occurrence_count: 1,
+            tallies: Vec::new(),
+        });
+        if (update.first_seen_s as i64) < dedup.first_seen_at.0.as_second() {
+            dedup.first_seen_at = time_s(update.first_seen_s);
         }
-        if let Some(update) = &merged.storm {
+        if (update.last_seen_s as i64) > dedup.last_seen_at.0.as_second() {
+            dedup.last_seen_at = time_s(update.last_seen_s);
+        }
+        if update.writer != NO_WRITER {
+            dedup.tally(&format!("{:016x}", update.writer), update.count);
+        }
+        if let Some(update) = &update.storm {
             let storm = self.storm.get_or_insert_with(Default::default);
-            storm.alert_count = storm.alert_count.max(update.alert_count);
+            storm.alert_count = dedup.occurrence_count;
             storm.resource_count = storm.resource_count.max(update.resource_count);
             union_capped(&mut storm.affected_resources, &update.resources, update.cap);
         }
-        self.deduplication = Some(Deduplication {
-            first_seen_at: time_s(merged.first_seen_s),
-            last_seen_at: time_s(merged.last_seen_s),
-            occurrence_count: merged.count,
-        });
-        if let Some(at) = merged.resolved_at_s {
+        if let Some(at) = update.resolved_at_s {
             let newer = self.signal_resolved_at.as_ref().is_none_or(|t| t.0.as_second() < at as i64);
             if newer {
                 self.signal_resolved_at = Some(time_s(at));
             }
         }
+    }
+}
+
+impl RemediationRequestStatus {
+    /// Merges the gateway-owned part of `built` (a status made by [`Self::apply`])
+    /// into this one, as applying its updates again would.
+    pub fn merge(&mut self, built: &RemediationRequestStatus) {
+        let Some(theirs) = &built.deduplication else { return };
+        let Some(mine) = &mut self.deduplication else {
+            self.deduplication = built.deduplication.clone();
+            self.storm = built.storm.clone();
+            self.signal_resolved_at = built.signal_resolved_at.clone();
+            return;
+        };
+        mine.first_seen_at = mine.first_seen_at.clone().min(theirs.first_seen_at.clone());
+        mine.last_seen_at = mine.last_seen_at.clone().max(theirs.last_seen_at.clone());
+        for tally in &theirs.tallies {
+            mine.tally(&tally.writer, tally.count);
+        }
+        if let Some(theirs) = &built.storm {
+            let storm = self.storm.get_or_insert_with(Default::default);
+            storm.alert_count = mine.occurrence_count;
+            storm.resource_count = storm.resource_count.max(theirs.resource_count);
+            let cap = theirs.affected_resources.len().max(storm.affected_resources.len());
+            union_capped(&mut storm.affected_resources, &theirs.affected_resources, cap);
+        }
+        self.signal_resolved_at = self.signal_resolved_at.clone().max(built.signal_resolved_at.clone());
     }
 }
 
@@ -463,19 +546,49 @@ mod tests {
     #[test]
     fn status_never_moves_backwards() {
         let mut status = RemediationRequestStatus { phase: Some("Processing".into()), ..Default::default() };
-        status.apply(&StatusUpdate { first_seen_s: 100, last_seen_s: 150, count: 7, resolved_at_s: None, storm: None });
-        status.apply(&StatusUpdate {
+        let update = |last_seen_s, count, resolved_at_s| StatusUpdate {
             first_seen_s: 100,
-            last_seen_s: 120,
-            count: 5,
-            resolved_at_s: Some(160),
+            last_seen_s,
+            writer: 1,
+            count,
+            resolved_at_s,
             storm: None,
-        });
+        };
+        status.apply(&update(150, 7, None));
+        status.apply(&update(120, 5, Some(160)));
         let d = status.deduplication.as_ref().unwrap();
-        assert_eq!(d.occurrence_count, 7);
+        assert_eq!(d.occurrence_count, 1 + 7, "the creating occurrence and writer 1's repeats");
         assert_eq!(d.last_seen_at.0.as_second(), 150);
         assert_eq!(status.signal_resolved_at.as_ref().unwrap().0.as_second(), 160);
         assert_eq!(status.phase.as_deref(), Some("Processing"));
+    }
+
+    #[test]
+    fn writers_add_up_and_a_repeated_write_counts_nothing_twice() {
+        let update = |writer, count| StatusUpdate {
+            first_seen_s: 100,
+            last_seen_s: 100,
+            writer,
+            count,
+            resolved_at_s: None,
+            storm: None,
+        };
+        let mut status = RemediationRequestStatus::default();
+        for (writer, count) in [(1, 3), (2, 5), (1, 3), (1, 4), (2, 2), (2, 5)] {
+            status.apply(&update(writer, count));
+        }
+        let d = status.deduplication.as_ref().unwrap();
+        assert_eq!(d.occurrence_count, 1 + 4 + 5, "the creating occurrence, writer 1's 4 and writer 2's 5");
+        assert_eq!(d.tallies.iter().map(|t| t.count).collect::<Vec<_>>(), [5, 4], "last raised last");
+
+        // Past the cap the oldest tally goes, and its count stays in the total.
+        for writer in 3..20 {
+            status.apply(&update(writer, 1));
+        }
+        let d = status.deduplication.as_ref().unwrap();
+        assert_eq!(d.tallies.len(), MAX_TALLIES);
+        assert_eq!(d.occurrence_count, 10 + 17);
+        assert!(d.tallies.iter().all(|t| t.writer != format!("{:016x}", 1)));
     }
 
     #[test]
@@ -484,9 +597,10 @@ mod tests {
         let storm = |alerts, resources: Vec<TargetResource>| StatusUpdate {
             first_seen_s: 100,
             last_seen_s: 100,
+            writer: 1,
             count: alerts,
             resolved_at_s: None,
-            storm: Some(StormUpdate { alert_count: alerts, resource_count: alerts, resources, cap: 2 }),
+            storm: Some(StormUpdate { resource_count: alerts, resources, cap: 2 }),
         };
         let mut update = storm(2, vec![resource(1), resource(2)]);
         update.merge(&storm(3, vec![resource(3)]));
@@ -494,7 +608,7 @@ mod tests {
         status.apply(&update);
         status.apply(&storm(1, vec![resource(4)]));
         let s = status.storm.unwrap();
-        assert_eq!((s.alert_count, s.resource_count), (3, 3));
+        assert_eq!((s.alert_count, s.resource_count), (1 + 3, 3), "the opening alert and 3 folded");
         assert_eq!(s.affected_resources, vec![resource(1), resource(2)]);
     }
 }

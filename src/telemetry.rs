@@ -67,6 +67,13 @@ pub struct StormLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriterLabels {
+    /// The first 8 hex digits of every tally writer id this process puts in request
+    /// statuses.
+    pub writer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabels {
     pub environment: String,
     pub priority: String,
@@ -115,6 +122,8 @@ pub struct Metrics {
     pub sink_writes: Family<SinkLabels, Counter>,
     pub status_coalesced: Counter,
     pub status_pending: Gauge,
+    pub status_tallies: Gauge,
+    pub status_writer: Family<WriterLabels, Gauge>,
     pub redis_used_memory: Gauge,
     pub redis_maxmemory: Gauge,
     pub redis_fragmentation: Gauge<f64, AtomicU64>,
@@ -180,6 +189,18 @@ impl Metrics {
             "status_updates_pending",
             "RemediationRequests with a status write pending",
             status_pending.clone(),
+        );
+        let status_tallies = Gauge::default();
+        registry.register(
+            "status_tallies",
+            "Incidents this process counts repeats of, seen within the last 10 minutes",
+            status_tallies.clone(),
+        );
+        let status_writer = Family::<WriterLabels, Gauge>::default();
+        registry.register(
+            "status_writer",
+            "1, labelled with this process's half of the writer ids of its tallies in request statuses",
+            status_writer.clone(),
         );
         let redis_used_memory = Gauge::default();
         registry.register("redis_used_memory_bytes", "Redis INFO used_memory", redis_used_memory.clone());
@@ -260,6 +281,8 @@ impl Metrics {
             sink_writes,
             status_coalesced,
             status_pending,
+            status_tallies,
+            status_writer,
             redis_used_memory,
             redis_maxmemory,
             redis_fragmentation,

@@ -7,6 +7,14 @@
 //! that fails is retried with backoff, and [`Coalescer::shutdown`] writes everything
 //! still pending before the process exits.
 //!
+//! Updates carry counts as tallies: each counts what this process counted of the
+//! incident, in all, under a writer id of its own. The request's status adds each
+//! writer's tally once (`RemediationRequestStatus::apply`), so a write retried after
+//! an unclear outcome counts nothing twice, replicas never hide each other's counts,
+//! and the state store losing its counts (a restart, a failover) costs none: it
+//! decides which request an alert belongs to, never how many occurrences it has.
+//! What a process counted and had not written when it died is what is lost.
+//!
 //! Writes across all requests are also capped per second: ten thousand open
 //! incidents each repeating every few seconds must not become ten thousand writes a
 //! second to a disk or an API server. Writes over the cap wait, due, and keep
@@ -16,7 +24,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 // foldhash is seeded per process; the table is hit once per duplicate alert.
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,7 +37,7 @@ use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::sink::{Created, RequestRef, Sink, SinkError};
 use crate::state::DedupConfig;
-use crate::telemetry::{trace, Metrics, SinkLabels};
+use crate::telemetry::{trace, Metrics, SinkLabels, WriterLabels};
 
 /// Longest wait between retries of a failing write.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -38,6 +46,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const NOT_FOUND_ATTEMPTS: u32 = 5;
 /// Writes in flight at once.
 const CONCURRENCY: usize = 32;
+/// How long this process keeps counting an incident it no longer sees. A repeat
+/// after that starts a tally under a new writer id, which is always correct (tallies
+/// add up); keeping them shorter only spends more of a request's tally list.
+const TALLY_HORIZON: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
 pub struct Coalescer {
@@ -46,6 +58,9 @@ pub struct Coalescer {
 
 struct Shared {
     inner: Mutex<Inner>,
+    /// This process's half of its writer ids: random, so that processes (and
+    /// restarts) never share one.
+    process: u32,
     max_per_s: f64,
     wake: Notify,
     drained: Notify,
@@ -59,9 +74,22 @@ struct Inner {
     budget: Budget,
     pending: HashMap<Incident, Pending>,
     due: BinaryHeap<Reverse<(Instant, Incident)>>,
-    /// Writes under way, with the count each carries.
-    in_flight: HashMap<Incident, u64>,
+    /// Writes under way.
+    in_flight: HashSet<Incident>,
+    /// What this process counted of each incident it saw within the tally horizon.
+    tallies: HashMap<Incident, Tally>,
+    /// Writer ids handed out: the low half of the next one.
+    writers: u32,
+    /// When tallies past the horizon are next dropped.
+    sweep_at: Option<Instant>,
     draining: bool,
+}
+
+/// One writer's count of one incident.
+struct Tally {
+    writer: u64,
+    count: u64,
+    seen: Instant,
 }
 
 /// A token bucket of writes: refills at `max_per_s`, holds at most one second's worth.
@@ -100,12 +128,15 @@ impl Coalescer {
     /// `dedup.max_status_writes_per_s` in all.
     pub fn new(sink: Arc<dyn Sink>, config: &DedupConfig, metrics: Arc<Metrics>) -> Self {
         let (interval, max_per_s) = (config.status_interval, config.max_status_writes_per_s.max(1) as f64);
+        let process = process_id();
+        metrics.status_writer.get_or_create(&WriterLabels { writer: format!("{process:08x}") }).set(1);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 budget: Budget { tokens: max_per_s, at: Some(Instant::now()) },
                 ..Inner::default()
             }),
             max_per_s,
+            process,
             wake: Notify::new(),
             drained: Notify::new(),
             sink,
@@ -138,15 +169,33 @@ impl Coalescer {
     /// have yet is then not a deleted one.
     pub fn creating(&self, incident: &Incident) -> bool {
         let inner = self.shared.lock();
-        inner.pending.get(incident).is_some_and(|p| p.create.is_some()) || inner.in_flight.contains_key(incident)
+        inner.pending.get(incident).is_some_and(|p| p.create.is_some()) || inner.in_flight.contains(incident)
     }
 
-    /// The count waiting to be written for `incident`'s request, or being written:
-    /// counts this replica acknowledged that the sink's view may not have yet.
-    pub fn pending_count(&self, incident: &Incident) -> Option<u64> {
-        let inner = self.shared.lock();
-        let pending = inner.pending.get(incident).map(|p| p.update.count);
-        pending.max(inner.in_flight.get(incident).copied())
+    /// Counts `added` repeats of `incident`, returning the writer and count a status
+    /// update of it carries: everything this process counted of it.
+    pub fn count(&self, incident: Incident, added: u64) -> (u64, u64) {
+        let now = Instant::now();
+        let mut inner = self.shared.lock();
+        let Inner { tallies, writers, sweep_at, pending, in_flight, .. } = &mut *inner;
+        if sweep_at.is_none_or(|at| now >= at) {
+            // Only tallies with nothing on the way: a pending write carries its writer.
+            tallies.retain(|incident, t| {
+                now.duration_since(t.seen) < TALLY_HORIZON
+                    || pending.contains_key(incident)
+                    || in_flight.contains(incident)
+            });
+            *sweep_at = Some(now + TALLY_HORIZON / 4);
+        }
+        let tally = tallies.entry(incident).or_insert_with(|| {
+            *writers = writers.wrapping_add(1);
+            Tally { writer: (self.shared.process as u64) << 32 | *writers as u64, count: 0, seen: now }
+        });
+        tally.count += added;
+        tally.seen = now;
+        let counted = (tally.writer, tally.count);
+        self.shared.metrics.status_tallies.set(tallies.len() as i64);
+        counted
     }
 
     /// Requests with a write pending.
@@ -237,14 +286,14 @@ impl Shared {
                 break;
             }
             let Reverse((due, incident)) = inner.due.pop().expect("peeked");
-            if inner.in_flight.contains_key(&incident) {
+            if inner.in_flight.contains(&incident) {
                 // Never two writes to one request at once: wait for the first.
                 later.push(Reverse((due.max(now) + self.interval.min(Duration::from_millis(50)), incident)));
                 continue;
             }
             if let Some(p) = inner.pending.remove(&incident) {
                 inner.budget.tokens -= 1.0;
-                inner.in_flight.insert(incident, p.update.count);
+                inner.in_flight.insert(incident);
                 ready.push((incident, p));
             }
         }
@@ -323,6 +372,12 @@ impl Shared {
     }
 }
 
+/// 32 random bits, never zero, so that no writer id is
+/// [`crate::remediation::NO_WRITER`].
+fn process_id() -> u32 {
+    (uuid::Uuid::new_v4().as_u64_pair().0 as u32).max(1)
+}
+
 async fn writer(shared: Arc<Shared>) {
     loop {
         match shared.take_due() {
@@ -384,7 +439,7 @@ mod tests {
     }
 
     fn update(count: u64) -> StatusUpdate {
-        StatusUpdate { first_seen_s: 1, last_seen_s: 1, count, resolved_at_s: None, storm: None }
+        StatusUpdate { first_seen_s: 1, last_seen_s: 1, writer: 1, count, resolved_at_s: None, storm: None }
     }
 
     fn incident(n: usize) -> Incident {
@@ -413,6 +468,76 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         settle().await;
         assert_eq!(sink.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// A sink that keeps one status, and whose first `unclear` writes land but
+    /// answer an error, as a write that timed out after the server applied it.
+    #[derive(Default)]
+    struct Landing {
+        status: Mutex<crate::remediation::RemediationRequestStatus>,
+        unclear: AtomicUsize,
+    }
+
+    impl Sink for Landing {
+        fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
+            Box::pin(async { Ok(Created::Created) })
+        }
+        fn update_status<'a>(
+            &'a self,
+            _: &'a RequestRef,
+            update: &'a StatusUpdate,
+        ) -> BoxFuture<'a, Result<(), SinkError>> {
+            self.status.lock().unwrap().apply(update);
+            let unclear = self.unclear.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            Box::pin(async move {
+                match unclear {
+                    true => Err(SinkError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+                    false => Ok(()),
+                }
+            })
+        }
+        fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_retried_after_an_unclear_outcome_counts_nothing_twice() {
+        let sink = Arc::new(Landing { unclear: AtomicUsize::new(3), ..Default::default() });
+        let c = Coalescer::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
+        let counted = |c: &Coalescer| {
+            let (writer, count) = c.count(incident(0), 1);
+            c.record(incident(0), &at(0), StatusUpdate { writer, count, ..update(0) });
+        };
+        for round in 0..4 {
+            for _ in 0..10 {
+                counted(&c);
+            }
+            tokio::time::advance(Duration::from_secs(1 << round)).await;
+            settle().await;
+        }
+        c.shutdown(Duration::from_secs(60)).await;
+        let status = sink.status.lock().unwrap().clone();
+        assert_eq!(sink.unclear.load(Ordering::SeqCst), 0, "three writes landed unclearly");
+        assert_eq!(status.deduplication.unwrap().occurrence_count, 1 + 40, "the creating occurrence and 40 repeats");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_incident_unseen_past_the_horizon_is_counted_under_a_new_writer() {
+        let c = Coalescer::new(
+            Arc::new(Counting::default()),
+            &dedup(Duration::from_secs(1), 1000),
+            Arc::new(Metrics::new()),
+        );
+        let (writer, count) = c.count(incident(0), 1);
+        assert_eq!(c.count(incident(0), 2), (writer, count + 2), "one writer per incident while it is seen");
+        assert_ne!(c.count(incident(1), 1).0, writer, "one writer per incident");
+        tokio::time::advance(TALLY_HORIZON).await;
+        settle().await;
+        let (later, count) = c.count(incident(0), 1);
+        assert_ne!(later, writer, "a new writer: the old one's tally may be gone from the request");
+        assert_eq!(count, 1);
+        assert_eq!(c.shared.lock().tallies.len(), 1, "the other incident's tally was dropped");
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::audit;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
-use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate};
+use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate, NO_WRITER};
 use crate::signal::{Fingerprint, Signal, SignalStatus};
 use crate::sink::{Created, Lookup, RequestRef, Sink, SinkError};
 use crate::state::{
@@ -369,7 +369,8 @@ impl Pipeline {
             }
             Verdict::ResolvedOpen(entry) => {
                 let at = self.reference(signal, &entry);
-                self.coalescer.record(incident(signal, &entry), &at, update(&entry, Some(self.clock.now_s())));
+                let resolved = StatusUpdate { resolved_at_s: Some(self.clock.now_s()), ..uncounted(&entry) };
+                self.coalescer.record(incident(signal, &entry), &at, resolved);
                 Ok(self.outcome(signal, OutcomeStatus::Resolved, Some(at), entry.count))
             }
             Verdict::ResolvedUnknown => Ok(self.outcome(signal, OutcomeStatus::Resolved, None, 0)),
@@ -438,16 +439,12 @@ impl Pipeline {
             o.storm.is_none() && now.saturating_sub(o.last_seen_s) < self.window_s && Some(&o.at) != except
         });
         let Some(open) = open else { return Ok(None) };
-        // The count goes on from the larger of the sink's and the one this replica
-        // has yet to write to it (the sink lags while its writes fail): counts only
-        // move forward, so going on from the sink's alone would hide every occurrence
-        // until it passed the pending one.
-        let held = self.coalescer.pending_count(&Incident::Signal(signal.fingerprint, open.first_seen_s));
-        let count = open.count.max(held.unwrap_or(0)).min(u32::MAX as u64 - 1) as u32 + 1;
+        // The store's count only answers the sender; the request's count is the
+        // writers' tallies, which the store's loss did not touch.
+        let count = open.count.min(u32::MAX as u64 - 1) as u32 + 1;
         let entry = Entry { first_seen_s: open.first_seen_s, last_seen_s: now, count };
         self.state.adopt(asked, entry, now).instrument(decide_span("adopt")).await.inspect_err(|e| self.failed(e))?;
-        self.coalescer.record(incident(signal, &entry), &open.at, update(&entry, None));
-        Ok(Some(self.outcome(signal, OutcomeStatus::Duplicate, Some(open.at), entry.count)))
+        Ok(Some(self.duplicate(signal, entry, open.at)))
     }
 
     /// The storm window, still open by the storm rules, whose aggregated request the
@@ -482,7 +479,9 @@ impl Pipeline {
 
     /// Counts a duplicate on its open request.
     fn duplicate(&self, signal: &Signal<'_>, entry: Entry, at: RequestRef) -> Outcome {
-        self.coalescer.record(incident(signal, &entry), &at, update(&entry, None));
+        let incident = incident(signal, &entry);
+        let (writer, count) = self.coalescer.count(incident, 1);
+        self.coalescer.record(incident, &at, StatusUpdate { writer, count, ..uncounted(&entry) });
         self.outcome(signal, OutcomeStatus::Duplicate, Some(at), entry.count)
     }
 
@@ -499,7 +498,7 @@ impl Pipeline {
     async fn open(&self, signal: &Signal<'_>, entry: Entry, by: &str) -> Result<Outcome, PipelineError> {
         let class = self.classify(signal);
         let at = self.reference(signal, &entry);
-        let update = update(&entry, None);
+        let update = uncounted(&entry);
         let mut request = remediation::build(signal, &at.namespace, entry.first_seen_s, &class, &update);
         self.name_trace(&mut request);
         let status = match self.create(incident(signal, &entry), request, &at, update, by).await {
@@ -520,7 +519,7 @@ impl Pipeline {
     }
 
     /// Creates `request`, annotated with who submitted it (`by`). If it exists
-    /// already, `update` is counted on it. If the sink fails, the request goes to the
+    /// already, the occurrence is counted on it as a repeat. If the sink fails, the request goes to the
     /// status writer, which keeps trying: the incident is recorded as open, so the
     /// sender's retry will be a duplicate, and the request it is counted in must get
     /// made. Each request created is one audit event, naming its submitter.
@@ -544,7 +543,8 @@ impl Pipeline {
                 Ok(Created::Created)
             }
             Ok(Created::AlreadyExists) => {
-                self.coalescer.record(incident, at, update);
+                let (writer, count) = self.coalescer.count(incident, 1);
+                self.coalescer.record(incident, at, StatusUpdate { writer, count, ..update });
                 Ok(Created::AlreadyExists)
             }
             Err(e) => {
@@ -626,20 +626,22 @@ impl Pipeline {
             namespace: self.namespace_for(signal),
             name: remediation::storm_request_name(&signal.name, scope, folded.window_id),
         };
+        let incident = Incident::Storm(*scope, folded.window_id);
         let now = self.clock.now_s();
+        // The alert that opened the window is the one its request's creation counts.
+        let (writer, count) = if folded.opened { (NO_WRITER, 0) } else { self.coalescer.count(incident, 1) };
         let update = StatusUpdate {
             first_seen_s: folded.window_id,
             last_seen_s: now,
-            count: folded.alert_count as u64,
+            writer,
+            count,
             resolved_at_s: None,
             storm: Some(StormUpdate {
-                alert_count: folded.alert_count as u64,
                 resource_count: folded.resource_count as u64,
                 resources: vec![signal.target.clone()],
                 cap: self.storm.affected_resources_cap,
             }),
         };
-        let incident = Incident::Storm(*scope, folded.window_id);
         self.windows.lock().unwrap_or_else(|p| p.into_inner()).insert((*scope, folded.window_id), now);
         self.metrics.alerts_aggregated.inc();
         let status = OutcomeStatus::Aggregated { opened: folded.opened };
@@ -688,12 +690,14 @@ fn incident(signal: &Signal<'_>, entry: &Entry) -> Incident {
     Incident::Signal(signal.fingerprint, entry.first_seen_s)
 }
 
-fn update(entry: &Entry, resolved_at_s: Option<u32>) -> StatusUpdate {
+/// An update of `entry`'s times that counts no repeat.
+fn uncounted(entry: &Entry) -> StatusUpdate {
     StatusUpdate {
         first_seen_s: entry.first_seen_s,
         last_seen_s: entry.last_seen_s,
-        count: entry.count as u64,
-        resolved_at_s,
+        writer: NO_WRITER,
+        count: 0,
+        resolved_at_s: None,
         storm: None,
     }
 }

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
 use crate::config::ConfigError;
 use crate::pipeline::classify::NamespaceLabels;
-use crate::remediation::{labels, RemediationRequest, StatusUpdate};
+use crate::remediation::{labels, RemediationRequest, RemediationRequestStatus, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
 use crate::telemetry::{ApiLabels, Metrics};
@@ -216,13 +216,15 @@ impl KubeSink {
         self.metrics.api_calls.get_or_create(&ApiLabels { verb, outcome }).inc();
     }
 
-    /// Folds `update` into the status of the request at `at`, starting from `known`
-    /// (an object just returned by the API server) or the watch cache, and reading
-    /// from the API server only when neither has it or a write conflicts.
+    /// Folds gateway-owned fields into the status of the request at `at` with
+    /// `fold`, starting from `known` (an object just returned by the API server) or
+    /// the watch cache, and reading from the API server only when neither has it or
+    /// a write conflicts. Every fold is idempotent, so a write retried after an
+    /// unclear outcome changes nothing twice.
     async fn write_status(
         &self,
         at: &RequestRef,
-        update: &StatusUpdate,
+        fold: impl Fn(&mut RemediationRequestStatus),
         known: Option<RemediationRequest>,
     ) -> Result<(), SinkError> {
         let api = self.api(&at.namespace);
@@ -238,7 +240,7 @@ impl KubeSink {
                 },
             };
             let mut next = current.clone();
-            next.status.get_or_insert_with(Default::default).apply(update);
+            fold(next.status.get_or_insert_with(Default::default));
             if next.status == current.status {
                 return Ok(()); // Nothing new: the cheapest write is none.
             }
@@ -368,10 +370,8 @@ impl Sink for KubeSink {
                 Err(e) => return Err(sink_error(e)),
             };
             // The API server drops status on create (it is a subresource).
-            if let Some(status) = &request.status {
-                if let Some(update) = status_update(status) {
-                    self.write_status(&at, &update, Some(created)).await?;
-                }
+            if let Some(built) = &request.status {
+                self.write_status(&at, |status| status.merge(built), Some(created)).await?;
             }
             Ok(Created::Created)
         })
@@ -382,7 +382,7 @@ impl Sink for KubeSink {
         at: &'a RequestRef,
         update: &'a StatusUpdate,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(self.write_status(at, update, None))
+        Box::pin(self.write_status(at, |status| status.apply(update), None))
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
@@ -436,23 +436,6 @@ impl Sink for KubeSink {
 
 fn terminal(rr: &RemediationRequest) -> bool {
     is_terminal(rr.status.as_ref().and_then(|s| s.phase.as_deref()))
-}
-
-/// The gateway-owned part of a freshly built status, as an update.
-fn status_update(status: &crate::remediation::RemediationRequestStatus) -> Option<StatusUpdate> {
-    let dedup = status.deduplication.as_ref()?;
-    Some(StatusUpdate {
-        first_seen_s: dedup.first_seen_at.0.as_second() as u32,
-        last_seen_s: dedup.last_seen_at.0.as_second() as u32,
-        count: dedup.occurrence_count,
-        resolved_at_s: status.signal_resolved_at.as_ref().map(|t| t.0.as_second() as u32),
-        storm: status.storm.as_ref().map(|s| crate::remediation::StormUpdate {
-            alert_count: s.alert_count,
-            resource_count: s.resource_count,
-            resources: s.affected_resources.clone(),
-            cap: s.affected_resources.len().max(1),
-        }),
-    })
 }
 
 struct NamespaceCache(Store<Namespace>);
