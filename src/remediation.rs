@@ -138,9 +138,9 @@ pub struct Tally {
     pub count: u64,
 }
 
-/// Tallies a request keeps. An older one is dropped, its count staying in the
-/// total: a writer stops writing an incident once it has not seen it for
-/// [`crate::pipeline::coalesce`]'s tally horizon, long before this many others wrote.
+/// Tallies a request keeps. The least recently raised is dropped, its count staying
+/// in the total: its process forgot the incident long before this many other
+/// writers counted it (see `TALLY_HORIZON` in [`crate::pipeline::coalesce`]).
 const MAX_TALLIES: usize = 16;
 
 impl Deduplication {

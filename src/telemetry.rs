@@ -193,7 +193,7 @@ impl Metrics {
         let status_tallies = Gauge::default();
         registry.register(
             "status_tallies",
-            "Incidents this process counts repeats of, seen within the last 10 minutes",
+            "Incidents this process counts repeats of: seen repeating within the last 2 minutes",
             status_tallies.clone(),
         );
         let status_writer = Family::<WriterLabels, Gauge>::default();

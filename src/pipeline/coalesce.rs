@@ -47,9 +47,12 @@ const NOT_FOUND_ATTEMPTS: u32 = 5;
 /// Writes in flight at once.
 const CONCURRENCY: usize = 32;
 /// How long this process keeps counting an incident it no longer sees. A repeat
-/// after that starts a tally under a new writer id, which is always correct (tallies
-/// add up); keeping them shorter only spends more of a request's tally list.
-const TALLY_HORIZON: Duration = Duration::from_secs(600);
+/// after that starts a tally under a new writer id, which is correct (tallies add
+/// up) and costs an entry of the request's tally list. A process starts at most one
+/// writer per incident per horizon, so however long the horizon, a request's list of
+/// 16 drops only tallies whose process has forgotten them, unless more than about 8
+/// processes count one incident at once.
+const TALLY_HORIZON: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
 pub struct Coalescer {
