@@ -122,7 +122,7 @@ pub struct Deduplication {
     /// Occurrences counted on this request: the one that created it and every
     /// writer's tally, including tallies dropped from the list.
     pub occurrence_count: u64,
-    /// Each gateway writer's share of `occurrenceCount`, most recently written last,
+    /// Each gateway writer's share of `occurrenceCount`, most recently raised last,
     /// at most 16. A writer states its whole share on every write, so a write retried
     /// after an unclear outcome never counts twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

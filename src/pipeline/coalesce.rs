@@ -39,8 +39,11 @@ use crate::sink::{Created, RequestRef, Sink, SinkError};
 use crate::state::DedupConfig;
 use crate::telemetry::{trace, Metrics, SinkLabels, WriterLabels};
 
-/// Longest wait between retries of a failing write.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest wait between retries of a failing write. Short, because what waits is
+/// what a crash would lose, and retries cannot hammer the sink: they share the
+/// per-second write cap with every other write, and an open circuit answers them
+/// without a call.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A request not found may still be being created (by this replica's pipeline or
 /// another replica): retry this many times, with backoff, before giving up.
 const NOT_FOUND_ATTEMPTS: u32 = 5;
@@ -152,7 +155,13 @@ impl Coalescer {
 
     /// Schedules `update` for `incident`'s request, at `at`.
     pub fn record(&self, incident: Incident, at: &RequestRef, update: StatusUpdate) {
-        self.enqueue(incident, at, update, None);
+        self.enqueue(incident, at, update, None, false);
+    }
+
+    /// Counts one more repeat of `incident` by this process, and schedules `update`
+    /// for its request carrying this process's tally: everything it counted of it.
+    pub fn repeat(&self, incident: Incident, at: &RequestRef, update: StatusUpdate) {
+        self.enqueue(incident, at, update, None, true);
     }
 
     /// Schedules the creation of `request` (whose direct create failed), followed by
@@ -164,7 +173,7 @@ impl Coalescer {
         at: &RequestRef,
         update: StatusUpdate,
     ) {
-        self.enqueue(incident, at, update, Some(Box::new(request)));
+        self.enqueue(incident, at, update, Some(Box::new(request)), false);
     }
 
     /// Whether this replica is still trying to create `incident`'s request (its
@@ -173,32 +182,6 @@ impl Coalescer {
     pub fn creating(&self, incident: &Incident) -> bool {
         let inner = self.shared.lock();
         inner.pending.get(incident).is_some_and(|p| p.create.is_some()) || inner.in_flight.contains(incident)
-    }
-
-    /// Counts `added` repeats of `incident`, returning the writer and count a status
-    /// update of it carries: everything this process counted of it.
-    pub fn count(&self, incident: Incident, added: u64) -> (u64, u64) {
-        let now = Instant::now();
-        let mut inner = self.shared.lock();
-        let Inner { tallies, writers, sweep_at, pending, in_flight, .. } = &mut *inner;
-        if sweep_at.is_none_or(|at| now >= at) {
-            // Only tallies with nothing on the way: a pending write carries its writer.
-            tallies.retain(|incident, t| {
-                now.duration_since(t.seen) < TALLY_HORIZON
-                    || pending.contains_key(incident)
-                    || in_flight.contains(incident)
-            });
-            *sweep_at = Some(now + TALLY_HORIZON / 4);
-        }
-        let tally = tallies.entry(incident).or_insert_with(|| {
-            *writers = writers.wrapping_add(1);
-            Tally { writer: (self.shared.process as u64) << 32 | *writers as u64, count: 0, seen: now }
-        });
-        tally.count += added;
-        tally.seen = now;
-        let counted = (tally.writer, tally.count);
-        self.shared.metrics.status_tallies.set(tallies.len() as i64);
-        counted
     }
 
     /// Requests with a write pending.
@@ -231,11 +214,16 @@ impl Coalescer {
         &self,
         incident: Incident,
         at: &RequestRef,
-        update: StatusUpdate,
+        mut update: StatusUpdate,
         create: Option<Box<RemediationRequest>>,
+        repeat: bool,
     ) {
         let shared = &self.shared;
         let mut inner = shared.lock();
+        if repeat {
+            (update.writer, update.count) = inner.tally(incident, shared.process);
+            shared.metrics.status_tallies.set(inner.tallies.len() as i64);
+        }
         let due = if inner.draining { Instant::now() } else { Instant::now() + shared.interval };
         let Inner { pending, due: queue, .. } = &mut *inner;
         match pending.get_mut(&incident) {
@@ -257,6 +245,31 @@ impl Coalescer {
                 }
             }
         }
+    }
+}
+
+impl Inner {
+    /// Counts one more repeat of `incident`, returning its writer and everything this
+    /// process counted of it. `process` is the writer ids' high half.
+    fn tally(&mut self, incident: Incident, process: u32) -> (u64, u64) {
+        let now = Instant::now();
+        let Inner { tallies, writers, sweep_at, pending, in_flight, .. } = self;
+        if sweep_at.is_none_or(|at| now >= at) {
+            // Only tallies with nothing on the way: a pending write carries its writer.
+            tallies.retain(|incident, t| {
+                now.duration_since(t.seen) < TALLY_HORIZON
+                    || pending.contains_key(incident)
+                    || in_flight.contains(incident)
+            });
+            *sweep_at = Some(now + TALLY_HORIZON / 4);
+        }
+        let tally = tallies.entry(incident).or_insert_with(|| {
+            *writers = writers.wrapping_add(1);
+            Tally { writer: (process as u64) << 32 | *writers as u64, count: 0, seen: now }
+        });
+        tally.count += 1;
+        tally.seen = now;
+        (tally.writer, tally.count)
     }
 }
 
@@ -508,13 +521,9 @@ mod tests {
     async fn a_write_retried_after_an_unclear_outcome_counts_nothing_twice() {
         let sink = Arc::new(Landing { unclear: AtomicUsize::new(3), ..Default::default() });
         let c = Coalescer::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
-        let counted = |c: &Coalescer| {
-            let (writer, count) = c.count(incident(0), 1);
-            c.record(incident(0), &at(0), StatusUpdate { writer, count, ..update(0) });
-        };
         for round in 0..4 {
             for _ in 0..10 {
-                counted(&c);
+                c.repeat(incident(0), &at(0), update(0));
             }
             tokio::time::advance(Duration::from_secs(1 << round)).await;
             settle().await;
@@ -532,12 +541,18 @@ mod tests {
             &dedup(Duration::from_secs(1), 1000),
             Arc::new(Metrics::new()),
         );
-        let (writer, count) = c.count(incident(0), 1);
-        assert_eq!(c.count(incident(0), 2), (writer, count + 2), "one writer per incident while it is seen");
-        assert_ne!(c.count(incident(1), 1).0, writer, "one writer per incident");
+        let tally = |n| {
+            c.repeat(incident(n), &at(n), update(0));
+            let inner = c.shared.lock();
+            let t = &inner.tallies[&incident(n)];
+            (t.writer, t.count)
+        };
+        let (writer, _) = tally(0);
+        assert_eq!(tally(0), (writer, 2), "one writer per incident while it is seen");
+        assert_ne!(tally(1).0, writer, "one writer per incident");
         tokio::time::advance(TALLY_HORIZON).await;
         settle().await;
-        let (later, count) = c.count(incident(0), 1);
+        let (later, count) = tally(0);
         assert_ne!(later, writer, "a new writer: the old one's tally may be gone from the request");
         assert_eq!(count, 1);
         assert_eq!(c.shared.lock().tallies.len(), 1, "the other incident's tally was dropped");

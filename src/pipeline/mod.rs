@@ -355,7 +355,7 @@ impl Pipeline {
                     return Err(Slow::OpenStorm(scope, folded));
                 }
                 let (outcome, incident, at, update) = self.folded(signal, &scope, folded);
-                self.coalescer.record(incident, &at, update);
+                self.coalescer.repeat(incident, &at, update);
                 Ok(outcome)
             }
             Verdict::New(entry) => Err(Slow::New(entry)),
@@ -473,15 +473,13 @@ impl Pipeline {
         let adopted = self.state.adopt_window(asked, window, now).instrument(decide_span("adopt_window")).await;
         let folded = adopted.inspect_err(|e| self.failed(e))?;
         let (outcome, incident, at, update) = self.folded(signal, &scope, folded);
-        self.coalescer.record(incident, &at, update);
+        self.coalescer.repeat(incident, &at, update);
         Ok(outcome)
     }
 
     /// Counts a duplicate on its open request.
     fn duplicate(&self, signal: &Signal<'_>, entry: Entry, at: RequestRef) -> Outcome {
-        let incident = incident(signal, &entry);
-        let (writer, count) = self.coalescer.count(incident, 1);
-        self.coalescer.record(incident, &at, StatusUpdate { writer, count, ..uncounted(&entry) });
+        self.coalescer.repeat(incident(signal, &entry), &at, uncounted(&entry));
         self.outcome(signal, OutcomeStatus::Duplicate, Some(at), entry.count)
     }
 
@@ -519,10 +517,11 @@ impl Pipeline {
     }
 
     /// Creates `request`, annotated with who submitted it (`by`). If it exists
-    /// already, the occurrence is counted on it as a repeat. If the sink fails, the request goes to the
-    /// status writer, which keeps trying: the incident is recorded as open, so the
-    /// sender's retry will be a duplicate, and the request it is counted in must get
-    /// made. Each request created is one audit event, naming its submitter.
+    /// already, the occurrence is counted on it as a repeat. If the sink fails, the
+    /// request goes to the status writer, which keeps trying: the incident is
+    /// recorded as open, so the sender's retry will be a duplicate, and the request
+    /// it is counted in must get made. Each request created is one audit event,
+    /// naming its submitter.
     async fn create(
         &self,
         incident: Incident,
@@ -543,8 +542,7 @@ impl Pipeline {
                 Ok(Created::Created)
             }
             Ok(Created::AlreadyExists) => {
-                let (writer, count) = self.coalescer.count(incident, 1);
-                self.coalescer.record(incident, at, StatusUpdate { writer, count, ..update });
+                self.coalescer.repeat(incident, at, update);
                 Ok(Created::AlreadyExists)
             }
             Err(e) => {
@@ -603,7 +601,7 @@ impl Pipeline {
     ) -> Result<Outcome, PipelineError> {
         let (outcome, incident, at, update) = self.folded(signal, scope, folded);
         if !folded.opened {
-            self.coalescer.record(incident, &at, update);
+            self.coalescer.repeat(incident, &at, update);
             return Ok(outcome);
         }
         self.metrics.storms.get_or_create(&StormLabels { r#type: folded.kind.as_str() }).inc();
@@ -615,7 +613,9 @@ impl Pipeline {
         Ok(outcome)
     }
 
-    /// A folded alert's outcome, and the status update of its aggregated request.
+    /// A folded alert's outcome, and the status update of its aggregated request, to
+    /// be counted as a repeat unless the alert opened the window (the request's
+    /// creation counts that one).
     fn folded(
         &self,
         signal: &Signal<'_>,
@@ -628,13 +628,11 @@ impl Pipeline {
         };
         let incident = Incident::Storm(*scope, folded.window_id);
         let now = self.clock.now_s();
-        // The alert that opened the window is the one its request's creation counts.
-        let (writer, count) = if folded.opened { (NO_WRITER, 0) } else { self.coalescer.count(incident, 1) };
         let update = StatusUpdate {
             first_seen_s: folded.window_id,
             last_seen_s: now,
-            writer,
-            count,
+            writer: NO_WRITER,
+            count: 0,
             resolved_at_s: None,
             storm: Some(StormUpdate {
                 resource_count: folded.resource_count as u64,
