@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use jiff::Timestamp;
 use tidegate::config::{parse_duration, Config};
 use tidegate::ingest::{self, IngestError, Payload, Source};
-use tidegate::remediation::{self, Classification, StatusUpdate, MAX_VALUE_BYTES};
+use tidegate::remediation::{self, Classification, StatusUpdate, MAX_VALUE_BYTES, NO_WRITER};
 use tidegate::signal::Fingerprint;
 use tidegate::state::{Decision, Verdict};
 
@@ -124,8 +124,14 @@ pub fn source(source: &Source, data: &[u8]) {
         assert!(signal.labels.len() + signal.annotations.len() <= CONFIG.ingest.max_labels);
         assert!(!signal.name.trim().is_empty(), "a signal has a name");
         assert_eq!(signal.fingerprint, Fingerprint::new(&signal.name, &signal.namespace, &signal.target));
-        let status =
-            StatusUpdate { first_seen_s: 1, last_seen_s: 1, writer: 0, count: 0, resolved_at_s: None, storm: None };
+        let status = StatusUpdate {
+            first_seen_s: 1,
+            last_seen_s: 1,
+            writer: NO_WRITER,
+            count: 0,
+            resolved_at_s: None,
+            storm: None,
+        };
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
         assert_dns_label(rr.metadata.name.as_deref().expect("a request has a name"));
         for (key, value) in rr.metadata.labels.iter().flatten() {

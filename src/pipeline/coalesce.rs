@@ -83,7 +83,7 @@ struct Inner {
     /// Writes under way.
     in_flight: HashSet<Incident>,
     /// What this process counted of each incident it saw within the tally horizon.
-    tallies: HashMap<Incident, Tally>,
+    tallies: HashMap<Incident, Counted>,
     /// Writer ids handed out: the low half of the next one.
     writers: u32,
     /// When tallies past the horizon are next dropped.
@@ -92,7 +92,7 @@ struct Inner {
 }
 
 /// One writer's count of one incident.
-struct Tally {
+struct Counted {
     writer: u64,
     count: u64,
     seen: Instant,
@@ -265,7 +265,7 @@ impl Inner {
         }
         let tally = tallies.entry(incident).or_insert_with(|| {
             *writers = writers.wrapping_add(1);
-            Tally { writer: (process as u64) << 32 | *writers as u64, count: 0, seen: now }
+            Counted { writer: (process as u64) << 32 | *writers as u64, count: 0, seen: now }
         });
         tally.count += 1;
         tally.seen = now;
