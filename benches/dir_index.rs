@@ -31,7 +31,12 @@ fn main() -> ExitCode {
     for i in 0..manifests {
         let namespace = format!("team-{:02}", i % 20);
         let pod = format!("api-7c9d8f6b5-{i:06}");
-        let target = TargetResource { kind: "Pod".into(), name: pod.clone(), namespace: namespace.clone() };
+        let target = TargetResource {
+            kind: "Pod".into(),
+            name: pod.clone(),
+            namespace: namespace.clone(),
+            cluster: String::new(),
+        };
         let labels: Labels<'static> = [
             ("alertname", "KubePodCrashLooping".to_string()),
             ("namespace", namespace.clone()),

@@ -112,6 +112,7 @@ async fn run(pods: usize, measuring: bool) -> ExitCode {
             kind: "Pod".into(),
             name: format!("web-{:03}-{p:05}", p % REPLICA_SETS),
             namespace: ns.clone(),
+            cluster: String::new(),
         };
         let top = owners.top(&target).await;
         if top.as_ref().map(|t| (t.kind.as_str(), t.name.as_str())) != Some(("Deployment", "web")) {

@@ -112,8 +112,12 @@ fn batches() -> Vec<Vec<Observation>> {
             for ns in [pair, pair + 1] {
                 let namespace = format!("ns-{ns}");
                 for pod in 0..PODS {
-                    let target =
-                        TargetResource { kind: "Pod".into(), name: format!("pod-{pod}"), namespace: namespace.clone() };
+                    let target = TargetResource {
+                        kind: "Pod".into(),
+                        name: format!("pod-{pod}"),
+                        namespace: namespace.clone(),
+                        cluster: String::new(),
+                    };
                     batch.push(Observation {
                         fingerprint: Fingerprint::new(&alertname, &namespace, &target),
                         status: SignalStatus::Firing,

@@ -21,12 +21,14 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (STORM_OPENED, &["actor", "namespace", "name", "storm_type", "signal", "scope"]),
     (AUTH_REFUSED, &["actor", "route", "reason", "status"]),
     (RATE_LIMITED, &["actor", "source_class", "status", "retry_after_s"]),
+    (HEARTBEAT_HEARD, &["actor", "sender"]),
 ];
 
 pub const REQUEST_CREATED: &str = "remediation_request_created";
 pub const STORM_OPENED: &str = "storm_opened";
 pub const AUTH_REFUSED: &str = "auth_refused";
 pub const RATE_LIMITED: &str = "rate_limited";
+pub const HEARTBEAT_HEARD: &str = "heartbeat_heard";
 
 /// `actor` created the request `namespace/name` for the signal `signal` with
 /// fingerprint `fingerprint` (hex).
@@ -88,4 +90,10 @@ pub fn rate_limited(actor: &str, source_class: &str, status: StatusCode, retry_a
 /// says what to do with them.
 pub fn keep(filter: &str) -> Option<tracing_subscriber::filter::Directive> {
     (!filter.contains(TARGET)).then(|| format!("{TARGET}=info").parse().expect("a valid directive"))
+}
+
+/// This process took its first heartbeat alert from `actor`, whose metric label is
+/// `sender`: heartbeats make no request, and this says once that they arrive.
+pub fn heartbeat_heard(actor: &str, sender: &str) {
+    tracing::info!(target: TARGET, event = HEARTBEAT_HEARD, actor, sender, "took a first heartbeat");
 }

@@ -28,6 +28,8 @@ pub use crate::http::HttpConfig;
 pub use crate::ingest::cloudevents::CloudEventsConfig;
 pub use crate::ingest::IngestConfig;
 pub use crate::pipeline::classify::{ClassifyConfig, PriorityRule};
+pub use crate::pipeline::heartbeat::HeartbeatConfig;
+pub use crate::pipeline::identity::IdentityConfig;
 pub use crate::pipeline::{PlacementConfig, RateLimitConfig};
 pub use crate::sink::kube::KubeConfig;
 pub use crate::state::memory::MemoryConfig;
@@ -59,6 +61,8 @@ pub struct Config {
     pub placement: PlacementConfig,
     pub kube: KubeConfig,
     pub classify: ClassifyConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub identity: IdentityConfig,
     pub cloudevents: CloudEventsConfig,
     pub ingest: IngestConfig,
     /// Who may submit signals: authenticators, and which routes use which; `none`
@@ -84,6 +88,8 @@ impl Default for Config {
             placement: Default::default(),
             kube: Default::default(),
             classify: Default::default(),
+            heartbeat: Default::default(),
+            identity: Default::default(),
             cloudevents: Default::default(),
             ingest: Default::default(),
             auth: Default::default(),
@@ -139,6 +145,8 @@ impl Config {
         self.placement.validate()?;
         self.kube.validate()?;
         self.classify.validate()?;
+        self.heartbeat.validate()?;
+        self.identity.validate()?;
         self.ingest.validate()?;
         self.trace.validate()?;
         self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
@@ -472,6 +480,34 @@ pub mod optional_duration {
             Some(d) => super::duration::serialize(d, ser),
             None => ser.serialize_none(),
         }
+    }
+}
+
+/// `#[serde(with = "crate::config::duration_map")]`: names to [`duration`]s.
+pub mod duration_map {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(de)?;
+        raw.into_iter().map(|(k, v)| Ok((k, super::parse_duration(&v).map_err(serde::de::Error::custom)?))).collect()
+    }
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<String, Duration>, ser: S) -> Result<S::Ok, S::Error> {
+        struct Written<'a>(&'a Duration);
+        impl serde::Serialize for Written<'_> {
+            fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                super::duration::serialize(self.0, ser)
+            }
+        }
+        let mut out = ser.serialize_map(Some(map.len()))?;
+        for (k, v) in map {
+            out.serialize_entry(k, &Written(v))?;
+        }
+        out.end()
     }
 }
 

@@ -437,16 +437,22 @@ pub fn build(
     build_named(signal, &name, namespace, class, status)
 }
 
-/// What an aggregated request is about: the namespace its storm is in.
-fn storm_target(namespace: &str) -> TargetResource {
-    TargetResource { kind: "Namespace".into(), name: namespace.to_string(), namespace: String::new() }
+/// What an aggregated request is about: the namespace its storm is in, in
+/// `cluster` (empty: none named).
+fn storm_target(namespace: &str, cluster: &str) -> TargetResource {
+    TargetResource {
+        kind: "Namespace".into(),
+        name: namespace.to_string(),
+        namespace: String::new(),
+        cluster: cluster.to_string(),
+    }
 }
 
 /// The fingerprint of the aggregated requests of a storm scope: the alert name in
-/// the namespace, about no one resource. The sink finds a scope's open aggregated
-/// request by it.
-pub fn storm_fingerprint(signal_name: &str, namespace: &str) -> crate::signal::Fingerprint {
-    crate::signal::Fingerprint::new(signal_name, namespace, &storm_target(namespace))
+/// the namespace (of `cluster`, if named), about no one resource. The sink finds a
+/// scope's open aggregated request by it.
+pub fn storm_fingerprint(signal_name: &str, namespace: &str, cluster: &str) -> crate::signal::Fingerprint {
+    crate::signal::Fingerprint::new(signal_name, namespace, &storm_target(namespace, cluster))
 }
 
 /// Builds the aggregated request of a storm window that `signal` opened. Its
@@ -460,8 +466,8 @@ pub fn build_storm(
 ) -> RemediationRequest {
     let name = storm_request_name(&signal.name, scope, folded.window_id);
     let mut aggregate = signal.clone();
-    aggregate.fingerprint = storm_fingerprint(&signal.name, &signal.namespace);
-    aggregate.target = storm_target(&signal.namespace);
+    aggregate.fingerprint = storm_fingerprint(&signal.name, &signal.namespace, &signal.target.cluster);
+    aggregate.target = storm_target(&signal.namespace, &signal.target.cluster);
     let mut rr = build_named(&aggregate, &name, &signal.namespace, class, status);
     rr.spec.storm = Some(StormSpec {
         kind: folded.kind.as_str().to_string(),
@@ -593,7 +599,12 @@ mod tests {
 
     #[test]
     fn storm_status_keeps_counts_beyond_the_list_cap() {
-        let resource = |n: u32| TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into() };
+        let resource = |n: u32| TargetResource {
+            kind: "Pod".into(),
+            name: format!("p{n}"),
+            namespace: "ns".into(),
+            cluster: String::new(),
+        };
         let storm = |alerts, resources: Vec<TargetResource>| StatusUpdate {
             first_seen_s: 100,
             last_seen_s: 100,

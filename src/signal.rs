@@ -85,6 +85,11 @@ pub struct TargetResource {
     pub name: String,
     /// Empty for cluster-scoped kinds such as `Node`.
     pub namespace: String,
+    /// The cluster the resource is in, when the signal names one
+    /// (`identity.cluster_labels`, or the sender's `identity.sender_clusters`);
+    /// absent for a signal that names none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
 }
 
 /// Label names that identify the target resource, most specific first, with the
@@ -109,6 +114,7 @@ impl TargetResource {
             kind: kind.to_string(),
             name: name.to_string(),
             namespace: if namespaced { namespace.to_string() } else { String::new() },
+            cluster: String::new(),
         }
     }
 
@@ -244,10 +250,13 @@ pub struct Signal<'a> {
     pub fingerprint: Fingerprint,
 }
 
-/// SHA-256 over `name:namespace:kind:resource-name`.
+/// SHA-256 over `name:namespace:kind:resource-name`, followed by a NUL byte and
+/// the target's cluster when it names one.
 ///
-/// Labels other than those four do not take part, so the fingerprint is stable
-/// across label order, extra labels, replicas and restarts.
+/// Labels other than those do not take part, so the fingerprint is stable across
+/// label order, extra labels, replicas and restarts. A signal that names no cluster
+/// keeps the fingerprint it had before clusters took part (a NUL, which neither a
+/// Kubernetes name nor a label value in practice holds, keeps the two apart).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fingerprint([u8; 32]);
 
@@ -259,6 +268,10 @@ impl Fingerprint {
                 hasher.update(b":");
             }
             hasher.update(part.as_bytes());
+        }
+        if !target.cluster.is_empty() {
+            hasher.update(b"\0");
+            hasher.update(target.cluster.as_bytes());
         }
         Fingerprint(hasher.finalize().into())
     }
@@ -307,7 +320,12 @@ mod tests {
 
     #[test]
     fn fingerprint_is_sha256_of_name_namespace_kind_resource() {
-        let target = TargetResource { kind: "Pod".into(), name: "web-0".into(), namespace: "shop".into() };
+        let target = TargetResource {
+            kind: "Pod".into(),
+            name: "web-0".into(),
+            namespace: "shop".into(),
+            cluster: String::new(),
+        };
         let fp = Fingerprint::new("HighMemory", "shop", &target);
         let expected: [u8; 32] = Sha256::digest(b"HighMemory:shop:Pod:web-0").into();
         assert_eq!(fp.as_bytes(), &expected);

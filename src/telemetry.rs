@@ -87,6 +87,13 @@ pub struct SenderLabels {
     pub method: &'static str,
 }
 
+/// A sender by its configured name alone (see [`SenderLabels`]), or
+/// `unauthenticated`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SenderNameLabels {
+    pub sender: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceClassLabels {
     pub source_class: &'static str,
@@ -139,6 +146,9 @@ pub struct Metrics {
     pub classifications: Family<ClassLabels, Counter>,
     pub api_calls: Family<ApiLabels, Counter>,
     pub owner_cache_objects: Family<KindLabels, Gauge>,
+    pub heartbeat_last_seen: Family<SenderNameLabels, Gauge<f64, AtomicU64>>,
+    pub sender_last_seen: Family<SenderNameLabels, Gauge<f64, AtomicU64>>,
+    pub sender_expected_interval: Family<SenderNameLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -268,6 +278,24 @@ impl Metrics {
             "Objects in the owner-reference caches, by kind",
             owner_cache_objects.clone(),
         );
+        let heartbeat_last_seen = Family::<SenderNameLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "heartbeat_last_seen_timestamp_seconds",
+            "When this process last took a heartbeat alert (heartbeat.alertnames) from each sender",
+            heartbeat_last_seen.clone(),
+        );
+        let sender_last_seen = Family::<SenderNameLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "sender_last_seen_timestamp_seconds",
+            "When this process last heard from each sender heartbeat.expect names (its start for one not heard yet)",
+            sender_last_seen.clone(),
+        );
+        let sender_expected_interval = Family::<SenderNameLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "sender_expected_interval_seconds",
+            "The longest each sender heartbeat.expect names may normally stay silent",
+            sender_expected_interval.clone(),
+        );
         Metrics {
             registry,
             signals,
@@ -298,6 +326,9 @@ impl Metrics {
             classifications,
             api_calls,
             owner_cache_objects,
+            heartbeat_last_seen,
+            sender_last_seen,
+            sender_expected_interval,
         }
     }
 

@@ -74,7 +74,8 @@ mod tests {
     }
 
     fn pod_signal(pod: &str) -> Signal<'static> {
-        let target = TargetResource { kind: "Pod".into(), name: pod.into(), namespace: "shop".into() };
+        let target =
+            TargetResource { kind: "Pod".into(), name: pod.into(), namespace: "shop".into(), cluster: String::new() };
         Signal {
             name: "KubePodCrashLooping".into(),
             severity: "critical".into(),
@@ -92,7 +93,12 @@ mod tests {
     }
 
     fn deployment(name: &str) -> TargetResource {
-        TargetResource { kind: "Deployment".into(), name: name.into(), namespace: "shop".into() }
+        TargetResource {
+            kind: "Deployment".into(),
+            name: name.into(),
+            namespace: "shop".into(),
+            cluster: String::new(),
+        }
     }
 
     #[tokio::test]

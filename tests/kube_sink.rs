@@ -296,11 +296,19 @@ async fn a_repeat_racing_the_repair_of_a_forgotten_incident_counts_on_its_open_r
     .await
     .unwrap();
     let fingerprint = hex::decode(created["fingerprint"].as_str().unwrap()).unwrap();
-    let target = tidegate::signal::TargetResource { kind: "Pod".into(), name: "web-0".into(), namespace: ns.clone() };
+    let target = tidegate::signal::TargetResource {
+        kind: "Pod".into(),
+        name: "web-0".into(),
+        namespace: ns.clone(),
+        cluster: String::new(),
+    };
     let observation = tidegate::state::Observation {
         fingerprint: tidegate::signal::Fingerprint::from_bytes(fingerprint.try_into().unwrap()),
         status: tidegate::signal::SignalStatus::Firing,
-        storm: Some(tidegate::state::StormKey::in_scope(tidegate::state::StormKey::scope(&ns, "HighMemory"), &target)),
+        storm: Some(tidegate::state::StormKey::in_scope(
+            tidegate::state::StormKey::scope(&ns, "HighMemory", ""),
+            &target,
+        )),
     };
     let verdicts = store.observe(&[observation], clock.now_s()).await.unwrap();
     assert!(matches!(verdicts[0], tidegate::state::Verdict::New(_)), "{verdicts:?}");

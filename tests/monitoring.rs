@@ -164,8 +164,11 @@ async fn exposition_of_a_busy_gateway() -> String {
         c.rate_limit.rate = 0.01;
         c.rate_limit.burst = 12;
         c.dedup.status_interval = std::time::Duration::from_millis(10);
+        c.heartbeat.expect = [("unauthenticated".to_string(), std::time::Duration::from_secs(60))].into();
     })
     .await;
+    // A heartbeat, for the last-seen gauges.
+    assert_eq!(gw.alerts(&webhook(vec![alert("Watchdog", &ns, "")])).await.status(), 202);
     // Twelve pods of one alert: ten incidents, then a storm.
     let storm: Vec<_> = (0..12).map(|i| alert("CrashLooping", &ns, &format!("web-{i}"))).collect();
     assert_eq!(gw.alerts(&webhook(storm.clone())).await.status(), 207);

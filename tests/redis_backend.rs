@@ -32,7 +32,8 @@ async fn store(url: &str, prefix: &str, window: Duration) -> RedisStore {
 }
 
 fn fire(case: &str, n: u32) -> Observation {
-    let target = TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into() };
+    let target =
+        TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into(), cluster: String::new() };
     Observation { fingerprint: Fingerprint::new(case, "ns", &target), status: SignalStatus::Firing, storm: None }
 }
 

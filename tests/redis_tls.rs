@@ -72,7 +72,8 @@ fn ca_only(pki: &Pki) -> TlsFiles {
 }
 
 fn observation() -> Observation {
-    let target = TargetResource { kind: "Pod".into(), name: "p0".into(), namespace: "ns".into() };
+    let target =
+        TargetResource { kind: "Pod".into(), name: "p0".into(), namespace: "ns".into(), cluster: String::new() };
     Observation { fingerprint: Fingerprint::new("TlsCase", "ns", &target), status: SignalStatus::Firing, storm: None }
 }
 

@@ -15,8 +15,12 @@ pub fn storm(scope: u64) -> Vec<Observation> {
     let namespace = format!("ns-{scope}");
     (0..alerts_per_scope())
         .map(|pod| {
-            let target =
-                TargetResource { kind: "Pod".into(), name: format!("web-{pod}"), namespace: namespace.clone() };
+            let target = TargetResource {
+                kind: "Pod".into(),
+                name: format!("web-{pod}"),
+                namespace: namespace.clone(),
+                cluster: String::new(),
+            };
             Observation {
                 fingerprint: Fingerprint::new("CrashLooping", &namespace, &target),
                 status: SignalStatus::Firing,

@@ -58,19 +58,21 @@ pub async fn ingest(
 struct Sender {
     source: String,
     class: &'static str,
+    /// An authenticated sender's configured name: bounded, for metric labels.
+    label: Option<std::sync::Arc<str>>,
 }
 
 impl Sender {
     fn of(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
         let (source, class) = super::source_of(peer.ip(), headers, &app.config.rate_limit.trusted_proxies);
-        Sender { source, class }
+        Sender { source, class, label: None }
     }
 
     /// An authenticated sender: charged, annotated and audited by its name.
     fn identified(app: &AppState, identity: &Identity) -> Self {
         let labels = SenderLabels { sender: identity.label.to_string(), method: identity.method };
         app.metrics.authenticated.get_or_create(&labels).inc();
-        Sender { source: identity.name.to_string(), class: "authenticated" }
+        Sender { source: identity.name.to_string(), class: "authenticated", label: Some(identity.label.clone()) }
     }
 
     fn limited(&self, app: &AppState, retry_after_ms: u64) -> Response {
@@ -139,6 +141,7 @@ struct Summary {
     duplicate: usize,
     aggregated: usize,
     resolved: usize,
+    heartbeat: usize,
     failed: usize,
 }
 
@@ -256,8 +259,9 @@ async fn decide_signals(
         return Problem::unusable(failures, total).into_response();
     }
     let (indices, batch): (Vec<usize>, Vec<_>) = signals.into_iter().unzip();
+    let submitter = crate::pipeline::Sender { name: &sender.source, label: sender.label.as_deref() };
     let processed =
-        tokio::time::timeout(app.config.http.request_timeout, app.pipeline.process(&batch, &sender.source)).await;
+        tokio::time::timeout(app.config.http.request_timeout, app.pipeline.process(&batch, &submitter)).await;
     let decided = match processed {
         Ok(Ok(Processed::Limited { retry_after_ms })) => return sender.limited(app, retry_after_ms),
         Ok(Ok(Processed::Decided(outcomes))) => Ok(outcomes),
@@ -293,6 +297,7 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
                 OutcomeStatus::Created => summary.created += 1,
                 OutcomeStatus::Duplicate => summary.duplicate += 1,
                 OutcomeStatus::Resolved => summary.resolved += 1,
+                OutcomeStatus::Heartbeat => summary.heartbeat += 1,
                 OutcomeStatus::Aggregated { .. } => summary.aggregated += 1,
             }
             result(Some(*index), outcome)

@@ -95,8 +95,12 @@ pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
         .find(|ns| !ns.is_empty())
         .cloned()
         .unwrap_or_else(|| "default".into());
-    let target =
-        TargetResource { kind: object.kind.clone(), name: object.name.clone(), namespace: object.namespace.clone() };
+    let target = TargetResource {
+        kind: object.kind.clone(),
+        name: object.name.clone(),
+        namespace: object.namespace.clone(),
+        cluster: String::new(),
+    };
     let fingerprint = Fingerprint::new(&event.reason, &namespace, &target);
     let mut labels = BTreeMap::from([
         ("reason".to_string(), event.reason.clone()),
@@ -149,7 +153,15 @@ mod tests {
         let parsed = parse_str(WARNING).unwrap();
         let s = parsed[0].as_ref().unwrap();
         assert_eq!(s.name, "BackOff");
-        assert_eq!(s.target, TargetResource { kind: "Pod".into(), name: "web-0".into(), namespace: "shop".into() });
+        assert_eq!(
+            s.target,
+            TargetResource {
+                kind: "Pod".into(),
+                name: "web-0".into(),
+                namespace: "shop".into(),
+                cluster: String::new()
+            }
+        );
         assert_eq!(s.fingerprint, Fingerprint::new("BackOff", "shop", &s.target));
         assert_eq!(s.source, "kubelet");
         assert_eq!(s.firing_time.unwrap().to_string(), "2026-11-25T10:00:00Z");

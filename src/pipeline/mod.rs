@@ -14,8 +14,11 @@
 
 pub mod classify;
 pub mod coalesce;
+pub mod heartbeat;
+pub mod identity;
+#[cfg(test)]
+pub(crate) mod tests;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +40,9 @@ use crate::telemetry::{trace, ClassLabels, Metrics, StormLabels};
 use crate::workload::{self, Owners};
 use classify::{Classifier, NamespaceLabels};
 use coalesce::{Coalescer, Incident};
+use heartbeat::Heartbeats;
+pub use heartbeat::Sender;
+use identity::{IdentityConfig, LocalOwners};
 
 /// What happened to one signal.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +60,9 @@ pub enum OutcomeStatus {
     Created,
     Duplicate,
     Resolved,
+    /// A heartbeat ([`heartbeat`]): its sender's last-seen time was updated, and
+    /// nothing else happened.
+    Heartbeat,
     /// Folded into a storm's aggregated request; `opened` when this alert opened
     /// the window and so created that request.
     Aggregated {
@@ -67,6 +76,7 @@ impl OutcomeStatus {
             OutcomeStatus::Created => "created",
             OutcomeStatus::Duplicate => "duplicate",
             OutcomeStatus::Resolved => "resolved",
+            OutcomeStatus::Heartbeat => "heartbeat",
             OutcomeStatus::Aggregated { .. } => "aggregated",
         }
     }
@@ -100,6 +110,8 @@ pub struct Pipeline {
     sink: Arc<dyn Sink>,
     coalescer: Coalescer,
     classifier: Classifier,
+    heartbeats: Heartbeats,
+    identity: IdentityConfig,
     storm: StormConfig,
     /// The dedup window, in seconds: an open request whose incident was last seen
     /// longer ago than this is history, not an incident to count on.
@@ -216,11 +228,14 @@ impl Pipeline {
             coalescer: Coalescer::new(sink.clone(), &config.dedup, metrics.clone()),
             sink,
             classifier,
+            heartbeats: Heartbeats::build(&config.heartbeat, clock.clone(), metrics.clone()),
+            identity: config.identity.clone(),
             storm: config.storm,
             window_s: config.dedup.window.as_secs() as u32,
             placement: config.placement.clone(),
             rate_limit: config.rate_limit.limit(),
-            owners,
+            owners: owners
+                .map(|inner| Arc::new(LocalOwners { inner, identity: config.identity.clone() }) as Arc<dyn Owners>),
             windows: Mutex::default(),
             clock,
             metrics,
@@ -271,17 +286,52 @@ impl Pipeline {
         self.coalescer.shutdown(deadline).await;
     }
 
-    /// Decides a batch of signals from `source`, in order, after charging the
-    /// request to the source's rate limit (in the same round trip, where the store
-    /// can). `source` is the authenticated sender (its address where authentication
-    /// is off): the rate-limit key, and the submitter of the requests created.
-    pub async fn process(&self, signals: &[Signal<'_>], source: &str) -> Result<Processed, PipelineError> {
+    /// Decides a batch of signals from `sender`, in order, after charging the
+    /// request to the sender's rate limit (in the same round trip, where the store
+    /// can). Heartbeats go no further than [`heartbeat`].
+    pub async fn process(&self, signals: &[Signal<'_>], sender: &Sender<'_>) -> Result<Processed, PipelineError> {
+        self.heartbeats.heard_from(sender);
+        if !signals.iter().any(|s| self.heartbeats.is_heartbeat(s)) {
+            return self.decide(signals, sender).await;
+        }
+        let rest: Vec<Signal<'_>> = signals.iter().filter(|s| !self.heartbeats.is_heartbeat(s)).cloned().collect();
+        let mut decided = match rest.is_empty() {
+            true => match self.admit(sender.name).await? {
+                Admission::Allowed => Vec::new(),
+                Admission::Limited { retry_after_ms } => return Ok(Processed::Limited { retry_after_ms }),
+            },
+            false => match self.decide(&rest, sender).await? {
+                Processed::Decided(outcomes) => outcomes,
+                limited @ Processed::Limited { .. } => return Ok(limited),
+            },
+        }
+        .into_iter();
+        self.heartbeats.beat(sender);
+        let outcomes = signals
+            .iter()
+            .map(|s| match self.heartbeats.is_heartbeat(s) {
+                true => self.outcome(s, OutcomeStatus::Heartbeat, None, 0),
+                false => decided.next().expect("one outcome per signal decided"),
+            })
+            .collect();
+        Ok(Processed::Decided(outcomes))
+    }
+
+    /// Decides a batch of signals that are not heartbeats. The sender's name (its
+    /// address where authentication is off) is the rate-limit key, and the
+    /// submitter of the requests created.
+    async fn decide(&self, signals: &[Signal<'_>], sender: &Sender<'_>) -> Result<Processed, PipelineError> {
+        let source = sender.name;
         let charge = self.charge(source);
-        let signals = match &self.owners {
-            Some(owners) => workload::attribute(owners.as_ref(), signals).await,
-            None => Cow::Borrowed(signals),
+        let placed = self.identity.place(signals, sender);
+        let attributed;
+        let signals: &[Signal<'_>] = match &self.owners {
+            Some(owners) => {
+                attributed = workload::attribute(owners.as_ref(), &placed).await;
+                &attributed
+            }
+            None => &placed,
         };
-        let signals = signals.as_ref();
         let mut scope = None;
         let observations: Vec<Observation> = signals.iter().map(|s| observation(s, &mut scope)).collect();
         let now = self.clock.now_s();
@@ -451,7 +501,11 @@ impl Pipeline {
     /// sink holds for `signal`'s scope.
     fn open_window(&self, signal: &Signal<'_>, asked: &Observation, now: u32) -> Option<([u8; 16], OpenWindow)> {
         let scope = asked.storm.filter(|_| signal.status == SignalStatus::Firing)?.scope;
-        let open = self.sink.open_request(&remediation::storm_fingerprint(&signal.name, &signal.namespace))?;
+        let open = self.sink.open_request(&remediation::storm_fingerprint(
+            &signal.name,
+            &signal.namespace,
+            &signal.target.cluster,
+        ))?;
         let kind = open.storm?;
         let rules = &self.storm;
         let live = now.saturating_sub(open.last_seen_s) < rules.inactivity_s()
@@ -666,12 +720,13 @@ enum Slow {
 /// What the state store is asked about a signal. Resolutions carry their scope too
 /// (never counted): on Cluster it places their dedup keys. `last` remembers the
 /// previous signal's scope, which the next one usually shares.
-fn observation<'a>(s: &'a Signal<'_>, last: &mut Option<(&'a str, &'a str, [u8; 16])>) -> Observation {
+fn observation<'a>(s: &'a Signal<'_>, last: &mut Option<(&'a str, &'a str, &'a str, [u8; 16])>) -> Observation {
+    let cluster = s.target.cluster.as_str();
     let scope = match *last {
-        Some((namespace, name, scope)) if namespace == s.namespace && name == s.name => scope,
+        Some((namespace, name, at, scope)) if namespace == s.namespace && name == s.name && at == cluster => scope,
         _ => {
-            let scope = StormKey::scope(&s.namespace, &s.name);
-            *last = Some((&s.namespace, &s.name, scope));
+            let scope = StormKey::scope(&s.namespace, &s.name, cluster);
+            *last = Some((&s.namespace, &s.name, cluster, scope));
             scope
         }
     };

@@ -47,9 +47,9 @@ pub struct StormKey {
 }
 
 impl StormKey {
-    /// The scope is per namespace and alert name, never global.
+    /// The scope is per namespace and alert name (and cluster), never global.
     pub fn new(namespace: &str, name: &str, target: &TargetResource) -> Self {
-        Self::in_scope(Self::scope(namespace, name), target)
+        Self::in_scope(Self::scope(namespace, name, &target.cluster), target)
     }
 
     /// The key of `target` in a scope already hashed by [`Self::scope`]: a webhook's
@@ -59,9 +59,15 @@ impl StormKey {
         StormKey { scope, resource: resource[..8].try_into().expect("8 of 32") }
     }
 
-    /// The hash of a (namespace, alert name) scope.
-    pub fn scope(namespace: &str, name: &str) -> [u8; 16] {
-        digest(&[namespace, name])[..16].try_into().expect("16 of 32")
+    /// The hash of a (namespace, alert name) scope, in `cluster` when a signal
+    /// names one: two clusters' storms are two storms. Without a cluster the hash
+    /// is what it was before clusters took part, so open windows survive an upgrade.
+    pub fn scope(namespace: &str, name: &str, cluster: &str) -> [u8; 16] {
+        let hash = match cluster {
+            "" => digest(&[namespace, name]),
+            cluster => digest(&[namespace, name, cluster]),
+        };
+        hash[..16].try_into().expect("16 of 32")
     }
 }
 

@@ -54,7 +54,8 @@ fn sighting(case: &str, n: u8) -> [u8; 16] {
 
 /// A fingerprint unique to a case, so cases may share one server.
 fn fp(case: &str, n: u32) -> Fingerprint {
-    let target = TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into() };
+    let target =
+        TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into(), cluster: String::new() };
     Fingerprint::new(case, "ns", &target)
 }
 
@@ -69,7 +70,12 @@ fn resolve(fingerprint: Fingerprint) -> Observation {
 /// A firing alert named `name` about pod `p<n>` of `namespace`, taking part in storm
 /// detection as the pipeline makes every firing alert do.
 fn alert(name: &str, namespace: &str, n: u32) -> Observation {
-    let target = TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: namespace.into() };
+    let target = TargetResource {
+        kind: "Pod".into(),
+        name: format!("p{n}"),
+        namespace: namespace.into(),
+        cluster: String::new(),
+    };
     Observation {
         fingerprint: Fingerprint::new(name, namespace, &target),
         status: SignalStatus::Firing,

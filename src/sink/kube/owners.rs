@@ -271,6 +271,7 @@ impl Owners for OwnerCache {
                 kind: top.kind.as_str().to_string(),
                 name: top.name.into(),
                 namespace: target.namespace.clone(),
+                cluster: target.cluster.clone(),
             })
         })
     }

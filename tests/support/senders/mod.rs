@@ -246,6 +246,12 @@ impl Gateway {
         self.get("/metrics").await.text().await.unwrap()
     }
 
+    /// The running gateway's metrics, readable after [`Self::stop`] (when the
+    /// counters are final).
+    pub fn metrics_handle(&self) -> std::sync::Arc<tidegate::telemetry::Metrics> {
+        self.running.as_ref().expect("running").metrics.clone()
+    }
+
     /// Every RemediationRequest written so far.
     pub fn requests(&self) -> Vec<RemediationRequest> {
         super::manifests_in(self.dir.path())
@@ -313,6 +319,17 @@ impl Rig {
     /// [`Rig::start`], with Alertmanager's receiver configured by `http_config` (see
     /// [`Alertmanager::start_with`]), over TLS when the gateway serves it.
     pub async fn start_with(repeat_interval: &str, tweak: impl FnOnce(&mut Config), http_config: &str) -> Rig {
+        Rig::start_with_rules(repeat_interval, tweak, http_config, "").await
+    }
+
+    /// [`Rig::start_with`], Prometheus evaluating `more_rules` too (see
+    /// [`Prometheus::start_with_rules`]).
+    pub async fn start_with_rules(
+        repeat_interval: &str,
+        tweak: impl FnOnce(&mut Config),
+        http_config: &str,
+        more_rules: &str,
+    ) -> Rig {
         let target = GaugeTarget::start().await;
         let gateway = Gateway::start(tweak).await;
         let mut url = gateway.webhook_url();
@@ -320,7 +337,7 @@ impl Rig {
             url = url.replace("http://", "https://");
         }
         let alertmanager = Alertmanager::start_with(&url, repeat_interval, http_config).await;
-        let prometheus = Prometheus::start(&target.addr(), &alertmanager.process.addr()).await;
+        let prometheus = Prometheus::start_with_rules(&target.addr(), &alertmanager.process.addr(), more_rules).await;
         Rig { target, gateway, alertmanager, prometheus }
     }
 

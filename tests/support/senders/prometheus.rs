@@ -17,6 +17,17 @@ pub const BINARY: &str = "/usr/bin/prometheus";
 pub const ALERT: &str = "KubePodCrashLooping";
 pub const GAUGE: &str = "tidegate_test_crashloop";
 
+/// kube-prometheus-stack's `Watchdog` rule (its `general.rules` group), as a rule
+/// item for [`Prometheus::start_with_rules`]: always firing, a heartbeat.
+pub const WATCHDOG_RULE: &str = "\
+\x20     - alert: Watchdog
+\x20       expr: vector(1)
+\x20       labels:
+\x20         severity: none
+\x20       annotations:
+\x20         summary: An alert that should always be firing to certify that Alertmanager is working properly.
+";
+
 pub struct Prometheus {
     pub process: HttpProcess,
 }
@@ -26,6 +37,13 @@ impl Prometheus {
     /// (`host:port`): an Alertmanager, or the gateway itself, since both take
     /// `POST /api/v2/alerts`.
     pub async fn start(target: &str, alertmanager: &str) -> Prometheus {
+        Prometheus::start_with_rules(target, alertmanager, "").await
+    }
+
+    /// [`Prometheus::start`], with `more_rules` (YAML rule items, each line indented
+    /// as a rule of the group: six spaces) evaluated beside the test's own, such as
+    /// [`WATCHDOG_RULE`].
+    pub async fn start_with_rules(target: &str, alertmanager: &str, more_rules: &str) -> Prometheus {
         let config = format!(
             "global:\n\
              \x20 scrape_interval: 1s\n\
@@ -51,7 +69,8 @@ impl Prometheus {
              \x20       labels:\n\
              \x20         severity: critical\n\
              \x20       annotations:\n\
-             \x20         summary: '{{{{ $labels.pod }}}} in {{{{ $labels.namespace }}}} is crash looping'\n"
+             \x20         summary: '{{{{ $labels.pod }}}} in {{{{ $labels.namespace }}}} is crash looping'\n\
+             {more_rules}"
         );
         let args = |port: u16, dir: &std::path::Path| -> Vec<OsString> {
             vec![

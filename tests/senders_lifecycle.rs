@@ -1,0 +1,76 @@
+//! An incident's life with the real senders (Debian's Prometheus 2.42 and
+//! Alertmanager 0.25, see `support/senders`): heartbeats. Each case asserts on
+//! Alertmanager's own counters and on what the gateway wrote and exposes.
+
+mod support;
+
+use std::time::Duration;
+
+use support::senders::prometheus::WATCHDOG_RULE;
+use support::senders::{sample, Rig};
+use tidegate::auth::AuthConfig;
+
+const DELIVERY: Duration = Duration::from_secs(30);
+
+/// The gateway's sender name for Alertmanager: a bearer token's configured name.
+const SENDER: &str = "alertmanager-prod";
+
+/// Alertmanager authenticating as [`SENDER`] with a bearer token; the gateway
+/// expecting to hear from it every `interval`. Prometheus evaluates `rules` too.
+async fn authenticated_rig(repeat_interval: &str, interval: Duration, rules: &str) -> (Rig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "am-secret-token\n").unwrap();
+    let token = token.display().to_string();
+    let yaml = format!("authenticators: {{t: {{bearer: {{tokens: {{{SENDER}: {token}}}}}}}}}");
+    let auth: AuthConfig = serde_norway::from_str(&yaml).unwrap();
+    let http_config = format!("{{authorization: {{type: Bearer, credentials_file: {token}}}}}");
+    let tweak = |c: &mut tidegate::config::Config| {
+        c.auth = auth;
+        c.heartbeat.expect = [(SENDER.to_string(), interval)].into();
+    };
+    (Rig::start_with_rules(repeat_interval, tweak, &http_config, rules).await, dir)
+}
+
+fn gauge(metrics: &str, name: &str) -> f64 {
+    sample(metrics, &format!("tidegate_{name}{{sender=\"{SENDER}\"}}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watchdog_through_alertmanager_keeps_the_heartbeat_fresh_and_creates_nothing() {
+    // kube-prometheus-stack's Watchdog rule, evaluated by the real Prometheus, sent
+    // through the real Alertmanager, which re-notifies it every 2 s.
+    let (rig, _dir) = authenticated_rig("2s", Duration::from_secs(2), WATCHDOG_RULE).await;
+
+    rig.wait_for("two Watchdog notifications", DELIVERY, || async {
+        rig.alertmanager.counters().await.delivered() >= 2
+    })
+    .await;
+    let first = gauge(&rig.gateway.metrics().await, "heartbeat_last_seen_timestamp_seconds");
+    assert!(first > 0.0, "the heartbeat gauge is there\n{}", rig.gateway.metrics().await);
+    rig.wait_for("a later heartbeat to refresh the gauge", DELIVERY, || async {
+        gauge(&rig.gateway.metrics().await, "heartbeat_last_seen_timestamp_seconds") > first
+    })
+    .await;
+
+    let mut rig = rig;
+    let handle = rig.gateway.metrics_handle();
+    rig.gateway.stop().await;
+    let am = rig.alertmanager.settled_counters().await;
+    let metrics = handle.encode();
+    assert_eq!(am.failed, 0, "{am:?}\n{}", rig.logs());
+    assert!(rig.gateway.requests().is_empty(), "a heartbeat is never a request: {:#?}", rig.gateway.requests());
+    let heartbeats =
+        sample(&metrics, "tidegate_signals_received_total{source=\"prometheus-alert\",outcome=\"heartbeat\"}");
+    // Each notification carries the one Watchdog; an attempt Alertmanager gave up
+    // on (a timeout on a loaded machine) may still have reached the gateway.
+    let (delivered, attempts) = (am.delivered() as f64, am.requests as f64);
+    assert!(heartbeats >= delivered && heartbeats <= attempts, "{heartbeats} heartbeats, {am:?}");
+    assert!(heartbeats >= 2.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let last = gauge(&metrics, "heartbeat_last_seen_timestamp_seconds");
+    assert!(now - last < 10.0, "fresh: {now} - {last}");
+    assert!(gauge(&metrics, "sender_last_seen_timestamp_seconds") >= last, "a heartbeat is a sign of life too");
+    assert_eq!(gauge(&metrics, "sender_expected_interval_seconds"), 2.0);
+    assert_eq!(sample(&metrics, "tidegate_storms_detected_total{type=\"rate\"}"), 0.0);
+}
