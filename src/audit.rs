@@ -22,6 +22,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (AUTH_REFUSED, &["actor", "route", "reason", "status"]),
     (RATE_LIMITED, &["actor", "source_class", "status", "retry_after_s"]),
     (HEARTBEAT_HEARD, &["actor", "sender"]),
+    (HELD_BACK, &["actor", "namespace", "name", "reason", "signal", "fingerprint"]),
 ];
 
 pub const REQUEST_CREATED: &str = "remediation_request_created";
@@ -29,6 +30,7 @@ pub const STORM_OPENED: &str = "storm_opened";
 pub const AUTH_REFUSED: &str = "auth_refused";
 pub const RATE_LIMITED: &str = "rate_limited";
 pub const HEARTBEAT_HEARD: &str = "heartbeat_heard";
+pub const HELD_BACK: &str = "incident_held_back";
 
 /// `actor` created the request `namespace/name` for the signal `signal` with
 /// fingerprint `fingerprint` (hex).
@@ -96,4 +98,22 @@ pub fn keep(filter: &str) -> Option<tracing_subscriber::filter::Directive> {
 /// `sender`: heartbeats make no request, and this says once that they arrive.
 pub fn heartbeat_heard(actor: &str, sender: &str) {
     tracing::info!(target: TARGET, event = HEARTBEAT_HEARD, actor, sender, "took a first heartbeat");
+}
+
+/// `actor`'s signal `signal` (fingerprint `fingerprint`, hex) opened no request,
+/// because its incident's last request `namespace/name` holds it back for `reason`
+/// (`failure_backoff`, `manual_review`); it is counted on that request. Once per
+/// held request and process.
+pub fn held_back(actor: &str, namespace: &str, name: &str, reason: &str, signal: &str, fingerprint: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = HELD_BACK,
+        actor,
+        namespace,
+        name,
+        reason,
+        signal,
+        fingerprint,
+        "held an incident back"
+    );
 }

@@ -27,6 +27,7 @@ pub use crate::auth::AuthConfig;
 pub use crate::http::HttpConfig;
 pub use crate::ingest::cloudevents::CloudEventsConfig;
 pub use crate::ingest::IngestConfig;
+pub use crate::pipeline::backoff::LifecycleConfig;
 pub use crate::pipeline::classify::{ClassifyConfig, PriorityRule};
 pub use crate::pipeline::heartbeat::HeartbeatConfig;
 pub use crate::pipeline::identity::IdentityConfig;
@@ -63,6 +64,7 @@ pub struct Config {
     pub classify: ClassifyConfig,
     pub heartbeat: HeartbeatConfig,
     pub identity: IdentityConfig,
+    pub lifecycle: LifecycleConfig,
     pub cloudevents: CloudEventsConfig,
     pub ingest: IngestConfig,
     /// Who may submit signals: authenticators, and which routes use which; `none`
@@ -90,6 +92,7 @@ impl Default for Config {
             classify: Default::default(),
             heartbeat: Default::default(),
             identity: Default::default(),
+            lifecycle: Default::default(),
             cloudevents: Default::default(),
             ingest: Default::default(),
             auth: Default::default(),
@@ -131,7 +134,9 @@ impl Config {
     /// twice over, so that a status write held back by the write cap or a crash
     /// still leaves its incident inside.
     pub fn open_horizon(&self) -> Duration {
-        2 * self.dedup.window.max(self.storm.max_duration) + Duration::from_secs(60)
+        let open = 2 * self.dedup.window.max(self.storm.max_duration);
+        // A failed request holds its incident back for up to the longest back-off.
+        open.max(self.lifecycle.failure_backoff_max) + Duration::from_secs(60)
     }
 
     /// Rejects values no deployment should run with, naming the key at fault.
@@ -147,6 +152,7 @@ impl Config {
         self.classify.validate()?;
         self.heartbeat.validate()?;
         self.identity.validate()?;
+        self.lifecycle.validate()?;
         self.ingest.validate()?;
         self.trace.validate()?;
         self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;

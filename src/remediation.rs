@@ -109,9 +109,30 @@ pub struct RemediationRequestStatus {
     pub storm: Option<StormStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal_resolved_at: Option<Time>,
-    /// Owned by downstream controllers; the gateway preserves it.
+    /// Owned by downstream controllers; the gateway preserves it. Terminal phases,
+    /// after which the next occurrence is a new incident: `Completed`, `Failed`,
+    /// `Cancelled`, `TimedOut`, `Skipped`. After `Failed` the next request waits out
+    /// a back-off (see `backoff`). `ManualReviewRequired` is not terminal: it
+    /// latches, and no new request is made for the incident until a person changes
+    /// the phase or deletes the request; occurrences meanwhile are counted here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// Written by the gateway: how this request's incident backs off after failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+}
+
+/// An incident's back-off after failed remediations.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backoff {
+    /// Requests of this incident that ended `Failed` in a row just before this one.
+    #[serde(default)]
+    pub prior_failures: u32,
+    /// Once this request failed and held an occurrence back: no new request for its
+    /// incident before this time. Occurrences until then are counted here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Time>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -179,6 +200,9 @@ pub struct StatusUpdate {
     pub count: u64,
     pub resolved_at_s: Option<u32>,
     pub storm: Option<StormUpdate>,
+    /// Set on a failed request that held an occurrence back: no new request for its
+    /// incident before this second.
+    pub backoff_until_s: Option<u32>,
 }
 
 /// What an aggregated request's update adds besides its alerts, which are the
@@ -224,6 +248,7 @@ impl StatusUpdate {
         self.first_seen_s = self.first_seen_s.min(other.first_seen_s);
         self.last_seen_s = self.last_seen_s.max(other.last_seen_s);
         self.resolved_at_s = self.resolved_at_s.max(other.resolved_at_s);
+        self.backoff_until_s = self.backoff_until_s.max(other.backoff_until_s);
         match (&mut self.storm, &other.storm) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
             (None, Some(theirs)) => self.storm = Some(theirs.clone()),
@@ -260,6 +285,12 @@ impl RemediationRequestStatus {
             storm.resource_count = storm.resource_count.max(update.resource_count);
             union_capped(&mut storm.affected_resources, &update.resources, update.cap);
         }
+        if let Some(until) = update.backoff_until_s {
+            let backoff = self.backoff.get_or_insert_with(Default::default);
+            if backoff.until.as_ref().is_none_or(|t| t.0.as_second() < until as i64) {
+                backoff.until = Some(time_s(until));
+            }
+        }
         if let Some(at) = update.resolved_at_s {
             let newer = self.signal_resolved_at.as_ref().is_none_or(|t| t.0.as_second() < at as i64);
             if newer {
@@ -273,6 +304,9 @@ impl RemediationRequestStatus {
     /// Merges the gateway-owned part of `built` (a status made by [`Self::apply`])
     /// into this one, as applying its updates again would.
     pub fn merge(&mut self, built: &RemediationRequestStatus) {
+        if self.backoff.is_none() {
+            self.backoff = built.backoff.clone();
+        }
         let Some(theirs) = &built.deduplication else { return };
         let Some(mine) = &mut self.deduplication else {
             self.deduplication = built.deduplication.clone();
@@ -559,6 +593,7 @@ mod tests {
             count,
             resolved_at_s,
             storm: None,
+            backoff_until_s: None,
         };
         status.apply(&update(150, 7, None));
         status.apply(&update(120, 5, Some(160)));
@@ -578,6 +613,7 @@ mod tests {
             count,
             resolved_at_s: None,
             storm: None,
+            backoff_until_s: None,
         };
         let mut status = RemediationRequestStatus::default();
         for (writer, count) in [(1, 3), (2, 5), (1, 3), (1, 4), (2, 2), (2, 5)] {
@@ -612,6 +648,7 @@ mod tests {
             count: alerts,
             resolved_at_s: None,
             storm: Some(StormUpdate { resource_count: alerts, resources, cap: 2 }),
+            backoff_until_s: None,
         };
         let mut update = storm(2, vec![resource(1), resource(2)]);
         update.merge(&storm(3, vec![resource(3)]));

@@ -149,6 +149,7 @@ pub struct Metrics {
     pub heartbeat_last_seen: Family<SenderNameLabels, Gauge<f64, AtomicU64>>,
     pub sender_last_seen: Family<SenderNameLabels, Gauge<f64, AtomicU64>>,
     pub sender_expected_interval: Family<SenderNameLabels, Gauge<f64, AtomicU64>>,
+    pub held_back: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -296,6 +297,13 @@ impl Metrics {
             "The longest each sender heartbeat.expect names may normally stay silent",
             sender_expected_interval.clone(),
         );
+        let held_back = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "signals_held_back",
+            "Signals that opened no request because their incident's last request holds it back, by reason \
+             (failure_backoff, manual_review); each is counted on that request",
+            held_back.clone(),
+        );
         Metrics {
             registry,
             signals,
@@ -329,6 +337,7 @@ impl Metrics {
             heartbeat_last_seen,
             sender_last_seen,
             sender_expected_interval,
+            held_back,
         }
     }
 

@@ -131,6 +131,9 @@ struct AlertResult<'a> {
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     occurrence_count: Option<u32>,
+    /// For a signal held back by a failed request's back-off: when it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<AlertError>,
 }
@@ -142,6 +145,7 @@ struct Summary {
     aggregated: usize,
     resolved: usize,
     heartbeat: usize,
+    held: usize,
     failed: usize,
 }
 
@@ -298,6 +302,7 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
                 OutcomeStatus::Duplicate => summary.duplicate += 1,
                 OutcomeStatus::Resolved => summary.resolved += 1,
                 OutcomeStatus::Heartbeat => summary.heartbeat += 1,
+                OutcomeStatus::BackingOff { .. } | OutcomeStatus::Held => summary.held += 1,
                 OutcomeStatus::Aggregated { .. } => summary.aggregated += 1,
             }
             result(Some(*index), outcome)
@@ -310,6 +315,7 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
         name: None,
         namespace: None,
         occurrence_count: None,
+        until: None,
         error: Some(e),
     }));
     results.sort_by_key(|r| r.index);
@@ -335,6 +341,10 @@ fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult<'_> {
         name: outcome.request.as_ref().map(|r| r.name.as_str()),
         namespace: outcome.request.as_ref().map(|r| r.namespace.as_str()),
         occurrence_count: outcome.request.as_ref().map(|_| outcome.count),
+        until: match outcome.status {
+            OutcomeStatus::BackingOff { until_s } => Some(crate::remediation::time_s(until_s).0.to_string()),
+            _ => None,
+        },
         error: None,
     }
 }

@@ -449,13 +449,24 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(async { Ok(()) })
         }
+        fn last_request(&self, _: &crate::signal::Fingerprint) -> Option<crate::sink::LastRequest> {
+            None
+        }
         fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
             Box::pin(async { Ok(()) })
         }
     }
 
     fn update(count: u64) -> StatusUpdate {
-        StatusUpdate { first_seen_s: 1, last_seen_s: 1, writer: 1, count, resolved_at_s: None, storm: None }
+        StatusUpdate {
+            first_seen_s: 1,
+            last_seen_s: 1,
+            writer: 1,
+            count,
+            resolved_at_s: None,
+            storm: None,
+            backoff_until_s: None,
+        }
     }
 
     fn incident(n: usize) -> Incident {
@@ -511,6 +522,9 @@ mod tests {
                     false => Ok(()),
                 }
             })
+        }
+        fn last_request(&self, _: &crate::signal::Fingerprint) -> Option<crate::sink::LastRequest> {
+            None
         }
         fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
             Box::pin(async { Ok(()) })

@@ -12,6 +12,7 @@
 //! A 2xx answer is only ever given for a signal whose state write succeeded, and a
 //! created request only after the sink confirmed it.
 
+pub mod backoff;
 pub mod classify;
 pub mod coalesce;
 pub mod heartbeat;
@@ -19,7 +20,7 @@ pub mod identity;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use schemars::JsonSchema;
@@ -31,13 +32,14 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate, NO_WRITER};
 use crate::signal::{Fingerprint, Signal, SignalStatus};
-use crate::sink::{Created, Lookup, RequestRef, Sink, SinkError};
+use crate::sink::{Created, LastRequest, Lookup, Phase, RequestRef, Sink, SinkError};
 use crate::state::{
     Admission, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore,
     StormConfig, StormKey, Verdict,
 };
 use crate::telemetry::{trace, ClassLabels, Metrics, StormLabels};
 use crate::workload::{self, Owners};
+use backoff::{Hold, LifecycleConfig};
 use classify::{Classifier, NamespaceLabels};
 use coalesce::{Coalescer, Incident};
 use heartbeat::Heartbeats;
@@ -63,6 +65,14 @@ pub enum OutcomeStatus {
     /// A heartbeat ([`heartbeat`]): its sender's last-seen time was updated, and
     /// nothing else happened.
     Heartbeat,
+    /// Held back: the incident's last request failed and its back-off lasts until
+    /// `until_s`. Counted on that request.
+    BackingOff {
+        until_s: u32,
+    },
+    /// Held back: the incident's last request waits for a person
+    /// (`ManualReviewRequired`). Counted on that request.
+    Held,
     /// Folded into a storm's aggregated request; `opened` when this alert opened
     /// the window and so created that request.
     Aggregated {
@@ -77,6 +87,8 @@ impl OutcomeStatus {
             OutcomeStatus::Duplicate => "duplicate",
             OutcomeStatus::Resolved => "resolved",
             OutcomeStatus::Heartbeat => "heartbeat",
+            OutcomeStatus::BackingOff { .. } => "backing_off",
+            OutcomeStatus::Held => "held",
             OutcomeStatus::Aggregated { .. } => "aggregated",
         }
     }
@@ -112,6 +124,10 @@ pub struct Pipeline {
     classifier: Classifier,
     heartbeats: Heartbeats,
     identity: IdentityConfig,
+    lifecycle: LifecycleConfig,
+    /// Requests this process has audited holding an incident back: one event per
+    /// incident, not per alert. Bounded: cleared when full.
+    held_audited: Mutex<HashSet<RequestRef>>,
     storm: StormConfig,
     /// The dedup window, in seconds: an open request whose incident was last seen
     /// longer ago than this is history, not an incident to count on.
@@ -230,6 +246,8 @@ impl Pipeline {
             classifier,
             heartbeats: Heartbeats::build(&config.heartbeat, clock.clone(), metrics.clone()),
             identity: config.identity.clone(),
+            lifecycle: config.lifecycle,
+            held_audited: Mutex::default(),
             storm: config.storm,
             window_s: config.dedup.window.as_secs() as u32,
             placement: config.placement.clone(),
@@ -358,7 +376,7 @@ impl Pipeline {
         let mut rejoined = HashMap::new();
         let mut slow = Vec::new();
         for (i, ((signal, asked), verdict)) in signals.iter().zip(&observations).zip(verdicts).enumerate() {
-            match self.act_now(signal, asked, verdict, &mut rejoined) {
+            match self.act_now(signal, asked, verdict, &mut rejoined, source) {
                 Ok(outcome) => outcomes.push(Some(outcome)),
                 Err(work) => {
                     outcomes.push(None);
@@ -386,6 +404,7 @@ impl Pipeline {
         asked: &Observation,
         verdict: Verdict,
         rejoined: &mut HashMap<([u8; 16], u32), OpenWindow>,
+        by: &str,
     ) -> Result<Outcome, Slow> {
         match verdict {
             Verdict::Folded(folded) => {
@@ -411,7 +430,25 @@ impl Pipeline {
             Verdict::New(entry) => Err(Slow::New(entry)),
             Verdict::Duplicate(entry) => {
                 let at = self.reference(signal, &entry);
+                let last = |phase, prior_failures| LastRequest {
+                    at: at.clone(),
+                    first_seen_s: entry.first_seen_s,
+                    last_seen_s: entry.last_seen_s,
+                    count: u64::from(entry.count),
+                    phase,
+                    prior_failures,
+                };
                 match self.sink.lookup(&at) {
+                    Lookup::Failed { prior_failures } => {
+                        let failed = last(Phase::Failed, prior_failures);
+                        match self.lifecycle.hold(&failed, self.clock.now_s()) {
+                            Some(hold) => Ok(self.hold_back(signal, &failed, hold, entry.count, by)),
+                            None => Err(Slow::Reopen),
+                        }
+                    }
+                    Lookup::Latched => {
+                        Ok(self.hold_back(signal, &last(Phase::ManualReview, 0), Hold::Latched, entry.count, by))
+                    }
                     Lookup::Terminal | Lookup::Deleted => Err(Slow::Reopen),
                     Lookup::Missing if !self.coalescer.creating(&incident(signal, &entry)) => Err(Slow::Ensure(entry)),
                     Lookup::Open | Lookup::Unknown | Lookup::Missing => Ok(self.duplicate(signal, entry, at)),
@@ -455,7 +492,7 @@ impl Pipeline {
                 if let Some((scope, window)) = lost {
                     return self.rejoin(signal, asked, scope, window, now).await;
                 }
-                self.open(signal, entry, by).await
+                self.open_unless_held(signal, asked, entry, false, by).await
             }
             // Another replica may be creating it right now, or may have failed to:
             // the create is idempotent, so whichever lands first makes the one
@@ -469,7 +506,7 @@ impl Pipeline {
                 if let Some(outcome) = self.count_on_open(signal, asked, Some(&at), self.clock.now_s()).await? {
                     return Ok(outcome);
                 }
-                self.open(signal, entry, by).await
+                self.open_unless_held(signal, asked, entry, false, by).await
             }
             Slow::Reopen => self.reopen(signal, asked, by).await,
         }
@@ -542,16 +579,95 @@ impl Pipeline {
     async fn reopen(&self, signal: &Signal<'_>, asked: &Observation, by: &str) -> Result<Outcome, PipelineError> {
         let now = self.clock.now_s();
         let entry = Entry { first_seen_s: now, last_seen_s: now, count: 1 };
-        self.state.adopt(asked, entry, now).instrument(decide_span("adopt")).await.inspect_err(|e| self.failed(e))?;
-        self.open(signal, entry, by).await
+        self.open_unless_held(signal, asked, entry, true, by).await
     }
 
-    /// Creates the request of a new incident.
-    async fn open(&self, signal: &Signal<'_>, entry: Entry, by: &str) -> Result<Outcome, PipelineError> {
+    /// Opens the incident `entry` describes, unless the sink's record of its last
+    /// request holds it back ([`backoff`]): then the occurrence is counted on that
+    /// request, and the state store taught to count the next ones there too. With
+    /// `adopt`, `entry` is new to the store, and taught to it before the create.
+    async fn open_unless_held(
+        &self,
+        signal: &Signal<'_>,
+        asked: &Observation,
+        entry: Entry,
+        adopt: bool,
+        by: &str,
+    ) -> Result<Outcome, PipelineError> {
+        let now = self.clock.now_s();
+        let last = self.sink.last_request(&signal.fingerprint);
+        if let Some((last, hold)) = last.as_ref().and_then(|l| Some((l, self.lifecycle.hold(l, now)?))) {
+            let count = last.count.min(u64::from(u32::MAX) - 1) as u32 + 1;
+            let held = Entry { first_seen_s: last.first_seen_s, last_seen_s: now, count };
+            self.state
+                .adopt(asked, held, now)
+                .instrument(decide_span("adopt"))
+                .await
+                .inspect_err(|e| self.failed(e))?;
+            return Ok(self.hold_back(signal, last, hold, count, by));
+        }
+        if adopt {
+            self.state
+                .adopt(asked, entry, now)
+                .instrument(decide_span("adopt"))
+                .await
+                .inspect_err(|e| self.failed(e))?;
+        }
+        self.open(signal, entry, last.as_ref().map_or(0, backoff::failures), by).await
+    }
+
+    /// Counts `signal` on `last`, the request that holds its incident back, and
+    /// says why. Audited once per held request and process.
+    fn hold_back(&self, signal: &Signal<'_>, last: &LastRequest, hold: Hold, count: u32, by: &str) -> Outcome {
+        let update = StatusUpdate {
+            first_seen_s: last.first_seen_s,
+            last_seen_s: self.clock.now_s(),
+            writer: NO_WRITER,
+            count: 0,
+            resolved_at_s: None,
+            storm: None,
+            backoff_until_s: match hold {
+                Hold::BackingOff { until_s } => Some(until_s),
+                Hold::Latched => None,
+            },
+        };
+        self.coalescer.repeat(Incident::Signal(signal.fingerprint, last.first_seen_s), &last.at, update);
+        self.metrics.held_back.get_or_create(&crate::telemetry::ReasonLabels { reason: hold.reason() }).inc();
+        let first = {
+            let mut audited = self.held_audited.lock().unwrap_or_else(|p| p.into_inner());
+            if audited.len() >= HELD_AUDITED_MAX {
+                audited.clear();
+            }
+            audited.insert(last.at.clone())
+        };
+        if first {
+            let fingerprint = signal.fingerprint.to_hex();
+            audit::held_back(by, &last.at.namespace, &last.at.name, hold.reason(), &signal.name, &fingerprint);
+        }
+        let status = match hold {
+            Hold::BackingOff { until_s } => OutcomeStatus::BackingOff { until_s },
+            Hold::Latched => OutcomeStatus::Held,
+        };
+        self.outcome(signal, status, Some(last.at.clone()), count)
+    }
+
+    /// Creates the request of a new incident, the `prior_failures`-th attempt in a
+    /// row after failures.
+    async fn open(
+        &self,
+        signal: &Signal<'_>,
+        entry: Entry,
+        prior_failures: u32,
+        by: &str,
+    ) -> Result<Outcome, PipelineError> {
         let class = self.classify(signal);
         let at = self.reference(signal, &entry);
         let update = uncounted(&entry);
         let mut request = remediation::build(signal, &at.namespace, entry.first_seen_s, &class, &update);
+        if prior_failures > 0 {
+            let status = request.status.get_or_insert_with(Default::default);
+            status.backoff = Some(remediation::Backoff { prior_failures, until: None });
+        }
         self.name_trace(&mut request);
         let status = match self.create(incident(signal, &entry), request, &at, update, by).await {
             Ok(Created::Created) => OutcomeStatus::Created,
@@ -693,6 +809,7 @@ impl Pipeline {
                 resources: vec![signal.target.clone()],
                 cap: self.storm.affected_resources_cap,
             }),
+            backoff_until_s: None,
         };
         self.windows.lock().unwrap_or_else(|p| p.into_inner()).insert((*scope, folded.window_id), now);
         self.metrics.alerts_aggregated.inc();
@@ -701,6 +818,10 @@ impl Pipeline {
         (outcome, incident, at, update)
     }
 }
+
+/// Held requests remembered for auditing once; past this the memory starts over
+/// (an incident may then be audited again, never not at all).
+const HELD_AUDITED_MAX: usize = 10_000;
 
 /// What a verdict needs that takes I/O.
 enum Slow {
@@ -752,5 +873,6 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         count: 0,
         resolved_at_s: None,
         storm: None,
+        backoff_until_s: None,
     }
 }

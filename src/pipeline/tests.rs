@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::remediation::RemediationRequest;
 use crate::signal::{Fingerprint, Signal, SignalStatus, SignalType, TargetResource};
 use crate::sink::dir::DirSink;
+use crate::sink::{Lookup, RequestRef, Sink};
 use crate::state::memory::MemoryStore;
 use crate::telemetry::Metrics;
 
@@ -39,6 +40,7 @@ pub fn signal(name: &str, namespace: &str, pod: &str) -> Signal<'static> {
 
 pub struct Rig {
     pub pipeline: Pipeline,
+    pub sink: Arc<DirSink>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
     pub dir: tempfile::TempDir,
@@ -54,9 +56,15 @@ impl Rig {
         let metrics = Arc::new(Metrics::new());
         let state = Arc::new(MemoryStore::new(&config.memory, config.dedup.window, &config.storm, clock.clone()));
         let sink = Arc::new(DirSink::new(dir.path(), config.open_horizon()).unwrap());
-        let parts =
-            Parts { state, sink, owners: None, namespace_labels: None, clock: clock.clone(), metrics: metrics.clone() };
-        Rig { pipeline: Pipeline::build(&config, parts), clock, metrics, dir }
+        let parts = Parts {
+            state,
+            sink: sink.clone(),
+            owners: None,
+            namespace_labels: None,
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+        };
+        Rig { pipeline: Pipeline::build(&config, parts), sink, clock, metrics, dir }
     }
 
     /// Decides `signals` from the authenticated sender `sender`.
@@ -80,6 +88,25 @@ impl Rig {
             }
         }
         out
+    }
+
+    /// Writes `phase` into the manifest at `at`, as a controller would, and waits
+    /// until the sink's index has seen it as `seen`.
+    pub async fn set_phase(&self, at: &RequestRef, phase: &str, seen: Lookup) {
+        self.pipeline.drain(Duration::from_secs(5)).await;
+        let path = self.sink.path_of(at);
+        let mut request: RemediationRequest = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        request.status.get_or_insert_with(Default::default).phase = Some(phase.to_string());
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_norway::to_string(&request).unwrap()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        for _ in 0..500 {
+            if self.sink.lookup(at) == seen {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the index never saw {at:?} as {seen:?}");
     }
 
     /// The value of the series spelled exactly `series` in the metrics.
@@ -167,4 +194,80 @@ async fn storms_are_scoped_by_cluster() {
     let outcomes = rig.send("am", &batch).await;
 
     assert_eq!(statuses(&outcomes), [OutcomeStatus::Created; 6], "no storm: {outcomes:?}");
+}
+
+#[tokio::test]
+async fn after_a_failure_the_incident_backs_off_counting_on_the_failed_request_then_opens_with_its_failures() {
+    let rig = Rig::new(|_| {});
+    let alert = [signal("KubePodCrashLooping", "shop", "web-0")];
+    let first = rig.send("am", &alert).await.remove(0);
+    let failed = first.request.clone().unwrap();
+    rig.set_phase(&failed, "Failed", Lookup::Failed { prior_failures: 0 }).await;
+
+    rig.clock.advance(Duration::from_secs(60));
+    let held = rig.send("am", &alert).await.remove(0);
+    rig.clock.advance(Duration::from_secs(400));
+    let after_the_window = rig.send("am", &alert).await.remove(0);
+    rig.clock.advance(Duration::from_secs(100));
+    let next = rig.send("am", &alert).await.remove(0);
+
+    assert_eq!(held.status, OutcomeStatus::BackingOff { until_s: 1_700_000_300 });
+    assert_eq!(held.request.as_ref(), Some(&failed));
+    // 460 s on: past the dedup window, and past the back-off too.
+    assert_eq!(after_the_window.status, OutcomeStatus::Created);
+    assert_eq!(next.status, OutcomeStatus::Duplicate, "{next:?}");
+    let requests = rig.requests().await;
+    let by_name = |at: &RequestRef| requests.iter().find(|rr| rr.metadata.name.as_deref() == Some(&at.name)).unwrap();
+    let status = |at: &RequestRef| by_name(at).status.clone().unwrap();
+    assert_eq!(status(&failed).deduplication.unwrap().occurrence_count, 2, "the held one is counted on it");
+    assert_eq!(status(&failed).backoff.unwrap().until.map(|t| t.0.as_second()), Some(1_700_000_300));
+    let second = after_the_window.request.unwrap();
+    assert_eq!(status(&second).backoff.map(|b| b.prior_failures), Some(1));
+    assert_eq!(rig.sample("tidegate_signals_held_back_total{reason=\"failure_backoff\"}"), Some(1.0));
+}
+
+#[tokio::test]
+async fn the_backoff_is_held_when_the_state_store_forgot_the_incident() {
+    let rig = Rig::new(|_| {});
+    let alert = [signal("KubePodCrashLooping", "shop", "web-0")];
+    let failed = rig.send("am", &alert).await.remove(0).request.unwrap();
+    rig.set_phase(&failed, "Failed", Lookup::Failed { prior_failures: 0 }).await;
+    // Past the dedup window (5m) but not the back-off: the store has no entry, so
+    // the decision rests on the sink's record alone.
+    rig.clock.advance(Duration::from_secs(299));
+    let held = rig.send("am", &alert).await.remove(0);
+    let again = rig.send("am", &alert).await.remove(0);
+    rig.clock.advance(Duration::from_secs(1));
+    let opened = rig.send("am", &alert).await.remove(0);
+
+    assert_eq!(held.status, OutcomeStatus::BackingOff { until_s: 1_700_000_300 });
+    assert_eq!(again.status, OutcomeStatus::BackingOff { until_s: 1_700_000_300 }, "the store learnt the hold");
+    assert_eq!(opened.status, OutcomeStatus::Created);
+}
+
+#[tokio::test]
+async fn manual_review_latches_beyond_the_dedup_window_and_a_deletion_releases_it() {
+    let rig = Rig::new(|_| {});
+    let alert = [signal("KubePodCrashLooping", "shop", "web-0")];
+    let latched = rig.send("am", &alert).await.remove(0).request.unwrap();
+    rig.set_phase(&latched, "ManualReviewRequired", Lookup::Latched).await;
+
+    let mut held = Vec::new();
+    for wait in [10, 3600, 86_400] {
+        rig.clock.advance(Duration::from_secs(wait));
+        held.push(rig.send("am", &alert).await.remove(0));
+    }
+    assert!(held.iter().all(|o| o.status == OutcomeStatus::Held && o.request.as_ref() == Some(&latched)), "{held:?}");
+    rig.pipeline.drain(Duration::from_secs(5)).await;
+    std::fs::remove_file(rig.sink.path_of(&latched)).unwrap();
+    for _ in 0..500 {
+        if rig.sink.lookup(&latched) == Lookup::Deleted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let released = rig.send("am", &alert).await.remove(0);
+
+    assert_eq!(released.status, OutcomeStatus::Created);
+    assert_eq!(rig.sample("tidegate_signals_held_back_total{reason=\"manual_review\"}"), Some(3.0));
 }

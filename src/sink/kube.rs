@@ -38,7 +38,7 @@ use kube::{Client, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
+use super::{is_terminal, Created, LastRequest, Lookup, OpenRequest, Phase, RequestRef, Sink, SinkError};
 use crate::config::ConfigError;
 use crate::pipeline::classify::NamespaceLabels;
 use crate::remediation::{labels, RemediationRequest, RemediationRequestStatus, StatusUpdate};
@@ -396,11 +396,32 @@ impl Sink for KubeSink {
 
     fn lookup(&self, at: &RequestRef) -> Lookup {
         match self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace)) {
-            Some(rr) if terminal(&rr) => Lookup::Terminal,
-            Some(_) => Lookup::Open,
+            Some(rr) => phase(&rr).lookup(prior_failures(&rr)),
             None if lock(&self.deleted).contains(at) => Lookup::Deleted,
             None => Lookup::Missing,
         }
+    }
+
+    fn last_request(&self, fingerprint: &Fingerprint) -> Option<LastRequest> {
+        // A scan, like `open_request`'s: asked only when an incident is about to get
+        // a new request, or its store entry was lost, never for a plain repeat.
+        let value = fingerprint.label_value();
+        self.requests
+            .state()
+            .into_iter()
+            .filter(|rr| rr.labels().get(labels::FINGERPRINT) == Some(&value))
+            .filter_map(|rr| {
+                let dedup = rr.status.as_ref()?.deduplication.as_ref()?;
+                Some(LastRequest {
+                    at: RequestRef { namespace: rr.namespace()?, name: rr.name_any() },
+                    first_seen_s: dedup.first_seen_at.0.as_second() as u32,
+                    last_seen_s: dedup.last_seen_at.0.as_second() as u32,
+                    count: dedup.occurrence_count,
+                    phase: phase(&rr),
+                    prior_failures: prior_failures(&rr),
+                })
+            })
+            .max_by_key(|last| (last.first_seen_s, last.at.name.clone()))
     }
 
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
@@ -436,6 +457,14 @@ impl Sink for KubeSink {
 
 fn terminal(rr: &RemediationRequest) -> bool {
     is_terminal(rr.status.as_ref().and_then(|s| s.phase.as_deref()))
+}
+
+fn phase(rr: &RemediationRequest) -> Phase {
+    Phase::of(rr.status.as_ref().and_then(|s| s.phase.as_deref()))
+}
+
+fn prior_failures(rr: &RemediationRequest) -> u32 {
+    rr.status.as_ref().and_then(|s| s.backoff.as_ref()).map_or(0, |b| b.prior_failures)
 }
 
 struct NamespaceCache(Store<Namespace>);

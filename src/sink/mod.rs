@@ -32,8 +32,16 @@ pub struct RequestRef {
 pub enum Lookup {
     /// It exists and no controller has finished it.
     Open,
-    /// A controller finished it (a terminal phase): the next occurrence is a new incident.
+    /// A controller finished it (a terminal phase other than `Failed`): the next
+    /// occurrence is a new incident.
     Terminal,
+    /// A controller finished it as `Failed`: the next occurrence is a new incident
+    /// once the back-off has passed. `prior_failures` is its
+    /// `status.backoff.priorFailures`.
+    Failed { prior_failures: u32 },
+    /// It waits for a person (`ManualReviewRequired`): no new request for its
+    /// incident until the phase changes or the request is deleted.
+    Latched,
     /// The authority reported it deleted: it is gone.
     Deleted,
     /// Not in the authority's view, and never reported deleted: not created yet, or
@@ -50,6 +58,63 @@ pub const TERMINAL_PHASES: [&str; 5] = ["Completed", "Failed", "Cancelled", "Tim
 /// Whether `phase` says a controller is done with a request.
 pub fn is_terminal(phase: Option<&str>) -> bool {
     phase.is_some_and(|p| TERMINAL_PHASES.contains(&p))
+}
+
+/// The terminal phase after which a new request backs off.
+pub const FAILED_PHASE: &str = "Failed";
+/// The phase that latches an incident until a person acts. Not terminal.
+pub const MANUAL_REVIEW_PHASE: &str = "ManualReviewRequired";
+
+/// What a request's phase means for its incident's next request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No phase, or one a controller is still working in.
+    Active,
+    /// `Failed`: the next request backs off.
+    Failed,
+    /// `ManualReviewRequired`: no next request until a person acts.
+    ManualReview,
+    /// Any other terminal phase (`Completed`...): the next request may come at once.
+    Ended,
+}
+
+impl Phase {
+    pub fn of(phase: Option<&str>) -> Phase {
+        match phase {
+            Some(FAILED_PHASE) => Phase::Failed,
+            Some(MANUAL_REVIEW_PHASE) => Phase::ManualReview,
+            p if is_terminal(p) => Phase::Ended,
+            _ => Phase::Active,
+        }
+    }
+
+    /// Whether a controller is done with the request.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Failed | Phase::Ended)
+    }
+
+    /// The [`Lookup`] of an existing request in this phase.
+    pub fn lookup(self, prior_failures: u32) -> Lookup {
+        match self {
+            Phase::Active => Lookup::Open,
+            Phase::Failed => Lookup::Failed { prior_failures },
+            Phase::ManualReview => Lookup::Latched,
+            Phase::Ended => Lookup::Terminal,
+        }
+    }
+}
+
+/// An incident's newest request, whatever its phase, as the sink's authority
+/// knows it: what the outcome rules ([`crate::pipeline::backoff`]) decide from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastRequest {
+    pub at: RequestRef,
+    pub first_seen_s: u32,
+    pub last_seen_s: u32,
+    pub count: u64,
+    pub phase: Phase,
+    /// Its `status.backoff.priorFailures`.
+    pub prior_failures: u32,
 }
 
 /// An open request found by fingerprint: an incident's, or a storm's aggregated
@@ -127,4 +192,9 @@ pub trait Sink: Send + Sync + 'static {
     fn open_request(&self, _fingerprint: &Fingerprint) -> Option<OpenRequest> {
         None
     }
+
+    /// The newest request for `fingerprint` in any phase, if the sink's authority
+    /// knows one, without I/O: the record the back-off and the manual-review latch
+    /// are decided from, so that they survive restarts and a state store's loss.
+    fn last_request(&self, fingerprint: &Fingerprint) -> Option<LastRequest>;
 }

@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::remediation::RemediationRequest;
 use crate::signal::Fingerprint;
-use crate::sink::{is_terminal, Lookup, OpenRequest, RequestRef};
+use crate::sink::{LastRequest, Lookup, OpenRequest, Phase, RequestRef};
 use crate::state::StormKind;
 
 /// What the index keeps of one manifest.
@@ -35,7 +35,8 @@ pub struct Record {
     pub first_seen_s: u32,
     pub last_seen_s: u32,
     pub count: u64,
-    pub terminal: bool,
+    pub phase: Phase,
+    pub prior_failures: u32,
     pub storm: Option<StormKind>,
 }
 
@@ -49,7 +50,8 @@ impl Record {
             first_seen_s: dedup.first_seen_at.0.as_second() as u32,
             last_seen_s: dedup.last_seen_at.0.as_second() as u32,
             count: dedup.occurrence_count,
-            terminal: is_terminal(status.and_then(|s| s.phase.as_deref())),
+            phase: Phase::of(status.and_then(|s| s.phase.as_deref())),
+            prior_failures: status.and_then(|s| s.backoff.as_ref()).map_or(0, |b| b.prior_failures),
             storm: request.spec.storm.as_ref().map(|s| StormKind::parse(&s.kind)),
         })
     }
@@ -89,6 +91,15 @@ struct ManifestStatus {
     deduplication: Option<ManifestDedup>,
     #[serde(default)]
     phase: Option<String>,
+    #[serde(default)]
+    backoff: Option<ManifestBackoff>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestBackoff {
+    #[serde(default)]
+    prior_failures: u32,
 }
 
 #[derive(Deserialize)]
@@ -110,7 +121,8 @@ pub fn parse(text: &str) -> Option<Record> {
         first_seen_s: dedup.first_seen_at.as_second() as u32,
         last_seen_s: dedup.last_seen_at.as_second() as u32,
         count: dedup.occurrence_count,
-        terminal: is_terminal(status.phase.as_deref()),
+        phase: Phase::of(status.phase.as_deref()),
+        prior_failures: status.backoff.map_or(0, |b| b.prior_failures),
         storm: manifest.spec.storm.map(|s| StormKind::parse(&s.kind)),
     })
 }
@@ -200,7 +212,8 @@ impl Index {
         let wall_s = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let now_s = u64::from(latest_s).min(wall_s);
         let horizon_s = self.horizon.as_secs();
-        requests.retain(|_, r| u64::from(r.last_seen_s) + horizon_s >= now_s);
+        // A latched request holds its incident until a person acts, however old.
+        requests.retain(|_, r| u64::from(r.last_seen_s) + horizon_s >= now_s || r.phase == Phase::ManualReview);
         newest.retain(|_, at| requests.contains_key(at));
     }
 
@@ -233,8 +246,7 @@ impl Index {
     pub fn lookup(&self, at: &RequestRef) -> Lookup {
         let inner = self.lock();
         match inner.requests.get(at) {
-            Some(record) if record.terminal => Lookup::Terminal,
-            Some(_) => Lookup::Open,
+            Some(record) => record.phase.lookup(record.prior_failures),
             // Seen removed, by the watch or by a write that found it missing.
             None if inner.removed.contains_key(at) => Lookup::Deleted,
             // Another writer of the directory (a second gateway) made it, and the
@@ -246,13 +258,27 @@ impl Index {
     pub fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
         let inner = self.lock();
         let at = inner.newest.get(fingerprint)?;
-        let record = inner.requests.get(at).filter(|r| !r.terminal)?;
+        let record = inner.requests.get(at).filter(|r| !r.phase.is_terminal())?;
         Some(OpenRequest {
             at: at.clone(),
             first_seen_s: record.first_seen_s,
             last_seen_s: record.last_seen_s,
             count: record.count,
             storm: record.storm,
+        })
+    }
+
+    pub fn last_request(&self, fingerprint: &Fingerprint) -> Option<LastRequest> {
+        let inner = self.lock();
+        let at = inner.newest.get(fingerprint)?;
+        let record = inner.requests.get(at)?;
+        Some(LastRequest {
+            at: at.clone(),
+            first_seen_s: record.first_seen_s,
+            last_seen_s: record.last_seen_s,
+            count: record.count,
+            phase: record.phase,
+            prior_failures: record.prior_failures,
         })
     }
 
@@ -392,7 +418,8 @@ mod tests {
             first_seen_s,
             last_seen_s: first_seen_s,
             count: 1,
-            terminal: false,
+            phase: Phase::Active,
+            prior_failures: 0,
             storm: None,
         }
     }
@@ -404,7 +431,7 @@ mod tests {
         index.insert(&at("a"), record(1, 100));
         let open = index.open_request(&Fingerprint::from_bytes([1; 32])).unwrap();
         assert_eq!((open.at, open.first_seen_s), (at("b"), 200));
-        index.update(&at("b"), Record { terminal: true, ..record(1, 200) });
+        index.update(&at("b"), Record { phase: Phase::Ended, ..record(1, 200) });
         assert_eq!(index.lookup(&at("b")), Lookup::Terminal);
         assert_eq!(index.open_request(&Fingerprint::from_bytes([1; 32])), None, "a finished request is not open");
         index.remove(&at("b"));

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
+use super::{Created, LastRequest, Lookup, OpenRequest, RequestRef, Sink, SinkError};
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
@@ -219,6 +219,10 @@ impl Sink for DirSink {
 
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
         self.index.open_request(fingerprint)
+    }
+
+    fn last_request(&self, fingerprint: &Fingerprint) -> Option<LastRequest> {
+        self.index.last_request(fingerprint)
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
