@@ -33,8 +33,8 @@ use kube::Api;
 use rss::rss_bytes;
 use tidegate::config::KubeConfig;
 use tidegate::signal::TargetResource;
-use tidegate::sink::kube::owners::OwnerCache;
 use tidegate::telemetry::Metrics;
+use tidegate::workload::owners::OwnerCache;
 use tidegate::workload::Owners;
 
 #[global_allocator]

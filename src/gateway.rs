@@ -19,13 +19,13 @@ use crate::config::{Config, SinkTarget, StateBackend};
 use crate::http::{self, AppState, Readiness};
 use crate::pipeline::{Parts, Pipeline};
 use crate::sink::dir::DirSink;
-use crate::sink::kube::owners::OwnerCache;
 use crate::sink::kube::KubeSink;
 use crate::sink::Sink;
 use crate::state::memory::MemoryStore;
 use crate::state::redis::RedisStore;
 use crate::state::StateStore;
 use crate::telemetry::Metrics;
+use crate::workload::owners::OwnerCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -14,15 +14,12 @@
 //!   from the watch: its delete events, and a re-list (after a gap or `410 Gone`)
 //!   that no longer has a request it had. A request the cache lacks and the watch
 //!   never reported deleted is one the watch has not delivered yet.
-//! - [`owners`] finds a pod's workload for incident identity, from metadata-only
-//!   watch caches.
 //! - 5xx, 429, timeouts and connection failures are retried with jittered
 //!   exponential backoff within the operation's deadline; past it the caller gets
 //!   an error (answered 503). A circuit breaker stops calling a failing API server
 //!   for a cool-down and turns readiness off meanwhile.
 
 pub mod access;
-pub mod owners;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -446,7 +443,8 @@ impl NamespaceLabels for NamespaceCache {
     }
 }
 
-fn code(e: &kube::Error) -> Option<u16> {
+/// The HTTP status of an API server's answer; `None` for a call that got none.
+pub(crate) fn code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
@@ -461,7 +459,7 @@ fn retryable(e: &kube::Error) -> bool {
 }
 
 /// The metric outcome of a failed call.
-fn outcome(e: &kube::Error) -> &'static str {
+pub(crate) fn outcome(e: &kube::Error) -> &'static str {
     match code(e) {
         Some(409) => "conflict",
         Some(404) => "not_found",

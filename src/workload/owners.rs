@@ -35,11 +35,11 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::KubeConfig;
+use super::Owners;
 use crate::signal::TargetResource;
+use crate::sink::kube::{self as kube_sink, KubeConfig};
 use crate::state::BoxFuture;
 use crate::telemetry::{ApiLabels, KindLabels, Metrics};
-use crate::workload::Owners;
 
 /// Most owner references followed from the signal's target: pod → ReplicaSet →
 /// Deployment is two; the cap only stops a pathological (or cyclic) chain.
@@ -209,14 +209,14 @@ impl OwnerCache {
         };
         let outcome = match &meta {
             Ok(_) => "ok",
-            Err(Some(e)) => super::outcome(e),
+            Err(Some(e)) => kube_sink::outcome(e),
             Err(None) => "timeout",
         };
         self.metrics.api_calls.get_or_create(&ApiLabels { verb: "get_metadata", outcome }).inc();
         match meta {
             Ok(meta) => Ok(Controller::of(&meta)),
             // Gone: it has no controller any more; the chain ends at the object.
-            Err(Some(e)) if super::code(&e) == Some(404) => Ok(None),
+            Err(Some(e)) if kube_sink::code(&e) == Some(404) => Ok(None),
             Err(e) => {
                 let kind = followed.kind();
                 tracing::debug!(kind, namespace, name, error = ?e, "owner lookup failed; keeping the signal's identity");
