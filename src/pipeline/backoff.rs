@@ -13,16 +13,26 @@
 //!
 //! Occurrences held back are counted on the request that holds them. The facts
 //! come from the sink's authority only ([`LastRequest`]), never from the state
-//! store, so restarts, Redis loss and replicas change nothing. This module decides
-//! and never writes: it must never make a held-back signal disappear.
+//! store, so restarts, Redis loss and replicas change nothing. The rule itself
+//! ([`LifecycleConfig::hold`]) is a pure decision; the pipeline's part here asks it
+//! where [`super::recovery`] would open a request. It must never make a held-back
+//! signal disappear: each is counted on its request, in a metric, and audited once.
 
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
-use crate::config::ConfigError;
+use super::status_writer::Incident;
+use super::{decide_span, Outcome, OutcomeStatus, Pipeline, PipelineError};
+use crate::audit;
+use crate::remediation::{StatusUpdate, NO_WRITER};
+use crate::section::ConfigError;
+use crate::signal::Signal;
 use crate::sink::{LastRequest, Phase};
+use crate::state::{Entry, Observation};
+use crate::telemetry::ReasonLabels;
 
 /// `lifecycle`: how an incident's last request holds back the next.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -31,11 +41,11 @@ pub struct LifecycleConfig {
     /// After a request of an incident ends `Failed`, its next request waits this
     /// long after the failed one began; doubled for each further consecutive
     /// failure of the incident.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub failure_backoff: Duration,
     /// The longest back-off, however many failures in a row.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub failure_backoff_max: Duration,
 }
@@ -103,6 +113,88 @@ impl Hold {
             Hold::BackingOff { .. } => "failure_backoff",
             Hold::Latched => "manual_review",
         }
+    }
+}
+
+/// Held requests remembered for auditing once; past this the memory starts over
+/// (an incident may then be audited again, never not at all).
+const HELD_AUDITED_MAX: usize = 10_000;
+
+impl Pipeline {
+    /// Opens the incident `entry` describes, unless the sink's record of its last
+    /// request holds it back: then the occurrence is counted on that request, and
+    /// the state store taught to count the next ones there too. With `adopt`,
+    /// `entry` is new to the store, and taught to it before the create.
+    pub(super) async fn open_unless_held(
+        &self,
+        signal: &Signal<'_>,
+        asked: &Observation,
+        entry: Entry,
+        adopt: bool,
+        by: &str,
+    ) -> Result<Outcome, PipelineError> {
+        let now = self.clock.now_s();
+        let last = self.sink.last_request(&signal.fingerprint);
+        if let Some((last, hold)) = last.as_ref().and_then(|l| Some((l, self.lifecycle.hold(l, now)?))) {
+            let count = last.count.min(u64::from(u32::MAX) - 1) as u32 + 1;
+            let held = Entry { first_seen_s: last.first_seen_s, last_seen_s: now, count };
+            self.state
+                .adopt(asked, held, now)
+                .instrument(decide_span("adopt"))
+                .await
+                .inspect_err(|e| self.failed(e))?;
+            return Ok(self.hold_back(signal, last, hold, count, by));
+        }
+        if adopt {
+            self.state
+                .adopt(asked, entry, now)
+                .instrument(decide_span("adopt"))
+                .await
+                .inspect_err(|e| self.failed(e))?;
+        }
+        self.open(signal, entry, last.as_ref().map_or(0, failures), by).await
+    }
+
+    /// Counts `signal` on `last`, the request that holds its incident back, and
+    /// says why. Audited once per held request and process.
+    pub(super) fn hold_back(
+        &self,
+        signal: &Signal<'_>,
+        last: &LastRequest,
+        hold: Hold,
+        count: u32,
+        by: &str,
+    ) -> Outcome {
+        let update = StatusUpdate {
+            first_seen_s: last.first_seen_s,
+            last_seen_s: self.clock.now_s(),
+            writer: NO_WRITER,
+            count: 0,
+            resolved_at_s: None,
+            storm: None,
+            backoff_until_s: match hold {
+                Hold::BackingOff { until_s } => Some(until_s),
+                Hold::Latched => None,
+            },
+        };
+        self.status_writer.repeat(Incident::Signal(signal.fingerprint, last.first_seen_s), &last.at, update);
+        self.metrics.held_back.get_or_create(&ReasonLabels { reason: hold.reason() }).inc();
+        let first = {
+            let mut audited = self.held_audited.lock().unwrap_or_else(|p| p.into_inner());
+            if audited.len() >= HELD_AUDITED_MAX {
+                audited.clear();
+            }
+            audited.insert(last.at.clone())
+        };
+        if first {
+            let fingerprint = signal.fingerprint.to_hex();
+            audit::held_back(by, &last.at.namespace, &last.at.name, hold.reason(), &signal.name, &fingerprint);
+        }
+        let status = match hold {
+            Hold::BackingOff { until_s } => OutcomeStatus::BackingOff { until_s },
+            Hold::Latched => OutcomeStatus::Held,
+        };
+        self.outcome(signal, status, Some(last.at.clone()), count)
     }
 }
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit;
 use crate::clock::Clock;
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 use crate::signal::Signal;
 use crate::telemetry::{Metrics, SenderNameLabels};
 
@@ -41,7 +41,7 @@ pub struct HeartbeatConfig {
     /// Alertmanager, its heartbeat route's `repeat_interval`). Each gets
     /// `tidegate_sender_last_seen_timestamp_seconds{sender}`, from any signal or
     /// heartbeat, for the `TidegateSenderSilent` and `TidegateHeartbeatMissing` alerts.
-    #[serde(with = "crate::config::duration_map")]
+    #[serde(with = "crate::section::duration_map")]
     #[schemars(with = "BTreeMap<String, String>")]
     pub expect: BTreeMap<String, Duration>,
 }

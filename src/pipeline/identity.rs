@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::heartbeat::Sender;
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 use crate::signal::{Fingerprint, Signal, TargetResource};
 use crate::state::BoxFuture;
 use crate::workload::Owners;

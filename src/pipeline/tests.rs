@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{Outcome, OutcomeStatus, Parts, Pipeline, Processed, Sender};
+use super::{Outcome, OutcomeStatus, Parts, Pipeline, Processed, Sender, Settings};
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::remediation::RemediationRequest;
 use crate::signal::{Fingerprint, Signal, SignalStatus, SignalType, TargetResource};
 use crate::sink::dir::DirSink;
@@ -47,15 +46,17 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// A pipeline configured by `tweak`, at 1,700,000,000 s on a manual clock.
-    pub fn new(tweak: impl FnOnce(&mut Config)) -> Rig {
-        let mut config = Config::default();
+    /// A pipeline configured by `tweak`, at 1,700,000,000 s on a manual clock, over
+    /// the embedded store and a directory sink indexing two hours back.
+    pub fn new(tweak: impl FnOnce(&mut Settings)) -> Rig {
+        let mut config = Settings::default();
         tweak(&mut config);
         let clock = Clock::manual(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let state = Arc::new(MemoryStore::new(&config.memory, config.dedup.window, &config.storm, clock.clone()));
-        let sink = Arc::new(DirSink::new(dir.path(), config.open_horizon()).unwrap());
+        let memory = crate::state::memory::MemoryConfig::default();
+        let state = Arc::new(MemoryStore::new(&memory, config.dedup.window, &config.storm, clock.clone()));
+        let sink = Arc::new(DirSink::new(dir.path(), Duration::from_secs(7200)).unwrap());
         let parts = Parts {
             state,
             sink: sink.clone(),
