@@ -83,6 +83,18 @@ fn alert(name: &str, namespace: &str, n: u32) -> Observation {
     }
 }
 
+/// [`alert`], about pod `p<n>` of `ns` in `cluster`, as the pipeline places a
+/// signal carrying a cluster label.
+fn in_cluster(name: &str, cluster: &str, n: u32) -> Observation {
+    let target =
+        TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into(), cluster: cluster.into() };
+    Observation {
+        fingerprint: Fingerprint::new(name, "ns", &target),
+        status: SignalStatus::Firing,
+        storm: Some(StormKey::new("ns", name, &target)),
+    }
+}
+
 fn folded(v: &Verdict) -> Folded {
     match v {
         Verdict::Folded(f) => *f,
@@ -288,6 +300,16 @@ async fn later_alerts_fold_into_the_open_window(store: Arc<dyn StateStore>) {
     assert!(f.iter().all(|f| f.window_id == T0 && !f.opened), "{f:?}");
     assert_eq!(f.iter().map(|f| (f.alert_count, f.resource_count)).collect::<Vec<_>>(), [(2, 2), (3, 2)]);
     assert_eq!(v[2], Verdict::Duplicate(entry(T0, T0 + 5, 2)), "a pre-storm incident keeps its own count");
+}
+
+async fn storms_are_per_cluster_and_each_clusters_pod_is_its_own_incident(store: Arc<dyn StateStore>) {
+    // Five pods in each of two clusters: at the pattern threshold in each cluster,
+    // over it were the clusters one scope; and `p<n>` of one cluster is no
+    // duplicate of `p<n>` of the other.
+    let batch: Vec<_> = (0..5).flat_map(|n| [in_cluster("clustered", "eu-1", n), in_cluster("clustered", "us-1", n)]).collect();
+    for v in store.observe(&batch, T0).await.unwrap() {
+        assert!(matches!(v, Verdict::New(_)), "{v:?}");
+    }
 }
 
 async fn storms_are_per_namespace_and_alert_name(store: Arc<dyn StateStore>) {
