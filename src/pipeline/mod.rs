@@ -377,3 +377,6 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         storm: None,
     }
 }
+
+#[cfg(test)]
+mod tests;
