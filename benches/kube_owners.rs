@@ -78,7 +78,7 @@ async fn run(pods: usize, measuring: bool) -> ExitCode {
     unsafe { libmimalloc_sys::mi_collect(true) };
     let before = rss_bytes();
     let started = Instant::now();
-    let owners = OwnerCache::start(client, &KubeConfig::default(), metrics.clone());
+    let owners = OwnerCache::start(client, KubeConfig::default().owner_lookup_timeout, metrics.clone());
     support::eventually_within("the owner caches to list", std::time::Duration::from_secs(120), || {
         let owners = owners.clone();
         async move { owners.synced() }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::{decide_span, storms, Batch, Pipeline, PipelineError};
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 use crate::signal::Signal;
 use crate::state::{Admission, Charge, Decision, Observation, RateLimit};
 

@@ -54,15 +54,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::remediation::{StatusUpdate, NO_WRITER};
 use crate::signal::{Fingerprint, Signal};
 use crate::sink::{RequestRef, Sink, SinkError};
-use crate::state::{Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore, Verdict};
-use crate::telemetry::{trace, Metrics};
+use crate::state::{
+    Decision, DedupConfig, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore, StormConfig,
+    Verdict,
+};
+use crate::telemetry::trace::{self, TraceConfig};
+use crate::telemetry::Metrics;
 use crate::workload::{self, Owners};
 use admission::Asked;
-use classify::{Classifier, NamespaceLabels};
+use classify::{Classifier, ClassifyConfig, NamespaceLabels};
 use status_writer::{Incident, StatusWriter};
 use storms::Storms;
 
@@ -157,6 +160,17 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
 }
 
+/// What the pipeline reads: the sections of the rules it applies.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub classify: ClassifyConfig,
+    pub dedup: DedupConfig,
+    pub storm: StormConfig,
+    pub placement: PlacementConfig,
+    pub rate_limit: RateLimitConfig,
+    pub trace: TraceConfig,
+}
+
 /// One batch on its way through the flow: its signals, and the outcome of each one
 /// a step has answered so far.
 pub struct Batch<'s, 'a> {
@@ -189,7 +203,7 @@ impl<'s, 'a> Batch<'s, 'a> {
 
 impl Pipeline {
     /// A pipeline deciding as `config` says, with the parts built before it.
-    pub fn build(config: &Config, parts: Parts) -> Self {
+    pub fn build(config: &Settings, parts: Parts) -> Self {
         let Parts { state, sink, owners, namespace_labels, clock, metrics } = parts;
         let mut classifier = Classifier::new(&config.classify);
         if let Some(labels) = namespace_labels {

@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Pipeline;
-use crate::config::ConfigError;
 use crate::remediation;
+use crate::section::ConfigError;
 use crate::signal::Signal;
 use crate::sink::RequestRef;
 use crate::state::Entry;

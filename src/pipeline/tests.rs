@@ -16,13 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::admission;
-use super::{Parts, Pipeline, PipelineError, Processed};
+use super::{Parts, Pipeline, PipelineError, Processed, Settings};
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::signal::{Fingerprint, Signal, SignalStatus};
 use crate::sink::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
-use crate::state::memory::MemoryStore;
+use crate::state::memory::{MemoryConfig, MemoryStore};
 use crate::state::{BoxFuture, StateStore, StormKind};
 use crate::telemetry::Metrics;
 
@@ -70,21 +69,21 @@ use Step::*;
 struct Case {
     name: &'static str,
     stores: &'static [usize],
-    config: fn(&mut Config),
+    config: fn(&mut Settings),
     script: &'static [Step],
     requests: &'static str,
 }
 
-fn defaults(_: &mut Config) {}
+fn defaults(_: &mut Settings) {}
 
 /// Storms after three alerts of one name in one namespace within a minute.
-fn storms(config: &mut Config) {
+fn storms(config: &mut Settings) {
     config.storm.rate_threshold = 3;
     config.storm.pattern_threshold = 1000;
 }
 
 /// One request a second per source, no burst.
-fn strict_rate_limit(config: &mut Config) {
+fn strict_rate_limit(config: &mut Settings) {
     config.rate_limit.rate = 1.0;
     config.rate_limit.burst = 1;
 }
@@ -225,7 +224,7 @@ async fn decisions() {
 
 /// Runs a case; `Err` says where it went wrong.
 async fn run(case: &Case) -> Result<(), String> {
-    let mut config = Config::default();
+    let mut config = Settings::default();
     (case.config)(&mut config);
     let world = World::new(&config, case.stores);
     let mut world = world;
@@ -245,7 +244,7 @@ async fn run(case: &Case) -> Result<(), String> {
 
 /// The replicas of a case, their stores, the sink they share, and the time.
 struct World {
-    config: Config,
+    config: Settings,
     replicas: Vec<Pipeline>,
     /// Each replica's store index.
     stores: &'static [usize],
@@ -254,7 +253,7 @@ struct World {
 }
 
 impl World {
-    fn new(config: &Config, stores: &'static [usize]) -> Self {
+    fn new(config: &Settings, stores: &'static [usize]) -> Self {
         let clock = Clock::manual(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         let sink = Arc::new(Recording::default());
         let mut world = World { config: config.clone(), replicas: Vec::new(), stores, sink, clock };
@@ -279,7 +278,7 @@ impl World {
         let c = &self.config;
         (0..count)
             .map(|_| {
-                Arc::new(MemoryStore::new(&c.memory, c.dedup.window, &c.storm, self.clock.clone()))
+                Arc::new(MemoryStore::new(&MemoryConfig::default(), c.dedup.window, &c.storm, self.clock.clone()))
                     as Arc<dyn StateStore>
             })
             .collect()
@@ -505,7 +504,7 @@ impl Sink for Recording {
 
 #[tokio::test(start_paused = true)]
 async fn repeats_within_one_status_interval_are_one_status_write() {
-    let mut world = World::new(&Config::default(), &[0]);
+    let mut world = World::new(&Settings::default(), &[0]);
     world.step(Send { to: 0, alerts: "web-0", answer: "created" }).await.unwrap();
     let repeats = "web-0 web-0 web-0 web-0 web-0";
     world
@@ -520,7 +519,7 @@ async fn repeats_within_one_status_interval_are_one_status_write() {
 
 #[tokio::test(start_paused = true)]
 async fn a_signal_held_before_admission_is_never_shown_to_the_store() {
-    let world = World::new(&Config::default(), &[0]);
+    let world = World::new(&Settings::default(), &[0]);
     let signals = [alert("web-0"), alert("web-1")];
     let mut batch = super::Batch::new(&signals);
     let held = super::Outcome {

@@ -20,6 +20,7 @@
 //!   for a cool-down and turns readiness off meanwhile.
 
 pub mod access;
+pub mod doctor;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -36,12 +37,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
-use crate::config::ConfigError;
-use crate::pipeline::classify::NamespaceLabels;
 use crate::remediation::{labels, RemediationRequest, RemediationRequestStatus, StatusUpdate};
+use crate::section::ConfigError;
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
-use crate::telemetry::{ApiLabels, Metrics};
+use crate::telemetry::{api_outcome, ApiLabels, Metrics};
+use crate::workload::NamespaceLabels;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// `kube`: how the sink and the owner lookups talk to the API server.
@@ -49,22 +50,22 @@ use prometheus_client::metrics::gauge::Gauge;
 #[serde(default, deny_unknown_fields)]
 pub struct KubeConfig {
     /// One API call's timeout.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub call_timeout: Duration,
     /// One operation's budget, retries of 5xx/429/timeouts included; past it the
     /// caller gets 503.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub deadline: Duration,
     /// Consecutive failed operations that open the circuit breaker.
     pub breaker_failures: u32,
     /// How long an open breaker refuses calls (and keeps `/readyz` at 503).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub breaker_cooldown: Duration,
     /// How long start-up waits for the first list of requests and namespaces.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub sync_timeout: Duration,
     /// Attribute a signal about a Pod (or ReplicaSet, Job) to its top controller
@@ -73,7 +74,7 @@ pub struct KubeConfig {
     pub owner_chain: bool,
     /// How long one owner lookup the caches cannot answer may take (one GET); past
     /// it the signal keeps the pod's identity.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub owner_lookup_timeout: Duration,
 }
@@ -189,7 +190,7 @@ impl KubeSink {
                     return Ok(value);
                 }
                 Err(e) if retryable(&e) => {
-                    self.count(verb, outcome(&e));
+                    self.count(verb, api_outcome(&e));
                     attempt += 1;
                     let backoff = jittered(Duration::from_millis(50) * 2u32.saturating_pow(attempt.min(6)));
                     if started.elapsed() + backoff >= self.config.deadline {
@@ -202,7 +203,7 @@ impl KubeSink {
                 Err(e) => {
                     // A definite answer (404, 409, 422...) means the server is healthy.
                     self.breaker.success();
-                    self.count(verb, outcome(&e));
+                    self.count(verb, api_outcome(&e));
                     return Err(e);
                 }
             }
@@ -443,8 +444,7 @@ impl NamespaceLabels for NamespaceCache {
     }
 }
 
-/// The HTTP status of an API server's answer; `None` for a call that got none.
-pub(crate) fn code(e: &kube::Error) -> Option<u16> {
+fn code(e: &kube::Error) -> Option<u16> {
     match e {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
@@ -455,19 +455,6 @@ fn retryable(e: &kube::Error) -> bool {
     match code(e) {
         Some(c) => c == 429 || c >= 500,
         None => true, // transport failures and timeouts
-    }
-}
-
-/// The metric outcome of a failed call.
-pub(crate) fn outcome(e: &kube::Error) -> &'static str {
-    match code(e) {
-        Some(409) => "conflict",
-        Some(404) => "not_found",
-        Some(422) => "invalid",
-        Some(429) => "throttled",
-        Some(c) if c >= 500 => "server_error",
-        Some(_) => "client_error",
-        None => "unreachable",
     }
 }
 
