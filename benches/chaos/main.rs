@@ -4,12 +4,12 @@
 //! Run with `cargo bench --bench chaos`. Topology, all real processes on loopback:
 //!
 //! * Redis through Sentinel: a primary, a replica and three sentinels
-//!   (`tests/support/redis/sentinel.rs`, no persistence, as the tests run it);
+//!   (`testkit/src/redis/sentinel.rs`, no persistence, as the tests run it);
 //! * two gateway replicas, each a `tidegate serve` process (the binary cargo built)
 //!   with `--state redis+sentinel://…` and `--sink kube`, sharing that Redis;
 //! * the real kube-apiserver and etcd of the kube tests (`scripts/kube-testenv`),
 //!   reached by the gateways only through the fault proxy
-//!   (`tests/support/kube/proxy.rs`), as the service account `deploy/` defines.
+//!   (`testkit/src/kube/proxy.rs`), as the service account `deploy/` defines.
 //!
 //! Senders: `CHAOS_SENDERS` tasks post Alertmanager webhook bodies of 1–4 alerts
 //! each, spread over both replicas. They retry as Alertmanager's notifier does
@@ -86,16 +86,13 @@
 mod check;
 mod faults;
 mod gateways;
-#[path = "../common/knobs.rs"]
-mod knobs;
+use tidegate_testkit::bench::knobs;
 mod ledger;
 mod poller;
 mod rng;
 mod run;
 mod senders;
 mod sentinel;
-#[path = "../../tests/support/mod.rs"]
-mod support;
 mod tracks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -112,12 +109,12 @@ use knobs::knob;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
-use support::kube::proxy::{Fault, Matching};
-use support::kube::Kube;
-use support::process;
-use support::redis::sentinel::SentinelSetup;
-use support::redis::MASTER_NAME;
 use tidegate::remediation::RemediationRequest;
+use tidegate_testkit::kube::proxy::{Fault, Matching};
+use tidegate_testkit::kube::Kube;
+use tidegate_testkit::process;
+use tidegate_testkit::redis::sentinel::SentinelSetup;
+use tidegate_testkit::redis::MASTER_NAME;
 
 use check::*;
 use faults::*;
