@@ -98,24 +98,6 @@ pub struct ApiLabels {
     pub outcome: &'static str,
 }
 
-/// The `outcome` of a Kubernetes API call that failed with `e`: one mapping for
-/// every caller (the kube sink, the owner lookups).
-pub fn api_outcome(e: &kube::Error) -> &'static str {
-    let status = match e {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    };
-    match status {
-        Some(409) => "conflict",
-        Some(404) => "not_found",
-        Some(422) => "invalid",
-        Some(429) => "throttled",
-        Some(c) if c >= 500 => "server_error",
-        Some(_) => "client_error",
-        None => "unreachable",
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,

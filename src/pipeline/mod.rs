@@ -57,12 +57,10 @@ use crate::clock::Clock;
 use crate::remediation::{StatusUpdate, NO_WRITER};
 use crate::signal::{Fingerprint, Signal};
 use crate::sink::{RequestRef, Sink, SinkError};
-use crate::state::{
-    Decision, DedupConfig, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore, StormConfig,
-    Verdict,
-};
-use crate::telemetry::trace::{self, TraceConfig};
-use crate::telemetry::Metrics;
+use crate::state::{Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore, Verdict};
+use crate::state::{DedupConfig, StormConfig};
+use crate::telemetry::trace::TraceConfig;
+use crate::telemetry::{trace, Metrics};
 use crate::workload::{self, Owners};
 use admission::Asked;
 use classify::{Classifier, ClassifyConfig, NamespaceLabels};

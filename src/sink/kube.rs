@@ -37,11 +37,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
+use crate::kube_api::{code, outcome};
 use crate::remediation::{labels, RemediationRequest, RemediationRequestStatus, StatusUpdate};
 use crate::section::ConfigError;
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
-use crate::telemetry::{api_outcome, ApiLabels, Metrics};
+use crate::telemetry::{ApiLabels, Metrics};
 use crate::workload::NamespaceLabels;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -190,7 +191,7 @@ impl KubeSink {
                     return Ok(value);
                 }
                 Err(e) if retryable(&e) => {
-                    self.count(verb, api_outcome(&e));
+                    self.count(verb, outcome(&e));
                     attempt += 1;
                     let backoff = jittered(Duration::from_millis(50) * 2u32.saturating_pow(attempt.min(6)));
                     if started.elapsed() + backoff >= self.config.deadline {
@@ -203,7 +204,7 @@ impl KubeSink {
                 Err(e) => {
                     // A definite answer (404, 409, 422...) means the server is healthy.
                     self.breaker.success();
-                    self.count(verb, api_outcome(&e));
+                    self.count(verb, outcome(&e));
                     return Err(e);
                 }
             }
@@ -441,13 +442,6 @@ struct NamespaceCache(Store<Namespace>);
 impl NamespaceLabels for NamespaceCache {
     fn environment(&self, namespace: &str) -> Option<String> {
         self.0.get(&ObjectRef::new(namespace))?.labels().get("environment").cloned()
-    }
-}
-
-fn code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
     }
 }
 

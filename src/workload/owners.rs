@@ -36,9 +36,10 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::Owners;
+use crate::kube_api;
 use crate::signal::TargetResource;
 use crate::state::BoxFuture;
-use crate::telemetry::{api_outcome, ApiLabels, KindLabels, Metrics};
+use crate::telemetry::{ApiLabels, KindLabels, Metrics};
 
 /// Most owner references followed from the signal's target: pod → ReplicaSet →
 /// Deployment is two; the cap only stops a pathological (or cyclic) chain.
@@ -147,8 +148,7 @@ pub struct OwnerCache {
 
 impl OwnerCache {
     /// Starts the metadata watches of Pods, ReplicaSets and Jobs, cluster-wide, and
-    /// returns at once: lookups fall back to GETs until the caches have listed, each
-    /// within `lookup_timeout` (`kube.owner_lookup_timeout`).
+    /// returns at once: lookups fall back to GETs until the caches have listed.
     pub fn start(client: Client, lookup_timeout: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
         let caches = Followed::ALL
             .map(|followed| Arc::new(Cache { followed, objects: RwLock::default(), synced: AtomicBool::new(false) }));
@@ -203,14 +203,14 @@ impl OwnerCache {
         };
         let outcome = match &meta {
             Ok(_) => "ok",
-            Err(Some(e)) => api_outcome(e),
+            Err(Some(e)) => kube_api::outcome(e),
             Err(None) => "timeout",
         };
         self.metrics.api_calls.get_or_create(&ApiLabels { verb: "get_metadata", outcome }).inc();
         match meta {
             Ok(meta) => Ok(Controller::of(&meta)),
             // Gone: it has no controller any more; the chain ends at the object.
-            Err(Some(kube::Error::Api(status))) if status.code == 404 => Ok(None),
+            Err(Some(e)) if kube_api::code(&e) == Some(404) => Ok(None),
             Err(e) => {
                 let kind = followed.kind();
                 tracing::debug!(kind, namespace, name, error = ?e, "owner lookup failed; keeping the signal's identity");
