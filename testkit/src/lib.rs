@@ -14,7 +14,13 @@ pub mod process;
 pub mod redis;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The tidegate repository: where `deploy/` and `scripts/` are.
+pub fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit/ is in the repository").to_path_buf()
+}
 
 /// Polls `check` until it returns true, failing after five seconds.
 pub async fn eventually<F, Fut>(what: &str, check: F)
