@@ -138,6 +138,8 @@ impl Heartbeats {
         let name = sender.metric_name();
         let labels = SenderNameLabels { sender: name.to_string() };
         self.metrics.heartbeat_last_seen.get_or_create(&labels).set(seconds(&self.clock));
+        // A sign of life too, and never older than the heartbeat it came with.
+        self.heard_from(sender);
         let mut audited = self.audited.lock().unwrap_or_else(|p| p.into_inner());
         if !audited.contains(name) {
             audited.insert(name.to_string());
@@ -203,7 +205,7 @@ mod tests {
     #[test]
     fn heartbeat_names_are_matched_exactly() {
         let (heartbeats, _, _) = step(&[]);
-        let mut signal = crate::pipeline::tests::signal("Watchdog", "monitoring", "");
+        let mut signal = crate::pipeline::lifecycle_tests::signal("Watchdog", "monitoring", "");
         assert!(heartbeats.is_heartbeat(&signal));
         signal.name = "WatchdogX".into();
         assert!(!heartbeats.is_heartbeat(&signal));

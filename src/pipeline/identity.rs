@@ -125,7 +125,7 @@ impl Owners for LocalOwners {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::tests::signal;
+    use crate::pipeline::lifecycle_tests::signal;
 
     const SENDER: Sender<'static> = Sender { name: "am", label: Some("am") };
 

@@ -45,13 +45,13 @@ pub mod backoff;
 pub mod classify;
 pub mod heartbeat;
 pub mod identity;
+#[cfg(test)]
+pub(crate) mod lifecycle_tests;
 pub mod placement;
 pub mod recovery;
 pub mod requests;
 pub mod status_writer;
 pub mod storms;
-#[cfg(test)]
-pub(crate) mod tests;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -461,3 +461,6 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         backoff_until_s: None,
     }
 }
+
+#[cfg(test)]
+mod tests;
