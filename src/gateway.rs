@@ -104,6 +104,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let replays = state.clone();
     let mut kube_client = overrides.kube_client;
     let mut namespace_labels = None;
+    let mut remediate_labels = None;
     let mut owners: Option<Arc<dyn crate::workload::Owners>> = None;
     let sink: Arc<dyn Sink> = match &config.sink {
         SinkTarget::Dir(path) => Arc::new(
@@ -120,6 +121,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
             let kube =
                 KubeSink::start(client.clone(), &config.kube, metrics.clone()).await.map_err(StartError::Kube)?;
             namespace_labels = Some(kube.namespace_labels());
+            remediate_labels = Some(kube.remediate_labels());
             if config.kube.owner_chain {
                 owners = Some(OwnerCache::start(client, &config.kube, metrics.clone()));
             }
@@ -138,7 +140,15 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     } else if config.auth.none {
         tracing::warn!(listen = %config.listen, "auth: none: anyone who can reach the listener may submit signals");
     }
-    let parts = Parts { state, sink, owners, namespace_labels, clock: clock.clone(), metrics: metrics.clone() };
+    let parts = Parts {
+        state,
+        sink,
+        owners,
+        namespace_labels,
+        remediate_labels,
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+    };
     let pipeline = Arc::new(Pipeline::build(&config, parts));
     let readiness = Readiness::default();
     let app = AppState {

@@ -14,6 +14,9 @@
 
 pub mod classify;
 pub mod coalesce;
+pub mod held;
+pub mod inhibit;
+pub mod scope;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -44,9 +47,12 @@ pub struct Outcome {
     pub fingerprint: Fingerprint,
     pub status: OutcomeStatus,
     /// The request the signal was counted in; `None` for a resolution of an
-    /// incident tidegate does not know.
+    /// incident tidegate does not know, and for a signal out of scope. For an
+    /// inhibited signal, the source's request.
     pub request: Option<RequestRef>,
     pub count: u32,
+    /// For a signal out of scope, what would bring it in scope.
+    pub hint: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +65,10 @@ pub enum OutcomeStatus {
     Aggregated {
         opened: bool,
     },
+    /// Outside `scope`: nothing was created or counted in the state store.
+    OutOfScope,
+    /// Held back by an inhibit rule: counted on the source's request.
+    Inhibited,
 }
 
 impl OutcomeStatus {
@@ -68,6 +78,8 @@ impl OutcomeStatus {
             OutcomeStatus::Duplicate => "duplicate",
             OutcomeStatus::Resolved => "resolved",
             OutcomeStatus::Aggregated { .. } => "aggregated",
+            OutcomeStatus::OutOfScope => "out_of_scope",
+            OutcomeStatus::Inhibited => "inhibited",
         }
     }
 
@@ -108,6 +120,8 @@ pub struct Pipeline {
     /// Per-source rate limit; `None` when disabled.
     rate_limit: Option<RateLimit>,
     owners: Option<Arc<dyn Owners>>,
+    /// Signals held back before the state store decides them: scope, inhibition.
+    held: held::HoldBack,
     /// Storm windows seen by this replica, (scope, opening second) → last alert.
     windows: Mutex<HashMap<([u8; 16], u32), u32>>,
     clock: Clock,
@@ -199,6 +213,8 @@ pub struct Parts {
     pub owners: Option<Arc<dyn Owners>>,
     /// Namespace labels, for environment classification, where a cluster has them.
     pub namespace_labels: Option<Arc<dyn NamespaceLabels>>,
+    /// `tidegate.dev/remediate` labels, for scope, where a cluster has them.
+    pub remediate_labels: Option<Arc<dyn scope::RemediateLabels>>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
 }
@@ -206,7 +222,8 @@ pub struct Parts {
 impl Pipeline {
     /// A pipeline deciding as `config` says, with the parts built before it.
     pub fn build(config: &Config, parts: Parts) -> Self {
-        let Parts { state, sink, owners, namespace_labels, clock, metrics } = parts;
+        let Parts { state, sink, owners, namespace_labels, remediate_labels, clock, metrics } = parts;
+        let held = held::HoldBack::build(config, remediate_labels);
         let mut classifier = Classifier::new(&config.classify);
         if let Some(labels) = namespace_labels {
             classifier = classifier.with_namespace_labels(labels);
@@ -221,6 +238,7 @@ impl Pipeline {
             placement: config.placement.clone(),
             rate_limit: config.rate_limit.limit(),
             owners,
+            held,
             windows: Mutex::default(),
             clock,
             metrics,
@@ -282,9 +300,13 @@ impl Pipeline {
             None => Cow::Borrowed(signals),
         };
         let signals = signals.as_ref();
-        let mut scope = None;
-        let observations: Vec<Observation> = signals.iter().map(|s| observation(s, &mut scope)).collect();
         let now = self.clock.now_s();
+        // Scope and inhibition, before the state store counts anything (one
+        // read-only round trip, only when a signal matches an inhibit rule's target).
+        let held = self.held.decide(signals, &*self.state, &*self.sink, now).await.inspect_err(|e| self.failed(e))?;
+        let decided: Vec<usize> = (0..signals.len()).filter(|&i| held[i].is_none()).collect();
+        let mut scope = None;
+        let observations: Vec<Observation> = decided.iter().map(|&i| observation(&signals[i], &mut scope)).collect();
         let decision = match charge {
             Some(charge) => {
                 self.state
@@ -300,20 +322,24 @@ impl Pipeline {
             Decision::Limited { retry_after_ms } => return Ok(Processed::Limited { retry_after_ms }),
             Decision::Decided(verdicts) => verdicts,
         };
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; signals.len()];
+        for (i, held) in held.into_iter().enumerate() {
+            if let Some(held) = held {
+                let outcome = self.held.count(&signals[i], held, &self.coalescer, &self.metrics, source, now);
+                outcomes[i] = Some(outcome);
+            }
+        }
         // Most verdicts (repeats, resolutions, alerts folded into an open storm) need
         // no I/O: answer those at once, and only make futures for the rest.
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(signals.len());
         // Windows the store opened in this batch that go on in an aggregated request
         // the sink still holds: (scope, the store's window id) → that request's window.
         let mut rejoined = HashMap::new();
         let mut slow = Vec::new();
-        for (i, ((signal, asked), verdict)) in signals.iter().zip(&observations).zip(verdicts).enumerate() {
+        for ((&i, asked), verdict) in decided.iter().zip(&observations).zip(verdicts) {
+            let signal = &signals[i];
             match self.act_now(signal, asked, verdict, &mut rejoined) {
-                Ok(outcome) => outcomes.push(Some(outcome)),
-                Err(work) => {
-                    outcomes.push(None);
-                    slow.push(async move { (i, self.act(signal, asked, work, source).await) });
-                }
+                Ok(outcome) => outcomes[i] = Some(outcome),
+                Err(work) => slow.push(async move { (i, self.act(signal, asked, work, source).await) }),
             }
         }
         let mut first_error = None;
@@ -323,10 +349,19 @@ impl Pipeline {
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(Processed::Decided(outcomes.into_iter().flatten().collect())),
+        if let Some(e) = first_error {
+            return Err(e);
         }
+        let outcomes: Vec<Outcome> = outcomes.into_iter().flatten().collect();
+        // Sources of inhibit rules hold their targets back while their requests are
+        // open: said again on every sighting, in one write for the batch.
+        // Every outcome stands without it: a hold that fails lets targets open
+        // requests of their own, as they would without the rule.
+        if let Err(e) = self.held.hold(signals, &outcomes, &*self.state, now).await {
+            self.failed(&e);
+            tracing::warn!(error = %e, "could not record inhibit rules' sources; their targets are not held back");
+        }
+        Ok(Processed::Decided(outcomes))
     }
 
     /// Acts on a verdict that needs no I/O, or says what [`Self::act`] must do.
@@ -513,7 +548,7 @@ impl Pipeline {
     /// What happened to `signal`, counted in the signals metric.
     fn outcome(&self, signal: &Signal<'_>, status: OutcomeStatus, request: Option<RequestRef>, count: u32) -> Outcome {
         self.metrics.signal(signal.signal_type.as_str(), status.as_str());
-        Outcome { fingerprint: signal.fingerprint, status, request, count }
+        Outcome { fingerprint: signal.fingerprint, status, request, count, hint: None }
     }
 
     /// Creates `request`, annotated with who submitted it (`by`). If it exists
@@ -639,6 +674,7 @@ impl Pipeline {
                 resources: vec![signal.target.clone()],
                 cap: self.storm.affected_resources_cap,
             }),
+            inhibited: None,
         };
         self.windows.lock().unwrap_or_else(|p| p.into_inner()).insert((*scope, folded.window_id), now);
         self.metrics.alerts_aggregated.inc();
@@ -697,5 +733,6 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         count: 0,
         resolved_at_s: None,
         storm: None,
+        inhibited: None,
     }
 }

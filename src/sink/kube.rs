@@ -164,6 +164,12 @@ impl KubeSink {
         Arc::new(NamespaceCache(self.namespaces.clone()))
     }
 
+    /// The `tidegate.dev/remediate` labels of namespaces, for scope, from the same
+    /// cache.
+    pub fn remediate_labels(&self) -> Arc<dyn crate::pipeline::scope::RemediateLabels> {
+        Arc::new(NamespaceCache(self.namespaces.clone()))
+    }
+
     fn api(&self, namespace: &str) -> Api<RemediationRequest> {
         Api::namespaced(self.client.clone(), namespace)
     }
@@ -443,6 +449,20 @@ struct NamespaceCache(Store<Namespace>);
 impl NamespaceLabels for NamespaceCache {
     fn environment(&self, namespace: &str) -> Option<String> {
         self.0.get(&ObjectRef::new(namespace))?.labels().get("environment").cloned()
+    }
+}
+
+impl crate::pipeline::scope::RemediateLabels for NamespaceCache {
+    /// Workloads' labels are not cached: their namespace decides.
+    fn workload(&self, _target: &crate::signal::TargetResource) -> Option<bool> {
+        None
+    }
+
+    fn namespace(&self, namespace: &str) -> Option<bool> {
+        let ns = self.0.get(&ObjectRef::new(namespace))?;
+        crate::pipeline::scope::remediate_value(
+            ns.labels().get(crate::pipeline::scope::REMEDIATE_LABEL).map(String::as_str),
+        )
     }
 }
 

@@ -1,0 +1,267 @@
+//! Holding signals back before the state store decides them: scope, then
+//! inhibition (DESIGN.md §9, steps 3 and 5; `docs/safety.md` has the whole order).
+//!
+//! [`HoldBack::decide`] runs after a batch is attributed to its workloads and
+//! before the store observes it, so a held-back signal creates no dedup entry and
+//! does not count toward storms. Once the batch is admitted (a rate-limited batch
+//! records nothing, held-back signals included), [`HoldBack::count`] answers each
+//! held-back signal: counted in `tidegate_signals_received_total` under its outcome,
+//! an inhibited one also on its source's request (`status.inhibited`) through the
+//! status writer, and audited once per incident. After the batch,
+//! [`HoldBack::hold`] records the inhibit rules' sources that have open requests.
+//!
+//! Nothing here ever refuses a signal: every held-back signal is answered 2xx.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::coalesce::{Coalescer, Incident};
+use super::inhibit::Inhibition;
+use super::scope::{OutOfScope, RemediateLabels, Scope};
+use super::{Outcome, OutcomeStatus};
+use crate::audit;
+use crate::config::Config;
+use crate::remediation::{self, InhibitedUpdate, StatusUpdate, NO_WRITER};
+use crate::signal::{Fingerprint, Signal, SignalStatus};
+use crate::sink::{Lookup, RequestRef, Sink};
+use crate::state::{InhibitKey, Inhibitor, StateError, StateStore};
+use crate::telemetry::Metrics;
+
+/// Incidents remembered as audited; past it those older than the window go, then all
+/// (an incident is then audited once more: never less than once).
+const AUDITED_REMEMBERED: usize = 65_536;
+
+/// Why a signal opens no request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    OutOfScope(OutOfScope),
+    /// Held back by an inhibit rule whose source holds this request open.
+    Inhibited(Inhibitor),
+}
+
+impl Held {
+    fn reason(&self) -> &'static str {
+        match self {
+            Held::OutOfScope(_) => OutcomeStatus::OutOfScope.as_str(),
+            Held::Inhibited(_) => OutcomeStatus::Inhibited.as_str(),
+        }
+    }
+}
+
+/// The scope and inhibition steps.
+pub struct HoldBack {
+    scope: Scope,
+    inhibition: Inhibition,
+    /// The dedup window, in seconds: how long a source holds its targets after its
+    /// last sighting, and how long an incident stays audited.
+    window_s: u32,
+    /// Most resources listed under a request's `status.inhibited`.
+    cap: usize,
+    /// (fingerprint, reason) → when first audited.
+    audited: Mutex<HashMap<(Fingerprint, &'static str), u32>>,
+}
+
+impl HoldBack {
+    /// The steps `config` sets up; `labels` are a cluster's label caches, if any.
+    pub fn build(config: &Config, labels: Option<Arc<dyn RemediateLabels>>) -> Self {
+        HoldBack {
+            scope: Scope::new(&config.scope, labels),
+            // `Config::validate` compiled these rules already.
+            inhibition: Inhibition::new(&config.inhibit_rules).unwrap_or_default(),
+            window_s: config.dedup.window.as_secs() as u32,
+            cap: config.storm.affected_resources_cap,
+            audited: Mutex::default(),
+        }
+    }
+
+    /// Which of `signals` are held back, in order: one read of the store, and only
+    /// when a firing signal in scope matches an inhibit rule's target side.
+    pub async fn decide(
+        &self,
+        signals: &[Signal<'_>],
+        state: &dyn StateStore,
+        sink: &dyn Sink,
+        now: u32,
+    ) -> Result<Vec<Option<Held>>, StateError> {
+        let mut held: Vec<Option<Held>> = match self.scope.active() {
+            true => signals.iter().map(|s| self.scope.decide(s).map(Held::OutOfScope)).collect(),
+            false => vec![None; signals.len()],
+        };
+        if self.inhibition.is_empty() {
+            return Ok(held);
+        }
+        let mut keys: Vec<InhibitKey> = Vec::new();
+        let mut asking = Vec::new();
+        for (i, signal) in signals.iter().enumerate() {
+            if held[i].is_some() || signal.status != SignalStatus::Firing {
+                continue;
+            }
+            let start = keys.len();
+            self.inhibition.target_keys(signal, &mut keys);
+            if keys.len() > start {
+                asking.push((i, start..keys.len()));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(held);
+        }
+        // The alerts of one notification mostly share their keys (one node's pods).
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        let found = state.inhibitors(&unique, now).await?;
+        let holder = |key: &InhibitKey| unique.binary_search(key).ok().and_then(|i| found[i].as_ref());
+        for (i, range) in asking {
+            let signal = &signals[i];
+            held[i] = keys[range]
+                .iter()
+                .filter_map(holder)
+                .find(|source| source.source != signal.fingerprint && open(sink, source))
+                .map(|source| Held::Inhibited(source.clone()));
+        }
+        Ok(held)
+    }
+
+    /// Answers a held-back `signal` from `by`: counts it, on its source's request if
+    /// it was inhibited, and audits its incident's first.
+    pub fn count(
+        &self,
+        signal: &Signal<'_>,
+        held: Held,
+        coalescer: &Coalescer,
+        metrics: &Metrics,
+        by: &str,
+        now: u32,
+    ) -> Outcome {
+        let reason = held.reason();
+        metrics.signal(signal.signal_type.as_str(), reason);
+        let first = self.first_audit(signal.fingerprint, reason, now);
+        let audit = |detail: &str| {
+            let fingerprint = signal.fingerprint.to_hex();
+            audit::signal_held_back(by, &signal.namespace, &signal.name, &fingerprint, reason, detail);
+        };
+        match held {
+            Held::OutOfScope(out) => {
+                if first {
+                    audit(&out.hint);
+                }
+                let status = OutcomeStatus::OutOfScope;
+                Outcome { fingerprint: signal.fingerprint, status, request: None, count: 0, hint: Some(out.hint) }
+            }
+            Held::Inhibited(source) => {
+                let at = RequestRef { namespace: source.namespace, name: source.name };
+                if first {
+                    audit(&format!("{}/{}", at.namespace, at.name));
+                }
+                let update = StatusUpdate {
+                    first_seen_s: source.first_seen_s,
+                    last_seen_s: source.first_seen_s,
+                    writer: NO_WRITER,
+                    count: 0,
+                    resolved_at_s: None,
+                    storm: None,
+                    inhibited: Some(InhibitedUpdate {
+                        count: 0,
+                        resources: vec![signal.target.clone()],
+                        cap: self.cap,
+                    }),
+                };
+                coalescer.inhibited(Incident::Signal(source.source, source.first_seen_s), &at, update);
+                let status = OutcomeStatus::Inhibited;
+                Outcome { fingerprint: signal.fingerprint, status, request: Some(at), count: 0, hint: None }
+            }
+        }
+    }
+
+    /// Records the sources among `signals` that opened or repeated on a request of
+    /// their own as holding their rules' targets back for the dedup window: one
+    /// write for the batch, none when no signal is a source.
+    pub async fn hold(
+        &self,
+        signals: &[Signal<'_>],
+        outcomes: &[Outcome],
+        state: &dyn StateStore,
+        now: u32,
+    ) -> Result<(), StateError> {
+        if self.inhibition.is_empty() {
+            return Ok(());
+        }
+        let mut holds = Vec::new();
+        let mut keys = Vec::new();
+        for (signal, outcome) in signals.iter().zip(outcomes) {
+            let counted_on_own = matches!(outcome.status, OutcomeStatus::Created | OutcomeStatus::Duplicate);
+            let Some(at) = outcome.request.as_ref().filter(|_| counted_on_own && signal.status == SignalStatus::Firing)
+            else {
+                continue;
+            };
+            let Some(first_seen_s) = remediation::request_epoch(&at.name) else { continue };
+            keys.clear();
+            self.inhibition.source_keys(signal, &mut keys);
+            for key in &keys {
+                let inhibitor = Inhibitor {
+                    source: signal.fingerprint,
+                    first_seen_s,
+                    namespace: at.namespace.clone(),
+                    name: at.name.clone(),
+                };
+                holds.push((*key, inhibitor));
+            }
+        }
+        if holds.is_empty() {
+            return Ok(());
+        }
+        state.hold_inhibitors(&holds, now, now.saturating_add(self.window_s)).await
+    }
+
+    /// Whether this is the first time this replica holds `fingerprint`'s incident
+    /// back for `reason`: not seen held back for a dedup window.
+    fn first_audit(&self, fingerprint: Fingerprint, reason: &'static str, now: u32) -> bool {
+        let mut audited = self.audited.lock().unwrap_or_else(|p| p.into_inner());
+        let window_s = self.window_s;
+        if audited.len() >= AUDITED_REMEMBERED {
+            audited.retain(|_, at| now.saturating_sub(*at) < window_s);
+            if audited.len() >= AUDITED_REMEMBERED {
+                audited.clear();
+            }
+        }
+        // Sliding: an incident seen again within the window is the same incident.
+        match audited.insert((fingerprint, reason), now) {
+            Some(at) => now.saturating_sub(at) >= window_s,
+            None => true,
+        }
+    }
+}
+
+/// Whether the source's request is still open, as far as the sink knows without
+/// I/O: a request a controller finished, or that was deleted, holds nothing back.
+fn open(sink: &dyn Sink, source: &Inhibitor) -> bool {
+    let at = RequestRef { namespace: source.namespace.clone(), name: source.name.clone() };
+    !matches!(sink.lookup(&at), Lookup::Terminal | Lookup::Deleted)
+}
+
+/// A firing signal for the steps' tests: `name` about `target`, in `namespace`,
+/// with `labels`.
+#[cfg(test)]
+pub(crate) fn test_signal(
+    name: &str,
+    namespace: &str,
+    target: crate::signal::TargetResource,
+    labels: &[(&str, &str)],
+) -> Signal<'static> {
+    use crate::signal::{Labels, SignalType};
+    let labels: Labels<'static> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Signal {
+        name: name.to_string().into(),
+        severity: labels.get("severity").unwrap_or("warning").to_string().into(),
+        namespace: namespace.to_string().into(),
+        fingerprint: Fingerprint::new(name, namespace, &target),
+        target,
+        labels,
+        annotations: Labels::default(),
+        firing_time: None,
+        received_time: jiff::Timestamp::UNIX_EPOCH,
+        signal_type: SignalType::PROMETHEUS_ALERT,
+        source: "test".into(),
+        status: SignalStatus::Firing,
+    }
+}
