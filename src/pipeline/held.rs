@@ -18,9 +18,8 @@ use std::sync::{Arc, Mutex};
 use super::coalesce::{Coalescer, Incident};
 use super::inhibit::Inhibition;
 use super::scope::{OutOfScope, RemediateLabels, Scope};
-use super::{Outcome, OutcomeStatus};
+use super::{Outcome, OutcomeStatus, Settings};
 use crate::audit;
-use crate::config::Config;
 use crate::remediation::{self, InhibitedUpdate, StatusUpdate, NO_WRITER};
 use crate::signal::{Fingerprint, Signal, SignalStatus};
 use crate::sink::{Lookup, RequestRef, Sink};
@@ -63,7 +62,7 @@ pub struct HoldBack {
 
 impl HoldBack {
     /// The steps `config` sets up; `labels` are a cluster's label caches, if any.
-    pub fn build(config: &Config, labels: Option<Arc<dyn RemediateLabels>>) -> Self {
+    pub fn build(config: &Settings, labels: Option<Arc<dyn RemediateLabels>>) -> Self {
         HoldBack {
             scope: Scope::new(&config.scope, labels),
             // `Config::validate` compiled these rules already.

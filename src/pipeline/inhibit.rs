@@ -28,8 +28,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::ConfigError;
 use crate::matcher::{self, Matcher};
+use crate::section::ConfigError;
 use crate::signal::Signal;
 use crate::state::InhibitKey;
 

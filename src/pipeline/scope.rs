@@ -22,11 +22,9 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-use crate::signal::{Signal, TargetResource};
-
-/// The label that opts a workload or a namespace in (`"true"`) or out (`"false"`).
-pub const REMEDIATE_LABEL: &str = "tidegate.dev/remediate";
+use crate::section::ConfigError;
+use crate::signal::Signal;
+pub use crate::workload::{remediate_value, RemediateLabels, REMEDIATE_LABEL};
 
 /// `scope.mode`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -72,25 +70,6 @@ impl ScopeConfig {
             return Err(ConfigError::invalid("scope.namespaces", "needs scope.mode opt-in or opt-out"));
         }
         Ok(())
-    }
-}
-
-/// The [`REMEDIATE_LABEL`] values a cluster's caches hold, without I/O. `None`:
-/// the object is not known, or does not carry the label (or carries another value).
-pub trait RemediateLabels: Send + Sync {
-    /// The label of the workload `target` (a Deployment, StatefulSet, DaemonSet,
-    /// CronJob, or a pod without a controller).
-    fn workload(&self, target: &TargetResource) -> Option<bool>;
-    /// The label of `namespace`.
-    fn namespace(&self, namespace: &str) -> Option<bool>;
-}
-
-/// Reads a label value as the scope does: only `"true"` and `"false"` say anything.
-pub fn remediate_value(value: Option<&str>) -> Option<bool> {
-    match value? {
-        "true" => Some(true),
-        "false" => Some(false),
-        _ => None,
     }
 }
 
@@ -194,6 +173,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::signal::TargetResource;
 
     /// Label caches as a cluster would hold them.
     #[derive(Default)]
