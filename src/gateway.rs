@@ -118,6 +118,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         metrics: metrics.clone(),
     };
     let pipeline = Arc::new(Pipeline::build(&config.pipeline_settings(), parts));
+    recover_holds(&pipeline, config.dedup.window).await;
     let readiness = Readiness::default();
     let app = AppState {
         pipeline: pipeline.clone(),
@@ -181,6 +182,30 @@ async fn run(
     pipeline.drain(grace.saturating_sub(used).max(Duration::from_secs(1))).await;
     tracing::info!("tidegate stopped");
     result
+}
+
+/// Teaches the state store the inhibit rules' sources the sink holds open, now and
+/// once per dedup window after, for as long as the pipeline lives: a restart or a
+/// Redis that lost its keys holds targets back again within one window at most,
+/// and at once after a restart.
+async fn recover_holds(pipeline: &Arc<Pipeline>, every: Duration) {
+    async fn once(pipeline: &Pipeline) {
+        match pipeline.recover_holds().await {
+            Ok(0) => {}
+            Ok(taught) => tracing::info!(taught, "inhibit rules' sources taught again from the sink"),
+            Err(e) => tracing::warn!(error = %e, "could not teach the inhibit rules' sources from the sink"),
+        }
+    }
+    once(pipeline).await;
+    let pipeline = Arc::downgrade(pipeline);
+    tokio::spawn(async move {
+        tokio::time::sleep(every).await;
+        while let Some(pipeline) = pipeline.upgrade() {
+            once(&pipeline).await;
+            drop(pipeline);
+            tokio::time::sleep(every).await;
+        }
+    });
 }
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.

@@ -87,6 +87,26 @@ async fn a_not_ready_node_holds_back_50_pod_alerts_from_a_real_alertmanager() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_the_sink_teaches_the_embedded_store_its_sources_again() {
+    let mut gw = Gateway::start(|c| c.inhibit_rules = kubernetes_examples()).await;
+    let am = Alertmanager::start(&gw.webhook_url(), "1h").await;
+    let logs = || am.process.log_tail();
+    fire(&am, &[node_not_ready("node-1")]).await;
+    wait("the node's request", logs, || gw.requests().len() == 1).await;
+
+    // The embedded store starts empty: only the sink directory knows the node.
+    gw.restart().await;
+    fire(&am, &pods_on("node-1", 5)).await;
+    wait("5 pods counted on the node's request", logs, || {
+        gw.requests().first().is_some_and(|rr| inhibited(rr).count == 5)
+    })
+    .await;
+
+    assert_eq!(gw.requests().len(), 1, "{:#?}", gw.requests());
+    assert_eq!(am.settled_counters().await.failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn pods_on_another_node_are_not_held_back() {
     let gw = Gateway::start(|c| c.inhibit_rules = kubernetes_examples()).await;
     let am = Alertmanager::start(&gw.webhook_url(), "1h").await;

@@ -473,6 +473,10 @@ mod tests {
     struct Counting(AtomicUsize);
 
     impl Sink for Counting {
+        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
         fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
             Box::pin(async { Ok(Created::Created) })
         }
@@ -534,6 +538,10 @@ mod tests {
     }
 
     impl Sink for Landing {
+        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
         fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
             Box::pin(async { Ok(Created::Created) })
         }

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use super::coalesce::{Coalescer, Incident};
 use super::inhibit::Inhibition;
 use super::scope::{OutOfScope, RemediateLabels, Scope};
-use super::{Outcome, OutcomeStatus, Settings};
+use super::{Outcome, OutcomeStatus, PipelineError, Settings};
 use crate::audit;
-use crate::remediation::{self, InhibitedUpdate, StatusUpdate, NO_WRITER};
-use crate::signal::{Fingerprint, Signal, SignalStatus};
+use crate::remediation::{self, InhibitedUpdate, RemediationRequest, StatusUpdate, NO_WRITER};
+use crate::signal::{Fingerprint, Labels, Signal, SignalStatus};
 use crate::sink::{Lookup, RequestRef, Sink};
 use crate::state::{InhibitKey, Inhibitor, StateError, StateStore};
 use crate::telemetry::Metrics;
@@ -212,6 +212,44 @@ impl HoldBack {
         state.hold_inhibitors(&holds, now, now.saturating_add(self.window_s)).await
     }
 
+    /// Teaches the store the holds of every source whose request `sink` holds
+    /// open, last seen within the dedup window: after a restart, or a Redis that lost
+    /// its keys, the sink is the authority on open incidents, as it is for dedup.
+    /// Each hold ends a window after its source's last sighting, as if the store
+    /// had never lost it. Returns how many holds were taught.
+    pub async fn recover(&self, sink: &dyn Sink, state: &dyn StateStore, now: u32) -> Result<usize, PipelineError> {
+        if self.inhibition.is_empty() {
+            return Ok(0);
+        }
+        // Holds by the second they end.
+        let mut holds: std::collections::BTreeMap<u32, Vec<(InhibitKey, Inhibitor)>> = Default::default();
+        let mut keys = Vec::new();
+        for rr in sink.open_requests().await? {
+            let Some(source) = source_of(&rr) else { continue };
+            let dedup = rr.status.as_ref().and_then(|s| s.deduplication.as_ref());
+            let last_seen_s = dedup.map_or(source.first_seen_s, |d| d.last_seen_at.0.as_second() as u32);
+            let until = last_seen_s.saturating_add(self.window_s);
+            if until <= now {
+                continue;
+            }
+            keys.clear();
+            self.inhibition.source_keys(&source.signal, &mut keys);
+            let inhibitor = Inhibitor {
+                source: source.signal.fingerprint,
+                first_seen_s: source.first_seen_s,
+                namespace: source.at.namespace.clone(),
+                name: source.at.name.clone(),
+            };
+            holds.entry(until).or_default().extend(keys.iter().map(|k| (*k, inhibitor.clone())));
+        }
+        let mut taught = 0;
+        for (until, holds) in holds {
+            state.hold_inhibitors(&holds, now, until).await?;
+            taught += holds.len();
+        }
+        Ok(taught)
+    }
+
     /// Whether this is the first time this replica holds `fingerprint`'s incident
     /// back for `reason`: not seen held back for a dedup window.
     fn first_audit(&self, fingerprint: Fingerprint, reason: &'static str, now: u32) -> bool {
@@ -229,6 +267,40 @@ impl HoldBack {
             None => true,
         }
     }
+}
+
+/// An open request, as the signal that opened it: what inhibit rules match.
+struct Source {
+    signal: Signal<'static>,
+    at: RequestRef,
+    first_seen_s: u32,
+}
+
+/// The signal that opened `rr`, as far as its spec keeps it (label values are cut
+/// to fit, as on the request); `None` for what this gateway did not write.
+fn source_of(rr: &RemediationRequest) -> Option<Source> {
+    let at = RequestRef { namespace: rr.metadata.namespace.clone()?, name: rr.metadata.name.clone()? };
+    let first_seen_s = remediation::request_epoch(&at.name)?;
+    let spec = &rr.spec;
+    let mut fingerprint = [0u8; 32];
+    hex::decode_to_slice(&spec.signal_fingerprint, &mut fingerprint).ok()?;
+    let labels: Labels<'static> = spec.signal_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let namespace = labels.get("namespace").unwrap_or(&at.namespace).to_string();
+    let signal = Signal {
+        name: spec.signal_name.clone().into(),
+        severity: spec.severity.clone().into(),
+        namespace: namespace.into(),
+        target: spec.target_resource.clone(),
+        labels,
+        annotations: Labels::default(),
+        firing_time: None,
+        received_time: spec.received_time.0,
+        signal_type: spec.signal_type,
+        source: spec.signal_source.clone().into(),
+        status: SignalStatus::Firing,
+        fingerprint: Fingerprint::from_bytes(fingerprint),
+    };
+    Some(Source { signal, at, first_seen_s })
 }
 
 /// Whether the source's request is still open, as far as the sink knows without

@@ -297,6 +297,12 @@ impl Pipeline {
         Ok(self.state.entries().await?)
     }
 
+    /// Teaches the state store the inhibit rules' sources the sink holds open (see
+    /// [`held::HoldBack::recover`]); how many holds it taught.
+    pub async fn recover_holds(&self) -> Result<usize, PipelineError> {
+        self.held.recover(&*self.sink, &*self.state, self.clock.now_s()).await
+    }
+
     /// Writes every pending status now, waiting at most `deadline`: the last step of
     /// a shutdown.
     pub async fn drain(&self, deadline: std::time::Duration) {

@@ -410,6 +410,12 @@ impl Sink for KubeSink {
         }
     }
 
+    fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        let open = self.requests.state().into_iter().filter(|rr| !terminal(rr) && rr.spec.storm.is_none());
+        let open: Vec<RemediationRequest> = open.map(|rr| (*rr).clone()).collect();
+        Box::pin(async move { Ok(open) })
+    }
+
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
         let value = fingerprint.label_value();
         self.requests
