@@ -1,24 +1,27 @@
 //! Holding signals back before the state store decides them: scope, then
 //! inhibition (DESIGN.md §9, steps 3 and 5; `docs/safety.md` has the whole order).
 //!
-//! [`HoldBack::decide`] runs after a batch is attributed to its workloads and
-//! before the store observes it, so a held-back signal creates no dedup entry and
-//! does not count toward storms. Once the batch is admitted (a rate-limited batch
-//! records nothing, held-back signals included), [`HoldBack::count`] answers each
-//! held-back signal: counted in `tidegate_signals_received_total` under its outcome,
-//! an inhibited one also on its source's request (`status.inhibited`) through the
-//! status writer, and audited once per incident. After the batch,
-//! [`HoldBack::hold`] records the inhibit rules' sources that have open requests.
+//! [`HoldBack::scope`] and [`HoldBack::inhibit`] run after a batch is attributed to
+//! its workloads and before the store observes it, and answer the signals they
+//! hold in the [`Batch`]: a held-back signal creates no dedup entry and does not
+//! count toward storms. They only decide. Once the batch is admitted (a
+//! rate-limited batch records nothing, held-back signals included),
+//! [`HoldBack::record`] counts each held-back signal in
+//! `tidegate_signals_received_total` under its outcome, an inhibited one also on
+//! its source's request (`status.inhibited`) through the status writer, and audits
+//! its incident's first. After the batch, [`HoldBack::hold`] records the inhibit
+//! rules' sources that have open requests, and [`HoldBack::recover`] teaches the
+//! store those the sink holds open after the store lost them.
 //!
 //! Nothing here ever refuses a signal: every held-back signal is answered 2xx.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::coalesce::{Coalescer, Incident};
 use super::inhibit::Inhibition;
 use super::scope::{OutOfScope, RemediateLabels, Scope};
-use super::{Outcome, OutcomeStatus, PipelineError, Settings};
+use super::status_writer::{Incident, StatusWriter};
+use super::{Batch, Outcome, OutcomeStatus, PipelineError, Settings};
 use crate::audit;
 use crate::remediation::{self, InhibitedUpdate, RemediationRequest, StatusUpdate, NO_WRITER};
 use crate::signal::{Fingerprint, Labels, Signal, SignalStatus};
@@ -73,28 +76,33 @@ impl HoldBack {
         }
     }
 
-    /// Which of `signals` are held back, in order: one read of the store, and only
-    /// when a firing signal in scope matches an inhibit rule's target side.
-    pub async fn decide(
+    /// Scope: holds back every unanswered signal out of scope.
+    pub fn scope(&self, batch: &mut Batch<'_, '_>) -> Vec<(usize, Held)> {
+        if !self.scope.active() {
+            return Vec::new();
+        }
+        let held: Vec<(usize, Held)> =
+            batch.unanswered().filter_map(|(i, s)| Some((i, Held::OutOfScope(self.scope.decide(s)?)))).collect();
+        self.answer(batch, &held);
+        held
+    }
+
+    /// Inhibition: holds back every unanswered firing signal whose inhibit key an
+    /// open source holds. One read of the store, and only when a signal matches an
+    /// inhibit rule's target side.
+    pub async fn inhibit(
         &self,
-        signals: &[Signal<'_>],
+        batch: &mut Batch<'_, '_>,
         state: &dyn StateStore,
         sink: &dyn Sink,
         now: u32,
-    ) -> Result<Vec<Option<Held>>, StateError> {
-        let mut held: Vec<Option<Held>> = match self.scope.active() {
-            true => signals.iter().map(|s| self.scope.decide(s).map(Held::OutOfScope)).collect(),
-            false => vec![None; signals.len()],
-        };
+    ) -> Result<Vec<(usize, Held)>, StateError> {
         if self.inhibition.is_empty() {
-            return Ok(held);
+            return Ok(Vec::new());
         }
         let mut keys: Vec<InhibitKey> = Vec::new();
         let mut asking = Vec::new();
-        for (i, signal) in signals.iter().enumerate() {
-            if held[i].is_some() || signal.status != SignalStatus::Firing {
-                continue;
-            }
+        for (i, signal) in batch.unanswered().filter(|(_, s)| s.status == SignalStatus::Firing) {
             let start = keys.len();
             self.inhibition.target_keys(signal, &mut keys);
             if keys.len() > start {
@@ -102,7 +110,7 @@ impl HoldBack {
             }
         }
         if keys.is_empty() {
-            return Ok(held);
+            return Ok(Vec::new());
         }
         // The alerts of one notification mostly share their keys (one node's pods).
         let mut unique = keys.clone();
@@ -110,64 +118,83 @@ impl HoldBack {
         unique.dedup();
         let found = state.inhibitors(&unique, now).await?;
         let holder = |key: &InhibitKey| unique.binary_search(key).ok().and_then(|i| found[i].as_ref());
-        for (i, range) in asking {
-            let signal = &signals[i];
-            held[i] = keys[range]
-                .iter()
-                .filter_map(holder)
-                .find(|source| source.source != signal.fingerprint && open(sink, source))
-                .map(|source| Held::Inhibited(source.clone()));
-        }
+        let signals = batch.signals;
+        let held: Vec<(usize, Held)> = asking
+            .into_iter()
+            .filter_map(|(i, range)| {
+                let signal = &signals[i];
+                let source = keys[range]
+                    .iter()
+                    .filter_map(holder)
+                    .find(|source| source.source != signal.fingerprint && open(sink, source))?;
+                Some((i, Held::Inhibited(source.clone())))
+            })
+            .collect();
+        self.answer(batch, &held);
         Ok(held)
     }
 
-    /// Answers a held-back `signal` from `by`: counts it, on its source's request if
-    /// it was inhibited, and audits its incident's first.
-    pub fn count(
+    /// Answers the held signals in `batch`; nothing is counted yet.
+    fn answer(&self, batch: &mut Batch<'_, '_>, held: &[(usize, Held)]) {
+        for (i, why) in held {
+            let fingerprint = batch.signals[*i].fingerprint;
+            let outcome = match why {
+                Held::OutOfScope(out) => Outcome {
+                    fingerprint,
+                    status: OutcomeStatus::OutOfScope,
+                    request: None,
+                    count: 0,
+                    hint: Some(out.hint.clone()),
+                },
+                Held::Inhibited(source) => Outcome {
+                    fingerprint,
+                    status: OutcomeStatus::Inhibited,
+                    request: Some(RequestRef { namespace: source.namespace.clone(), name: source.name.clone() }),
+                    count: 0,
+                    hint: None,
+                },
+            };
+            batch.hold(*i, outcome);
+        }
+    }
+
+    /// Records the signals of an admitted batch held back from `by`: each counted
+    /// in the signals metric, an inhibited one also on its source's request, and
+    /// each incident's first audited.
+    pub fn record(
         &self,
-        signal: &Signal<'_>,
-        held: Held,
-        coalescer: &Coalescer,
+        batch: &Batch<'_, '_>,
+        held: &[(usize, Held)],
+        status_writer: &StatusWriter,
         metrics: &Metrics,
         by: &str,
         now: u32,
-    ) -> Outcome {
-        let reason = held.reason();
-        metrics.signal(signal.signal_type.as_str(), reason);
-        let first = self.first_audit(signal.fingerprint, reason, now);
-        let audit = |detail: &str| {
-            let fingerprint = signal.fingerprint.to_hex();
-            audit::signal_held_back(by, &signal.namespace, &signal.name, &fingerprint, reason, detail);
-        };
-        match held {
-            Held::OutOfScope(out) => {
-                if first {
-                    audit(&out.hint);
-                }
-                let status = OutcomeStatus::OutOfScope;
-                Outcome { fingerprint: signal.fingerprint, status, request: None, count: 0, hint: Some(out.hint) }
-            }
-            Held::Inhibited(source) => {
-                let at = RequestRef { namespace: source.namespace, name: source.name };
-                if first {
-                    audit(&format!("{}/{}", at.namespace, at.name));
-                }
-                let update = StatusUpdate {
-                    first_seen_s: source.first_seen_s,
-                    last_seen_s: source.first_seen_s,
-                    writer: NO_WRITER,
-                    count: 0,
-                    resolved_at_s: None,
-                    storm: None,
-                    inhibited: Some(InhibitedUpdate {
+    ) {
+        for (i, why) in held {
+            let signal = &batch.signals[*i];
+            let reason = why.reason();
+            metrics.signal(signal.signal_type.as_str(), reason);
+            let detail = match why {
+                Held::OutOfScope(out) => out.hint.clone(),
+                Held::Inhibited(source) => {
+                    let at = RequestRef { namespace: source.namespace.clone(), name: source.name.clone() };
+                    let held = InhibitedUpdate { count: 0, resources: vec![signal.target.clone()], cap: self.cap };
+                    let update = StatusUpdate {
+                        first_seen_s: source.first_seen_s,
+                        last_seen_s: source.first_seen_s,
+                        writer: NO_WRITER,
                         count: 0,
-                        resources: vec![signal.target.clone()],
-                        cap: self.cap,
-                    }),
-                };
-                coalescer.inhibited(Incident::Signal(source.source, source.first_seen_s), &at, update);
-                let status = OutcomeStatus::Inhibited;
-                Outcome { fingerprint: signal.fingerprint, status, request: Some(at), count: 0, hint: None }
+                        resolved_at_s: None,
+                        storm: None,
+                        inhibited: Some(held),
+                    };
+                    status_writer.inhibited(Incident::Signal(source.source, source.first_seen_s), &at, update);
+                    format!("{}/{}", at.namespace, at.name)
+                }
+            };
+            if self.first_audit(signal.fingerprint, reason, now) {
+                let fingerprint = signal.fingerprint.to_hex();
+                audit::signal_held_back(by, &signal.namespace, &signal.name, &fingerprint, reason, &detail);
             }
         }
     }
