@@ -431,3 +431,6 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         inhibited: None,
     }
 }
+
+#[cfg(test)]
+mod tests;
