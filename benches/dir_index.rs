@@ -75,6 +75,7 @@ fn main() -> ExitCode {
             resolved_at_s: None,
             storm: None,
             backoff_until_s: None,
+            inhibited: None,
         };
         let request = remediation::build(&signal, &namespace, now - 60, &class, &update);
         let path = dir.path().join(&namespace).join(format!("{}.yaml", request.metadata.name.as_deref().unwrap()));

@@ -23,6 +23,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (RATE_LIMITED, &["actor", "source_class", "status", "retry_after_s"]),
     (HEARTBEAT_HEARD, &["actor", "sender"]),
     (HELD_BACK, &["actor", "namespace", "name", "reason", "signal", "fingerprint"]),
+    (SIGNAL_HELD_BACK, &["actor", "namespace", "signal", "fingerprint", "reason", "by"]),
 ];
 
 pub const REQUEST_CREATED: &str = "remediation_request_created";
@@ -31,6 +32,7 @@ pub const AUTH_REFUSED: &str = "auth_refused";
 pub const RATE_LIMITED: &str = "rate_limited";
 pub const HEARTBEAT_HEARD: &str = "heartbeat_heard";
 pub const HELD_BACK: &str = "incident_held_back";
+pub const SIGNAL_HELD_BACK: &str = "signal_held_back";
 
 /// `actor` created the request `namespace/name` for the signal `signal` with
 /// fingerprint `fingerprint` (hex).
@@ -85,6 +87,24 @@ pub fn rate_limited(actor: &str, source_class: &str, status: StatusCode, retry_a
         status,
         retry_after_s,
         "refused a sender over its rate limit"
+    );
+}
+
+/// `actor`'s signal `signal` (fingerprint hex) of `namespace` was answered but
+/// opened no request, for `reason` (`out_of_scope`, `inhibited`); `by` says what
+/// held it back (the change that would bring it in scope, or the source's request
+/// as `namespace/name`). Written once per incident and replica, not per alert.
+pub fn signal_held_back(actor: &str, namespace: &str, signal: &str, fingerprint: &str, reason: &str, by: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = SIGNAL_HELD_BACK,
+        actor,
+        namespace,
+        signal,
+        fingerprint,
+        reason,
+        by,
+        "held a signal back"
     );
 }
 

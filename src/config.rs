@@ -59,6 +59,11 @@ pub struct Config {
     pub storm: StormConfig,
     pub rate_limit: RateLimitConfig,
     pub placement: PlacementConfig,
+    /// Which targets may be remediated at all (`docs/safety.md`).
+    pub scope: crate::pipeline::scope::ScopeConfig,
+    /// Alertmanager-format inhibit rules across every source; none by default
+    /// (`docs/safety.md` has the Kubernetes examples).
+    pub inhibit_rules: Vec<crate::pipeline::inhibit::InhibitRuleConfig>,
     pub kube: KubeConfig,
     pub classify: ClassifyConfig,
     pub heartbeat: HeartbeatConfig,
@@ -87,6 +92,8 @@ impl Default for Config {
             storm: Default::default(),
             rate_limit: Default::default(),
             placement: Default::default(),
+            scope: Default::default(),
+            inhibit_rules: Default::default(),
             kube: Default::default(),
             classify: Default::default(),
             heartbeat: Default::default(),
@@ -144,6 +151,8 @@ impl Config {
         self.storm.validate()?;
         self.rate_limit.validate()?;
         self.placement.validate()?;
+        self.scope.validate()?;
+        crate::pipeline::inhibit::validate(&self.inhibit_rules)?;
         self.kube.validate()?;
         self.classify.validate()?;
         self.heartbeat.validate()?;
@@ -193,6 +202,8 @@ impl Config {
             heartbeat: self.heartbeat.clone(),
             identity: self.identity.clone(),
             lifecycle: self.lifecycle,
+            scope: self.scope.clone(),
+            inhibit_rules: self.inhibit_rules.clone(),
         }
     }
 

@@ -134,11 +134,15 @@ struct AlertResult<'a> {
     /// For a signal held back by a failed request's back-off: when it ends.
     #[serde(skip_serializing_if = "Option::is_none")]
     until: Option<String>,
+    /// For a signal out of scope, what would bring it in scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<AlertError>,
 }
 
 #[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct Summary {
     created: usize,
     duplicate: usize,
@@ -146,6 +150,8 @@ struct Summary {
     resolved: usize,
     heartbeat: usize,
     held: usize,
+    out_of_scope: usize,
+    inhibited: usize,
     failed: usize,
 }
 
@@ -304,6 +310,8 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
                 OutcomeStatus::Heartbeat => summary.heartbeat += 1,
                 OutcomeStatus::BackingOff { .. } | OutcomeStatus::Held => summary.held += 1,
                 OutcomeStatus::Aggregated { .. } => summary.aggregated += 1,
+                OutcomeStatus::OutOfScope => summary.out_of_scope += 1,
+                OutcomeStatus::Inhibited => summary.inhibited += 1,
             }
             result(Some(*index), outcome)
         })
@@ -316,6 +324,7 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
         namespace: None,
         occurrence_count: None,
         until: None,
+        hint: None,
         error: Some(e),
     }));
     results.sort_by_key(|r| r.index);
@@ -340,11 +349,16 @@ fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult<'_> {
         status: outcome.status.as_str(),
         name: outcome.request.as_ref().map(|r| r.name.as_str()),
         namespace: outcome.request.as_ref().map(|r| r.namespace.as_str()),
-        occurrence_count: outcome.request.as_ref().map(|_| outcome.count),
+        occurrence_count: outcome
+            .request
+            .as_ref()
+            .filter(|_| outcome.status != OutcomeStatus::Inhibited)
+            .map(|_| outcome.count),
         until: match outcome.status {
             OutcomeStatus::BackingOff { until_s } => Some(crate::remediation::time_s(until_s).0.to_string()),
             _ => None,
         },
+        hint: outcome.hint.as_deref(),
         error: None,
     }
 }

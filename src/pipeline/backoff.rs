@@ -176,6 +176,7 @@ impl Pipeline {
                 Hold::BackingOff { until_s } => Some(until_s),
                 Hold::Latched => None,
             },
+            inhibited: None,
         };
         self.status_writer.repeat(Incident::Signal(signal.fingerprint, last.first_seen_s), &last.at, update);
         self.metrics.held_back.get_or_create(&ReasonLabels { reason: hold.reason() }).inc();

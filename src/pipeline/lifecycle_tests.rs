@@ -63,6 +63,7 @@ impl Rig {
             sink: sink.clone(),
             owners: None,
             namespace_labels: None,
+            remediate_labels: None,
             clock: clock.clone(),
             metrics: metrics.clone(),
         };

@@ -204,6 +204,7 @@ impl Pipeline {
                 cap: self.storms.rules.affected_resources_cap,
             }),
             backoff_until_s: None,
+            inhibited: None,
         };
         self.storms.seen(*scope, folded.window_id, now);
         self.metrics.alerts_aggregated.inc();

@@ -199,4 +199,11 @@ pub trait Sink: Send + Sync + 'static {
     /// knows one, without I/O: the record the back-off and the manual-review latch
     /// are decided from, so that they survive restarts and a state store's loss.
     fn last_request(&self, fingerprint: &Fingerprint) -> Option<LastRequest>;
+
+    /// Every request of a single incident (not a storm's) the sink's authority
+    /// holds open, whole: how rules that keep open incidents in the state store
+    /// (inhibition's sources) are taught them again after the store lost them. May
+    /// cost I/O (the directory sink reads the manifests); called at start and then
+    /// once per dedup window, never per signal.
+    fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>>;
 }
