@@ -66,6 +66,36 @@ fn serve(dir: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> (std::
     (child, log, port)
 }
 
+/// [`serve`] with the bearer token [`TOKEN`] of source `alertmanager`, a rate limit
+/// of `burst` then 0.01 a second, and `args`; once it is ready.
+async fn serve_with_token(
+    dir: &std::path::Path,
+    burst: u32,
+    args: &[&str],
+) -> (std::process::Child, Log, String, reqwest::Client) {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let auth =
+        format!("{{authenticators: {{am: {{bearer: {{tokens: {{alertmanager: {}}}}}}}}}}}", token_file.display());
+    let env = [
+        ("TIDEGATE_AUTH", auth),
+        ("TIDEGATE_RATE_LIMIT_RATE", "0.01".to_string()),
+        ("TIDEGATE_RATE_LIMIT_BURST", burst.to_string()),
+    ];
+    let (child, log, port) = serve(dir, args, &env);
+    let (url, client) = (format!("http://127.0.0.1:{port}"), reqwest::Client::new());
+    ready(&client, &url).await;
+    (child, log, url, client)
+}
+
+async fn ready(client: &reqwest::Client, url: &str) {
+    eventually_within("tidegate to be ready", Duration::from_secs(20), || {
+        let (client, ready) = (client.clone(), format!("{url}/readyz"));
+        async move { client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+}
+
 /// Long enough for the refusals summed in a window to be written: the interval, the
 /// writer's period, and slack for a busy machine.
 const SUMMED: Duration = Duration::from_secs(40);
@@ -73,24 +103,8 @@ const SUMMED: Duration = Duration::from_secs(40);
 #[tokio::test]
 async fn each_created_request_storm_and_refusal_is_one_audit_event_with_the_documented_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let auth =
-        format!("{{authenticators: {{am: {{bearer: {{tokens: {{alertmanager: {}}}}}}}}}}}", token_file.display());
-    let env = [
-        ("TIDEGATE_AUTH", auth),
-        ("TIDEGATE_RATE_LIMIT_RATE", "0.01".to_string()),
-        ("TIDEGATE_RATE_LIMIT_BURST", "3".to_string()),
-    ];
     // A filter that would drop info events: audit events are kept anyway.
-    let (child, log, port) = serve(dir.path(), &["--log", "warn"], &env);
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    eventually_within("tidegate to be ready", Duration::from_secs(20), || {
-        let (client, ready) = (client.clone(), format!("{url}/readyz"));
-        async move { client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
+    let (child, log, url, client) = serve_with_token(dir.path(), 3, &["--log", "warn"]).await;
     let post = |token: &str, alerts: Vec<Value>| {
         client
             .post(format!("{url}/api/v1/signals/prometheus"))
@@ -163,23 +177,7 @@ async fn each_created_request_storm_and_refusal_is_one_audit_event_with_the_docu
 #[tokio::test]
 async fn a_flood_of_refused_requests_is_one_event_per_sender_and_reason_per_interval_with_every_refusal_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    let auth =
-        format!("{{authenticators: {{am: {{bearer: {{tokens: {{alertmanager: {}}}}}}}}}}}", token_file.display());
-    let env = [
-        ("TIDEGATE_AUTH", auth),
-        ("TIDEGATE_RATE_LIMIT_RATE", "0.01".to_string()),
-        ("TIDEGATE_RATE_LIMIT_BURST", "30".to_string()),
-    ];
-    let (child, log, port) = serve(dir.path(), &[], &env);
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    eventually_within("tidegate to be ready", Duration::from_secs(20), || {
-        let (client, ready) = (client.clone(), format!("{url}/readyz"));
-        async move { client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
+    let (child, log, url, client) = serve_with_token(dir.path(), 30, &[]).await;
     let post = |token: &'static str, pod: usize| {
         client
             .post(format!("{url}/api/v1/signals/prometheus"))
@@ -239,11 +237,7 @@ async fn a_flood_of_refused_client_certificates_is_counted_and_audited_once_per_
     let (child, log, port) = serve(dir.path(), &["--config", config.to_str().unwrap()], &[]);
     let url = format!("https://127.0.0.1:{port}");
     let sender = pki.client(Some((&pki.sender_cert, &pki.sender_key)));
-    eventually_within("tidegate to be ready", Duration::from_secs(20), || {
-        let (client, ready) = (sender.clone(), format!("{url}/readyz"));
-        async move { client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
+    ready(&sender, &url).await;
     let impostor = pki.client(Some((&pki.stranger_cert, &pki.stranger_key)));
     for _ in 0..50 {
         // A new connection each time: a handshake each.
