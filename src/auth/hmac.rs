@@ -14,6 +14,13 @@
 //! timestamp: a retry of a delivered message is answered 2xx and records nothing; a
 //! retry while the first delivery is still being decided is answered 503; a retry
 //! of a message refused (4xx, 5xx) is decided anew. Never 4xx for a valid signature.
+//!
+//! Verification is ours, not the `standardwebhooks` crate's (the specification's
+//! Rust library, which the tests sign with): its `verify` reads the system clock
+//! with a fixed 5-minute tolerance (no `tolerance` setting, no injected clock),
+//! takes one secret (a rotation needs a verifier per secret), refuses a body that is
+//! not UTF-8, and decodes secrets as strict padded base64, refusing the unpadded
+//! ones the Python library takes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -281,9 +288,9 @@ async fn release(replays: &dyn StateStore, deciding: [u8; 16], ttl: Duration) {
 }
 
 /// A Standard Webhooks secret: `whsec_` (optional) and base64 of the key, padded
-/// or not, trailing bits unchecked: what the reference libraries take (the Python
-/// one pads before decoding; the others decode padded base64 leniently). An empty
-/// key is refused, as they refuse it.
+/// or not, trailing bits unchecked: the union of what the reference libraries take
+/// (Python pads before decoding and, like Go, does not check trailing bits; Go, JS
+/// and Rust take padded base64). An empty key is refused, as they refuse it.
 fn webhook_secret(text: &str) -> Option<Vec<u8>> {
     static LENIENT: std::sync::LazyLock<Encoding> = std::sync::LazyLock::new(|| {
         let mut spec = BASE64_NOPAD.specification();
