@@ -624,7 +624,8 @@ pub(crate) mod tests {
         let hmac_only = auth.chain("/hmac").unwrap();
         let none = Presented { headers: &HeaderMap::new(), peer: None };
         assert!(matches!(hmac_only.check(&none).await, Err(AuthError::Missing)), "no usable authenticator: closed");
-        let every_configured = r#"Basic realm="tidegate", charset="UTF-8", Bearer realm="tidegate""#;
+        // Every configured authenticator's, by name: `tokens`, then `users`.
+        let every_configured = r#"Bearer realm="tidegate", Basic realm="tidegate", charset="UTF-8""#;
         assert_eq!(hmac_only.challenge(), every_configured, "still a challenge (RFC 9110 §11.6.1)");
         let chain = auth.chain("/a").unwrap();
         assert_eq!(chain.challenge(), r#"Basic realm="tidegate", charset="UTF-8", Bearer realm="tidegate""#);
