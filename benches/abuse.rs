@@ -8,8 +8,7 @@
 //! `cargo bench --bench abuse -- refusal_log`) measures the bytes of log that floods
 //! of refused requests cost instead of memory.
 
-#[path = "common/proc.rs"]
-mod proc;
+use tidegate_testkit::bench::proc;
 
 use std::future::Future;
 use std::process::{Child, Command, ExitCode, Stdio};

@@ -1,8 +1,8 @@
 //! Audit events: who made tidegate act, and whom it refused.
 //!
-//! One structured event per RemediationRequest created and per storm opened, every
-//! one of them. Refusals (for credentials, for rate, of a client certificate in the
-//! TLS handshake) are summed: at most one event per actor, event and reason in each
+//! One structured event per RemediationRequest created, per storm opened and per
+//! signal held back, every one of them. Refusals (for credentials, for rate, of a
+//! client certificate in the TLS handshake) are summed: at most one event per actor, event and reason in each
 //! interval, carrying the `count` of refusals it stands for, so that a flood of
 //! refused requests (an attacker, or one misconfigured sender) costs the log a line
 //! per interval, not a line per request. Every event is written under the log target
@@ -32,6 +32,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (AUTH_REFUSED, &["actor", "route", "reason", "cause", "status", "count"]),
     (RATE_LIMITED, &["actor", "source_class", "status", "retry_after_s", "count"]),
     (TLS_REFUSED, &["actor", "reason", "count"]),
+    (SIGNAL_HELD_BACK, &["actor", "namespace", "signal", "fingerprint", "reason", "by"]),
 ];
 
 pub const REQUEST_CREATED: &str = "remediation_request_created";
@@ -39,6 +40,7 @@ pub const STORM_OPENED: &str = "storm_opened";
 pub const AUTH_REFUSED: &str = "auth_refused";
 pub const RATE_LIMITED: &str = "rate_limited";
 pub const TLS_REFUSED: &str = "tls_refused";
+pub const SIGNAL_HELD_BACK: &str = "signal_held_back";
 
 /// `actor` created the request `namespace/name` for the signal `signal` with
 /// fingerprint `fingerprint` (hex).
@@ -243,6 +245,24 @@ impl Refusals {
         });
         due
     }
+}
+
+/// `actor`'s signal `signal` (fingerprint hex) of `namespace` was answered but
+/// opened no request, for `reason` (`out_of_scope`, `inhibited`); `by` says what
+/// held it back (the change that would bring it in scope, or the source's request
+/// as `namespace/name`). Written once per incident and replica, not per alert.
+pub fn signal_held_back(actor: &str, namespace: &str, signal: &str, fingerprint: &str, reason: &str, by: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = SIGNAL_HELD_BACK,
+        actor,
+        namespace,
+        signal,
+        fingerprint,
+        reason,
+        by,
+        "held a signal back"
+    );
 }
 
 /// The log filter's directive that keeps audit events, unless `filter` already

@@ -33,6 +33,29 @@ pub trait NamespaceLabels: Send + Sync {
     fn environment(&self, namespace: &str) -> Option<String>;
 }
 
+/// The label that opts a workload or a namespace in (`"true"`) or out (`"false"`)
+/// of remediation (`pipeline::scope`).
+pub const REMEDIATE_LABEL: &str = "tidegate.dev/remediate";
+
+/// The [`REMEDIATE_LABEL`] values a cluster's caches hold, without I/O. `None`:
+/// the object is not known, or does not carry the label (or carries another value).
+pub trait RemediateLabels: Send + Sync {
+    /// The label of the workload `target` (a Deployment, StatefulSet, DaemonSet,
+    /// CronJob, or a pod without a controller).
+    fn workload(&self, target: &TargetResource) -> Option<bool>;
+    /// The label of `namespace`.
+    fn namespace(&self, namespace: &str) -> Option<bool>;
+}
+
+/// Reads a label value as the scope does: only `"true"` and `"false"` say anything.
+pub fn remediate_value(value: Option<&str>) -> Option<bool> {
+    match value? {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// `signals`, with each one whose target has a controller rewritten to name that
 /// controller. Borrows `signals` unchanged when no target has one (the common case
 /// for signals that do not name pods), so nothing is copied then.
@@ -68,12 +91,33 @@ pub async fn attribute<'s, 'a>(owners: &dyn Owners, signals: &'s [Signal<'a>]) -
     }
 }
 
+/// An alert `name` about pod `pod` of namespace `shop`, as a test sends it.
+#[cfg(test)]
+pub(crate) fn pod_alert(name: &str, pod: &str, status: crate::signal::SignalStatus) -> Signal<'static> {
+    use crate::signal::{Labels, SignalType};
+    let target = TargetResource { kind: "Pod".into(), name: pod.into(), namespace: "shop".into() };
+    Signal {
+        name: name.to_string().into(),
+        severity: "critical".into(),
+        namespace: "shop".into(),
+        fingerprint: Fingerprint::new(name, "shop", &target),
+        target,
+        labels: [("pod", pod.to_string())].into_iter().collect::<Labels>(),
+        annotations: Labels::default(),
+        firing_time: None,
+        received_time: jiff::Timestamp::UNIX_EPOCH,
+        signal_type: SignalType::PROMETHEUS_ALERT,
+        source: "test".into(),
+        status,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::signal::{Labels, SignalStatus, SignalType};
+    use crate::signal::SignalStatus;
 
     struct Table(HashMap<String, TargetResource>);
 
@@ -84,21 +128,7 @@ mod tests {
     }
 
     fn pod_signal(pod: &str) -> Signal<'static> {
-        let target = TargetResource { kind: "Pod".into(), name: pod.into(), namespace: "shop".into() };
-        Signal {
-            name: "KubePodCrashLooping".into(),
-            severity: "critical".into(),
-            namespace: "shop".into(),
-            fingerprint: Fingerprint::new("KubePodCrashLooping", "shop", &target),
-            target,
-            labels: [("pod", pod.to_string())].into_iter().collect::<Labels>(),
-            annotations: Labels::default(),
-            firing_time: None,
-            received_time: jiff::Timestamp::UNIX_EPOCH,
-            signal_type: SignalType::PROMETHEUS_ALERT,
-            source: "test".into(),
-            status: SignalStatus::Firing,
-        }
+        pod_alert("KubePodCrashLooping", pod, SignalStatus::Firing)
     }
 
     fn deployment(name: &str) -> TargetResource {
