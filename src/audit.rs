@@ -2,8 +2,8 @@
 //!
 //! One structured event per RemediationRequest created, per storm opened and per
 //! signal held back, every one of them. Refusals (for credentials, for rate, of a
-//! client certificate in the TLS handshake) are summed: at most one event per actor, event and reason in each
-//! interval, carrying the `count` of refusals it stands for, so that a flood of
+//! client certificate in the TLS handshake) are summed: at most one event per
+//! actor, event and reason in each interval, carrying the `count` of refusals it stands for, so that a flood of
 //! refused requests (an attacker, or one misconfigured sender) costs the log a line
 //! per interval, not a line per request. Every event is written under the log target
 //! [`TARGET`] with a fixed `event` name and fixed field names (the README's "Audit
