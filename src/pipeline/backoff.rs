@@ -107,8 +107,11 @@ pub enum Hold {
 }
 
 impl Hold {
+    /// Every hold's [`Hold::reason`], for the series made at 0 at start.
+    pub const REASONS: [&'static str; 2] = [Hold::BackingOff { until_s: 0 }.reason(), Hold::Latched.reason()];
+
     /// The metric and audit label of the hold.
-    pub fn reason(self) -> &'static str {
+    pub const fn reason(self) -> &'static str {
         match self {
             Hold::BackingOff { .. } => "failure_backoff",
             Hold::Latched => "manual_review",
