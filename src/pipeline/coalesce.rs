@@ -356,7 +356,7 @@ impl Shared {
                 self.count("update_status", "not_found");
             }
             Err(e) => {
-                self.count("update_status", e.cause());
+                self.count("update_status", e.label());
                 let attempts = p.attempts + 1;
                 let backoff = (self.interval * 2u32.saturating_pow(attempts)).min(MAX_BACKOFF);
                 tracing::warn!(namespace = %at.namespace, name = %at.name, error = %e, attempts, "status write failed; retrying");
@@ -430,6 +430,7 @@ async fn writer(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::{Lookup, OpenRequest};
     use crate::state::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -451,6 +452,13 @@ mod tests {
         }
         fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
             Box::pin(async { Ok(()) })
+        }
+        // A test sink keeps no authority on open incidents.
+        fn lookup(&self, _: &RequestRef) -> Lookup {
+            Lookup::Unknown
+        }
+        fn open_request(&self, _: &Fingerprint) -> Option<OpenRequest> {
+            None
         }
     }
 
@@ -514,6 +522,13 @@ mod tests {
         }
         fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
             Box::pin(async { Ok(()) })
+        }
+        // A test sink keeps no authority on open incidents.
+        fn lookup(&self, _: &RequestRef) -> Lookup {
+            Lookup::Unknown
+        }
+        fn open_request(&self, _: &Fingerprint) -> Option<OpenRequest> {
+            None
         }
     }
 
