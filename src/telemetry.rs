@@ -1,9 +1,9 @@
 //! Metrics, logging and traces ([`trace`]).
 //!
 //! One [`Metrics`] value owns the one `prometheus-client` registry; components get
-//! an `Arc<Metrics>` and increment typed families. Label values come from the
-//! `kind()`/`cause()` methods of the error types, so each error maps to a metric
-//! label in exactly one place.
+//! an `Arc<Metrics>` and increment typed families. An error's label value comes
+//! from its type's `label()` method, so each error maps to a metric label in one
+//! place.
 
 pub mod trace;
 

@@ -331,8 +331,8 @@ pub enum Rejection {
 }
 
 impl AuthError {
-    /// The metric label of this refusal: one place maps errors to reasons.
-    pub fn reason(&self) -> &'static str {
+    /// The metric label of this refusal.
+    pub fn label(&self) -> &'static str {
         match self {
             AuthError::Missing => "auth_missing",
             AuthError::Rejected(Rejection::Replayed) => "auth_replayed",
@@ -554,7 +554,7 @@ pub(crate) mod tests {
                 match chain.check(&Presented { headers: &h, peer: None }).await {
                     Ok(Checked::Identified(id)) => Ok(id.name.to_string()),
                     Ok(Checked::Pending(_)) => Ok("pending".into()),
-                    Err(e) => Err(e.reason()),
+                    Err(e) => Err(e.label()),
                 }
             }
         };

@@ -3,7 +3,7 @@
 //! Order of checks: credentials (401, 403; before the body is read, except an HMAC
 //! signature, which covers the body and is checked once it is read), media type
 //! (415), size (413), shape (400), then the pipeline, which charges the sender's rate
-//! limit (429) and decides in one step (503 if state or sink cannot record). A
+//! limit (503 with `Retry-After`, or 429: `rate_limit.refusal_status`) and decides in one step (503 if state or sink cannot record). A
 //! request refused before the pipeline is charged too: to its sender once
 //! authenticated, else to its address.
 //!
@@ -85,7 +85,7 @@ impl Sender {
 /// Charges a request that will not reach the pipeline to its sender, and returns
 /// the answer it gets instead if the sender is over its limit (or the charge could
 /// not be recorded): a bad request never gets round the limit.
-async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
+async fn charge_or_refuse(app: &AppState, sender: &Sender) -> Option<Response> {
     match app.pipeline.admit(&sender.source).await {
         Ok(Admission::Allowed) => None,
         Ok(Admission::Limited { retry_after_ms }) => Some(sender.limited(app, retry_after_ms)),
@@ -99,17 +99,17 @@ async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
 async fn refuse_credentials(app: &AppState, peer: &Sender, route: &str, chain: &Chain, e: &AuthError) -> Response {
     let problem = Problem::auth(e, chain.challenge(), app.config.http.retry_after_secs);
     if !problem.status.is_server_error() {
-        if let Some(limited) = over_limit(app, peer).await {
+        if let Some(limited) = charge_or_refuse(app, peer).await {
             return limited;
         }
     }
-    audit::auth_refused(&peer.source, route, e.reason(), problem.status);
+    audit::auth_refused(&peer.source, route, e.label(), problem.status);
     app.reject(problem)
 }
 
 /// Refuses a request with `problem`, unless its sender is over the limit.
 async fn refuse(app: &AppState, sender: &Sender, problem: Problem) -> Response {
-    match over_limit(app, sender).await {
+    match charge_or_refuse(app, sender).await {
         Some(response) => response,
         None => app.reject(problem),
     }
@@ -238,7 +238,7 @@ async fn decide_signals(
     for (index, result) in parsed.into_iter().enumerate() {
         match result {
             Ok(signal) => signals.push((index, signal)),
-            Err(e) => failures.push(AlertError { index, reason: e.kind(), detail: e.to_string() }),
+            Err(e) => failures.push(AlertError { index, reason: e.label(), detail: e.to_string() }),
         }
     }
     // Unusable alerts are counted once the request is past its source's limit.
@@ -249,7 +249,7 @@ async fn decide_signals(
         }
     };
     if signals.is_empty() {
-        if let Some(refused) = over_limit(app, sender).await {
+        if let Some(refused) = charge_or_refuse(app, sender).await {
             return refused;
         }
         count_failures(&failures);

@@ -592,7 +592,7 @@ impl Pipeline {
 
     /// Counts a state store failure by cause.
     fn failed(&self, e: &StateError) {
-        self.metrics.state_error(e.cause());
+        self.metrics.state_error(e.label());
     }
 
     fn classify(&self, signal: &Signal<'_>) -> remediation::Classification {

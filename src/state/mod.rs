@@ -331,6 +331,10 @@ pub enum Verdict {
     Folded(Folded),
 }
 
+/// A backend's own error, boxed so that [`StateError`] and the trait name no
+/// backend's types.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why the store could not answer. Every variant means "nothing was recorded for
 /// this batch"; the caller answers 503 so that the sender retries.
 #[derive(Debug, thiserror::Error)]
@@ -340,17 +344,21 @@ pub enum StateError {
     )]
     Full { max_entries: usize },
     #[error("Redis refused a write for lack of memory: {0}")]
-    OutOfMemory(#[source] ::redis::RedisError),
+    OutOfMemory(#[source] BackendError),
     #[error("Redis' used_memory has reached its maxmemory")]
     AtMaxmemory,
     #[error("state store is unreachable: {0}")]
-    Unavailable(#[source] ::redis::RedisError),
+    Unavailable(#[source] BackendError),
     #[error("cannot use the Redis TLS files: {0}")]
-    Tls(#[source] redis::connection::TlsFileError),
+    Tls(#[source] BackendError),
     #[error("unexpected reply from the {script} script: {what}")]
     Reply { script: &'static str, what: String },
     #[error("unexpected reply from the {script} script: {source}")]
-    ReplyType { script: &'static str, source: ::redis::RedisError },
+    ReplyType {
+        script: &'static str,
+        #[source]
+        source: BackendError,
+    },
     #[error("the store was asked something it cannot answer: {0}")]
     Misuse(&'static str),
     #[error("state store did not answer within {0:?}")]
@@ -358,8 +366,8 @@ pub enum StateError {
 }
 
 impl StateError {
-    /// The metric label for this error: one place maps errors to causes.
-    pub fn cause(&self) -> &'static str {
+    /// The metric label for this error.
+    pub fn label(&self) -> &'static str {
         match self {
             StateError::Full { .. } => "full",
             StateError::OutOfMemory(_) | StateError::AtMaxmemory => "oom",
