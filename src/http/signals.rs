@@ -3,9 +3,9 @@
 //! Order of checks: credentials (401, 403; before the body is read, except an HMAC
 //! signature, which covers the body and is checked once it is read), media type
 //! (415), size (413), shape (400), then the pipeline, which charges the sender's rate
-//! limit (503 with `Retry-After`, or 429: `rate_limit.refusal_status`) and decides in one step (503 if state or sink cannot record). A
-//! request refused before the pipeline is charged too: to its sender once
-//! authenticated, else to its address.
+//! limit (503 with `Retry-After`, or 429: `rate_limit.refusal_status`) and decides
+//! in one step (503 if state or sink cannot record). A request refused before the
+//! pipeline is charged too: to its sender once authenticated, else to its address.
 //!
 //! How success is answered is the source's ([`Answer`]). For tidegate's own routes one
 //! alert is answered 201 or 202, and a batch of several 207 with a result per alert,
@@ -62,7 +62,7 @@ struct Sender {
 
 impl Sender {
     fn of(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
-        let (source, class) = super::source_of(peer.ip(), headers, &app.config.rate_limit.trusted_proxies);
+        let (source, class) = super::source_of(peer.ip(), headers, &app.config.http.trusted_proxies);
         Sender { source, class }
     }
 
@@ -76,7 +76,7 @@ impl Sender {
     fn limited(&self, app: &AppState, retry_after_ms: u64) -> Response {
         app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: self.class }).inc();
         let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
-        let status = StatusCode::from_u16(app.config.rate_limit.refusal_status).expect("validated: 429 or 503");
+        let status = StatusCode::from_u16(app.config.refusal_status).expect("validated: 429 or 503");
         audit::rate_limited(&self.source, self.class, status, secs);
         app.reject(Problem::rate_limited(&self.source, secs, status))
     }
