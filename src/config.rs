@@ -26,7 +26,7 @@ pub use crate::http::HttpConfig;
 pub use crate::ingest::cloudevents::CloudEventsConfig;
 pub use crate::ingest::IngestConfig;
 pub use crate::pipeline::classify::{ClassifyConfig, PriorityRule};
-pub use crate::pipeline::{PlacementConfig, RateLimitConfig};
+pub use crate::pipeline::{PlacementConfig, RateLimitConfig, StatusWriterConfig};
 pub use crate::section::{duration, optional_duration, parse_duration, ConfigError};
 pub use crate::sink::kube::KubeConfig;
 pub use crate::sink::SinkTarget;
@@ -51,6 +51,7 @@ pub struct Config {
     pub sink: SinkTarget,
     pub http: HttpConfig,
     pub dedup: DedupConfig,
+    pub status_writer: StatusWriterConfig,
     pub memory: MemoryConfig,
     pub redis: RedisConfig,
     pub storm: StormConfig,
@@ -80,6 +81,7 @@ impl Default for Config {
             sink: SinkTarget::Dir(PathBuf::from("./remediations")),
             http: Default::default(),
             dedup: Default::default(),
+            status_writer: Default::default(),
             memory: Default::default(),
             redis: Default::default(),
             storm: Default::default(),
@@ -133,6 +135,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
         self.dedup.validate()?;
+        self.status_writer.validate(self.dedup.window)?;
         self.memory.validate()?;
         self.redis.validate()?;
         self.storm.validate()?;
@@ -177,6 +180,7 @@ impl Config {
         crate::pipeline::Settings {
             classify: self.classify.clone(),
             dedup: self.dedup.clone(),
+            status_writer: self.status_writer.clone(),
             storm: self.storm,
             placement: self.placement.clone(),
             rate_limit: self.rate_limit.clone(),
@@ -270,13 +274,17 @@ impl Config {
 /// A file or a variable that still spells one the old way keeps working, with a
 /// warning at start-up and from `tidegate doctor`, so no configuration of an
 /// earlier release breaks.
-pub const MOVED: &[(&str, &str)] = &[("rate_limit.trusted_proxies", "http.trusted_proxies")];
+pub const MOVED: &[(&str, &str)] = &[
+    ("rate_limit.trusted_proxies", "http.trusted_proxies"),
+    ("dedup.status_interval", "status_writer.interval"),
+    ("dedup.max_status_writes_per_s", "status_writer.max_writes_per_s"),
+];
 
 /// Variables of earlier releases, before every key had its own, `(variable, key)`:
 /// still read, with a warning, when the key's own variable is not set.
 pub const OLD_VARIABLES: &[(&str, &str)] = &[
     ("TIDEGATE_BODY_LIMIT", "http.body_limit"),
-    ("TIDEGATE_STATUS_INTERVAL", "dedup.status_interval"),
+    ("TIDEGATE_STATUS_INTERVAL", "status_writer.interval"),
     ("TIDEGATE_SHUTDOWN_DELAY", "http.shutdown_delay"),
     ("TIDEGATE_LOG", "log.filter"),
     ("TIDEGATE_WORKER_THREADS", "runtime.worker_threads"),
@@ -290,7 +298,7 @@ pub const FLAGS: &[(&str, &str)] = &[
     ("sink", "sink"),
     ("body-limit", "http.body_limit"),
     ("dedup-window", "dedup.window"),
-    ("status-interval", "dedup.status_interval"),
+    ("status-interval", "status_writer.interval"),
     ("memory-max-entries", "memory.max_entries"),
     ("shutdown-delay", "http.shutdown_delay"),
     ("log-format", "log.format"),
@@ -449,7 +457,7 @@ mod tests {
         let c = Config::from_file(Some(&path)).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.dedup.window, Duration::from_secs(120));
-        assert_eq!(c.dedup.status_interval, Duration::from_secs(1));
+        assert_eq!(c.status_writer.interval, Duration::from_secs(1));
         assert_eq!(c.sink, SinkTarget::Dir("/tmp/x".into()));
 
         std::fs::write(&path, "dedup:\n  windw: 2m\n").unwrap();

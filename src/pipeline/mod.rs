@@ -37,6 +37,7 @@ use crate::telemetry::trace::{self, TraceConfig};
 use crate::telemetry::{ClassLabels, Metrics, StormLabels};
 use crate::workload::{self, Owners};
 use classify::{Classifier, ClassifyConfig, NamespaceLabels};
+pub use coalesce::StatusWriterConfig;
 use coalesce::{Coalescer, Incident};
 
 /// What happened to one signal.
@@ -205,6 +206,7 @@ pub struct Parts {
 pub struct Settings {
     pub classify: ClassifyConfig,
     pub dedup: DedupConfig,
+    pub status_writer: StatusWriterConfig,
     pub storm: StormConfig,
     pub placement: PlacementConfig,
     pub rate_limit: RateLimitConfig,
@@ -221,7 +223,7 @@ impl Pipeline {
         }
         Pipeline {
             state,
-            coalescer: Coalescer::new(sink.clone(), &config.dedup, metrics.clone()),
+            coalescer: Coalescer::new(sink.clone(), &config.status_writer, metrics.clone()),
             sink,
             classifier,
             storm: config.storm,
