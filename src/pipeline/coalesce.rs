@@ -134,7 +134,7 @@ struct Pending {
 #[serde(default, deny_unknown_fields)]
 pub struct StatusWriterConfig {
     /// At most one status write per RemediationRequest per interval; duplicates in
-    /// between are folded into the next write. Was `dedup.status_interval`.
+    /// between are merged into the next write. Was `dedup.status_interval`.
     #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub interval: Duration,

@@ -108,7 +108,7 @@ pub trait Sink: Send + Sync + 'static {
     /// Creates the request unless one with its name exists.
     fn create<'a>(&'a self, request: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>>;
 
-    /// Folds `update` into the request's status. Fails with
+    /// Applies `update` to the request's status. Fails with
     /// [`SinkError::NotFound`] if the request does not exist.
     fn update_status<'a>(
         &'a self,
