@@ -21,6 +21,7 @@ pub mod doctor;
 pub mod gateway;
 pub mod http;
 pub mod ingest;
+pub mod kube_api;
 pub mod pipeline;
 pub mod remediation;
 pub mod section;
