@@ -397,13 +397,7 @@ impl Shared {
                 .arg(ttl)
                 .ignore();
         }
-        let run = async {
-            match self.conn.handle() {
-                Handle::Single(mut c) => pipe.query_async::<()>(&mut c).await,
-                Handle::Cluster(mut c) => pipe.query_async::<()>(&mut c).await,
-            }
-        };
-        self.guarded(run).await
+        self.guarded(self.conn.query_pipeline::<()>(&pipe)).await
     }
 
     fn classify(&self, e: &RedisError) -> StateError {
