@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod doctor;
+mod index;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -121,6 +122,8 @@ const DELETED_REMEMBERED: usize = 10_000;
 pub struct KubeSink {
     client: Client,
     requests: Store<RemediationRequest>,
+    /// The watched requests by fingerprint, for [`Sink::open_request`].
+    open: Arc<index::OpenIndex>,
     deleted: Arc<Mutex<Deleted>>,
     namespaces: Store<Namespace>,
     breaker: Breaker,
@@ -137,11 +140,16 @@ impl KubeSink {
         let (requests, writer) = reflector::store();
         let deleted = Arc::new(Mutex::new(Deleted::default()));
         let mut deletions = Deletions { deleted: deleted.clone(), store: requests.clone(), before_relist: None };
+        let open = Arc::new(index::OpenIndex::new());
+        let follower = open.clone();
         let stream =
             watcher(Api::<RemediationRequest>::all(client.clone()), watcher::Config::default().labels(&managed))
                 .default_backoff()
                 .reflect(writer)
-                .inspect(move |event| deletions.follow(event));
+                .inspect(move |event| {
+                    follower.follow(event);
+                    deletions.follow(event);
+                });
         tokio::spawn(drain(stream, "remediationrequests"));
         let (namespaces, writer) = reflector::store();
         let stream = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
@@ -155,7 +163,7 @@ impl KubeSink {
         };
         tokio::time::timeout(sync_timeout, synced).await.map_err(|_| SinkError::NotSynced(sync_timeout))?;
         let breaker = Breaker::new(config.breaker_failures, config.breaker_cooldown, metrics.kube_breaker_open.clone());
-        Ok(KubeSink { client, requests, deleted, namespaces, breaker, config: config.clone(), metrics })
+        Ok(KubeSink { client, requests, open, deleted, namespaces, breaker, config: config.clone(), metrics })
     }
 
     /// The namespace-label view, for environment classification.
@@ -403,33 +411,7 @@ impl Sink for KubeSink {
     }
 
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
-        let value = fingerprint.label_value();
-        self.requests
-            .state()
-            .into_iter()
-            .filter(|rr| rr.labels().get(labels::FINGERPRINT) == Some(&value) && !terminal(rr))
-            .filter_map(|rr| {
-                let at = RequestRef { namespace: rr.namespace()?, name: rr.name_any() };
-                let storm = rr.spec.storm.as_ref().map(|s| crate::state::StormKind::parse(&s.kind));
-                match rr.status.as_ref().and_then(|s| s.deduplication.as_ref()) {
-                    Some(dedup) => Some(OpenRequest {
-                        at,
-                        first_seen_s: dedup.first_seen_at.0.as_second() as u32,
-                        last_seen_s: dedup.last_seen_at.0.as_second() as u32,
-                        count: dedup.occurrence_count,
-                        storm,
-                    }),
-                    // Created, but its status is not written yet: the API server drops
-                    // status on create, and the write after it may have failed and be
-                    // waiting for a retry. It is still the incident's open request,
-                    // holding the occurrence that created it; its name says since when.
-                    None => {
-                        let first_seen_s = crate::remediation::request_epoch(&at.name)?;
-                        Some(OpenRequest { at, first_seen_s, last_seen_s: first_seen_s, count: 1, storm })
-                    }
-                }
-            })
-            .max_by_key(|open| open.first_seen_s)
+        self.open.open_request(fingerprint)
     }
 }
 
