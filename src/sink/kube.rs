@@ -79,6 +79,10 @@ pub struct KubeConfig {
     #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub owner_lookup_timeout: Duration,
+    /// Most creates of requests sent to the API server at once; more wait their
+    /// turn here. A slow API server then answers each within the call timeout and
+    /// sees each create once, instead of a burst that times out and is sent again.
+    pub creates_in_flight: usize,
 }
 
 impl Default for KubeConfig {
@@ -91,6 +95,7 @@ impl Default for KubeConfig {
             sync_timeout: Duration::from_secs(30),
             owner_chain: true,
             owner_lookup_timeout: Duration::from_millis(500),
+            creates_in_flight: 16,
         }
     }
 }
@@ -105,6 +110,9 @@ impl KubeConfig {
         }
         if self.breaker_failures == 0 {
             return Err(ConfigError::invalid("kube.breaker_failures", "must be at least 1"));
+        }
+        if self.creates_in_flight == 0 {
+            return Err(ConfigError::invalid("kube.creates_in_flight", "must be at least 1"));
         }
         Ok(())
     }
@@ -127,6 +135,8 @@ pub struct KubeSink {
     deleted: Arc<Mutex<Deleted>>,
     namespaces: Store<Namespace>,
     breaker: Breaker,
+    /// Turns to send a create (`kube.creates_in_flight`).
+    creates: tokio::sync::Semaphore,
     config: KubeConfig,
     metrics: Arc<Metrics>,
 }
@@ -163,7 +173,8 @@ impl KubeSink {
         };
         tokio::time::timeout(sync_timeout, synced).await.map_err(|_| SinkError::NotSynced(sync_timeout))?;
         let breaker = Breaker::new(config.breaker_failures, config.breaker_cooldown, metrics.kube_breaker_open.clone());
-        Ok(KubeSink { client, requests, open, deleted, namespaces, breaker, config: config.clone(), metrics })
+        let creates = tokio::sync::Semaphore::new(config.creates_in_flight);
+        Ok(KubeSink { client, requests, open, deleted, namespaces, breaker, creates, config: config.clone(), metrics })
     }
 
     /// The namespace-label view, for environment classification.
@@ -365,7 +376,13 @@ impl Sink for KubeSink {
             };
             // The reply carries the resourceVersion the status write needs: the new
             // object is not in the watch cache yet, and reading it back would cost a GET.
-            let created = match self.call("create", attempt).await {
+            // The wait for a turn is not the API server's time: it counts against no
+            // call timeout, so a queued create is never sent twice for having waited.
+            // (The semaphore is never closed, so a turn always comes.)
+            let turn = self.creates.acquire().await.ok();
+            let outcome = self.call("create", attempt).await;
+            drop(turn);
+            let created = match outcome {
                 Ok(created) => created,
                 Err(e) if code(&e) == Some(409) && attempts.load(Ordering::Relaxed) > 1 => {
                     match self.call("get", || api.get(&at.name)).await {
