@@ -129,16 +129,22 @@ struct AlertResult<'a> {
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     occurrence_count: Option<u32>,
+    /// For a signal out of scope, what would bring it in scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<AlertError>,
 }
 
 #[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct Summary {
     created: usize,
     duplicate: usize,
     aggregated: usize,
     resolved: usize,
+    out_of_scope: usize,
+    inhibited: usize,
     failed: usize,
 }
 
@@ -294,6 +300,8 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
                 OutcomeStatus::Duplicate => summary.duplicate += 1,
                 OutcomeStatus::Resolved => summary.resolved += 1,
                 OutcomeStatus::Aggregated { .. } => summary.aggregated += 1,
+                OutcomeStatus::OutOfScope => summary.out_of_scope += 1,
+                OutcomeStatus::Inhibited => summary.inhibited += 1,
             }
             result(Some(*index), outcome)
         })
@@ -305,6 +313,7 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
         name: None,
         namespace: None,
         occurrence_count: None,
+        hint: None,
         error: Some(e),
     }));
     results.sort_by_key(|r| r.index);
@@ -329,7 +338,12 @@ fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult<'_> {
         status: outcome.status.as_str(),
         name: outcome.request.as_ref().map(|r| r.name.as_str()),
         namespace: outcome.request.as_ref().map(|r| r.namespace.as_str()),
-        occurrence_count: outcome.request.as_ref().map(|_| outcome.count),
+        occurrence_count: outcome
+            .request
+            .as_ref()
+            .filter(|_| outcome.status != OutcomeStatus::Inhibited)
+            .map(|_| outcome.count),
+        hint: outcome.hint.as_deref(),
         error: None,
     }
 }
