@@ -564,6 +564,31 @@ async fn a_create_that_landed_while_its_caller_timed_out_is_still_reported_creat
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_slow_api_server_sees_each_new_incident_created_exactly_once() {
+    // An API server that serves creates one at a time, 150 ms each: 24 sent at once
+    // would leave the last waiting 3.6 s, past the 2 s call timeout, and be sent
+    // again. Eight in flight wait at most 1.2 s each.
+    const INCIDENTS: usize = 24;
+    let (kube, ns) = setup().await;
+    let mut gw = start_kube(&kube, |c| c.kube.creates_in_flight = 8).await;
+    let creates = Matching::new(Method::POST, "/remediationrequests");
+    kube.proxy.fail_next(usize::MAX, Fault::Queue(Duration::from_millis(150)), creates.clone());
+    // A distinct alert name each: new incidents, never a storm.
+    let gw_ref = &gw;
+    let posts = (0..INCIDENTS).map(|n| {
+        let body = webhook(vec![alert(&format!("Slow{n}"), &ns, "web-0")]);
+        async move { gw_ref.alerts(&body).await }
+    });
+    let codes: Vec<u16> = futures::future::join_all(posts).await.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(codes, vec![201; INCIDENTS]);
+    assert_eq!(kube.proxy.count(&creates), INCIDENTS, "{:?}", kube.proxy.calls());
+    assert_eq!(gw.metric(r#"tidegate_kube_api_calls_total{verb="create",outcome="ok"}"#).await, INCIDENTS as f64);
+    kube.proxy.clear_faults();
+    gw.stop().await;
+    assert_eq!(kube.requests(&ns).await.len(), INCIDENTS);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn replicas_racing_to_create_converge_on_one_request() {
     // Separate state stores: both replicas believe the incident is new, and the API
     // server's 409 AlreadyExists settles it.
