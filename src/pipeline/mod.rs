@@ -74,6 +74,7 @@ use backoff::LifecycleConfig;
 use classify::{Classifier, ClassifyConfig, NamespaceLabels};
 use heartbeat::{HeartbeatConfig, Heartbeats};
 use identity::{IdentityConfig, LocalOwners};
+pub use status_writer::StatusWriterConfig;
 use status_writer::{Incident, StatusWriter};
 use storms::Storms;
 
@@ -207,6 +208,7 @@ pub struct Parts {
 pub struct Settings {
     pub classify: ClassifyConfig,
     pub dedup: DedupConfig,
+    pub status_writer: StatusWriterConfig,
     pub storm: StormConfig,
     pub placement: PlacementConfig,
     pub rate_limit: RateLimitConfig,
@@ -259,7 +261,7 @@ impl Pipeline {
         }
         Pipeline {
             state,
-            status_writer: StatusWriter::new(sink.clone(), &config.dedup, metrics.clone()),
+            status_writer: StatusWriter::new(sink.clone(), &config.status_writer, metrics.clone()),
             sink,
             classifier,
             heartbeats: Heartbeats::build(&config.heartbeat, clock.clone(), metrics.clone()),
@@ -464,7 +466,7 @@ impl Pipeline {
 
     /// Counts a state store failure by cause.
     fn failed(&self, e: &StateError) {
-        self.metrics.state_error(e.cause());
+        self.metrics.state_error(e.label());
     }
 }
 

@@ -8,6 +8,8 @@
 //!   `Status` bodies an API server sends, without forwarding them;
 //! - hold matching responses back for a while (the request is forwarded first, so
 //!   a write lands while its caller times out);
+//! - serve matching requests one at a time, each taking a while, as an API server
+//!   with no capacity to spare does: the more are sent at once, the longer each waits;
 //! - cut every open watch mid-stream, or answer the next watch with `410 Gone` (an
 //!   ERROR event, as a server whose history was compacted does) so the watcher
 //!   must re-list;
@@ -60,6 +62,9 @@ pub enum Fault {
     TooManyRequests,
     /// Forwarded, then the answer is held back this long.
     Delay(Duration),
+    /// Forwarded one at a time among the requests with this fault, each answer held
+    /// back this long before the next request is forwarded.
+    Queue(Duration),
     /// For a watch: a 200 whose only event is an ERROR with a `410 Expired` status.
     Gone,
 }
@@ -127,6 +132,8 @@ struct Shared {
     cuts: watch::Sender<u64>,
     /// Bumped when held watches may go on.
     releases: watch::Sender<u64>,
+    /// The turn of requests with [`Fault::Queue`].
+    queue: tokio::sync::Mutex<()>,
 }
 
 /// A running proxy. Dropping it stops it and cuts its streams.
@@ -146,6 +153,7 @@ impl Proxy {
             calls: Mutex::default(),
             cuts: watch::channel(0).0,
             releases: watch::channel(0).0,
+            queue: tokio::sync::Mutex::new(()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
@@ -256,18 +264,24 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             ([(header::CONTENT_TYPE, "application/json")], line).into_response()
         }
         (false, fault) => {
-            let delay = match fault {
-                Some(Fault::Delay(d)) => Some(d),
-                _ => None,
+            let (delay, queued) = match fault {
+                Some(Fault::Delay(d)) => (Some(d), false),
+                Some(Fault::Queue(d)) => (Some(d), true),
+                _ => (None, false),
             };
             // On a task of its own: a caller that gives up does not take back a
             // request the API server may already be applying, as with a real server.
             let forwarded = tokio::spawn(async move {
+                let turn = match queued {
+                    true => Some(shared.queue.lock().await),
+                    false => None,
+                };
                 let response = upstream(&shared, request, watching, &uri).await;
                 lock(&shared.calls).push(Call { method, uri, status: response.status().as_u16() });
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
+                drop(turn);
                 response
             });
             return forwarded
