@@ -131,7 +131,8 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     if reviews_tokens && kube_client.is_none() {
         kube_client = Some(kube::Client::try_default().await.map_err(StartError::KubeClient)?);
     }
-    let routes: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.auth)).collect();
+    let kinds: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.authenticators())).collect();
+    let routes: Vec<_> = kinds.iter().map(|(route, kinds)| (*route, kinds.as_slice())).collect();
     let auth = Arc::new(config.auth.build(kube_client, &routes)?);
     if config.auth.enabled() {
         tracing::info!(authenticators = ?config.auth.kinds(), "senders must authenticate");

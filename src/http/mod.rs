@@ -252,11 +252,13 @@ fn route_label(path: &str) -> Option<&'static str> {
 /// The gateway's router: a route per source in the table, and the probes.
 pub fn router(app: AppState) -> Router {
     let mut router = Router::new();
-    for source in ingest::SOURCES {
+    let sections = ingest::Sections { ingest: app.config.ingest.clone(), cloudevents: app.config.cloudevents.clone() };
+    for adapter in ingest::Adapter::all(&sections) {
+        let (route, adapter) = (adapter.source.route, Arc::new(adapter));
         let handler = move |state, peer, certificate, headers, body| {
-            signals::ingest(state, peer, certificate, headers, body, source)
+            signals::ingest(state, peer, certificate, headers, body, adapter.clone())
         };
-        router = router.route(source.route, post(handler));
+        router = router.route(route, post(handler));
     }
     router
         .route(HEALTHZ, get(probes::healthz))
