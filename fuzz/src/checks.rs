@@ -132,7 +132,7 @@ pub fn source(source: &Source, data: &[u8]) {
         assert!(signal.labels.len() + signal.annotations.len() <= max_labels);
         assert!(!signal.name.trim().is_empty(), "a signal has a name");
         let identity = match signal.annotations.get(ingest::INCIDENT_KEY) {
-            Some(key) => ingest::keyed_fingerprint(signal.signal_type, key, &signal.namespace, &signal.target),
+            Some(key) => ingest::keyed_fingerprint(signal.signal_type, key),
             None => Fingerprint::new(&signal.name, &signal.namespace, &signal.target),
         };
         assert_eq!(signal.fingerprint, identity);

@@ -29,8 +29,14 @@ use crate::config::ConfigError;
 use crate::signal::{Fingerprint, Signal, SignalType, TargetResource};
 
 /// Every source tidegate accepts.
-pub const SOURCES: &[Source] =
-    &[alertmanager::WEBHOOK, alertmanager_v2::SOURCE, k8s_event::SOURCE, grafana::WEBHOOK, cloudevents::SOURCE];
+pub const SOURCES: &[Source] = &[
+    alertmanager::WEBHOOK,
+    alertmanager_v2::SOURCE,
+    k8s_event::SOURCE,
+    grafana::WEBHOOK,
+    cloudevents::SOURCE,
+    // A new source: its file, its `pub mod` above and its line here.
+];
 
 /// One kind of sender: where it posts, what it sends, how it proves who it is and
 /// what it expects back.
@@ -189,13 +195,13 @@ impl Adapter {
 /// `dedup_key`), on a signal fingerprinted by it ([`keyed_fingerprint`]).
 pub const INCIDENT_KEY: &str = "tidegate.dev/incident-key";
 
-/// The fingerprint of a signal whose sender names its incidents itself: the key
-/// stands where the name stands (SHA-256 over `<type>/<key>:namespace:kind:resource`),
-/// so every event under one key is one incident whatever its text says, and no
-/// alert name of another source can meet it. Signals without a key keep
-/// [`Fingerprint::new`] over their name.
-pub fn keyed_fingerprint(signal_type: SignalType, key: &str, namespace: &str, target: &TargetResource) -> Fingerprint {
-    Fingerprint::new(&format!("{}/{key}", signal_type.as_str()), namespace, target)
+/// The fingerprint of a signal whose sender names its incidents itself: SHA-256
+/// over `<signal type>/<key>:::`, the key where the name stands and nothing else,
+/// so every event under one key is one incident whatever its text or details say
+/// (as the sender means it), and no alert of another source can meet it. Signals
+/// without a key keep [`Fingerprint::new`] over their name, namespace and target.
+pub fn keyed_fingerprint(signal_type: SignalType, key: &str) -> Fingerprint {
+    Fingerprint::new(&format!("{}/{key}", signal_type.as_str()), "", &TargetResource::default())
 }
 
 /// The longest name of a Kubernetes object (a DNS-1123 subdomain), and of a
@@ -388,10 +394,27 @@ mod tests {
 
     #[test]
     fn signal_types_come_from_the_table_once_each() {
-        let types: Vec<_> = signal_types().map(SignalType::as_str).collect();
-        assert_eq!(types, ["prometheus-alert", "kubernetes-event", "grafana-alert", "cloudevent"]);
+        let types: Vec<_> = signal_types().collect();
+        for (i, t) in types.iter().enumerate() {
+            assert!(SOURCES.iter().any(|s| s.signal_type == *t), "{} is a source's", t.as_str());
+            assert!(!types[..i].contains(t), "{} twice", t.as_str());
+        }
+        assert!(SOURCES.iter().all(|s| types.contains(&s.signal_type)), "every source's type");
+        let shared = SOURCES.iter().filter(|s| s.signal_type == SignalType::PROMETHEUS_ALERT).count();
+        assert_eq!(shared, 2, "both Alertmanager formats are prometheus-alert, listed once");
         assert_eq!(SignalType::parse("kubernetes-event"), Some(SignalType::KUBERNETES_EVENT));
         assert_eq!(SignalType::parse("carrier-pigeon"), None);
+    }
+
+    #[test]
+    fn a_route_is_guarded_by_the_authenticators_of_what_its_sender_presents() {
+        let head = ["bearer", "basic", "kubernetes", "client_certificate"];
+        assert_eq!(alertmanager::WEBHOOK.authenticators(), head);
+        assert_eq!(grafana::WEBHOOK.authenticators(), [&["grafana"][..], &head].concat());
+        assert_eq!(cloudevents::SOURCE.authenticators(), [&["standard_webhooks"][..], &head].concat());
+        for source in SOURCES.iter().filter(|s| s.token_in_body().is_some()) {
+            assert!(source.authenticators().contains(&"bearer"), "a token in the body is checked as a bearer token");
+        }
     }
 
     #[test]
