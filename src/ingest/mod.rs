@@ -17,6 +17,7 @@ pub mod answer;
 pub mod cloudevents;
 pub mod grafana;
 pub mod k8s_event;
+pub mod pagerduty;
 
 use axum::http::HeaderMap;
 use jiff::Timestamp;
@@ -35,6 +36,7 @@ pub const SOURCES: &[Source] = &[
     k8s_event::SOURCE,
     grafana::WEBHOOK,
     cloudevents::SOURCE,
+    pagerduty::SOURCE,
     // A new source: its file, its `pub mod` above and its line here.
 ];
 
