@@ -58,7 +58,7 @@ pub fn named(data: &[u8]) -> Option<(&'static Source, &[u8])> {
 /// Every source, built from the default configuration.
 fn adapter(source: &Source) -> &'static Adapter {
     static ADAPTERS: std::sync::LazyLock<Vec<Adapter>> =
-        std::sync::LazyLock::new(|| Adapter::all(&ingest::Sections::default()));
+        std::sync::LazyLock::new(|| Adapter::all(&ingest::Settings::default()));
     ADAPTERS.iter().find(|a| a.source.route == source.route).expect("every source of the table is built")
 }
 

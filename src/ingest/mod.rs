@@ -18,6 +18,7 @@ pub mod cloudevents;
 pub mod grafana;
 pub mod k8s_event;
 pub mod pagerduty;
+mod signal_type;
 
 use axum::http::HeaderMap;
 use jiff::Timestamp;
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use answer::{Answer, Answered, Failure, Invalid, Recorded, Reply};
 
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 use crate::signal::{Fingerprint, Signal, SignalType, TargetResource};
 
 /// Every source tidegate accepts.
@@ -52,7 +53,7 @@ pub struct Source {
     /// `application/*+json` accepts every JSON-based type.
     pub media_types: &'static [&'static str],
     /// Builds its parser from the configuration sections it reads.
-    pub parser: fn(&Sections) -> Box<dyn Parser>,
+    pub parser: fn(&Settings) -> Box<dyn Parser>,
     /// What its signals are, on the request (`spec.signalType`) and in metrics.
     pub signal_type: SignalType,
     /// How its sender expects to be answered.
@@ -137,10 +138,10 @@ impl IngestConfig {
     }
 }
 
-/// The configuration sections sources are built from: `ingest`, which every
-/// signal is held to, and the section of each source that has one.
-#[derive(Clone, Debug, Default)]
-pub struct Sections {
+/// What the parsers are built from: `ingest`, which every signal is held to, and
+/// the section of each source that has one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
     pub ingest: IngestConfig,
     pub cloudevents: cloudevents::CloudEventsConfig,
 }
@@ -169,13 +170,13 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    pub fn build(source: &'static Source, sections: &Sections) -> Self {
-        Adapter { source, parser: (source.parser)(sections), limits: sections.ingest.clone() }
+    pub fn build(source: &'static Source, settings: &Settings) -> Self {
+        Adapter { source, parser: (source.parser)(settings), limits: settings.ingest.clone() }
     }
 
     /// Every source of the table, built.
-    pub fn all(sections: &Sections) -> Vec<Adapter> {
-        SOURCES.iter().map(|source| Adapter::build(source, sections)).collect()
+    pub fn all(settings: &Settings) -> Vec<Adapter> {
+        SOURCES.iter().map(|source| Adapter::build(source, settings)).collect()
     }
 
     /// Parses a payload with the source's parser, then holds every signal to what

@@ -14,15 +14,13 @@
 //!   from the watch: its delete events, and a re-list (after a gap or `410 Gone`)
 //!   that no longer has a request it had. A request the cache lacks and the watch
 //!   never reported deleted is one the watch has not delivered yet.
-//! - [`owners`] finds a pod's workload for incident identity, from metadata-only
-//!   watch caches.
 //! - 5xx, 429, timeouts and connection failures are retried with jittered
 //!   exponential backoff within the operation's deadline; past it the caller gets
 //!   an error (answered 503). A circuit breaker stops calling a failing API server
 //!   for a cool-down and turns readiness off meanwhile.
 
 pub mod access;
-pub mod owners;
+pub mod doctor;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -39,12 +37,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
-use crate::config::ConfigError;
-use crate::pipeline::classify::NamespaceLabels;
+use crate::kube_api::{code, outcome};
 use crate::remediation::{labels, RemediationRequest, RemediationRequestStatus, StatusUpdate};
+use crate::section::ConfigError;
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
 use crate::telemetry::{ApiLabels, Metrics};
+use crate::workload::NamespaceLabels;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// `kube`: how the sink and the owner lookups talk to the API server.
@@ -52,22 +51,22 @@ use prometheus_client::metrics::gauge::Gauge;
 #[serde(default, deny_unknown_fields)]
 pub struct KubeConfig {
     /// One API call's timeout.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub call_timeout: Duration,
     /// One operation's budget, retries of 5xx/429/timeouts included; past it the
     /// caller gets 503.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub deadline: Duration,
     /// Consecutive failed operations that open the circuit breaker.
     pub breaker_failures: u32,
     /// How long an open breaker refuses calls (and keeps `/readyz` at 503).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub breaker_cooldown: Duration,
     /// How long start-up waits for the first list of requests and namespaces.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub sync_timeout: Duration,
     /// Attribute a signal about a Pod (or ReplicaSet, Job) to its top controller
@@ -76,7 +75,7 @@ pub struct KubeConfig {
     pub owner_chain: bool,
     /// How long one owner lookup the caches cannot answer may take (one GET); past
     /// it the signal keeps the pod's identity.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub owner_lookup_timeout: Duration,
 }
@@ -446,30 +445,10 @@ impl NamespaceLabels for NamespaceCache {
     }
 }
 
-fn code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
-
 fn retryable(e: &kube::Error) -> bool {
     match code(e) {
         Some(c) => c == 429 || c >= 500,
         None => true, // transport failures and timeouts
-    }
-}
-
-/// The metric outcome of a failed call.
-fn outcome(e: &kube::Error) -> &'static str {
-    match code(e) {
-        Some(409) => "conflict",
-        Some(404) => "not_found",
-        Some(422) => "invalid",
-        Some(429) => "throttled",
-        Some(c) if c >= 500 => "server_error",
-        Some(_) => "client_error",
-        None => "unreachable",
     }
 }
 

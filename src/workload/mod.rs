@@ -9,7 +9,10 @@
 //!
 //! The pipeline calls [`attribute`] once per batch, before anything reads a
 //! fingerprint. This module never drops a signal and never fails one: whatever
-//! cannot be resolved keeps the identity it came with.
+//! cannot be resolved keeps the identity it came with. [`owners`] is the [`Owners`]
+//! of a Kubernetes cluster, from metadata-only watch caches.
+
+pub mod owners;
 
 use std::borrow::Cow;
 
@@ -21,6 +24,13 @@ pub trait Owners: Send + Sync + 'static {
     /// The top controller of `target`, or `None` when `target` has no controller,
     /// is not a kind this resolver follows, or cannot be resolved right now.
     fn top<'a>(&'a self, target: &'a TargetResource) -> BoxFuture<'a, Option<TargetResource>>;
+}
+
+/// Where namespace labels come from, when tidegate runs against a cluster: the
+/// Kubernetes sink's namespace watch, read by classification.
+pub trait NamespaceLabels: Send + Sync {
+    /// The `environment` label of `namespace`, if the namespace is known and has one.
+    fn environment(&self, namespace: &str) -> Option<String>;
 }
 
 /// `signals`, with each one whose target has a controller rewritten to name that
