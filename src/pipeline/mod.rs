@@ -389,3 +389,6 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         storm: None,
     }
 }
+
+#[cfg(test)]
+mod tests;
