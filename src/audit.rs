@@ -21,12 +21,14 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (STORM_OPENED, &["actor", "namespace", "name", "storm_type", "signal", "scope"]),
     (AUTH_REFUSED, &["actor", "route", "reason", "status"]),
     (RATE_LIMITED, &["actor", "source_class", "status", "retry_after_s"]),
+    (SIGNAL_HELD_BACK, &["actor", "namespace", "signal", "fingerprint", "reason", "by"]),
 ];
 
 pub const REQUEST_CREATED: &str = "remediation_request_created";
 pub const STORM_OPENED: &str = "storm_opened";
 pub const AUTH_REFUSED: &str = "auth_refused";
 pub const RATE_LIMITED: &str = "rate_limited";
+pub const SIGNAL_HELD_BACK: &str = "signal_held_back";
 
 /// `actor` created the request `namespace/name` for the signal `signal` with
 /// fingerprint `fingerprint` (hex).
@@ -81,6 +83,24 @@ pub fn rate_limited(actor: &str, source_class: &str, status: StatusCode, retry_a
         status,
         retry_after_s,
         "refused a sender over its rate limit"
+    );
+}
+
+/// `actor`'s signal `signal` (fingerprint hex) of `namespace` was answered but
+/// opened no request, for `reason` (`out_of_scope`, `inhibited`); `by` says what
+/// held it back (the change that would bring it in scope, or the source's request
+/// as `namespace/name`). Written once per incident and replica, not per alert.
+pub fn signal_held_back(actor: &str, namespace: &str, signal: &str, fingerprint: &str, reason: &str, by: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = SIGNAL_HELD_BACK,
+        actor,
+        namespace,
+        signal,
+        fingerprint,
+        reason,
+        by,
+        "held a signal back"
     );
 }
 

@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod http;
 pub mod ingest;
 pub mod kube_api;
+pub mod matcher;
 pub mod pipeline;
 pub mod remediation;
 pub mod section;

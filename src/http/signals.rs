@@ -274,6 +274,7 @@ async fn process(app: &AppState, sender: &Sender, headers: &HeaderMap, bytes: &[
             created: outcome.status.created(),
             request: outcome.request.as_ref().map(|r| (r.namespace.as_str(), r.name.as_str())),
             count: outcome.count,
+            hint: outcome.hint.as_deref(),
         })
         .collect();
     let answered = Answered { total, recorded: &recorded, failures: &failures, body: bytes };

@@ -53,15 +53,19 @@ pub struct Recorded<'r> {
     pub signal: &'r Signal<'r>,
     /// The fingerprint it was decided under (in Kubernetes mode, its workload's).
     pub fingerprint: &'r Fingerprint,
-    /// `created`, `duplicate`, `resolved` or `aggregated`.
+    /// `created`, `duplicate`, `resolved`, `aggregated`, `out_of_scope` or
+    /// `inhibited`.
     pub status: &'static str,
     /// Whether a request was created for it.
     pub created: bool,
     /// The request it was counted in, as (namespace, name); none for the
-    /// resolution of an incident tidegate does not know.
+    /// resolution of an incident tidegate does not know and for a signal out of
+    /// scope; for an inhibited one, its source's request.
     pub request: Option<(&'r str, &'r str)>,
     /// The request's occurrence count.
     pub count: u32,
+    /// For a signal out of scope, what would bring it in scope.
+    pub hint: Option<&'r str>,
 }
 
 /// One signal of a payload that could not be used. Written, in a batch's results
@@ -125,6 +129,8 @@ impl Answer for Results {
                     "created" => summary.created += 1,
                     "duplicate" => summary.duplicate += 1,
                     "resolved" => summary.resolved += 1,
+                    "out_of_scope" => summary.out_of_scope += 1,
+                    "inhibited" => summary.inhibited += 1,
                     _ => summary.aggregated += 1,
                 }
                 result(Some(recorded.index), recorded)
@@ -137,6 +143,7 @@ impl Answer for Results {
             name: None,
             namespace: None,
             occurrence_count: None,
+            hint: None,
             error: Some(f),
         }));
         results.sort_by_key(|r| r.index);
@@ -163,16 +170,22 @@ struct SignalResult<'a> {
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     occurrence_count: Option<u32>,
+    /// For a signal out of scope, what would bring it in scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a Failure>,
 }
 
 #[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct Summary {
     created: usize,
     duplicate: usize,
     aggregated: usize,
     resolved: usize,
+    out_of_scope: usize,
+    inhibited: usize,
     failed: usize,
 }
 
@@ -189,7 +202,9 @@ fn result<'a>(index: Option<usize>, recorded: &'a Recorded<'a>) -> SignalResult<
         status: recorded.status,
         name: recorded.request.map(|(_, name)| name),
         namespace: recorded.request.map(|(namespace, _)| namespace),
-        occurrence_count: recorded.request.map(|_| recorded.count),
+        // An inhibited signal names its source's request, whose count is not its own.
+        occurrence_count: recorded.request.filter(|_| recorded.status != "inhibited").map(|_| recorded.count),
+        hint: recorded.hint,
         error: None,
     }
 }
