@@ -104,7 +104,8 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         true => Some(ctx.kube_client().await.map_err(StartError::KubeClient)?),
         false => ctx.kube_client_if_any(),
     };
-    let routes: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.auth)).collect();
+    let kinds: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.authenticators())).collect();
+    let routes: Vec<_> = kinds.iter().map(|(route, kinds)| (*route, kinds.as_slice())).collect();
     let auth = Arc::new(config.auth.build(kube_client, &routes)?);
     metrics.zero(&vocabulary(&config));
     if config.auth.enabled() {

@@ -270,11 +270,12 @@ fn route_label(path: &str) -> Option<&'static str> {
 /// The gateway's router: a route per source in the table, and the probes.
 pub fn router(app: AppState) -> Router {
     let mut router = Router::new();
-    for source in ingest::SOURCES {
+    for adapter in ingest::Adapter::all(&app.config.sources) {
+        let (route, adapter) = (adapter.source.route, Arc::new(adapter));
         let handler = move |state, peer, certificate, headers, body| {
-            signals::ingest(state, peer, certificate, headers, body, source)
+            signals::ingest(state, peer, certificate, headers, body, adapter.clone())
         };
-        router = router.route(source.route, post(handler));
+        router = router.route(route, post(handler));
     }
     router
         .route(HEALTHZ, get(probes::healthz))

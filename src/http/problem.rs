@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth::AuthError;
-use crate::ingest::IngestError;
+use crate::ingest::{Failure, IngestError};
 use crate::pipeline::PipelineError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -26,20 +26,12 @@ pub struct Problem {
     pub detail: String,
     /// Per-alert errors, when a whole batch was refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<AlertError>,
+    pub errors: Vec<Failure>,
     #[serde(skip)]
     pub retry_after_secs: Option<u32>,
     /// The challenges of a 401 (`WWW-Authenticate`); boxed, as few answers have one.
     #[serde(skip)]
     pub challenge: Option<Box<HeaderValue>>,
-}
-
-/// Why one alert of a batch failed.
-#[derive(Debug, Clone, Serialize)]
-pub struct AlertError {
-    pub index: usize,
-    pub reason: &'static str,
-    pub detail: String,
 }
 
 fn status_code<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
@@ -167,18 +159,19 @@ impl Problem {
     /// failure's reason, and each failure when there were several. Where a sender
     /// is answered for the whole batch only (Alertmanager's API), the others were
     /// recorded, and the detail says so.
-    pub fn unusable(failures: Vec<AlertError>, total: usize) -> Self {
+    pub fn unusable(failures: Vec<Failure>, total: usize) -> Self {
         let first = &failures[0];
+        let (reason, first_detail) = (first.error.label(), first.error.to_string());
         let recorded = total - failures.len();
         let detail = match (total, recorded) {
-            (1, _) => first.detail.clone(),
+            (1, _) => first_detail,
             (_, 0) => format!("none of the {total} alerts is usable"),
             (_, _) => format!(
                 "{} of the {total} alerts are not usable and were not recorded; the other {recorded} were",
                 failures.len()
             ),
         };
-        let mut problem = Problem::new(StatusCode::BAD_REQUEST, first.reason, "Invalid payload", detail);
+        let mut problem = Problem::new(StatusCode::BAD_REQUEST, reason, "Invalid payload", detail);
         if total > 1 {
             problem.errors = failures;
         }

@@ -13,7 +13,8 @@ use jiff::Timestamp;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
+use super::answer::Results;
+use super::{parse_json, Credential, IngestError, Parse, Parsed, Payload, Source, JSON};
 use crate::signal::{
     namespace_from_labels, Fingerprint, Labels, Signal, SignalStatus, SignalType, TargetResource, Text,
 };
@@ -77,12 +78,13 @@ enum Status {
 
 /// Alertmanager's webhook receiver (`webhook_configs`).
 pub const WEBHOOK: Source = Source {
+    name: "alertmanager",
     route: "/api/v1/signals/prometheus",
     media_types: JSON,
-    parse,
+    parser: |_| Box::new(parse as Parse),
     signal_type: SignalType::PROMETHEUS_ALERT,
-    answer: Answer::Results,
-    auth: crate::auth::kind::HEAD,
+    answer: &Results,
+    credentials: &Credential::HEAD,
 };
 
 /// Parses a webhook body into one result per alert.

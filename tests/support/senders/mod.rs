@@ -220,6 +220,11 @@ impl Gateway {
         format!("http://127.0.0.1:{}/api/v1/signals/prometheus", self.port)
     }
 
+    /// Where Alertmanager's PagerDuty receiver posts (its `url:`).
+    pub fn pagerduty_url(&self) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, tidegate::ingest::pagerduty::SOURCE.route)
+    }
+
     /// Shuts down (flushing pending status writes) and waits until it has stopped.
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
@@ -338,6 +343,16 @@ impl Rig {
         }
         let alertmanager = Alertmanager::start_with(&url, repeat_interval, http_config).await;
         let prometheus = Prometheus::start_with_rules(&target.addr(), &alertmanager.process.addr(), more_rules).await;
+        Rig { target, gateway, alertmanager, prometheus }
+    }
+
+    /// [`Rig::start`], Alertmanager notifying the gateway through its PagerDuty
+    /// integration with `routing_key`.
+    pub async fn start_pagerduty(repeat_interval: &str, tweak: impl FnOnce(&mut Config), routing_key: &str) -> Rig {
+        let target = GaugeTarget::start().await;
+        let gateway = Gateway::start(tweak).await;
+        let alertmanager = Alertmanager::start_pagerduty(&gateway.pagerduty_url(), routing_key, repeat_interval).await;
+        let prometheus = Prometheus::start(&target.addr(), &alertmanager.process.addr()).await;
         Rig { target, gateway, alertmanager, prometheus }
     }
 
