@@ -17,6 +17,7 @@ pub mod doctor;
 pub mod gateway;
 pub mod http;
 pub mod ingest;
+pub mod matcher;
 pub mod pipeline;
 pub mod remediation;
 pub mod signal;
