@@ -21,12 +21,18 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (STORM_OPENED, &["actor", "namespace", "name", "storm_type", "signal", "scope"]),
     (AUTH_REFUSED, &["actor", "route", "reason", "status"]),
     (RATE_LIMITED, &["actor", "source_class", "status", "retry_after_s"]),
+    (SILENCE_CREATED, &["namespace", "name", "ends_at"]),
+    (SILENCE_EXPIRED, &["namespace", "name"]),
+    (SILENCE_MATCHED, &["namespace", "name", "fingerprint"]),
 ];
 
 pub const REQUEST_CREATED: &str = "remediation_request_created";
 pub const STORM_OPENED: &str = "storm_opened";
 pub const AUTH_REFUSED: &str = "auth_refused";
 pub const RATE_LIMITED: &str = "rate_limited";
+pub const SILENCE_CREATED: &str = "silence_created";
+pub const SILENCE_EXPIRED: &str = "silence_expired";
+pub const SILENCE_MATCHED: &str = "silence_matched";
 
 /// `actor` created the request `namespace/name` for the signal `signal` with
 /// fingerprint `fingerprint` (hex).
@@ -88,4 +94,21 @@ pub fn rate_limited(actor: &str, source_class: &str, status: StatusCode, retry_a
 /// says what to do with them.
 pub fn keep(filter: &str) -> Option<tracing_subscriber::filter::Directive> {
     (!filter.contains(TARGET)).then(|| format!("{TARGET}=info").parse().expect("a valid directive"))
+}
+
+/// The gateway saw the silence `namespace/name`, ending at `ends_at`, for the first
+/// time (no state recorded in its status yet).
+pub fn silence_created(namespace: &str, name: &str, ends_at: &str) {
+    tracing::info!(target: TARGET, event = SILENCE_CREATED, namespace, name, ends_at, "a silence was created");
+}
+
+/// The silence `namespace/name` ended (its endsAt passed, or it was expired).
+pub fn silence_expired(namespace: &str, name: &str) {
+    tracing::info!(target: TARGET, event = SILENCE_EXPIRED, namespace, name, "a silence expired");
+}
+
+/// The silence `namespace/name` matched a signal of the incident `fingerprint`
+/// (hex) for the first time: once per incident, never per alert.
+pub fn silence_matched(namespace: &str, name: &str, fingerprint: &str) {
+    tracing::info!(target: TARGET, event = SILENCE_MATCHED, namespace, name, fingerprint, "a silence matched an incident");
 }

@@ -45,8 +45,10 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         sources: u64,
     },
-    /// Print the RemediationRequest CustomResourceDefinition as YAML.
+    /// Print the CustomResourceDefinitions (RemediationRequest, RemediationSilence) as YAML.
     Crd,
+    /// Add, list or expire silences, where the gateway with this configuration reads them.
+    Silence(crate::silence::cli::SilenceArgs),
     /// Check a configuration against the Redis, Kubernetes API and sink it names:
     /// one line per check, with a fix for each failure; exits 1 if any failed.
     Doctor(Box<crate::doctor::DoctorArgs>),

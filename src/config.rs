@@ -67,6 +67,7 @@ pub struct Config {
     pub log: LogConfig,
     pub trace: TraceConfig,
     pub runtime: RuntimeConfig,
+    pub silence: crate::silence::SilenceConfig,
 }
 
 impl Default for Config {
@@ -90,6 +91,7 @@ impl Default for Config {
             log: Default::default(),
             trace: Default::default(),
             runtime: Default::default(),
+            silence: Default::default(),
         }
     }
 }
@@ -141,6 +143,7 @@ impl Config {
         self.classify.validate()?;
         self.ingest.validate()?;
         self.trace.validate()?;
+        self.silence.validate()?;
         self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
         if !self.listen.ip().is_loopback() && !self.auth.enabled() && !self.auth.none {
             return Err(ConfigError::invalid(

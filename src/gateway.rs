@@ -45,6 +45,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::BuildError),
     #[error(transparent)]
     Tls(#[from] crate::http::tls::TlsError),
+    #[error(transparent)]
+    Silences(#[from] crate::silence::StartError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -57,6 +59,8 @@ pub struct Running {
     pub pipeline: Arc<Pipeline>,
     /// Where requests go, for tests that wait on what the sink knows.
     pub sink: Arc<dyn Sink>,
+    /// The silences honoured, when silences are enabled.
+    pub silences: Option<crate::silence::Running>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), StartError>>,
 }
@@ -131,6 +135,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     if reviews_tokens && kube_client.is_none() {
         kube_client = Some(kube::Client::try_default().await.map_err(StartError::KubeClient)?);
     }
+    let silences = crate::silence::start(&config, kube_client.clone(), clock.clone(), metrics.clone()).await?;
     let routes: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.auth)).collect();
     let auth = Arc::new(config.auth.build(kube_client, &routes)?);
     if config.auth.enabled() {
@@ -139,7 +144,11 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         tracing::warn!(listen = %config.listen, "auth: none: anyone who can reach the listener may submit signals");
     }
     let parts = Parts { state, sink, owners, namespace_labels, clock: clock.clone(), metrics: metrics.clone() };
-    let pipeline = Arc::new(Pipeline::build(&config, parts));
+    let mut pipeline = Pipeline::build(&config, parts);
+    if let Some(silences) = &silences {
+        pipeline = pipeline.with_silences(silences.keeper.clone());
+    }
+    let pipeline = Arc::new(pipeline);
     let readiness = Readiness::default();
     let app = AppState {
         pipeline: pipeline.clone(),
@@ -157,7 +166,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(listener, tls, app, config, stopped));
     tracing::info!(%addr, "tidegate listening");
-    Ok(Running { addr, readiness, metrics, pipeline, sink: sink_handle, stop, task })
+    Ok(Running { addr, readiness, metrics, pipeline, sink: sink_handle, silences, stop, task })
 }
 
 async fn run(

@@ -21,6 +21,7 @@ pub mod matcher;
 pub mod pipeline;
 pub mod remediation;
 pub mod signal;
+pub mod silence;
 pub mod sink;
 pub mod state;
 pub mod telemetry;

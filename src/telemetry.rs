@@ -104,6 +104,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub op: &'static str,
     pub outcome: &'static str,
@@ -139,6 +144,9 @@ pub struct Metrics {
     pub classifications: Family<ClassLabels, Counter>,
     pub api_calls: Family<ApiLabels, Counter>,
     pub owner_cache_objects: Family<KindLabels, Gauge>,
+    pub signals_silenced: Family<SourceLabels, Counter>,
+    pub silences_ignored: Family<ReasonLabels, Counter>,
+    pub silences_active: Gauge,
 }
 
 impl Default for Metrics {
@@ -268,6 +276,20 @@ impl Metrics {
             "Objects in the owner-reference caches, by kind",
             owner_cache_objects.clone(),
         );
+        let signals_silenced = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "signals_silenced",
+            "Firing signals a silence kept from opening a request, by source",
+            signals_silenced.clone(),
+        );
+        let silences_ignored = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "silences_ignored",
+            "Silences the gateway ignores (too long, bad matcher or time interval), by reason; once per silence and process",
+            silences_ignored.clone(),
+        );
+        let silences_active = Gauge::default();
+        registry.register("silences_active", "Silences active now", silences_active.clone());
         Metrics {
             registry,
             signals,
@@ -298,6 +320,9 @@ impl Metrics {
             classifications,
             api_calls,
             owner_cache_objects,
+            signals_silenced,
+            silences_ignored,
+            silences_active,
         }
     }
 

@@ -129,8 +129,17 @@ struct AlertResult<'a> {
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     occurrence_count: Option<u32>,
+    /// The silence that kept the signal from opening a request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    silence: Option<SilenceName<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<AlertError>,
+}
+
+#[derive(Serialize)]
+struct SilenceName<'a> {
+    namespace: &'a str,
+    name: &'a str,
 }
 
 #[derive(Serialize, Default)]
@@ -139,6 +148,7 @@ struct Summary {
     duplicate: usize,
     aggregated: usize,
     resolved: usize,
+    silenced: usize,
     failed: usize,
 }
 
@@ -294,6 +304,7 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
                 OutcomeStatus::Duplicate => summary.duplicate += 1,
                 OutcomeStatus::Resolved => summary.resolved += 1,
                 OutcomeStatus::Aggregated { .. } => summary.aggregated += 1,
+                OutcomeStatus::Silenced => summary.silenced += 1,
             }
             result(Some(*index), outcome)
         })
@@ -305,6 +316,7 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
         name: None,
         namespace: None,
         occurrence_count: None,
+        silence: None,
         error: Some(e),
     }));
     results.sort_by_key(|r| r.index);
@@ -330,6 +342,7 @@ fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult<'_> {
         name: outcome.request.as_ref().map(|r| r.name.as_str()),
         namespace: outcome.request.as_ref().map(|r| r.namespace.as_str()),
         occurrence_count: outcome.request.as_ref().map(|_| outcome.count),
+        silence: outcome.silence.as_ref().map(|s| SilenceName { namespace: &s.namespace, name: &s.name }),
         error: None,
     }
 }

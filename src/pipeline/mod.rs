@@ -14,6 +14,7 @@
 
 pub mod classify;
 pub mod coalesce;
+pub mod silences;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ pub struct Outcome {
     /// incident tidegate does not know.
     pub request: Option<RequestRef>,
     pub count: u32,
+    /// The silence that kept the signal from opening a request.
+    pub silence: Option<crate::silence::SilenceRef>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +62,8 @@ pub enum OutcomeStatus {
     Aggregated {
         opened: bool,
     },
+    /// A silence kept it from opening a request (see [`silences`]).
+    Silenced,
 }
 
 impl OutcomeStatus {
@@ -68,6 +73,7 @@ impl OutcomeStatus {
             OutcomeStatus::Duplicate => "duplicate",
             OutcomeStatus::Resolved => "resolved",
             OutcomeStatus::Aggregated { .. } => "aggregated",
+            OutcomeStatus::Silenced => "silenced",
         }
     }
 
@@ -114,6 +120,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// Whether spans are recorded, so that created requests name their trace.
     traced: bool,
+    /// The silences honoured, if any.
+    silences: Option<crate::silence::status::SilenceKeeper>,
 }
 
 /// `placement`: which namespace requests go to.
@@ -225,6 +233,7 @@ impl Pipeline {
             clock,
             metrics,
             traced: config.trace.enabled(),
+            silences: None,
         }
     }
 
@@ -282,6 +291,20 @@ impl Pipeline {
             None => Cow::Borrowed(signals),
         };
         let signals = signals.as_ref();
+        let silenced = self.silence(signals);
+        let signals: &[Signal<'_>] = silenced.as_ref().map_or(signals, |s| &s.kept);
+        if signals.is_empty() {
+            if let Some(Admission::Limited { retry_after_ms }) = match charge {
+                Some(_) => Some(self.admit(source).await?),
+                None => None,
+            } {
+                return Ok(Processed::Limited { retry_after_ms });
+            }
+            return Ok(Processed::Decided(silences::merge(
+                silenced.map(|s| s.outcomes).unwrap_or_default(),
+                Vec::new(),
+            )));
+        }
         let mut scope = None;
         let observations: Vec<Observation> = signals.iter().map(|s| observation(s, &mut scope)).collect();
         let now = self.clock.now_s();
@@ -325,7 +348,13 @@ impl Pipeline {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(Processed::Decided(outcomes.into_iter().flatten().collect())),
+            None => {
+                let decided = outcomes.into_iter().flatten().collect();
+                Ok(Processed::Decided(match silenced {
+                    Some(s) => silences::merge(s.outcomes, decided),
+                    None => decided,
+                }))
+            }
         }
     }
 
@@ -513,7 +542,7 @@ impl Pipeline {
     /// What happened to `signal`, counted in the signals metric.
     fn outcome(&self, signal: &Signal<'_>, status: OutcomeStatus, request: Option<RequestRef>, count: u32) -> Outcome {
         self.metrics.signal(signal.signal_type.as_str(), status.as_str());
-        Outcome { fingerprint: signal.fingerprint, status, request, count }
+        Outcome { fingerprint: signal.fingerprint, status, request, count, silence: None }
     }
 
     /// Creates `request`, annotated with who submitted it (`by`). If it exists
