@@ -145,8 +145,18 @@ pub fn watch(root: PathBuf, silences: Arc<Silences>) -> notify::Result<notify::R
     // Watch first, then read: a change made while reading is not missed.
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
         Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
-            for path in event.paths.iter().filter(|p| is_silence_file(&watched, p)) {
-                refresh(&target, path);
+            for path in &event.paths {
+                if is_silence_file(&watched, path) {
+                    refresh(&target, path);
+                } else if path.parent() == Some(watched.as_path()) && path.is_dir() {
+                    // A new namespace directory: files written into it before the
+                    // watch reached it sent no event of their own.
+                    for file in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                        if is_silence_file(&watched, &file.path()) {
+                            refresh(&target, &file.path());
+                        }
+                    }
+                }
             }
         }
         Ok(_) => {}

@@ -50,13 +50,14 @@ pub struct SilenceConfig {
     /// Whether silences are read at all.
     pub enabled: bool,
     /// With the directory sink: the directory of silence files
-    /// (`<dir>/<namespace>/<name>.yaml`). Unset: `silences` beside the sink's
-    /// directory.
+    /// (`<dir>/<namespace>/<name>.yaml`). Unset: `_silences` in the sink's directory
+    /// (no namespace can be named so, and the sink reads no deeper than its
+    /// namespaces' files).
     pub dir: Option<std::path::PathBuf>,
     /// The longest silence this gateway honours, at most 30 days (the CRD's own
     /// limit). A longer one is refused by `tidegate silence add` and ignored by the
-    /// gateway, which says so in its status, an event and
-    /// `tidegate_silences_ignored_total`.
+    /// gateway, which says so in its status (`state: ignored` and the reason), its log
+    /// and `tidegate_silences_ignored_total`.
     #[serde(with = "crate::config::duration")]
     #[schemars(with = "String")]
     pub max_duration: Duration,
@@ -417,15 +418,17 @@ pub struct Running {
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
+/// The silence directory within the sink's, unless `silence.dir` says otherwise.
+pub const DEFAULT_DIR: &str = "_silences";
+
 /// Where silences are read for `config`: the cluster with the kube sink, else the
 /// silence directory.
 pub fn directory(config: &crate::config::Config) -> Option<std::path::PathBuf> {
     match &config.sink {
         crate::config::SinkTarget::Kube => None,
-        crate::config::SinkTarget::Dir(sink) => Some(config.silence.dir.clone().unwrap_or_else(|| {
-            let parent = sink.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            parent.join("silences")
-        })),
+        crate::config::SinkTarget::Dir(sink) => {
+            Some(config.silence.dir.clone().unwrap_or_else(|| sink.join(DEFAULT_DIR)))
+        }
     }
 }
 
