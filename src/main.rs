@@ -34,11 +34,11 @@ fn main() -> anyhow::Result<()> {
         Command::Crd => print!("{}", tidegate::silence::resource::crds_yaml()?),
         Command::Silence(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            print!("{}", runtime.block_on(tidegate::silence::cli::run(args.action, jiff::Timestamp::now()))?);
+            print!("{}", runtime.block_on(tidegate::cli::silence::run(args.action, jiff::Timestamp::now()))?);
         }
         Command::Doctor(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let report = runtime.block_on(tidegate::doctor::examine(&args));
+            let report = runtime.block_on(args.examine());
             print!("{report}");
             if report.failed() {
                 std::process::exit(1);

@@ -21,7 +21,6 @@
 //! signal path, and a silence that cannot be understood is ignored with a reason in
 //! its status, never half applied.
 
-pub mod cli;
 pub mod dir;
 pub mod interval;
 pub mod kube;
@@ -37,8 +36,8 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
 use crate::matcher::{Matcher, MatcherError};
+use crate::section::ConfigError;
 use crate::signal::Signal;
 use interval::{IntervalError, TimeInterval};
 use resource::{RemediationSilence, RemediationSilenceSpec, RemediationSilenceStatus, MAX_DURATION_DAYS};
@@ -58,7 +57,7 @@ pub struct SilenceConfig {
     /// limit). A longer one is refused by `tidegate silence add` and ignored by the
     /// gateway, which says so in its status (`state: ignored` and the reason), its log
     /// and `tidegate_silences_ignored_total`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub max_duration: Duration,
 }
@@ -421,35 +420,45 @@ pub struct Running {
 /// The silence directory within the sink's, unless `silence.dir` says otherwise.
 pub const DEFAULT_DIR: &str = "_silences";
 
-/// Where silences are read for `config`: the cluster with the kube sink, else the
-/// silence directory.
-pub fn directory(config: &crate::config::Config) -> Option<std::path::PathBuf> {
-    match &config.sink {
-        crate::config::SinkTarget::Kube => None,
-        crate::config::SinkTarget::Dir(sink) => {
-            Some(config.silence.dir.clone().unwrap_or_else(|| sink.join(DEFAULT_DIR)))
-        }
+/// What silences are built from: their own section and what they share with others.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub silence: SilenceConfig,
+    /// Where silence files are: set with the directory sink, `None` with the cluster.
+    pub dir: Option<std::path::PathBuf>,
+    /// `placement.control_namespace`: silences there match any namespace.
+    pub control_namespace: Option<String>,
+    /// `dedup.status_interval`: the least time between status writes to one silence.
+    pub status_interval: Duration,
+    /// `kube.sync_timeout`: how long start-up waits for the first list.
+    pub sync_timeout: Duration,
+}
+
+impl Settings {
+    pub fn rules(&self) -> Rules {
+        Rules { control_namespace: self.control_namespace.clone(), max_duration: self.silence.max_duration }
     }
 }
 
-/// Starts reading silences as `config` says: `None` when they are disabled.
-/// `client` is the kube sink's client in kube mode.
+/// Where silences are read for a sink writing to `sink_dir` (`None`: the cluster).
+pub fn directory(config: &SilenceConfig, sink_dir: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    sink_dir.map(|sink| config.dir.clone().unwrap_or_else(|| sink.join(DEFAULT_DIR)))
+}
+
+/// Starts reading silences as `settings` say: `None` when they are disabled, or
+/// in kube mode without a client. `client` is the kube sink's client.
 pub async fn start(
-    config: &crate::config::Config,
+    settings: &Settings,
     client: Option<::kube::Client>,
     clock: crate::clock::Clock,
     metrics: Arc<crate::telemetry::Metrics>,
 ) -> Result<Option<Running>, StartError> {
-    if !config.silence.enabled {
+    if !settings.silence.enabled {
         return Ok(None);
     }
-    let rules = Rules {
-        control_namespace: config.placement.control_namespace.clone(),
-        max_duration: config.silence.max_duration,
-    };
-    let silences = Silences::new(rules);
-    let interval = config.dedup.status_interval;
-    let (store, watcher): (Arc<dyn store::SilenceStore>, _) = match (directory(config), client) {
+    let silences = Silences::new(settings.rules());
+    let interval = settings.status_interval;
+    let (store, watcher): (Arc<dyn store::SilenceStore>, _) = match (settings.dir.clone(), client) {
         (Some(path), _) => {
             let shown = path.display().to_string();
             let store = Arc::new(
@@ -460,7 +469,7 @@ pub async fn start(
             (Arc::new(store), Some(watcher))
         }
         (None, Some(client)) => {
-            kube::watch(client.clone(), silences.clone(), config.kube.sync_timeout).await;
+            kube::watch(client.clone(), silences.clone(), settings.sync_timeout).await;
             (Arc::new(kube::KubeSilences::new(client)), None)
         }
         (None, None) => return Ok(None),

@@ -14,12 +14,12 @@ use clap::{Args, Subcommand};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::resource::{RemediationSilence, RemediationSilenceSpec};
-use super::store::{SilenceStore, StoreError};
-use super::{Rules, Silence, SilenceRef};
-use crate::cli::ServeArgs;
-use crate::config::{parse_duration, Config, ConfigError, SinkTarget};
+use super::ServeArgs;
+use crate::config::{parse_duration, Config, ConfigError};
 use crate::matcher::{MatchOp, Matcher};
+use crate::silence::resource::{RemediationSilence, RemediationSilenceSpec};
+use crate::silence::store::{SilenceStore, StoreError};
+use crate::silence::{Rules, Silence, SilenceRef};
 
 #[derive(Debug, Args)]
 pub struct SilenceArgs {
@@ -124,16 +124,15 @@ pub async fn run(action: Action, now: Timestamp) -> Result<String, CliError> {
 
 /// Where `config` keeps silences.
 pub async fn open(config: &Config) -> Result<Box<dyn SilenceStore>, CliError> {
-    match (&config.sink, super::directory(config)) {
-        (SinkTarget::Kube, _) => {
+    match config.silence_settings().dir {
+        None => {
             let client = ::kube::Client::try_default().await.map_err(CliError::Kube)?;
-            Ok(Box::new(super::kube::KubeSilences::new(client)))
+            Ok(Box::new(crate::silence::kube::KubeSilences::new(client)))
         }
-        (_, Some(dir)) => {
-            let store = super::dir::DirSilences::new(&dir).map_err(StoreError::Io)?;
+        Some(dir) => {
+            let store = crate::silence::dir::DirSilences::new(&dir).map_err(StoreError::Io)?;
             Ok(Box::new(Arc::new(store)))
         }
-        (_, None) => Err(CliError::Invalid("no silence store for this sink".into())),
     }
 }
 
@@ -142,7 +141,7 @@ fn control_namespace(config: &Config) -> String {
 }
 
 fn rules(config: &Config) -> Rules {
-    Rules { control_namespace: config.placement.control_namespace.clone(), max_duration: config.silence.max_duration }
+    config.silence_settings().rules()
 }
 
 /// Creates the silence `args` describe; prints its name last.
@@ -201,7 +200,7 @@ pub async fn list(
     let rules = rules(config);
     let mut out = String::from("NAMESPACE\tNAME\tSTATE\tENDS\tMATCHED\tMATCHERS\tCOMMENT\n");
     for s in silences {
-        let Some(at) = super::reference(&s) else { continue };
+        let Some(at) = crate::silence::reference(&s) else { continue };
         let state = match Silence::compile(at.clone(), &s.spec, &rules) {
             Ok(silence) => silence.state(now).as_str(),
             Err(_) => "ignored",
