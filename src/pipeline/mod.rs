@@ -290,6 +290,9 @@ impl Pipeline {
     /// a shutdown.
     pub async fn drain(&self, deadline: std::time::Duration) {
         self.coalescer.shutdown(deadline).await;
+        if let Some(silences) = &self.silences {
+            silences.flush().await;
+        }
     }
 
     /// Decides a batch of signals from `source`, in order, after charging the

@@ -99,3 +99,24 @@ pub(super) fn merge(silenced: Vec<Option<Outcome>>, decided: Vec<Outcome>) -> Ve
     let mut decided = decided.into_iter();
     silenced.into_iter().filter_map(|o| o.or_else(|| decided.next())).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::Fingerprint;
+
+    fn outcome(n: u8, status: OutcomeStatus) -> Outcome {
+        Outcome { fingerprint: Fingerprint::from_bytes([n; 32]), status, request: None, count: 0, silence: None }
+    }
+
+    #[test]
+    fn outcomes_keep_the_batchs_order_around_silenced_signals() {
+        let silenced =
+            vec![None, Some(outcome(1, OutcomeStatus::Silenced)), None, Some(outcome(3, OutcomeStatus::Silenced))];
+        let decided = vec![outcome(0, OutcomeStatus::Created), outcome(2, OutcomeStatus::Duplicate)];
+        let merged = merge(silenced, decided);
+        let order: Vec<u8> = merged.iter().map(|o| o.fingerprint.as_bytes()[0]).collect();
+        assert_eq!(order, [0, 1, 2, 3]);
+        assert_eq!(merged[1].status, OutcomeStatus::Silenced);
+    }
+}

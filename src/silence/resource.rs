@@ -79,8 +79,9 @@ pub struct RemediationSilenceStatus {
     /// Why the gateway ignores this silence, when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Firing signals that opened no request because of this silence, or were
-    /// counted on a request while it was active.
+    /// Firing signals that opened no request because of this silence, counted by
+    /// every gateway replica (signals of incidents already open are counted on their
+    /// requests instead).
     #[serde(default)]
     pub matched_signals: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
