@@ -314,19 +314,30 @@ pub struct Silences {
     rules: Rules,
     catalog: Mutex<BTreeMap<SilenceRef, Known>>,
     index: RwLock<Arc<SilenceIndex>>,
+    /// Silences ended by this second (Unix) are left out of the index: expired ones
+    /// would otherwise pile up in its buckets until deleted.
+    ended_by_s: std::sync::atomic::AtomicI64,
 }
 
 /// One silence as its source holds it.
 #[derive(Clone, Debug)]
 pub struct Known {
     pub silence: Result<Arc<Silence>, Arc<SilenceError>>,
+    /// The spec it was understood from: a change of status alone (the gateway's own
+    /// writes, echoed by the watch) changes nothing else.
+    spec: Arc<RemediationSilenceSpec>,
     /// What its status says now.
     pub status: RemediationSilenceStatus,
 }
 
 impl Silences {
     pub fn new(rules: Rules) -> Arc<Self> {
-        Arc::new(Silences { rules, catalog: Mutex::default(), index: RwLock::default() })
+        Arc::new(Silences {
+            rules,
+            catalog: Mutex::default(),
+            index: RwLock::default(),
+            ended_by_s: std::sync::atomic::AtomicI64::new(i64::MIN),
+        })
     }
 
     pub fn rules(&self) -> &Rules {
@@ -346,8 +357,9 @@ impl Silences {
     /// Adds or replaces the silence `object` from the source.
     pub fn upsert(&self, object: &RemediationSilence) {
         let mut catalog = self.lock();
-        self.put(&mut catalog, object);
-        self.reindex(&catalog);
+        if self.put(&mut catalog, object) {
+            self.reindex(&catalog);
+        }
     }
 
     /// Forgets the silence at `at`: deleted from the source.
@@ -368,14 +380,37 @@ impl Silences {
         self.reindex(&catalog);
     }
 
-    fn put(&self, catalog: &mut BTreeMap<SilenceRef, Known>, object: &RemediationSilence) {
-        let Some(at) = reference(object) else { return };
+    /// Puts `object` in the catalog; whether the index must be rebuilt (its spec is
+    /// new or changed).
+    fn put(&self, catalog: &mut BTreeMap<SilenceRef, Known>, object: &RemediationSilence) -> bool {
+        let Some(at) = reference(object) else { return false };
+        let status = object.status.clone().unwrap_or_default();
+        if let Some(known) = catalog.get_mut(&at).filter(|k| *k.spec == object.spec) {
+            known.status = status;
+            return false;
+        }
         let silence = Silence::compile(at.clone(), &object.spec, &self.rules).map(Arc::new).map_err(Arc::new);
-        catalog.insert(at, Known { silence, status: object.status.clone().unwrap_or_default() });
+        catalog.insert(at, Known { silence, spec: Arc::new(object.spec.clone()), status });
+        true
+    }
+
+    /// The second by which ended silences are left out of the index.
+    pub fn pruned_by(&self) -> i64 {
+        self.ended_by_s.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Leaves silences ended by `now` out of the index from now on.
+    pub fn prune(&self, now: Timestamp) {
+        self.ended_by_s.store(now.as_second(), std::sync::atomic::Ordering::Relaxed);
+        let catalog = self.lock();
+        self.reindex(&catalog);
     }
 
     fn reindex(&self, catalog: &BTreeMap<SilenceRef, Known>) {
-        let index = SilenceIndex::build(catalog.values().filter_map(|k| k.silence.as_ref().ok().cloned()));
+        let ended_by = self.ended_by_s.load(std::sync::atomic::Ordering::Relaxed);
+        let live =
+            catalog.values().filter_map(|k| k.silence.as_ref().ok().filter(|s| s.ends_at.as_second() > ended_by));
+        let index = SilenceIndex::build(live.cloned());
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(index);
     }
 

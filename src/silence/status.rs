@@ -103,6 +103,10 @@ impl Shared {
         inner.recorded.retain(|at, _| live.contains(at));
         inner.incidents.retain(|at, _| live.contains(at));
         let mut active = 0;
+        let pruned_by = self.silences.pruned_by();
+        let ended = known
+            .iter()
+            .any(|(_, k)| k.silence.as_ref().is_ok_and(|s| s.ends_at <= now && s.ends_at.as_second() > pruned_by));
         for (at, k) in &known {
             let (state, reason) = match &k.silence {
                 Ok(s) => (s.state(now).as_str(), None),
@@ -133,6 +137,10 @@ impl Shared {
             inner.pending.entry(at.clone()).or_default().merge(change);
         }
         self.metrics.silences_active.set(active);
+        drop(inner);
+        if ended {
+            self.silences.prune(now);
+        }
     }
 
     async fn flush(&self) {
