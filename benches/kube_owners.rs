@@ -33,8 +33,8 @@ use kube::Api;
 use rss::rss_bytes;
 use tidegate::config::KubeConfig;
 use tidegate::signal::TargetResource;
-use tidegate::sink::kube::owners::OwnerCache;
 use tidegate::telemetry::Metrics;
+use tidegate::workload::owners::OwnerCache;
 use tidegate::workload::Owners;
 
 #[global_allocator]
@@ -78,7 +78,7 @@ async fn run(pods: usize, measuring: bool) -> ExitCode {
     unsafe { libmimalloc_sys::mi_collect(true) };
     let before = rss_bytes();
     let started = Instant::now();
-    let owners = OwnerCache::start(client, &KubeConfig::default(), metrics.clone());
+    let owners = OwnerCache::start(client, KubeConfig::default().owner_lookup_timeout, metrics.clone());
     support::eventually_within("the owner caches to list", std::time::Duration::from_secs(120), || {
         let owners = owners.clone();
         async move { owners.synced() }

@@ -19,9 +19,9 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::http::{self, AppState, Readiness};
 use crate::pipeline::{Parts, Pipeline};
-use crate::sink::kube::owners::OwnerCache;
 use crate::sink::Sink;
 use crate::telemetry::Metrics;
+use crate::workload::owners::OwnerCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -94,7 +94,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let built = config.sink_settings().build(&ctx).await?;
     let owners: Option<Arc<dyn crate::workload::Owners>> = match &built.kube_client {
         Some(client) if config.kube.owner_chain => {
-            Some(OwnerCache::start(client.clone(), &config.kube, metrics.clone()))
+            Some(OwnerCache::start(client.clone(), config.kube.owner_lookup_timeout, metrics.clone()))
         }
         _ => None,
     };

@@ -19,6 +19,7 @@ pub mod doctor;
 pub mod gateway;
 pub mod http;
 pub mod ingest;
+pub mod kube_api;
 pub mod matcher;
 pub mod pipeline;
 pub mod remediation;

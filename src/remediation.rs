@@ -140,7 +140,7 @@ pub struct Tally {
 
 /// Tallies a request keeps. The least recently raised is dropped, its count staying
 /// in the total: its process forgot the incident long before this many other
-/// writers counted it (see `TALLY_HORIZON` in [`crate::pipeline::coalesce`]).
+/// writers counted it (see `TALLY_HORIZON` in [`crate::pipeline::status_writer`]).
 const MAX_TALLIES: usize = 16;
 
 impl Deduplication {

@@ -216,6 +216,6 @@ async fn a_long_owner_chain_is_followed_only_so_far() {
     let mut gw = start_kube(&kube, |_| {}).await;
     assert_eq!(crash(&gw, &ns, &["deep"]).await.0, 201);
     gw.stop().await;
-    let expected = format!("rs-{}", tidegate::sink::kube::owners::MAX_DEPTH);
+    let expected = format!("rs-{}", tidegate::workload::owners::MAX_DEPTH);
     assert_eq!(target(&requests(&kube, &ns).await[0]), ("ReplicaSet".into(), expected));
 }

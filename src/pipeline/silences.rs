@@ -1,8 +1,9 @@
 //! The silence step: a firing signal that would open a new request opens none
 //! while a silence matches it.
 //!
-//! It runs after admission and before the state store observes anything, so a
-//! silenced signal counts toward no storm and no dedup window. Whether the
+//! It decides before admission and the state store see the batch, and records what
+//! it held once the batch is admitted, so a silenced signal counts toward no storm
+//! and no dedup window, and a batch refused by the rate limit leaves no count. Whether the
 //! incident's request is already open is the sink's authority's answer
 //! ([`Sink::open_request`], no I/O): a signal of an open incident is not silenced
 //! here but counted on its request as usual, since hiding occurrences of an incident
@@ -13,22 +14,21 @@
 //!
 //! Must never do I/O per signal, nor scan every silence: the index does the lookup.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::{Outcome, OutcomeStatus, Pipeline};
-use crate::signal::{Signal, SignalStatus};
+use super::{Batch, Outcome, OutcomeStatus, Pipeline};
+use crate::signal::{Fingerprint, Signal, SignalStatus, SignalType};
 use crate::silence::status::SilenceKeeper;
-use crate::silence::SilenceRef;
-use crate::sink::Sink;
+use crate::silence::{Silence, SilenceRef};
+use crate::telemetry::SourceLabels;
 
-/// The signals of a batch a silence kept from opening a request.
-pub struct Silenced<'s, 'a> {
-    /// The signals that go on to the state store, in order.
-    pub kept: Cow<'s, [Signal<'a>]>,
-    /// For each signal of the batch, in order: its outcome if it was silenced.
-    pub outcomes: Vec<Option<Outcome>>,
+/// What the silence step held of a batch, to be recorded once the batch is admitted
+/// (a batch refused by the rate limit leaves no trace: its sender retries it).
+pub(super) struct Silenced {
+    now: Timestamp,
+    held: Vec<(Arc<Silence>, Fingerprint, SignalType)>,
 }
 
 impl Pipeline {
@@ -38,47 +38,49 @@ impl Pipeline {
         self
     }
 
-    /// The silence step over a batch: `None` when no signal is silenced (the usual
-    /// case, which costs one index lookup per firing signal and no allocation).
-    pub(super) fn silence<'s, 'a>(&self, signals: &'s [Signal<'a>]) -> Option<Silenced<'s, 'a>> {
+    /// The silence step: holds every unanswered firing signal an active silence
+    /// matches, unless its incident's request is open. `None` when nothing was held
+    /// (the usual case: one index lookup per firing signal, no allocation).
+    pub(super) fn silence(&self, batch: &mut Batch<'_, '_>) -> Option<Silenced> {
         let keeper = self.silences.as_ref()?;
         let index = keeper.silences().current();
         if index.is_empty() {
             return None;
         }
-        let now_ms = self.clock.now_ms() as i64;
-        let now = Timestamp::from_millisecond(now_ms).unwrap_or(Timestamp::UNIX_EPOCH);
-        let mut outcomes: Vec<Option<Outcome>> = Vec::new();
-        for (i, signal) in signals.iter().enumerate() {
+        let now = Timestamp::from_millisecond(self.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
+        let mut held = Vec::new();
+        let mut outcomes = Vec::new();
+        for (i, signal) in batch.unanswered() {
             if signal.status != SignalStatus::Firing {
                 continue;
             }
-            let Some(silence) = index.find(signal, now) else { continue };
-            if self.is_open(self.sink.as_ref(), signal) {
-                continue;
+            if let Some(silence) = index.find(signal, now).filter(|_| !self.is_open(signal)) {
+                outcomes.push((i, silenced(signal, &silence.at)));
+                held.push((silence.clone(), signal.fingerprint, signal.signal_type));
             }
-            if outcomes.is_empty() {
-                outcomes.resize_with(signals.len(), || None);
-            }
-            keeper.matched(silence, &signal.fingerprint, now);
-            self.metrics.signal(signal.signal_type.as_str(), OutcomeStatus::Silenced.as_str());
-            self.metrics
-                .signals_silenced
-                .get_or_create(&crate::telemetry::SourceLabels { source: signal.signal_type.as_str() })
-                .inc();
-            outcomes[i] = Some(silenced(signal, &silence.at));
         }
-        if outcomes.is_empty() {
-            return None;
+        for (i, outcome) in outcomes {
+            batch.hold(i, outcome);
         }
-        let kept = signals.iter().zip(&outcomes).filter(|(_, o)| o.is_none()).map(|(s, _)| s.clone()).collect();
-        Some(Silenced { kept: Cow::Owned(kept), outcomes })
+        (!held.is_empty()).then_some(Silenced { now, held })
+    }
+
+    /// Counts what the silence step held, now that the batch is admitted: in each
+    /// silence's status (and its first-match audit event) and in the metrics.
+    pub(super) fn record_silenced(&self, silenced: Option<Silenced>) {
+        let (Some(keeper), Some(silenced)) = (&self.silences, silenced) else { return };
+        for (silence, fingerprint, signal_type) in &silenced.held {
+            keeper.matched(silence, fingerprint, silenced.now);
+            self.metrics.signal(signal_type.as_str(), OutcomeStatus::Silenced.as_str());
+            self.metrics.signals_silenced.get_or_create(&SourceLabels { source: signal_type.as_str() }).inc();
+        }
     }
 
     /// Whether the sink holds `signal`'s incident open, within the dedup window.
-    fn is_open(&self, sink: &dyn Sink, signal: &Signal<'_>) -> bool {
+    fn is_open(&self, signal: &Signal<'_>) -> bool {
         let now = self.clock.now_s();
-        sink.open_request(&signal.fingerprint)
+        self.sink
+            .open_request(&signal.fingerprint)
             .is_some_and(|o| o.storm.is_none() && now.saturating_sub(o.last_seen_s) < self.window_s)
     }
 }
@@ -90,33 +92,5 @@ fn silenced(signal: &Signal<'_>, at: &SilenceRef) -> Outcome {
         request: None,
         count: 0,
         silence: Some(at.clone()),
-    }
-}
-
-/// Puts the outcomes of the signals that went on (`decided`, in order) back
-/// between the silenced ones.
-pub(super) fn merge(silenced: Vec<Option<Outcome>>, decided: Vec<Outcome>) -> Vec<Outcome> {
-    let mut decided = decided.into_iter();
-    silenced.into_iter().filter_map(|o| o.or_else(|| decided.next())).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::signal::Fingerprint;
-
-    fn outcome(n: u8, status: OutcomeStatus) -> Outcome {
-        Outcome { fingerprint: Fingerprint::from_bytes([n; 32]), status, request: None, count: 0, silence: None }
-    }
-
-    #[test]
-    fn outcomes_keep_the_batchs_order_around_silenced_signals() {
-        let silenced =
-            vec![None, Some(outcome(1, OutcomeStatus::Silenced)), None, Some(outcome(3, OutcomeStatus::Silenced))];
-        let decided = vec![outcome(0, OutcomeStatus::Created), outcome(2, OutcomeStatus::Duplicate)];
-        let merged = merge(silenced, decided);
-        let order: Vec<u8> = merged.iter().map(|o| o.fingerprint.as_bytes()[0]).collect();
-        assert_eq!(order, [0, 1, 2, 3]);
-        assert_eq!(merged[1].status, OutcomeStatus::Silenced);
     }
 }

@@ -14,8 +14,6 @@
 //!   from the watch: its delete events, and a re-list (after a gap or `410 Gone`)
 //!   that no longer has a request it had. A request the cache lacks and the watch
 //!   never reported deleted is one the watch has not delivered yet.
-//! - [`owners`] finds a pod's workload for incident identity, from metadata-only
-//!   watch caches.
 //! - 5xx, 429, timeouts and connection failures are retried with jittered
 //!   exponential backoff within the operation's deadline; past it the caller gets
 //!   an error (answered 503). A circuit breaker stops calling a failing API server
@@ -23,7 +21,6 @@
 
 pub mod access;
 pub mod doctor;
-pub mod owners;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -40,6 +37,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
+use crate::kube_api::{code, outcome};
 use crate::remediation::{labels, RemediationRequest, RemediationRequestStatus, StatusUpdate};
 use crate::section::ConfigError;
 use crate::signal::Fingerprint;
@@ -447,30 +445,10 @@ impl NamespaceLabels for NamespaceCache {
     }
 }
 
-fn code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
-    }
-}
-
 fn retryable(e: &kube::Error) -> bool {
     match code(e) {
         Some(c) => c == 429 || c >= 500,
         None => true, // transport failures and timeouts
-    }
-}
-
-/// The metric outcome of a failed call.
-fn outcome(e: &kube::Error) -> &'static str {
-    match code(e) {
-        Some(409) => "conflict",
-        Some(404) => "not_found",
-        Some(422) => "invalid",
-        Some(429) => "throttled",
-        Some(c) if c >= 500 => "server_error",
-        Some(_) => "client_error",
-        None => "unreachable",
     }
 }
 

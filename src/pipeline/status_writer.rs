@@ -1,10 +1,10 @@
-//! Coalesced status writes.
+//! The status writer: each request's status, written at most once per interval.
 //!
 //! A storm of duplicates must not become a storm of writes. The first update for a
 //! request schedules one write `interval` later; updates arriving before then are
 //! merged into it (counts and times only move forward), so each request is written
 //! at most once per interval and the write always carries the latest count. A write
-//! that fails is retried with backoff, and [`Coalescer::shutdown`] writes everything
+//! that fails is retried with backoff, and [`StatusWriter::shutdown`] writes everything
 //! still pending before the process exits.
 //!
 //! Updates carry counts as tallies: each counts what this process counted of the
@@ -58,7 +58,7 @@ const CONCURRENCY: usize = 32;
 const TALLY_HORIZON: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
-pub struct Coalescer {
+pub struct StatusWriter {
     shared: Arc<Shared>,
 }
 
@@ -127,10 +127,10 @@ struct Pending {
     attempts: u32,
 }
 
-impl Coalescer {
+impl StatusWriter {
     /// Starts the writer task. Must be called within a tokio runtime.
     /// `max_per_s` caps writes per second across all requests.
-    /// A coalescer writing at most once per `dedup.status_interval` per request and
+    /// A status writer writing at most once per `dedup.status_interval` per request and
     /// `dedup.max_status_writes_per_s` in all.
     pub fn new(sink: Arc<dyn Sink>, config: &DedupConfig, metrics: Arc<Metrics>) -> Self {
         let (interval, max_per_s) = (config.status_interval, config.max_status_writes_per_s.max(1) as f64);
@@ -150,7 +150,7 @@ impl Coalescer {
             metrics,
         });
         tokio::spawn(writer(shared.clone()));
-        Coalescer { shared }
+        StatusWriter { shared }
     }
 
     /// Schedules `update` for `incident`'s request, at `at`.
@@ -475,7 +475,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_write_per_request_per_interval_carrying_the_latest_count() {
         let sink = Arc::new(Counting::default());
-        let c = Coalescer::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
+        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
         for n in 1..=50 {
             c.record(incident(0), &at(0), update(n));
         }
@@ -520,7 +520,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_retried_after_an_unclear_outcome_counts_nothing_twice() {
         let sink = Arc::new(Landing { unclear: AtomicUsize::new(3), ..Default::default() });
-        let c = Coalescer::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
+        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
         for round in 0..4 {
             for _ in 0..10 {
                 c.repeat(incident(0), &at(0), update(0));
@@ -536,7 +536,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_incident_unseen_past_the_horizon_is_counted_under_a_new_writer() {
-        let c = Coalescer::new(
+        let c = StatusWriter::new(
             Arc::new(Counting::default()),
             &dedup(Duration::from_secs(1), 1000),
             Arc::new(Metrics::new()),
@@ -561,7 +561,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn writes_over_the_cap_wait_and_shutdown_writes_them_all() {
         let sink = Arc::new(Counting::default());
-        let c = Coalescer::new(sink.clone(), &dedup(Duration::from_millis(100), 2), Arc::new(Metrics::new()));
+        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_millis(100), 2), Arc::new(Metrics::new()));
         for n in 0..10 {
             c.record(incident(n), &at(n), update(1));
         }

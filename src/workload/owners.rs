@@ -35,11 +35,11 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::KubeConfig;
+use super::Owners;
+use crate::kube_api;
 use crate::signal::TargetResource;
 use crate::state::BoxFuture;
 use crate::telemetry::{ApiLabels, KindLabels, Metrics};
-use crate::workload::Owners;
 
 /// Most owner references followed from the signal's target: pod → ReplicaSet →
 /// Deployment is two; the cap only stops a pathological (or cyclic) chain.
@@ -149,7 +149,7 @@ pub struct OwnerCache {
 impl OwnerCache {
     /// Starts the metadata watches of Pods, ReplicaSets and Jobs, cluster-wide, and
     /// returns at once: lookups fall back to GETs until the caches have listed.
-    pub fn start(client: Client, config: &KubeConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn start(client: Client, lookup_timeout: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
         let caches = Followed::ALL
             .map(|followed| Arc::new(Cache { followed, objects: RwLock::default(), synced: AtomicBool::new(false) }));
         // `PartialObjectMeta` APIs ask for metadata only, lists and watches alike.
@@ -157,13 +157,7 @@ impl OwnerCache {
         let replica_sets = Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone());
         tokio::spawn(follow(replica_sets, caches[1].clone(), metrics.clone()));
         tokio::spawn(follow(Api::<PartialObjectMeta<Job>>::all(client.clone()), caches[2].clone(), metrics.clone()));
-        Arc::new(OwnerCache {
-            client,
-            caches,
-            remembered: Mutex::default(),
-            lookup_timeout: config.owner_lookup_timeout,
-            metrics,
-        })
+        Arc::new(OwnerCache { client, caches, remembered: Mutex::default(), lookup_timeout, metrics })
     }
 
     /// Whether every watch has listed once.
@@ -209,14 +203,14 @@ impl OwnerCache {
         };
         let outcome = match &meta {
             Ok(_) => "ok",
-            Err(Some(e)) => super::outcome(e),
+            Err(Some(e)) => kube_api::outcome(e),
             Err(None) => "timeout",
         };
         self.metrics.api_calls.get_or_create(&ApiLabels { verb: "get_metadata", outcome }).inc();
         match meta {
             Ok(meta) => Ok(Controller::of(&meta)),
             // Gone: it has no controller any more; the chain ends at the object.
-            Err(Some(e)) if super::code(&e) == Some(404) => Ok(None),
+            Err(Some(e)) if kube_api::code(&e) == Some(404) => Ok(None),
             Err(e) => {
                 let kind = followed.kind();
                 tracing::debug!(kind, namespace, name, error = ?e, "owner lookup failed; keeping the signal's identity");

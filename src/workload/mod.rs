@@ -9,7 +9,10 @@
 //!
 //! The pipeline calls [`attribute`] once per batch, before anything reads a
 //! fingerprint. This module never drops a signal and never fails one: whatever
-//! cannot be resolved keeps the identity it came with.
+//! cannot be resolved keeps the identity it came with. [`owners`] is the [`Owners`]
+//! of a Kubernetes cluster, from metadata-only watch caches.
+
+pub mod owners;
 
 use std::borrow::Cow;
 
