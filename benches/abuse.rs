@@ -6,8 +6,7 @@
 //! each one gets. Without `--bench` (as `cargo test --benches` runs it) every case
 //! runs at a small scale, as a correctness check.
 
-#[path = "common/proc.rs"]
-mod proc;
+use tidegate_testkit::bench::proc;
 
 use std::future::Future;
 use std::process::{Child, Command, ExitCode, Stdio};

@@ -70,19 +70,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-#[path = "common/alerts.rs"]
-mod alerts;
-#[path = "common/cpu.rs"]
-mod cpu;
-#[path = "common/knobs.rs"]
-mod knobs;
-#[path = "../tests/support/process.rs"]
-mod process;
-#[path = "../tests/support/redis/mod.rs"]
-mod redis_support;
 use alerts::{splitmix64, ALERT_NAMES};
 use cpu::{cpu_seconds, machine_busy_seconds};
 use serde_json::{json, Value};
+use tidegate_testkit::bench::alerts;
+use tidegate_testkit::bench::cpu;
+use tidegate_testkit::bench::knobs;
+use tidegate_testkit::redis as redis_support;
 
 /// Requests in one pass over every identity.
 fn bodies() -> usize {

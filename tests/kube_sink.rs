@@ -1,6 +1,6 @@
 //! `--sink kube` against a real kube-apiserver and etcd: tidegate over real HTTP,
 //! through the real `kube::Client`, as the service account `deploy/` defines, with
-//! faults injected by a proxy in front of the API server (`tests/support/kube/`).
+//! faults injected by a proxy in front of the API server (`testkit/src/kube/`).
 //! Every test has namespaces and a proxy of its own; they share one API server.
 
 mod support;

@@ -403,3 +403,6 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         storm: None,
     }
 }
+
+#[cfg(test)]
+mod tests;

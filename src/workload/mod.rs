@@ -68,12 +68,33 @@ pub async fn attribute<'s, 'a>(owners: &dyn Owners, signals: &'s [Signal<'a>]) -
     }
 }
 
+/// An alert `name` about pod `pod` of namespace `shop`, as a test sends it.
+#[cfg(test)]
+pub(crate) fn pod_alert(name: &str, pod: &str, status: crate::signal::SignalStatus) -> Signal<'static> {
+    use crate::signal::{Labels, SignalType};
+    let target = TargetResource { kind: "Pod".into(), name: pod.into(), namespace: "shop".into() };
+    Signal {
+        name: name.to_string().into(),
+        severity: "critical".into(),
+        namespace: "shop".into(),
+        fingerprint: Fingerprint::new(name, "shop", &target),
+        target,
+        labels: [("pod", pod.to_string())].into_iter().collect::<Labels>(),
+        annotations: Labels::default(),
+        firing_time: None,
+        received_time: jiff::Timestamp::UNIX_EPOCH,
+        signal_type: SignalType::PROMETHEUS_ALERT,
+        source: "test".into(),
+        status,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::signal::{Labels, SignalStatus, SignalType};
+    use crate::signal::SignalStatus;
 
     struct Table(HashMap<String, TargetResource>);
 
@@ -84,21 +105,7 @@ mod tests {
     }
 
     fn pod_signal(pod: &str) -> Signal<'static> {
-        let target = TargetResource { kind: "Pod".into(), name: pod.into(), namespace: "shop".into() };
-        Signal {
-            name: "KubePodCrashLooping".into(),
-            severity: "critical".into(),
-            namespace: "shop".into(),
-            fingerprint: Fingerprint::new("KubePodCrashLooping", "shop", &target),
-            target,
-            labels: [("pod", pod.to_string())].into_iter().collect::<Labels>(),
-            annotations: Labels::default(),
-            firing_time: None,
-            received_time: jiff::Timestamp::UNIX_EPOCH,
-            signal_type: SignalType::PROMETHEUS_ALERT,
-            source: "test".into(),
-            status: SignalStatus::Firing,
-        }
+        pod_alert("KubePodCrashLooping", pod, SignalStatus::Firing)
     }
 
     fn deployment(name: &str) -> TargetResource {

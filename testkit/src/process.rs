@@ -1,9 +1,8 @@
 //! Child processes of the test binaries (redis-servers, Prometheus, Alertmanager):
 //! spawning them so that they never outlive the test binary, free ports, scratch
-//! dirs, and reading their logs. Used by `redis.rs` and `senders/`.
-//!
-//! Included by path (as a sibling of `redis.rs`) by binaries that do not use
-//! `support/mod.rs`: `redis.rs` reaches it as `super::process`.
+//! dirs, and reading their logs. Used by [`crate::redis`], [`crate::kube`] and the
+//! tests' `support/senders/`. Each test or bench binary links its own copy, so the
+//! registry and the exit hook below are per binary.
 //!
 //! Lifecycle (why there are three mechanisms):
 //! * the owners' `Drop` kills a child (SIGKILL, then reaps it) and removes its temp dir;

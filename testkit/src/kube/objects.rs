@@ -31,7 +31,7 @@ fn resource(kind: &str) -> (&'static str, &'static str, &'static str) {
         "DaemonSet" => ("apps", "v1", "daemonsets"),
         "Job" => ("batch", "v1", "jobs"),
         "CronJob" => ("batch", "v1", "cronjobs"),
-        other => panic!("teach tests/support/kube/objects.rs about {other}"),
+        other => panic!("teach testkit/src/kube/objects.rs about {other}"),
     }
 }
 

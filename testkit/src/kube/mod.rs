@@ -20,7 +20,6 @@ pub mod objects;
 pub mod proxy;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -131,7 +130,7 @@ pub fn admin_config(server: &apiserver::ApiServer) -> kube::Config {
 
 /// Every object of every YAML document in `deploy/<file>` of kind `K`.
 pub fn manifests<K: DeserializeOwned>(file: &str, kind: &str) -> Vec<K> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file);
+    let path = crate::repository().join("deploy").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     serde_norway::Deserializer::from_str(&text)
         .map(|doc| serde_json::Value::deserialize(doc).unwrap_or_else(|e| panic!("{path:?}: {e}")))

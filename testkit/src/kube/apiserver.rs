@@ -52,7 +52,7 @@ fn binaries() -> PathBuf {
     if let Some(dir) = std::env::var_os("TIDEGATE_KUBE_TESTENV") {
         return PathBuf::from(dir);
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-testenv");
+    let script = crate::repository().join("scripts/kube-testenv");
     let output = Command::new(&script)
         .stderr(Stdio::inherit())
         .output()
