@@ -24,6 +24,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (SILENCE_CREATED, &["namespace", "name", "ends_at"]),
     (SILENCE_EXPIRED, &["namespace", "name"]),
     (SILENCE_MATCHED, &["namespace", "name", "fingerprint"]),
+    (SIGNAL_HELD_BACK, &["actor", "namespace", "signal", "fingerprint", "reason", "by"]),
 ];
 
 pub const REQUEST_CREATED: &str = "remediation_request_created";
@@ -33,6 +34,7 @@ pub const RATE_LIMITED: &str = "rate_limited";
 pub const SILENCE_CREATED: &str = "silence_created";
 pub const SILENCE_EXPIRED: &str = "silence_expired";
 pub const SILENCE_MATCHED: &str = "silence_matched";
+pub const SIGNAL_HELD_BACK: &str = "signal_held_back";
 
 /// `actor` created the request `namespace/name` for the signal `signal` with
 /// fingerprint `fingerprint` (hex).
@@ -87,6 +89,24 @@ pub fn rate_limited(actor: &str, source_class: &str, status: StatusCode, retry_a
         status,
         retry_after_s,
         "refused a sender over its rate limit"
+    );
+}
+
+/// `actor`'s signal `signal` (fingerprint hex) of `namespace` was answered but
+/// opened no request, for `reason` (`out_of_scope`, `inhibited`); `by` says what
+/// held it back (the change that would bring it in scope, or the source's request
+/// as `namespace/name`). Written once per incident and replica, not per alert.
+pub fn signal_held_back(actor: &str, namespace: &str, signal: &str, fingerprint: &str, reason: &str, by: &str) {
+    tracing::info!(
+        target: TARGET,
+        event = SIGNAL_HELD_BACK,
+        actor,
+        namespace,
+        signal,
+        fingerprint,
+        reason,
+        by,
+        "held a signal back"
     );
 }
 

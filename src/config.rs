@@ -56,6 +56,11 @@ pub struct Config {
     pub storm: StormConfig,
     pub rate_limit: RateLimitConfig,
     pub placement: PlacementConfig,
+    /// Which targets may be remediated at all (`docs/safety.md`).
+    pub scope: crate::pipeline::scope::ScopeConfig,
+    /// Alertmanager-format inhibit rules across every source; none by default
+    /// (`docs/safety.md` has the Kubernetes examples).
+    pub inhibit_rules: Vec<crate::pipeline::inhibit::InhibitRuleConfig>,
     pub kube: KubeConfig,
     pub classify: ClassifyConfig,
     pub cloudevents: CloudEventsConfig,
@@ -82,6 +87,8 @@ impl Default for Config {
             storm: Default::default(),
             rate_limit: Default::default(),
             placement: Default::default(),
+            scope: Default::default(),
+            inhibit_rules: Default::default(),
             kube: Default::default(),
             classify: Default::default(),
             cloudevents: Default::default(),
@@ -135,6 +142,8 @@ impl Config {
         self.storm.validate()?;
         self.rate_limit.validate()?;
         self.placement.validate()?;
+        self.scope.validate()?;
+        crate::pipeline::inhibit::validate(&self.inhibit_rules)?;
         self.kube.validate()?;
         self.classify.validate()?;
         self.ingest.validate()?;
@@ -179,6 +188,8 @@ impl Config {
             placement: self.placement.clone(),
             rate_limit: self.rate_limit.clone(),
             trace: self.trace.clone(),
+            scope: self.scope.clone(),
+            inhibit_rules: self.inhibit_rules.clone(),
         }
     }
 

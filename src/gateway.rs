@@ -101,7 +101,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let silences =
         crate::silence::start(&config.silence_settings(), built.kube_client.clone(), clock.clone(), metrics.clone())
             .await?;
-    let (sink, namespace_labels) = (built.sink, built.namespace_labels);
+    let (sink, namespace_labels, remediate_labels) = (built.sink, built.namespace_labels, built.remediate_labels);
     let sink_handle = sink.clone();
     let reviews_tokens = config.auth.enabled() && config.auth.kinds().contains(&crate::auth::kind::KUBERNETES);
     let kube_client = match reviews_tokens {
@@ -115,12 +115,21 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     } else if config.auth.none {
         tracing::warn!(listen = %config.listen, "auth: none: anyone who can reach the listener may submit signals");
     }
-    let parts = Parts { state, sink, owners, namespace_labels, clock: clock.clone(), metrics: metrics.clone() };
+    let parts = Parts {
+        state,
+        sink,
+        owners,
+        namespace_labels,
+        remediate_labels,
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+    };
     let mut pipeline = Pipeline::build(&config.pipeline_settings(), parts);
     if let Some(silences) = &silences {
         pipeline = pipeline.with_silences(silences.keeper.clone());
     }
     let pipeline = Arc::new(pipeline);
+    recover_holds(&pipeline, config.dedup.window).await;
     let readiness = Readiness::default();
     let app = AppState {
         pipeline: pipeline.clone(),
@@ -184,6 +193,30 @@ async fn run(
     pipeline.drain(grace.saturating_sub(used).max(Duration::from_secs(1))).await;
     tracing::info!("tidegate stopped");
     result
+}
+
+/// Teaches the state store the inhibit rules' sources the sink holds open, now and
+/// once per dedup window after, for as long as the pipeline lives: a restart or a
+/// Redis that lost its keys holds targets back again within one window at most,
+/// and at once after a restart.
+async fn recover_holds(pipeline: &Arc<Pipeline>, every: Duration) {
+    async fn once(pipeline: &Pipeline) {
+        match pipeline.recover_holds().await {
+            Ok(0) => {}
+            Ok(taught) => tracing::info!(taught, "inhibit rules' sources taught again from the sink"),
+            Err(e) => tracing::warn!(error = %e, "could not teach the inhibit rules' sources from the sink"),
+        }
+    }
+    once(pipeline).await;
+    let pipeline = Arc::downgrade(pipeline);
+    tokio::spawn(async move {
+        tokio::time::sleep(every).await;
+        while let Some(pipeline) = pipeline.upgrade() {
+            once(&pipeline).await;
+            drop(pipeline);
+            tokio::time::sleep(every).await;
+        }
+    });
 }
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.

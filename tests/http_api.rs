@@ -185,7 +185,10 @@ async fn every_alert_of_a_batch_is_processed_and_answered_207() {
     let statuses: Vec<&str> =
         body["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["duplicate", "created", "created", "resolved"]);
-    assert_eq!(body["summary"], json!({"created": 2, "duplicate": 1, "aggregated": 0, "resolved": 1, "failed": 0}));
+    assert_eq!(
+        body["summary"],
+        json!({"created": 2, "duplicate": 1, "aggregated": 0, "resolved": 1, "outOfScope": 0, "inhibited": 0, "failed": 0})
+    );
     gw.stop().await;
     assert_eq!(gw.manifests().len(), 3);
 }
@@ -198,7 +201,10 @@ async fn a_bad_alert_in_a_batch_fails_alone() {
     let resp = gw.alerts(&webhook(vec![alert("A", "shop", "p0"), nameless])).await;
     assert_eq!(resp.status(), 207);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["summary"], json!({"created": 1, "duplicate": 0, "aggregated": 0, "resolved": 0, "failed": 1}));
+    assert_eq!(
+        body["summary"],
+        json!({"created": 1, "duplicate": 0, "aggregated": 0, "resolved": 0, "outOfScope": 0, "inhibited": 0, "failed": 1})
+    );
     assert_eq!(body["results"][1]["status"], "failed");
     assert_eq!(body["results"][1]["index"], 1);
     assert_eq!(body["results"][1]["error"]["detail"], "$.alerts[1].labels: missing required label \"alertname\"");

@@ -133,6 +133,7 @@ pub fn source(source: &Source, data: &[u8]) {
             count: 0,
             resolved_at_s: None,
             storm: None,
+            inhibited: None,
         };
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
         assert_dns_label(rr.metadata.name.as_deref().expect("a request has a name"));

@@ -129,6 +129,9 @@ struct AlertResult<'a> {
     namespace: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     occurrence_count: Option<u32>,
+    /// For a signal out of scope, what would bring it in scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
     /// The silence that kept the signal from opening a request.
     #[serde(skip_serializing_if = "Option::is_none")]
     silence: Option<SilenceName<'a>>,
@@ -143,11 +146,14 @@ struct SilenceName<'a> {
 }
 
 #[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct Summary {
     created: usize,
     duplicate: usize,
     aggregated: usize,
     resolved: usize,
+    out_of_scope: usize,
+    inhibited: usize,
     silenced: usize,
     failed: usize,
 }
@@ -304,6 +310,8 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
                 OutcomeStatus::Duplicate => summary.duplicate += 1,
                 OutcomeStatus::Resolved => summary.resolved += 1,
                 OutcomeStatus::Aggregated { .. } => summary.aggregated += 1,
+                OutcomeStatus::OutOfScope => summary.out_of_scope += 1,
+                OutcomeStatus::Inhibited => summary.inhibited += 1,
                 OutcomeStatus::Silenced => summary.silenced += 1,
             }
             result(Some(*index), outcome)
@@ -316,6 +324,7 @@ fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failure
         name: None,
         namespace: None,
         occurrence_count: None,
+        hint: None,
         silence: None,
         error: Some(e),
     }));
@@ -341,7 +350,12 @@ fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult<'_> {
         status: outcome.status.as_str(),
         name: outcome.request.as_ref().map(|r| r.name.as_str()),
         namespace: outcome.request.as_ref().map(|r| r.namespace.as_str()),
-        occurrence_count: outcome.request.as_ref().map(|_| outcome.count),
+        occurrence_count: outcome
+            .request
+            .as_ref()
+            .filter(|_| outcome.status != OutcomeStatus::Inhibited)
+            .map(|_| outcome.count),
+        hint: outcome.hint.as_deref(),
         silence: outcome.silence.as_ref().map(|s| SilenceName { namespace: &s.namespace, name: &s.name }),
         error: None,
     }

@@ -43,9 +43,12 @@
 
 pub mod admission;
 pub mod classify;
+pub mod held;
+pub mod inhibit;
 pub mod placement;
 pub mod recovery;
 pub mod requests;
+pub mod scope;
 pub mod silences;
 pub mod status_writer;
 pub mod storms;
@@ -77,9 +80,12 @@ pub struct Outcome {
     pub fingerprint: Fingerprint,
     pub status: OutcomeStatus,
     /// The request the signal was counted in; `None` for a resolution of an
-    /// incident tidegate does not know.
+    /// incident tidegate does not know, and for a signal out of scope. For an
+    /// inhibited signal, the source's request.
     pub request: Option<RequestRef>,
     pub count: u32,
+    /// For a signal out of scope, what would bring it in scope.
+    pub hint: Option<String>,
     /// The silence that kept the signal from opening a request.
     pub silence: Option<crate::silence::SilenceRef>,
 }
@@ -94,6 +100,10 @@ pub enum OutcomeStatus {
     Aggregated {
         opened: bool,
     },
+    /// Outside `scope`: nothing was created or counted in the state store.
+    OutOfScope,
+    /// Held back by an inhibit rule: counted on the source's request.
+    Inhibited,
     /// A silence kept it from opening a request (see [`silences`]).
     Silenced,
 }
@@ -105,6 +115,8 @@ impl OutcomeStatus {
             OutcomeStatus::Duplicate => "duplicate",
             OutcomeStatus::Resolved => "resolved",
             OutcomeStatus::Aggregated { .. } => "aggregated",
+            OutcomeStatus::OutOfScope => "out_of_scope",
+            OutcomeStatus::Inhibited => "inhibited",
             OutcomeStatus::Silenced => "silenced",
         }
     }
@@ -146,6 +158,8 @@ pub struct Pipeline {
     /// Per-source rate limit; `None` when disabled.
     rate_limit: Option<RateLimit>,
     owners: Option<Arc<dyn Owners>>,
+    /// Scope and inhibition: signals held back before the state store counts them.
+    held: held::HoldBack,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// Whether spans are recorded, so that created requests name their trace.
@@ -162,6 +176,8 @@ pub struct Parts {
     pub owners: Option<Arc<dyn Owners>>,
     /// Namespace labels, for environment classification, where a cluster has them.
     pub namespace_labels: Option<Arc<dyn NamespaceLabels>>,
+    /// `tidegate.dev/remediate` labels, for scope, where a cluster has them.
+    pub remediate_labels: Option<Arc<dyn scope::RemediateLabels>>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
 }
@@ -175,6 +191,8 @@ pub struct Settings {
     pub placement: PlacementConfig,
     pub rate_limit: RateLimitConfig,
     pub trace: TraceConfig,
+    pub scope: scope::ScopeConfig,
+    pub inhibit_rules: Vec<inhibit::InhibitRuleConfig>,
 }
 
 /// One batch on its way through the flow: its signals, and the outcome of each one
@@ -210,7 +228,8 @@ impl<'s, 'a> Batch<'s, 'a> {
 impl Pipeline {
     /// A pipeline deciding as `config` says, with the parts built before it.
     pub fn build(config: &Settings, parts: Parts) -> Self {
-        let Parts { state, sink, owners, namespace_labels, clock, metrics } = parts;
+        let Parts { state, sink, owners, namespace_labels, remediate_labels, clock, metrics } = parts;
+        let held = held::HoldBack::build(config, remediate_labels);
         let mut classifier = Classifier::new(&config.classify);
         if let Some(labels) = namespace_labels {
             classifier = classifier.with_namespace_labels(labels);
@@ -225,6 +244,7 @@ impl Pipeline {
             placement: config.placement.clone(),
             rate_limit: config.rate_limit.limit(),
             owners,
+            held,
             clock,
             metrics,
             traced: config.trace.enabled(),
@@ -244,6 +264,12 @@ impl Pipeline {
         Ok(self.state.entries().await?)
     }
 
+    /// Teaches the state store the inhibit rules' sources the sink holds open (see
+    /// [`held::HoldBack::recover`]); how many holds it taught.
+    pub async fn recover_holds(&self) -> Result<usize, PipelineError> {
+        self.held.recover(&*self.sink, &*self.state, self.clock.now_s()).await
+    }
+
     /// Writes every pending status now, waiting at most `deadline`: the last step of
     /// a shutdown.
     pub async fn drain(&self, deadline: std::time::Duration) {
@@ -260,17 +286,32 @@ impl Pipeline {
     pub async fn process(&self, signals: &[Signal<'_>], source: &str) -> Result<Processed, PipelineError> {
         let signals = self.attribute(signals).await;
         let mut batch = Batch::new(signals.as_ref());
+        let now = self.clock.now_s();
         // Rules that hold a signal back before it is counted go here, one line each,
         // in DESIGN.md §9's order; they decide, and write nothing yet.
+        let mut held = self.held.scope(&mut batch);
         let silenced = self.silence(&mut batch);
+        held.extend(
+            self.held.inhibit(&mut batch, &*self.state, &*self.sink, now).await.inspect_err(|e| self.failed(e))?,
+        );
         let (asked, verdicts) = match self.admit_and_observe(&batch, source).await? {
             (_, Decision::Limited { retry_after_ms }) => return Ok(Processed::Limited { retry_after_ms }),
             (asked, Decision::Decided(verdicts)) => (asked, verdicts),
         };
         // Rules that record what they held (now that the batch is admitted) go here.
         self.record_silenced(silenced);
+        self.held.record(&batch, &held, &self.status_writer, &self.metrics, source, now);
         self.act_on(&mut batch, &asked, verdicts, source).await?;
-        Ok(Processed::Decided(batch.into_outcomes()))
+        let outcomes = batch.into_outcomes();
+        // Sources of inhibit rules hold their targets back while their requests are
+        // open: said again on every sighting, in one write for the batch. Every
+        // outcome stands without it: a hold that fails lets targets open requests
+        // of their own, as they would without the rule.
+        if let Err(e) = self.held.hold(signals.as_ref(), &outcomes, &*self.state, now).await {
+            self.failed(&e);
+            tracing::warn!(error = %e, "could not record inhibit rules' sources; their targets are not held back");
+        }
+        Ok(Processed::Decided(outcomes))
     }
 
     /// Identity: `signals`, each about a pod attributed to its workload, where owners
@@ -358,7 +399,7 @@ impl Pipeline {
     /// What happened to `signal`, counted in the signals metric.
     fn outcome(&self, signal: &Signal<'_>, status: OutcomeStatus, request: Option<RequestRef>, count: u32) -> Outcome {
         self.metrics.signal(signal.signal_type.as_str(), status.as_str());
-        Outcome { fingerprint: signal.fingerprint, status, request, count, silence: None }
+        Outcome { fingerprint: signal.fingerprint, status, request, count, hint: None, silence: None }
     }
 
     /// Counts a state store failure by cause.
@@ -401,6 +442,7 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         count: 0,
         resolved_at_s: None,
         storm: None,
+        inhibited: None,
     }
 }
 

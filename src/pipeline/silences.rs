@@ -91,6 +91,7 @@ fn silenced(signal: &Signal<'_>, at: &SilenceRef) -> Outcome {
         status: OutcomeStatus::Silenced,
         request: None,
         count: 0,
+        hint: None,
         silence: Some(at.clone()),
     }
 }

@@ -95,6 +95,8 @@ struct Inner {
 struct Counted {
     writer: u64,
     count: u64,
+    /// Signals this process held back on the incident's request by inhibition.
+    inhibited: u64,
     seen: Instant,
 }
 
@@ -164,6 +166,14 @@ impl StatusWriter {
         self.enqueue(incident, at, update, None, true);
     }
 
+    /// Counts one more signal this process held back on `incident`'s request by
+    /// inhibition, and schedules `update` for it carrying this process's tally of
+    /// held-back signals (under the writer id of its repeats: one writer per
+    /// process and incident).
+    pub fn inhibited(&self, incident: Incident, at: &RequestRef, update: StatusUpdate) {
+        self.enqueue(incident, at, update, None, false);
+    }
+
     /// Schedules the creation of `request` (whose direct create failed), followed by
     /// `update` if it already exists by then.
     pub fn record_create(
@@ -221,7 +231,12 @@ impl StatusWriter {
         let shared = &self.shared;
         let mut inner = shared.lock();
         if repeat {
-            (update.writer, update.count) = inner.tally(incident, shared.process);
+            (update.writer, update.count) = inner.tally(incident, shared.process, Tallied::Repeat);
+            shared.metrics.status_tallies.set(inner.tallies.len() as i64);
+        } else if let Some(held) = update.inhibited.as_mut() {
+            (update.writer, held.count) = inner.tally(incident, shared.process, Tallied::Inhibited);
+            // The repeats this writer counted stand as they are.
+            update.count = inner.tallies.get(&incident).map_or(0, |t| t.count);
             shared.metrics.status_tallies.set(inner.tallies.len() as i64);
         }
         let due = if inner.draining { Instant::now() } else { Instant::now() + shared.interval };
@@ -248,10 +263,18 @@ impl StatusWriter {
     }
 }
 
+/// What a tally counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tallied {
+    Repeat,
+    Inhibited,
+}
+
 impl Inner {
-    /// Counts one more repeat of `incident`, returning its writer and everything this
-    /// process counted of it. `process` is the writer ids' high half.
-    fn tally(&mut self, incident: Incident, process: u32) -> (u64, u64) {
+    /// Counts one more repeat of `incident` (or signal it held back), returning its
+    /// writer and everything of that kind this process counted of it. `process` is
+    /// the writer ids' high half.
+    fn tally(&mut self, incident: Incident, process: u32, what: Tallied) -> (u64, u64) {
         let now = Instant::now();
         let Inner { tallies, writers, sweep_at, pending, in_flight, .. } = self;
         if sweep_at.is_none_or(|at| now >= at) {
@@ -265,11 +288,19 @@ impl Inner {
         }
         let tally = tallies.entry(incident).or_insert_with(|| {
             *writers = writers.wrapping_add(1);
-            Counted { writer: (process as u64) << 32 | *writers as u64, count: 0, seen: now }
+            Counted { writer: (process as u64) << 32 | *writers as u64, count: 0, inhibited: 0, seen: now }
         });
-        tally.count += 1;
         tally.seen = now;
-        (tally.writer, tally.count)
+        match what {
+            Tallied::Repeat => {
+                tally.count += 1;
+                (tally.writer, tally.count)
+            }
+            Tallied::Inhibited => {
+                tally.inhibited += 1;
+                (tally.writer, tally.inhibited)
+            }
+        }
     }
 }
 
@@ -442,6 +473,10 @@ mod tests {
     struct Counting(AtomicUsize);
 
     impl Sink for Counting {
+        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
         fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
             Box::pin(async { Ok(Created::Created) })
         }
@@ -455,7 +490,15 @@ mod tests {
     }
 
     fn update(count: u64) -> StatusUpdate {
-        StatusUpdate { first_seen_s: 1, last_seen_s: 1, writer: 1, count, resolved_at_s: None, storm: None }
+        StatusUpdate {
+            first_seen_s: 1,
+            last_seen_s: 1,
+            writer: 1,
+            count,
+            resolved_at_s: None,
+            storm: None,
+            inhibited: None,
+        }
     }
 
     fn incident(n: usize) -> Incident {
@@ -495,6 +538,10 @@ mod tests {
     }
 
     impl Sink for Landing {
+        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
         fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
             Box::pin(async { Ok(Created::Created) })
         }

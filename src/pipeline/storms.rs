@@ -198,6 +198,7 @@ impl Pipeline {
                 resources: vec![signal.target.clone()],
                 cap: self.storms.rules.affected_resources_cap,
             }),
+            inhibited: None,
         };
         self.storms.seen(*scope, folded.window_id, now);
         self.metrics.alerts_aggregated.inc();

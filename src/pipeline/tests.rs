@@ -264,6 +264,7 @@ impl World {
                 sink: world.sink.clone(),
                 owners: None,
                 namespace_labels: None,
+                remediate_labels: None,
                 clock: world.clock.clone(),
                 metrics: Arc::new(Metrics::new()),
             };
@@ -473,6 +474,16 @@ impl Sink for Recording {
         Box::pin(async { Ok(()) })
     }
 
+    fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        let recorded = self.lock();
+        let open = recorded
+            .requests
+            .values()
+            .filter(|r| r.spec.storm.is_none() && !is_terminal(r.status.as_ref().and_then(|s| s.phase.as_deref())));
+        let open: Vec<RemediationRequest> = open.cloned().collect();
+        Box::pin(async move { Ok(open) })
+    }
+
     fn lookup(&self, at: &RequestRef) -> Lookup {
         let recorded = self.lock();
         match recorded.requests.get(at) {
@@ -527,6 +538,7 @@ async fn a_signal_held_before_admission_is_never_shown_to_the_store() {
         status: super::OutcomeStatus::Duplicate,
         request: None,
         count: 0,
+        hint: None,
         silence: None,
     };
     batch.hold(0, held);

@@ -163,6 +163,12 @@ impl KubeSink {
         Arc::new(NamespaceCache(self.namespaces.clone()))
     }
 
+    /// The `tidegate.dev/remediate` labels of namespaces, for scope, from the same
+    /// cache.
+    pub fn remediate_labels(&self) -> Arc<dyn crate::workload::RemediateLabels> {
+        Arc::new(NamespaceCache(self.namespaces.clone()))
+    }
+
     fn api(&self, namespace: &str) -> Api<RemediationRequest> {
         Api::namespaced(self.client.clone(), namespace)
     }
@@ -402,6 +408,12 @@ impl Sink for KubeSink {
         }
     }
 
+    fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        let open = self.requests.state().into_iter().filter(|rr| !terminal(rr) && rr.spec.storm.is_none());
+        let open: Vec<RemediationRequest> = open.map(|rr| (*rr).clone()).collect();
+        Box::pin(async move { Ok(open) })
+    }
+
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
         let value = fingerprint.label_value();
         self.requests
@@ -442,6 +454,18 @@ struct NamespaceCache(Store<Namespace>);
 impl NamespaceLabels for NamespaceCache {
     fn environment(&self, namespace: &str) -> Option<String> {
         self.0.get(&ObjectRef::new(namespace))?.labels().get("environment").cloned()
+    }
+}
+
+impl crate::workload::RemediateLabels for NamespaceCache {
+    /// Workloads' labels are not cached: their namespace decides.
+    fn workload(&self, _target: &crate::signal::TargetResource) -> Option<bool> {
+        None
+    }
+
+    fn namespace(&self, namespace: &str) -> Option<bool> {
+        let ns = self.0.get(&ObjectRef::new(namespace))?;
+        crate::workload::remediate_value(ns.labels().get(crate::workload::REMEDIATE_LABEL).map(String::as_str))
     }
 }
 

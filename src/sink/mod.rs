@@ -129,4 +129,11 @@ pub trait Sink: Send + Sync + 'static {
     fn open_request(&self, _fingerprint: &Fingerprint) -> Option<OpenRequest> {
         None
     }
+
+    /// Every request of a single incident (not a storm's) the sink's authority
+    /// holds open, whole: how rules that keep open incidents in the state store
+    /// (inhibition's sources) are taught them again after the store lost them. May
+    /// cost I/O (the directory sink reads the manifests); called at start and then
+    /// once per dedup window, never per signal.
+    fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>>;
 }

@@ -331,6 +331,23 @@ pub enum Verdict {
     Folded(Folded),
 }
 
+/// The key of one inhibit rule's hold on its targets: the rule, whether the source
+/// also matched the rule's target side, and the values of the rule's `equal`
+/// labels, hashed to a fixed size (see `pipeline::inhibit`).
+pub type InhibitKey = [u8; 16];
+
+/// A source incident holding an inhibit rule's targets back: its fingerprint and
+/// the request its targets are counted on. Bounded: a namespace and a name are at
+/// most 63 and 253 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inhibitor {
+    pub source: Fingerprint,
+    /// The source incident's occurrence epoch.
+    pub first_seen_s: u32,
+    pub namespace: String,
+    pub name: String,
+}
+
 /// Why the store could not answer. Every variant means "nothing was recorded for
 /// this batch"; the caller answers 503 so that the sender retries.
 #[derive(Debug, thiserror::Error)]
@@ -449,6 +466,24 @@ pub trait StateStore: Send + Sync + 'static {
     /// [`first_sighting`](Self::first_sighting) (the sink was down, say) is not
     /// taken for a replay.
     fn forget_sighting(&self, id: [u8; 16]) -> BoxFuture<'_, Result<(), StateError>>;
+
+    /// The inhibitor holding each key until a second after `now_s`, in order; `None`
+    /// for a key no live source holds. Read-only.
+    fn inhibitors<'a>(
+        &'a self,
+        keys: &'a [InhibitKey],
+        now_s: u32,
+    ) -> BoxFuture<'a, Result<Vec<Option<Inhibitor>>, StateError>>;
+
+    /// Records each inhibitor as holding its key from `now_s` until `until_s` (exclusive),
+    /// replacing whatever held it: an open source incident says so again on every
+    /// sighting, so a key lives as long as its source's incident and no longer.
+    fn hold_inhibitors<'a>(
+        &'a self,
+        holds: &'a [(InhibitKey, Inhibitor)],
+        now_s: u32,
+        until_s: u32,
+    ) -> BoxFuture<'a, Result<(), StateError>>;
 
     /// Cheap liveness check used by `/readyz`.
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>>;

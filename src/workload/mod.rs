@@ -33,6 +33,29 @@ pub trait NamespaceLabels: Send + Sync {
     fn environment(&self, namespace: &str) -> Option<String>;
 }
 
+/// The label that opts a workload or a namespace in (`"true"`) or out (`"false"`)
+/// of remediation (`pipeline::scope`).
+pub const REMEDIATE_LABEL: &str = "tidegate.dev/remediate";
+
+/// The [`REMEDIATE_LABEL`] values a cluster's caches hold, without I/O. `None`:
+/// the object is not known, or does not carry the label (or carries another value).
+pub trait RemediateLabels: Send + Sync {
+    /// The label of the workload `target` (a Deployment, StatefulSet, DaemonSet,
+    /// CronJob, or a pod without a controller).
+    fn workload(&self, target: &TargetResource) -> Option<bool>;
+    /// The label of `namespace`.
+    fn namespace(&self, namespace: &str) -> Option<bool>;
+}
+
+/// Reads a label value as the scope does: only `"true"` and `"false"` say anything.
+pub fn remediate_value(value: Option<&str>) -> Option<bool> {
+    match value? {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// `signals`, with each one whose target has a controller rewritten to name that
 /// controller. Borrows `signals` unchanged when no target has one (the common case
 /// for signals that do not name pods), so nothing is copied then.

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 
 use super::{
-    Admission, BoxFuture, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore,
-    StormConfig, StormKind, Verdict,
+    Admission, BoxFuture, Charge, Decision, Entry, Folded, InhibitKey, Inhibitor, Observation, OpenWindow, RateLimit,
+    StateError, StateStore, StormConfig, StormKind, Verdict,
 };
 use crate::section::ConfigError;
 use crate::signal::SignalStatus;
@@ -350,6 +350,55 @@ impl Shared {
         self.guarded(self.conn.query::<()>(&cmd)).await
     }
 
+    /// One `MGET` of the keys (they share a slot): inhibition's one extra round
+    /// trip, paid only by batches with a signal some rule's target matchers match.
+    /// It cannot ride in the decide script: on Cluster that script's keys carry
+    /// the batch's storm scope's tag, and inhibit keys cannot.
+    async fn inhibitors(&self, keys: &[InhibitKey]) -> Result<Vec<Option<Inhibitor>>, StateError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for key in keys {
+            cmd.arg(self.schema.inhibit_key(key));
+        }
+        let values: Vec<Option<Vec<u8>>> = self.guarded(self.conn.query(&cmd)).await?;
+        if values.len() != keys.len() {
+            return Err(bad_reply("MGET", format!("{} values for {} keys", values.len(), keys.len())));
+        }
+        // A value this version cannot read holds nothing back rather than failing the batch.
+        Ok(values.iter().map(|v| v.as_deref().and_then(schema::parse_inhibit_value)).collect())
+    }
+
+    /// One `SET … EX` per hold, in one pipeline (one slot, one round trip).
+    async fn hold_inhibitors(
+        &self,
+        holds: &[(InhibitKey, Inhibitor)],
+        now_s: u32,
+        until_s: u32,
+    ) -> Result<(), StateError> {
+        if holds.is_empty() {
+            return Ok(());
+        }
+        let ttl = until_s.saturating_sub(now_s).max(1);
+        let mut pipe = redis::pipe();
+        for (key, inhibitor) in holds {
+            pipe.cmd("SET")
+                .arg(self.schema.inhibit_key(key))
+                .arg(schema::inhibit_value(inhibitor))
+                .arg("EX")
+                .arg(ttl)
+                .ignore();
+        }
+        let run = async {
+            match self.conn.handle() {
+                Handle::Single(mut c) => pipe.query_async::<()>(&mut c).await,
+                Handle::Cluster(mut c) => pipe.query_async::<()>(&mut c).await,
+            }
+        };
+        self.guarded(run).await
+    }
+
     fn classify(&self, e: &RedisError) -> StateError {
         if is_oom(e) {
             self.out_of_memory.store(true, Ordering::Relaxed);
@@ -646,6 +695,23 @@ impl StateStore for RedisStore {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Admission, StateError>> {
         Box::pin(self.shared.admit(source, limit, now_ms))
+    }
+
+    fn inhibitors<'a>(
+        &'a self,
+        keys: &'a [InhibitKey],
+        _now_s: u32,
+    ) -> BoxFuture<'a, Result<Vec<Option<Inhibitor>>, StateError>> {
+        Box::pin(self.shared.inhibitors(keys))
+    }
+
+    fn hold_inhibitors<'a>(
+        &'a self,
+        holds: &'a [(InhibitKey, Inhibitor)],
+        now_s: u32,
+        until_s: u32,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(self.shared.hold_inhibitors(holds, now_s, until_s))
     }
 
     fn first_sighting(&self, id: [u8; 16], ttl: Duration) -> BoxFuture<'_, Result<bool, StateError>> {
