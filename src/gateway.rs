@@ -110,6 +110,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     };
     let routes: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.auth)).collect();
     let auth = Arc::new(config.auth.build(kube_client, &routes)?);
+    metrics.zero(&vocabulary(&config));
     if config.auth.enabled() {
         tracing::info!(authenticators = ?config.auth.kinds(), "senders must authenticate");
     } else if config.auth.none {
@@ -148,6 +149,32 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let task = tokio::spawn(run(listener, tls, app, config, stopped));
     tracing::info!(%addr, "tidegate listening");
     Ok(Running { addr, readiness, metrics, pipeline, sink: sink_handle, silences, stop, task })
+}
+
+/// The label values of every metric series made at 0 at start, each list from where
+/// its values are defined.
+fn vocabulary(config: &Config) -> crate::telemetry::Vocabulary {
+    use crate::ingest::IngestError;
+    use crate::pipeline::OutcomeStatus;
+    use crate::state::StormKind;
+    let outcomes = [OutcomeStatus::Created, OutcomeStatus::Duplicate, OutcomeStatus::Resolved, OutcomeStatus::Silenced];
+    let aggregated = OutcomeStatus::Aggregated { opened: false };
+    crate::telemetry::Vocabulary {
+        signal_types: crate::ingest::signal_types().map(|t| t.as_str()).collect(),
+        signal_outcomes: outcomes
+            .into_iter()
+            .chain([aggregated])
+            .map(OutcomeStatus::as_str)
+            .chain(["failed"])
+            .collect(),
+        rejection_reasons: [http::problem::Problem::REASONS, crate::auth::AuthError::REASONS, IngestError::KINDS]
+            .concat(),
+        state_error_reasons: crate::state::StateError::CAUSES.to_vec(),
+        storm_types: [StormKind::Rate, StormKind::Pattern].map(StormKind::as_str).to_vec(),
+        source_classes: http::SOURCE_CLASSES.to_vec(),
+        senders: config.auth.senders(),
+        tls_failure_reasons: http::tls::Failure::ALL.map(http::tls::Failure::reason).to_vec(),
+    }
 }
 
 async fn run(

@@ -3,7 +3,10 @@
 //! One [`Metrics`] value owns the one `prometheus-client` registry; components get
 //! an `Arc<Metrics>` and increment typed families. Label values come from the
 //! `kind()`/`cause()` methods of the error types, so each error maps to a metric
-//! label in exactly one place.
+//! label in exactly one place. Every series whose label values are a fixed set is
+//! exported at 0 from the start ([`Metrics::zero`]), as the Prometheus
+//! instrumentation guidelines advise: `increase()` then sees the first event after a
+//! start, and a dashboard shows 0, not "no data".
 
 pub mod trace;
 
@@ -147,6 +150,29 @@ pub struct Metrics {
     pub signals_silenced: Family<SourceLabels, Counter>,
     pub silences_ignored: Family<ReasonLabels, Counter>,
     pub silences_active: Gauge,
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+}
+
+/// The label values of the families whose values are a fixed set: each series is
+/// made at 0 by [`Metrics::zero`]. Each list comes from where its values are
+/// defined.
+#[derive(Clone, Debug, Default)]
+pub struct Vocabulary {
+    /// `signals_received_total`: every signal type by every outcome.
+    pub signal_types: Vec<&'static str>,
+    pub signal_outcomes: Vec<&'static str>,
+    /// `http_rejections_total`.
+    pub rejection_reasons: Vec<&'static str>,
+    /// `state_errors_total`.
+    pub state_error_reasons: Vec<&'static str>,
+    /// `storms_detected_total`.
+    pub storm_types: Vec<&'static str>,
+    /// `rate_limited_total`.
+    pub source_classes: Vec<&'static str>,
+    /// `authenticated_requests_total`: the configured senders and their methods.
+    pub senders: Vec<(String, &'static str)>,
+    /// `tls_handshake_failures_total`.
+    pub tls_failure_reasons: Vec<&'static str>,
 }
 
 impl Default for Metrics {
@@ -290,6 +316,12 @@ impl Metrics {
         );
         let silences_active = Gauge::default();
         registry.register("silences_active", "Silences active now", silences_active.clone());
+        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by reason (a client certificate refused, not TLS, timed out)",
+            tls_handshake_failures.clone(),
+        );
         Metrics {
             registry,
             signals,
@@ -323,6 +355,35 @@ impl Metrics {
             signals_silenced,
             silences_ignored,
             silences_active,
+            tls_handshake_failures,
+        }
+    }
+
+    /// Makes every series of `vocabulary` at 0 (a series already there keeps its
+    /// value: adding 0 is how a counter is made without counting).
+    pub fn zero(&self, vocabulary: &Vocabulary) {
+        for &source in &vocabulary.signal_types {
+            for &outcome in &vocabulary.signal_outcomes {
+                self.signals.get_or_create(&SignalLabels { source, outcome }).inc_by(0);
+            }
+        }
+        for &reason in &vocabulary.rejection_reasons {
+            self.rejections.get_or_create(&ReasonLabels { reason }).inc_by(0);
+        }
+        for &reason in &vocabulary.state_error_reasons {
+            self.state_errors.get_or_create(&ReasonLabels { reason }).inc_by(0);
+        }
+        for &r#type in &vocabulary.storm_types {
+            self.storms.get_or_create(&StormLabels { r#type }).inc_by(0);
+        }
+        for &source_class in &vocabulary.source_classes {
+            self.rate_limited.get_or_create(&SourceClassLabels { source_class }).inc_by(0);
+        }
+        for (sender, method) in &vocabulary.senders {
+            self.authenticated.get_or_create(&SenderLabels { sender: sender.clone(), method }).inc_by(0);
+        }
+        for &reason in &vocabulary.tls_failure_reasons {
+            self.tls_handshake_failures.get_or_create(&ReasonLabels { reason }).inc_by(0);
         }
     }
 

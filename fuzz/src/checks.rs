@@ -375,7 +375,7 @@ const NOW_S: u64 = 1_700_000_000;
 /// with its files in a folder of this process's own.
 struct AuthFixture {
     chain: std::sync::Arc<tidegate::auth::Chain>,
-    replays: tidegate::state::memory::MemoryStore,
+    replays: std::sync::Arc<dyn tidegate::state::StateStore>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -412,12 +412,12 @@ fn auth_fixture() -> &'static AuthFixture {
         // The store starts its purge task on the runtime it is made in.
         let replays = {
             let _in_runtime = runtime.enter();
-            tidegate::state::memory::MemoryStore::new(
+            std::sync::Arc::new(tidegate::state::memory::MemoryStore::new(
                 &Default::default(),
                 std::time::Duration::from_secs(300),
                 &Default::default(),
                 tidegate::clock::Clock::System,
-            )
+            ))
         };
         AuthFixture { chain: auth.chain("/all").expect("a chain"), replays, runtime }
     })
@@ -439,7 +439,7 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 /// message is accepted once; its replay is refused.
 pub fn auth_headers(data: &[u8]) {
     use data_encoding::{BASE64, HEXLOWER};
-    use tidegate::auth::{AuthError, Checked, Presented, Rejection};
+    use tidegate::auth::{AuthError, Checked, Presented, Verified};
     let Ok(input) = Credentials::arbitrary_take_rest(Unstructured::new(data)) else { return };
     let fixture = auth_fixture();
     let timestamp = (NOW_S as i64 + i64::from(input.timestamp_offset_s.unwrap_or(0))).to_string();
@@ -498,7 +498,12 @@ pub fn auth_headers(data: &[u8]) {
         Ok(Checked::Pending(pending)) => {
             let verify = || fixture.runtime.block_on(pending.verify(&headers, input.body, NOW_S, &fixture.replays));
             match verify() {
-                Ok(identity) => {
+                Ok(verified) => {
+                    let (identity, claim) = match verified {
+                        Verified::New(identity, claim) => (identity, claim),
+                        // An id an earlier input delivered.
+                        Verified::Delivered(identity) => (identity, None),
+                    };
                     let signed = match identity.method {
                         "standard_webhooks" => input.sign_webhook == Some(false),
                         "grafana" => input.sign_grafana == Some(false),
@@ -507,10 +512,15 @@ pub fn auth_headers(data: &[u8]) {
                     // A raw value equal to the right signature is a fluke the
                     // fuzzer cannot make; accepting anything else is the bug.
                     assert!(signed, "accepted an unsigned or mis-signed request: {headers:?}");
-                    if identity.method == "standard_webhooks" {
+                    if let Some(claim) = claim {
                         assert!(
-                            matches!(verify(), Err(AuthError::Rejected(Rejection::Replayed))),
-                            "a verified message was accepted twice"
+                            matches!(verify(), Err(AuthError::InFlight)),
+                            "a message being decided was taken twice"
+                        );
+                        fixture.runtime.block_on(claim.settle(axum::http::StatusCode::OK));
+                        assert!(
+                            matches!(verify(), Ok(Verified::Delivered(_))),
+                            "the retry of a delivered message was decided again"
                         );
                     }
                 }

@@ -203,6 +203,10 @@ fn memory_limit() -> u64 {
     cgroup.map_or(total, |limit| limit.min(total))
 }
 
+/// How a request's sender was decided (`rate_limited_total{source_class}`): its
+/// authenticated name, its peer address, or the address a trusted proxy forwarded.
+pub const SOURCE_CLASSES: &[&str] = &["authenticated", "peer", "forwarded"];
+
 /// Who a request is charged to, and how that was decided (a metric label).
 pub fn source_of(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (String, &'static str) {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));

@@ -50,6 +50,27 @@ fn type_uri<S: serde::Serializer>(reason: &&'static str, ser: S) -> Result<S::Ok
 }
 
 impl Problem {
+    /// Every reason a problem of this module is answered with (the auth ones are
+    /// [`AuthError::REASONS`], the payload ones `IngestError::KINDS`), and those of
+    /// the connections `super::serve` closes early: the fixed set of
+    /// `tidegate_http_rejections_total` reasons.
+    pub const REASONS: &'static [&'static str] = &[
+        "unsupported_media_type",
+        "payload_too_large",
+        "not_found",
+        "method_not_allowed",
+        "rate_limited",
+        "body_budget",
+        "body_timeout",
+        "body_unreadable",
+        "timeout",
+        "shutting_down",
+        "state_unavailable",
+        "sink_unavailable",
+        "header_timeout",
+        "header_too_large",
+    ];
+
     pub fn new(status: StatusCode, reason: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
         Problem {
             reason,
@@ -174,7 +195,8 @@ impl Problem {
 
     /// Refused credentials: 401 with the route's `challenge` when missing or not
     /// accepted, 403 when the sender may not submit, 503 (retried) when the
-    /// authority that checks them cannot answer. The detail never holds a
+    /// authority that checks them cannot answer or a signed message's earlier
+    /// delivery is still being decided. The detail never holds a
     /// credential: the errors carry none.
     pub fn auth(e: &AuthError, challenge: &HeaderValue, retry_after_secs: u32) -> Self {
         match e {
@@ -184,7 +206,7 @@ impl Problem {
                 p
             }
             AuthError::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, e.reason(), "Forbidden", e.to_string()),
-            AuthError::Unavailable(_) | AuthError::ReplayStore(_) => {
+            AuthError::Unavailable(_) | AuthError::ReplayStore(_) | AuthError::InFlight => {
                 Problem::unavailable(e.reason(), format!("{e}; retry later"), retry_after_secs)
             }
         }
@@ -224,5 +246,33 @@ impl IntoResponse for Problem {
             headers.insert(header::WWW_AUTHENTICATE, *challenge);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_made_here_has_a_reason_of_the_fixed_set() {
+        let io = std::io::Error::other("x");
+        let second = std::time::Duration::from_secs(1);
+        let problems = [
+            Problem::unsupported_media_type(None),
+            Problem::too_large(1),
+            Problem::not_found("/"),
+            Problem::method_not_allowed("GET", "/"),
+            Problem::rate_limited("a", 1, StatusCode::SERVICE_UNAVAILABLE),
+            Problem::body_budget(1, second, 1),
+            Problem::body_timeout(1, second, 1),
+            Problem::unreadable_body(&io),
+            Problem::timeout(second, 1),
+            Problem::shutting_down(1),
+        ];
+        for problem in problems {
+            assert!(Problem::REASONS.contains(&problem.reason), "{}", problem.reason);
+        }
+        let challenge = HeaderValue::from_static("Bearer");
+        assert!(Problem::auth(&AuthError::InFlight, &challenge, 1).retry_after_secs.is_some(), "retried, not 4xx");
     }
 }

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use super::problem::{AlertError, Problem};
 use super::AppState;
 use crate::audit;
-use crate::auth::{AuthError, Chain, Checked, Identity, Presented};
+use crate::auth::{AuthError, Chain, Checked, Identity, Presented, Verified};
 use crate::http::tls::PeerCertificate;
 use crate::ingest::{Answer, Payload, Source};
 use crate::pipeline::{Outcome, OutcomeStatus, Processed};
@@ -103,7 +103,7 @@ async fn refuse_credentials(app: &AppState, peer: &Sender, route: &str, chain: &
             return limited;
         }
     }
-    audit::auth_refused(&peer.source, route, e.reason(), problem.status);
+    audit::auth_refused(&peer.source, route, e.reason(), e.cause(), problem.status);
     app.reject(problem)
 }
 
@@ -214,24 +214,33 @@ async fn decide(
                 return refuse(&app, &sender, problem).await;
             }
         };
-    // A signature covers the body: it is checked now, and its message id recorded.
-    let (sender, replay) = match (pending, &chain) {
+    // A signature covers the body: it is checked now, and its message id claimed.
+    let (sender, claim) = match (pending, &chain) {
         (Some(pending), Some(chain)) => {
-            match pending.verify(&headers, &bytes, app.clock.now_s() as u64, &*app.replays).await {
-                Ok(identity) => (Sender::identified(&app, &identity), pending.replay_key(&headers)),
+            match pending.verify(&headers, &bytes, app.clock.now_s() as u64, &app.replays).await {
+                Ok(Verified::New(identity, claim)) => (Sender::identified(&app, &identity), claim),
+                Ok(Verified::Delivered(identity)) => {
+                    return already_delivered(&app, &Sender::identified(&app, &identity)).await
+                }
                 Err(e) => return refuse_credentials(&app, &sender, source.route, chain, &e).await,
             }
         }
         _ => (sender, None),
     };
     let response = decide_signals(&app, &sender, &headers, &bytes, source).await;
-    if let Some(id) = replay.filter(|_| response.status().is_server_error()) {
-        // Nothing was acknowledged: the sender's retry of this message is no replay.
-        if let Err(e) = app.replays.forget_sighting(id).await {
-            tracing::warn!(error = %e, "could not forget a refused message's id; its retry will be refused");
-        }
+    if let Some(claim) = claim {
+        claim.settle(response.status()).await;
     }
     response
+}
+
+/// A sender's retry of a signed message already answered 2xx: 2xx again, nothing
+/// recorded (charged to the sender all the same).
+async fn already_delivered(app: &AppState, sender: &Sender) -> Response {
+    if let Some(limited) = over_limit(app, sender).await {
+        return limited;
+    }
+    json(StatusCode::ACCEPTED, &serde_json::json!({"status": "already_delivered"}), 32)
 }
 
 /// Parses, decides and answers a request whose sender is known.

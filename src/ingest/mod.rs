@@ -235,6 +235,10 @@ pub enum IngestError {
 
 impl IngestError {
     /// The metric label and problem-type slug for this error.
+    /// Every value [`IngestError::kind`] takes, for metrics made at 0.
+    pub const KINDS: &'static [&'static str] =
+        &["malformed", "invalid", "no_alerts", "not_warning", "over_limit", "invalid_identity"];
+
     pub fn kind(&self) -> &'static str {
         match self {
             IngestError::Malformed { .. } => "malformed",
