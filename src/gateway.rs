@@ -86,6 +86,9 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
 /// [`start`], with parts supplied by the caller.
 pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> Result<Running, StartError> {
     config.validate()?;
+    for deprecated in &config.deprecated {
+        tracing::warn!("{deprecated}");
+    }
     let tls = config.http.tls.build()?;
     let metrics = Arc::new(Metrics::new());
     let ctx = Context::new(clock.clone(), metrics.clone()).with_kube_client(overrides.kube_client);

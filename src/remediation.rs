@@ -258,7 +258,7 @@ fn union_capped(list: &mut Vec<TargetResource>, more: &[TargetResource], cap: us
 }
 
 impl StatusUpdate {
-    /// Folds a later update of the same writer into this one. Counts and times only
+    /// Merges a later update of the same writer into this one. Counts and times only
     /// move forward, so updates applied out of order never regress.
     pub fn merge(&mut self, other: &StatusUpdate) {
         if self.writer == NO_WRITER {

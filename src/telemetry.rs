@@ -1,12 +1,12 @@
 //! Metrics, logging and traces ([`trace`]).
 //!
 //! One [`Metrics`] value owns the one `prometheus-client` registry; components get
-//! an `Arc<Metrics>` and increment typed families. Label values come from the
-//! `kind()`/`cause()` methods of the error types, so each error maps to a metric
-//! label in exactly one place. Every series whose label values are a fixed set is
-//! exported at 0 from the start ([`Metrics::zero`]), as the Prometheus
-//! instrumentation guidelines advise: `increase()` then sees the first event after a
-//! start, and a dashboard shows 0, not "no data".
+//! an `Arc<Metrics>` and increment typed families. An error's label value comes
+//! from its type's `label()` method, so each error maps to a metric label in one
+//! place. Every series whose label values are a fixed set is exported at 0 from the
+//! start ([`Metrics::zero`]), as the Prometheus instrumentation guidelines advise:
+//! `increase()` then sees the first event after a start, and a dashboard shows 0,
+//! not "no data".
 
 pub mod trace;
 

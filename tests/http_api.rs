@@ -87,7 +87,7 @@ async fn fifty_concurrent_identical_alerts_make_one_request_counting_fifty() {
 
 #[tokio::test]
 async fn duplicates_are_coalesced_into_one_status_write_per_interval() {
-    let mut gw = start_with(|c| c.dedup.status_interval = Duration::from_secs(300)).await;
+    let mut gw = start_with(|c| c.status_writer.interval = Duration::from_secs(300)).await;
     let hook = webhook(vec![alert("HighMemory", "shop", "web-0")]);
     let first: Value = gw.alerts(&hook).await.json().await.unwrap();
     for _ in 0..200 {
@@ -107,7 +107,7 @@ async fn duplicates_are_coalesced_into_one_status_write_per_interval() {
 
 #[tokio::test]
 async fn status_write_happens_after_the_interval_without_shutdown() {
-    let gw = start_with(|c| c.dedup.status_interval = Duration::from_millis(50)).await;
+    let gw = start_with(|c| c.status_writer.interval = Duration::from_millis(50)).await;
     let hook = webhook(vec![alert("HighMemory", "shop", "web-0")]);
     let first: Value = gw.alerts(&hook).await.json().await.unwrap();
     gw.alerts(&hook).await;

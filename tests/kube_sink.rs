@@ -124,7 +124,7 @@ async fn the_api_server_refuses_any_change_to_a_spec() {
 #[tokio::test]
 async fn a_coalesced_duplicate_costs_no_api_call() {
     let (kube, ns) = setup().await;
-    let mut gw = start_kube(&kube, |c| c.dedup.status_interval = Duration::from_secs(300)).await;
+    let mut gw = start_kube(&kube, |c| c.status_writer.interval = Duration::from_secs(300)).await;
     let (_, first) = post(&gw, &ns, "web-0").await;
     cached(&gw, &at(&first), Lookup::Open).await;
     let before = kube.proxy.calls().iter().filter(|c| !c.is_watch()).count();
@@ -214,7 +214,7 @@ async fn redis_losing_everything_while_status_writes_wait_loses_no_count() {
     let mut gw = start_kube(&kube, move |c| {
         c.state = StateBackend::Redis(url.parse().unwrap());
         c.redis.prefix = unique_prefix();
-        c.dedup.status_interval = Duration::from_secs(300);
+        c.status_writer.interval = Duration::from_secs(300);
     })
     .await;
     let (_, first) = post(&gw, &ns, "web-0").await;
@@ -247,7 +247,7 @@ async fn counts_two_replicas_hold_when_redis_loses_everything_add_up() {
         move |c: &mut tidegate::config::Config| {
             c.state = StateBackend::Redis(url.parse().unwrap());
             c.redis.prefix = prefix;
-            c.dedup.status_interval = Duration::from_secs(300);
+            c.status_writer.interval = Duration::from_secs(300);
         }
     };
     let mut a = start_kube(&kube, replica(redis.url(), prefix.clone())).await;

@@ -163,7 +163,7 @@ async fn exposition_of_a_busy_gateway() -> String {
         c.memory.max_entries = 30;
         c.rate_limit.rate = 0.01;
         c.rate_limit.burst = 12;
-        c.dedup.status_interval = std::time::Duration::from_millis(10);
+        c.status_writer.interval = std::time::Duration::from_millis(10);
     })
     .await;
     // Twelve pods of one alert: ten incidents, then a storm.

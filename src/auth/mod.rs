@@ -381,12 +381,12 @@ impl Rejection {
 }
 
 impl AuthError {
-    /// Every value [`AuthError::reason`] takes, for metrics initialised at 0.
+    /// Every value [`AuthError::label`] takes, for metrics initialised at 0.
     pub const REASONS: &'static [&'static str] =
         &["auth_missing", "auth_rejected", "auth_stale", "auth_forbidden", "auth_unavailable", "auth_in_flight"];
 
-    /// The metric label of this refusal: one place maps errors to reasons.
-    pub fn reason(&self) -> &'static str {
+    /// The metric label of this refusal.
+    pub fn label(&self) -> &'static str {
         match self {
             AuthError::Missing => "auth_missing",
             AuthError::Rejected(Rejection::Stale { .. }) => "auth_stale",
@@ -637,7 +637,7 @@ pub(crate) mod tests {
                 match chain.check(&Presented { headers: &h, peer: None }).await {
                     Ok(Checked::Identified(id)) => Ok(id.name.to_string()),
                     Ok(Checked::Pending(_)) => Ok("pending".into()),
-                    Err(e) => Err(e.reason()),
+                    Err(e) => Err(e.label()),
                 }
             }
         };

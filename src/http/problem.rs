@@ -1,7 +1,8 @@
 //! RFC 7807 problem details: the one shape of every error answer.
 //!
-//! Each error the gateway can answer with maps to a status, a problem type and a
-//! metric label here, and nowhere else.
+//! Each error the gateway can answer with maps to a status and a problem type here,
+//! and nowhere else. The problem type is the error's metric label, from its type's
+//! `label()` method, so what a metric counts and what an answer names are one word.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -201,13 +202,13 @@ impl Problem {
     pub fn auth(e: &AuthError, challenge: &HeaderValue, retry_after_secs: u32) -> Self {
         match e {
             AuthError::Missing | AuthError::Rejected(_) => {
-                let mut p = Problem::new(StatusCode::UNAUTHORIZED, e.reason(), "Unauthorized", e.to_string());
+                let mut p = Problem::new(StatusCode::UNAUTHORIZED, e.label(), "Unauthorized", e.to_string());
                 p.challenge = Some(Box::new(challenge.clone()));
                 p
             }
-            AuthError::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, e.reason(), "Forbidden", e.to_string()),
+            AuthError::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, e.label(), "Forbidden", e.to_string()),
             AuthError::Unavailable(_) | AuthError::ReplayStore(_) | AuthError::InFlight => {
-                Problem::unavailable(e.reason(), format!("{e}; retry later"), retry_after_secs)
+                Problem::unavailable(e.label(), format!("{e}; retry later"), retry_after_secs)
             }
         }
     }
@@ -229,7 +230,7 @@ impl Problem {
             IngestError::OverLimit { .. } => "Over a limit",
             IngestError::Identity { .. } => "Invalid identity",
         };
-        Problem::new(StatusCode::BAD_REQUEST, e.kind(), title, e.to_string())
+        Problem::new(StatusCode::BAD_REQUEST, e.label(), title, e.to_string())
     }
 }
 

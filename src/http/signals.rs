@@ -3,9 +3,9 @@
 //! Order of checks: credentials (401, 403; before the body is read, except an HMAC
 //! signature, which covers the body and is checked once it is read), media type
 //! (415), size (413), shape (400), then the pipeline, which charges the sender's rate
-//! limit (429) and decides in one step (503 if state or sink cannot record). A
-//! request refused before the pipeline is charged too: to its sender once
-//! authenticated, else to its address.
+//! limit (503 with `Retry-After`, or 429: `rate_limit.refusal_status`) and decides
+//! in one step (503 if state or sink cannot record). A request refused before the
+//! pipeline is charged too: to its sender once authenticated, else to its address.
 //!
 //! How success is answered is the source's ([`Answer`]). For tidegate's own routes one
 //! alert is answered 201 or 202, and a batch of several 207 with a result per alert,
@@ -62,7 +62,7 @@ struct Sender {
 
 impl Sender {
     fn of(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
-        let (source, class) = super::source_of(peer.ip(), headers, &app.config.rate_limit.trusted_proxies);
+        let (source, class) = super::source_of(peer.ip(), headers, &app.config.http.trusted_proxies);
         Sender { source, class }
     }
 
@@ -76,7 +76,7 @@ impl Sender {
     fn limited(&self, app: &AppState, retry_after_ms: u64) -> Response {
         app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: self.class }).inc();
         let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
-        let status = StatusCode::from_u16(app.config.rate_limit.refusal_status).expect("validated: 429 or 503");
+        let status = StatusCode::from_u16(app.config.refusal_status).expect("validated: 429 or 503");
         audit::rate_limited(&self.source, self.class, status, secs);
         app.reject(Problem::rate_limited(&self.source, secs, status))
     }
@@ -85,7 +85,7 @@ impl Sender {
 /// Charges a request that will not reach the pipeline to its sender, and returns
 /// the answer it gets instead if the sender is over its limit (or the charge could
 /// not be recorded): a bad request never gets round the limit.
-async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
+async fn charge_or_refuse(app: &AppState, sender: &Sender) -> Option<Response> {
     match app.pipeline.admit(&sender.source).await {
         Ok(Admission::Allowed) => None,
         Ok(Admission::Limited { retry_after_ms }) => Some(sender.limited(app, retry_after_ms)),
@@ -99,17 +99,17 @@ async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
 async fn refuse_credentials(app: &AppState, peer: &Sender, route: &str, chain: &Chain, e: &AuthError) -> Response {
     let problem = Problem::auth(e, chain.challenge(), app.config.http.retry_after_secs);
     if !problem.status.is_server_error() {
-        if let Some(limited) = over_limit(app, peer).await {
+        if let Some(limited) = charge_or_refuse(app, peer).await {
             return limited;
         }
     }
-    audit::auth_refused(&peer.source, route, e.reason(), e.cause(), problem.status);
+    audit::auth_refused(&peer.source, route, e.label(), e.cause(), problem.status);
     app.reject(problem)
 }
 
 /// Refuses a request with `problem`, unless its sender is over the limit.
 async fn refuse(app: &AppState, sender: &Sender, problem: Problem) -> Response {
-    match over_limit(app, sender).await {
+    match charge_or_refuse(app, sender).await {
         Some(response) => response,
         None => app.reject(problem),
     }
@@ -237,7 +237,7 @@ async fn decide(
 /// A sender's retry of a signed message already answered 2xx: 2xx again, nothing
 /// recorded (charged to the sender all the same).
 async fn already_delivered(app: &AppState, sender: &Sender) -> Response {
-    if let Some(limited) = over_limit(app, sender).await {
+    if let Some(limited) = charge_or_refuse(app, sender).await {
         return limited;
     }
     json(StatusCode::ACCEPTED, &serde_json::json!({"status": "already_delivered"}), 32)
@@ -263,7 +263,7 @@ async fn decide_signals(
     for (index, result) in parsed.into_iter().enumerate() {
         match result {
             Ok(signal) => signals.push((index, signal)),
-            Err(e) => failures.push(AlertError { index, reason: e.kind(), detail: e.to_string() }),
+            Err(e) => failures.push(AlertError { index, reason: e.label(), detail: e.to_string() }),
         }
     }
     // Unusable alerts are counted once the request is past its source's limit.
@@ -274,7 +274,7 @@ async fn decide_signals(
         }
     };
     if signals.is_empty() {
-        if let Some(refused) = over_limit(app, sender).await {
+        if let Some(refused) = charge_or_refuse(app, sender).await {
             return refused;
         }
         count_failures(&failures);

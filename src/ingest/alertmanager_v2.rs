@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use super::alertmanager::{alert_name, set_time, AlertParts, At};
+use super::alertmanager::{alert_name, set_time, AlertParts, Position};
 use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
 use crate::signal::{Labels, Signal, SignalStatus, SignalType, Text};
 
@@ -57,10 +57,14 @@ pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
         return Err(IngestError::invalid("$", "must contain at least one alert"));
     }
     let received = payload.received;
-    Ok(alerts.into_iter().enumerate().map(|(index, alert)| signal(At { list: "$", index }, alert, received)).collect())
+    Ok(alerts
+        .into_iter()
+        .enumerate()
+        .map(|(index, alert)| signal(Position { list: "$", index }, alert, received))
+        .collect())
 }
 
-fn signal<'a>(at: At, alert: Alert<'a>, received: Timestamp) -> Result<Signal<'a>, IngestError> {
+fn signal<'a>(at: Position, alert: Alert<'a>, received: Timestamp) -> Result<Signal<'a>, IngestError> {
     let name = alert_name(&alert.labels, at)?;
     let ends_at = set_time(alert.ends_at);
     if let (Some(starts), Some(ends)) = (set_time(alert.starts_at), ends_at) {

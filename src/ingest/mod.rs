@@ -124,19 +124,19 @@ fn admissible(signal: &Signal<'_>, config: &IngestConfig) -> Result<(), IngestEr
         let reason = "is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)";
         return Err(IngestError::Identity {
             field: "namespace",
-            reason: format!("{:?} {reason}", cut(&signal.namespace)),
+            reason: format!("{:?} {reason}", excerpt(&signal.namespace)),
         });
     }
     let target = &signal.target;
     if target.name.len() > MAX_NAME_BYTES || target.kind.len() > MAX_LABEL_BYTES {
-        let reason = format!("{} {:?} is longer than Kubernetes allows", cut(&target.kind), cut(&target.name));
+        let reason = format!("{} {:?} is longer than Kubernetes allows", excerpt(&target.kind), excerpt(&target.name));
         return Err(IngestError::Identity { field: "target", reason });
     }
     Ok(())
 }
 
 /// A value short enough to quote in an error.
-fn cut(value: &str) -> &str {
+fn excerpt(value: &str) -> &str {
     let mut end = value.len().min(64);
     while !value.is_char_boundary(end) {
         end -= 1;
@@ -235,11 +235,11 @@ pub enum IngestError {
 
 impl IngestError {
     /// The metric label and problem-type slug for this error.
-    /// Every value [`IngestError::kind`] takes, for metrics made at 0.
+    /// Every value [`IngestError::label`] takes, for metrics made at 0.
     pub const KINDS: &'static [&'static str] =
         &["malformed", "invalid", "no_alerts", "not_warning", "over_limit", "invalid_identity"];
 
-    pub fn kind(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             IngestError::Malformed { .. } => "malformed",
             IngestError::Invalid { .. } => "invalid",

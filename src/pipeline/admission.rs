@@ -30,15 +30,11 @@ pub struct RateLimitConfig {
     /// `429`, for senders that honour it; Alertmanager treats a 429 like any 4xx and
     /// drops the notification (docs/delivery.md).
     pub refusal_status: u16,
-    /// Proxies whose `X-Forwarded-For` / `X-Real-IP` are believed, as CIDRs. Empty:
-    /// the source is the peer address.
-    #[schemars(with = "Vec<String>")]
-    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { enabled: true, rate: 1000.0, burst: 5000, refusal_status: 503, trusted_proxies: Vec::new() }
+        RateLimitConfig { enabled: true, rate: 1000.0, burst: 5000, refusal_status: 503 }
     }
 }
 

@@ -68,6 +68,7 @@ use crate::telemetry::{trace, Metrics};
 use crate::workload::{self, Owners};
 use admission::Asked;
 use classify::{Classifier, ClassifyConfig, NamespaceLabels};
+pub use status_writer::StatusWriterConfig;
 use status_writer::{Incident, StatusWriter};
 use storms::Storms;
 
@@ -187,6 +188,7 @@ pub struct Parts {
 pub struct Settings {
     pub classify: ClassifyConfig,
     pub dedup: DedupConfig,
+    pub status_writer: StatusWriterConfig,
     pub storm: StormConfig,
     pub placement: PlacementConfig,
     pub rate_limit: RateLimitConfig,
@@ -236,7 +238,7 @@ impl Pipeline {
         }
         Pipeline {
             state,
-            status_writer: StatusWriter::new(sink.clone(), &config.dedup, metrics.clone()),
+            status_writer: StatusWriter::new(sink.clone(), &config.status_writer, metrics.clone()),
             sink,
             classifier,
             storms: Storms::new(config.storm),
@@ -404,7 +406,7 @@ impl Pipeline {
 
     /// Counts a state store failure by cause.
     fn failed(&self, e: &StateError) {
-        self.metrics.state_error(e.cause());
+        self.metrics.state_error(e.label());
     }
 }
 

@@ -29,14 +29,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::remediation::{RemediationRequest, StatusUpdate};
+use crate::section::ConfigError;
 use crate::signal::Fingerprint;
 use crate::sink::{Created, RequestRef, Sink, SinkError};
-use crate::state::DedupConfig;
 use crate::telemetry::{trace, Metrics, SinkLabels, WriterLabels};
 
 /// Longest wait between retries of a failing write. Short, because what waits is
@@ -129,13 +131,50 @@ struct Pending {
     attempts: u32,
 }
 
+/// `status_writer`: how often repeats are written to their requests.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusWriterConfig {
+    /// At most one status write per RemediationRequest per interval; duplicates in
+    /// between are merged into the next write. Was `dedup.status_interval`.
+    #[serde(with = "crate::section::duration")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// Status writes per second across all requests, at most: bounds the load on
+    /// the disk or the API server when many incidents repeat at once; counts wait,
+    /// they are not lost. Was `dedup.max_status_writes_per_s`.
+    pub max_writes_per_s: u32,
+}
+
+impl Default for StatusWriterConfig {
+    fn default() -> Self {
+        StatusWriterConfig { interval: Duration::from_secs(1), max_writes_per_s: 200 }
+    }
+}
+
+impl StatusWriterConfig {
+    /// `window` is `dedup.window`: a write per window at least.
+    pub fn validate(&self, window: Duration) -> Result<(), ConfigError> {
+        if self.interval < Duration::from_millis(10) || self.interval > window {
+            return Err(ConfigError::invalid(
+                "status_writer.interval",
+                "must be at least 10ms and no longer than dedup.window",
+            ));
+        }
+        if self.max_writes_per_s == 0 {
+            return Err(ConfigError::invalid("status_writer.max_writes_per_s", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 impl StatusWriter {
     /// Starts the writer task. Must be called within a tokio runtime.
     /// `max_per_s` caps writes per second across all requests.
-    /// A status writer writing at most once per `dedup.status_interval` per request and
-    /// `dedup.max_status_writes_per_s` in all.
-    pub fn new(sink: Arc<dyn Sink>, config: &DedupConfig, metrics: Arc<Metrics>) -> Self {
-        let (interval, max_per_s) = (config.status_interval, config.max_status_writes_per_s.max(1) as f64);
+    /// A status writer writing at most once per `status_writer.interval` per request
+    /// and `status_writer.max_writes_per_s` in all.
+    pub fn new(sink: Arc<dyn Sink>, config: &StatusWriterConfig, metrics: Arc<Metrics>) -> Self {
+        let (interval, max_per_s) = (config.interval, config.max_writes_per_s.max(1) as f64);
         let process = process_id();
         metrics.status_writer.get_or_create(&WriterLabels { writer: format!("{process:08x}") }).set(1);
         let shared = Arc::new(Shared {
@@ -387,7 +426,7 @@ impl Shared {
                 self.count("update_status", "not_found");
             }
             Err(e) => {
-                self.count("update_status", e.cause());
+                self.count("update_status", e.label());
                 let attempts = p.attempts + 1;
                 let backoff = (self.interval * 2u32.saturating_pow(attempts)).min(MAX_BACKOFF);
                 tracing::warn!(namespace = %at.namespace, name = %at.name, error = %e, attempts, "status write failed; retrying");
@@ -461,11 +500,12 @@ async fn writer(shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::{Lookup, OpenRequest};
     use crate::state::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn dedup(status_interval: Duration, max_status_writes_per_s: u32) -> DedupConfig {
-        DedupConfig { status_interval, max_status_writes_per_s, ..Default::default() }
+    fn dedup(interval: Duration, max_writes_per_s: u32) -> StatusWriterConfig {
+        StatusWriterConfig { interval, max_writes_per_s }
     }
 
     /// A sink that counts status writes.
@@ -486,6 +526,13 @@ mod tests {
         }
         fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
             Box::pin(async { Ok(()) })
+        }
+        // A test sink keeps no authority on open incidents.
+        fn lookup(&self, _: &RequestRef) -> Lookup {
+            Lookup::Unknown
+        }
+        fn open_request(&self, _: &Fingerprint) -> Option<OpenRequest> {
+            None
         }
     }
 
@@ -561,6 +608,13 @@ mod tests {
         }
         fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
             Box::pin(async { Ok(()) })
+        }
+        // A test sink keeps no authority on open incidents.
+        fn lookup(&self, _: &RequestRef) -> Lookup {
+            Lookup::Unknown
+        }
+        fn open_request(&self, _: &Fingerprint) -> Option<OpenRequest> {
+            None
         }
     }
 

@@ -463,7 +463,7 @@ pub struct Settings {
     pub dir: Option<std::path::PathBuf>,
     /// `placement.control_namespace`: silences there match any namespace.
     pub control_namespace: Option<String>,
-    /// `dedup.status_interval`: the least time between status writes to one silence.
+    /// `status_writer.interval`: the least time between status writes to one silence.
     pub status_interval: Duration,
     /// `kube.sync_timeout`: how long start-up waits for the first list.
     pub sync_timeout: Duration,

@@ -2,7 +2,7 @@
 //! state, so `kubectl get rsil` shows which silences hold and what they hid.
 //!
 //! Matches are counted in memory on the signal path (no I/O) and written at most
-//! once per `dedup.status_interval` per silence, as the request status writer
+//! once per `status_writer.interval` per silence, as the request status writer
 //! coalesces repeats; a failed write keeps its counts for the next. Each silence's
 //! state (`pending`, `active`, `expired`, or `ignored` with the reason) is checked
 //! every second and written when it changes, with one audit event when a silence

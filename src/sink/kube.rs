@@ -221,15 +221,15 @@ impl KubeSink {
         self.metrics.api_calls.get_or_create(&ApiLabels { verb, outcome }).inc();
     }
 
-    /// Folds gateway-owned fields into the status of the request at `at` with
-    /// `fold`, starting from `known` (an object just returned by the API server) or
+    /// Applies `apply` to the gateway-owned fields of the status of the request at
+    /// `at`, starting from `known` (an object just returned by the API server) or
     /// the watch cache, and reading from the API server only when neither has it or
-    /// a write conflicts. Every fold is idempotent, so a write retried after an
+    /// a write conflicts. Every `apply` is idempotent, so a write retried after an
     /// unclear outcome changes nothing twice.
     async fn write_status(
         &self,
         at: &RequestRef,
-        fold: impl Fn(&mut RemediationRequestStatus),
+        apply: impl Fn(&mut RemediationRequestStatus),
         known: Option<RemediationRequest>,
     ) -> Result<(), SinkError> {
         let api = self.api(&at.namespace);
@@ -245,7 +245,7 @@ impl KubeSink {
                 },
             };
             let mut next = current.clone();
-            fold(next.status.get_or_insert_with(Default::default));
+            apply(next.status.get_or_insert_with(Default::default));
             if next.status == current.status {
                 return Ok(()); // Nothing new: the cheapest write is none.
             }

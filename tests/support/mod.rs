@@ -44,7 +44,7 @@ pub async fn start_full(tweak: impl FnOnce(&mut Config), overrides: gateway::Ove
         ..Config::default()
     };
     config.http.shutdown_delay = Duration::ZERO;
-    config.dedup.status_interval = Duration::from_millis(20);
+    config.status_writer.interval = Duration::from_millis(20);
     tweak(&mut config);
     let running = gateway::start_with(config.clone(), clock.clone(), overrides).await.unwrap();
     Gateway::new(running, clock, dir, config)

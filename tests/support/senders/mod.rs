@@ -190,7 +190,7 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config { sink: SinkTarget::Dir(dir.path().to_path_buf()), ..Config::default() };
         config.http.shutdown_delay = Duration::ZERO;
-        config.dedup.status_interval = Duration::from_millis(50);
+        config.status_writer.interval = Duration::from_millis(50);
         tweak(&mut config);
         let mut gw = Gateway { port: 0, dir, config, running: None, client: reqwest::Client::new() };
         for _ in 0..PORT_ATTEMPTS {
