@@ -32,6 +32,9 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (AUTH_REFUSED, &["actor", "route", "reason", "cause", "status", "count"]),
     (RATE_LIMITED, &["actor", "source_class", "status", "retry_after_s", "count"]),
     (TLS_REFUSED, &["actor", "reason", "count"]),
+    (SILENCE_CREATED, &["namespace", "name", "ends_at"]),
+    (SILENCE_EXPIRED, &["namespace", "name"]),
+    (SILENCE_MATCHED, &["namespace", "name", "fingerprint"]),
     (SIGNAL_HELD_BACK, &["actor", "namespace", "signal", "fingerprint", "reason", "by"]),
 ];
 
@@ -39,6 +42,9 @@ pub const REQUEST_CREATED: &str = "remediation_request_created";
 pub const STORM_OPENED: &str = "storm_opened";
 pub const AUTH_REFUSED: &str = "auth_refused";
 pub const RATE_LIMITED: &str = "rate_limited";
+pub const SILENCE_CREATED: &str = "silence_created";
+pub const SILENCE_EXPIRED: &str = "silence_expired";
+pub const SILENCE_MATCHED: &str = "silence_matched";
 pub const TLS_REFUSED: &str = "tls_refused";
 pub const SIGNAL_HELD_BACK: &str = "signal_held_back";
 
@@ -269,6 +275,23 @@ pub fn signal_held_back(actor: &str, namespace: &str, signal: &str, fingerprint:
 /// says what to do with them.
 pub fn keep(filter: &str) -> Option<tracing_subscriber::filter::Directive> {
     (!filter.contains(TARGET)).then(|| format!("{TARGET}=info").parse().expect("a valid directive"))
+}
+
+/// The gateway saw the silence `namespace/name`, ending at `ends_at`, for the first
+/// time (no state recorded in its status yet).
+pub fn silence_created(namespace: &str, name: &str, ends_at: &str) {
+    tracing::info!(target: TARGET, event = SILENCE_CREATED, namespace, name, ends_at, "a silence was created");
+}
+
+/// The silence `namespace/name` ended (its endsAt passed, or it was expired).
+pub fn silence_expired(namespace: &str, name: &str) {
+    tracing::info!(target: TARGET, event = SILENCE_EXPIRED, namespace, name, "a silence expired");
+}
+
+/// The silence `namespace/name` matched a signal of the incident `fingerprint`
+/// (hex) for the first time: once per incident, never per alert.
+pub fn silence_matched(namespace: &str, name: &str, fingerprint: &str) {
+    tracing::info!(target: TARGET, event = SILENCE_MATCHED, namespace, name, fingerprint, "a silence matched an incident");
 }
 
 #[cfg(test)]

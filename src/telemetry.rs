@@ -107,6 +107,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub op: &'static str,
     pub outcome: &'static str,
@@ -142,6 +147,9 @@ pub struct Metrics {
     pub classifications: Family<ClassLabels, Counter>,
     pub api_calls: Family<ApiLabels, Counter>,
     pub owner_cache_objects: Family<KindLabels, Gauge>,
+    pub signals_silenced: Family<SourceLabels, Counter>,
+    pub silences_ignored: Family<ReasonLabels, Counter>,
+    pub silences_active: Gauge,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
 }
 
@@ -294,6 +302,20 @@ impl Metrics {
             "Objects in the owner-reference caches, by kind",
             owner_cache_objects.clone(),
         );
+        let signals_silenced = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "signals_silenced",
+            "Firing signals a silence kept from opening a request, by source",
+            signals_silenced.clone(),
+        );
+        let silences_ignored = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "silences_ignored",
+            "Silences the gateway ignores (too long, bad matcher or time interval), by reason; once per silence and process",
+            silences_ignored.clone(),
+        );
+        let silences_active = Gauge::default();
+        registry.register("silences_active", "Silences active now", silences_active.clone());
         let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "tls_handshake_failures",
@@ -330,6 +352,9 @@ impl Metrics {
             classifications,
             api_calls,
             owner_cache_objects,
+            signals_silenced,
+            silences_ignored,
+            silences_active,
             tls_handshake_failures,
         }
     }

@@ -284,6 +284,7 @@ async fn process(app: &AppState, sender: &Sender, headers: &HeaderMap, bytes: &[
             request: outcome.request.as_ref().map(|r| (r.namespace.as_str(), r.name.as_str())),
             count: outcome.count,
             hint: outcome.hint.as_deref(),
+            silence: outcome.silence.as_ref().map(|s| (s.namespace.as_str(), s.name.as_str())),
         })
         .collect();
     let answered = Answered { total, recorded: &recorded, failures: &failures, body: bytes };

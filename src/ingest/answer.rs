@@ -53,8 +53,8 @@ pub struct Recorded<'r> {
     pub signal: &'r Signal<'r>,
     /// The fingerprint it was decided under (in Kubernetes mode, its workload's).
     pub fingerprint: &'r Fingerprint,
-    /// `created`, `duplicate`, `resolved`, `aggregated`, `out_of_scope` or
-    /// `inhibited`.
+    /// `created`, `duplicate`, `resolved`, `aggregated`, `out_of_scope`,
+    /// `silenced` or `inhibited`.
     pub status: &'static str,
     /// Whether a request was created for it.
     pub created: bool,
@@ -66,6 +66,8 @@ pub struct Recorded<'r> {
     pub count: u32,
     /// For a signal out of scope, what would bring it in scope.
     pub hint: Option<&'r str>,
+    /// The silence, as (namespace, name), that kept it from opening a request.
+    pub silence: Option<(&'r str, &'r str)>,
 }
 
 /// One signal of a payload that could not be used. Written, in a batch's results
@@ -131,6 +133,7 @@ impl Answer for Results {
                     "resolved" => summary.resolved += 1,
                     "out_of_scope" => summary.out_of_scope += 1,
                     "inhibited" => summary.inhibited += 1,
+                    "silenced" => summary.silenced += 1,
                     _ => summary.aggregated += 1,
                 }
                 result(Some(recorded.index), recorded)
@@ -144,6 +147,7 @@ impl Answer for Results {
             namespace: None,
             occurrence_count: None,
             hint: None,
+            silence: None,
             error: Some(f),
         }));
         results.sort_by_key(|r| r.index);
@@ -173,8 +177,17 @@ struct SignalResult<'a> {
     /// For a signal out of scope, what would bring it in scope.
     #[serde(skip_serializing_if = "Option::is_none")]
     hint: Option<&'a str>,
+    /// The silence that kept the signal from opening a request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    silence: Option<SilenceName<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a Failure>,
+}
+
+#[derive(Serialize)]
+struct SilenceName<'a> {
+    namespace: &'a str,
+    name: &'a str,
 }
 
 #[derive(Serialize, Default)]
@@ -186,6 +199,7 @@ struct Summary {
     resolved: usize,
     out_of_scope: usize,
     inhibited: usize,
+    silenced: usize,
     failed: usize,
 }
 
@@ -205,6 +219,7 @@ fn result<'a>(index: Option<usize>, recorded: &'a Recorded<'a>) -> SignalResult<
         // An inhibited signal names its source's request, whose count is not its own.
         occurrence_count: recorded.request.filter(|_| recorded.status != "inhibited").map(|_| recorded.count),
         hint: recorded.hint,
+        silence: recorded.silence.map(|(namespace, name)| SilenceName { namespace, name }),
         error: None,
     }
 }

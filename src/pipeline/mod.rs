@@ -49,6 +49,7 @@ pub mod placement;
 pub mod recovery;
 pub mod requests;
 pub mod scope;
+pub mod silences;
 pub mod status_writer;
 pub mod storms;
 
@@ -86,6 +87,8 @@ pub struct Outcome {
     pub count: u32,
     /// For a signal out of scope, what would bring it in scope.
     pub hint: Option<String>,
+    /// The silence that kept the signal from opening a request.
+    pub silence: Option<crate::silence::SilenceRef>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +105,8 @@ pub enum OutcomeStatus {
     OutOfScope,
     /// Held back by an inhibit rule: counted on the source's request.
     Inhibited,
+    /// A silence kept it from opening a request (see [`silences`]).
+    Silenced,
 }
 
 impl OutcomeStatus {
@@ -113,6 +118,7 @@ impl OutcomeStatus {
             OutcomeStatus::Aggregated { .. } => "aggregated",
             OutcomeStatus::OutOfScope => "out_of_scope",
             OutcomeStatus::Inhibited => "inhibited",
+            OutcomeStatus::Silenced => "silenced",
         }
     }
 
@@ -159,6 +165,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// Whether spans are recorded, so that created requests name their trace.
     traced: bool,
+    /// The silences honoured, if any.
+    silences: Option<crate::silence::status::SilenceKeeper>,
 }
 
 /// What a pipeline decides with, besides its configuration.
@@ -242,6 +250,7 @@ impl Pipeline {
             clock,
             metrics,
             traced: config.trace.enabled(),
+            silences: None,
         }
     }
 
@@ -267,6 +276,9 @@ impl Pipeline {
     /// a shutdown.
     pub async fn drain(&self, deadline: std::time::Duration) {
         self.status_writer.shutdown(deadline).await;
+        if let Some(silences) = &self.silences {
+            silences.flush().await;
+        }
     }
 
     /// Decides a batch of signals from `source`, in order, after charging the
@@ -280,6 +292,7 @@ impl Pipeline {
         // Rules that hold a signal back before it is counted go here, one line each,
         // in DESIGN.md §9's order; they decide, and write nothing yet.
         let mut held = self.held.scope(&mut batch);
+        let silenced = self.silence(&mut batch);
         held.extend(
             self.held.inhibit(&mut batch, &*self.state, &*self.sink, now).await.inspect_err(|e| self.failed(e))?,
         );
@@ -288,6 +301,7 @@ impl Pipeline {
             (asked, Decision::Decided(verdicts)) => (asked, verdicts),
         };
         // Rules that record what they held (now that the batch is admitted) go here.
+        self.record_silenced(silenced);
         self.held.record(&batch, &held, &self.status_writer, &self.metrics, source, now);
         self.act_on(&mut batch, &asked, verdicts, source).await?;
         let outcomes = batch.into_outcomes();
@@ -387,7 +401,7 @@ impl Pipeline {
     /// What happened to `signal`, counted in the signals metric.
     fn outcome(&self, signal: &Signal<'_>, status: OutcomeStatus, request: Option<RequestRef>, count: u32) -> Outcome {
         self.metrics.signal(signal.signal_type.as_str(), status.as_str());
-        Outcome { fingerprint: signal.fingerprint, status, request, count, hint: None }
+        Outcome { fingerprint: signal.fingerprint, status, request, count, hint: None, silence: None }
     }
 
     /// Counts a state store failure by cause.

@@ -162,11 +162,13 @@ async fn apply_deploy(client: &Client) {
     for sa in manifests::<ServiceAccount>("serviceaccount.yaml", "ServiceAccount") {
         apply(&Api::namespaced(client.clone(), SYSTEM_NAMESPACE), &sa).await;
     }
-    for role in manifests::<ClusterRole>("rbac.yaml", "ClusterRole") {
-        apply(&Api::all(client.clone()), &role).await;
-    }
-    for binding in manifests::<ClusterRoleBinding>("rbac.yaml", "ClusterRoleBinding") {
-        apply(&Api::all(client.clone()), &binding).await;
+    for file in ["rbac.yaml", "silences.yaml"] {
+        for role in manifests::<ClusterRole>(file, "ClusterRole") {
+            apply(&Api::all(client.clone()), &role).await;
+        }
+        for binding in manifests::<ClusterRoleBinding>(file, "ClusterRoleBinding") {
+            apply(&Api::all(client.clone()), &binding).await;
+        }
     }
     let name = "remediationrequests.remediation.tidegate.dev";
     super::eventually_within("the CRD to be established", Duration::from_secs(30), || {
