@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::capacity::Load;
 use crate::config::{parse_duration, Config, ConfigError, LogFormat, SinkTarget, StateBackend};
+use crate::doctor::{self, Report};
 
 #[derive(Debug, Parser)]
 #[command(name = "tidegate", version, about = "Alert-ingestion gateway: one RemediationRequest per incident")]
@@ -49,7 +51,7 @@ pub enum Command {
     Crd,
     /// Check a configuration against the Redis, Kubernetes API and sink it names:
     /// one line per check, with a fix for each failure; exits 1 if any failed.
-    Doctor(Box<crate::doctor::DoctorArgs>),
+    Doctor(Box<DoctorArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +127,40 @@ impl ServeArgs {
     }
 }
 
+/// `tidegate doctor`: the flags of `serve`, plus what doctor alone needs.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Distinct incidents expected per `dedup.window` at the worst; with it, doctor
+    /// checks that Redis' `maxmemory` holds them, as `tidegate capacity` sizes it.
+    #[arg(long)]
+    pub incidents: Option<u64>,
+    /// With `--incidents`: (namespace, alert name) pairs storming at once.
+    #[arg(long, default_value_t = 100, requires = "incidents")]
+    pub storm_scopes: u64,
+    /// With `--incidents`: distinct senders within a rate-limit period.
+    #[arg(long, default_value_t = 100, requires = "incidents")]
+    pub sources: u64,
+}
+
+impl DoctorArgs {
+    /// The load to check Redis' headroom against, if one was given.
+    pub fn load(&self) -> Option<Load> {
+        let (storm_scopes, sources) = (self.storm_scopes, self.sources);
+        self.incidents.map(|incidents| Load { incidents, storm_scopes, sources })
+    }
+
+    /// Loads the configuration as `serve` would and runs every check.
+    pub async fn examine(&self) -> Report {
+        let options = doctor::Options { load: self.load(), kube_client: None };
+        match self.serve.load() {
+            Ok(config) => doctor::run(&config, &options).await,
+            Err(e) => doctor::invalid(&e),
+        }
+    }
+}
+
 /// The environment's variables, leaving out any that is not UTF-8 (no key's
 /// variable can be).
 fn utf8_vars() -> impl Iterator<Item = (String, String)> {
@@ -148,5 +184,18 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.dedup.window, Duration::from_secs(600));
         assert_eq!(config.worker_threads(), 3);
+    }
+
+    #[test]
+    fn storm_scopes_and_sources_go_with_incidents() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["tidegate", "doctor"].iter().chain(args))?;
+            let Command::Doctor(args) = cli.command else { panic!("doctor") };
+            Ok::<_, clap::Error>(args.load())
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        let load = parse(&["--incidents", "5000", "--sources", "7"]).unwrap().unwrap();
+        assert_eq!(load, Load { incidents: 5000, storm_scopes: 100, sources: 7 });
+        assert!(parse(&["--sources", "7"]).is_err(), "--sources alone would check nothing");
     }
 }

@@ -13,10 +13,8 @@
 //! anything starts; nothing reads the environment or the file later.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -29,11 +27,12 @@ pub use crate::ingest::cloudevents::CloudEventsConfig;
 pub use crate::ingest::IngestConfig;
 pub use crate::pipeline::classify::{ClassifyConfig, PriorityRule};
 pub use crate::pipeline::{PlacementConfig, RateLimitConfig};
+pub use crate::section::{duration, optional_duration, parse_duration, ConfigError};
 pub use crate::sink::kube::KubeConfig;
+pub use crate::sink::SinkTarget;
 pub use crate::state::memory::MemoryConfig;
-use crate::state::redis::connection::Topology;
 pub use crate::state::redis::RedisConfig;
-pub use crate::state::{DedupConfig, StormConfig};
+pub use crate::state::{DedupConfig, StateBackend, StormConfig};
 pub use crate::telemetry::trace::TraceConfig;
 pub use crate::telemetry::{LogConfig, LogFormat};
 
@@ -114,10 +113,7 @@ impl Config {
     /// takes about as many alerts per second as one Redis primary decides; past
     /// that, replicas (and Cluster primaries) are how a Redis deployment grows.
     pub fn worker_threads(&self) -> usize {
-        self.runtime.worker_threads.unwrap_or_else(|| match self.state {
-            StateBackend::Redis(_) => 1,
-            StateBackend::Memory => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        })
+        self.runtime.worker_threads.unwrap_or_else(|| self.state.default_worker_threads())
     }
 
     /// How long after its last write a request may still hold an open incident or
@@ -156,36 +152,42 @@ impl Config {
         if matches!(self.runtime.worker_threads, Some(n) if n == 0 || n > 1024) {
             return Err(ConfigError::invalid("runtime.worker_threads", "must be between 1 and 1024"));
         }
-        let tls_state = matches!(&self.state, StateBackend::Redis(topology) if topology.tls());
-        if !self.redis.tls.is_empty() && !tls_state {
-            return Err(ConfigError::invalid("redis.tls", "is set, but the state is not a rediss:// (TLS) Redis URL"));
-        }
-        if let SinkTarget::Dir(path) = &self.sink {
-            if path.as_os_str().is_empty() {
-                return Err(ConfigError::invalid("sink", "dir: needs a path, as in dir:./remediations"));
-            }
-        }
-        Ok(())
+        self.state_settings().validate()?;
+        self.sink_settings().validate()
     }
-}
 
-/// A configuration that cannot be used, with the key at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: serde_norway::Error },
-    /// A value of the file or of a variable that does not fit its key.
-    #[error("{at}: {source}")]
-    Value { at: String, source: serde_json::Error },
-    #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
-}
+    /// What the state store is built from.
+    pub fn state_settings(&self) -> crate::state::Settings {
+        crate::state::Settings {
+            backend: self.state.clone(),
+            memory: self.memory.clone(),
+            redis: self.redis.clone(),
+            window: self.dedup.window,
+            storm: self.storm,
+        }
+    }
 
-impl ConfigError {
-    pub fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid { key, reason: reason.into() }
+    /// What the pipeline is built from.
+    pub fn pipeline_settings(&self) -> crate::pipeline::Settings {
+        crate::pipeline::Settings {
+            classify: self.classify.clone(),
+            dedup: self.dedup.clone(),
+            storm: self.storm,
+            placement: self.placement.clone(),
+            rate_limit: self.rate_limit.clone(),
+            trace: self.trace.clone(),
+        }
+    }
+
+    /// What the HTTP front door reads.
+    pub fn http_settings(&self) -> crate::http::Settings {
+        let sources = crate::ingest::Settings { ingest: self.ingest.clone(), cloudevents: self.cloudevents.clone() };
+        crate::http::Settings { http: self.http.clone(), rate_limit: self.rate_limit.clone(), sources }
+    }
+
+    /// What the sink is built from.
+    pub fn sink_settings(&self) -> crate::sink::Settings {
+        crate::sink::Settings { target: self.sink.clone(), kube: self.kube.clone(), horizon: self.open_horizon() }
     }
 }
 
@@ -332,149 +334,6 @@ pub fn table() -> String {
     out
 }
 
-/// Where decision state lives.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum StateBackend {
-    /// In process; lost on restart, private to one replica.
-    Memory,
-    /// A Redis deployment shared by replicas: standalone, Sentinel or Cluster.
-    Redis(Topology),
-}
-
-impl FromStr for StateBackend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "memory" => Ok(StateBackend::Memory),
-            url if url.starts_with("redis") => Ok(StateBackend::Redis(url.parse()?)),
-            other => Err(format!(
-                "expected \"memory\" or a redis://, redis+sentinel:// or redis+cluster:// URL (rediss… over TLS), got {other:?}"
-            )),
-        }
-    }
-}
-
-impl TryFrom<String> for StateBackend {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl fmt::Display for StateBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StateBackend::Memory => f.write_str("memory"),
-            StateBackend::Redis(topology) => topology.fmt(f),
-        }
-    }
-}
-
-/// Written as [`Display`](fmt::Display) writes it, with credentials masked: it is
-/// serialized only to show a configuration, never to store one.
-impl Serialize for StateBackend {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-/// Where RemediationRequests go.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub enum SinkTarget {
-    /// Manifests in a local directory.
-    Dir(PathBuf),
-    /// RemediationRequest custom resources through the Kubernetes API.
-    Kube,
-}
-
-impl FromStr for SinkTarget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "kube" => Ok(SinkTarget::Kube),
-            _ => match s.strip_prefix("dir:") {
-                Some(path) => Ok(SinkTarget::Dir(PathBuf::from(path))),
-                None => Err(format!("expected \"dir:<path>\" or \"kube\", got {s:?}")),
-            },
-        }
-    }
-}
-
-impl TryFrom<String> for SinkTarget {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl fmt::Display for SinkTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SinkTarget::Dir(path) => write!(f, "dir:{}", path.display()),
-            SinkTarget::Kube => f.write_str("kube"),
-        }
-    }
-}
-
-impl Serialize for SinkTarget {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-/// Parses durations written as `5m`, `1s`, `250ms`, `1h 30m` or ISO 8601 `PT5M`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s.parse().map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("invalid duration {s:?}: must not be negative"))
-}
-
-/// `#[serde(with = "crate::config::duration")]`: a duration as people write it,
-/// `5m` or `250ms`.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(de)?;
-        super::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
-
-    /// In the largest unit that writes it exactly.
-    pub fn serialize<S: Serializer>(d: &Duration, ser: S) -> Result<S::Ok, S::Error> {
-        let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
-        match (secs, nanos) {
-            (0, 0) => ser.serialize_str("0s"),
-            (s, 0) if s % 3600 == 0 => ser.collect_str(&format_args!("{}h", s / 3600)),
-            (s, 0) if s % 60 == 0 => ser.collect_str(&format_args!("{}m", s / 60)),
-            (s, 0) => ser.collect_str(&format_args!("{s}s")),
-            _ if nanos % 1_000_000 == 0 => ser.collect_str(&format_args!("{}ms", d.as_millis())),
-            _ => ser.collect_str(&format_args!("{}ns", d.as_nanos())),
-        }
-    }
-}
-
-/// `#[serde(with = "crate::config::optional_duration")]`: [`duration`], or nothing.
-pub mod optional_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-        let s = Option::<String>::deserialize(de)?;
-        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
-    }
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, ser: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::duration::serialize(d, ser),
-            None => ser.serialize_none(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,19 +458,5 @@ mod tests {
         assert!(err.contains("cert_file and key_file go together"), "{err}");
         c.redis.tls.key_file = Some("/client.key".into());
         assert!(c.validate().is_ok());
-    }
-
-    #[test]
-    fn state_and_sink_parse_and_hide_credentials() {
-        assert_eq!("memory".parse::<StateBackend>(), Ok(StateBackend::Memory));
-        let r: StateBackend = "redis://:secret@host:6379/0".parse().unwrap();
-        assert_eq!(r.to_string(), "redis://***@host:6379/0");
-        let r: StateBackend = "redis+sentinel://:secret@s1:26379,s2:26379/mymaster".parse().unwrap();
-        assert_eq!(r.to_string(), "redis+sentinel://***@s1:26379,s2:26379/mymaster");
-        let r: StateBackend = "rediss+sentinel://:secret@s1:26379/mymaster/2".parse().unwrap();
-        assert_eq!(r.to_string(), "rediss+sentinel://***@s1:26379/mymaster/2");
-        assert!("postgres://x".parse::<StateBackend>().is_err());
-        assert_eq!("kube".parse::<SinkTarget>(), Ok(SinkTarget::Kube));
-        assert!("file:/x".parse::<SinkTarget>().is_err());
     }
 }

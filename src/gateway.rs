@@ -15,16 +15,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
-use crate::config::{Config, SinkTarget, StateBackend};
+use crate::config::Config;
+use crate::context::Context;
 use crate::http::{self, AppState, Readiness};
 use crate::pipeline::{Parts, Pipeline};
-use crate::sink::dir::DirSink;
 use crate::sink::kube::owners::OwnerCache;
-use crate::sink::kube::KubeSink;
 use crate::sink::Sink;
-use crate::state::memory::MemoryStore;
-use crate::state::redis::RedisStore;
-use crate::state::StateStore;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,14 +29,12 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot use sink directory {path}: {source}")]
-    SinkDir { path: String, source: std::io::Error },
     #[error(transparent)]
-    State(crate::state::StateError),
+    Sink(#[from] crate::sink::BuildError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("cannot configure a Kubernetes client: {0}")]
     KubeClient(#[source] kube::Error),
-    #[error("cannot use the Kubernetes API: {0}")]
-    Kube(#[source] crate::sink::SinkError),
     #[error(transparent)]
     Auth(#[from] crate::auth::BuildError),
     #[error(transparent)]
@@ -90,47 +84,23 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     config.validate()?;
     let tls = config.http.tls.build()?;
     let metrics = Arc::new(Metrics::new());
-    let state: Arc<dyn StateStore> = match &config.state {
-        StateBackend::Memory => {
-            Arc::new(MemoryStore::new(&config.memory, config.dedup.window, &config.storm, clock.clone()))
-        }
-        StateBackend::Redis(topology) => {
-            tracing::info!(state = %config.state, "connecting to Redis");
-            let (window, storms) = (config.dedup.window, &config.storm);
-            let store = RedisStore::connect(topology, &config.redis, window, storms, metrics.clone()).await;
-            Arc::new(store.map_err(StartError::State)?)
-        }
-    };
+    let ctx = Context::new(clock.clone(), metrics.clone()).with_kube_client(overrides.kube_client);
+    let state = config.state_settings().build(&ctx).await?;
     let replays = state.clone();
-    let mut kube_client = overrides.kube_client;
-    let mut namespace_labels = None;
-    let mut owners: Option<Arc<dyn crate::workload::Owners>> = None;
-    let sink: Arc<dyn Sink> = match &config.sink {
-        SinkTarget::Dir(path) => Arc::new(
-            DirSink::new(path, config.open_horizon())
-                .map_err(|source| StartError::SinkDir { path: path.display().to_string(), source })?,
-        ),
-        SinkTarget::Kube => {
-            let client = match kube_client.clone() {
-                Some(client) => client,
-                // In the cluster: the service account; outside: the kubeconfig.
-                None => kube::Client::try_default().await.map_err(StartError::KubeClient)?,
-            };
-            kube_client = Some(client.clone());
-            let kube =
-                KubeSink::start(client.clone(), &config.kube, metrics.clone()).await.map_err(StartError::Kube)?;
-            namespace_labels = Some(kube.namespace_labels());
-            if config.kube.owner_chain {
-                owners = Some(OwnerCache::start(client, &config.kube, metrics.clone()));
-            }
-            Arc::new(kube)
+    let built = config.sink_settings().build(&ctx).await?;
+    let owners: Option<Arc<dyn crate::workload::Owners>> = match &built.kube_client {
+        Some(client) if config.kube.owner_chain => {
+            Some(OwnerCache::start(client.clone(), &config.kube, metrics.clone()))
         }
+        _ => None,
     };
+    let (sink, namespace_labels) = (built.sink, built.namespace_labels);
     let sink_handle = sink.clone();
     let reviews_tokens = config.auth.enabled() && config.auth.kinds().contains(&crate::auth::kind::KUBERNETES);
-    if reviews_tokens && kube_client.is_none() {
-        kube_client = Some(kube::Client::try_default().await.map_err(StartError::KubeClient)?);
-    }
+    let kube_client = match reviews_tokens {
+        true => Some(ctx.kube_client().await.map_err(StartError::KubeClient)?),
+        false => ctx.kube_client_if_any(),
+    };
     let routes: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.auth)).collect();
     let auth = Arc::new(config.auth.build(kube_client, &routes)?);
     if config.auth.enabled() {
@@ -139,13 +109,13 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         tracing::warn!(listen = %config.listen, "auth: none: anyone who can reach the listener may submit signals");
     }
     let parts = Parts { state, sink, owners, namespace_labels, clock: clock.clone(), metrics: metrics.clone() };
-    let pipeline = Arc::new(Pipeline::build(&config, parts));
+    let pipeline = Arc::new(Pipeline::build(&config.pipeline_settings(), parts));
     let readiness = Readiness::default();
     let app = AppState {
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         clock,
-        config: Arc::new(config.clone()),
+        config: Arc::new(config.http_settings()),
         readiness: readiness.clone(),
         budget: http::BodyBudget::new(config.http.body_budget(), config.http.body_budget_wait, metrics.clone()),
         auth,
@@ -184,13 +154,8 @@ async fn run(
         let _ = closed_at.set(tokio::time::Instant::now());
         let _ = begun.send(());
     };
-    let limits = http::ConnectionLimits {
-        header_read_timeout: config.http.header_read_timeout,
-        max_header_bytes: config.http.max_header_bytes,
-        max_connections: config.http.max_connections,
-    };
     let metrics = app.metrics.clone();
-    let server = http::serve(listener, http::router(app), limits, tls, metrics, begin);
+    let server = http::serve(listener, http::router(app), &config.http, tls, metrics, begin);
     let result = tokio::select! {
         () = server => Ok(()),
         _ = async {

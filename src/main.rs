@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Doctor(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let report = runtime.block_on(tidegate::doctor::examine(&args));
+            let report = runtime.block_on(args.examine());
             print!("{report}");
             if report.failed() {
                 std::process::exit(1);

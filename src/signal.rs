@@ -14,8 +14,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Where a signal came from: one value per source in the source table
-/// ([`crate::ingest::SOURCES`]), which is also the CRD's `signalType` enum.
+/// Where a signal came from: one value per source in the source table (`ingest`),
+/// which is also the CRD's `signalType` enum. Which types exist is the table's
+/// to say, so reading one (`parse`, `Deserialize`) and describing them
+/// (`JsonSchema`) are implemented beside the table, in `ingest::signal_type`: this
+/// module stays below every other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SignalType(&'static str);
 
@@ -32,41 +35,11 @@ impl SignalType {
     pub fn as_str(self) -> &'static str {
         self.0
     }
-
-    /// The signal type spelled `name`, if a source in the table produces it.
-    pub fn parse(name: &str) -> Option<Self> {
-        crate::ingest::signal_types().find(|t| t.0 == name)
-    }
 }
 
 impl Serialize for SignalType {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for SignalType {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = <Cow<'de, str>>::deserialize(deserializer)?;
-        SignalType::parse(&name).ok_or_else(|| {
-            let known: Vec<_> = crate::ingest::signal_types().map(SignalType::as_str).collect();
-            serde::de::Error::custom(format!("unknown signal type {name:?}, expected one of {known:?}"))
-        })
-    }
-}
-
-impl JsonSchema for SignalType {
-    fn schema_name() -> Cow<'static, str> {
-        "SignalType".into()
-    }
-
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        let known: Vec<_> = crate::ingest::signal_types().map(SignalType::as_str).collect();
-        schemars::json_schema!({"description": "Where a signal came from.", "type": "string", "enum": known})
     }
 }
 

@@ -23,6 +23,13 @@ pub trait Owners: Send + Sync + 'static {
     fn top<'a>(&'a self, target: &'a TargetResource) -> BoxFuture<'a, Option<TargetResource>>;
 }
 
+/// Where namespace labels come from, when tidegate runs against a cluster: the
+/// Kubernetes sink's namespace watch, read by classification.
+pub trait NamespaceLabels: Send + Sync {
+    /// The `environment` label of `namespace`, if the namespace is known and has one.
+    fn environment(&self, namespace: &str) -> Option<String>;
+}
+
 /// `signals`, with each one whose target has a controller rewritten to name that
 /// controller. Borrows `signals` unchanged when no target has one (the common case
 /// for signals that do not name pods), so nothing is copied then.

@@ -91,7 +91,7 @@ fn request(source: &Source, data: &[u8]) -> (HeaderMap, Vec<u8>) {
 /// type and the fingerprint of its own identity, and the request built from it is
 /// one Kubernetes accepts (name, label values) with every spec value cut to size.
 pub fn source(source: &Source, data: &[u8]) {
-    static CONFIG: std::sync::LazyLock<Config> = std::sync::LazyLock::new(Default::default);
+    static CONFIG: std::sync::LazyLock<ingest::Settings> = std::sync::LazyLock::new(Default::default);
     let (headers, body) = request(source, data);
     let received = Timestamp::from_second(1_700_000_000).expect("a valid time");
     let payload = Payload { body: &body, headers: &headers, received, config: &CONFIG };

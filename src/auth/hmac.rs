@@ -41,7 +41,7 @@ pub struct StandardWebhooksConfig {
     /// of them is accepted.
     pub secret_file: PathBuf,
     /// How far a message's `webhook-timestamp` may be from now, either way.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub tolerance: Duration,
 }
@@ -73,7 +73,7 @@ pub struct GrafanaConfig {
     /// and the timestamp must be within `tolerance` of now.
     pub timestamp_header: Option<String>,
     /// How far a signed timestamp may be from now, either way.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub tolerance: Duration,
 }

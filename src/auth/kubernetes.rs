@@ -40,15 +40,15 @@ pub struct KubernetesConfig {
     /// Most tokens whose answers are cached.
     pub cache_size: usize,
     /// How long an allowed token's answer is cached (at most 60 s).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub allowed_ttl: Duration,
     /// How long a denied or unknown token's answer is cached (at most 5 s).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub denied_ttl: Duration,
     /// How long a review may take before the sender is told to retry.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub timeout: Duration,
 }

@@ -27,13 +27,13 @@ use serde::{Deserialize, Serialize};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError};
 use crate::ingest;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, RateLimitConfig};
+use crate::section::ConfigError;
 use crate::telemetry::{HttpLabels, Metrics, ReasonLabels};
 pub use budget::BodyBudget;
 use problem::Problem;
-pub use serve::{serve, ConnectionLimits};
+pub use serve::serve;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -43,15 +43,22 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
-    /// Read for `http`, `rate_limit` (who a request is charged to, how a refusal is
-    /// answered) and the sections of sources that have one.
-    pub config: Arc<Config>,
+    pub config: Arc<Settings>,
     pub readiness: Readiness,
     pub budget: BodyBudget,
     /// Each route's authenticators.
     pub auth: Arc<crate::auth::Auth>,
     /// Where signed webhooks' message ids are remembered: the state store.
     pub replays: Arc<dyn crate::state::StateStore>,
+}
+
+/// What the HTTP front door reads: its own section, how a refusal of the rate
+/// limit is answered and who a request is charged to, and the sources' sections.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub http: HttpConfig,
+    pub rate_limit: RateLimitConfig,
+    pub sources: ingest::Settings,
 }
 
 /// `http`: the listener's limits, timeouts and shutdown.
@@ -72,21 +79,21 @@ pub struct HttpConfig {
     /// Memory stays bounded and nothing is refused for good.
     pub body_budget: Option<u64>,
     /// How long a request may wait for room in `body_budget`.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub body_budget_wait: Duration,
     /// How long one request may take before it is answered 503.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// After SIGTERM, how long to keep serving with readiness at 503, so that load
     /// balancers stop sending before the listener closes.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub shutdown_delay: Duration,
     /// Then, how long in-flight requests and pending status writes may take; delay
     /// plus grace stays inside Kubernetes' default 30 s.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// `Retry-After` sent with 503 answers, in seconds.
@@ -94,12 +101,12 @@ pub struct HttpConfig {
     /// How long a client may take to send a request's head (and, on a kept-alive
     /// connection, to start the next one) before its connection is closed: a slow
     /// or silent client cannot hold a connection (docs/abuse.md).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub header_read_timeout: Duration,
     /// How long a client may take to send a request's body, from the end of its
     /// head; a slower one is answered 503 with `Retry-After` and its budget freed.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub body_read_timeout: Duration,
     /// Largest request head (request line and headers), in bytes; a larger one is

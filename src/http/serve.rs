@@ -35,15 +35,8 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use super::tls::{PeerCertificate, Tls};
+use super::HttpConfig;
 use crate::telemetry::{Metrics, ReasonLabels};
-
-/// Limits on each connection, from `http.*` config.
-#[derive(Clone, Debug)]
-pub struct ConnectionLimits {
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_connections: usize,
-}
 
 /// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` completes,
 /// then stops accepting, asks every connection to finish its request in flight and
@@ -52,7 +45,7 @@ pub struct ConnectionLimits {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    limits: ConnectionLimits,
+    limits: &HttpConfig,
     tls: Option<Tls>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,

@@ -227,7 +227,7 @@ async fn decide_signals(
     source: &'static Source,
 ) -> Response {
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
-    let payload = Payload { body: bytes, headers, received, config: &app.config };
+    let payload = Payload { body: bytes, headers, received, config: &app.config.sources };
     let parsed =
         match tracing::info_span!(target: trace::TARGET, "parse").in_scope(|| crate::ingest::parse(source, &payload)) {
             Ok(parsed) => parsed,

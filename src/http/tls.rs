@@ -445,13 +445,11 @@ mod tests {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let router = axum::Router::new().route("/", get(whoami));
-        let limits = super::super::ConnectionLimits {
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-            max_connections: 64,
-        };
+        let limits = crate::http::HttpConfig { max_connections: 64, ..Default::default() };
         let metrics = Arc::new(crate::telemetry::Metrics::new());
-        tokio::spawn(super::super::serve(tcp, router, limits, Some(tls), metrics, std::future::pending()));
+        tokio::spawn(async move {
+            super::super::serve(tcp, router, &limits, Some(tls), metrics, std::future::pending()).await
+        });
         addr
     }
 

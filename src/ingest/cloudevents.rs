@@ -536,7 +536,7 @@ mod tests {
     use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
     use super::*;
-    use crate::config::Config;
+    use crate::ingest::Settings as Config;
 
     /// Falcosidekick's request (`tests/fixtures/cloudevents/*.http`): its headers and body.
     const SIDEKICK: &str = include_str!("../../tests/fixtures/cloudevents/falcosidekick-cloudevent-binary.http");

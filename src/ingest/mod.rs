@@ -15,13 +15,14 @@ pub mod alertmanager_v2;
 pub mod cloudevents;
 pub mod grafana;
 pub mod k8s_event;
+mod signal_type;
 
 use axum::http::HeaderMap;
 use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError};
+use crate::section::ConfigError;
 use crate::signal::{Signal, SignalType};
 
 /// Every source tidegate accepts.
@@ -162,8 +163,15 @@ pub struct Payload<'a> {
     pub body: &'a [u8],
     pub headers: &'a HeaderMap,
     pub received: Timestamp,
-    /// The configuration, for the sources that have a section of their own.
-    pub config: &'a Config,
+    /// The sections of the sources that have one.
+    pub config: &'a Settings,
+}
+
+/// What the parsers read: `ingest`, and the section of each source that has one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
+    pub ingest: IngestConfig,
+    pub cloudevents: cloudevents::CloudEventsConfig,
 }
 
 impl Source {
@@ -181,7 +189,7 @@ impl Source {
 #[cfg(test)]
 pub fn payload(body: &str) -> Payload<'_> {
     static HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
-    static CONFIG: std::sync::LazyLock<Config> = std::sync::LazyLock::new(Default::default);
+    static CONFIG: std::sync::LazyLock<Settings> = std::sync::LazyLock::new(Default::default);
     Payload { body: body.as_bytes(), headers: &HEADERS, received: Timestamp::UNIX_EPOCH, config: &CONFIG }
 }
 

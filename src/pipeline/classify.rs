@@ -12,8 +12,8 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
 use crate::remediation::Classification;
+use crate::section::ConfigError;
 use crate::signal::Signal;
 
 /// `classify`: how a signal's environment and priority are decided.
@@ -128,11 +128,7 @@ impl ClassifyConfig {
     }
 }
 
-/// Where namespace labels come from, when tidegate runs against a cluster.
-pub trait NamespaceLabels: Send + Sync {
-    /// The `environment` label of `namespace`, if the namespace is known and has one.
-    fn environment(&self, namespace: &str) -> Option<String>;
-}
+pub use crate::workload::NamespaceLabels;
 
 /// Name of the priority rule applied when no configured rule matches.
 pub const FALLBACK_RULE: &str = "fallback";

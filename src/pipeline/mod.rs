@@ -25,17 +25,18 @@ use tracing::Instrument;
 
 use crate::audit;
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError};
 use crate::remediation::{self, RemediationRequest, StatusUpdate, StormUpdate, NO_WRITER};
+use crate::section::ConfigError;
 use crate::signal::{Fingerprint, Signal, SignalStatus};
 use crate::sink::{Created, Lookup, RequestRef, Sink, SinkError};
 use crate::state::{
-    Admission, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore,
-    StormConfig, StormKey, Verdict,
+    Admission, Charge, Decision, DedupConfig, Entry, Folded, Observation, OpenWindow, RateLimit, StateError,
+    StateStore, StormConfig, StormKey, Verdict,
 };
-use crate::telemetry::{trace, ClassLabels, Metrics, StormLabels};
+use crate::telemetry::trace::{self, TraceConfig};
+use crate::telemetry::{ClassLabels, Metrics, StormLabels};
 use crate::workload::{self, Owners};
-use classify::{Classifier, NamespaceLabels};
+use classify::{Classifier, ClassifyConfig, NamespaceLabels};
 use coalesce::{Coalescer, Incident};
 
 /// What happened to one signal.
@@ -203,9 +204,20 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
 }
 
+/// What the pipeline reads: the sections of the rules it applies.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub classify: ClassifyConfig,
+    pub dedup: DedupConfig,
+    pub storm: StormConfig,
+    pub placement: PlacementConfig,
+    pub rate_limit: RateLimitConfig,
+    pub trace: TraceConfig,
+}
+
 impl Pipeline {
     /// A pipeline deciding as `config` says, with the parts built before it.
-    pub fn build(config: &Config, parts: Parts) -> Self {
+    pub fn build(config: &Settings, parts: Parts) -> Self {
         let Parts { state, sink, owners, namespace_labels, clock, metrics } = parts;
         let mut classifier = Classifier::new(&config.classify);
         if let Some(labels) = namespace_labels {

@@ -22,6 +22,7 @@
 //!   for a cool-down and turns readiness off meanwhile.
 
 pub mod access;
+pub mod doctor;
 pub mod owners;
 
 use std::collections::{HashSet, VecDeque};
@@ -39,12 +40,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
-use crate::config::ConfigError;
-use crate::pipeline::classify::NamespaceLabels;
 use crate::remediation::{labels, RemediationRequest, RemediationRequestStatus, StatusUpdate};
+use crate::section::ConfigError;
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
 use crate::telemetry::{ApiLabels, Metrics};
+use crate::workload::NamespaceLabels;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// `kube`: how the sink and the owner lookups talk to the API server.
@@ -52,22 +53,22 @@ use prometheus_client::metrics::gauge::Gauge;
 #[serde(default, deny_unknown_fields)]
 pub struct KubeConfig {
     /// One API call's timeout.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub call_timeout: Duration,
     /// One operation's budget, retries of 5xx/429/timeouts included; past it the
     /// caller gets 503.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub deadline: Duration,
     /// Consecutive failed operations that open the circuit breaker.
     pub breaker_failures: u32,
     /// How long an open breaker refuses calls (and keeps `/readyz` at 503).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub breaker_cooldown: Duration,
     /// How long start-up waits for the first list of requests and namespaces.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub sync_timeout: Duration,
     /// Attribute a signal about a Pod (or ReplicaSet, Job) to its top controller
@@ -76,7 +77,7 @@ pub struct KubeConfig {
     pub owner_chain: bool,
     /// How long one owner lookup the caches cannot answer may take (one GET); past
     /// it the signal keeps the pod's identity.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub owner_lookup_timeout: Duration,
 }

@@ -8,10 +8,12 @@
 
 pub mod dir;
 pub mod kube;
+mod target;
 
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
+pub use target::{BuildError, Built, Settings, SinkTarget};
 
 /// The outcome of a create.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

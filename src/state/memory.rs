@@ -34,7 +34,7 @@ use super::{
     StormKey, StormKind, Verdict,
 };
 use crate::clock::Clock;
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 use crate::signal::SignalStatus;
 
 /// 128 bits of the SHA-256 fingerprint: collision-free in practice, and half the

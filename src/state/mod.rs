@@ -11,6 +11,7 @@
 //! documents: everything needed to name and update a RemediationRequest is derivable
 //! from the fingerprint and the first-seen epoch.
 
+mod backend;
 pub mod memory;
 pub mod redis;
 
@@ -22,8 +23,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 use crate::signal::{Fingerprint, SignalStatus, TargetResource};
+pub use backend::{Settings, StateBackend};
 
 /// A boxed future, so that stores can sit behind `Arc<dyn StateStore>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -81,12 +83,12 @@ fn digest(parts: &[&str]) -> [u8; 32] {
 pub struct DedupConfig {
     /// Repeats within this long of the last occurrence are duplicates; each
     /// duplicate restarts the window.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub window: Duration,
     /// At most one status write per RemediationRequest per interval; duplicates in
     /// between are folded into the next write.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub status_interval: Duration,
     /// Status writes per second across all requests, at most: bounds the load on
@@ -130,23 +132,23 @@ pub struct StormConfig {
     /// namespace within `rate_window`.
     pub rate_threshold: u32,
     /// The span over which a rate storm's alerts are counted.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub rate_window: Duration,
     /// A pattern storm is the same alert name on more than this many distinct
     /// resources of one namespace within `pattern_window`.
     pub pattern_threshold: u32,
     /// The span over which a pattern storm's resources are counted.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub pattern_window: Duration,
     /// An aggregation window closes after this long without an alert, or at
     /// `max_duration`, whichever comes first.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub inactivity: Duration,
     /// An aggregation window closes this long after it opened, at the latest.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub max_duration: Duration,
     /// Most affected resources listed on an aggregated request; counts go on beyond

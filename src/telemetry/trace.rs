@@ -36,7 +36,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 
 /// The `tracing` target of every span that becomes an OpenTelemetry span.
 pub const TARGET: &str = "tidegate::trace";
@@ -55,11 +55,11 @@ pub struct TraceConfig {
     /// The spans' `service.name`.
     pub service_name: String,
     /// How long one export to the collector may take.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub timeout: Duration,
     /// How often batched spans are sent.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub export_interval: Duration,
 }

@@ -15,6 +15,7 @@
 //! a state store that lost its entries) never opens a second request for an open
 //! incident, and a request finished or removed by hand ends its incident at once.
 
+pub mod doctor;
 pub mod index;
 
 use std::fs;

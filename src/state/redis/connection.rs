@@ -26,7 +26,8 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    Client, ClientTlsConfig, IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult, TlsCertificates, TlsMode,
+    Client, ClientTlsConfig, Cmd, FromRedisValue, IntoConnectionInfo, RedisConnectionInfo, RedisError, RedisResult,
+    ScriptInvocation, TlsCertificates, TlsMode,
 };
 
 /// A parsed `--state` URL.
@@ -292,6 +293,39 @@ impl Connection {
             Connection::Standalone(m) => Handle::Single(m.clone()),
             Connection::Sentinel(s) => Handle::Single(s.current()),
             Connection::Cluster(c, _) => Handle::Cluster(c.clone()),
+        }
+    }
+
+    /// Sends one command to whichever topology: the primary, or on Cluster the node
+    /// that holds its key (any node, for a command without one).
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        match self.handle() {
+            Handle::Single(mut c) => cmd.query_async(&mut c).await,
+            Handle::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    /// Invokes a script on whichever topology, loading it first if Redis does not
+    /// know it.
+    pub async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> RedisResult<T> {
+        match self.handle() {
+            Handle::Single(mut c) => invocation.invoke_async(&mut c).await,
+            Handle::Cluster(mut c) => invocation.invoke_async(&mut c).await,
+        }
+    }
+
+    /// `cmd`'s answer from every primary: the one server, or each Cluster primary,
+    /// for per-node commands such as `INFO` and `CONFIG GET`.
+    pub async fn query_each_primary<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<Vec<T>> {
+        match self.handle() {
+            Handle::Single(mut c) => Ok(vec![cmd.query_async(&mut c).await?]),
+            Handle::Cluster(_) => {
+                let mut out = Vec::new();
+                for mut node in self.cluster_primaries().await? {
+                    out.push(cmd.query_async(&mut node).await?);
+                }
+                Ok(out)
+            }
         }
     }
 

@@ -12,6 +12,8 @@
 //! by itself when Redis comes back.
 
 pub mod connection;
+pub mod doctor;
+pub mod info;
 mod monitor;
 pub mod schema;
 
@@ -29,12 +31,12 @@ use super::{
     Admission, BoxFuture, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore,
     StormConfig, StormKind, Verdict,
 };
-use crate::config::ConfigError;
+use crate::section::ConfigError;
 use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
 pub use connection::TlsFiles;
 use connection::{Connection, Handle, Topology};
-pub use monitor::{parse_info, risks};
+pub use monitor::risks;
 use schema::{DedupTag, Key, Schema};
 
 const DECIDE: &str = include_str!("decide.lua");
@@ -62,11 +64,11 @@ pub struct RedisConfig {
     /// the same prefix.
     pub prefix: String,
     /// A Redis call slower than this is answered 503 and retried by the sender.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub timeout: Duration,
     /// How often Redis memory and key gauges are refreshed.
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub monitor_interval: Duration,
     /// PEM files for a `rediss…` state URL; unset, the system's trust store.
@@ -318,10 +320,9 @@ impl Shared {
         let args = [now_ms, limit.emission_interval_ms(), limit.tolerance_ms()];
         let reply = self
             .guarded(async {
-                match self.conn.handle() {
-                    Handle::Single(mut c) => self.gcra.key(key).arg(&args[..]).invoke_async::<Value>(&mut c).await,
-                    Handle::Cluster(mut c) => self.gcra.key(key).arg(&args[..]).invoke_async::<Value>(&mut c).await,
-                }
+                let mut invocation = self.gcra.prepare_invoke();
+                invocation.key(key).arg(&args[..]);
+                self.conn.invoke::<Value>(&invocation).await
             })
             .await?;
         let bad = |what: String| bad_reply("rate-limit", what);
@@ -339,22 +340,14 @@ impl Shared {
     async fn first_sighting(&self, id: [u8; 16], ttl: Duration) -> Result<bool, StateError> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.schema.sighting_key(&id)).arg(1).arg("NX").arg("EX").arg(ttl.as_secs().max(1));
-        let reply: Value = self.guarded(self.query(&cmd)).await?;
+        let reply: Value = self.guarded(self.conn.query(&cmd)).await?;
         Ok(matches!(reply, Value::Okay))
     }
 
     async fn forget_sighting(&self, id: [u8; 16]) -> Result<(), StateError> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(self.schema.sighting_key(&id));
-        self.guarded(self.query::<()>(&cmd)).await
-    }
-
-    /// Runs one command on whichever topology.
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
-        match self.conn.handle() {
-            Handle::Single(mut c) => cmd.query_async(&mut c).await,
-            Handle::Cluster(mut c) => cmd.query_async(&mut c).await,
-        }
+        self.guarded(self.conn.query::<()>(&cmd)).await
     }
 
     fn classify(&self, e: &RedisError) -> StateError {
@@ -372,10 +365,7 @@ impl Shared {
         // After an OOM refusal, stay unready until Redis has room again, even with
         // no traffic to prove it.
         let probe = async {
-            let _: () = match self.conn.handle() {
-                Handle::Single(mut c) => redis::cmd("PING").query_async(&mut c).await?,
-                Handle::Cluster(mut c) => redis::cmd("PING").query_async(&mut c).await?,
-            };
+            let _: () = self.conn.query(&redis::cmd("PING")).await?;
             let full = self.out_of_memory.load(Ordering::Relaxed) && monitor::is_full(&self.conn).await?;
             Ok::<bool, RedisError>(full)
         };

@@ -10,6 +10,7 @@ use redis::aio::ConnectionLike;
 use redis::RedisResult;
 
 use super::connection::{Connection, Handle};
+use super::info::{self, Info};
 use super::Shared;
 use crate::telemetry::Metrics;
 
@@ -18,10 +19,7 @@ use crate::telemetry::Metrics;
 pub async fn eviction_warnings(conn: &Connection) -> Vec<String> {
     // Redis 7 takes several parameters in one CONFIG GET.
     let get = redis::cmd("CONFIG").arg("GET").arg("maxmemory").arg("maxmemory-policy").clone();
-    let settings: RedisResult<HashMap<String, String>> = match conn.handle() {
-        Handle::Single(mut c) => get.query_async(&mut c).await,
-        Handle::Cluster(mut c) => get.query_async(&mut c).await,
-    };
+    let settings: RedisResult<HashMap<String, String>> = conn.query(&get).await;
     match settings {
         Ok(settings) => {
             let policy = settings.get("maxmemory-policy").map(String::as_str).unwrap_or("");
@@ -58,46 +56,15 @@ pub fn risks(policy: &str, maxmemory: u64) -> Vec<String> {
 
 /// Whether Redis (any primary, on Cluster) is at its memory limit.
 pub async fn is_full(conn: &Connection) -> RedisResult<bool> {
-    Ok(memory(conn).await?.iter().any(|info| {
-        let max = info.get("maxmemory").copied().unwrap_or(0.0);
-        max > 0.0 && info.get("used_memory").copied().unwrap_or(0.0) >= max
+    Ok(info::each_primary(conn, "memory").await?.iter().any(|info| {
+        let max = info.count("maxmemory");
+        max > 0 && info.count("used_memory") >= max
     }))
 }
 
-const EVICTS_ANY_KEY: &str = "evicts_any_key";
-
-/// `INFO memory` of every primary.
-async fn memory(conn: &Connection) -> RedisResult<Vec<HashMap<String, f64>>> {
-    let mut out = Vec::new();
-    match conn.handle() {
-        Handle::Single(mut c) => out.push(memory_info(&mut c).await?),
-        Handle::Cluster(_) => {
-            for mut node in conn.cluster_primaries().await? {
-                out.push(memory_info(&mut node).await?);
-            }
-        }
-    }
-    Ok(out)
-}
-
-async fn memory_info(conn: &mut impl ConnectionLike) -> RedisResult<HashMap<String, f64>> {
-    let text: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
-    let mut info = parse_info(&text);
-    // The one text field the gauges need, as a number: whether the policy may evict
-    // any key, open incidents' included.
-    let evicts_any = text.lines().any(|line| line.trim().starts_with("maxmemory_policy:allkeys-"));
-    info.insert(EVICTS_ANY_KEY.into(), if evicts_any { 1.0 } else { 0.0 });
-    Ok(info)
-}
-
-/// Parses the numeric `key:value` lines of `INFO`.
-pub fn parse_info(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter_map(|line| {
-            let (k, v) = line.trim().split_once(':')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
+/// Whether a memory policy may evict any key, open incidents' included.
+fn evicts_any_key(info: &Info) -> bool {
+    info.get("maxmemory_policy").is_some_and(|policy| policy.starts_with("allkeys-"))
 }
 
 /// Refreshes the gauges every `interval` until the store is dropped.
@@ -116,14 +83,13 @@ pub async fn run(shared: Weak<Shared>, metrics: Arc<Metrics>, interval: Duration
 /// Memory summed over primaries (fragmentation: the worst), keys and fingerprints
 /// counted on each.
 async fn refresh(shared: &Shared, metrics: &Metrics) -> RedisResult<()> {
-    let infos = memory(&shared.conn).await?;
-    let sum = |k: &str| infos.iter().map(|i| i.get(k).copied().unwrap_or(0.0)).sum::<f64>();
+    let infos = info::each_primary(&shared.conn, "memory").await?;
+    let sum = |k: &str| infos.iter().map(|i| i.number(k)).sum::<f64>();
     metrics.redis_used_memory.set(sum("used_memory") as i64);
     metrics.redis_maxmemory.set(sum("maxmemory") as i64);
-    let worst = infos.iter().filter_map(|i| i.get("mem_fragmentation_ratio").copied()).fold(0.0, f64::max);
+    let worst = infos.iter().map(|i| i.number("mem_fragmentation_ratio")).fold(0.0, f64::max);
     metrics.redis_fragmentation.set(worst);
-    let field = |info: &HashMap<String, f64>, k: &str| info.get(k).copied().unwrap_or(0.0);
-    let risky = infos.iter().any(|i| field(i, EVICTS_ANY_KEY) == 1.0 || field(i, "maxmemory") == 0.0);
+    let risky = infos.iter().any(|i| evicts_any_key(i) || i.count("maxmemory") == 0);
     metrics.redis_memory_config_risky.set(risky as i64);
     let prefix = shared.schema.prefix();
     let (mut keys, mut fields) = (0, 0);

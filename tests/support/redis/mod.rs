@@ -507,11 +507,7 @@ fn try_dbsize(port: u16) -> RedisResult<u64> {
     ::redis::cmd("DBSIZE").query(&mut con)
 }
 
-/// `key:value` lines of INFO / CLUSTER INFO; `# Section` headers and blanks dropped.
+/// `key:value` lines of INFO / CLUSTER INFO, read by the gateway's own parser.
 fn parse_info(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
-        .collect()
+    tidegate::state::redis::info::Info::parse(text).into_fields()
 }
