@@ -579,3 +579,39 @@ async fn helm_install_of_the_defaults_creates_the_objects_with_the_sink_rbac() {
     let status = helm.ok(&["status", RELEASE, "--namespace", NAMESPACE]);
     assert!(status.contains("STATUS: deployed"), "{status}");
 }
+
+/// The receiver NOTES.txt prints: from `receivers:` to the first blank line.
+fn receiver_in_notes(notes: &str) -> String {
+    let start = notes.find("\nreceivers:\n").expect("NOTES.txt prints a receiver") + 1;
+    let block = &notes[start..];
+    block[..block.find("\n\n").unwrap_or(block.len())].to_string()
+}
+
+#[test]
+fn notes_print_a_receiver_alertmanager_accepts_with_its_credential() {
+    let helm = Helm::new();
+    let chart = chart();
+    for (set, values) in value_sets() {
+        let mut args = vec!["install", RELEASE, chart.to_str().unwrap(), "--namespace", NAMESPACE, "--dry-run=client"];
+        if let Some(values) = &values {
+            args.extend(["--values", values.to_str().unwrap()]);
+        }
+        let out = helm.ok(&args);
+        let receiver = receiver_in_notes(&out);
+        assert!(
+            receiver.contains("credentials_file:") || receiver.contains("password_file:"),
+            "{set}: the receiver carries no credential:\n{receiver}"
+        );
+        // Debian's Alertmanager checks it as it would load it.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(&config, format!("route:\n  receiver: tidegate\n{receiver}\n")).unwrap();
+        let check = Command::new("amtool").arg("check-config").arg(&config).output().expect("run amtool");
+        assert!(
+            check.status.success(),
+            "{set}: amtool refuses the receiver:\n{receiver}\n{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
