@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use clap::Parser;
@@ -82,7 +82,7 @@ impl Helm {
         helm
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    fn command(&self, args: &[&str]) -> Command {
         let home = self.home.path();
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
@@ -92,20 +92,12 @@ impl Helm {
             .env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_DATA_HOME", home.join("data"))
             .env("KUBECONFIG", self.kubeconfig.clone().unwrap_or_else(|| home.join("no-kubeconfig")));
-        cmd.output().unwrap_or_else(|e| panic!("run helm {args:?}: {e}"))
+        cmd
     }
 
     /// Runs helm and returns its stdout; fails the test with its stderr otherwise.
     fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "helm {args:?} failed ({}):\n{}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("UTF-8 output")
+        support::stdout_of(&mut self.command(args))
     }
 
     /// `helm template` of the chart with `values` (a file of `ci/`, or none).
