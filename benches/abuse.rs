@@ -4,10 +4,11 @@
 //! the real `tidegate serve` binary with the limits in [`CONFIG`], reads its resident
 //! set (`/proc/<pid>/status`) before and after each abuse, and checks the refusal
 //! each one gets. Without `--bench` (as `cargo test --benches` runs it) every case
-//! runs at a small scale, as a correctness check.
+//! runs at a small scale, as a correctness check. `refusal_log` (also alone:
+//! `cargo bench --bench abuse -- refusal_log`) measures the bytes of log that floods
+//! of refused requests cost instead of memory.
 
-#[path = "common/proc.rs"]
-mod proc;
+use tidegate_testkit::bench::proc;
 
 use std::future::Future;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -315,10 +316,118 @@ async fn deep_nesting(gw: &Gateway, n: usize) {
     row("1 MiB of nested arrays (skipped or 400)", before, sampler.stop(), gw.rss(), 2 * n, "request");
 }
 
+/// The log a flood of refused requests costs: `tidegate serve` with its default
+/// log (`info`, JSON lines) and a rate limit of 10/s (burst 20), flooded for `secs`
+/// by one authenticated sender over its limit, then by requests with a wrong token
+/// from a new forwarded address each (the worst case: every refusal from an actor
+/// of its own). Counts the bytes written while each flood lasts and until the
+/// refusals it summed are written.
+async fn refusal_log(secs: u64, full: bool) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "bench-token").expect("token");
+    let config = dir.path().join("tidegate.yaml");
+    let yaml = format!(
+        "rate_limit: {{rate: 10, burst: 20, trusted_proxies: [127.0.0.1/32]}}\nlog: {{format: json}}\n\
+         auth: {{authenticators: {{t: {{bearer: {{tokens: {{alertmanager: {}}}}}}}}}}}\n",
+        token.display()
+    );
+    std::fs::write(&config, yaml).expect("config");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+    command.arg("serve").arg("--config").arg(&config).args(["--listen", &addr.to_string()]);
+    command.arg("--sink").arg(format!("dir:{}", dir.path().join("sink").display()));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TIDEGATE_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("starting tidegate");
+    let (bytes, lines, audit) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stdout = child.stdout.take().expect("stdout");
+    let (b, l, a) = (bytes.clone(), lines.clone(), audit.clone());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            b.fetch_add(line.len() as u64 + 1, Relaxed);
+            l.fetch_add(1, Relaxed);
+            a.fetch_add(u64::from(line.contains("\"target\":\"tidegate::audit\"")), Relaxed);
+        }
+    });
+    let url = format!("http://{addr}/api/v1/signals/prometheus");
+    let client = reqwest::Client::new();
+    let ready = poll(Duration::from_secs(20), || async {
+        client.get(format!("http://{addr}/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+    });
+    assert!(ready.await, "tidegate did not become ready");
+    let body = serde_json::to_vec(&json!({"status": "firing", "alerts": [alert("Flood", "p-0")]})).expect("a body");
+    let floods: [(&str, &str, bool); 2] = [
+        ("one sender over its rate limit", "bench-token", false),
+        ("wrong token, a new address each", "wrong-token", true),
+    ];
+    println!("refusal floods: bytes of log (JSON lines) while each lasts ({secs}s) and until its sums are written");
+    for (case, token, rotate) in floods {
+        let (bytes0, lines0, audit0) = (bytes.load(Relaxed), lines.load(Relaxed), audit.load(Relaxed));
+        let started = Instant::now();
+        let refused = Arc::new(AtomicU64::new(0));
+        let senders: Vec<_> = (0..8u64)
+            .map(|worker| {
+                let (client, url, body, refused) = (client.clone(), url.clone(), body.clone(), refused.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while started.elapsed() < Duration::from_secs(secs) {
+                        n += 1;
+                        let mut request =
+                            client.post(&url).bearer_auth(token).header("content-type", "application/json");
+                        if rotate {
+                            let k = worker << 24 | n;
+                            request = request.header(
+                                "x-forwarded-for",
+                                format!("10.{}.{}.{}", k >> 16 & 255, k >> 8 & 255, k & 255),
+                            );
+                        }
+                        let status = request.body(body.clone()).send().await.expect("a response").status();
+                        refused.fetch_add(u64::from(status == 401 || status == 503), Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.await.expect("a sender");
+        }
+        let flood = started.elapsed();
+        // The refusals summed in the last window are written once it ends.
+        let tail = if full { Duration::from_secs(16) } else { Duration::ZERO };
+        tokio::time::sleep(tail).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let (bytes, lines, audit) =
+            (bytes.load(Relaxed) - bytes0, lines.load(Relaxed) - lines0, audit.load(Relaxed) - audit0);
+        let refused = refused.load(Relaxed);
+        println!(
+            "  {case:<34} {refused:>8} refused ({:>6.0}/s)  log {bytes:>9} B in {lines:>5} lines ({audit:>4} audit)  {:>8.0} B/s over {elapsed:.1}s",
+            refused as f64 / flood.as_secs_f64(),
+            bytes as f64 / elapsed,
+        );
+        // At most one audit line per actor and reason per 10 s, and 256 actors
+        // followed (the rest summed as one): the bound docs/abuse.md gives.
+        let windows = 2 + flood.as_secs() / 10;
+        assert!(audit <= 257 * 2 * windows, "{audit} audit lines for {refused} refusals");
+        assert!(refused > 0, "nothing was refused");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn main() -> ExitCode {
     let full = std::env::args().any(|a| a == "--bench");
     let scale = if full { FULL } else { SMOKE };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    if std::env::args().any(|a| a == "refusal_log") {
+        runtime.block_on(refusal_log(if full { 20 } else { 1 }, full));
+        return ExitCode::SUCCESS;
+    }
     runtime.block_on(async {
         println!(
             "abuse bench: resident memory of `tidegate serve` per abuse{}",
@@ -333,6 +442,8 @@ fn main() -> ExitCode {
         deep_nesting(&gw, scale.huge_alerts).await;
         distinct_fingerprints(&gw, scale.fingerprints - scale.huge_alerts - 1).await;
         println!("final RSS {}", mib(gw.rss() as i64));
+        drop(gw);
+        refusal_log(if full { 20 } else { 1 }, full).await;
     });
     ExitCode::SUCCESS
 }

@@ -69,6 +69,7 @@ fn main() -> ExitCode {
             count: 2,
             resolved_at_s: None,
             storm: None,
+            inhibited: None,
         };
         let request = remediation::build(&signal, &namespace, now - 60, &class, &update);
         let path = dir.path().join(&namespace).join(format!("{}.yaml", request.metadata.name.as_deref().unwrap()));

@@ -26,6 +26,8 @@
 //! (tidegate checks a static bearer token on every request: each worker is a sender
 //! with a token file of its own, so the rate limit still sees many senders).
 //!
+//! `BENCH_INHIBIT_RULES=50` loads 50 inhibit rules that every alert looks up and
+//! none triggers (their cost alone).
 //! `BENCH_TRACE_RATIO=0.01` (or `1.0`, …) turns tracing on, sampled at that ratio:
 //! tidegate exports its spans over OTLP/HTTP to a receiver in this process that
 //! counts and discards them, so the row measures what making and sending spans
@@ -65,19 +67,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-#[path = "common/alerts.rs"]
-mod alerts;
-#[path = "common/cpu.rs"]
-mod cpu;
-#[path = "common/knobs.rs"]
-mod knobs;
-#[path = "../tests/support/process.rs"]
-mod process;
-#[path = "../tests/support/redis/mod.rs"]
-mod redis_support;
 use alerts::{splitmix64, ALERT_NAMES};
 use cpu::{cpu_seconds, machine_busy_seconds};
 use serde_json::{json, Value};
+use tidegate_testkit::bench::alerts;
+use tidegate_testkit::bench::cpu;
+use tidegate_testkit::bench::knobs;
+use tidegate_testkit::redis as redis_support;
 
 /// Requests in one pass over every identity.
 fn bodies() -> usize {
@@ -407,6 +403,22 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
         }
         Ok(other) => return Err(format!("BENCH_AUTH={other}: only `bearer` is known")),
     };
+    // `BENCH_INHIBIT_RULES=N`: N inhibit rules whose target side matches every bench
+    // alert and whose source side none does, so every alert pays for the lookup of
+    // 2N keys per namespace and is never held back: inhibition's cost, measured alone.
+    if let Ok(n) = std::env::var("BENCH_INHIBIT_RULES") {
+        let n: usize = n.parse().map_err(|e| format!("BENCH_INHIBIT_RULES={n}: {e}"))?;
+        let rules: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "{{source_matchers: ['alertname=\"BenchNodeDown{i}\"'], \
+                     target_matchers: ['alertname=~\".+\"'], equal: [namespace]}}"
+                )
+            })
+            .collect();
+        command.env("TIDEGATE_INHIBIT_RULES", format!("[{}]", rules.join(", ")));
+        println!("  inhibit rules: {n}, each looked up by every alert, none holding");
+    }
     let otlp = match std::env::var("BENCH_TRACE_RATIO") {
         Ok(ratio) => {
             let otlp = OtlpSink::start().await?;

@@ -18,10 +18,7 @@
 //! Without `--bench` (as `scripts/test` runs it) it uses 200 pods and checks the
 //! same things on a small load.
 
-#[path = "common/rss.rs"]
-mod rss;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use tidegate_testkit::bench::rss;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -33,8 +30,8 @@ use kube::Api;
 use rss::rss_bytes;
 use tidegate::config::KubeConfig;
 use tidegate::signal::TargetResource;
-use tidegate::sink::kube::owners::OwnerCache;
 use tidegate::telemetry::Metrics;
+use tidegate::workload::owners::OwnerCache;
 use tidegate::workload::Owners;
 
 #[global_allocator]
@@ -55,7 +52,7 @@ async fn run(pods: usize, measuring: bool) -> ExitCode {
     if !measuring {
         println!("(run by `cargo test`: a small load, not a measurement)");
     }
-    let kube = support::kube::Kube::new().await;
+    let kube = tidegate_testkit::kube::Kube::new().await;
     let ns = kube.namespace("bench", &[]).await;
     let started = Instant::now();
     let web = kube.create_object(&ns, "Deployment", "web", None).await;
@@ -78,8 +75,8 @@ async fn run(pods: usize, measuring: bool) -> ExitCode {
     unsafe { libmimalloc_sys::mi_collect(true) };
     let before = rss_bytes();
     let started = Instant::now();
-    let owners = OwnerCache::start(client, &KubeConfig::default(), metrics.clone());
-    support::eventually_within("the owner caches to list", std::time::Duration::from_secs(120), || {
+    let owners = OwnerCache::start(client, KubeConfig::default().owner_lookup_timeout, metrics.clone());
+    tidegate_testkit::eventually_within("the owner caches to list", std::time::Duration::from_secs(120), || {
         let owners = owners.clone();
         async move { owners.synced() }
     })

@@ -17,10 +17,8 @@
 //! alerts' own incidents. `tidegate capacity` reads both figures
 //! (`src/capacity.rs`, checked against docs/benches/memory.txt).
 
-#[path = "common/rss.rs"]
-mod rss;
-#[path = "common/scopes.rs"]
-mod scopes;
+use tidegate_testkit::bench::rss;
+use tidegate_testkit::bench::scopes;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

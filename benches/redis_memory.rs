@@ -18,12 +18,8 @@
 //! fresh server too, 100,000 Standard Webhooks message ids recorded in the replay
 //! store (`StateStore::first_sighting`, one `SET NX EX` each).
 
-#[path = "../tests/support/process.rs"]
-mod process;
-#[path = "../tests/support/redis/mod.rs"]
-mod redis_support;
-#[path = "common/scopes.rs"]
-mod scopes;
+use tidegate_testkit::bench::scopes;
+use tidegate_testkit::redis as redis_support;
 
 use std::collections::HashMap;
 use std::process::ExitCode;

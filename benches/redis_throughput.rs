@@ -16,14 +16,9 @@
 //! at most one core's worth. Without `--bench` (under `cargo test --all-targets`)
 //! it runs for a moment as a smoke test and fails on any error or limited call.
 
-#[path = "common/cpu.rs"]
-mod cpu;
-#[path = "common/knobs.rs"]
-mod knobs;
-#[path = "../tests/support/process.rs"]
-mod process;
-#[path = "../tests/support/redis/mod.rs"]
-mod redis_support;
+use tidegate_testkit::bench::cpu;
+use tidegate_testkit::bench::knobs;
+use tidegate_testkit::redis as redis_support;
 
 use knobs::knob;
 use std::process::ExitCode;

@@ -65,18 +65,12 @@ use std::time::{Duration, Instant};
 use alerts::{splitmix64, ALERT_NAMES};
 use bytes::Bytes;
 
-#[path = "common/alerts.rs"]
-mod alerts;
-#[path = "common/cpu.rs"]
-mod cpu;
-#[path = "common/knobs.rs"]
-mod knobs;
-#[path = "common/proc.rs"]
-mod proc;
-#[path = "../tests/support/process.rs"]
-mod process;
-#[path = "../tests/support/redis/mod.rs"]
-mod redis_support;
+use tidegate_testkit::bench::alerts;
+use tidegate_testkit::bench::cpu;
+use tidegate_testkit::bench::knobs;
+use tidegate_testkit::bench::proc;
+use tidegate_testkit::process;
+use tidegate_testkit::redis as redis_support;
 
 /// Alerts per webhook request.
 const BATCH: usize = 10;

@@ -1,19 +1,17 @@
 //! Command-line interface.
 //!
 //! The layers, from the bottom: defaults, the YAML config file, a `TIDEGATE_*`
-//! variable for any key ([`Config::load`]), then the flags below, which are
-//! shorthands for the keys set most often. A few flags also read the variable
-//! names of earlier releases (`TIDEGATE_BODY_LIMIT`, `TIDEGATE_LOG`, …), which
-//! therefore still win over the file.
+//! variable for any key ([`Config::load`]), then the flags of `serve`, which are
+//! shorthands for the keys set most often ([`config::FLAGS`]). Flags, variables
+//! and the names of earlier releases all go through the one key table in
+//! [`config`]; nothing here repeats a key.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, Args, Parser, Subcommand};
 
 use crate::capacity::Load;
-use crate::config::{parse_duration, Config, ConfigError, LogFormat, SinkTarget, StateBackend};
+use crate::config::{self, Config, ConfigError};
 use crate::doctor::{self, Report};
 
 #[derive(Debug, Parser)]
@@ -54,76 +52,63 @@ pub enum Command {
     Doctor(Box<DoctorArgs>),
 }
 
-#[derive(Debug, Args)]
-#[command(after_help = "Every key of the config file can also be set with a TIDEGATE_* variable; \
-`tidegate config` lists them with their defaults.")]
+/// `tidegate serve`'s flags: `--config`, and a shorthand per key of
+/// [`config::FLAGS`], each read through the key table like the file and the
+/// variables, so a flag's values, its checks and its errors are the key's own.
+#[derive(Clone, Debug, Default)]
 pub struct ServeArgs {
     /// YAML configuration file; flags and environment variables override it.
-    #[arg(long, env = "TIDEGATE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, env = "TIDEGATE_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// `memory` or a Redis URL.
-    #[arg(long, env = "TIDEGATE_STATE")]
-    pub state: Option<StateBackend>,
-    /// `dir:<path>` or `kube`.
-    #[arg(long, env = "TIDEGATE_SINK")]
-    pub sink: Option<SinkTarget>,
-    /// `http.body_limit`: largest request body in bytes.
-    #[arg(long, env = "TIDEGATE_BODY_LIMIT")]
-    pub body_limit: Option<usize>,
-    /// `dedup.window`, e.g. `5m`.
-    #[arg(long, env = "TIDEGATE_DEDUP_WINDOW", value_parser = parse_duration)]
-    pub dedup_window: Option<Duration>,
-    /// `dedup.status_interval`: least time between status writes to one request.
-    #[arg(long, env = "TIDEGATE_STATUS_INTERVAL", value_parser = parse_duration)]
-    pub status_interval: Option<Duration>,
-    /// `memory.max_entries`: most open incidents the embedded store holds.
-    #[arg(long, env = "TIDEGATE_MEMORY_MAX_ENTRIES")]
-    pub memory_max_entries: Option<usize>,
-    /// `http.shutdown_delay`: keep serving this long after SIGTERM with readiness at 503.
-    #[arg(long, env = "TIDEGATE_SHUTDOWN_DELAY", value_parser = parse_duration)]
-    pub shutdown_delay: Option<Duration>,
-    /// `log.format`.
-    #[arg(long, env = "TIDEGATE_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// `log.filter`, e.g. `info` or `tidegate=debug`.
-    #[arg(long, env = "TIDEGATE_LOG")]
-    pub log: Option<String>,
-    /// Threads that run requests.
-    #[arg(long, env = "TIDEGATE_WORKER_THREADS")]
-    pub worker_threads: Option<usize>,
+    /// `(flag, raw value)` of each flag given.
+    pub flags: Vec<(&'static str, String)>,
 }
+
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let config = matches.get_one::<PathBuf>(CONFIG).cloned();
+        let given =
+            config::FLAGS.iter().filter_map(|(flag, _)| Some((*flag, matches.get_one::<String>(flag)?.clone())));
+        Ok(ServeArgs { config, flags: given.collect() })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for ServeArgs {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        let keys = config::keys();
+        let config = Arg::new(CONFIG)
+            .long(CONFIG)
+            .env("TIDEGATE_CONFIG")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("YAML configuration file; flags and environment variables override it.");
+        let flags = config::FLAGS.iter().map(|(flag, path)| {
+            let meaning = keys.iter().find(|k| k.path == *path).map_or("", |k| k.meaning.as_str());
+            Arg::new(*flag).long(*flag).value_name("VALUE").help(format!("`{path}`: {meaning}"))
+        });
+        command.arg(config).args(flags).after_help(
+            "Every key of the config file can also be set with a TIDEGATE_* variable; `tidegate config` lists them \
+             with their defaults.",
+        )
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+/// The `--config` flag's name and id.
+const CONFIG: &str = "config";
 
 impl ServeArgs {
     /// The file's config with environment variables and flags laid over it.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let mut config = Config::load(self.config.as_deref(), utf8_vars())?;
-        self.apply(&mut config);
+        let config = Config::load_with(self.config.as_deref(), utf8_vars(), &self.flags)?;
         config.validate()?;
         Ok(config)
-    }
-
-    fn apply(&self, c: &mut Config) {
-        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
-            if let Some(v) = value {
-                *target = v.clone();
-            }
-        }
-        set(&mut c.listen, &self.listen);
-        set(&mut c.state, &self.state);
-        set(&mut c.sink, &self.sink);
-        set(&mut c.http.body_limit, &self.body_limit);
-        set(&mut c.dedup.window, &self.dedup_window);
-        set(&mut c.dedup.status_interval, &self.status_interval);
-        set(&mut c.memory.max_entries, &self.memory_max_entries);
-        set(&mut c.http.shutdown_delay, &self.shutdown_delay);
-        set(&mut c.log.format, &self.log_format);
-        set(&mut c.log.filter, &self.log);
-        if self.worker_threads.is_some() {
-            c.runtime.worker_threads = self.worker_threads;
-        }
     }
 }
 
@@ -182,7 +167,7 @@ mod tests {
         let Command::Serve(args) = cli.command else { panic!("serve") };
         let config = args.load().unwrap();
         assert_eq!(config.listen.port(), 9000);
-        assert_eq!(config.dedup.window, Duration::from_secs(600));
+        assert_eq!(config.dedup.window, std::time::Duration::from_secs(600));
         assert_eq!(config.worker_threads(), 3);
     }
 

@@ -26,7 +26,7 @@ pub use crate::http::HttpConfig;
 pub use crate::ingest::cloudevents::CloudEventsConfig;
 pub use crate::ingest::IngestConfig;
 pub use crate::pipeline::classify::{ClassifyConfig, PriorityRule};
-pub use crate::pipeline::{PlacementConfig, RateLimitConfig};
+pub use crate::pipeline::{PlacementConfig, RateLimitConfig, StatusWriterConfig};
 pub use crate::section::{duration, optional_duration, parse_duration, ConfigError};
 pub use crate::sink::kube::KubeConfig;
 pub use crate::sink::SinkTarget;
@@ -51,11 +51,17 @@ pub struct Config {
     pub sink: SinkTarget,
     pub http: HttpConfig,
     pub dedup: DedupConfig,
+    pub status_writer: StatusWriterConfig,
     pub memory: MemoryConfig,
     pub redis: RedisConfig,
     pub storm: StormConfig,
     pub rate_limit: RateLimitConfig,
     pub placement: PlacementConfig,
+    /// Which targets may be remediated at all (`docs/safety.md`).
+    pub scope: crate::pipeline::scope::ScopeConfig,
+    /// Alertmanager-format inhibit rules across every source; none by default
+    /// (`docs/safety.md` has the Kubernetes examples).
+    pub inhibit_rules: Vec<crate::pipeline::inhibit::InhibitRuleConfig>,
     pub kube: KubeConfig,
     pub classify: ClassifyConfig,
     pub cloudevents: CloudEventsConfig,
@@ -66,6 +72,10 @@ pub struct Config {
     pub log: LogConfig,
     pub trace: TraceConfig,
     pub runtime: RuntimeConfig,
+    /// What the configuration spelled the way of an earlier release, to warn about.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub deprecated: Vec<String>,
 }
 
 impl Default for Config {
@@ -76,11 +86,14 @@ impl Default for Config {
             sink: SinkTarget::Dir(PathBuf::from("./remediations")),
             http: Default::default(),
             dedup: Default::default(),
+            status_writer: Default::default(),
             memory: Default::default(),
             redis: Default::default(),
             storm: Default::default(),
             rate_limit: Default::default(),
             placement: Default::default(),
+            scope: Default::default(),
+            inhibit_rules: Default::default(),
             kube: Default::default(),
             classify: Default::default(),
             cloudevents: Default::default(),
@@ -89,6 +102,7 @@ impl Default for Config {
             log: Default::default(),
             trace: Default::default(),
             runtime: Default::default(),
+            deprecated: Vec::new(),
         }
     }
 }
@@ -128,11 +142,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate()?;
         self.dedup.validate()?;
+        self.status_writer.validate(self.dedup.window)?;
         self.memory.validate()?;
         self.redis.validate()?;
         self.storm.validate()?;
         self.rate_limit.validate()?;
         self.placement.validate()?;
+        self.scope.validate()?;
+        crate::pipeline::inhibit::validate(&self.inhibit_rules)?;
         self.kube.validate()?;
         self.classify.validate()?;
         self.ingest.validate()?;
@@ -172,17 +189,20 @@ impl Config {
         crate::pipeline::Settings {
             classify: self.classify.clone(),
             dedup: self.dedup.clone(),
+            status_writer: self.status_writer.clone(),
             storm: self.storm,
             placement: self.placement.clone(),
             rate_limit: self.rate_limit.clone(),
             trace: self.trace.clone(),
+            scope: self.scope.clone(),
+            inhibit_rules: self.inhibit_rules.clone(),
         }
     }
 
     /// What the HTTP front door reads.
     pub fn http_settings(&self) -> crate::http::Settings {
         let sources = crate::ingest::Settings { ingest: self.ingest.clone(), cloudevents: self.cloudevents.clone() };
-        crate::http::Settings { http: self.http.clone(), rate_limit: self.rate_limit.clone(), sources }
+        crate::http::Settings { http: self.http.clone(), refusal_status: self.rate_limit.refusal_status, sources }
     }
 
     /// What the sink is built from.
@@ -200,31 +220,133 @@ impl Config {
     /// Defaults, overlaid with the YAML file at `path` if given, then with every
     /// `TIDEGATE_*` variable of `vars` that names a key (see [`keys`]).
     pub fn load(path: Option<&Path>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        Config::load_with(path, vars, &[])
+    }
+
+    /// [`Config::load`], then `flags` laid over it: `(flag, raw value)`, each flag
+    /// one of [`FLAGS`].
+    pub fn load_with(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+        flags: &[(&str, String)],
+    ) -> Result<Self, ConfigError> {
         let mut tree = match path {
             Some(path) => read_file(path)?,
             None => Value::Object(Default::default()),
         };
+        let mut deprecated = move_keys(&mut tree);
         let vars: BTreeMap<String, String> =
             vars.into_iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)).collect();
-        let mut from_env = Vec::new();
-        for key in keys() {
-            if let Some(raw) = vars.get(&key.env) {
-                set(&mut tree, &key.path, key.parse(raw));
-                from_env.push(key);
-            }
+        // Where each value set by a variable or a flag came from, to name it in an error.
+        let mut given: Vec<(String, String)> = Vec::new();
+        let keys = keys();
+        for key in &keys {
+            let old = old_variables(&key.path).into_iter().find(|name| vars.contains_key(name));
+            let (name, raw) = match (vars.get(&key.env), old) {
+                (Some(raw), old) => {
+                    if let Some(old) = old {
+                        deprecated.push(format!("{old} is ignored: {} is set", key.env));
+                    }
+                    (key.env.clone(), raw)
+                }
+                (None, Some(old)) => {
+                    deprecated.push(format!("{old} is an old name of {}: use that", key.env));
+                    let raw = &vars[&old];
+                    (old, raw)
+                }
+                (None, None) => continue,
+            };
+            set(&mut tree, &key.path, key.parse(raw));
+            given.push((name, key.path.clone()));
         }
-        serde_path_to_error::deserialize(tree).map_err(|error| {
+        for (flag, raw) in flags {
+            let Some(&(_, path)) = FLAGS.iter().find(|(f, _)| f == flag) else { continue };
+            let key = keys.iter().find(|k| k.path == path).expect("every flag names a key");
+            set(&mut tree, path, key.parse(raw));
+            given.push((format!("--{flag}"), path.to_string()));
+        }
+        let mut config: Config = serde_path_to_error::deserialize(tree).map_err(|error| {
             let path = error.path().to_string();
-            let at = match from_env.iter().find(|key| path.starts_with(&key.path)) {
-                Some(key) => format!("{} ({})", key.env, key.path),
+            let at = match given.iter().rev().find(|(_, key)| path.starts_with(key.as_str())) {
+                Some((name, key)) => format!("{name} ({key})"),
                 None => match path {
                     _ if path == "." => "config".to_string(),
                     _ => path,
                 },
             };
             ConfigError::Value { at, source: error.into_inner() }
-        })
+        })?;
+        config.deprecated = deprecated;
+        Ok(config)
     }
+}
+
+/// Keys that moved to the section of the component that reads them, `(old, new)`.
+/// A file or a variable that still spells one the old way keeps working, with a
+/// warning at start-up and from `tidegate doctor`, so no configuration of an
+/// earlier release breaks.
+pub const MOVED: &[(&str, &str)] = &[
+    ("rate_limit.trusted_proxies", "http.trusted_proxies"),
+    ("dedup.status_interval", "status_writer.interval"),
+    ("dedup.max_status_writes_per_s", "status_writer.max_writes_per_s"),
+];
+
+/// Variables of earlier releases, before every key had its own, `(variable, key)`:
+/// still read, with a warning, when the key's own variable is not set.
+pub const OLD_VARIABLES: &[(&str, &str)] = &[
+    ("TIDEGATE_BODY_LIMIT", "http.body_limit"),
+    ("TIDEGATE_STATUS_INTERVAL", "status_writer.interval"),
+    ("TIDEGATE_SHUTDOWN_DELAY", "http.shutdown_delay"),
+    ("TIDEGATE_LOG", "log.filter"),
+    ("TIDEGATE_WORKER_THREADS", "runtime.worker_threads"),
+];
+
+/// The flags of `tidegate serve` and `doctor`, `(flag, key)`: shorthands for the
+/// keys set most often, read through the same table as the file and the variables.
+pub const FLAGS: &[(&str, &str)] = &[
+    ("listen", "listen"),
+    ("state", "state"),
+    ("sink", "sink"),
+    ("body-limit", "http.body_limit"),
+    ("dedup-window", "dedup.window"),
+    ("status-interval", "status_writer.interval"),
+    ("memory-max-entries", "memory.max_entries"),
+    ("shutdown-delay", "http.shutdown_delay"),
+    ("log-format", "log.format"),
+    ("log", "log.filter"),
+    ("worker-threads", "runtime.worker_threads"),
+];
+
+/// The variable a key is set with: `TIDEGATE_` and its path, upper case.
+fn variable(path: &str) -> String {
+    format!("{ENV_PREFIX}{}", path.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Every variable of an earlier release that set the key at `path`.
+fn old_variables(path: &str) -> Vec<String> {
+    let old = OLD_VARIABLES.iter().filter(|(_, key)| *key == path).map(|(name, _)| name.to_string());
+    let moved = MOVED.iter().filter(|(_, new)| *new == path).map(|(old, _)| variable(old));
+    old.chain(moved).collect()
+}
+
+/// Moves each key of [`MOVED`] that `tree` spells the old way to where it lives
+/// now; returns a warning for each.
+fn move_keys(tree: &mut Value) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (old, new) in MOVED {
+        let (section, key) = old.rsplit_once('.').expect("a moved key is in a section");
+        let Some(value) = tree.get_mut(section).and_then(Value::as_object_mut).and_then(|s| s.remove(key)) else {
+            continue;
+        };
+        let (new_section, new_key) = new.rsplit_once('.').expect("a moved key is in a section");
+        if tree.get(new_section).and_then(|s| s.get(new_key)).is_some() {
+            warnings.push(format!("{old} is ignored: {new} is set"));
+        } else {
+            set(tree, new, value);
+            warnings.push(format!("{old} is now {new}: rename it in the config file"));
+        }
+    }
+    warnings
 }
 
 fn read_file(path: &Path) -> Result<Value, ConfigError> {
@@ -301,7 +423,7 @@ fn walk(root: &Value, schema: &Value, defaults: &Value, prefix: &str, keys: &mut
         let meaning = described.split("\n\n").next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
         let types = &resolved["type"];
         let text = types == "string" || types.as_array().is_some_and(|t| t.iter().any(|t| t == "string"));
-        let env = format!("{ENV_PREFIX}{}", path.replace('.', "_").to_ascii_uppercase());
+        let env = variable(&path);
         keys.push(Key { path, env, meaning, default: default.clone(), text });
     }
 }
@@ -346,7 +468,7 @@ mod tests {
         let c = Config::from_file(Some(&path)).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.dedup.window, Duration::from_secs(120));
-        assert_eq!(c.dedup.status_interval, Duration::from_secs(1));
+        assert_eq!(c.status_writer.interval, Duration::from_secs(1));
         assert_eq!(c.sink, SinkTarget::Dir("/tmp/x".into()));
 
         std::fs::write(&path, "dedup:\n  windw: 2m\n").unwrap();
@@ -386,11 +508,56 @@ mod tests {
         assert!(!c.kube.owner_chain);
         assert_eq!(c.http.body_limit, 2048);
         assert_eq!(c.classify.namespaces["payments"], "production");
-        assert_eq!(c.rate_limit.trusted_proxies, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(c.http.trusted_proxies, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(
+            c.deprecated,
+            ["TIDEGATE_RATE_LIMIT_TRUSTED_PROXIES is an old name of TIDEGATE_HTTP_TRUSTED_PROXIES: use that"]
+        );
 
         let bad = [("TIDEGATE_DEDUP_WINDOW".to_string(), "soon".to_string())];
         let err = Config::load(None, bad).unwrap_err().to_string();
         assert!(err.starts_with("TIDEGATE_DEDUP_WINDOW (dedup.window): invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn keys_spelled_as_earlier_releases_did_still_work_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "rate_limit:\n  burst: 7\n  trusted_proxies: [10.0.0.0/8]\n").unwrap();
+        let vars = [("TIDEGATE_BODY_LIMIT", "4096"), ("TIDEGATE_LOG", "debug"), ("TIDEGATE_LOG_FILTER", "warn")];
+        let c = Config::load(Some(&path), vars.map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+        assert_eq!(c.http.trusted_proxies, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(c.rate_limit.burst, 7);
+        assert_eq!(c.http.body_limit, 4096);
+        assert_eq!(c.log.filter, "warn", "the key's own variable wins over an old name");
+        assert_eq!(
+            c.deprecated,
+            [
+                "rate_limit.trusted_proxies is now http.trusted_proxies: rename it in the config file",
+                "TIDEGATE_BODY_LIMIT is an old name of TIDEGATE_HTTP_BODY_LIMIT: use that",
+                "TIDEGATE_LOG is ignored: TIDEGATE_LOG_FILTER is set",
+            ]
+        );
+        std::fs::write(&path, "http:\n  trusted_proxies: []\nrate_limit:\n  trusted_proxies: [10.0.0.0/8]\n").unwrap();
+        let c = Config::from_file(Some(&path)).unwrap();
+        assert!(c.http.trusted_proxies.is_empty(), "the new spelling wins");
+        assert_eq!(c.deprecated, ["rate_limit.trusted_proxies is ignored: http.trusted_proxies is set"]);
+        assert!(Config::from_file(None).unwrap().deprecated.is_empty());
+    }
+
+    #[test]
+    fn every_flag_names_a_key_and_a_bad_value_names_the_flag() {
+        let keys = keys();
+        let moved = MOVED.iter().map(|(old, new)| (*old, *new));
+        for (flag, path) in FLAGS.iter().chain(OLD_VARIABLES).copied().chain(moved) {
+            assert!(keys.iter().any(|k| k.path == *path), "{flag} names {path}, which is not a key");
+        }
+        let flags = [("dedup-window", "10m".to_string()), ("worker-threads", "3".to_string())];
+        let c = Config::load_with(None, std::iter::empty(), &flags).unwrap();
+        assert_eq!((c.dedup.window, c.runtime.worker_threads), (Duration::from_secs(600), Some(3)));
+        let vars = [("TIDEGATE_DEDUP_WINDOW".to_string(), "2m".to_string())];
+        let err = Config::load_with(None, vars, &[("dedup-window", "soon".into())]).unwrap_err().to_string();
+        assert!(err.starts_with("--dedup-window (dedup.window): invalid duration"), "{err}");
     }
 
     /// The README's table is `tidegate config`'s output, and its priority table the

@@ -19,9 +19,9 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::http::{self, AppState, Readiness};
 use crate::pipeline::{Parts, Pipeline};
-use crate::sink::kube::owners::OwnerCache;
 use crate::sink::Sink;
 use crate::telemetry::Metrics;
+use crate::workload::owners::OwnerCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -82,6 +82,9 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, StartError> 
 /// [`start`], with parts supplied by the caller.
 pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> Result<Running, StartError> {
     config.validate()?;
+    for deprecated in &config.deprecated {
+        tracing::warn!("{deprecated}");
+    }
     let tls = config.http.tls.build()?;
     let metrics = Arc::new(Metrics::new());
     let ctx = Context::new(clock.clone(), metrics.clone()).with_kube_client(overrides.kube_client);
@@ -90,26 +93,37 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let built = config.sink_settings().build(&ctx).await?;
     let owners: Option<Arc<dyn crate::workload::Owners>> = match &built.kube_client {
         Some(client) if config.kube.owner_chain => {
-            Some(OwnerCache::start(client.clone(), &config.kube, metrics.clone()))
+            Some(OwnerCache::start(client.clone(), config.kube.owner_lookup_timeout, metrics.clone()))
         }
         _ => None,
     };
-    let (sink, namespace_labels) = (built.sink, built.namespace_labels);
+    let (sink, namespace_labels, remediate_labels) = (built.sink, built.namespace_labels, built.remediate_labels);
     let sink_handle = sink.clone();
     let reviews_tokens = config.auth.enabled() && config.auth.kinds().contains(&crate::auth::kind::KUBERNETES);
     let kube_client = match reviews_tokens {
         true => Some(ctx.kube_client().await.map_err(StartError::KubeClient)?),
         false => ctx.kube_client_if_any(),
     };
-    let routes: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.auth)).collect();
+    let kinds: Vec<_> = crate::ingest::SOURCES.iter().map(|s| (s.route, s.authenticators())).collect();
+    let routes: Vec<_> = kinds.iter().map(|(route, kinds)| (*route, kinds.as_slice())).collect();
     let auth = Arc::new(config.auth.build(kube_client, &routes)?);
+    metrics.zero(&vocabulary(&config));
     if config.auth.enabled() {
         tracing::info!(authenticators = ?config.auth.kinds(), "senders must authenticate");
     } else if config.auth.none {
         tracing::warn!(listen = %config.listen, "auth: none: anyone who can reach the listener may submit signals");
     }
-    let parts = Parts { state, sink, owners, namespace_labels, clock: clock.clone(), metrics: metrics.clone() };
+    let parts = Parts {
+        state,
+        sink,
+        owners,
+        namespace_labels,
+        remediate_labels,
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+    };
     let pipeline = Arc::new(Pipeline::build(&config.pipeline_settings(), parts));
+    recover_holds(&pipeline, config.dedup.window).await;
     let readiness = Readiness::default();
     let app = AppState {
         pipeline: pipeline.clone(),
@@ -128,6 +142,32 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let task = tokio::spawn(run(listener, tls, app, config, stopped));
     tracing::info!(%addr, "tidegate listening");
     Ok(Running { addr, readiness, metrics, pipeline, sink: sink_handle, stop, task })
+}
+
+/// The label values of every metric series made at 0 at start, each list from where
+/// its values are defined.
+fn vocabulary(config: &Config) -> crate::telemetry::Vocabulary {
+    use crate::ingest::IngestError;
+    use crate::pipeline::OutcomeStatus;
+    use crate::state::StormKind;
+    let outcomes = [OutcomeStatus::Created, OutcomeStatus::Duplicate, OutcomeStatus::Resolved];
+    let aggregated = OutcomeStatus::Aggregated { opened: false };
+    crate::telemetry::Vocabulary {
+        signal_types: crate::ingest::signal_types().map(|t| t.as_str()).collect(),
+        signal_outcomes: outcomes
+            .into_iter()
+            .chain([aggregated])
+            .map(OutcomeStatus::as_str)
+            .chain(["failed"])
+            .collect(),
+        rejection_reasons: [http::problem::Problem::REASONS, crate::auth::AuthError::REASONS, IngestError::KINDS]
+            .concat(),
+        state_error_reasons: crate::state::StateError::CAUSES.to_vec(),
+        storm_types: [StormKind::Rate, StormKind::Pattern].map(StormKind::as_str).to_vec(),
+        source_classes: http::SOURCE_CLASSES.to_vec(),
+        senders: config.auth.senders(),
+        tls_failure_reasons: http::tls::Failure::ALL.map(http::tls::Failure::reason).to_vec(),
+    }
 }
 
 async fn run(
@@ -173,6 +213,30 @@ async fn run(
     pipeline.drain(grace.saturating_sub(used).max(Duration::from_secs(1))).await;
     tracing::info!("tidegate stopped");
     result
+}
+
+/// Teaches the state store the inhibit rules' sources the sink holds open, now and
+/// once per dedup window after, for as long as the pipeline lives: a restart or a
+/// Redis that lost its keys holds targets back again within one window at most,
+/// and at once after a restart.
+async fn recover_holds(pipeline: &Arc<Pipeline>, every: Duration) {
+    async fn once(pipeline: &Pipeline) {
+        match pipeline.recover_holds().await {
+            Ok(0) => {}
+            Ok(taught) => tracing::info!(taught, "inhibit rules' sources taught again from the sink"),
+            Err(e) => tracing::warn!(error = %e, "could not teach the inhibit rules' sources from the sink"),
+        }
+    }
+    once(pipeline).await;
+    let pipeline = Arc::downgrade(pipeline);
+    tokio::spawn(async move {
+        tokio::time::sleep(every).await;
+        while let Some(pipeline) = pipeline.upgrade() {
+            once(&pipeline).await;
+            drop(pipeline);
+            tokio::time::sleep(every).await;
+        }
+    });
 }
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.

@@ -1,10 +1,12 @@
 //! tidegate: an alert-ingestion gateway for Kubernetes remediation.
 //!
-//! Alertmanager webhooks and Kubernetes Events come in over HTTP ([`http`]), are
-//! normalised into [`signal::Signal`]s by [`ingest`], decided by the [`pipeline`]
-//! against shared [`state`], and written out as RemediationRequests by a [`sink`].
-//! [`auth`] decides who may submit. [`gateway`] wires these together from one
-//! [`config::Config`].
+//! Signals come in over HTTP ([`http`]) from every source in the source table
+//! ([`ingest::SOURCES`]: Alertmanager webhooks and its v2 API, Kubernetes Events,
+//! Grafana alerts, CloudEvents), are normalised into [`signal::Signal`]s by
+//! [`ingest`], decided by the [`pipeline`] against shared [`state`], and written out
+//! as RemediationRequests by a [`sink`]. [`auth`] decides who may submit.
+//! [`gateway`] wires these together from one [`config::Config`], each component
+//! building itself from its own settings. docs/architecture.md has the map.
 
 pub mod allocator;
 pub mod audit;
@@ -19,6 +21,8 @@ pub mod doctor;
 pub mod gateway;
 pub mod http;
 pub mod ingest;
+pub mod kube_api;
+pub mod matcher;
 pub mod pipeline;
 pub mod remediation;
 pub mod section;

@@ -140,6 +140,10 @@ pub struct RemediationRequestStatus {
     /// When the sender reported the condition resolved; unset while it fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal_resolved_at: Option<Time>,
+    /// Signals an inhibit rule held back while this request was open, counted here
+    /// instead of opening requests of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inhibited: Option<InhibitedStatus>,
     /// Where remediation stands, such as `Completed` or `Failed`: owned by
     /// downstream controllers; the gateway preserves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,26 +181,49 @@ pub struct Tally {
 
 /// Tallies a request keeps. The least recently raised is dropped, its count staying
 /// in the total: its process forgot the incident long before this many other
-/// writers counted it (see `TALLY_HORIZON` in [`crate::pipeline::coalesce`]).
+/// writers counted it (see `TALLY_HORIZON` in [`crate::pipeline::status_writer`]).
 const MAX_TALLIES: usize = 16;
 
 impl Deduplication {
     /// Raises `writer`'s tally to `count`.
     fn tally(&mut self, writer: &str, count: u64) {
-        let mut known = 0;
-        if let Some(i) = self.tallies.iter().position(|t| t.writer == writer) {
-            known = self.tallies[i].count;
-            if count <= known {
-                return;
-            }
-            self.tallies.remove(i);
-        }
-        self.occurrence_count += count - known;
-        self.tallies.push(Tally { writer: writer.to_string(), count });
-        if self.tallies.len() > MAX_TALLIES {
-            self.tallies.remove(0);
-        }
+        raise_tally(&mut self.tallies, &mut self.occurrence_count, writer, count);
     }
+}
+
+/// Raises `writer`'s tally in `tallies` to `count`, adding what it raised by to
+/// `total`; past [`MAX_TALLIES`] the least recently raised goes, its count staying
+/// in the total.
+fn raise_tally(tallies: &mut Vec<Tally>, total: &mut u64, writer: &str, count: u64) {
+    let mut known = 0;
+    if let Some(i) = tallies.iter().position(|t| t.writer == writer) {
+        known = tallies[i].count;
+        if count <= known {
+            return;
+        }
+        tallies.remove(i);
+    }
+    *total += count - known;
+    tallies.push(Tally { writer: writer.to_string(), count });
+    if tallies.len() > MAX_TALLIES {
+        tallies.remove(0);
+    }
+}
+
+/// The signals inhibition held back on a source's request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InhibitedStatus {
+    /// Signals held back: every writer's tally, including tallies dropped from the
+    /// list.
+    pub count: u64,
+    /// The distinct resources held back, at most `storm.affected_resources_cap`.
+    #[serde(default)]
+    pub resources: Vec<TargetResource>,
+    /// Each gateway writer's share of `count`, as in `deduplication.tallies`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_TALLIES))]
+    pub tallies: Vec<Tally>,
 }
 
 /// The writer of updates that count nothing.
@@ -216,6 +243,25 @@ pub struct StatusUpdate {
     pub count: u64,
     pub resolved_at_s: Option<u32>,
     pub storm: Option<StormUpdate>,
+    /// Signals held back by inhibition, counted by the same `writer`.
+    pub inhibited: Option<InhibitedUpdate>,
+}
+
+/// The signals one writer held back on a source's request, in all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InhibitedUpdate {
+    pub count: u64,
+    pub resources: Vec<TargetResource>,
+    /// Most resources listed.
+    pub cap: usize,
+}
+
+impl InhibitedUpdate {
+    fn merge(&mut self, other: &InhibitedUpdate) {
+        self.count = self.count.max(other.count);
+        self.cap = self.cap.max(other.cap);
+        union_capped(&mut self.resources, &other.resources, self.cap);
+    }
 }
 
 /// What an aggregated request's update adds besides its alerts, which are the
@@ -249,7 +295,7 @@ fn union_capped(list: &mut Vec<TargetResource>, more: &[TargetResource], cap: us
 }
 
 impl StatusUpdate {
-    /// Folds a later update of the same writer into this one. Counts and times only
+    /// Merges a later update of the same writer into this one. Counts and times only
     /// move forward, so updates applied out of order never regress.
     pub fn merge(&mut self, other: &StatusUpdate) {
         if self.writer == NO_WRITER {
@@ -264,6 +310,11 @@ impl StatusUpdate {
         match (&mut self.storm, &other.storm) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
             (None, Some(theirs)) => self.storm = Some(theirs.clone()),
+            _ => {}
+        }
+        match (&mut self.inhibited, &other.inhibited) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (None, Some(theirs)) => self.inhibited = Some(theirs.clone()),
             _ => {}
         }
     }
@@ -288,8 +339,14 @@ impl RemediationRequestStatus {
         if (update.last_seen_s as i64) > dedup.last_seen_at.0.as_second() {
             dedup.last_seen_at = time_s(update.last_seen_s);
         }
-        if update.writer != NO_WRITER {
+        // A writer that only held signals back has counted no repeat yet.
+        if update.writer != NO_WRITER && update.count > 0 {
             dedup.tally(&format!("{:016x}", update.writer), update.count);
+        }
+        if let Some(held) = &update.inhibited {
+            let inhibited = self.inhibited.get_or_insert_with(Default::default);
+            raise_tally(&mut inhibited.tallies, &mut inhibited.count, &format!("{:016x}", update.writer), held.count);
+            union_capped(&mut inhibited.resources, &held.resources, held.cap);
         }
         if let Some(update) = &update.storm {
             let storm = self.storm.get_or_insert_with(Default::default);
@@ -315,6 +372,7 @@ impl RemediationRequestStatus {
             self.deduplication = built.deduplication.clone();
             self.storm = built.storm.clone();
             self.signal_resolved_at = built.signal_resolved_at.clone();
+            self.inhibited = built.inhibited.clone();
             return;
         };
         mine.first_seen_at = mine.first_seen_at.clone().min(theirs.first_seen_at.clone());
@@ -330,6 +388,14 @@ impl RemediationRequestStatus {
             union_capped(&mut storm.affected_resources, &theirs.affected_resources, cap);
         }
         self.signal_resolved_at = self.signal_resolved_at.clone().max(built.signal_resolved_at.clone());
+        if let Some(theirs) = &built.inhibited {
+            let inhibited = self.inhibited.get_or_insert_with(Default::default);
+            for tally in &theirs.tallies {
+                raise_tally(&mut inhibited.tallies, &mut inhibited.count, &tally.writer, tally.count);
+            }
+            let cap = theirs.resources.len().max(inhibited.resources.len());
+            union_capped(&mut inhibited.resources, &theirs.resources, cap);
+        }
     }
 }
 
@@ -590,6 +656,7 @@ mod tests {
             count,
             resolved_at_s,
             storm: None,
+            inhibited: None,
         };
         status.apply(&update(150, 7, None));
         status.apply(&update(120, 5, Some(160)));
@@ -609,6 +676,7 @@ mod tests {
             count,
             resolved_at_s: None,
             storm: None,
+            inhibited: None,
         };
         let mut status = RemediationRequestStatus::default();
         for (writer, count) in [(1, 3), (2, 5), (1, 3), (1, 4), (2, 2), (2, 5)] {
@@ -638,6 +706,7 @@ mod tests {
             count: alerts,
             resolved_at_s: None,
             storm: Some(StormUpdate { resource_count: alerts, resources, cap: 2 }),
+            inhibited: None,
         };
         let mut update = storm(2, vec![resource(1), resource(2)]);
         update.merge(&storm(3, vec![resource(3)]));
@@ -647,5 +716,28 @@ mod tests {
         let s = status.storm.unwrap();
         assert_eq!((s.alert_count, s.resource_count), (1 + 3, 3), "the opening alert and 3 folded");
         assert_eq!(s.affected_resources, vec![resource(1), resource(2)]);
+    }
+
+    #[test]
+    fn inhibited_signals_add_up_by_writer_and_list_resources_up_to_the_cap() {
+        let resource = |n: u32| TargetResource { kind: "Pod".into(), name: format!("p{n}"), namespace: "ns".into() };
+        let held = |writer, count, pod: u32| StatusUpdate {
+            first_seen_s: 100,
+            last_seen_s: 100,
+            writer,
+            count: 0,
+            resolved_at_s: None,
+            storm: None,
+            inhibited: Some(InhibitedUpdate { count, resources: vec![resource(pod)], cap: 2 }),
+        };
+        let mut status = RemediationRequestStatus::default();
+        for (writer, count, pod) in [(1, 1, 1), (1, 2, 2), (2, 1, 3), (1, 2, 2)] {
+            status.apply(&held(writer, count, pod));
+        }
+        let inhibited = status.inhibited.as_ref().unwrap();
+        assert_eq!(inhibited.count, 2 + 1, "writer 1's two and writer 2's one, the repeated write counted once");
+        assert_eq!(inhibited.resources, vec![resource(1), resource(2)], "capped at 2");
+        let d = status.deduplication.as_ref().unwrap();
+        assert_eq!((d.occurrence_count, d.tallies.len()), (1, 0), "holding signals back counts no occurrence");
     }
 }

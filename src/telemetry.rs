@@ -1,9 +1,12 @@
 //! Metrics, logging and traces ([`trace`]).
 //!
 //! One [`Metrics`] value owns the one `prometheus-client` registry; components get
-//! an `Arc<Metrics>` and increment typed families. Label values come from the
-//! `kind()`/`cause()` methods of the error types, so each error maps to a metric
-//! label in exactly one place.
+//! an `Arc<Metrics>` and increment typed families. An error's label value comes
+//! from its type's `label()` method, so each error maps to a metric label in one
+//! place. Every series whose label values are a fixed set is exported at 0 from the
+//! start ([`Metrics::zero`]), as the Prometheus instrumentation guidelines advise:
+//! `increase()` then sees the first event after a start, and a dashboard shows 0,
+//! not "no data".
 
 pub mod trace;
 
@@ -139,6 +142,29 @@ pub struct Metrics {
     pub classifications: Family<ClassLabels, Counter>,
     pub api_calls: Family<ApiLabels, Counter>,
     pub owner_cache_objects: Family<KindLabels, Gauge>,
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+}
+
+/// The label values of the families whose values are a fixed set: each series is
+/// made at 0 by [`Metrics::zero`]. Each list comes from where its values are
+/// defined.
+#[derive(Clone, Debug, Default)]
+pub struct Vocabulary {
+    /// `signals_received_total`: every signal type by every outcome.
+    pub signal_types: Vec<&'static str>,
+    pub signal_outcomes: Vec<&'static str>,
+    /// `http_rejections_total`.
+    pub rejection_reasons: Vec<&'static str>,
+    /// `state_errors_total`.
+    pub state_error_reasons: Vec<&'static str>,
+    /// `storms_detected_total`.
+    pub storm_types: Vec<&'static str>,
+    /// `rate_limited_total`.
+    pub source_classes: Vec<&'static str>,
+    /// `authenticated_requests_total`: the configured senders and their methods.
+    pub senders: Vec<(String, &'static str)>,
+    /// `tls_handshake_failures_total`.
+    pub tls_failure_reasons: Vec<&'static str>,
 }
 
 impl Default for Metrics {
@@ -268,6 +294,12 @@ impl Metrics {
             "Objects in the owner-reference caches, by kind",
             owner_cache_objects.clone(),
         );
+        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by reason (a client certificate refused, not TLS, timed out)",
+            tls_handshake_failures.clone(),
+        );
         Metrics {
             registry,
             signals,
@@ -298,6 +330,35 @@ impl Metrics {
             classifications,
             api_calls,
             owner_cache_objects,
+            tls_handshake_failures,
+        }
+    }
+
+    /// Makes every series of `vocabulary` at 0 (a series already there keeps its
+    /// value: adding 0 is how a counter is made without counting).
+    pub fn zero(&self, vocabulary: &Vocabulary) {
+        for &source in &vocabulary.signal_types {
+            for &outcome in &vocabulary.signal_outcomes {
+                self.signals.get_or_create(&SignalLabels { source, outcome }).inc_by(0);
+            }
+        }
+        for &reason in &vocabulary.rejection_reasons {
+            self.rejections.get_or_create(&ReasonLabels { reason }).inc_by(0);
+        }
+        for &reason in &vocabulary.state_error_reasons {
+            self.state_errors.get_or_create(&ReasonLabels { reason }).inc_by(0);
+        }
+        for &r#type in &vocabulary.storm_types {
+            self.storms.get_or_create(&StormLabels { r#type }).inc_by(0);
+        }
+        for &source_class in &vocabulary.source_classes {
+            self.rate_limited.get_or_create(&SourceClassLabels { source_class }).inc_by(0);
+        }
+        for (sender, method) in &vocabulary.senders {
+            self.authenticated.get_or_create(&SenderLabels { sender: sender.clone(), method }).inc_by(0);
+        }
+        for &reason in &vocabulary.tls_failure_reasons {
+            self.tls_handshake_failures.get_or_create(&ReasonLabels { reason }).inc_by(0);
         }
     }
 

@@ -1,7 +1,8 @@
 //! Audit events, read from the log of a real `tidegate serve --log-format json`:
-//! one per request created, per storm opened, per refusal for credentials and per
-//! refusal for rate, each with the fields the README's schema gives (which is
-//! checked against `tidegate::audit::SCHEMA`), and no credential in the log.
+//! one per request created and per storm opened, refusals (for credentials, for
+//! rate, of client certificates) summed per sender and reason with their count, each
+//! with the fields the README's schema gives (which is checked against
+//! `tidegate::audit::SCHEMA`), and no credential in the log.
 
 mod support;
 
@@ -27,26 +28,29 @@ impl Log {
         let lines = self.0.lock().unwrap();
         lines.iter().filter(|l| l["target"] == audit::TARGET && l["fields"]["event"] == event).cloned().collect()
     }
+
+    /// The `event`s of `actor` (and `reason`, if given), and the refusals they
+    /// stand for.
+    fn refusals(&self, event: &str, actor: &str, reason: Option<&str>) -> (usize, u64) {
+        let events: Vec<Value> = self
+            .audit(event)
+            .into_iter()
+            .filter(|e| e["fields"]["actor"] == actor && reason.is_none_or(|r| e["fields"]["reason"] == r))
+            .collect();
+        (events.len(), events.iter().map(|e| e["fields"]["count"].as_u64().unwrap()).sum())
+    }
 }
 
-#[tokio::test]
-async fn each_created_request_storm_and_refusal_is_one_audit_event_with_the_documented_fields() {
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, TOKEN).unwrap();
+/// A `tidegate serve --log-format json` on a port of its own with `args` and `env`,
+/// its JSON lines gathered in a [`Log`] as it writes them.
+fn serve(dir: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> (std::process::Child, Log, u16) {
     let port = pick_port(None);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidegate"));
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
-        // A filter that would drop info events: audit events are kept anyway.
-        .args(["--log", "warn"])
+        .args(args)
         .arg("--sink")
-        .arg(format!("dir:{}", dir.path().join("sink").display()))
-        .env(
-            "TIDEGATE_AUTH",
-            format!("{{authenticators: {{am: {{bearer: {{tokens: {{alertmanager: {}}}}}}}}}}}", token_file.display()),
-        )
-        .env("TIDEGATE_RATE_LIMIT_RATE", "0.01")
-        .env("TIDEGATE_RATE_LIMIT_BURST", "3")
+        .arg(format!("dir:{}", dir.join("sink").display()))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = spawn(cmd).expect("spawn tidegate");
@@ -59,13 +63,48 @@ async fn each_created_request_storm_and_refusal_is_one_audit_event_with_the_docu
             lines.0.lock().unwrap().push(value);
         }
     });
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    (child, log, port)
+}
+
+/// [`serve`] with the bearer token [`TOKEN`] of source `alertmanager`, a rate limit
+/// of `burst` then 0.01 a second, and `args`; once it is ready.
+async fn serve_with_token(
+    dir: &std::path::Path,
+    burst: u32,
+    args: &[&str],
+) -> (std::process::Child, Log, String, reqwest::Client) {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let auth =
+        format!("{{authenticators: {{am: {{bearer: {{tokens: {{alertmanager: {}}}}}}}}}}}", token_file.display());
+    let env = [
+        ("TIDEGATE_AUTH", auth),
+        ("TIDEGATE_RATE_LIMIT_RATE", "0.01".to_string()),
+        ("TIDEGATE_RATE_LIMIT_BURST", burst.to_string()),
+    ];
+    let (child, log, port) = serve(dir, args, &env);
+    let (url, client) = (format!("http://127.0.0.1:{port}"), reqwest::Client::new());
+    ready(&client, &url).await;
+    (child, log, url, client)
+}
+
+async fn ready(client: &reqwest::Client, url: &str) {
     eventually_within("tidegate to be ready", Duration::from_secs(20), || {
         let (client, ready) = (client.clone(), format!("{url}/readyz"));
         async move { client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
+}
+
+/// Long enough for the refusals summed in a window to be written: the interval, the
+/// writer's period, and slack for a busy machine.
+const SUMMED: Duration = Duration::from_secs(40);
+
+#[tokio::test]
+async fn each_created_request_storm_and_refusal_is_one_audit_event_with_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    // A filter that would drop info events: audit events are kept anyway.
+    let (child, log, url, client) = serve_with_token(dir.path(), 3, &["--log", "warn"]).await;
     let post = |token: &str, alerts: Vec<Value>| {
         client
             .post(format!("{url}/api/v1/signals/prometheus"))
@@ -132,6 +171,86 @@ async fn each_created_request_storm_and_refusal_is_one_audit_event_with_the_docu
     }
     let all = log.0.lock().unwrap().iter().map(Value::to_string).collect::<String>();
     assert!(!all.contains(TOKEN) && !all.contains("not-the-token"), "a credential reached the log");
+    kill(child);
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_requests_is_one_event_per_sender_and_reason_per_interval_with_every_refusal_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, log, url, client) = serve_with_token(dir.path(), 30, &[]).await;
+    let post = |token: &'static str, pod: usize| {
+        client
+            .post(format!("{url}/api/v1/signals/prometheus"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&webhook(vec![alert("Flood", "payments", &format!("p-{pod}"))])).unwrap())
+            .send()
+    };
+    // The sender's burst of 30, then 200 requests over its limit; and 100 with a
+    // wrong token: 30 refused for it, 70 for the address's limit.
+    for pod in 0..30 {
+        assert!(post(TOKEN, pod).await.unwrap().status().is_success());
+    }
+    for pod in 30..230 {
+        assert_eq!(post(TOKEN, pod).await.unwrap().status(), 503);
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for pod in 0..100 {
+        *statuses.entry(post("wrong", pod).await.unwrap().status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(401, 30), (503, 70)].into());
+    let rate = |actor: &str| log.refusals(audit::RATE_LIMITED, actor, None);
+    let credentials = || log.refusals(audit::AUTH_REFUSED, "127.0.0.1", Some("auth_rejected"));
+    // At once: the first refusal of each.
+    assert_eq!(rate("alertmanager").0, 1, "{:?}", log.audit(audit::RATE_LIMITED));
+    assert_eq!(credentials().0, 1, "{:?}", log.audit(audit::AUTH_REFUSED));
+    // Once the interval is over: one more event each, with every other refusal.
+    let summed = poll_until(SUMMED, Duration::from_millis(100), || {
+        let counts = (rate("alertmanager"), rate("127.0.0.1"), credentials());
+        (counts.0 .1 == 200 && counts.1 .1 == 70 && counts.2 .1 == 30).then_some(counts)
+    });
+    let counts = summed.unwrap_or_else(|| {
+        panic!("the counts never added up: {:?} {:?}", log.audit(audit::RATE_LIMITED), log.audit(audit::AUTH_REFUSED))
+    });
+    assert_eq!((counts.0 .0, counts.1 .0, counts.2 .0), (2, 2, 2), "two events each: {counts:?}");
+    // Requests created are never summed: an event each (five, then the storm's).
+    let created = log.audit(audit::REQUEST_CREATED);
+    let names: BTreeSet<_> = created.iter().map(|c| c["fields"]["name"].as_str().unwrap().to_string()).collect();
+    assert!(names.len() == created.len() && created.len() > 1, "{created:?}");
+    kill(child);
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_client_certificates_is_counted_and_audited_once_per_address_and_reason() {
+    let pki = support::tls::Pki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tidegate.yaml");
+    let yaml = format!(
+        "http:\n  tls:\n    cert_file: {}\n    key_file: {}\n    client_ca_file: {}\n    \
+         client_auth_type: RequireAndVerifyClientCert\n    client_allowed_sans: ['{}']\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca.display(),
+        support::tls::SENDER_SAN
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let (child, log, port) = serve(dir.path(), &["--config", config.to_str().unwrap()], &[]);
+    let url = format!("https://127.0.0.1:{port}");
+    let sender = pki.client(Some((&pki.sender_cert, &pki.sender_key)));
+    ready(&sender, &url).await;
+    let impostor = pki.client(Some((&pki.stranger_cert, &pki.stranger_key)));
+    for _ in 0..50 {
+        // A new connection each time: a handshake each.
+        let impostor = pki.client(Some((&pki.stranger_cert, &pki.stranger_key)));
+        assert!(impostor.get(format!("{url}/healthz")).send().await.is_err());
+    }
+    drop(impostor);
+    let metrics = sender.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tidegate_tls_handshake_failures_total{reason=\"unknown_ca\"} 50\n"), "{metrics}");
+    let refused = || log.refusals(audit::TLS_REFUSED, "127.0.0.1", Some("unknown_ca"));
+    assert_eq!(refused().0, 1, "{:?}", log.audit(audit::TLS_REFUSED));
+    let summed = poll_until(SUMMED, Duration::from_millis(100), || (refused().1 == 50).then(refused));
+    assert_eq!(summed.map(|(events, _)| events), Some(2), "{:?}", log.audit(audit::TLS_REFUSED));
     kill(child);
 }
 

@@ -1,12 +1,13 @@
 //! Who may submit, over real HTTP and real TLS: each authenticator's good, bad,
-//! missing and stale credentials, replays (also through a second gateway sharing
-//! Redis), client certificates, and the refusal to serve off loopback without
-//! authentication. Kubernetes service-account tokens: tests/auth_kube.rs.
+//! missing and stale credentials, Standard Webhooks retries and replays (signed by
+//! the specification's own library, also through a second gateway sharing Redis),
+//! client certificates and refused handshakes, and the refusal to serve off
+//! loopback without authentication. Kubernetes service-account tokens:
+//! tests/auth_kube.rs.
 
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use data_encoding::BASE64;
@@ -76,6 +77,29 @@ async fn a_bearer_token_names_its_source_on_the_request_and_in_metrics() {
 }
 
 #[tokio::test]
+async fn a_wrong_password_and_an_unknown_user_get_the_same_answer() {
+    let (g, _dir) = with_tokens().await;
+    let basic = |user_password: &str| format!("Basic {}", BASE64.encode(user_password.as_bytes()));
+    let wrong = problem(post(&g, &[("authorization", &basic("ops:guess"))], body("Wrong")).await, 401).await;
+    let unknown = problem(post(&g, &[("authorization", &basic("mallory:s3cret"))], body("Unknown")).await, 401).await;
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong["detail"], "the credentials were not accepted: the user name or the password is wrong");
+}
+
+#[tokio::test]
+async fn a_route_no_configured_authenticator_fits_still_challenges_for_what_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = file(dir.path(), "whsec", SECRET);
+    // Only a signature is configured, and Alertmanager's route cannot sign.
+    let yaml =
+        format!("authenticators: {{sw: {{standard_webhooks: {{source: falco, secret_file: {}}}}}}}", secret.display());
+    let g = support::start_with(|c| c.auth = auth(&yaml)).await;
+    let missing = post(&g, &[], body("Missing")).await;
+    assert_eq!(missing.headers()["www-authenticate"], r#"Signature realm="tidegate""#);
+    problem(missing, 401).await;
+}
+
+#[tokio::test]
 async fn missing_or_wrong_credentials_are_401_with_a_challenge_and_create_nothing() {
     let (g, _dir) = with_tokens().await;
     let missing = post(&g, &[], body("Missing")).await;
@@ -112,15 +136,16 @@ async fn a_rotated_token_file_takes_effect_without_a_restart() {
     problem(post(&g, &[("authorization", "Bearer am-token-1")], body("Old")).await, 401).await;
 }
 
-/// Standard Webhooks headers for `body`, signed with `secret` (base64, after
-/// `whsec_`) as message `id` at `timestamp`.
-fn standard_webhooks(secret: &str, id: &str, timestamp: u64, body: &[u8]) -> Vec<(&'static str, String)> {
-    let key = BASE64.decode(secret.strip_prefix("whsec_").unwrap().as_bytes()).unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    let signature = format!("v1,{}", BASE64.encode(&mac.finalize().into_bytes()));
+/// Standard Webhooks headers for `body`, signed by the specification's Rust
+/// library with `signer` as message `id` at `timestamp`.
+fn signed_by(signer: &standardwebhooks::Webhook, id: &str, timestamp: u64, body: &[u8]) -> Vec<(&'static str, String)> {
+    let signature = signer.sign(id, timestamp as i64, body).unwrap();
     vec![("webhook-id", id.to_string()), ("webhook-timestamp", timestamp.to_string()), ("webhook-signature", signature)]
+}
+
+/// [`signed_by`] the library's reading of `secret` (`whsec_` and padded base64).
+fn standard_webhooks(secret: &str, id: &str, timestamp: u64, body: &[u8]) -> Vec<(&'static str, String)> {
+    signed_by(&standardwebhooks::Webhook::new(secret).unwrap(), id, timestamp, body)
 }
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -147,22 +172,34 @@ async fn post_signed(g: &Gateway, id: &str, timestamp: u64, body: Vec<u8>, secre
 }
 
 #[tokio::test]
-async fn a_signed_webhook_is_accepted_once_and_its_replay_is_refused() {
+async fn a_retry_of_a_delivered_message_signed_anew_is_answered_2xx_and_records_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let g = with_signatures(dir.path(), |_| {}).await;
-    let now = g.clock.now_s() as u64;
-    assert_eq!(post_signed(&g, "msg_1", now, body("Signed"), SECRET).await.status(), 201);
+    let sent = g.clock.now_s() as u64;
+    assert_eq!(post_signed(&g, "msg_1", sent, body("Signed"), SECRET).await.status(), 201);
     assert_eq!(submitted_by(&g), "falco");
-    let replay = problem(post_signed(&g, "msg_1", now, body("Signed"), SECRET).await, 401).await;
-    assert_eq!(replay["type"], "https://tidegate.dev/problems/auth-replayed");
-    assert_eq!(g.requests().len(), 1);
+    // The sender lost the answer and retries: the same id, signed at a later time.
+    g.clock.advance(Duration::from_secs(5));
+    let retry = post_signed(&g, "msg_1", sent + 5, body("Signed"), SECRET).await;
+    assert_eq!(retry.status(), 202);
+    assert_eq!(retry.json::<serde_json::Value>().await.unwrap()["status"], "already_delivered");
+    // A captured request sent again as it was: the same answer, nothing recorded.
+    let captured = post_signed(&g, "msg_1", sent, body("Signed"), SECRET).await;
+    assert_eq!(captured.status(), 202);
+    let requests = g.requests();
+    assert_eq!((requests.len(), support::occurrences(&requests[0])), (1, 1), "nothing new was recorded");
+    assert_eq!(
+        g.metric(r#"tidegate_signals_received_total{source="prometheus-alert",outcome="duplicate"}"#).await,
+        0.0
+    );
 }
 
 #[tokio::test]
-async fn a_wrong_signature_or_a_stale_timestamp_is_refused() {
+async fn a_wrong_signature_or_a_stale_timestamp_is_refused_even_for_a_delivered_id() {
     let dir = tempfile::tempdir().unwrap();
     let g = with_signatures(dir.path(), |_| {}).await;
     let now = g.clock.now_s() as u64;
+    assert_eq!(post_signed(&g, "msg_2", now, body("Signed"), SECRET).await.status(), 201);
     let other = "whsec_b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldA==";
     let wrong = problem(post_signed(&g, "msg_2", now, body("Forged"), other).await, 401).await;
     assert_eq!(wrong["type"], "https://tidegate.dev/problems/auth-rejected");
@@ -170,11 +207,11 @@ async fn a_wrong_signature_or_a_stale_timestamp_is_refused() {
     assert_eq!(stale["type"], "https://tidegate.dev/problems/auth-stale");
     let unsigned = post(&g, &[("authorization", "Bearer x")], body("Unsigned")).await;
     assert_eq!(unsigned.headers()["www-authenticate"], r#"Signature realm="tidegate""#);
-    assert!(g.manifests().is_empty());
+    assert_eq!(g.requests().len(), 1);
 }
 
 #[tokio::test]
-async fn a_message_replayed_through_a_second_gateway_sharing_redis_is_refused() {
+async fn a_retry_through_a_second_gateway_sharing_redis_is_answered_2xx_and_records_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (url, prefix) = (support::redis::shared().url(), support::unique_prefix());
     let shared = |c: &mut Config| {
@@ -184,9 +221,34 @@ async fn a_message_replayed_through_a_second_gateway_sharing_redis_is_refused() 
     let (a, b) = (with_signatures(dir.path(), shared).await, with_signatures(dir.path(), shared).await);
     let now = a.clock.now_s() as u64;
     assert_eq!(post_signed(&a, "msg_shared", now, body("Shared"), SECRET).await.status(), 201);
-    let replay = problem(post_signed(&b, "msg_shared", now, body("Shared"), SECRET).await, 401).await;
-    assert_eq!(replay["type"], "https://tidegate.dev/problems/auth-replayed");
+    assert_eq!(post_signed(&b, "msg_shared", now + 1, body("Shared"), SECRET).await.status(), 202);
     assert!(b.manifests().is_empty());
+}
+
+#[tokio::test]
+async fn secrets_of_24_32_and_64_bytes_padded_or_not_verify_what_the_reference_library_signs() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<Vec<u8>> = [24u8, 32, 64].iter().map(|&n| (0..n).map(|i| i.wrapping_mul(7) ^ n).collect()).collect();
+    let mut texts = Vec::new();
+    for key in &keys {
+        let padded = format!("whsec_{}", BASE64.encode(key));
+        texts.push(padded.trim_end_matches('=').to_string());
+        texts.push(padded);
+    }
+    let file_ = file(dir.path(), "whsec", &texts.join(" "));
+    let yaml = format!(
+        "authenticators:\n  sw: {{standard_webhooks: {{source: falco, secret_file: {}}}}}\nendpoints:\n  {PROMETHEUS}: [sw]",
+        file_.display()
+    );
+    let g = support::start_with(|c| c.auth = auth(&yaml)).await;
+    let now = g.clock.now_s() as u64;
+    for (i, key) in keys.iter().enumerate() {
+        let signer = standardwebhooks::Webhook::from_bytes(key.clone()).unwrap();
+        let body = body(&format!("Key{i}"));
+        let headers = signed_by(&signer, &format!("msg_key_{i}"), now, &body);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(post(&g, &headers, body).await.status(), 201, "the {}-byte key", key.len());
+    }
 }
 
 #[tokio::test]
@@ -229,26 +291,6 @@ async fn grafanas_signature_in_its_documented_header_is_checked_over_the_body() 
     assert_eq!(submitted_by(&g), "grafana-ops");
 }
 
-/// A client that trusts `pki`'s CA and presents `identity`, if any.
-fn tls_client(pki: &Pki, identity: Option<(&Path, &Path)>) -> reqwest::Client {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(CertificateDer::pem_file_iter(&pki.ca).unwrap().map(Result::unwrap));
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match identity {
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
-            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap()).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    reqwest::Client::builder().use_preconfigured_tls(config).build().unwrap()
-}
-
 /// A gateway serving TLS with `pki`'s server certificate, verifying client
 /// certificates if given, identifying senders by them.
 async fn over_tls(pki: &Pki) -> Gateway {
@@ -268,7 +310,7 @@ async fn over_tls(pki: &Pki) -> Gateway {
 async fn over_tls_a_verified_client_certificate_names_the_sender() {
     let pki = Pki::generate();
     let mut g = over_tls(&pki).await;
-    g.client = tls_client(&pki, Some((&pki.sender_cert, &pki.sender_key)));
+    g.client = pki.client(Some((&pki.sender_cert, &pki.sender_key)));
     assert_eq!(post(&g, &[], body("Mtls")).await.status(), 201);
     assert_eq!(submitted_by(&g), SENDER_SAN);
     let series =
@@ -280,13 +322,42 @@ async fn over_tls_a_verified_client_certificate_names_the_sender() {
 async fn over_tls_no_certificate_or_one_naming_no_accepted_sender_is_401() {
     let pki = Pki::generate();
     let mut g = over_tls(&pki).await;
-    g.client = tls_client(&pki, None);
+    g.client = pki.client(None);
     let resp = post(&g, &[], body("NoCert")).await;
     assert_eq!(resp.headers()["www-authenticate"], r#"Certificate realm="tidegate""#);
     problem(resp, 401).await;
-    g.client = tls_client(&pki, Some((&pki.client_cert, &pki.client_key)));
+    g.client = pki.client(Some((&pki.client_cert, &pki.client_key)));
     problem(post(&g, &[], body("OtherCert")).await, 401).await;
     assert!(g.manifests().is_empty());
+}
+
+#[tokio::test]
+async fn refused_client_certificates_are_counted_by_reason() {
+    let pki = Pki::generate();
+    let mut g = support::start_with(|c| {
+        c.http.tls.cert_file = Some(pki.server_cert.clone());
+        c.http.tls.key_file = Some(pki.server_key.clone());
+        c.http.tls.client_ca_file = Some(pki.ca.clone());
+        c.http.tls.client_auth_type = tidegate::http::tls::ClientAuthType::RequireAndVerifyClientCert;
+        c.http.tls.client_allowed_sans = vec![SENDER_SAN.into()];
+    })
+    .await;
+    g.url = g.url.replace("http://", "https://");
+    let refused = [
+        (Some((&pki.client_cert, &pki.client_key)), "san_not_allowed"),
+        (Some((&pki.stranger_cert, &pki.stranger_key)), "unknown_ca"),
+        (None, "no_certificate"),
+    ];
+    for (identity, _) in refused {
+        g.client = pki.client(identity.map(|(c, k)| (c.as_path(), k.as_path())));
+        assert!(g.client.get(format!("{}/healthz", g.url)).send().await.is_err());
+    }
+    g.client = pki.client(Some((&pki.sender_cert, &pki.sender_key)));
+    for (_, reason) in refused {
+        let series = format!(r#"tidegate_tls_handshake_failures_total{{reason="{reason}"}}"#);
+        assert_eq!(g.metric(&series).await, 1.0, "{reason}");
+    }
+    assert_eq!(g.metric(r#"tidegate_tls_handshake_failures_total{reason="expired"}"#).await, 0.0);
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use tidegate::clock::Clock;
 use tidegate::gateway::Overrides;
 use tidegate::remediation::SUBMITTED_BY_ANNOTATION;
 
-use support::kube::proxy::Matching;
+use support::kube::proxy::{Fault, Matching};
 use support::kube::{Kube, SYSTEM_NAMESPACE};
 use support::{alert, problem, webhook, Gateway};
 
@@ -145,4 +145,28 @@ async fn a_token_of_a_deleted_account_is_401() {
     })
     .await;
     assert!(g.manifests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixteen_concurrent_first_requests_with_one_token_cost_one_review() {
+    let kube = Kube::new().await;
+    kube.account_with_rules("burst", may_submit()).await;
+    let token = kube.token_for("burst", &["tidegate"]).await;
+    // The binding is in effect once one gateway is allowed; a second gateway's cache
+    // has never seen the token.
+    until_allowed(&reviewing(&kube).await, &token).await;
+    let g = reviewing(&kube).await;
+    let before = reviews(&kube);
+    // The first review's answer is held back a second: every request arrives while
+    // it is under way, however the machine schedules them.
+    let first_review = Matching::new(Method::POST, "tokenreviews");
+    kube.proxy.fail_next(1, Fault::Delay(Duration::from_secs(1)), first_review);
+    let posts = (0..16).map(|n| {
+        let (g, token) = (&g, &token);
+        async move { post(g, token, &format!("Concurrent{n}")).await.status().as_u16() }
+    });
+    let codes = futures::future::join_all(posts).await;
+    assert_eq!(codes, vec![201; 16]);
+    let after = reviews(&kube);
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1), "one TokenReview and one SubjectAccessReview");
 }

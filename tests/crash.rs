@@ -1,7 +1,7 @@
 //! The `tidegate` binary killed with SIGKILL: every `201` has its manifest on disk
 //! before the answer, and a restart on the same directory counts repeats on the
 //! open requests. What a crash may lose is only the counts not yet written: at most
-//! those of one `dedup.status_interval` (more while the status-write cap holds a
+//! those of one `status_writer.interval` (more while the status-write cap holds a
 //! backlog), which this test measures and prints.
 
 mod support;

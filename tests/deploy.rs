@@ -296,8 +296,9 @@ fn deployment_runs_the_gateway_with_the_kube_sink() {
     let cli =
         Cli::try_parse_from(std::iter::once("tidegate".to_string()).chain(args)).expect("tidegate accepts the args");
     let Command::Serve(serve) = cli.command else { panic!("not `serve`") };
-    assert_eq!(serve.listen, Some("0.0.0.0:8080".parse().unwrap()));
-    assert_eq!(serve.sink, Some(SinkTarget::Kube));
+    let config = tidegate::config::Config::load_with(None, std::iter::empty(), &serve.flags).expect("valid flags");
+    assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(config.sink, SinkTarget::Kube);
 
     let ports = container.ports.clone().unwrap_or_default();
     assert_eq!(ports.len(), 1);

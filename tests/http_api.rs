@@ -87,7 +87,7 @@ async fn fifty_concurrent_identical_alerts_make_one_request_counting_fifty() {
 
 #[tokio::test]
 async fn duplicates_are_coalesced_into_one_status_write_per_interval() {
-    let mut gw = start_with(|c| c.dedup.status_interval = Duration::from_secs(300)).await;
+    let mut gw = start_with(|c| c.status_writer.interval = Duration::from_secs(300)).await;
     let hook = webhook(vec![alert("HighMemory", "shop", "web-0")]);
     let first: Value = gw.alerts(&hook).await.json().await.unwrap();
     for _ in 0..200 {
@@ -107,7 +107,7 @@ async fn duplicates_are_coalesced_into_one_status_write_per_interval() {
 
 #[tokio::test]
 async fn status_write_happens_after_the_interval_without_shutdown() {
-    let gw = start_with(|c| c.dedup.status_interval = Duration::from_millis(50)).await;
+    let gw = start_with(|c| c.status_writer.interval = Duration::from_millis(50)).await;
     let hook = webhook(vec![alert("HighMemory", "shop", "web-0")]);
     let first: Value = gw.alerts(&hook).await.json().await.unwrap();
     gw.alerts(&hook).await;
@@ -185,7 +185,10 @@ async fn every_alert_of_a_batch_is_processed_and_answered_207() {
     let statuses: Vec<&str> =
         body["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["duplicate", "created", "created", "resolved"]);
-    assert_eq!(body["summary"], json!({"created": 2, "duplicate": 1, "aggregated": 0, "resolved": 1, "failed": 0}));
+    assert_eq!(
+        body["summary"],
+        json!({"created": 2, "duplicate": 1, "aggregated": 0, "resolved": 1, "outOfScope": 0, "inhibited": 0, "failed": 0})
+    );
     gw.stop().await;
     assert_eq!(gw.manifests().len(), 3);
 }
@@ -198,7 +201,10 @@ async fn a_bad_alert_in_a_batch_fails_alone() {
     let resp = gw.alerts(&webhook(vec![alert("A", "shop", "p0"), nameless])).await;
     assert_eq!(resp.status(), 207);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["summary"], json!({"created": 1, "duplicate": 0, "aggregated": 0, "resolved": 0, "failed": 1}));
+    assert_eq!(
+        body["summary"],
+        json!({"created": 1, "duplicate": 0, "aggregated": 0, "resolved": 0, "outOfScope": 0, "inhibited": 0, "failed": 1})
+    );
     assert_eq!(body["results"][1]["status"], "failed");
     assert_eq!(body["results"][1]["index"], 1);
     assert_eq!(body["results"][1]["error"]["detail"], "$.alerts[1].labels: missing required label \"alertname\"");

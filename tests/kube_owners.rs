@@ -139,7 +139,7 @@ async fn the_pods_of_one_deployment_are_one_incident_not_a_storm() {
 async fn a_cache_miss_costs_one_get_per_object_and_is_remembered() {
     let kube = Kube::new().await;
     let ns = kube.namespace("owners", &[]).await;
-    let mut gw = start_kube(&kube, |c| c.dedup.status_interval = Duration::from_secs(300)).await;
+    let mut gw = start_kube(&kube, |c| c.status_writer.interval = Duration::from_secs(300)).await;
     gw.owner_caches_listed().await;
     // The caches learn nothing new from here on: the objects below are misses.
     kube.proxy.hold_watches("/pods");
@@ -161,7 +161,7 @@ async fn in_steady_state_an_alert_costs_no_api_call() {
     let ns = kube.namespace("owners", &[]).await;
     let pods: Vec<String> = (0..10).map(|n| format!("web-5b7d9-p{n}")).collect();
     web_pods(&kube, &ns, &pods.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let mut gw = start_kube(&kube, |c| c.dedup.status_interval = Duration::from_secs(300)).await;
+    let mut gw = start_kube(&kube, |c| c.status_writer.interval = Duration::from_secs(300)).await;
     gw.owner_caches_listed().await;
     assert_eq!(crash(&gw, &ns, &["web-5b7d9-p0"]).await.0, 201);
     let after_create = api_calls(&gw).await;
@@ -216,6 +216,6 @@ async fn a_long_owner_chain_is_followed_only_so_far() {
     let mut gw = start_kube(&kube, |_| {}).await;
     assert_eq!(crash(&gw, &ns, &["deep"]).await.0, 201);
     gw.stop().await;
-    let expected = format!("rs-{}", tidegate::sink::kube::owners::MAX_DEPTH);
+    let expected = format!("rs-{}", tidegate::workload::owners::MAX_DEPTH);
     assert_eq!(target(&requests(&kube, &ns).await[0]), ("ReplicaSet".into(), expected));
 }

@@ -73,7 +73,7 @@ async fn start(kube: &Kube, token: &str, tweak: impl FnOnce(&mut Config)) -> Res
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), sink: SinkTarget::Kube, ..Config::default() };
     config.http.shutdown_delay = Duration::ZERO;
-    config.dedup.status_interval = Duration::from_millis(20);
+    config.status_writer.interval = Duration::from_millis(20);
     config.kube.sync_timeout = Duration::from_secs(3);
     tweak(&mut config);
     let clock = Clock::manual(SystemTime::now());

@@ -1,6 +1,6 @@
 //! `--sink kube` against a real kube-apiserver and etcd: tidegate over real HTTP,
 //! through the real `kube::Client`, as the service account `deploy/` defines, with
-//! faults injected by a proxy in front of the API server (`tests/support/kube/`).
+//! faults injected by a proxy in front of the API server (`testkit/src/kube/`).
 //! Every test has namespaces and a proxy of its own; they share one API server.
 
 mod support;
@@ -124,7 +124,7 @@ async fn the_api_server_refuses_any_change_to_a_spec() {
 #[tokio::test]
 async fn a_coalesced_duplicate_costs_no_api_call() {
     let (kube, ns) = setup().await;
-    let mut gw = start_kube(&kube, |c| c.dedup.status_interval = Duration::from_secs(300)).await;
+    let mut gw = start_kube(&kube, |c| c.status_writer.interval = Duration::from_secs(300)).await;
     let (_, first) = post(&gw, &ns, "web-0").await;
     cached(&gw, &at(&first), Lookup::Open).await;
     let before = kube.proxy.calls().iter().filter(|c| !c.is_watch()).count();
@@ -214,7 +214,7 @@ async fn redis_losing_everything_while_status_writes_wait_loses_no_count() {
     let mut gw = start_kube(&kube, move |c| {
         c.state = StateBackend::Redis(url.parse().unwrap());
         c.redis.prefix = unique_prefix();
-        c.dedup.status_interval = Duration::from_secs(300);
+        c.status_writer.interval = Duration::from_secs(300);
     })
     .await;
     let (_, first) = post(&gw, &ns, "web-0").await;
@@ -247,7 +247,7 @@ async fn counts_two_replicas_hold_when_redis_loses_everything_add_up() {
         move |c: &mut tidegate::config::Config| {
             c.state = StateBackend::Redis(url.parse().unwrap());
             c.redis.prefix = prefix;
-            c.dedup.status_interval = Duration::from_secs(300);
+            c.status_writer.interval = Duration::from_secs(300);
         }
     };
     let mut a = start_kube(&kube, replica(redis.url(), prefix.clone())).await;
@@ -561,6 +561,31 @@ async fn a_create_that_landed_while_its_caller_timed_out_is_still_reported_creat
     let objects = kube.requests(&ns).await;
     assert_eq!(objects.len(), 1);
     assert_eq!(count(&objects[0]), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_api_server_sees_each_new_incident_created_exactly_once() {
+    // An API server that serves creates one at a time, 150 ms each: 24 sent at once
+    // would leave the last waiting 3.6 s, past the 2 s call timeout, and be sent
+    // again. Eight in flight wait at most 1.2 s each.
+    const INCIDENTS: usize = 24;
+    let (kube, ns) = setup().await;
+    let mut gw = start_kube(&kube, |c| c.kube.creates_in_flight = 8).await;
+    let creates = Matching::new(Method::POST, "/remediationrequests");
+    kube.proxy.fail_next(usize::MAX, Fault::Queue(Duration::from_millis(150)), creates.clone());
+    // A distinct alert name each: new incidents, never a storm.
+    let gw_ref = &gw;
+    let posts = (0..INCIDENTS).map(|n| {
+        let body = webhook(vec![alert(&format!("Slow{n}"), &ns, "web-0")]);
+        async move { gw_ref.alerts(&body).await }
+    });
+    let codes: Vec<u16> = futures::future::join_all(posts).await.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(codes, vec![201; INCIDENTS]);
+    assert_eq!(kube.proxy.count(&creates), INCIDENTS, "{:?}", kube.proxy.calls());
+    assert_eq!(gw.metric(r#"tidegate_kube_api_calls_total{verb="create",outcome="ok"}"#).await, INCIDENTS as f64);
+    kube.proxy.clear_faults();
+    gw.stop().await;
+    assert_eq!(kube.requests(&ns).await.len(), INCIDENTS);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -163,7 +163,7 @@ async fn exposition_of_a_busy_gateway() -> String {
         c.memory.max_entries = 30;
         c.rate_limit.rate = 0.01;
         c.rate_limit.burst = 12;
-        c.dedup.status_interval = std::time::Duration::from_millis(10);
+        c.status_writer.interval = std::time::Duration::from_millis(10);
     })
     .await;
     // Twelve pods of one alert: ten incidents, then a storm.
@@ -211,4 +211,54 @@ async fn the_dashboard_and_rules_read_only_metrics_the_gateway_exports() {
         }
     }
     assert!(read > 30, "only {read} metric reads found");
+}
+
+/// What an idle gateway (no request yet) exports: every series whose labels are a
+/// fixed set is there at 0, so that `increase()` sees the first event after a
+/// start and a panel shows 0 rather than "no data".
+#[tokio::test]
+async fn an_idle_gateway_exports_every_series_of_a_fixed_label_set_at_zero() {
+    use tidegate::auth::AuthError;
+    use tidegate::http::problem::Problem;
+    use tidegate::ingest::IngestError;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "idle-token").unwrap();
+    let yaml = format!("authenticators: {{t: {{bearer: {{tokens: {{alertmanager-prod: {}}}}}}}}}", token.display());
+    let gw = support::start_with(|c| c.auth = serde_norway::from_str(&yaml).unwrap()).await;
+    let exposition = gw.get("/metrics").await.text().await.unwrap();
+    let zero = |series: String| {
+        let line = format!("{series} 0");
+        assert!(exposition.lines().any(|l| l == line), "no `{line}` in an idle gateway's /metrics:\n{exposition}");
+    };
+    let reasons = [Problem::REASONS, AuthError::REASONS, IngestError::KINDS].concat();
+    for reason in reasons {
+        zero(format!(r#"tidegate_http_rejections_total{{reason="{reason}"}}"#));
+    }
+    for signal_type in tidegate::ingest::signal_types() {
+        for outcome in ["created", "duplicate", "resolved", "aggregated", "failed"] {
+            let source = signal_type.as_str();
+            zero(format!(r#"tidegate_signals_received_total{{source="{source}",outcome="{outcome}"}}"#));
+        }
+    }
+    for class in tidegate::http::SOURCE_CLASSES {
+        zero(format!(r#"tidegate_rate_limited_total{{source_class="{class}"}}"#));
+    }
+    for storm in ["rate", "pattern"] {
+        zero(format!(r#"tidegate_storms_detected_total{{type="{storm}"}}"#));
+    }
+    for cause in tidegate::state::StateError::CAUSES {
+        zero(format!(r#"tidegate_state_errors_total{{reason="{cause}"}}"#));
+    }
+    for failure in tidegate::http::tls::Failure::ALL {
+        zero(format!(r#"tidegate_tls_handshake_failures_total{{reason="{}"}}"#, failure.reason()));
+    }
+    zero(r#"tidegate_authenticated_requests_total{sender="alertmanager-prod",method="bearer"}"#.into());
+    // The alert on refused credentials reads these from the start.
+    let rejecting = rules().into_iter().find(|r| r["alert"] == "TidegateRejectingCredentials").unwrap();
+    let expr = rejecting["expr"].as_str().unwrap();
+    let matcher = expr.split("reason=~\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
+    for reason in matcher.split('|') {
+        zero(format!(r#"tidegate_http_rejections_total{{reason="{reason}"}}"#));
+    }
 }

@@ -1,13 +1,10 @@
-//! Smoke tests of the real-Redis test support (`tests/support/redis/`): standalone
+//! Smoke tests of the real-Redis test support (`testkit/src/redis/`): standalone
 //! kill/restart, Sentinel failover, Cluster routing, and the shared server.
 //!
-//! Included by path (with the process plumbing it needs) so this binary does not
-//! depend on `support/mod.rs`.
+//! The support lives in the testkit crate (`testkit/src/redis/`), so this binary
+//! does not depend on `support/mod.rs`.
 
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/redis/mod.rs"]
-mod redis_support;
+use tidegate_testkit::redis as redis_support;
 
 use std::sync::atomic::Ordering;
 use std::thread;

@@ -269,6 +269,47 @@ async fn a_tight_rate_limit_loses_nothing() {
     assert!(requests.iter().all(|rr| occurrences(rr) == 1), "one delivery each");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn alertmanager_through_its_pagerduty_integration_repeats_and_resolves_one_request() {
+    // The routing key is the credential: the gateway knows it as a bearer token.
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("routing-key");
+    std::fs::write(&key_file, format!("{ROUTING_KEY}\n")).unwrap();
+    let auth = format!("authenticators:\n  keys: {{bearer: {{tokens: {{alertmanager-pd: {}}}}}}}", key_file.display());
+    let mut rig = Rig::start_pagerduty("2s", |c| c.auth = serde_norway::from_str(&auth).unwrap(), ROUTING_KEY).await;
+    rig.target.set("shop", ["web-0"], 1.0);
+
+    // repeat_interval 2s: Alertmanager triggers again under the same dedup_key.
+    rig.wait_for("three triggers", DELIVERY * 2, || async { rig.alertmanager.counters().await.delivered() >= 3 }).await;
+    rig.target.set("shop", ["web-0"], 0.0);
+    let resolved = |rr: &RemediationRequest| rr.status.as_ref().and_then(|s| s.signal_resolved_at.as_ref()).is_some();
+    rig.wait_for("the resolve", DELIVERY, || async { rig.gateway.requests().iter().any(resolved) }).await;
+    rig.gateway.stop().await;
+    let am = rig.alertmanager.settled_counters().await;
+
+    assert_eq!(
+        am.failed,
+        0,
+        "alertmanager_notifications_failed_total{{integration=\"pagerduty\"}}: {am:?}\n{}",
+        rig.logs()
+    );
+    assert_eq!(am.requests_failed, 0, "every request answered 2xx: {am:?}");
+    let requests = rig.gateway.requests();
+    assert_eq!(requests.len(), 1, "one incident under one dedup_key: {requests:#?}");
+    let rr = &requests[0];
+    assert_eq!(serde_json::to_value(rr.spec.signal_type).unwrap(), "pagerduty-event");
+    assert_eq!(rr.metadata.namespace.as_deref(), Some("shop"));
+    assert_eq!((rr.spec.target_resource.kind.as_str(), rr.spec.target_resource.name.as_str()), ("Pod", "web-0"));
+    assert_eq!(rr.spec.signal_annotations["tidegate.dev/incident-key"].len(), 64, "Alertmanager's group key hash");
+    let annotations = rr.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations[tidegate::remediation::SUBMITTED_BY_ANNOTATION], "alertmanager-pd");
+    // Every delivered trigger counted once; the one resolve is no occurrence.
+    assert_eq!(occurrences(rr), am.delivered() - 1, "{am:?}");
+}
+
+/// The routing key Alertmanager's PagerDuty receiver sends.
+const ROUTING_KEY: &str = "tidegate-routing-key-0123456789ab";
+
 /// Prometheus posting straight to the gateway's `/api/v2/alerts`, as it posts to an
 /// Alertmanager: no Alertmanager in between. Its notifier never retries; a firing
 /// alert is sent again every resend delay (1 s here), a resolved one likewise.

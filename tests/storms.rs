@@ -201,7 +201,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_budget() {
     let gw = redis(|c| {
         c.rate_limit.rate = 1.0;
         c.rate_limit.burst = 1;
-        c.rate_limit.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        c.http.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await;
     let send = |client: &'static str, n: u32| {

@@ -10,7 +10,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use jiff::Timestamp;
 use tidegate::config::{parse_duration, Config};
-use tidegate::ingest::{self, IngestError, Payload, Source};
+use tidegate::ingest::{self, Adapter, IngestError, Payload, Source, SOURCES};
 use tidegate::remediation::{self, Classification, StatusUpdate, MAX_VALUE_BYTES, NO_WRITER};
 use tidegate::signal::Fingerprint;
 use tidegate::state::{Decision, Verdict};
@@ -19,13 +19,13 @@ use tidegate::state::{Decision, Verdict};
 pub type Check = fn(&[u8]);
 
 /// Every target: its name (the file in `fuzz/fuzz_targets/` and the folder in
-/// `fuzz/corpus/`) and its check.
+/// `fuzz/corpus/`) and its check. Every source of the table is fuzzed by the one
+/// target `ingest`; the other targets are parsers of their own.
 pub const TARGETS: &[(&str, Check)] = &[
-    ("ingest_alertmanager", ingest_alertmanager),
-    ("ingest_alertmanager_v2", ingest_alertmanager_v2),
-    ("ingest_k8s_event", ingest_k8s_event),
-    ("ingest_grafana", ingest_grafana),
-    ("ingest_cloudevents", ingest_cloudevents),
+    ("ingest", ingest),
+    // Parsers of configuration and state: one entry each (and a file in
+    // fuzz_targets/, a [[bin]] in fuzz/Cargo.toml, a folder in fuzz/corpus/). The
+    // silence matchers and time intervals go here.
     ("config", config),
     ("duration", duration),
     ("decide_reply", decide_reply),
@@ -33,24 +33,33 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("auth_headers", auth_headers),
 ];
 
-pub fn ingest_alertmanager(data: &[u8]) {
-    source(&ingest::alertmanager::WEBHOOK, data);
+/// The committed corpus of a source: `fuzz/corpus/ingest_<name>/`, bodies or
+/// requests as [`source`] takes them, without the name [`ingest`] reads first.
+pub fn corpus_of(source: &Source) -> String {
+    format!("ingest_{}", source.name)
 }
 
-pub fn ingest_alertmanager_v2(data: &[u8]) {
-    source(&ingest::alertmanager_v2::SOURCE, data);
+/// Every source of the table, each input to the source it names: the input is a
+/// source's name (`Source::name`), a newline, then what [`source`] takes. An input
+/// naming no source checks nothing.
+pub fn ingest(data: &[u8]) {
+    if let Some((source, rest)) = named(data) {
+        self::source(source, rest);
+    }
 }
 
-pub fn ingest_k8s_event(data: &[u8]) {
-    source(&ingest::k8s_event::SOURCE, data);
+/// The source an [`ingest`] input names, and the rest of the input.
+pub fn named(data: &[u8]) -> Option<(&'static Source, &[u8])> {
+    let newline = data.iter().position(|&b| b == b'\n')?;
+    let (name, rest) = (&data[..newline], &data[newline + 1..]);
+    Some((SOURCES.iter().find(|s| s.name.as_bytes() == name)?, rest))
 }
 
-pub fn ingest_grafana(data: &[u8]) {
-    source(&ingest::grafana::WEBHOOK, data);
-}
-
-pub fn ingest_cloudevents(data: &[u8]) {
-    source(&ingest::cloudevents::SOURCE, data);
+/// Every source, built from the default configuration.
+fn adapter(source: &Source) -> &'static Adapter {
+    static ADAPTERS: std::sync::LazyLock<Vec<Adapter>> =
+        std::sync::LazyLock::new(|| Adapter::all(&ingest::Settings::default()));
+    ADAPTERS.iter().find(|a| a.source.route == source.route).expect("every source of the table is built")
 }
 
 /// Splits an input into headers and body. An input that starts with `POST ` is a
@@ -61,11 +70,8 @@ pub fn ingest_cloudevents(data: &[u8]) {
 fn request(source: &Source, data: &[u8]) -> (HeaderMap, Vec<u8>) {
     let mut headers = HeaderMap::new();
     let Some(rest) = data.strip_prefix(b"POST ") else {
-        let json = if source.route == ingest::cloudevents::SOURCE.route {
-            "application/cloudevents+json"
-        } else {
-            "application/json"
-        };
+        // A CloudEvent's body alone is in structured mode.
+        let json = if source.name == "cloudevents" { "application/cloudevents+json" } else { "application/json" };
         headers.insert("content-type", HeaderValue::from_static(json));
         return (headers, data.to_vec());
     };
@@ -88,14 +94,16 @@ fn request(source: &Source, data: &[u8]) -> (HeaderMap, Vec<u8>) {
 
 /// A source's parser, on any body and headers: it never panics, every rejection
 /// names a JSON path, parsing is deterministic, every signal carries its source's
-/// type and the fingerprint of its own identity, and the request built from it is
-/// one Kubernetes accepts (name, label values) with every spec value cut to size.
+/// type and the fingerprint of its own identity (its name, namespace and target,
+/// or the key its sender names the incident by in place of the name), and the
+/// request built from it is one Kubernetes accepts (name, label values) with every
+/// spec value cut to size.
 pub fn source(source: &Source, data: &[u8]) {
-    static CONFIG: std::sync::LazyLock<ingest::Settings> = std::sync::LazyLock::new(Default::default);
+    let adapter = adapter(source);
     let (headers, body) = request(source, data);
     let received = Timestamp::from_second(1_700_000_000).expect("a valid time");
-    let payload = Payload { body: &body, headers: &headers, received, config: &CONFIG };
-    let parsed = ingest::parse(source, &payload);
+    let payload = Payload { body: &body, headers: &headers, received };
+    let parsed = adapter.parse(&payload);
     let summary = |p: &Result<ingest::Parsed, IngestError>| match p {
         Ok(results) => Ok(results
             .iter()
@@ -103,12 +111,11 @@ pub fn source(source: &Source, data: &[u8]) {
             .collect::<Vec<_>>()),
         Err(e) => Err(e.clone()),
     };
-    assert_eq!(summary(&parsed), summary(&ingest::parse(source, &payload)), "parsing is deterministic");
+    assert_eq!(summary(&parsed), summary(&adapter.parse(&payload)), "parsing is deterministic");
     let results = match parsed {
         Ok(results) => results,
         Err(e) => return assert_names_a_path(&e),
     };
-    assert!(!results.is_empty(), "a parse that succeeds yields at least one result");
     let class = Classification { environment: "unknown".into(), priority: "P3".into(), rule: "default".into() };
     for result in results {
         let signal = match result {
@@ -121,9 +128,14 @@ pub fn source(source: &Source, data: &[u8]) {
         assert_eq!(signal.signal_type, source.signal_type);
         // The namespace names a Kubernetes namespace and the directory sink's folder.
         assert_dns_label(&signal.namespace);
-        assert!(signal.labels.len() + signal.annotations.len() <= CONFIG.ingest.max_labels);
+        let max_labels = ingest::IngestConfig::default().max_labels;
+        assert!(signal.labels.len() + signal.annotations.len() <= max_labels);
         assert!(!signal.name.trim().is_empty(), "a signal has a name");
-        assert_eq!(signal.fingerprint, Fingerprint::new(&signal.name, &signal.namespace, &signal.target));
+        let identity = match signal.annotations.get(ingest::INCIDENT_KEY) {
+            Some(key) => ingest::keyed_fingerprint(signal.signal_type, key),
+            None => Fingerprint::new(&signal.name, &signal.namespace, &signal.target),
+        };
+        assert_eq!(signal.fingerprint, identity);
         let status = StatusUpdate {
             first_seen_s: 1,
             last_seen_s: 1,
@@ -131,6 +143,7 @@ pub fn source(source: &Source, data: &[u8]) {
             count: 0,
             resolved_at_s: None,
             storm: None,
+            inhibited: None,
         };
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
         assert_dns_label(rr.metadata.name.as_deref().expect("a request has a name"));
@@ -372,7 +385,7 @@ const NOW_S: u64 = 1_700_000_000;
 /// with its files in a folder of this process's own.
 struct AuthFixture {
     chain: std::sync::Arc<tidegate::auth::Chain>,
-    replays: tidegate::state::memory::MemoryStore,
+    replays: std::sync::Arc<dyn tidegate::state::StateStore>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -409,12 +422,12 @@ fn auth_fixture() -> &'static AuthFixture {
         // The store starts its purge task on the runtime it is made in.
         let replays = {
             let _in_runtime = runtime.enter();
-            tidegate::state::memory::MemoryStore::new(
+            std::sync::Arc::new(tidegate::state::memory::MemoryStore::new(
                 &Default::default(),
                 std::time::Duration::from_secs(300),
                 &Default::default(),
                 tidegate::clock::Clock::System,
-            )
+            ))
         };
         AuthFixture { chain: auth.chain("/all").expect("a chain"), replays, runtime }
     })
@@ -436,7 +449,7 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 /// message is accepted once; its replay is refused.
 pub fn auth_headers(data: &[u8]) {
     use data_encoding::{BASE64, HEXLOWER};
-    use tidegate::auth::{AuthError, Checked, Presented, Rejection};
+    use tidegate::auth::{AuthError, Checked, Presented, Verified};
     let Ok(input) = Credentials::arbitrary_take_rest(Unstructured::new(data)) else { return };
     let fixture = auth_fixture();
     let timestamp = (NOW_S as i64 + i64::from(input.timestamp_offset_s.unwrap_or(0))).to_string();
@@ -495,7 +508,12 @@ pub fn auth_headers(data: &[u8]) {
         Ok(Checked::Pending(pending)) => {
             let verify = || fixture.runtime.block_on(pending.verify(&headers, input.body, NOW_S, &fixture.replays));
             match verify() {
-                Ok(identity) => {
+                Ok(verified) => {
+                    let (identity, claim) = match verified {
+                        Verified::New(identity, claim) => (identity, claim),
+                        // An id an earlier input delivered.
+                        Verified::Delivered(identity) => (identity, None),
+                    };
                     let signed = match identity.method {
                         "standard_webhooks" => input.sign_webhook == Some(false),
                         "grafana" => input.sign_grafana == Some(false),
@@ -504,10 +522,15 @@ pub fn auth_headers(data: &[u8]) {
                     // A raw value equal to the right signature is a fluke the
                     // fuzzer cannot make; accepting anything else is the bug.
                     assert!(signed, "accepted an unsigned or mis-signed request: {headers:?}");
-                    if identity.method == "standard_webhooks" {
+                    if let Some(claim) = claim {
                         assert!(
-                            matches!(verify(), Err(AuthError::Rejected(Rejection::Replayed))),
-                            "a verified message was accepted twice"
+                            matches!(verify(), Err(AuthError::InFlight)),
+                            "a message being decided was taken twice"
+                        );
+                        fixture.runtime.block_on(claim.settle(axum::http::StatusCode::OK));
+                        assert!(
+                            matches!(verify(), Ok(Verified::Delivered(_))),
+                            "the retry of a delivered message was decided again"
                         );
                     }
                 }

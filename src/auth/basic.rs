@@ -5,8 +5,9 @@
 //! on the blocking pool, and a successful check is cached for a while under a
 //! SHA-256 of the user and password: a sender that authenticates every few seconds
 //! pays for bcrypt once. A failed check is never cached. An unknown user is checked
-//! against a configured user's hash, so the answer's timing does not tell which
-//! users exist.
+//! against a configured user's hash and refused with the same words as a wrong
+//! password, so neither the answer's timing nor its text tells which users exist
+//! (the audit log's `cause` does, for the operator).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -72,7 +73,9 @@ impl Users {
         }
         // An unknown user is checked against a configured hash (of the same cost),
         // so it costs what a known one does; it can identify no one.
-        let Some((_, hash)) = known.or_else(|| self.users.values().next()) else { return Ok(Step::Pass(None)) };
+        let Some((_, hash)) = known.or_else(|| self.users.values().next()) else {
+            return Ok(Step::Pass(Some(Rejection::UnknownUser)));
+        };
         let hash = hash.clone();
         let password = password.to_owned();
         let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
@@ -84,7 +87,8 @@ impl Users {
                 Ok(Step::Identified(Identity::new(name.clone(), name.clone(), "basic")))
             }
             Some(_) => Err(AuthError::Rejected(Rejection::WrongPassword)),
-            None => Ok(Step::Pass(None)),
+            // Another basic authenticator of the chain may know the user.
+            None => Ok(Step::Pass(Some(Rejection::UnknownUser))),
         }
     }
 }
@@ -115,12 +119,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_wrong_password_is_rejected_and_not_cached_and_an_unknown_user_passes() {
+    async fn a_wrong_password_is_rejected_and_not_cached_and_an_unknown_user_passes_in_the_same_words() {
         let users = users();
         let err = users.check(&basic("alertmanager:guess")).await.err().unwrap();
         assert!(matches!(err, AuthError::Rejected(Rejection::WrongPassword)));
         assert!(users.verified.is_empty());
-        assert!(matches!(users.check(&basic("mallory:s3cret")).await.unwrap(), Step::Pass(None)));
+        let Step::Pass(Some(unknown)) = users.check(&basic("mallory:s3cret")).await.unwrap() else { panic!() };
+        assert_eq!(unknown, Rejection::UnknownUser);
+        assert_eq!(unknown.to_string(), Rejection::WrongPassword.to_string());
+        assert_ne!(unknown.cause(), Rejection::WrongPassword.cause());
         assert!(matches!(
             users.check(&headers(&[("authorization", "Basic !!")])).await.unwrap(),
             Step::Pass(Some(Rejection::Malformed(_)))

@@ -6,23 +6,35 @@
 //! several may be listed (whitespace-separated) so that a secret can be rotated
 //! without a window in which the sender's signatures fail.
 //!
-//! A Standard Webhooks message is accepted once: its id goes into the replay store
-//! of the state backend (shared by replicas through Redis) until its timestamp
-//! leaves the tolerance, after which the timestamp check refuses it anyway.
+//! A Standard Webhooks message is recorded once. Its id is claimed in the replay
+//! store of the state backend (shared by replicas through Redis) while it is
+//! decided, and kept as delivered once it was answered 2xx, until its timestamp
+//! leaves the tolerance (after which the timestamp check refuses the same bytes
+//! anyway). A sender keeps the id across its retries and signs each with a fresh
+//! timestamp: a retry of a delivered message is answered 2xx and records nothing; a
+//! retry while the first delivery is still being decided is answered 503; a retry
+//! of a message refused (4xx, 5xx) is decided anew. Never 4xx for a valid signature.
+//!
+//! Verification is ours, not the `standardwebhooks` crate's (the specification's
+//! Rust library, which the tests sign with): its `verify` reads the system clock
+//! with a fixed 5-minute tolerance (no `tolerance` setting, no injected clock),
+//! takes one secret (a rotation needs a verifier per secret), refuses a body that is
+//! not UTF-8, and decodes secrets as strict padded base64, refusing the unpadded
+//! ones the Python library takes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
-use data_encoding::{BASE64, HEXLOWER_PERMISSIVE};
+use axum::http::{HeaderMap, StatusCode};
+use data_encoding::{Encoding, BASE64, BASE64_NOPAD, HEXLOWER_PERMISSIVE};
 use hmac::{Hmac, Mac};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{AuthError, Identity, Rejection, Secret, Step};
+use super::{AuthError, Identity, Rejection, Secret, Step, Verified};
 use crate::state::StateStore;
 use crate::watched::{self, LoadError, Watched};
 
@@ -38,7 +50,8 @@ pub struct StandardWebhooksConfig {
     /// The source name of requests signed with these secrets.
     pub source: String,
     /// File holding the `whsec_` secrets, whitespace-separated; a signature by any
-    /// of them is accepted.
+    /// of them is accepted. Base64 with or without its `=` padding, as the
+    /// reference libraries take it.
     pub secret_file: PathBuf,
     /// How far a message's `webhook-timestamp` may be from now, either way.
     #[serde(with = "crate::section::duration")]
@@ -139,12 +152,10 @@ pub struct StandardWebhooks {
 
 impl StandardWebhooks {
     pub fn load(name: &str, config: &StandardWebhooksConfig) -> Result<Self, LoadError> {
-        // `whsec_` and base64; the prefix is optional, as in the reference libraries.
-        let decode = |s: &str| BASE64.decode(s.strip_prefix("whsec_").unwrap_or(s).as_bytes()).ok();
         Ok(StandardWebhooks {
             name: name.to_string(),
             source: config.source.as_str().into(),
-            secrets: secrets(&config.secret_file, decode)?,
+            secrets: secrets(&config.secret_file, webhook_secret)?,
             tolerance: config.tolerance,
         })
     }
@@ -156,14 +167,14 @@ impl StandardWebhooks {
         }
     }
 
-    /// Checks the signature, then that the message was not seen before.
+    /// Checks the signature, then claims the message id (see the module's doc).
     pub(super) async fn verify(
         &self,
         headers: &HeaderMap,
         body: &[u8],
         now_s: u64,
-        replays: &dyn StateStore,
-    ) -> Result<Identity, AuthError> {
+        replays: &Arc<dyn StateStore>,
+    ) -> Result<Verified, AuthError> {
         let malformed = |what| AuthError::Rejected(Rejection::Malformed(what));
         let id = header(headers, WEBHOOK_ID).filter(|id| !id.is_empty()).ok_or(malformed("webhook-id is missing"))?;
         let timestamp = header(headers, WEBHOOK_TIMESTAMP).ok_or(malformed("webhook-timestamp is missing"))?;
@@ -186,26 +197,109 @@ impl StandardWebhooks {
         if !signed {
             return Err(AuthError::Rejected(Rejection::BadSignature));
         }
-        // Remembered until the timestamp goes stale: after that, the timestamp
-        // check alone refuses the message.
+        let identity = Identity::new(self.source.clone(), self.source.clone(), "standard_webhooks");
+        // Kept until this timestamp goes stale: after that, the timestamp check
+        // alone refuses these bytes, and a retry signed later is decided anew.
         let ttl = Duration::from_secs((timestamp_s + self.tolerance.as_secs()).saturating_sub(now_s) + 1);
-        let key = self.key(id);
-        match replays.first_sighting(key, ttl).await {
-            Ok(true) => Ok(Identity::new(self.source.clone(), self.source.clone(), "standard_webhooks")),
-            Ok(false) => Err(AuthError::Rejected(Rejection::Replayed)),
-            Err(e) => Err(AuthError::ReplayStore(e)),
+        let (delivered, deciding) = (self.key(id, DELIVERED), self.key(id, DECIDING));
+        // The deciding mark first: while one request holds it, no other takes the
+        // delivered mark for proof that the message was answered.
+        match replays.first_sighting(deciding, ttl).await {
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::InFlight),
+            Err(e) => return Err(AuthError::ReplayStore(e)),
+        }
+        match replays.first_sighting(delivered, ttl).await {
+            Ok(true) => {
+                let claim = Claim { delivered, deciding, ttl, replays: Some(replays.clone()) };
+                Ok(Verified::New(identity, Some(claim)))
+            }
+            Ok(false) => {
+                // Marked delivered, and nobody deciding it: it was answered 2xx.
+                release(&**replays, deciding, ttl).await;
+                Ok(Verified::Delivered(identity))
+            }
+            Err(e) => {
+                release(&**replays, deciding, ttl).await;
+                Err(AuthError::ReplayStore(e))
+            }
         }
     }
 
-    /// The replay-store key of a message id: fixed-size, and per authenticator.
-    fn key(&self, id: &str) -> [u8; 16] {
-        let digest = Sha256::new().chain_update(self.name.as_bytes()).chain_update([0]).chain_update(id).finalize();
+    /// A replay-store key of a message id: fixed-size, per authenticator and per
+    /// mark (`DELIVERED`, `DECIDING`).
+    fn key(&self, id: &str, mark: u8) -> [u8; 16] {
+        let digest = Sha256::new().chain_update(self.name.as_bytes()).chain_update([mark]).chain_update(id).finalize();
         digest[..16].try_into().expect("16 of 32 bytes")
     }
+}
 
-    pub(super) fn replay_key(&self, headers: &HeaderMap) -> Option<[u8; 16]> {
-        header(headers, WEBHOOK_ID).map(|id| self.key(id))
+/// The marks a message id leaves in the replay store.
+const DELIVERED: u8 = 0;
+const DECIDING: u8 = 1;
+
+/// A Standard Webhooks message being decided: its id marked delivered and
+/// deciding in the replay store until [`Claim::settle`]. A claim dropped unsettled
+/// (the sender hung up and its request was cancelled) is settled as not answered:
+/// its retry is decided anew, so the message may count twice but is never lost.
+pub struct Claim {
+    delivered: [u8; 16],
+    deciding: [u8; 16],
+    ttl: Duration,
+    replays: Option<Arc<dyn StateStore>>,
+}
+
+impl Claim {
+    /// Settles the claim with the answer the request got: answered 2xx, the
+    /// message stays delivered; otherwise nothing was recorded, and the sender's
+    /// retry is decided anew.
+    pub async fn settle(mut self, status: StatusCode) {
+        let Some(replays) = self.replays.take() else { return };
+        settle(&*replays, self.delivered, self.deciding, status.is_success(), self.ttl).await;
     }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let Some(replays) = self.replays.take() else { return };
+        let (delivered, deciding, ttl) = (self.delivered, self.deciding, self.ttl);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { settle(&*replays, delivered, deciding, false, ttl).await });
+        }
+    }
+}
+
+async fn settle(replays: &dyn StateStore, delivered: [u8; 16], deciding: [u8; 16], answered: bool, ttl: Duration) {
+    if !answered {
+        if let Err(e) = replays.forget_sighting(delivered).await {
+            // Left deciding too, so that no retry is told "delivered": retries get
+            // 503 until both marks expire, then are decided anew.
+            tracing::warn!(error = %e, ?ttl, "could not forget a refused message's id; its retries wait");
+            return;
+        }
+    }
+    release(replays, deciding, ttl).await;
+}
+
+async fn release(replays: &dyn StateStore, deciding: [u8; 16], ttl: Duration) {
+    if let Err(e) = replays.forget_sighting(deciding).await {
+        tracing::warn!(error = %e, ?ttl, "could not release a message's id; its retries wait");
+    }
+}
+
+/// A Standard Webhooks secret: `whsec_` (optional) and base64 of the key, padded
+/// or not, trailing bits unchecked: the union of what the reference libraries take
+/// (Python pads before decoding and, like Go, does not check trailing bits; Go, JS
+/// and Rust take padded base64). An empty key is refused, as they refuse it.
+fn webhook_secret(text: &str) -> Option<Vec<u8>> {
+    static LENIENT: std::sync::LazyLock<Encoding> = std::sync::LazyLock::new(|| {
+        let mut spec = BASE64_NOPAD.specification();
+        spec.check_trailing_bits = false;
+        spec.encoding().expect("base64 without padding is a valid specification")
+    });
+    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+    let unpadded = encoded.strip_suffix("==").or_else(|| encoded.strip_suffix('=')).unwrap_or(encoded);
+    LENIENT.decode(unpadded.as_bytes()).ok().filter(|key| !key.is_empty())
 }
 
 /// Grafana Alerting: a hex HMAC-SHA256 in a configured header, over the body, or
@@ -288,7 +382,7 @@ mod tests {
     struct Fixture {
         _dir: tempfile::TempDir,
         webhooks: StandardWebhooks,
-        store: MemoryStore,
+        store: Arc<dyn StateStore>,
     }
 
     fn fixture() -> Fixture {
@@ -297,12 +391,12 @@ mod tests {
         std::fs::write(&path, format!("whsec_b2xkLXNlY3JldA== {SECRET}\n")).unwrap();
         let config = StandardWebhooksConfig { source: "falco".into(), secret_file: path, ..Default::default() };
         let webhooks = StandardWebhooks::load("sw", &config).unwrap();
-        let store = MemoryStore::new(
+        let store = Arc::new(MemoryStore::new(
             &MemoryConfig { max_entries: 10 },
             Duration::from_secs(300),
             &StormConfig::default(),
             Clock::System,
-        );
+        ));
         Fixture { _dir: dir, webhooks, store }
     }
 
@@ -311,29 +405,57 @@ mod tests {
         headers(&[(WEBHOOK_ID, id), (WEBHOOK_TIMESTAMP, &ts), (WEBHOOK_SIGNATURE, signature)])
     }
 
-    #[tokio::test]
-    async fn the_published_test_vector_verifies_once_and_its_replay_is_refused() {
-        let f = fixture();
-        let h = signed(MSG_ID, TIMESTAMP, SIGNATURE);
-        assert!(matches!(f.webhooks.recognises(&h), Step::NeedsBody));
-        let id = f.webhooks.verify(&h, PAYLOAD, TIMESTAMP + 10, &f.store).await.unwrap();
-        assert_eq!((&*id.name, id.method), ("falco", "standard_webhooks"));
-        let again = f.webhooks.verify(&h, PAYLOAD, TIMESTAMP + 11, &f.store).await.err().unwrap();
-        assert!(matches!(again, AuthError::Rejected(Rejection::Replayed)), "{again:?}");
+    impl Fixture {
+        async fn verify(&self, h: &HeaderMap, body: &[u8], now_s: u64) -> Result<Verified, AuthError> {
+            self.webhooks.verify(h, body, now_s, &self.store).await
+        }
     }
 
     #[tokio::test]
-    async fn a_wrong_signature_or_body_is_refused_and_burns_no_id() {
+    async fn the_published_test_vector_is_claimed_while_decided_then_its_retries_are_delivered() {
+        let f = fixture();
+        let h = signed(MSG_ID, TIMESTAMP, SIGNATURE);
+        assert!(matches!(f.webhooks.recognises(&h), Step::NeedsBody));
+        let Ok(Verified::New(id, Some(claim))) = f.verify(&h, PAYLOAD, TIMESTAMP + 10).await else { panic!() };
+        assert_eq!((&*id.name, id.method), ("falco", "standard_webhooks"));
+        let meanwhile = f.verify(&h, PAYLOAD, TIMESTAMP + 11).await.err().unwrap();
+        assert!(matches!(meanwhile, AuthError::InFlight), "{meanwhile:?}");
+        claim.settle(StatusCode::CREATED).await;
+        let Ok(Verified::Delivered(id)) = f.verify(&h, PAYLOAD, TIMESTAMP + 12).await else { panic!() };
+        assert_eq!(&*id.name, "falco");
+        assert!(matches!(f.verify(&h, PAYLOAD, TIMESTAMP + 13).await, Ok(Verified::Delivered(_))), "and again");
+    }
+
+    #[tokio::test]
+    async fn a_message_answered_other_than_2xx_or_abandoned_is_decided_anew_when_retried() {
+        let f = fixture();
+        let h = signed(MSG_ID, TIMESTAMP, SIGNATURE);
+        for status in [StatusCode::SERVICE_UNAVAILABLE, StatusCode::BAD_REQUEST] {
+            let Ok(Verified::New(_, Some(claim))) = f.verify(&h, PAYLOAD, TIMESTAMP).await else { panic!() };
+            claim.settle(status).await;
+        }
+        let Ok(Verified::New(_, Some(claim))) = f.verify(&h, PAYLOAD, TIMESTAMP).await else { panic!() };
+        drop(claim); // The request was cancelled: its release runs as a task.
+        let mut retried = f.verify(&h, PAYLOAD, TIMESTAMP).await;
+        while matches!(retried, Err(AuthError::InFlight)) {
+            tokio::task::yield_now().await;
+            retried = f.verify(&h, PAYLOAD, TIMESTAMP).await;
+        }
+        assert!(matches!(retried, Ok(Verified::New(_, Some(_)))));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_signature_or_body_is_refused_and_claims_no_id() {
         let f = fixture();
         let wrong = signed(MSG_ID, TIMESTAMP, "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=");
-        let err = f.webhooks.verify(&wrong, PAYLOAD, TIMESTAMP, &f.store).await.err().unwrap();
+        let err = f.verify(&wrong, PAYLOAD, TIMESTAMP).await.err().unwrap();
         assert!(matches!(err, AuthError::Rejected(Rejection::BadSignature)));
         let h = signed(MSG_ID, TIMESTAMP, SIGNATURE);
-        let err = f.webhooks.verify(&h, br#"{"test": 1}"#, TIMESTAMP, &f.store).await.err().unwrap();
+        let err = f.verify(&h, br#"{"test": 1}"#, TIMESTAMP).await.err().unwrap();
         assert!(matches!(err, AuthError::Rejected(Rejection::BadSignature)));
         // Several signatures, one of them good (a sender mid-rotation).
         let multi = signed(MSG_ID, TIMESTAMP, &format!("v1,AAAA v2,zzz {SIGNATURE}"));
-        assert!(f.webhooks.verify(&multi, PAYLOAD, TIMESTAMP, &f.store).await.is_ok());
+        assert!(matches!(f.verify(&multi, PAYLOAD, TIMESTAMP).await, Ok(Verified::New(..))));
     }
 
     #[tokio::test]
@@ -341,21 +463,38 @@ mod tests {
         let f = fixture();
         let h = signed(MSG_ID, TIMESTAMP, SIGNATURE);
         for now in [TIMESTAMP + 301, TIMESTAMP - 301] {
-            let err = f.webhooks.verify(&h, PAYLOAD, now, &f.store).await.err().unwrap();
+            let err = f.verify(&h, PAYLOAD, now).await.err().unwrap();
             assert!(matches!(err, AuthError::Rejected(Rejection::Stale { tolerance_s: 300 })), "{err:?}");
         }
-        assert!(f.webhooks.verify(&h, PAYLOAD, TIMESTAMP - 300, &f.store).await.is_ok());
+        assert!(f.verify(&h, PAYLOAD, TIMESTAMP - 300).await.is_ok());
     }
 
     #[tokio::test]
     async fn missing_id_or_timestamp_is_malformed() {
         let f = fixture();
         let h = headers(&[(WEBHOOK_TIMESTAMP, "1614265330"), (WEBHOOK_SIGNATURE, SIGNATURE)]);
-        let err = f.webhooks.verify(&h, PAYLOAD, TIMESTAMP, &f.store).await.err().unwrap();
+        let err = f.verify(&h, PAYLOAD, TIMESTAMP).await.err().unwrap();
         assert!(matches!(err, AuthError::Rejected(Rejection::Malformed("webhook-id is missing"))));
         let h = headers(&[(WEBHOOK_ID, MSG_ID), (WEBHOOK_SIGNATURE, SIGNATURE)]);
-        let err = f.webhooks.verify(&h, PAYLOAD, TIMESTAMP, &f.store).await.err().unwrap();
+        let err = f.verify(&h, PAYLOAD, TIMESTAMP).await.err().unwrap();
         assert!(matches!(err, AuthError::Rejected(Rejection::Malformed("webhook-timestamp is missing"))));
+    }
+
+    #[test]
+    fn secrets_are_base64_padded_or_not_with_or_without_the_prefix() {
+        for len in [24, 32, 64] {
+            let key: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(37).wrapping_add(11)).collect();
+            let padded = BASE64.encode(&key);
+            let unpadded = padded.trim_end_matches('=');
+            for text in [padded.clone(), unpadded.to_string(), format!("whsec_{padded}"), format!("whsec_{unpadded}")] {
+                assert_eq!(webhook_secret(&text).as_deref(), Some(&key[..]), "{len} bytes as {text}");
+            }
+        }
+        // Trailing bits are not checked, as Python's and Go's decoders do not.
+        assert_eq!(webhook_secret("whsec_AB"), Some(vec![0]));
+        for bad in ["whsec_", "", "whsec_!!!!", "whsec_A", "whsec_AAAA==="] {
+            assert_eq!(webhook_secret(bad), None, "{bad:?}");
+        }
     }
 
     fn grafana(timestamp_header: Option<&str>) -> (tempfile::TempDir, Grafana) {

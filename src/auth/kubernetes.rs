@@ -100,6 +100,9 @@ pub enum ReviewError {
     },
     #[error("the {review} did not answer within {timeout:?}")]
     Timeout { review: &'static str, timeout: Duration },
+    /// The one review that concurrent requests with the same token waited for failed.
+    #[error(transparent)]
+    Shared(Arc<ReviewError>),
 }
 
 /// A cached answer.
@@ -119,7 +122,8 @@ pub struct Reviewer {
     access: Api<SubjectAccessReview>,
     config: KubernetesConfig,
     label: Arc<str>,
-    cache: TtlCache<Answer>,
+    /// Answers by token; concurrent first requests with one token share one review.
+    cache: TtlCache<Answer, Arc<ReviewError>>,
 }
 
 impl Reviewer {
@@ -143,18 +147,16 @@ impl Reviewer {
     pub(super) async fn check(&self, headers: &HeaderMap) -> Result<Step, AuthError> {
         let Some(token) = super::authorization(headers, "Bearer") else { return Ok(Step::Pass(None)) };
         let key = cache::key(token.as_bytes());
-        let answer = match self.cache.get(&key) {
-            Some(answer) => answer,
-            None => {
-                let answer = self.review(token).await.map_err(AuthError::Unavailable)?;
-                let ttl = match answer {
-                    Answer::Allowed(_) => self.config.allowed_ttl,
-                    _ => self.config.denied_ttl,
-                };
-                self.cache.insert(key, answer.clone(), ttl);
-                answer
-            }
+        let review = || async {
+            let answer = self.review(token).await.map_err(Arc::new)?;
+            let ttl = match answer {
+                Answer::Allowed(_) => self.config.allowed_ttl,
+                _ => self.config.denied_ttl,
+            };
+            Ok((answer, ttl))
         };
+        let answer =
+            self.cache.get_or_load(key, review).await.map_err(|e| AuthError::Unavailable(ReviewError::Shared(e)))?;
         match answer {
             Answer::Allowed(identity) => Ok(Step::Identified(identity)),
             Answer::Denied { user, reason } => Err(AuthError::Forbidden { name: user, reason }),

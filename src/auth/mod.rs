@@ -203,6 +203,7 @@ impl AuthConfig {
         for name in &s.default {
             find("default", name)?;
         }
+        let configured: Vec<Arc<Authenticator>> = built.values().map(|(_, a)| a.clone()).collect();
         for route in s.endpoints.keys() {
             if !routes.iter().any(|(r, _)| r == route) {
                 return Err(BuildError::NoRoute { route: route.clone() });
@@ -214,7 +215,7 @@ impl AuthConfig {
                 Some(names) => {
                     let list = format!("endpoints.{route}");
                     let steps = names.iter().map(|n| find(&list, n).map(|(_, a)| a.clone()));
-                    Some(Arc::new(Chain::new(steps.collect::<Result<_, _>>()?)))
+                    Some(Arc::new(Chain::new(steps.collect::<Result<_, _>>()?, &configured)))
                 }
                 None => {
                     let names: Vec<&str> = match s.default.is_empty() {
@@ -222,12 +223,38 @@ impl AuthConfig {
                         false => s.default.iter().map(String::as_str).collect(),
                     };
                     let steps = names.iter().map(|n| &built[n]).filter(|(kind, _)| kinds.contains(kind));
-                    Some(Arc::new(Chain::new(steps.map(|(_, a)| a.clone()).collect())))
+                    Some(Arc::new(Chain::new(steps.map(|(_, a)| a.clone()).collect(), &configured)))
                 }
             };
             auth.chains.insert(route.to_string(), chain);
         }
         Ok(auth)
+    }
+
+    /// Every sender label and method an authenticator can identify a request as
+    /// (`tidegate_authenticated_requests_total{sender,method}`): configured names,
+    /// a fixed set, so the series can be made at 0 from the start.
+    pub fn senders(&self) -> Vec<(String, &'static str)> {
+        let mut senders = Vec::new();
+        if !self.enabled() {
+            return senders;
+        }
+        for (name, config) in &self.sections.authenticators {
+            let method = config.kind();
+            let labels: Vec<String> = match config {
+                AuthenticatorConfig::Bearer(c) => c.tokens.keys().cloned().collect(),
+                AuthenticatorConfig::Basic(c) => c.users.keys().cloned().collect(),
+                AuthenticatorConfig::StandardWebhooks(c) => vec![c.source.clone()],
+                AuthenticatorConfig::Grafana(c) => vec![c.source.clone()],
+                AuthenticatorConfig::Kubernetes(_) => vec![name.clone()],
+                AuthenticatorConfig::ClientCertificate(c) if c.sans.is_empty() => vec![name.clone()],
+                AuthenticatorConfig::ClientCertificate(c) => c.sans.clone(),
+            };
+            senders.extend(labels.into_iter().map(|label| (label, method)));
+        }
+        senders.sort();
+        senders.dedup();
+        senders
     }
 
     /// The kinds of the authenticators configured, for start-up logs.
@@ -307,39 +334,79 @@ pub enum AuthError {
     /// The replay store could not answer; the sender should retry (503).
     #[error("cannot check for replays now: {0}")]
     ReplayStore(#[source] crate::state::StateError),
+    /// A signed message whose earlier delivery is still being decided: the sender
+    /// should retry (503), and its retry gets that delivery's outcome.
+    #[error("an earlier delivery of this message is still being decided")]
+    InFlight,
 }
 
-/// Why presented credentials were not accepted.
+/// Why presented credentials were not accepted. What a sender is told: a wrong
+/// password and an unknown user read the same, so that the answer does not say
+/// which user names exist; [`Rejection::cause`] tells them apart for the audit log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("no authenticator recognised them")]
     Unknown,
     #[error("{0}")]
     Malformed(&'static str),
-    #[error("wrong password")]
+    #[error("{BAD_USER_OR_PASSWORD}")]
     WrongPassword,
+    #[error("{BAD_USER_OR_PASSWORD}")]
+    UnknownUser,
     #[error("the signature does not match")]
     BadSignature,
     #[error("the signature's timestamp is outside the tolerance of {tolerance_s}s")]
     Stale { tolerance_s: u64 },
-    #[error("this message id was already delivered")]
-    Replayed,
     /// The token authority's own words (TokenReview's `status.error`): expired,
     /// wrong audience, unknown.
     #[error("token review: {0}")]
     NotAuthenticated(String),
 }
 
+const BAD_USER_OR_PASSWORD: &str = "the user name or the password is wrong";
+
+impl Rejection {
+    /// What exactly was wrong, for the audit log only (`cause`): one of a fixed set.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Rejection::Unknown => "unknown_credentials",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::WrongPassword => "wrong_password",
+            Rejection::UnknownUser => "unknown_user",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::Stale { .. } => "stale_timestamp",
+            Rejection::NotAuthenticated(_) => "token_not_authenticated",
+        }
+    }
+}
+
 impl AuthError {
-    /// The metric label of this refusal: one place maps errors to reasons.
-    pub fn reason(&self) -> &'static str {
+    /// Every value [`AuthError::label`] takes, for metrics initialised at 0.
+    pub const REASONS: &'static [&'static str] =
+        &["auth_missing", "auth_rejected", "auth_stale", "auth_forbidden", "auth_unavailable", "auth_in_flight"];
+
+    /// The metric label of this refusal.
+    pub fn label(&self) -> &'static str {
         match self {
             AuthError::Missing => "auth_missing",
-            AuthError::Rejected(Rejection::Replayed) => "auth_replayed",
             AuthError::Rejected(Rejection::Stale { .. }) => "auth_stale",
             AuthError::Rejected(_) => "auth_rejected",
             AuthError::Forbidden { .. } => "auth_forbidden",
             AuthError::Unavailable(_) | AuthError::ReplayStore(_) => "auth_unavailable",
+            AuthError::InFlight => "auth_in_flight",
+        }
+    }
+
+    /// [`Rejection::cause`], and the like for the other refusals: the audit log's
+    /// `cause`, finer than `reason` and never told to the sender.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "no_credentials",
+            AuthError::Rejected(rejection) => rejection.cause(),
+            AuthError::Forbidden { .. } => "not_allowed",
+            AuthError::Unavailable(_) => "authority_unavailable",
+            AuthError::ReplayStore(_) => "replay_store_unavailable",
+            AuthError::InFlight => "delivery_in_flight",
         }
     }
 }
@@ -384,10 +451,12 @@ impl Authenticator {
         }
     }
 
+    const BEARER_CHALLENGE: &'static str = r#"Bearer realm="tidegate""#;
+
     /// The `WWW-Authenticate` challenge of its kind.
     fn challenge(&self) -> &'static str {
         match self {
-            Authenticator::Bearer(_) | Authenticator::Kubernetes(_) => r#"Bearer realm="tidegate""#,
+            Authenticator::Bearer(_) | Authenticator::Kubernetes(_) => Self::BEARER_CHALLENGE,
             Authenticator::Basic(_) => r#"Basic realm="tidegate", charset="UTF-8""#,
             Authenticator::StandardWebhooks(_) | Authenticator::Grafana(_) => r#"Signature realm="tidegate""#,
             Authenticator::ClientCertificate(_) => r#"Certificate realm="tidegate""#,
@@ -413,12 +482,20 @@ pub enum Checked {
 pub struct Pending(Arc<Authenticator>);
 
 impl Chain {
-    fn new(steps: Vec<Arc<Authenticator>>) -> Self {
+    /// A chain of `steps`. Its 401s challenge for the schemes of `steps`, or, when
+    /// no configured authenticator fits the route (`steps` is empty), for those of
+    /// every one `configured`: RFC 9110 §11.6.1 wants at least one challenge, and
+    /// the schemes the gateway does take tell an operator what to configure.
+    fn new(steps: Vec<Arc<Authenticator>>, configured: &[Arc<Authenticator>]) -> Self {
         let mut challenges: Vec<&str> = Vec::new();
-        for step in &steps {
+        let challenging = if steps.is_empty() { configured } else { &steps };
+        for step in challenging {
             if !challenges.contains(&step.challenge()) {
                 challenges.push(step.challenge());
             }
+        }
+        if challenges.is_empty() {
+            challenges.push(Authenticator::BEARER_CHALLENGE);
         }
         let challenge = HeaderValue::from_str(&challenges.join(", ")).expect("static challenges are valid");
         Chain { steps, challenge }
@@ -451,29 +528,32 @@ impl Chain {
     }
 }
 
+/// What a verified signature lets a request do.
+pub enum Verified {
+    /// A message not delivered before: decide it, then [`Claim::settle`] its claim
+    /// with the answer.
+    New(Identity, Option<hmac::Claim>),
+    /// The sender's retry of a message already answered 2xx (its answer was lost):
+    /// answer 2xx again and record nothing.
+    Delivered(Identity),
+}
+
 impl Pending {
-    /// Verifies the signature over `body`, then records the message as seen in
-    /// `replays` (a replayed message is refused) at `now_s`, Unix seconds.
+    /// Verifies the signature over `body` at `now_s`, Unix seconds, then, for a
+    /// message with an id, claims it in `replays`: a message already delivered is
+    /// [`Verified::Delivered`], one whose delivery is still being decided
+    /// [`AuthError::InFlight`].
     pub async fn verify(
         &self,
         headers: &HeaderMap,
         body: &[u8],
         now_s: u64,
-        replays: &dyn crate::state::StateStore,
-    ) -> Result<Identity, AuthError> {
+        replays: &Arc<dyn crate::state::StateStore>,
+    ) -> Result<Verified, AuthError> {
         match &*self.0 {
             Authenticator::StandardWebhooks(s) => s.verify(headers, body, now_s, replays).await,
-            Authenticator::Grafana(g) => g.verify(headers, body, now_s),
+            Authenticator::Grafana(g) => g.verify(headers, body, now_s).map(|id| Verified::New(id, None)),
             _ => unreachable!("only HMAC authenticators wait for the body"),
-        }
-    }
-
-    /// What a successful [`Pending::verify`] recorded in the replay store, so that
-    /// a request answered 5xx can be forgotten and its retry accepted.
-    pub fn replay_key(&self, headers: &HeaderMap) -> Option<[u8; 16]> {
-        match &*self.0 {
-            Authenticator::StandardWebhooks(s) => s.replay_key(headers),
-            _ => None,
         }
     }
 }
@@ -544,6 +624,9 @@ pub(crate) mod tests {
         let hmac_only = auth.chain("/hmac").unwrap();
         let none = Presented { headers: &HeaderMap::new(), peer: None };
         assert!(matches!(hmac_only.check(&none).await, Err(AuthError::Missing)), "no usable authenticator: closed");
+        // Every configured authenticator's, by name: `tokens`, then `users`.
+        let every_configured = r#"Bearer realm="tidegate", Basic realm="tidegate", charset="UTF-8""#;
+        assert_eq!(hmac_only.challenge(), every_configured, "still a challenge (RFC 9110 §11.6.1)");
         let chain = auth.chain("/a").unwrap();
         assert_eq!(chain.challenge(), r#"Basic realm="tidegate", charset="UTF-8", Bearer realm="tidegate""#);
 
@@ -554,7 +637,7 @@ pub(crate) mod tests {
                 match chain.check(&Presented { headers: &h, peer: None }).await {
                     Ok(Checked::Identified(id)) => Ok(id.name.to_string()),
                     Ok(Checked::Pending(_)) => Ok("pending".into()),
-                    Err(e) => Err(e.reason()),
+                    Err(e) => Err(e.label()),
                 }
             }
         };

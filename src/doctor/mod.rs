@@ -68,6 +68,10 @@ pub async fn run(config: &Config, options: &Options) -> Report {
         .with_kube_client(options.kube_client.clone())
         .with_load(options.load);
     let mut checks = vec![Check::ok("config", format!("valid; state {}, sink {}", config.state, config.sink))];
+    if !config.deprecated.is_empty() {
+        let fix = "spell them as `tidegate config` lists the keys; the old spellings are read for now";
+        checks.push(Check::warn("deprecated keys", config.deprecated.join("; "), fix));
+    }
     checks.push(listener(config.listen));
     checks.extend(config.state_settings().doctor(&ctx).await);
     checks.extend(config.sink_settings().doctor(&ctx).await);

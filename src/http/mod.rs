@@ -28,7 +28,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::clock::Clock;
 use crate::ingest;
-use crate::pipeline::{Pipeline, RateLimitConfig};
+use crate::pipeline::Pipeline;
 use crate::section::ConfigError;
 use crate::telemetry::{HttpLabels, Metrics, ReasonLabels};
 pub use budget::BodyBudget;
@@ -53,11 +53,12 @@ pub struct AppState {
 }
 
 /// What the HTTP front door reads: its own section, how a refusal of the rate
-/// limit is answered and who a request is charged to, and the sources' sections.
+/// limit is answered, and the sources' sections.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     pub http: HttpConfig,
-    pub rate_limit: RateLimitConfig,
+    /// `rate_limit.refusal_status`: how a request over its sender's limit is answered.
+    pub refusal_status: u16,
     pub sources: ingest::Settings,
 }
 
@@ -116,6 +117,11 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// TLS on the listener: on when `cert_file` and `key_file` are set.
     pub tls: tls::TlsConfig,
+    /// Proxies whose `X-Forwarded-For` / `X-Real-IP` are believed, as CIDRs, to
+    /// find who a request is from (and charged to). Empty: the source is the peer
+    /// address. Was `rate_limit.trusted_proxies`, which is still read.
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for HttpConfig {
@@ -133,6 +139,7 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             max_connections: 4096,
             tls: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -203,6 +210,10 @@ fn memory_limit() -> u64 {
     cgroup.map_or(total, |limit| limit.min(total))
 }
 
+/// How a request's sender was decided (`rate_limited_total{source_class}`): its
+/// authenticated name, its peer address, or the address a trusted proxy forwarded.
+pub const SOURCE_CLASSES: &[&str] = &["authenticated", "peer", "forwarded"];
+
 /// Who a request is charged to, and how that was decided (a metric label).
 pub fn source_of(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> (String, &'static str) {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
@@ -259,11 +270,12 @@ fn route_label(path: &str) -> Option<&'static str> {
 /// The gateway's router: a route per source in the table, and the probes.
 pub fn router(app: AppState) -> Router {
     let mut router = Router::new();
-    for source in ingest::SOURCES {
+    for adapter in ingest::Adapter::all(&app.config.sources) {
+        let (route, adapter) = (adapter.source.route, Arc::new(adapter));
         let handler = move |state, peer, certificate, headers, body| {
-            signals::ingest(state, peer, certificate, headers, body, source)
+            signals::ingest(state, peer, certificate, headers, body, adapter.clone())
         };
-        router = router.route(source.route, post(handler));
+        router = router.route(route, post(handler));
     }
     router
         .route(HEALTHZ, get(probes::healthz))

@@ -1,14 +1,15 @@
 //! RFC 7807 problem details: the one shape of every error answer.
 //!
-//! Each error the gateway can answer with maps to a status, a problem type and a
-//! metric label here, and nowhere else.
+//! Each error the gateway can answer with maps to a status and a problem type here,
+//! and nowhere else. The problem type is the error's metric label, from its type's
+//! `label()` method, so what a metric counts and what an answer names are one word.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth::AuthError;
-use crate::ingest::IngestError;
+use crate::ingest::{Failure, IngestError};
 use crate::pipeline::PipelineError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -25,20 +26,12 @@ pub struct Problem {
     pub detail: String,
     /// Per-alert errors, when a whole batch was refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<AlertError>,
+    pub errors: Vec<Failure>,
     #[serde(skip)]
     pub retry_after_secs: Option<u32>,
     /// The challenges of a 401 (`WWW-Authenticate`); boxed, as few answers have one.
     #[serde(skip)]
     pub challenge: Option<Box<HeaderValue>>,
-}
-
-/// Why one alert of a batch failed.
-#[derive(Debug, Clone, Serialize)]
-pub struct AlertError {
-    pub index: usize,
-    pub reason: &'static str,
-    pub detail: String,
 }
 
 fn status_code<S: serde::Serializer>(s: &StatusCode, ser: S) -> Result<S::Ok, S::Error> {
@@ -50,6 +43,27 @@ fn type_uri<S: serde::Serializer>(reason: &&'static str, ser: S) -> Result<S::Ok
 }
 
 impl Problem {
+    /// Every reason a problem of this module is answered with (the auth ones are
+    /// [`AuthError::REASONS`], the payload ones `IngestError::KINDS`), and those of
+    /// the connections `super::serve` closes early: the fixed set of
+    /// `tidegate_http_rejections_total` reasons.
+    pub const REASONS: &'static [&'static str] = &[
+        "unsupported_media_type",
+        "payload_too_large",
+        "not_found",
+        "method_not_allowed",
+        "rate_limited",
+        "body_budget",
+        "body_timeout",
+        "body_unreadable",
+        "timeout",
+        "shutting_down",
+        "state_unavailable",
+        "sink_unavailable",
+        "header_timeout",
+        "header_too_large",
+    ];
+
     pub fn new(status: StatusCode, reason: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
         Problem {
             reason,
@@ -145,18 +159,19 @@ impl Problem {
     /// failure's reason, and each failure when there were several. Where a sender
     /// is answered for the whole batch only (Alertmanager's API), the others were
     /// recorded, and the detail says so.
-    pub fn unusable(failures: Vec<AlertError>, total: usize) -> Self {
+    pub fn unusable(failures: Vec<Failure>, total: usize) -> Self {
         let first = &failures[0];
+        let (reason, first_detail) = (first.error.label(), first.error.to_string());
         let recorded = total - failures.len();
         let detail = match (total, recorded) {
-            (1, _) => first.detail.clone(),
+            (1, _) => first_detail,
             (_, 0) => format!("none of the {total} alerts is usable"),
             (_, _) => format!(
                 "{} of the {total} alerts are not usable and were not recorded; the other {recorded} were",
                 failures.len()
             ),
         };
-        let mut problem = Problem::new(StatusCode::BAD_REQUEST, first.reason, "Invalid payload", detail);
+        let mut problem = Problem::new(StatusCode::BAD_REQUEST, reason, "Invalid payload", detail);
         if total > 1 {
             problem.errors = failures;
         }
@@ -174,18 +189,19 @@ impl Problem {
 
     /// Refused credentials: 401 with the route's `challenge` when missing or not
     /// accepted, 403 when the sender may not submit, 503 (retried) when the
-    /// authority that checks them cannot answer. The detail never holds a
+    /// authority that checks them cannot answer or a signed message's earlier
+    /// delivery is still being decided. The detail never holds a
     /// credential: the errors carry none.
     pub fn auth(e: &AuthError, challenge: &HeaderValue, retry_after_secs: u32) -> Self {
         match e {
             AuthError::Missing | AuthError::Rejected(_) => {
-                let mut p = Problem::new(StatusCode::UNAUTHORIZED, e.reason(), "Unauthorized", e.to_string());
+                let mut p = Problem::new(StatusCode::UNAUTHORIZED, e.label(), "Unauthorized", e.to_string());
                 p.challenge = Some(Box::new(challenge.clone()));
                 p
             }
-            AuthError::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, e.reason(), "Forbidden", e.to_string()),
-            AuthError::Unavailable(_) | AuthError::ReplayStore(_) => {
-                Problem::unavailable(e.reason(), format!("{e}; retry later"), retry_after_secs)
+            AuthError::Forbidden { .. } => Problem::new(StatusCode::FORBIDDEN, e.label(), "Forbidden", e.to_string()),
+            AuthError::Unavailable(_) | AuthError::ReplayStore(_) | AuthError::InFlight => {
+                Problem::unavailable(e.label(), format!("{e}; retry later"), retry_after_secs)
             }
         }
     }
@@ -207,7 +223,7 @@ impl Problem {
             IngestError::OverLimit { .. } => "Over a limit",
             IngestError::Identity { .. } => "Invalid identity",
         };
-        Problem::new(StatusCode::BAD_REQUEST, e.kind(), title, e.to_string())
+        Problem::new(StatusCode::BAD_REQUEST, e.label(), title, e.to_string())
     }
 }
 
@@ -224,5 +240,33 @@ impl IntoResponse for Problem {
             headers.insert(header::WWW_AUTHENTICATE, *challenge);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_made_here_has_a_reason_of_the_fixed_set() {
+        let io = std::io::Error::other("x");
+        let second = std::time::Duration::from_secs(1);
+        let problems = [
+            Problem::unsupported_media_type(None),
+            Problem::too_large(1),
+            Problem::not_found("/"),
+            Problem::method_not_allowed("GET", "/"),
+            Problem::rate_limited("a", 1, StatusCode::SERVICE_UNAVAILABLE),
+            Problem::body_budget(1, second, 1),
+            Problem::body_timeout(1, second, 1),
+            Problem::unreadable_body(&io),
+            Problem::timeout(second, 1),
+            Problem::shutting_down(1),
+        ];
+        for problem in problems {
+            assert!(Problem::REASONS.contains(&problem.reason), "{}", problem.reason);
+        }
+        let challenge = HeaderValue::from_static("Bearer");
+        assert!(Problem::auth(&AuthError::InFlight, &challenge, 1).retry_after_secs.is_some(), "retried, not 4xx");
     }
 }

@@ -69,7 +69,7 @@ pub async fn serve(
             let served = match tls {
                 None => watcher.watch(http.serve_connection(TokioIo::new(stream), service(router, peer, None))).await,
                 Some(tls) => {
-                    let Some((stream, certificate)) = tls.accept(stream, peer).await else { return };
+                    let Some((stream, certificate)) = tls.accept(stream, peer, &metrics).await else { return };
                     let service = service(router, peer, certificate);
                     watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await
                 }

@@ -1,37 +1,35 @@
-//! `POST /api/v1/signals/*`: read, validate, decide, answer.
+//! `POST` on every source's route: read, validate, decide, answer.
 //!
 //! Order of checks: credentials (401, 403; before the body is read, except an HMAC
-//! signature, which covers the body and is checked once it is read), media type
-//! (415), size (413), shape (400), then the pipeline, which charges the sender's rate
-//! limit (429) and decides in one step (503 if state or sink cannot record). A
-//! request refused before the pipeline is charged too: to its sender once
-//! authenticated, else to its address.
+//! signature, which covers the body, and a token a sender puts in the body, both
+//! checked once it is read), media type (415), size (413), shape (400), then the
+//! pipeline, which charges the sender's rate limit (503 with `Retry-After` by
+//! default, 429 only where configured) and decides in one step (503 if state or
+//! sink cannot record). A request refused before the pipeline is charged too: to
+//! its sender once authenticated, else to its address.
 //!
-//! How success is answered is the source's ([`Answer`]). For tidegate's own routes one
-//! alert is answered 201 or 202, and a batch of several 207 with a result per alert,
-//! so a sender learns about every alert and a bad alert never costs it the good ones.
-//! `/api/v2/alerts` is answered as Alertmanager answers it: 200 with an empty body,
-//! or 400 naming the unusable alerts once the others are recorded.
+//! How a payload is answered once recorded, or when nothing in it can ever be, is
+//! its source's ([`crate::ingest::Answer`]); every other refusal is the gateway's
+//! RFC 7807 problem.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
-use std::net::SocketAddr;
-
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use jiff::Timestamp;
-use serde::Serialize;
 use tracing::Instrument;
 
-use super::problem::{AlertError, Problem};
+use super::problem::Problem;
 use super::AppState;
 use crate::audit;
-use crate::auth::{AuthError, Chain, Checked, Identity, Presented};
+use crate::auth::{AuthError, Chain, Checked, Identity, Pending, Presented, Verified};
 use crate::http::tls::PeerCertificate;
-use crate::ingest::{Answer, Payload, Source};
-use crate::pipeline::{Outcome, OutcomeStatus, Processed};
-use crate::signal::Fingerprint;
+use crate::ingest::{Adapter, Answered, Failure, IngestError, Invalid, Payload, ReadToken, Recorded, Reply, Source};
+use crate::pipeline::Processed;
 use crate::state::Admission;
 use crate::telemetry::{trace, SenderLabels, SourceClassLabels};
 
@@ -42,13 +40,14 @@ pub async fn ingest(
     certificate: Option<Extension<PeerCertificate>>,
     headers: HeaderMap,
     body: Body,
-    source: &'static Source,
+    adapter: Arc<Adapter>,
 ) -> Response {
     let certificate = certificate.map(|Extension(c)| c);
-    let span = tracing::info_span!(target: trace::TARGET, "receive", otel.kind = "server", http.route = source.route,
+    let route = adapter.source.route;
+    let span = tracing::info_span!(target: trace::TARGET, "receive", otel.kind = "server", http.route = route,
         http.response.status_code = tracing::field::Empty);
     trace::follow(&span, &headers);
-    let response = decide(app, peer, certificate.as_ref(), headers, body, source).instrument(span.clone()).await;
+    let response = handle(app, peer, certificate.as_ref(), headers, body, &adapter).instrument(span.clone()).await;
     span.record("http.response.status_code", i64::from(response.status().as_u16()));
     response
 }
@@ -62,7 +61,7 @@ struct Sender {
 
 impl Sender {
     fn of(app: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Self {
-        let (source, class) = super::source_of(peer.ip(), headers, &app.config.rate_limit.trusted_proxies);
+        let (source, class) = super::source_of(peer.ip(), headers, &app.config.http.trusted_proxies);
         Sender { source, class }
     }
 
@@ -76,7 +75,7 @@ impl Sender {
     fn limited(&self, app: &AppState, retry_after_ms: u64) -> Response {
         app.metrics.rate_limited.get_or_create(&SourceClassLabels { source_class: self.class }).inc();
         let secs = retry_after_ms.div_ceil(1000).max(1) as u32;
-        let status = StatusCode::from_u16(app.config.rate_limit.refusal_status).expect("validated: 429 or 503");
+        let status = StatusCode::from_u16(app.config.refusal_status).expect("validated: 429 or 503");
         audit::rate_limited(&self.source, self.class, status, secs);
         app.reject(Problem::rate_limited(&self.source, secs, status))
     }
@@ -85,7 +84,7 @@ impl Sender {
 /// Charges a request that will not reach the pipeline to its sender, and returns
 /// the answer it gets instead if the sender is over its limit (or the charge could
 /// not be recorded): a bad request never gets round the limit.
-async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
+async fn charge_or_refuse(app: &AppState, sender: &Sender) -> Option<Response> {
     match app.pipeline.admit(&sender.source).await {
         Ok(Admission::Allowed) => None,
         Ok(Admission::Limited { retry_after_ms }) => Some(sender.limited(app, retry_after_ms)),
@@ -99,82 +98,52 @@ async fn over_limit(app: &AppState, sender: &Sender) -> Option<Response> {
 async fn refuse_credentials(app: &AppState, peer: &Sender, route: &str, chain: &Chain, e: &AuthError) -> Response {
     let problem = Problem::auth(e, chain.challenge(), app.config.http.retry_after_secs);
     if !problem.status.is_server_error() {
-        if let Some(limited) = over_limit(app, peer).await {
+        if let Some(limited) = charge_or_refuse(app, peer).await {
             return limited;
         }
     }
-    audit::auth_refused(&peer.source, route, e.reason(), problem.status);
+    audit::auth_refused(&peer.source, route, e.label(), e.cause(), problem.status);
     app.reject(problem)
 }
 
 /// Refuses a request with `problem`, unless its sender is over the limit.
 async fn refuse(app: &AppState, sender: &Sender, problem: Problem) -> Response {
-    match over_limit(app, sender).await {
+    match charge_or_refuse(app, sender).await {
         Some(response) => response,
         None => app.reject(problem),
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AlertResult<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    index: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fingerprint: Option<Hex<'a>>,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    namespace: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    occurrence_count: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<AlertError>,
+/// Credentials that can only be checked once the body is read.
+enum Awaiting {
+    Nothing,
+    /// An HMAC signature over the body.
+    Signature(Pending),
+    /// A token the source reads from the body: the head presented nothing.
+    TokenInBody(ReadToken),
 }
 
-#[derive(Serialize, Default)]
-struct Summary {
-    created: usize,
-    duplicate: usize,
-    aggregated: usize,
-    resolved: usize,
-    failed: usize,
-}
-
-#[derive(Serialize)]
-struct BatchResponse<'a> {
-    results: Vec<AlertResult<'a>>,
-    summary: Summary,
-}
-
-/// A fingerprint's hex form, written straight into the response.
-struct Hex<'a>(&'a Fingerprint);
-
-impl Serialize for Hex<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0u8; 64];
-        hex::encode_to_slice(self.0.as_bytes(), &mut buf).expect("64 hex digits for 32 bytes");
-        serializer.serialize_str(std::str::from_utf8(&buf).expect("hex is ASCII"))
-    }
-}
-
-async fn decide(
+async fn handle(
     app: AppState,
     peer: SocketAddr,
     certificate: Option<&PeerCertificate>,
     headers: HeaderMap,
     body: Body,
-    source: &'static Source,
+    adapter: &Adapter,
 ) -> Response {
+    let source = adapter.source;
     // The charge to the sender's rate limit goes with the decision, in one round trip
     // to the state store; a request refused before that is charged on its own.
     let chain = app.auth.chain(source.route);
-    let (sender, pending) = match &chain {
-        None => (Sender::of(&app, peer, &headers), None),
+    let (sender, awaiting) = match &chain {
+        None => (Sender::of(&app, peer, &headers), Awaiting::Nothing),
         Some(chain) => match chain.check(&Presented { headers: &headers, peer: certificate }).await {
-            Ok(Checked::Identified(identity)) => (Sender::identified(&app, &identity), None),
-            Ok(Checked::Pending(pending)) => (Sender::of(&app, peer, &headers), Some(pending)),
+            Ok(Checked::Identified(identity)) => (Sender::identified(&app, &identity), Awaiting::Nothing),
+            Ok(Checked::Pending(pending)) => (Sender::of(&app, peer, &headers), Awaiting::Signature(pending)),
+            Err(AuthError::Missing) if source.token_in_body().is_some() => {
+                let read = source.token_in_body().expect("just checked");
+                (Sender::of(&app, peer, &headers), Awaiting::TokenInBody(read))
+            }
             Err(e) => {
                 return refuse_credentials(&app, &Sender::of(&app, peer, &headers), source.route, chain, &e).await
             }
@@ -198,62 +167,95 @@ async fn decide(
                 return refuse(&app, &sender, problem).await;
             }
         };
-    // A signature covers the body: it is checked now, and its message id recorded.
-    let (sender, replay) = match (pending, &chain) {
-        (Some(pending), Some(chain)) => {
-            match pending.verify(&headers, &bytes, app.clock.now_s() as u64, &*app.replays).await {
-                Ok(identity) => (Sender::identified(&app, &identity), pending.replay_key(&headers)),
+    // A signature covers the body: it is checked now, and its message id claimed.
+    // A token in the body is checked as the same token in the head would be.
+    let (sender, claim) = match (awaiting, &chain) {
+        (Awaiting::Signature(pending), Some(chain)) => {
+            match pending.verify(&headers, &bytes, app.clock.now_s() as u64, &app.replays).await {
+                Ok(Verified::New(identity, claim)) => (Sender::identified(&app, &identity), claim),
+                Ok(Verified::Delivered(identity)) => {
+                    return already_delivered(&app, &Sender::identified(&app, &identity)).await
+                }
                 Err(e) => return refuse_credentials(&app, &sender, source.route, chain, &e).await,
             }
         }
+        (Awaiting::TokenInBody(read), Some(chain)) => match check_token_in_body(chain, &bytes, read).await {
+            Ok(identity) => (Sender::identified(&app, &identity), None),
+            Err(e) => return refuse_credentials(&app, &sender, source.route, chain, &e).await,
+        },
         _ => (sender, None),
     };
-    let response = decide_signals(&app, &sender, &headers, &bytes, source).await;
-    if let Some(id) = replay.filter(|_| response.status().is_server_error()) {
-        // Nothing was acknowledged: the sender's retry of this message is no replay.
-        if let Err(e) = app.replays.forget_sighting(id).await {
-            tracing::warn!(error = %e, "could not forget a refused message's id; its retry will be refused");
-        }
+    let response = process(&app, &sender, &headers, &bytes, adapter).await;
+    if let Some(claim) = claim {
+        claim.settle(response.status()).await;
     }
     response
 }
 
+/// A sender's retry of a signed message already answered 2xx: 2xx again, nothing
+/// recorded (charged to the sender all the same).
+async fn already_delivered(app: &AppState, sender: &Sender) -> Response {
+    if let Some(limited) = charge_or_refuse(app, sender).await {
+        return limited;
+    }
+    crate::ingest::answer::json(StatusCode::ACCEPTED, &serde_json::json!({"status": "already_delivered"}), 32)
+}
+
+/// Checks the token a sender put in the body as a bearer token in its head: the
+/// chain's token authenticators decide, and nothing else of the head counts.
+async fn check_token_in_body(chain: &Chain, body: &[u8], read: ReadToken) -> Result<Identity, AuthError> {
+    let token = read(body).ok_or(AuthError::Missing)?;
+    let value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| AuthError::Rejected(crate::auth::Rejection::Malformed("the token is not header text")))?;
+    let headers = HeaderMap::from_iter([(header::AUTHORIZATION, value)]);
+    match chain.check(&Presented { headers: &headers, peer: None }).await? {
+        Checked::Identified(identity) => Ok(identity),
+        // Only a signature waits for the body, and a token is none.
+        Checked::Pending(_) => Err(AuthError::Rejected(crate::auth::Rejection::Unknown)),
+    }
+}
+
 /// Parses, decides and answers a request whose sender is known.
-async fn decide_signals(
-    app: &AppState,
-    sender: &Sender,
-    headers: &HeaderMap,
-    bytes: &[u8],
-    source: &'static Source,
-) -> Response {
+async fn process(app: &AppState, sender: &Sender, headers: &HeaderMap, bytes: &[u8], adapter: &Adapter) -> Response {
+    let source = adapter.source;
     let received = Timestamp::from_millisecond(app.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
-    let payload = Payload { body: bytes, headers, received, config: &app.config.sources };
-    let parsed =
-        match tracing::info_span!(target: trace::TARGET, "parse").in_scope(|| crate::ingest::parse(source, &payload)) {
-            Ok(parsed) => parsed,
-            Err(e) => return refuse(app, sender, Problem::bad_request(&e)).await,
-        };
+    let payload = Payload { body: bytes, headers, received };
+    let parsed = match tracing::info_span!(target: trace::TARGET, "parse").in_scope(|| adapter.parse(&payload)) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return match charge_or_refuse(app, sender).await {
+                Some(refused) => refused,
+                None => refuse_payload(app, source, &e),
+            }
+        }
+    };
     let total = parsed.len();
     let (mut signals, mut failures) = (Vec::with_capacity(total), Vec::new());
     for (index, result) in parsed.into_iter().enumerate() {
         match result {
             Ok(signal) => signals.push((index, signal)),
-            Err(e) => failures.push(AlertError { index, reason: e.kind(), detail: e.to_string() }),
+            Err(error) => failures.push(Failure { index, error }),
         }
     }
     // Unusable alerts are counted once the request is past its source's limit.
-    let count_failures = |failures: &[AlertError]| {
+    let count_failures = |failures: &[Failure]| {
         for failure in failures {
             app.metrics.signal(source.signal_type.as_str(), "failed");
-            app.metrics.rejections.get_or_create(&crate::telemetry::ReasonLabels { reason: failure.reason }).inc();
+            let labels = crate::telemetry::ReasonLabels { reason: failure.error.label() };
+            app.metrics.rejections.get_or_create(&labels).inc();
         }
     };
     if signals.is_empty() {
-        if let Some(refused) = over_limit(app, sender).await {
+        if let Some(refused) = charge_or_refuse(app, sender).await {
             return refused;
         }
         count_failures(&failures);
-        return Problem::unusable(failures, total).into_response();
+        if failures.is_empty() {
+            // Nothing to record, and nothing wrong (PagerDuty's `acknowledge`).
+            let answered = Answered { total, recorded: &[], failures: &[], body: bytes };
+            return answer(source.answer.recorded(&answered), &failures, total);
+        }
+        return answer(source.answer.invalid(&Invalid::Signals { failures: &failures, total }), &failures, total);
     }
     let (indices, batch): (Vec<usize>, Vec<_>) = signals.into_iter().unzip();
     let processed =
@@ -269,68 +271,39 @@ async fn decide_signals(
         Ok(outcomes) => outcomes,
         Err(problem) => return problem.into_response(),
     };
-    match source.answer {
-        Answer::Results => results_answer(total, &indices, &outcomes, failures),
-        Answer::Alertmanager if failures.is_empty() => StatusCode::OK.into_response(),
-        // The valid alerts are recorded; the sender only learns that the batch failed.
-        Answer::Alertmanager => Problem::unusable(failures, total).into_response(),
-    }
-}
-
-/// 201 or 202 for one signal, 207 with a result per alert for a batch.
-fn results_answer(total: usize, indices: &[usize], outcomes: &[Outcome], failures: Vec<AlertError>) -> Response {
-    if total == 1 {
-        let outcome = &outcomes[0];
-        let status = if outcome.status.created() { StatusCode::CREATED } else { StatusCode::ACCEPTED };
-        return json(status, &result(None, outcome), 320);
-    }
-    let mut summary = Summary { failed: failures.len(), ..Summary::default() };
-    let mut results: Vec<AlertResult> = indices
+    let recorded: Vec<Recorded> = indices
         .iter()
-        .zip(outcomes)
-        .map(|(index, outcome)| {
-            match outcome.status {
-                OutcomeStatus::Created => summary.created += 1,
-                OutcomeStatus::Duplicate => summary.duplicate += 1,
-                OutcomeStatus::Resolved => summary.resolved += 1,
-                OutcomeStatus::Aggregated { .. } => summary.aggregated += 1,
-            }
-            result(Some(*index), outcome)
+        .zip(&batch)
+        .zip(&outcomes)
+        .map(|((&index, signal), outcome)| Recorded {
+            index,
+            signal,
+            fingerprint: &outcome.fingerprint,
+            status: outcome.status.as_str(),
+            created: outcome.status.created(),
+            request: outcome.request.as_ref().map(|r| (r.namespace.as_str(), r.name.as_str())),
+            count: outcome.count,
+            hint: outcome.hint.as_deref(),
         })
         .collect();
-    results.extend(failures.into_iter().map(|e| AlertResult {
-        index: Some(e.index),
-        fingerprint: None,
-        status: "failed",
-        name: None,
-        namespace: None,
-        occurrence_count: None,
-        error: Some(e),
-    }));
-    results.sort_by_key(|r| r.index);
-    let capacity = 128 + 192 * results.len();
-    json(StatusCode::MULTI_STATUS, &BatchResponse { results, summary }, capacity)
+    let answered = Answered { total, recorded: &recorded, failures: &failures, body: bytes };
+    answer(source.answer.recorded(&answered), &failures, total)
 }
 
-/// A JSON response, written into a buffer sized for it up front.
-fn json(status: StatusCode, body: &impl Serialize, capacity: usize) -> Response {
-    let mut buf = Vec::with_capacity(capacity);
-    match serde_json::to_writer(&mut buf, body) {
-        Ok(()) => (status, [(header::CONTENT_TYPE, "application/json")], buf).into_response(),
-        // Our own types always serialise; this is not the sender's fault either way.
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+/// The answer to a payload that is not what its source takes, counted by reason.
+fn refuse_payload(app: &AppState, source: &Source, e: &IngestError) -> Response {
+    app.metrics.rejections.get_or_create(&crate::telemetry::ReasonLabels { reason: e.label() }).inc();
+    match source.answer.invalid(&Invalid::Payload(e)) {
+        Reply::Own(response) => response,
+        Reply::Problem => Problem::bad_request(e).into_response(),
     }
 }
 
-fn result(index: Option<usize>, outcome: &Outcome) -> AlertResult<'_> {
-    AlertResult {
-        index,
-        fingerprint: Some(Hex(&outcome.fingerprint)),
-        status: outcome.status.as_str(),
-        name: outcome.request.as_ref().map(|r| r.name.as_str()),
-        namespace: outcome.request.as_ref().map(|r| r.namespace.as_str()),
-        occurrence_count: outcome.request.as_ref().map(|_| outcome.count),
-        error: None,
+/// A source's reply as a response: its own, or the problem naming the unusable signals.
+fn answer(reply: Reply, failures: &[Failure], total: usize) -> Response {
+    match reply {
+        Reply::Own(response) => response,
+        Reply::Problem => Problem::unusable(failures.to_vec(), total).into_response(),
     }
 }
 

@@ -33,6 +33,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 pub use crate::auth::cert::PeerCertificate;
+use crate::telemetry::{Metrics, ReasonLabels};
 use crate::watched::{self, LoadError, Watched};
 
 /// How long a client may take to finish its handshake.
@@ -298,7 +299,9 @@ impl ClientCertVerifier for AllowedSans {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         match sans(end_entity).iter().any(|san| self.allowed.contains(san)) {
             true => Ok(verified),
-            false => Err(rustls::Error::General("the client certificate has none of client_allowed_sans".into())),
+            // rustls's word for a check of the application's own: a reason of its
+            // own in `tidegate_tls_handshake_failures_total`.
+            false => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)),
         }
     }
 
@@ -359,21 +362,26 @@ pub fn sans(der: &CertificateDer<'_>) -> Vec<String> {
 
 impl Tls {
     /// Completes the handshake of an accepted connection, within
-    /// `HANDSHAKE_TIMEOUT`; `None` if it failed. With it, the client's certificate
-    /// when it was verified against the client CA.
+    /// `HANDSHAKE_TIMEOUT`; `None` if it failed, counted in `metrics` by
+    /// [`failure`]'s reason and, when the client's certificate was refused,
+    /// audited (summed per address and reason: a flood of bad handshakes is a line
+    /// per interval). With it, the client's certificate when it was verified
+    /// against the client CA.
     pub async fn accept(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
+        metrics: &Metrics,
     ) -> Option<(TlsStream<TcpStream>, Option<PeerCertificate>)> {
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await;
+        let stream = match handshake.map_err(|_| Failure::Timeout).and_then(|r| r.map_err(|e| failure(&e))) {
+            Ok(stream) => stream,
+            Err(failure) => {
+                tracing::debug!(%peer, reason = failure.reason(), "TLS handshake failed");
+                metrics.tls_handshake_failures.get_or_create(&ReasonLabels { reason: failure.reason() }).inc();
+                if failure.certificate() {
+                    crate::audit::tls_refused(&peer.ip().to_string(), failure.reason());
+                }
                 return None;
             }
         };
@@ -383,6 +391,86 @@ impl Tls {
         };
         let certificate = leaf.map(|leaf| PeerCertificate { sans: sans(leaf).into() });
         Some((stream, certificate))
+    }
+}
+
+/// Why a handshake failed: the `reason` of `tidegate_tls_handshake_failures_total`,
+/// a fixed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A client certificate is required and none was presented.
+    NoCertificate,
+    /// The client's certificate is not signed by the client CA.
+    UnknownCa,
+    /// The client's certificate is expired or not valid yet.
+    Expired,
+    /// The client's certificate has none of `client_allowed_sans`.
+    SanNotAllowed,
+    /// Any other fault of the client's certificate (revoked, wrong usage, bad
+    /// signature, unparsable).
+    BadCertificate,
+    /// Not TLS, no common version or cipher suite, or a client that gave up (it
+    /// refused our certificate, say).
+    Protocol,
+    /// The connection failed or closed mid-handshake.
+    Io,
+    /// Not finished within the handshake timeout.
+    Timeout,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 8] = [
+        Failure::NoCertificate,
+        Failure::UnknownCa,
+        Failure::Expired,
+        Failure::SanNotAllowed,
+        Failure::BadCertificate,
+        Failure::Protocol,
+        Failure::Io,
+        Failure::Timeout,
+    ];
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::NoCertificate => "no_certificate",
+            Failure::UnknownCa => "unknown_ca",
+            Failure::Expired => "expired",
+            Failure::SanNotAllowed => "san_not_allowed",
+            Failure::BadCertificate => "bad_certificate",
+            Failure::Protocol => "protocol",
+            Failure::Io => "io",
+            Failure::Timeout => "timeout",
+        }
+    }
+
+    /// Whether the client's certificate (or its absence) was refused: what an
+    /// operator must hear of, in the audit log.
+    pub fn certificate(self) -> bool {
+        matches!(
+            self,
+            Failure::NoCertificate
+                | Failure::UnknownCa
+                | Failure::Expired
+                | Failure::SanNotAllowed
+                | Failure::BadCertificate
+        )
+    }
+}
+
+/// The [`Failure`] of a handshake error (tokio-rustls wraps rustls's own errors
+/// in `io::Error`).
+fn failure(e: &std::io::Error) -> Failure {
+    use rustls::CertificateError as C;
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else { return Failure::Io };
+    match tls {
+        rustls::Error::NoCertificatesPresented => Failure::NoCertificate,
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => Failure::UnknownCa,
+        rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => Failure::Expired,
+        rustls::Error::InvalidCertificate(C::ApplicationVerificationFailure) => Failure::SanNotAllowed,
+        rustls::Error::InvalidCertificate(_) => Failure::BadCertificate,
+        _ => Failure::Protocol,
     }
 }
 

@@ -13,7 +13,8 @@ use jiff::Timestamp;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
+use super::answer::Results;
+use super::{parse_json, Credential, IngestError, Parse, Parsed, Payload, Source, JSON};
 use crate::signal::{
     namespace_from_labels, Fingerprint, Labels, Signal, SignalStatus, SignalType, TargetResource, Text,
 };
@@ -77,12 +78,13 @@ enum Status {
 
 /// Alertmanager's webhook receiver (`webhook_configs`).
 pub const WEBHOOK: Source = Source {
+    name: "alertmanager",
     route: "/api/v1/signals/prometheus",
     media_types: JSON,
-    parse,
+    parser: |_| Box::new(parse as Parse),
     signal_type: SignalType::PROMETHEUS_ALERT,
-    answer: Answer::Results,
-    auth: crate::auth::kind::HEAD,
+    answer: &Results,
+    credentials: &Credential::HEAD,
 };
 
 /// Parses a webhook body into one result per alert.
@@ -130,7 +132,7 @@ fn signal<'a, U>(
     received: Timestamp,
     signal_type: SignalType,
 ) -> Result<Signal<'a>, IngestError> {
-    let at = At { list: "$.alerts", index: i };
+    let at = Position { list: "$.alerts", index: i };
     let name = alert_name(&alert.labels, at)?;
     let status = alert
         .status
@@ -146,13 +148,13 @@ fn signal<'a, U>(
 
 /// Where an alert sits in its payload: the JSON path of its errors.
 #[derive(Clone, Copy)]
-pub(super) struct At {
+pub(super) struct Position {
     /// The path of the alert list: `$.alerts` in a webhook, `$` in an API v2 array.
     pub list: &'static str,
     pub index: usize,
 }
 
-impl At {
+impl Position {
     pub fn path(self, field: &str) -> String {
         format!("{}[{}].{field}", self.list, self.index)
     }
@@ -161,7 +163,7 @@ impl At {
 /// An alert's name: its `alertname` label, present and not blank. Both Alertmanager
 /// formats follow this rule (Alertmanager itself does not require the label; we do,
 /// because the name is part of the incident's identity).
-pub(super) fn alert_name<'a>(labels: &Labels<'a>, at: At) -> Result<Cow<'a, str>, IngestError> {
+pub(super) fn alert_name<'a>(labels: &Labels<'a>, at: Position) -> Result<Cow<'a, str>, IngestError> {
     match labels.get_cow("alertname") {
         Some(name) if !name.trim().is_empty() => Ok(name.clone()),
         Some(_) => Err(IngestError::invalid(at.path("labels.alertname"), "must not be empty")),

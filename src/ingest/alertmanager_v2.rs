@@ -14,11 +14,13 @@
 
 use std::borrow::Cow;
 
+use axum::response::IntoResponse;
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use super::alertmanager::{alert_name, set_time, AlertParts, At};
-use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
+use super::alertmanager::{alert_name, set_time, AlertParts, Position};
+use super::answer::{Answer, Answered, Invalid, Reply};
+use super::{parse_json, Credential, IngestError, Parse, Parsed, Payload, Source, JSON};
 use crate::signal::{Labels, Signal, SignalStatus, SignalType, Text};
 
 /// One `PostableAlert`. Only `labels` is required by Alertmanager's schema; missing
@@ -40,13 +42,35 @@ struct Alert<'a> {
 
 /// Alertmanager's API v2 alert endpoint, for senders that push to an Alertmanager.
 pub const SOURCE: Source = Source {
+    name: "alertmanager_v2",
     route: "/api/v2/alerts",
     media_types: JSON,
-    parse,
+    parser: |_| Box::new(parse as Parse),
     signal_type: SignalType::PROMETHEUS_ALERT,
-    answer: Answer::Alertmanager,
-    auth: crate::auth::kind::HEAD,
+    answer: &AsAlertmanager,
+    credentials: &Credential::HEAD,
 };
+
+/// As an Alertmanager answers `POST /api/v2/alerts`: 200 with an empty body once
+/// every alert is recorded. Its senders read nothing but the status, so a batch
+/// with unusable alerts records the usable ones and is answered 400 naming the
+/// others (a re-send of the batch only repeats duplicates).
+#[derive(Debug)]
+struct AsAlertmanager;
+
+impl Answer for AsAlertmanager {
+    fn recorded(&self, answered: &Answered<'_>) -> Reply {
+        if answered.failures.is_empty() {
+            Reply::Own(axum::http::StatusCode::OK.into_response())
+        } else {
+            Reply::Problem
+        }
+    }
+
+    fn invalid(&self, _: &Invalid<'_>) -> Reply {
+        Reply::Problem
+    }
+}
 
 /// Parses an alert array into one result per alert.
 pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
@@ -57,10 +81,14 @@ pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
         return Err(IngestError::invalid("$", "must contain at least one alert"));
     }
     let received = payload.received;
-    Ok(alerts.into_iter().enumerate().map(|(index, alert)| signal(At { list: "$", index }, alert, received)).collect())
+    Ok(alerts
+        .into_iter()
+        .enumerate()
+        .map(|(index, alert)| signal(Position { list: "$", index }, alert, received))
+        .collect())
 }
 
-fn signal<'a>(at: At, alert: Alert<'a>, received: Timestamp) -> Result<Signal<'a>, IngestError> {
+fn signal<'a>(at: Position, alert: Alert<'a>, received: Timestamp) -> Result<Signal<'a>, IngestError> {
     let name = alert_name(&alert.labels, at)?;
     let ends_at = set_time(alert.ends_at);
     if let (Some(starts), Some(ends)) = (set_time(alert.starts_at), ends_at) {

@@ -15,29 +15,23 @@ use std::borrow::Cow;
 use std::fmt::Write;
 
 use super::alertmanager::{parse_envelope, Alert};
-use super::{Answer, IngestError, Parsed, Payload, Source, JSON};
+use super::answer::Results;
+use super::{Credential, IngestError, Parse, Parsed, Payload, Source, JSON};
 use crate::signal::{SignalType, Text};
 
 /// What Grafana's alerts are, on the request and in metrics.
 pub const SIGNAL_TYPE: SignalType = SignalType::new("grafana-alert");
 
-/// Grafana's webhook contact point (integration type `webhook`).
-/// Grafana signs its webhooks (HMAC), and can also send a token or a password.
-const GRAFANA_AUTH: &[&str] = &[
-    crate::auth::kind::GRAFANA,
-    crate::auth::kind::BEARER,
-    crate::auth::kind::BASIC,
-    crate::auth::kind::KUBERNETES,
-    crate::auth::kind::CLIENT_CERTIFICATE,
-];
-
+/// Grafana's webhook contact point (integration type `webhook`). Grafana signs its
+/// webhooks (HMAC), and can also send a token or a password.
 pub const WEBHOOK: Source = Source {
+    name: "grafana",
     route: "/api/v1/signals/grafana",
     media_types: JSON,
-    parse,
+    parser: |_| Box::new(parse as Parse),
     signal_type: SIGNAL_TYPE,
-    answer: Answer::Results,
-    auth: GRAFANA_AUTH,
+    answer: &Results,
+    credentials: &Credential::head_and(Credential::GrafanaSignature),
 };
 
 /// Parses a Grafana webhook body into one result per alert.

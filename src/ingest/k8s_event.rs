@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use serde::Deserialize;
 
-use super::{parse_json, Answer, IngestError, Parsed, Payload, Source, JSON};
+use super::answer::Results;
+use super::{parse_json, Credential, IngestError, Parse, Parsed, Payload, Source, JSON};
 use crate::signal::{Fingerprint, Signal, SignalStatus, SignalType, TargetResource};
 
 #[derive(Debug, Deserialize)]
@@ -64,12 +65,13 @@ struct Metadata {
 
 /// core/v1 Events, as event exporters forward them.
 pub const SOURCE: Source = Source {
+    name: "k8s_event",
     route: "/api/v1/signals/kubernetes-event",
     media_types: JSON,
-    parse,
+    parser: |_| Box::new(parse as Parse),
     signal_type: SignalType::KUBERNETES_EVENT,
-    answer: Answer::Results,
-    auth: crate::auth::kind::HEAD,
+    answer: &Results,
+    credentials: &Credential::HEAD,
 };
 
 /// Parses an Event body into exactly one result.

@@ -1,10 +1,11 @@
 //! Source adapters: bytes in, [`Signal`]s out, and the table of every source.
 //!
 //! One adapter per source, one file each, and one entry per source in [`SOURCES`]:
-//! its route, the media types it accepts, its parser, its signal type and how its
-//! sender expects to be answered. The router, the metric labels and the CRD's
-//! `signalType` enum are derived from the table, so adding a source is one file
-//! and one entry.
+//! its route, the media types it accepts, its parser (built from its configuration
+//! section), its signal type, what its sender can present to prove who it is and how
+//! it expects to be answered. The router, the authenticators of each route, the
+//! metric labels, the fuzz target and the CRD's `signalType` enum are derived from
+//! the table, so adding a source is one file and one entry.
 //!
 //! Adapters parse and validate; they never do I/O, hold state or consult the clock
 //! (the receive time is passed in). Every rejection names the JSON path at fault, so
@@ -12,9 +13,11 @@
 
 pub mod alertmanager;
 pub mod alertmanager_v2;
+pub mod answer;
 pub mod cloudevents;
 pub mod grafana;
 pub mod k8s_event;
+pub mod pagerduty;
 mod signal_type;
 
 use axum::http::HeaderMap;
@@ -22,42 +25,92 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use answer::{Answer, Answered, Failure, Invalid, Recorded, Reply};
+
 use crate::section::ConfigError;
-use crate::signal::{Signal, SignalType};
+use crate::signal::{Fingerprint, Signal, SignalType, TargetResource};
 
 /// Every source tidegate accepts.
-pub const SOURCES: &[Source] =
-    &[alertmanager::WEBHOOK, alertmanager_v2::SOURCE, k8s_event::SOURCE, grafana::WEBHOOK, cloudevents::SOURCE];
+pub const SOURCES: &[Source] = &[
+    alertmanager::WEBHOOK,
+    alertmanager_v2::SOURCE,
+    k8s_event::SOURCE,
+    grafana::WEBHOOK,
+    cloudevents::SOURCE,
+    pagerduty::SOURCE,
+    // A new source: its file, its `pub mod` above and its line here.
+];
 
-/// One kind of sender: where it posts, what it sends, and what it expects back.
+/// One kind of sender: where it posts, what it sends, how it proves who it is and
+/// what it expects back.
 #[derive(Debug)]
 pub struct Source {
+    /// Its file in `src/ingest/`, and its fuzz corpus (`fuzz/corpus/ingest_<name>`).
+    pub name: &'static str,
     /// The path it posts to.
     pub route: &'static str,
     /// Media types accepted, by essence (`type/subtype`, no parameters); a pattern
     /// `application/*+json` accepts every JSON-based type.
     pub media_types: &'static [&'static str],
-    pub parse: Parse,
+    /// Builds its parser from the configuration sections it reads.
+    pub parser: fn(&Settings) -> Box<dyn Parser>,
     /// What its signals are, on the request (`spec.signalType`) and in metrics.
     pub signal_type: SignalType,
-    pub answer: Answer,
-    /// The kinds of authenticator (`crate::auth::kind`) its sender can present: the
-    /// configured authenticators of these kinds guard the route, unless
-    /// `auth.endpoints` names its own list.
-    pub auth: &'static [&'static str],
+    /// How its sender expects to be answered.
+    pub answer: &'static dyn Answer,
+    /// What its sender can present: the configured authenticators that check these
+    /// guard the route, unless `auth.endpoints` names its own list.
+    pub credentials: &'static [Credential],
 }
 
-/// How a sender expects success to be answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
-    /// 201 created or 202 otherwise for one signal; 207 with a result per signal for
-    /// several.
-    Results,
-    /// As an Alertmanager answers `POST /api/v2/alerts`: 200 with an empty body once
-    /// every alert is recorded. Its senders read nothing but the status, so a batch
-    /// with invalid alerts records the valid ones and is answered 400 naming the
-    /// invalid ones (a re-send of the batch only repeats duplicates).
-    Alertmanager,
+/// What a sender can present to prove who it is.
+#[derive(Clone, Copy, Debug)]
+pub enum Credential {
+    /// A static token (`Authorization: Bearer`).
+    Token,
+    /// A user and password (`Authorization: Basic`).
+    Password,
+    /// A Kubernetes service-account token (`Authorization: Bearer`).
+    ServiceAccountToken,
+    /// The verified client certificate of its TLS connection.
+    ClientCertificate,
+    /// A Standard Webhooks signature over the body.
+    StandardWebhooksSignature,
+    /// Grafana Alerting's signature over the body.
+    GrafanaSignature,
+    /// A static token inside the body, where the source's `read` finds it (the
+    /// PagerDuty Events API's `routing_key`): checked as a bearer token once the
+    /// body is read, when the head presents nothing.
+    TokenInBody { read: ReadToken },
+}
+
+/// Where a source finds the token its sender puts in the body.
+pub type ReadToken = fn(&[u8]) -> Option<String>;
+
+impl Credential {
+    /// What any HTTP client can present in its head: tokens, passwords,
+    /// certificates.
+    pub const HEAD: [Credential; 4] =
+        [Credential::Token, Credential::Password, Credential::ServiceAccountToken, Credential::ClientCertificate];
+
+    /// `extra`, and whatever any HTTP client can present.
+    pub const fn head_and(extra: Credential) -> [Credential; 5] {
+        let [a, b, c, d] = Credential::HEAD;
+        [extra, a, b, c, d]
+    }
+
+    /// The kind of authenticator (`auth.authenticators.*`) that checks it.
+    pub fn authenticator(self) -> &'static str {
+        use crate::auth::kind;
+        match self {
+            Credential::Token | Credential::TokenInBody { .. } => kind::BEARER,
+            Credential::Password => kind::BASIC,
+            Credential::ServiceAccountToken => kind::KUBERNETES,
+            Credential::ClientCertificate => kind::CLIENT_CERTIFICATE,
+            Credential::StandardWebhooksSignature => kind::STANDARD_WEBHOOKS,
+            Credential::GrafanaSignature => kind::GRAFANA,
+        }
+    }
 }
 
 /// `ingest`: what every source's signals are held to, whatever their source.
@@ -85,19 +138,73 @@ impl IngestConfig {
     }
 }
 
-/// Parses a payload with `source`'s parser, then holds every signal to what any
-/// request must be: a bounded number of labels, and an identity Kubernetes can
-/// hold, by `payload.config.ingest`. The handler and the fuzz targets both parse
-/// through here.
-pub fn parse<'a>(source: &Source, payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
-    let config = &payload.config.ingest;
-    let mut parsed = (source.parse)(payload)?;
-    for result in &mut parsed {
-        if let Err(e) = result.as_ref().map_or(Ok(()), |signal| admissible(signal, config)) {
-            *result = Err(e);
-        }
+/// What the parsers are built from: `ingest`, which every signal is held to, and
+/// the section of each source that has one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settings {
+    pub ingest: IngestConfig,
+    pub cloudevents: cloudevents::CloudEventsConfig,
+}
+
+/// A source's parser, built from its section.
+pub trait Parser: Send + Sync {
+    /// Bytes in, a result per signal out; no I/O, no state, no clock.
+    fn parse<'a>(&self, payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError>;
+}
+
+/// The parser of a source with no section of its own: a function.
+pub type Parse = for<'a> fn(&Payload<'a>) -> Result<Parsed<'a>, IngestError>;
+
+impl Parser for Parse {
+    fn parse<'a>(&self, payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
+        self(payload)
     }
-    Ok(parsed)
+}
+
+/// A source ready to take payloads: its table entry and its parser, built from
+/// its sections.
+pub struct Adapter {
+    pub source: &'static Source,
+    parser: Box<dyn Parser>,
+    limits: IngestConfig,
+}
+
+impl Adapter {
+    pub fn build(source: &'static Source, settings: &Settings) -> Self {
+        Adapter { source, parser: (source.parser)(settings), limits: settings.ingest.clone() }
+    }
+
+    /// Every source of the table, built.
+    pub fn all(settings: &Settings) -> Vec<Adapter> {
+        SOURCES.iter().map(|source| Adapter::build(source, settings)).collect()
+    }
+
+    /// Parses a payload with the source's parser, then holds every signal to what
+    /// any request must be: a bounded number of labels (`ingest.max_labels`), and
+    /// an identity Kubernetes can hold. The handler and the fuzz targets both parse
+    /// through here.
+    pub fn parse<'a>(&self, payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
+        let mut parsed = self.parser.parse(payload)?;
+        for result in &mut parsed {
+            if let Err(e) = result.as_ref().map_or(Ok(()), |signal| admissible(signal, &self.limits)) {
+                *result = Err(e);
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// The annotation that holds a sender's own name for its incident (PagerDuty's
+/// `dedup_key`), on a signal fingerprinted by it ([`keyed_fingerprint`]).
+pub const INCIDENT_KEY: &str = "tidegate.dev/incident-key";
+
+/// The fingerprint of a signal whose sender names its incidents itself: SHA-256
+/// over `<signal type>/<key>:::`, the key where the name stands and nothing else,
+/// so every event under one key is one incident whatever its text or details say
+/// (as the sender means it), and no alert of another source can meet it. Signals
+/// without a key keep [`Fingerprint::new`] over their name, namespace and target.
+pub fn keyed_fingerprint(signal_type: SignalType, key: &str) -> Fingerprint {
+    Fingerprint::new(&format!("{}/{key}", signal_type.as_str()), "", &TargetResource::default())
 }
 
 /// The longest name of a Kubernetes object (a DNS-1123 subdomain), and of a
@@ -124,19 +231,19 @@ fn admissible(signal: &Signal<'_>, config: &IngestConfig) -> Result<(), IngestEr
         let reason = "is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)";
         return Err(IngestError::Identity {
             field: "namespace",
-            reason: format!("{:?} {reason}", cut(&signal.namespace)),
+            reason: format!("{:?} {reason}", excerpt(&signal.namespace)),
         });
     }
     let target = &signal.target;
     if target.name.len() > MAX_NAME_BYTES || target.kind.len() > MAX_LABEL_BYTES {
-        let reason = format!("{} {:?} is longer than Kubernetes allows", cut(&target.kind), cut(&target.name));
+        let reason = format!("{} {:?} is longer than Kubernetes allows", excerpt(&target.kind), excerpt(&target.name));
         return Err(IngestError::Identity { field: "target", reason });
     }
     Ok(())
 }
 
 /// A value short enough to quote in an error.
-fn cut(value: &str) -> &str {
+fn excerpt(value: &str) -> &str {
     let mut end = value.len().min(64);
     while !value.is_char_boundary(end) {
         end -= 1;
@@ -154,27 +261,29 @@ pub fn is_dns1123_label(name: &str) -> bool {
         && name.bytes().last().is_some_and(alnum)
 }
 
-/// A source's parser.
-pub type Parse = for<'a> fn(&Payload<'a>) -> Result<Parsed<'a>, IngestError>;
-
-/// What a parser reads: the body and its headers, when it was received, and the
-/// configuration of the sources that have one.
+/// What a parser reads: the body and its headers, and when it was received.
 pub struct Payload<'a> {
     pub body: &'a [u8],
     pub headers: &'a HeaderMap,
     pub received: Timestamp,
-    /// The sections of the sources that have one.
-    pub config: &'a Settings,
-}
-
-/// What the parsers read: `ingest`, and the section of each source that has one.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Settings {
-    pub ingest: IngestConfig,
-    pub cloudevents: cloudevents::CloudEventsConfig,
 }
 
 impl Source {
+    /// The kinds of authenticator that check what its sender can present.
+    pub fn authenticators(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<&'static str> = self.credentials.iter().map(|c| c.authenticator()).collect();
+        kinds.dedup();
+        kinds
+    }
+
+    /// Where its sender puts a token in the body, if it does.
+    pub fn token_in_body(&self) -> Option<ReadToken> {
+        self.credentials.iter().find_map(|c| match c {
+            Credential::TokenInBody { read } => Some(*read),
+            _ => None,
+        })
+    }
+
     /// Whether a request of media type `essence` (lowercase) is for this source.
     pub fn accepts(&self, essence: &str) -> bool {
         self.media_types.iter().any(|accepted| match accepted.strip_prefix("application/*") {
@@ -184,13 +293,11 @@ impl Source {
     }
 }
 
-/// A payload of `body` alone, received at the epoch with the default configuration,
-/// for parser tests.
+/// A payload of `body` alone, received at the epoch, for parser tests.
 #[cfg(test)]
 pub fn payload(body: &str) -> Payload<'_> {
     static HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
-    static CONFIG: std::sync::LazyLock<Settings> = std::sync::LazyLock::new(Default::default);
-    Payload { body: body.as_bytes(), headers: &HEADERS, received: Timestamp::UNIX_EPOCH, config: &CONFIG }
+    Payload { body: body.as_bytes(), headers: &HEADERS, received: Timestamp::UNIX_EPOCH }
 }
 
 /// The essence of a `Content-Type` value: its `type/subtype`, lowercase, without
@@ -235,7 +342,11 @@ pub enum IngestError {
 
 impl IngestError {
     /// The metric label and problem-type slug for this error.
-    pub fn kind(&self) -> &'static str {
+    /// Every value [`IngestError::label`] takes, for metrics made at 0.
+    pub const KINDS: &'static [&'static str] =
+        &["malformed", "invalid", "no_alerts", "not_warning", "over_limit", "invalid_identity"];
+
+    pub fn label(&self) -> &'static str {
         match self {
             IngestError::Malformed { .. } => "malformed",
             IngestError::Invalid { .. } => "invalid",
@@ -290,10 +401,27 @@ mod tests {
 
     #[test]
     fn signal_types_come_from_the_table_once_each() {
-        let types: Vec<_> = signal_types().map(SignalType::as_str).collect();
-        assert_eq!(types, ["prometheus-alert", "kubernetes-event", "grafana-alert", "cloudevent"]);
+        let types: Vec<_> = signal_types().collect();
+        for (i, t) in types.iter().enumerate() {
+            assert!(SOURCES.iter().any(|s| s.signal_type == *t), "{} is a source's", t.as_str());
+            assert!(!types[..i].contains(t), "{} twice", t.as_str());
+        }
+        assert!(SOURCES.iter().all(|s| types.contains(&s.signal_type)), "every source's type");
+        let shared = SOURCES.iter().filter(|s| s.signal_type == SignalType::PROMETHEUS_ALERT).count();
+        assert_eq!(shared, 2, "both Alertmanager formats are prometheus-alert, listed once");
         assert_eq!(SignalType::parse("kubernetes-event"), Some(SignalType::KUBERNETES_EVENT));
         assert_eq!(SignalType::parse("carrier-pigeon"), None);
+    }
+
+    #[test]
+    fn a_route_is_guarded_by_the_authenticators_of_what_its_sender_presents() {
+        let head = ["bearer", "basic", "kubernetes", "client_certificate"];
+        assert_eq!(alertmanager::WEBHOOK.authenticators(), head);
+        assert_eq!(grafana::WEBHOOK.authenticators(), [&["grafana"][..], &head].concat());
+        assert_eq!(cloudevents::SOURCE.authenticators(), [&["standard_webhooks"][..], &head].concat());
+        for source in SOURCES.iter().filter(|s| s.token_in_body().is_some()) {
+            assert!(source.authenticators().contains(&"bearer"), "a token in the body is checked as a bearer token");
+        }
     }
 
     #[test]

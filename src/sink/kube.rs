@@ -14,8 +14,6 @@
 //!   from the watch: its delete events, and a re-list (after a gap or `410 Gone`)
 //!   that no longer has a request it had. A request the cache lacks and the watch
 //!   never reported deleted is one the watch has not delivered yet.
-//! - [`owners`] finds a pod's workload for incident identity, from metadata-only
-//!   watch caches.
 //! - 5xx, 429, timeouts and connection failures are retried with jittered
 //!   exponential backoff within the operation's deadline; past it the caller gets
 //!   an error (answered 503). A circuit breaker stops calling a failing API server
@@ -23,7 +21,7 @@
 
 pub mod access;
 pub mod doctor;
-pub mod owners;
+mod index;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -40,6 +38,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{is_terminal, Created, Lookup, OpenRequest, RequestRef, Sink, SinkError};
+use crate::kube_api::{code, outcome};
 use crate::remediation::{labels, RemediationRequest, RemediationRequestStatus, StatusUpdate};
 use crate::section::ConfigError;
 use crate::signal::Fingerprint;
@@ -80,6 +79,10 @@ pub struct KubeConfig {
     #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub owner_lookup_timeout: Duration,
+    /// Most creates of requests sent to the API server at once; more wait their
+    /// turn here. A slow API server then answers each within the call timeout and
+    /// sees each create once, instead of a burst that times out and is sent again.
+    pub creates_in_flight: usize,
 }
 
 impl Default for KubeConfig {
@@ -92,6 +95,7 @@ impl Default for KubeConfig {
             sync_timeout: Duration::from_secs(30),
             owner_chain: true,
             owner_lookup_timeout: Duration::from_millis(500),
+            creates_in_flight: 16,
         }
     }
 }
@@ -106,6 +110,9 @@ impl KubeConfig {
         }
         if self.breaker_failures == 0 {
             return Err(ConfigError::invalid("kube.breaker_failures", "must be at least 1"));
+        }
+        if self.creates_in_flight == 0 {
+            return Err(ConfigError::invalid("kube.creates_in_flight", "must be at least 1"));
         }
         Ok(())
     }
@@ -123,9 +130,13 @@ const DELETED_REMEMBERED: usize = 10_000;
 pub struct KubeSink {
     client: Client,
     requests: Store<RemediationRequest>,
+    /// The watched requests by fingerprint, for [`Sink::open_request`].
+    open: Arc<index::OpenIndex>,
     deleted: Arc<Mutex<Deleted>>,
     namespaces: Store<Namespace>,
     breaker: Breaker,
+    /// Turns to send a create (`kube.creates_in_flight`).
+    creates: tokio::sync::Semaphore,
     config: KubeConfig,
     metrics: Arc<Metrics>,
 }
@@ -139,11 +150,16 @@ impl KubeSink {
         let (requests, writer) = reflector::store();
         let deleted = Arc::new(Mutex::new(Deleted::default()));
         let mut deletions = Deletions { deleted: deleted.clone(), store: requests.clone(), before_relist: None };
+        let open = Arc::new(index::OpenIndex::new());
+        let follower = open.clone();
         let stream =
             watcher(Api::<RemediationRequest>::all(client.clone()), watcher::Config::default().labels(&managed))
                 .default_backoff()
                 .reflect(writer)
-                .inspect(move |event| deletions.follow(event));
+                .inspect(move |event| {
+                    follower.follow(event);
+                    deletions.follow(event);
+                });
         tokio::spawn(drain(stream, "remediationrequests"));
         let (namespaces, writer) = reflector::store();
         let stream = watcher(Api::<Namespace>::all(client.clone()), watcher::Config::default())
@@ -157,11 +173,18 @@ impl KubeSink {
         };
         tokio::time::timeout(sync_timeout, synced).await.map_err(|_| SinkError::NotSynced(sync_timeout))?;
         let breaker = Breaker::new(config.breaker_failures, config.breaker_cooldown, metrics.kube_breaker_open.clone());
-        Ok(KubeSink { client, requests, deleted, namespaces, breaker, config: config.clone(), metrics })
+        let creates = tokio::sync::Semaphore::new(config.creates_in_flight);
+        Ok(KubeSink { client, requests, open, deleted, namespaces, breaker, creates, config: config.clone(), metrics })
     }
 
     /// The namespace-label view, for environment classification.
     pub fn namespace_labels(&self) -> Arc<dyn NamespaceLabels> {
+        Arc::new(NamespaceCache(self.namespaces.clone()))
+    }
+
+    /// The `tidegate.dev/remediate` labels of namespaces, for scope, from the same
+    /// cache.
+    pub fn remediate_labels(&self) -> Arc<dyn crate::workload::RemediateLabels> {
         Arc::new(NamespaceCache(self.namespaces.clone()))
     }
 
@@ -217,15 +240,15 @@ impl KubeSink {
         self.metrics.api_calls.get_or_create(&ApiLabels { verb, outcome }).inc();
     }
 
-    /// Folds gateway-owned fields into the status of the request at `at` with
-    /// `fold`, starting from `known` (an object just returned by the API server) or
+    /// Applies `apply` to the gateway-owned fields of the status of the request at
+    /// `at`, starting from `known` (an object just returned by the API server) or
     /// the watch cache, and reading from the API server only when neither has it or
-    /// a write conflicts. Every fold is idempotent, so a write retried after an
+    /// a write conflicts. Every `apply` is idempotent, so a write retried after an
     /// unclear outcome changes nothing twice.
     async fn write_status(
         &self,
         at: &RequestRef,
-        fold: impl Fn(&mut RemediationRequestStatus),
+        apply: impl Fn(&mut RemediationRequestStatus),
         known: Option<RemediationRequest>,
     ) -> Result<(), SinkError> {
         let api = self.api(&at.namespace);
@@ -241,7 +264,7 @@ impl KubeSink {
                 },
             };
             let mut next = current.clone();
-            fold(next.status.get_or_insert_with(Default::default));
+            apply(next.status.get_or_insert_with(Default::default));
             if next.status == current.status {
                 return Ok(()); // Nothing new: the cheapest write is none.
             }
@@ -359,7 +382,13 @@ impl Sink for KubeSink {
             };
             // The reply carries the resourceVersion the status write needs: the new
             // object is not in the watch cache yet, and reading it back would cost a GET.
-            let created = match self.call("create", attempt).await {
+            // The wait for a turn is not the API server's time: it counts against no
+            // call timeout, so a queued create is never sent twice for having waited.
+            // (The semaphore is never closed, so a turn always comes.)
+            let turn = self.creates.acquire().await.ok();
+            let outcome = self.call("create", attempt).await;
+            drop(turn);
+            let created = match outcome {
                 Ok(created) => created,
                 Err(e) if code(&e) == Some(409) && attempts.load(Ordering::Relaxed) > 1 => {
                     match self.call("get", || api.get(&at.name)).await {
@@ -404,34 +433,14 @@ impl Sink for KubeSink {
         }
     }
 
+    fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        let open = self.requests.state().into_iter().filter(|rr| !terminal(rr) && rr.spec.storm.is_none());
+        let open: Vec<RemediationRequest> = open.map(|rr| (*rr).clone()).collect();
+        Box::pin(async move { Ok(open) })
+    }
+
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
-        let value = fingerprint.label_value();
-        self.requests
-            .state()
-            .into_iter()
-            .filter(|rr| rr.labels().get(labels::FINGERPRINT) == Some(&value) && !terminal(rr))
-            .filter_map(|rr| {
-                let at = RequestRef { namespace: rr.namespace()?, name: rr.name_any() };
-                let storm = rr.spec.storm.as_ref().map(|s| crate::state::StormKind::parse(&s.kind));
-                match rr.status.as_ref().and_then(|s| s.deduplication.as_ref()) {
-                    Some(dedup) => Some(OpenRequest {
-                        at,
-                        first_seen_s: dedup.first_seen_at.0.as_second() as u32,
-                        last_seen_s: dedup.last_seen_at.0.as_second() as u32,
-                        count: dedup.occurrence_count,
-                        storm,
-                    }),
-                    // Created, but its status is not written yet: the API server drops
-                    // status on create, and the write after it may have failed and be
-                    // waiting for a retry. It is still the incident's open request,
-                    // holding the occurrence that created it; its name says since when.
-                    None => {
-                        let first_seen_s = crate::remediation::request_epoch(&at.name)?;
-                        Some(OpenRequest { at, first_seen_s, last_seen_s: first_seen_s, count: 1, storm })
-                    }
-                }
-            })
-            .max_by_key(|open| open.first_seen_s)
+        self.open.open_request(fingerprint)
     }
 }
 
@@ -447,10 +456,15 @@ impl NamespaceLabels for NamespaceCache {
     }
 }
 
-fn code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(status) => Some(status.code),
-        _ => None,
+impl crate::workload::RemediateLabels for NamespaceCache {
+    /// Workloads' labels are not cached: their namespace decides.
+    fn workload(&self, _target: &crate::signal::TargetResource) -> Option<bool> {
+        None
+    }
+
+    fn namespace(&self, namespace: &str) -> Option<bool> {
+        let ns = self.0.get(&ObjectRef::new(namespace))?;
+        crate::workload::remediate_value(ns.labels().get(crate::workload::REMEDIATE_LABEL).map(String::as_str))
     }
 }
 
@@ -458,19 +472,6 @@ fn retryable(e: &kube::Error) -> bool {
     match code(e) {
         Some(c) => c == 429 || c >= 500,
         None => true, // transport failures and timeouts
-    }
-}
-
-/// The metric outcome of a failed call.
-fn outcome(e: &kube::Error) -> &'static str {
-    match code(e) {
-        Some(409) => "conflict",
-        Some(404) => "not_found",
-        Some(422) => "invalid",
-        Some(429) => "throttled",
-        Some(c) if c >= 500 => "server_error",
-        Some(_) => "client_error",
-        None => "unreachable",
     }
 }
 

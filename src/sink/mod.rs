@@ -90,7 +90,7 @@ pub enum SinkError {
 
 impl SinkError {
     /// The metric label for this error.
-    pub fn cause(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             SinkError::Unavailable(_)
             | SinkError::CircuitOpen
@@ -108,7 +108,7 @@ pub trait Sink: Send + Sync + 'static {
     /// Creates the request unless one with its name exists.
     fn create<'a>(&'a self, request: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>>;
 
-    /// Folds `update` into the request's status. Fails with
+    /// Applies `update` to the request's status. Fails with
     /// [`SinkError::NotFound`] if the request does not exist.
     fn update_status<'a>(
         &'a self,
@@ -119,14 +119,20 @@ pub trait Sink: Send + Sync + 'static {
     /// Whether the sink can currently accept writes, for `/readyz`.
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>>;
 
-    /// What the sink's authority knows of the request at `at`, without I/O.
-    fn lookup(&self, _at: &RequestRef) -> Lookup {
-        Lookup::Unknown
-    }
+    /// What the sink's authority knows of the request at `at`, without I/O. No
+    /// default: the sink is the record of open incidents (docs/delivery.md), so
+    /// each sink says how it knows them, or answers [`Lookup::Unknown`] on purpose
+    /// (and then a restart cannot find an incident's open request).
+    fn lookup(&self, at: &RequestRef) -> Lookup;
 
     /// An open request for `fingerprint`, if the sink's authority knows one,
-    /// without I/O.
-    fn open_request(&self, _fingerprint: &Fingerprint) -> Option<OpenRequest> {
-        None
-    }
+    /// without I/O. No default, for the same reason as [`Sink::lookup`].
+    fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest>;
+
+    /// Every request of a single incident (not a storm's) the sink's authority
+    /// holds open, whole: how rules that keep open incidents in the state store
+    /// (inhibition's sources) are taught them again after the store lost them. May
+    /// cost I/O (the directory sink reads the manifests); called at start and then
+    /// once per dedup window, never per signal.
+    fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>>;
 }

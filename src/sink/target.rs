@@ -18,7 +18,7 @@ use super::{Sink, SinkError};
 use crate::check::Check;
 use crate::context::Context;
 use crate::section::ConfigError;
-use crate::workload::NamespaceLabels;
+use crate::workload::{NamespaceLabels, RemediateLabels};
 
 /// Where RemediationRequests go.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -80,6 +80,9 @@ pub struct Built {
     pub sink: Arc<dyn Sink>,
     /// The namespaces' labels, when the sink watches a cluster.
     pub namespace_labels: Option<Arc<dyn NamespaceLabels>>,
+    /// The `tidegate.dev/remediate` labels it caches, for scope, when it watches a
+    /// cluster.
+    pub remediate_labels: Option<Arc<dyn RemediateLabels>>,
     /// The Kubernetes client the sink uses, if it uses one.
     pub kube_client: Option<kube::Client>,
 }
@@ -113,14 +116,15 @@ impl Settings {
             SinkTarget::Dir(path) => {
                 let sink = DirSink::new(path, self.horizon)
                     .map_err(|source| BuildError::Dir { path: path.display().to_string(), source })?;
-                Ok(Built { sink: Arc::new(sink), namespace_labels: None, kube_client: None })
+                Ok(Built { sink: Arc::new(sink), namespace_labels: None, remediate_labels: None, kube_client: None })
             }
             SinkTarget::Kube => {
                 let client = ctx.kube_client().await.map_err(BuildError::KubeClient)?;
                 let kube =
                     KubeSink::start(client.clone(), &self.kube, ctx.metrics.clone()).await.map_err(BuildError::Kube)?;
-                let namespace_labels = Some(kube.namespace_labels());
-                Ok(Built { sink: Arc::new(kube), namespace_labels, kube_client: Some(client) })
+                let (namespace_labels, remediate_labels) =
+                    (Some(kube.namespace_labels()), Some(kube.remediate_labels()));
+                Ok(Built { sink: Arc::new(kube), namespace_labels, remediate_labels, kube_client: Some(client) })
             }
         }
     }

@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, BoxFuture, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore, StormConfig,
-    StormKey, StormKind, Verdict,
+    Admission, BoxFuture, Entry, Folded, InhibitKey, Inhibitor, Observation, OpenWindow, RateLimit, StateError,
+    StateStore, StormConfig, StormKey, StormKind, Verdict,
 };
 use crate::clock::Clock;
 use crate::section::ConfigError;
@@ -98,6 +98,9 @@ struct Inner {
     /// Replay-protection ids → the second their sighting expires.
     sightings: HashMap<Key, u32>,
     sighting_deadlines: Deadlines<Key>,
+    /// Inhibit keys → their source and the second the hold ends.
+    inhibitors: HashMap<InhibitKey, (Inhibitor, u32)>,
+    inhibitor_deadlines: Deadlines<InhibitKey>,
     shutdown: bool,
 }
 
@@ -445,6 +448,39 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    fn inhibitors_now(&self, keys: &[InhibitKey], now_s: u32) -> Vec<Option<Inhibitor>> {
+        let inner = self.shared.lock();
+        keys.iter()
+            .map(|k| inner.inhibitors.get(k).filter(|(_, until)| *until > now_s).map(|(i, _)| i.clone()))
+            .collect()
+    }
+
+    /// Holds count against `max_entries` on their own, like sightings: they can be
+    /// refused (503, retried), never crowd out open incidents.
+    fn hold_now(&self, holds: &[(InhibitKey, Inhibitor)], now_s: u32, until_s: u32) -> Result<(), StateError> {
+        let until_s = until_s.max(now_s.saturating_add(1));
+        let mut inner = self.shared.lock();
+        let inner = &mut *inner;
+        let new = holds.iter().filter(|(k, _)| !inner.inhibitors.contains_key(k)).count();
+        if inner.inhibitors.len() + new > self.shared.max_entries {
+            return Err(StateError::Full { max_entries: self.shared.max_entries });
+        }
+        let notify = inner.inhibitor_deadlines.next().is_none();
+        for (key, inhibitor) in holds {
+            // A key already filed re-files itself at its new deadline when its old
+            // one surfaces.
+            if inner.inhibitors.insert(*key, (inhibitor.clone(), until_s)).is_none() {
+                inner.inhibitor_deadlines.file(until_s, *key);
+            }
+        }
+        if notify && !holds.is_empty() {
+            self.shared.purge_wakeup.notify_one();
+        }
+        Ok(())
+    }
+}
+
 /// Counts a repeat of an open incident; `last_seen` never moves backwards.
 fn seen_again(entry: &mut Entry, now_s: u32) -> Entry {
     entry.last_seen_s = entry.last_seen_s.max(now_s);
@@ -481,6 +517,8 @@ impl Shared {
             budget_deadlines,
             sightings,
             sighting_deadlines,
+            inhibitors,
+            inhibitor_deadlines,
             ..
         } = &mut *inner;
         let window_s = self.window_s;
@@ -488,15 +526,22 @@ impl Shared {
         budget -= entry_deadlines.expire(now_s, entries, |e| e.last_seen_s.saturating_add(window_s), budget);
         budget -= scope_deadlines.expire(now_s, scopes, |s| s.deadline(&self.storms), budget);
         budget -= budget_deadlines.expire(now_s, budgets, |tat| deadline_s(*tat), budget);
-        sighting_deadlines.expire(now_s, sightings, |deadline| *deadline, budget);
+        budget -= sighting_deadlines.expire(now_s, sightings, |deadline| *deadline, budget);
+        inhibitor_deadlines.expire(now_s, inhibitors, |(_, until)| *until, budget);
         if entries.capacity() > 4 * entries.len().max(1024) {
             entries.shrink_to(2 * entries.len());
         }
         entry_deadlines.shrink();
-        [entry_deadlines.next(), scope_deadlines.next(), budget_deadlines.next(), sighting_deadlines.next()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            entry_deadlines.next(),
+            scope_deadlines.next(),
+            budget_deadlines.next(),
+            sighting_deadlines.next(),
+            inhibitor_deadlines.next(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -557,6 +602,23 @@ impl StateStore for MemoryStore {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Admission, StateError>> {
         Box::pin(async move { Ok(self.admit_now(source, limit, now_ms)) })
+    }
+
+    fn inhibitors<'a>(
+        &'a self,
+        keys: &'a [InhibitKey],
+        now_s: u32,
+    ) -> BoxFuture<'a, Result<Vec<Option<Inhibitor>>, StateError>> {
+        Box::pin(async move { Ok(self.inhibitors_now(keys, now_s)) })
+    }
+
+    fn hold_inhibitors<'a>(
+        &'a self,
+        holds: &'a [(InhibitKey, Inhibitor)],
+        now_s: u32,
+        until_s: u32,
+    ) -> BoxFuture<'a, Result<(), StateError>> {
+        Box::pin(async move { self.hold_now(holds, now_s, until_s) })
     }
 
     fn first_sighting(&self, id: [u8; 16], ttl: Duration) -> BoxFuture<'_, Result<bool, StateError>> {

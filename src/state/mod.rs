@@ -77,7 +77,8 @@ fn digest(parts: &[&str]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// `dedup`: what counts as a repeat, and how often a repeat is written.
+/// `dedup`: what counts as a repeat. How often a repeat is written to its request
+/// is the status writer's (`status_writer`).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DedupConfig {
@@ -86,38 +87,21 @@ pub struct DedupConfig {
     #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub window: Duration,
-    /// At most one status write per RemediationRequest per interval; duplicates in
-    /// between are folded into the next write.
-    #[serde(with = "crate::section::duration")]
-    #[schemars(with = "String")]
-    pub status_interval: Duration,
-    /// Status writes per second across all requests, at most: bounds the load on
-    /// the disk or the API server when many incidents repeat at once; counts wait,
-    /// they are not lost.
-    pub max_status_writes_per_s: u32,
 }
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        DedupConfig {
-            window: Duration::from_secs(300),
-            status_interval: Duration::from_secs(1),
-            max_status_writes_per_s: 200,
-        }
+        DedupConfig { window: Duration::from_secs(300) }
     }
 }
 
 impl DedupConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason| Err(ConfigError::invalid(key, reason));
         if !whole_seconds(self.window) {
-            return invalid("dedup.window", "must be a whole number of seconds, from 1s to 4294967295s");
-        }
-        if self.status_interval < Duration::from_millis(10) || self.status_interval > self.window {
-            return invalid("dedup.status_interval", "must be at least 10ms and no longer than dedup.window");
-        }
-        if self.max_status_writes_per_s == 0 {
-            return invalid("dedup.max_status_writes_per_s", "must be at least 1");
+            return Err(ConfigError::invalid(
+                "dedup.window",
+                "must be a whole number of seconds, from 1s to 4294967295s",
+            ));
         }
         Ok(())
     }
@@ -331,6 +315,27 @@ pub enum Verdict {
     Folded(Folded),
 }
 
+/// A backend's own error, boxed so that [`StateError`] and the trait name no
+/// backend's types.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The key of one inhibit rule's hold on its targets: the rule, whether the source
+/// also matched the rule's target side, and the values of the rule's `equal`
+/// labels, hashed to a fixed size (see `pipeline::inhibit`).
+pub type InhibitKey = [u8; 16];
+
+/// A source incident holding an inhibit rule's targets back: its fingerprint and
+/// the request its targets are counted on. Bounded: a namespace and a name are at
+/// most 63 and 253 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inhibitor {
+    pub source: Fingerprint,
+    /// The source incident's occurrence epoch.
+    pub first_seen_s: u32,
+    pub namespace: String,
+    pub name: String,
+}
+
 /// Why the store could not answer. Every variant means "nothing was recorded for
 /// this batch"; the caller answers 503 so that the sender retries.
 #[derive(Debug, thiserror::Error)]
@@ -340,17 +345,21 @@ pub enum StateError {
     )]
     Full { max_entries: usize },
     #[error("Redis refused a write for lack of memory: {0}")]
-    OutOfMemory(#[source] ::redis::RedisError),
+    OutOfMemory(#[source] BackendError),
     #[error("Redis' used_memory has reached its maxmemory")]
     AtMaxmemory,
     #[error("state store is unreachable: {0}")]
-    Unavailable(#[source] ::redis::RedisError),
+    Unavailable(#[source] BackendError),
     #[error("cannot use the Redis TLS files: {0}")]
-    Tls(#[source] redis::connection::TlsFileError),
+    Tls(#[source] BackendError),
     #[error("unexpected reply from the {script} script: {what}")]
     Reply { script: &'static str, what: String },
     #[error("unexpected reply from the {script} script: {source}")]
-    ReplyType { script: &'static str, source: ::redis::RedisError },
+    ReplyType {
+        script: &'static str,
+        #[source]
+        source: BackendError,
+    },
     #[error("the store was asked something it cannot answer: {0}")]
     Misuse(&'static str),
     #[error("state store did not answer within {0:?}")]
@@ -358,8 +367,11 @@ pub enum StateError {
 }
 
 impl StateError {
-    /// The metric label for this error: one place maps errors to causes.
-    pub fn cause(&self) -> &'static str {
+    /// Every value [`StateError::label`] takes, for metrics made at 0.
+    pub const CAUSES: &'static [&'static str] = &["full", "oom", "unavailable", "timeout"];
+
+    /// The metric label for this error.
+    pub fn label(&self) -> &'static str {
         match self {
             StateError::Full { .. } => "full",
             StateError::OutOfMemory(_) | StateError::AtMaxmemory => "oom",
@@ -449,6 +461,24 @@ pub trait StateStore: Send + Sync + 'static {
     /// [`first_sighting`](Self::first_sighting) (the sink was down, say) is not
     /// taken for a replay.
     fn forget_sighting(&self, id: [u8; 16]) -> BoxFuture<'_, Result<(), StateError>>;
+
+    /// The inhibitor holding each key until a second after `now_s`, in order; `None`
+    /// for a key no live source holds. Read-only.
+    fn inhibitors<'a>(
+        &'a self,
+        keys: &'a [InhibitKey],
+        now_s: u32,
+    ) -> BoxFuture<'a, Result<Vec<Option<Inhibitor>>, StateError>>;
+
+    /// Records each inhibitor as holding its key from `now_s` until `until_s` (exclusive),
+    /// replacing whatever held it: an open source incident says so again on every
+    /// sighting, so a key lives as long as its source's incident and no longer.
+    fn hold_inhibitors<'a>(
+        &'a self,
+        holds: &'a [(InhibitKey, Inhibitor)],
+        now_s: u32,
+        until_s: u32,
+    ) -> BoxFuture<'a, Result<(), StateError>>;
 
     /// Cheap liveness check used by `/readyz`.
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>>;

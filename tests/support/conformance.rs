@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
 use tidegate::state::{
-    Admission, Charge, Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateStore, StormKey, StormKind,
-    Verdict,
+    Admission, Charge, Decision, Entry, Folded, Inhibitor, Observation, OpenWindow, RateLimit, StateStore, StormKey,
+    StormKind, Verdict,
 };
 
 pub const WINDOW: Duration = Duration::from_secs(300);
@@ -50,6 +50,16 @@ fn sighting(case: &str, n: u8) -> [u8; 16] {
     let mut id = [n; 16];
     id[..case.len().min(15)].copy_from_slice(&case.as_bytes()[..case.len().min(15)]);
     id
+}
+
+/// An inhibit rule's source of a case.
+fn inhibitor(case: &str, n: u32) -> Inhibitor {
+    Inhibitor {
+        source: fp(case, n),
+        first_seen_s: T0 + n,
+        namespace: "tidegate-system".into(),
+        name: format!("kubenodenotready-{case}-{n}"),
+    }
 }
 
 /// A fingerprint unique to a case, so cases may share one server.
@@ -458,5 +468,38 @@ async fn a_forgotten_sighting_is_first_again(store: Arc<dyn StateStore>) {
     store.forget_sighting(id).await.unwrap();
     assert!(store.first_sighting(id, Duration::from_secs(60)).await.unwrap());
     assert!(!store.first_sighting(id, Duration::from_secs(60)).await.unwrap());
+}
+
+// Inhibition: which open source incident holds an inhibit rule's targets back.
+
+
+async fn a_held_key_names_its_inhibitor_and_no_other_key_is_held(store: Arc<dyn StateStore>) {
+    let (held, other) = (sighting("inhibit-held", 0), sighting("inhibit-held", 1));
+    assert_eq!(store.inhibitors(&[held, other], T0).await.unwrap(), vec![None, None]);
+    store.hold_inhibitors(&[(held, inhibitor("held", 1))], T0, T0 + 300).await.unwrap();
+    let found = store.inhibitors(&[other, held, held], T0 + 1).await.unwrap();
+    assert_eq!(found, vec![None, Some(inhibitor("held", 1)), Some(inhibitor("held", 1))]);
+    assert_eq!(store.inhibitors(&[], T0 + 1).await.unwrap(), vec![]);
+}
+
+async fn a_later_hold_of_a_key_replaces_its_inhibitor(store: Arc<dyn StateStore>) {
+    let key = sighting("inhibit-replace", 0);
+    store.hold_inhibitors(&[(key, inhibitor("replace", 1))], T0, T0 + 300).await.unwrap();
+    store.hold_inhibitors(&[(key, inhibitor("replace", 2))], T0 + 10, T0 + 310).await.unwrap();
+    assert_eq!(store.inhibitors(&[key], T0 + 11).await.unwrap(), vec![Some(inhibitor("replace", 2))]);
+}
+
+async fn a_hold_lapses_at_its_end_unless_renewed(store: Arc<dyn StateStore>) {
+    let (lapsing, renewed) = (sighting("inhibit-lapse", 0), sighting("inhibit-lapse", 1));
+    let holds = [(lapsing, inhibitor("lapse", 1)), (renewed, inhibitor("lapse", 2))];
+    store.hold_inhibitors(&holds, T0, T0 + 1).await.unwrap();
+    store.hold_inhibitors(&holds[1..], T0, T0 + 60).await.unwrap();
+    // Redis expires keys by its own clock: poll.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.inhibitors(&[lapsing], T0 + 1).await.unwrap()[0].is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the hold outlived its end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.inhibitors(&[renewed], T0 + 1).await.unwrap(), vec![Some(inhibitor("lapse", 2))]);
 }
 }

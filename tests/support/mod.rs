@@ -2,14 +2,15 @@
 //! and builders for real payloads.
 #![allow(dead_code)]
 
-pub mod kube;
 pub mod notification;
-pub mod process;
-pub mod redis;
 pub mod senders;
 pub mod tls;
 
-use std::future::Future;
+// The servers, the process plumbing and polling are shared with the benches. Each
+// test binary uses some of them.
+#[allow(unused_imports)]
+pub use tidegate_testkit::{eventually, eventually_every, eventually_within, kube, poll_within, process, redis};
+
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -43,7 +44,7 @@ pub async fn start_full(tweak: impl FnOnce(&mut Config), overrides: gateway::Ove
         ..Config::default()
     };
     config.http.shutdown_delay = Duration::ZERO;
-    config.dedup.status_interval = Duration::from_millis(20);
+    config.status_writer.interval = Duration::from_millis(20);
     tweak(&mut config);
     let running = gateway::start_with(config.clone(), clock.clone(), overrides).await.unwrap();
     Gateway::new(running, clock, dir, config)
@@ -248,51 +249,6 @@ pub fn unique_prefix() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("t{}-{n}:", std::process::id())
-}
-
-/// Polls `check` until it returns true, failing after five seconds.
-pub async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    eventually_within(what, Duration::from_secs(5), check).await
-}
-
-/// Polls `check` until it returns true, failing after `limit`.
-pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    eventually_every(what, limit, Duration::from_millis(10), check).await
-}
-
-/// Polls `check` every `interval` until it returns true, failing after `limit`; for
-/// checks too costly to run every 10 ms.
-pub async fn eventually_every<F, Fut>(what: &str, limit: Duration, interval: Duration, check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    assert!(poll_within(limit, interval, check).await, "timed out waiting for {what}");
-}
-
-/// Polls `check` every `interval` until it returns true (then true), or `limit` has
-/// passed (then false).
-pub async fn poll_within<F, Fut>(limit: Duration, interval: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(interval).await;
-    }
-    true
 }
 
 /// One Alertmanager alert.

@@ -260,6 +260,12 @@ impl Index {
         self.lock().requests.len()
     }
 
+    /// The requests of single incidents indexed as open.
+    pub fn open_refs(&self) -> Vec<RequestRef> {
+        let inner = self.lock();
+        inner.requests.iter().filter(|(_, r)| !r.terminal && r.storm.is_none()).map(|(at, _)| at.clone()).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

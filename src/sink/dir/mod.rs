@@ -189,6 +189,16 @@ impl Sink for DirSink {
         })
     }
 
+    fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        let paths: Vec<PathBuf> = self.index.open_refs().iter().map(|at| self.path_of(at)).collect();
+        Box::pin(blocking(move || {
+            // A manifest removed or being rewritten meanwhile is simply not open any more.
+            let read =
+                |path: &PathBuf| serde_norway::from_str::<RemediationRequest>(&fs::read_to_string(path).ok()?).ok();
+            Ok(paths.iter().filter_map(read).collect())
+        }))
+    }
+
     fn update_status<'a>(
         &'a self,
         at: &'a RequestRef,

@@ -29,7 +29,7 @@ pub struct Permission {
     pub owner_chain: bool,
 }
 
-/// Verbs of the metadata watch caches of [`super::owners`]: list and watch, and a
+/// Verbs of the metadata watch caches of [`crate::workload::owners`]: list and watch, and a
 /// get for an object the caches do not hold yet.
 const OWNER_VERBS: &[&str] = &["get", "list", "watch"];
 

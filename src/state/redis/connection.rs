@@ -305,6 +305,15 @@ impl Connection {
         }
     }
 
+    /// Sends a pipeline to whichever topology (on Cluster, its commands go to the
+    /// nodes of their keys).
+    pub async fn query_pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> RedisResult<T> {
+        match self.handle() {
+            Handle::Single(mut c) => pipe.query_async(&mut c).await,
+            Handle::Cluster(mut c) => pipe.query_async(&mut c).await,
+        }
+    }
+
     /// Invokes a script on whichever topology, loading it first if Redis does not
     /// know it.
     pub async fn invoke<T: FromRedisValue>(&self, invocation: &ScriptInvocation<'_>) -> RedisResult<T> {

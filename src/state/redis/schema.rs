@@ -103,6 +103,14 @@ impl Schema {
         self.key(KeyName::Sighting(*id))
     }
 
+    /// An inhibit key's string (the source's request, see `inhibit_value`). Every
+    /// inhibit key shares one hash tag, so that a batch's lookups are one `MGET`
+    /// on Cluster too: they are few (one per open source incident and rule) and
+    /// tiny, so one slot holds them all.
+    pub fn inhibit_key(&self, key: &[u8; 16]) -> Key<'_> {
+        self.key(KeyName::Inhibit(*key))
+    }
+
     fn key(&self, name: KeyName) -> Key<'_> {
         Key { prefix: &self.prefix, name }
     }
@@ -126,6 +134,8 @@ enum KeyName {
     Budget([u8; 8]),
     /// `<prefix>m:{<id digest>}`
     Sighting([u8; 16]),
+    /// `<prefix>i:{i}:<inhibit key>`
+    Inhibit([u8; 16]),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -190,6 +200,10 @@ impl Key<'_> {
                 hex(out, &id)?;
                 out.write_all(b"}")
             }
+            KeyName::Inhibit(key) => {
+                out.write_all(b"i:{i}:")?;
+                hex(out, &key)
+            }
         }
     }
 }
@@ -222,6 +236,29 @@ pub fn shard(fp: &Fingerprint) -> u16 {
     u16::from_be_bytes([b[0], b[1]]) >> (16 - SHARD_BITS)
 }
 
+/// An inhibitor as an inhibit key's value: first seen (4 bytes, big-endian), the
+/// source's fingerprint (32), the namespace's length (1), the namespace, the name.
+pub fn inhibit_value(inhibitor: &crate::state::Inhibitor) -> Vec<u8> {
+    let namespace = &inhibitor.namespace.as_bytes()[..inhibitor.namespace.len().min(255)];
+    let mut out = Vec::with_capacity(37 + namespace.len() + inhibitor.name.len());
+    out.extend_from_slice(&inhibitor.first_seen_s.to_be_bytes());
+    out.extend_from_slice(inhibitor.source.as_bytes());
+    out.push(namespace.len() as u8);
+    out.extend_from_slice(namespace);
+    out.extend_from_slice(inhibitor.name.as_bytes());
+    out
+}
+
+/// Reads back what [`inhibit_value`] wrote; `None` for anything else.
+pub fn parse_inhibit_value(bytes: &[u8]) -> Option<crate::state::Inhibitor> {
+    let first_seen_s = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
+    let source = Fingerprint::from_bytes(bytes.get(4..36)?.try_into().ok()?);
+    let len = *bytes.get(36)? as usize;
+    let namespace = std::str::from_utf8(bytes.get(37..37 + len)?).ok()?.to_string();
+    let name = std::str::from_utf8(bytes.get(37 + len..)?).ok()?.to_string();
+    Some(crate::state::Inhibitor { source, first_seen_s, namespace, name })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +287,8 @@ mod tests {
         assert!(budget.starts_with("tg:r:{") && budget.ends_with('}') && budget.len() == "tg:r:{}".len() + 16);
         let sighting = cluster.sighting_key(&[0xcd; 16]).to_string();
         assert_eq!(sighting, format!("tg:m:{{{}}}", "cd".repeat(16)));
+        let inhibit = cluster.inhibit_key(&[0xef; 16]).to_string();
+        assert_eq!(inhibit, format!("tg:i:{{i}}:{}", "ef".repeat(16)));
     }
 
     #[test]
@@ -257,5 +296,17 @@ mod tests {
         let fp = Fingerprint::new("a", "b", &TargetResource::default());
         assert!(shard(&fp) < 1 << SHARD_BITS);
         assert_eq!(Schema::new("tg:", 300, false).field(&fp), &fp.as_bytes()[2..10]);
+    }
+
+    #[test]
+    fn an_inhibit_value_reads_back_and_nothing_else_does() {
+        let inhibitor = crate::state::Inhibitor {
+            source: Fingerprint::from_bytes([7; 32]),
+            first_seen_s: 1_800_000_000,
+            namespace: "tidegate-system".into(),
+            name: "kubenodenotready-070707070707-s44we8".into(),
+        };
+        assert_eq!(parse_inhibit_value(&inhibit_value(&inhibitor)), Some(inhibitor));
+        assert_eq!(parse_inhibit_value(b"short"), None);
     }
 }

@@ -1,4 +1,5 @@
-//! Debian's Alertmanager 0.25, with one webhook receiver: the gateway.
+//! Debian's Alertmanager 0.25, with one receiver: the gateway, through its webhook
+//! integration or its PagerDuty integration (`pagerduty_configs` with `url:`).
 //!
 //! Timing, as Alertmanager 0.25 behaves (dispatch/dispatch.go, notify/notify.go,
 //! cmd/alertmanager/main.go):
@@ -28,9 +29,12 @@ pub const BINARY: &str = "/usr/bin/prometheus-alertmanager";
 
 pub struct Alertmanager {
     pub process: HttpProcess,
+    /// The integration that notifies the gateway: `webhook` or `pagerduty`, the
+    /// label of its counters.
+    integration: &'static str,
 }
 
-/// Alertmanager's own counters for the webhook integration.
+/// Alertmanager's own counters for the integration that notifies the gateway.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Counters {
     /// `alertmanager_notifications_total`: notifications (flushes) attempted.
@@ -66,6 +70,35 @@ impl Alertmanager {
             "" => String::new(),
             yaml => format!("\x20       http_config: {yaml}\n"),
         };
+        let receiver = format!(
+            "\x20   webhook_configs:\n\
+             \x20     - url: {webhook_url}\n\
+             \x20       send_resolved: true\n\
+             {http_config}"
+        );
+        Alertmanager::start_receiver("webhook", &receiver, repeat_interval).await
+    }
+
+    /// Starts Alertmanager as [`Alertmanager::start`] does, notifying through its
+    /// PagerDuty integration (Events API v2) at `enqueue_url` with `routing_key`,
+    /// `send_resolved: true`, and the group's `namespace` and `pod` in the event's
+    /// details, as the README tells a user to write them.
+    pub async fn start_pagerduty(enqueue_url: &str, routing_key: &str, repeat_interval: &str) -> Alertmanager {
+        let receiver = format!(
+            "\x20   pagerduty_configs:\n\
+             \x20     - url: {enqueue_url}\n\
+             \x20       routing_key: {routing_key}\n\
+             \x20       send_resolved: true\n\
+             \x20       details:\n\
+             \x20         namespace: '{{{{ .CommonLabels.namespace }}}}'\n\
+             \x20         pod: '{{{{ .CommonLabels.pod }}}}'\n"
+        );
+        Alertmanager::start_receiver("pagerduty", &receiver, repeat_interval).await
+    }
+
+    /// Alertmanager with the one receiver `tidegate` of `integration`, configured by
+    /// `receiver` (YAML, its keys under the receiver's name).
+    async fn start_receiver(integration: &'static str, receiver: &str, repeat_interval: &str) -> Alertmanager {
         let config = format!(
             "route:\n\
              \x20 receiver: tidegate\n\
@@ -75,10 +108,7 @@ impl Alertmanager {
              \x20 repeat_interval: {repeat_interval}\n\
              receivers:\n\
              \x20 - name: tidegate\n\
-             \x20   webhook_configs:\n\
-             \x20     - url: {webhook_url}\n\
-             \x20       send_resolved: true\n\
-             {http_config}"
+             {receiver}"
         );
         let args = |port: u16, dir: &std::path::Path| -> Vec<OsString> {
             vec![
@@ -91,18 +121,18 @@ impl Alertmanager {
             ]
         };
         let process = HttpProcess::start("alertmanager", BINARY, &[("alertmanager.yml", config)], args).await;
-        Alertmanager { process }
+        Alertmanager { process, integration }
     }
 
-    /// The webhook integration's counters.
+    /// The counters of the integration that notifies the gateway.
     pub async fn counters(&self) -> Counters {
         let text = self.process.metrics().await;
-        let webhook = |name: &str| sample(&text, &format!("{name}{{integration=\"webhook\"}}")) as u64;
+        let series = |name: &str| sample(&text, &format!("{name}{{integration=\"{}\"}}", self.integration)) as u64;
         Counters {
-            notifications: webhook("alertmanager_notifications_total"),
-            failed: webhook("alertmanager_notifications_failed_total"),
-            requests: webhook("alertmanager_notification_requests_total"),
-            requests_failed: webhook("alertmanager_notification_requests_failed_total"),
+            notifications: series("alertmanager_notifications_total"),
+            failed: series("alertmanager_notifications_failed_total"),
+            requests: series("alertmanager_notification_requests_total"),
+            requests_failed: series("alertmanager_notification_requests_failed_total"),
         }
     }
 

@@ -190,7 +190,7 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config { sink: SinkTarget::Dir(dir.path().to_path_buf()), ..Config::default() };
         config.http.shutdown_delay = Duration::ZERO;
-        config.dedup.status_interval = Duration::from_millis(50);
+        config.status_writer.interval = Duration::from_millis(50);
         tweak(&mut config);
         let mut gw = Gateway { port: 0, dir, config, running: None, client: reqwest::Client::new() };
         for _ in 0..PORT_ATTEMPTS {
@@ -218,6 +218,11 @@ impl Gateway {
     /// Where Alertmanager's webhook receiver posts.
     pub fn webhook_url(&self) -> String {
         format!("http://127.0.0.1:{}/api/v1/signals/prometheus", self.port)
+    }
+
+    /// Where Alertmanager's PagerDuty receiver posts (its `url:`).
+    pub fn pagerduty_url(&self) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, tidegate::ingest::pagerduty::SOURCE.route)
     }
 
     /// Shuts down (flushing pending status writes) and waits until it has stopped.
@@ -320,6 +325,16 @@ impl Rig {
             url = url.replace("http://", "https://");
         }
         let alertmanager = Alertmanager::start_with(&url, repeat_interval, http_config).await;
+        let prometheus = Prometheus::start(&target.addr(), &alertmanager.process.addr()).await;
+        Rig { target, gateway, alertmanager, prometheus }
+    }
+
+    /// [`Rig::start`], Alertmanager notifying the gateway through its PagerDuty
+    /// integration with `routing_key`.
+    pub async fn start_pagerduty(repeat_interval: &str, tweak: impl FnOnce(&mut Config), routing_key: &str) -> Rig {
+        let target = GaugeTarget::start().await;
+        let gateway = Gateway::start(tweak).await;
+        let alertmanager = Alertmanager::start_pagerduty(&gateway.pagerduty_url(), routing_key, repeat_interval).await;
         let prometheus = Prometheus::start(&target.addr(), &alertmanager.process.addr()).await;
         Rig { target, gateway, alertmanager, prometheus }
     }

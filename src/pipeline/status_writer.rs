@@ -1,0 +1,678 @@
+//! The status writer: each request's status, written at most once per interval.
+//!
+//! A storm of duplicates must not become a storm of writes. The first update for a
+//! request schedules one write `interval` later; updates arriving before then are
+//! merged into it (counts and times only move forward), so each request is written
+//! at most once per interval and the write always carries the latest count. A write
+//! that fails is retried with backoff, and [`StatusWriter::shutdown`] writes everything
+//! still pending before the process exits.
+//!
+//! Updates carry counts as tallies: each counts what this process counted of the
+//! incident, in all, under a writer id of its own. The request's status adds each
+//! writer's tally once (`RemediationRequestStatus::apply`), so a write retried after
+//! an unclear outcome counts nothing twice, replicas never hide each other's counts,
+//! and the state store losing its counts (a restart, a failover) costs none: it
+//! decides which request an alert belongs to, never how many occurrences it has.
+//! What a process counted and had not written when it died is what is lost.
+//!
+//! Writes across all requests are also capped per second: ten thousand open
+//! incidents each repeating every few seconds must not become ten thousand writes a
+//! second to a disk or an API server. Writes over the cap wait, due, and keep
+//! absorbing newer counts, so the cap delays counts and never loses them.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+// foldhash is seeded per process; the table is hit once per duplicate alert.
+use foldhash::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::remediation::{RemediationRequest, StatusUpdate};
+use crate::section::ConfigError;
+use crate::signal::Fingerprint;
+use crate::sink::{Created, RequestRef, Sink, SinkError};
+use crate::telemetry::{trace, Metrics, SinkLabels, WriterLabels};
+
+/// Longest wait between retries of a failing write. Short, because what waits is
+/// what a crash would lose, and retries cannot hammer the sink: they share the
+/// per-second write cap with every other write, and an open circuit answers them
+/// without a call.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A request not found may still be being created (by this replica's pipeline or
+/// another replica): retry this many times, with backoff, before giving up.
+const NOT_FOUND_ATTEMPTS: u32 = 5;
+/// Writes in flight at once.
+const CONCURRENCY: usize = 32;
+/// How long this process keeps counting an incident it no longer sees. A repeat
+/// after that starts a tally under a new writer id, which is correct (tallies add
+/// up) and costs an entry of the request's tally list. A process starts at most one
+/// writer per incident per horizon, so however long the horizon, a request's list of
+/// 16 drops only tallies whose process has forgotten them, unless more than about 8
+/// processes count one incident at once.
+const TALLY_HORIZON: Duration = Duration::from_secs(120);
+
+#[derive(Clone)]
+pub struct StatusWriter {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    /// This process's half of its writer ids: random, so that processes (and
+    /// restarts) never share one.
+    process: u32,
+    max_per_s: f64,
+    wake: Notify,
+    drained: Notify,
+    sink: Arc<dyn Sink>,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Inner {
+    budget: Budget,
+    pending: HashMap<Incident, Pending>,
+    due: BinaryHeap<Reverse<(Instant, Incident)>>,
+    /// Writes under way.
+    in_flight: HashSet<Incident>,
+    /// What this process counted of each incident it saw within the tally horizon.
+    tallies: HashMap<Incident, Counted>,
+    /// Writer ids handed out: the low half of the next one.
+    writers: u32,
+    /// When tallies past the horizon are next dropped.
+    sweep_at: Option<Instant>,
+    draining: bool,
+}
+
+/// One writer's count of one incident.
+struct Counted {
+    writer: u64,
+    count: u64,
+    /// Signals this process held back on the incident's request by inhibition.
+    inhibited: u64,
+    seen: Instant,
+}
+
+/// A token bucket of writes: refills at `max_per_s`, holds at most one second's worth.
+#[derive(Default)]
+struct Budget {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+/// Which incident a status write is for: what its request's name is derived from.
+/// Fixed-size, so that the pending table compares keys without following pointers:
+/// it is hit once per duplicate alert, and comparing stored names cost a cache miss
+/// each time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Incident {
+    /// A signal's incident: its fingerprint and first-seen second.
+    Signal(Fingerprint, u32),
+    /// A storm's aggregation window: its scope and opening second.
+    Storm([u8; 16], u32),
+}
+
+struct Pending {
+    /// The request to write; the first one given for the incident.
+    at: RequestRef,
+    update: StatusUpdate,
+    /// Set when the request may not exist yet (its create failed): the write then
+    /// creates it, so an acknowledged incident always gets its request.
+    create: Option<Box<RemediationRequest>>,
+    attempts: u32,
+}
+
+/// `status_writer`: how often repeats are written to their requests.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusWriterConfig {
+    /// At most one status write per RemediationRequest per interval; duplicates in
+    /// between are merged into the next write. Was `dedup.status_interval`.
+    #[serde(with = "crate::section::duration")]
+    #[schemars(with = "String")]
+    pub interval: Duration,
+    /// Status writes per second across all requests, at most: bounds the load on
+    /// the disk or the API server when many incidents repeat at once; counts wait,
+    /// they are not lost. Was `dedup.max_status_writes_per_s`.
+    pub max_writes_per_s: u32,
+}
+
+impl Default for StatusWriterConfig {
+    fn default() -> Self {
+        StatusWriterConfig { interval: Duration::from_secs(1), max_writes_per_s: 200 }
+    }
+}
+
+impl StatusWriterConfig {
+    /// `window` is `dedup.window`: a write per window at least.
+    pub fn validate(&self, window: Duration) -> Result<(), ConfigError> {
+        if self.interval < Duration::from_millis(10) || self.interval > window {
+            return Err(ConfigError::invalid(
+                "status_writer.interval",
+                "must be at least 10ms and no longer than dedup.window",
+            ));
+        }
+        if self.max_writes_per_s == 0 {
+            return Err(ConfigError::invalid("status_writer.max_writes_per_s", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl StatusWriter {
+    /// Starts the writer task. Must be called within a tokio runtime.
+    /// `max_per_s` caps writes per second across all requests.
+    /// A status writer writing at most once per `status_writer.interval` per request
+    /// and `status_writer.max_writes_per_s` in all.
+    pub fn new(sink: Arc<dyn Sink>, config: &StatusWriterConfig, metrics: Arc<Metrics>) -> Self {
+        let (interval, max_per_s) = (config.interval, config.max_writes_per_s.max(1) as f64);
+        let process = process_id();
+        metrics.status_writer.get_or_create(&WriterLabels { writer: format!("{process:08x}") }).set(1);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                budget: Budget { tokens: max_per_s, at: Some(Instant::now()) },
+                ..Inner::default()
+            }),
+            max_per_s,
+            process,
+            wake: Notify::new(),
+            drained: Notify::new(),
+            sink,
+            interval,
+            metrics,
+        });
+        tokio::spawn(writer(shared.clone()));
+        StatusWriter { shared }
+    }
+
+    /// Schedules `update` for `incident`'s request, at `at`.
+    pub fn record(&self, incident: Incident, at: &RequestRef, update: StatusUpdate) {
+        self.enqueue(incident, at, update, None, false);
+    }
+
+    /// Counts one more repeat of `incident` by this process, and schedules `update`
+    /// for its request carrying this process's tally: everything it counted of it.
+    pub fn repeat(&self, incident: Incident, at: &RequestRef, update: StatusUpdate) {
+        self.enqueue(incident, at, update, None, true);
+    }
+
+    /// Counts one more signal this process held back on `incident`'s request by
+    /// inhibition, and schedules `update` for it carrying this process's tally of
+    /// held-back signals (under the writer id of its repeats: one writer per
+    /// process and incident).
+    pub fn inhibited(&self, incident: Incident, at: &RequestRef, update: StatusUpdate) {
+        self.enqueue(incident, at, update, None, false);
+    }
+
+    /// Schedules the creation of `request` (whose direct create failed), followed by
+    /// `update` if it already exists by then.
+    pub fn record_create(
+        &self,
+        incident: Incident,
+        request: RemediationRequest,
+        at: &RequestRef,
+        update: StatusUpdate,
+    ) {
+        self.enqueue(incident, at, update, Some(Box::new(request)), false);
+    }
+
+    /// Whether this replica is still trying to create `incident`'s request (its
+    /// direct create failed), or is writing it right now: a request the sink does not
+    /// have yet is then not a deleted one.
+    pub fn creating(&self, incident: &Incident) -> bool {
+        let inner = self.shared.lock();
+        inner.pending.get(incident).is_some_and(|p| p.create.is_some()) || inner.in_flight.contains(incident)
+    }
+
+    /// Requests with a write pending.
+    pub fn pending(&self) -> usize {
+        self.shared.lock().pending.len()
+    }
+
+    /// Writes everything pending now and waits until done, or until `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let drained = self.shared.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        {
+            let mut inner = self.shared.lock();
+            inner.draining = true;
+            if inner.pending.is_empty() && inner.in_flight.is_empty() {
+                return;
+            }
+        }
+        self.shared.wake.notify_one();
+        if tokio::time::timeout(deadline, drained).await.is_err() {
+            tracing::error!(
+                pending = self.pending(),
+                "status writes still pending at shutdown deadline; they are lost"
+            );
+        }
+    }
+
+    fn enqueue(
+        &self,
+        incident: Incident,
+        at: &RequestRef,
+        mut update: StatusUpdate,
+        create: Option<Box<RemediationRequest>>,
+        repeat: bool,
+    ) {
+        let shared = &self.shared;
+        let mut inner = shared.lock();
+        if repeat {
+            (update.writer, update.count) = inner.tally(incident, shared.process, Tallied::Repeat);
+            shared.metrics.status_tallies.set(inner.tallies.len() as i64);
+        } else if let Some(held) = update.inhibited.as_mut() {
+            (update.writer, held.count) = inner.tally(incident, shared.process, Tallied::Inhibited);
+            // The repeats this writer counted stand as they are.
+            update.count = inner.tallies.get(&incident).map_or(0, |t| t.count);
+            shared.metrics.status_tallies.set(inner.tallies.len() as i64);
+        }
+        let due = if inner.draining { Instant::now() } else { Instant::now() + shared.interval };
+        let Inner { pending, due: queue, .. } = &mut *inner;
+        match pending.get_mut(&incident) {
+            Some(p) => {
+                p.update.merge(&update);
+                if p.create.is_none() {
+                    p.create = create;
+                }
+                shared.metrics.status_coalesced.inc();
+            }
+            None => {
+                let was_idle = queue.is_empty();
+                pending.insert(incident, Pending { at: at.clone(), update, create, attempts: 0 });
+                queue.push(Reverse((due, incident)));
+                shared.metrics.status_pending.set(pending.len() as i64);
+                drop(inner);
+                if was_idle {
+                    shared.wake.notify_one();
+                }
+            }
+        }
+    }
+}
+
+/// What a tally counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tallied {
+    Repeat,
+    Inhibited,
+}
+
+impl Inner {
+    /// Counts one more repeat of `incident` (or signal it held back), returning its
+    /// writer and everything of that kind this process counted of it. `process` is
+    /// the writer ids' high half.
+    fn tally(&mut self, incident: Incident, process: u32, what: Tallied) -> (u64, u64) {
+        let now = Instant::now();
+        let Inner { tallies, writers, sweep_at, pending, in_flight, .. } = self;
+        if sweep_at.is_none_or(|at| now >= at) {
+            // Only tallies with nothing on the way: a pending write carries its writer.
+            tallies.retain(|incident, t| {
+                now.duration_since(t.seen) < TALLY_HORIZON
+                    || pending.contains_key(incident)
+                    || in_flight.contains(incident)
+            });
+            *sweep_at = Some(now + TALLY_HORIZON / 4);
+        }
+        let tally = tallies.entry(incident).or_insert_with(|| {
+            *writers = writers.wrapping_add(1);
+            Counted { writer: (process as u64) << 32 | *writers as u64, count: 0, inhibited: 0, seen: now }
+        });
+        tally.seen = now;
+        match what {
+            Tallied::Repeat => {
+                tally.count += 1;
+                (tally.writer, tally.count)
+            }
+            Tallied::Inhibited => {
+                tally.inhibited += 1;
+                (tally.writer, tally.inhibited)
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the writes that are due, or the time the next one is.
+    fn take_due(&self) -> Result<Vec<(Incident, Pending)>, Option<Instant>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let budget = &mut inner.budget;
+        let elapsed = budget.at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        budget.tokens = (budget.tokens + elapsed.as_secs_f64() * self.max_per_s).min(self.max_per_s);
+        budget.at = Some(now);
+        let mut ready = Vec::new();
+        let mut later = Vec::new();
+        while let Some(Reverse((due, _))) = inner.due.peek() {
+            if *due > now && !inner.draining {
+                break;
+            }
+            // Over the cap, due writes wait (and keep merging); at shutdown, not.
+            if inner.budget.tokens < 1.0 && !inner.draining {
+                let refill = Duration::from_secs_f64((1.0 - inner.budget.tokens) / self.max_per_s);
+                if ready.is_empty() {
+                    inner.due.extend(later);
+                    return Err(Some(now + refill));
+                }
+                break;
+            }
+            let Reverse((due, incident)) = inner.due.pop().expect("peeked");
+            if inner.in_flight.contains(&incident) {
+                // Never two writes to one request at once: wait for the first.
+                later.push(Reverse((due.max(now) + self.interval.min(Duration::from_millis(50)), incident)));
+                continue;
+            }
+            if let Some(p) = inner.pending.remove(&incident) {
+                inner.budget.tokens -= 1.0;
+                inner.in_flight.insert(incident);
+                ready.push((incident, p));
+            }
+        }
+        inner.due.extend(later);
+        self.metrics.status_pending.set(inner.pending.len() as i64);
+        if !ready.is_empty() {
+            return Ok(ready);
+        }
+        if inner.draining && inner.pending.is_empty() && inner.in_flight.is_empty() {
+            self.drained.notify_waiters();
+        }
+        Err(inner.due.peek().map(|Reverse((due, _))| *due))
+    }
+
+    /// Writes one pending update. It stands for many alerts, answered long before, so
+    /// its spans start a trace of their own.
+    async fn write(&self, p: &Pending) -> Result<(), SinkError> {
+        let (namespace, name) = (&p.at.namespace, &p.at.name);
+        if let Some(request) = &p.create {
+            let mut request = (**request).clone();
+            request.status.get_or_insert_with(Default::default).apply(&p.update);
+            let span = tracing::info_span!(target: trace::TARGET, parent: None, "create", rr.namespace = %namespace, rr.name = %name);
+            let created = self.sink.create(&request).instrument(span).await?;
+            self.count("create", "ok");
+            if created == Created::Created {
+                self.metrics.requests_created.inc();
+                return Ok(());
+            }
+        }
+        let span = tracing::info_span!(target: trace::TARGET, parent: None, "update_status", rr.namespace = %namespace,
+            rr.name = %name, count = p.update.count);
+        self.sink.update_status(&p.at, &p.update).instrument(span).await
+    }
+
+    fn finish(&self, incident: Incident, p: Pending, result: Result<(), SinkError>) {
+        let at = &p.at;
+        let mut inner = self.lock();
+        inner.in_flight.remove(&incident);
+        match result {
+            Ok(()) => self.count("update_status", "ok"),
+            Err(SinkError::NotFound(_)) if p.attempts + 1 >= NOT_FOUND_ATTEMPTS => {
+                // Not created by anyone in all this time: it was deleted by hand.
+                tracing::warn!(namespace = %at.namespace, name = %at.name, "dropping status update: the request no longer exists");
+                self.count("update_status", "not_found");
+            }
+            Err(e) => {
+                self.count("update_status", e.label());
+                let attempts = p.attempts + 1;
+                let backoff = (self.interval * 2u32.saturating_pow(attempts)).min(MAX_BACKOFF);
+                tracing::warn!(namespace = %at.namespace, name = %at.name, error = %e, attempts, "status write failed; retrying");
+                let Inner { pending, due, draining, .. } = &mut *inner;
+                if *draining && attempts >= 3 {
+                    tracing::error!(namespace = %at.namespace, name = %at.name, "giving up on status write at shutdown");
+                } else {
+                    let retry = pending.entry(incident).or_insert(Pending {
+                        at: at.clone(),
+                        update: p.update.clone(),
+                        create: None,
+                        attempts,
+                    });
+                    retry.update.merge(&p.update);
+                    retry.attempts = attempts;
+                    if retry.create.is_none() {
+                        retry.create = p.create;
+                    }
+                    due.push(Reverse((Instant::now() + backoff, incident)));
+                }
+            }
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    fn count(&self, op: &'static str, outcome: &'static str) {
+        self.metrics.sink_writes.get_or_create(&SinkLabels { op, outcome }).inc();
+    }
+}
+
+/// 32 random bits, never zero, so that no writer id is
+/// [`crate::remediation::NO_WRITER`].
+fn process_id() -> u32 {
+    (uuid::Uuid::new_v4().as_u64_pair().0 as u32).max(1)
+}
+
+async fn writer(shared: Arc<Shared>) {
+    loop {
+        match shared.take_due() {
+            Ok(ready) => {
+                futures::stream::iter(ready)
+                    .for_each_concurrent(CONCURRENCY, |(incident, p)| {
+                        let shared = &shared;
+                        async move {
+                            let result = shared.write(&p).await;
+                            shared.finish(incident, p, result);
+                        }
+                    })
+                    .await;
+            }
+            Err(next) => {
+                let wake = shared.wake.notified();
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at) => {}
+                            _ = wake => {}
+                        }
+                    }
+                    None => wake.await,
+                }
+            }
+        }
+        if Arc::strong_count(&shared) == 1 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{Lookup, OpenRequest};
+    use crate::state::BoxFuture;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn dedup(interval: Duration, max_writes_per_s: u32) -> StatusWriterConfig {
+        StatusWriterConfig { interval, max_writes_per_s }
+    }
+
+    /// A sink that counts status writes.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Sink for Counting {
+        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
+            Box::pin(async { Ok(Created::Created) })
+        }
+        fn update_status<'a>(&'a self, _: &'a RequestRef, _: &'a StatusUpdate) -> BoxFuture<'a, Result<(), SinkError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+        fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async { Ok(()) })
+        }
+        // A test sink keeps no authority on open incidents.
+        fn lookup(&self, _: &RequestRef) -> Lookup {
+            Lookup::Unknown
+        }
+        fn open_request(&self, _: &Fingerprint) -> Option<OpenRequest> {
+            None
+        }
+    }
+
+    fn update(count: u64) -> StatusUpdate {
+        StatusUpdate {
+            first_seen_s: 1,
+            last_seen_s: 1,
+            writer: 1,
+            count,
+            resolved_at_s: None,
+            storm: None,
+            inhibited: None,
+        }
+    }
+
+    fn incident(n: usize) -> Incident {
+        Incident::Storm([0; 16], n as u32)
+    }
+
+    fn at(n: usize) -> RequestRef {
+        RequestRef { namespace: "ns".into(), name: format!("rr-{n}") }
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_write_per_request_per_interval_carrying_the_latest_count() {
+        let sink = Arc::new(Counting::default());
+        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
+        for n in 1..=50 {
+            c.record(incident(0), &at(0), update(n));
+        }
+        settle().await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 0, "nothing before the interval");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// A sink that keeps one status, and whose first `unclear` writes land but
+    /// answer an error, as a write that timed out after the server applied it.
+    #[derive(Default)]
+    struct Landing {
+        status: Mutex<crate::remediation::RemediationRequestStatus>,
+        unclear: AtomicUsize,
+    }
+
+    impl Sink for Landing {
+        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
+            Box::pin(async { Ok(Created::Created) })
+        }
+        fn update_status<'a>(
+            &'a self,
+            _: &'a RequestRef,
+            update: &'a StatusUpdate,
+        ) -> BoxFuture<'a, Result<(), SinkError>> {
+            self.status.lock().unwrap().apply(update);
+            let unclear = self.unclear.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            Box::pin(async move {
+                match unclear {
+                    true => Err(SinkError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+                    false => Ok(()),
+                }
+            })
+        }
+        fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+            Box::pin(async { Ok(()) })
+        }
+        // A test sink keeps no authority on open incidents.
+        fn lookup(&self, _: &RequestRef) -> Lookup {
+            Lookup::Unknown
+        }
+        fn open_request(&self, _: &Fingerprint) -> Option<OpenRequest> {
+            None
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_retried_after_an_unclear_outcome_counts_nothing_twice() {
+        let sink = Arc::new(Landing { unclear: AtomicUsize::new(3), ..Default::default() });
+        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
+        for round in 0..4 {
+            for _ in 0..10 {
+                c.repeat(incident(0), &at(0), update(0));
+            }
+            tokio::time::advance(Duration::from_secs(1 << round)).await;
+            settle().await;
+        }
+        c.shutdown(Duration::from_secs(60)).await;
+        let status = sink.status.lock().unwrap().clone();
+        assert_eq!(sink.unclear.load(Ordering::SeqCst), 0, "three writes landed unclearly");
+        assert_eq!(status.deduplication.unwrap().occurrence_count, 1 + 40, "the creating occurrence and 40 repeats");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_incident_unseen_past_the_horizon_is_counted_under_a_new_writer() {
+        let c = StatusWriter::new(
+            Arc::new(Counting::default()),
+            &dedup(Duration::from_secs(1), 1000),
+            Arc::new(Metrics::new()),
+        );
+        let tally = |n| {
+            c.repeat(incident(n), &at(n), update(0));
+            let inner = c.shared.lock();
+            let t = &inner.tallies[&incident(n)];
+            (t.writer, t.count)
+        };
+        let (writer, _) = tally(0);
+        assert_eq!(tally(0), (writer, 2), "one writer per incident while it is seen");
+        assert_ne!(tally(1).0, writer, "one writer per incident");
+        tokio::time::advance(TALLY_HORIZON).await;
+        settle().await;
+        let (later, count) = tally(0);
+        assert_ne!(later, writer, "a new writer: the old one's tally may be gone from the request");
+        assert_eq!(count, 1);
+        assert_eq!(c.shared.lock().tallies.len(), 1, "the other incident's tally was dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_over_the_cap_wait_and_shutdown_writes_them_all() {
+        let sink = Arc::new(Counting::default());
+        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_millis(100), 2), Arc::new(Metrics::new()));
+        for n in 0..10 {
+            c.record(incident(n), &at(n), update(1));
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 2, "a full bucket holds one second's writes");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 4);
+        c.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(sink.0.load(Ordering::SeqCst), 10, "the cap never loses a count");
+    }
+}

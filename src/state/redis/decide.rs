@@ -1,0 +1,229 @@
+//! The codec of `decide.lua`, the script beside this file: how a batch becomes one
+//! call per node (its keys, each once, and its packed arguments), and how the
+//! script's packed replies become a [`Decision`].
+//!
+//! The layout written here and the one `decide.lua` reads must agree byte for byte;
+//! the script's header comment and [`Record`] describe the same struct. Nothing
+//! here talks to Redis.
+
+use redis::Value;
+
+use super::schema::{DedupTag, Key};
+use crate::state::{Charge, Decision, Entry, Folded, OpenWindow, StateError, StormConfig, StormKind, Verdict};
+
+/// One invocation of `decide.lua`: each key it touches once, and its arguments.
+pub(super) struct DecideCall<'a> {
+    /// The dedup tag all of this call's keys share on Cluster; `None` on a single
+    /// node, where one call carries the whole batch.
+    pub(super) slot: Option<DedupTag>,
+    pub(super) keys: Vec<Key<'a>>,
+    /// Where each group of keys starts in `keys`, as a Lua (1-based) index.
+    groups: Vec<(Group, u32)>,
+    pub(super) args: Vec<Arg<'a>>,
+    /// Positions in the batch of the observations it decides, in order.
+    pub(super) members: Vec<usize>,
+}
+
+/// A group of keys one or more observations of a call share.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Group {
+    Dedup(DedupTag),
+    Storm([u8; 16]),
+}
+
+impl<'a> DecideCall<'a> {
+    /// A call whose header carries the rules and, if given, the request's charge
+    /// against its budget key (then `KEYS[1]`).
+    pub(super) fn new(
+        slot: Option<DedupTag>,
+        now_s: u32,
+        window_s: u32,
+        rules: &StormConfig,
+        charge: Option<(Key<'a>, Charge<'_>)>,
+    ) -> Self {
+        let header = [
+            now_s,
+            window_s,
+            rules.rate_threshold,
+            rules.rate_window_s(),
+            rules.pattern_threshold,
+            rules.pattern_window_s(),
+            rules.inactivity_s(),
+            rules.max_duration_s(),
+        ]
+        .map(|n| Arg::Int(n.into()));
+        let mut call =
+            DecideCall { slot, keys: Vec::new(), groups: Vec::new(), args: header.into(), members: Vec::new() };
+        match charge {
+            Some((budget, c)) => {
+                call.keys.push(budget);
+                call.args.extend([c.now_ms, c.limit.emission_interval_ms(), c.limit.tolerance_ms()].map(Arg::Int));
+            }
+            None => call.args.extend([Arg::Bytes(b""); 3]),
+        }
+        call
+    }
+
+    /// The index of `group`'s first key, adding its keys on first use.
+    pub(super) fn intern<const N: usize>(&mut self, group: Group, keys: impl FnOnce() -> [Key<'a>; N]) -> u32 {
+        if let Some(&(_, at)) = self.groups.iter().find(|(g, _)| *g == group) {
+            return at;
+        }
+        let at = self.keys.len() as u32 + 1;
+        self.keys.extend(keys());
+        self.groups.push((group, at));
+        at
+    }
+}
+
+/// A script argument, written without an intermediate allocation.
+#[derive(Clone, Copy)]
+pub(super) enum Arg<'a> {
+    Int(u64),
+    Bytes(&'a [u8]),
+    Record(Packed),
+}
+
+impl redis::ToRedisArgs for Arg<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        match self {
+            Arg::Int(n) => n.write_redis_args(out),
+            Arg::Bytes(b) => b.write_redis_args(out),
+            Arg::Record(packed) => out.write_arg(&packed.bytes[..packed.len]),
+        }
+    }
+}
+
+/// What `decide.lua` is asked about one observation.
+#[derive(Clone, Copy)]
+pub(super) enum Mode {
+    Fire = 0,
+    Resolve = 1,
+    Adopt = 2,
+    /// `decide.lua` reads the window's kind off the mode: 1 rate, 2 pattern.
+    AdoptRateWindow = 3,
+    AdoptPatternWindow = 4,
+}
+
+/// What an authority told the store to take back.
+#[derive(Clone, Copy)]
+pub(super) enum Adoption {
+    Entry(Entry),
+    Window(OpenWindow),
+}
+
+/// One observation's argument to `decide.lua`: struct `>BI4I4I4I4c8`, then the field.
+pub(super) struct Record<'a> {
+    pub(super) mode: Mode,
+    /// Lua indices of its first dedup key and first storm key (0: none).
+    pub(super) dedup_at: u32,
+    pub(super) storm_at: u32,
+    /// First seen and count, for an adoption.
+    pub(super) adopt: (u32, u32),
+    pub(super) resource: [u8; 8],
+    pub(super) field: &'a [u8],
+}
+
+/// A packed [`Record`]: 25 bytes and a field of at most 10.
+#[derive(Clone, Copy)]
+pub(super) struct Packed {
+    bytes: [u8; 35],
+    len: usize,
+}
+
+impl Record<'_> {
+    pub(super) fn pack(&self) -> Packed {
+        let mut bytes = [0u8; 35];
+        let fixed = [
+            &[self.mode as u8][..],
+            &self.dedup_at.to_be_bytes(),
+            &self.storm_at.to_be_bytes(),
+            &self.adopt.0.to_be_bytes(),
+            &self.adopt.1.to_be_bytes(),
+            &self.resource,
+            self.field,
+        ];
+        let mut len = 0;
+        for part in fixed {
+            bytes[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        }
+        Packed { bytes, len }
+    }
+}
+
+pub(super) fn bad_reply(script: &'static str, what: String) -> StateError {
+    StateError::Reply { script, what }
+}
+
+/// Bytes of the admission that starts each of `decide.lua`'s replies, and of each
+/// verdict after it: two and six big-endian u32s.
+const ADMISSION_BYTES: usize = 8;
+const VERDICT_BYTES: usize = 24;
+
+/// Decodes `decide.lua`'s replies, one per call, into a decision on a batch of
+/// `len`; `members` are, per call, the positions in the batch it decided. Public
+/// (hidden) for the fuzz targets only, which feed it hostile replies.
+#[doc(hidden)]
+pub fn decode<'m>(
+    len: usize,
+    members: impl IntoIterator<Item = &'m [usize]>,
+    replies: Vec<Value>,
+) -> Result<Decision, StateError> {
+    let members: Vec<&[usize]> = members.into_iter().collect();
+    // One reply per call, or a call's admission went unread (fuzzing found a charge
+    // with no reply decided as allowed).
+    if replies.len() != members.len() {
+        return Err(bad_reply("decide", format!("{} replies for {} calls", replies.len(), members.len())));
+    }
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; len];
+    for (members, reply) in members.into_iter().zip(replies) {
+        let Value::BulkString(packed) = reply else {
+            return Err(bad_reply("decide", format!("{reply:?}")));
+        };
+        let (admission, packed) = packed.split_at_checked(ADMISSION_BYTES).unwrap_or((&[][..], &[][..]));
+        match words(admission) {
+            Some([1, 0]) => {}
+            // A limited call did nothing else, so its reply holds nothing else.
+            Some([0, retry]) if packed.is_empty() => return Ok(Decision::Limited { retry_after_ms: retry.into() }),
+            _ => return Err(bad_reply("decide", format!("admission {admission:?}"))),
+        }
+        if packed.len() != VERDICT_BYTES * members.len() {
+            return Err(bad_reply("decide", format!("{} bytes for {} signals", packed.len(), members.len())));
+        }
+        for (&m, bytes) in members.iter().zip(packed.chunks_exact(VERDICT_BYTES)) {
+            verdicts[m] = Some(verdict(bytes)?);
+        }
+    }
+    verdicts
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .map(Decision::Decided)
+        .ok_or_else(|| bad_reply("decide", "no answer".into()))
+}
+
+/// `N` big-endian u32s, if `bytes` holds exactly that many.
+fn words<const N: usize>(bytes: &[u8]) -> Option<[u32; N]> {
+    let words: &[[u8; 4]] = bytes.as_chunks().0;
+    (bytes.len() == 4 * N).then(|| std::array::from_fn(|i| u32::from_be_bytes(words[i])))
+}
+
+/// Decodes one verdict of `decide.lua`'s reply.
+fn verdict(bytes: &[u8]) -> Result<Verdict, StateError> {
+    let f: [u32; VERDICT_BYTES / 4] = words(bytes).ok_or_else(|| bad_reply("decide", format!("verdict {bytes:?}")))?;
+    let entry = Entry { first_seen_s: f[1], last_seen_s: f[2], count: f[3] };
+    Ok(match f[0] {
+        0 => Verdict::New(entry),
+        1 => Verdict::Duplicate(entry),
+        2 => Verdict::ResolvedOpen(entry),
+        3 => Verdict::ResolvedUnknown,
+        5 => Verdict::Folded(Folded {
+            window_id: f[1],
+            kind: if f[2] == 2 { StormKind::Pattern } else { StormKind::Rate },
+            alert_count: f[3],
+            resource_count: f[4],
+            opened: f[5] == 1,
+        }),
+        _ => return Err(bad_reply("decide", format!("{f:?}"))),
+    })
+}
