@@ -161,7 +161,22 @@ fn vocabulary(config: &Config) -> crate::telemetry::Vocabulary {
     use crate::ingest::IngestError;
     use crate::pipeline::OutcomeStatus;
     use crate::state::StormKind;
-    let outcomes = [OutcomeStatus::Created, OutcomeStatus::Duplicate, OutcomeStatus::Resolved, OutcomeStatus::Silenced];
+    let outcomes = [
+        OutcomeStatus::Created,
+        OutcomeStatus::Duplicate,
+        OutcomeStatus::Resolved,
+        OutcomeStatus::OutOfScope,
+        OutcomeStatus::Silenced,
+        OutcomeStatus::Inhibited,
+    ];
+    // The kube sink's verbs, and the owner lookups' when they run.
+    let kube_verbs = match config.sink {
+        crate::sink::SinkTarget::Kube if config.kube.owner_chain => {
+            vec!["get", "create", "update_status", "get_metadata"]
+        }
+        crate::sink::SinkTarget::Kube => vec!["get", "create", "update_status"],
+        crate::sink::SinkTarget::Dir(_) => Vec::new(),
+    };
     let aggregated = OutcomeStatus::Aggregated { opened: false };
     crate::telemetry::Vocabulary {
         signal_types: crate::ingest::signal_types().map(|t| t.as_str()).collect(),
@@ -178,6 +193,10 @@ fn vocabulary(config: &Config) -> crate::telemetry::Vocabulary {
         source_classes: http::SOURCE_CLASSES.to_vec(),
         senders: config.auth.senders(),
         tls_failure_reasons: http::tls::Failure::ALL.map(http::tls::Failure::reason).to_vec(),
+        sink_ops: vec!["create", "update_status"],
+        sink_outcomes: ["ok"].iter().chain(crate::sink::SinkError::LABELS).copied().collect(),
+        kube_verbs,
+        kube_outcomes: crate::kube_api::OUTCOMES.to_vec(),
     }
 }
 

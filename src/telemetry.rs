@@ -173,6 +173,13 @@ pub struct Vocabulary {
     pub senders: Vec<(String, &'static str)>,
     /// `tls_handshake_failures_total`.
     pub tls_failure_reasons: Vec<&'static str>,
+    /// `sink_writes_total`: operations by outcome.
+    pub sink_ops: Vec<&'static str>,
+    pub sink_outcomes: Vec<&'static str>,
+    /// `kube_api_calls_total`: the verbs this configuration calls (none without a
+    /// cluster) by outcome.
+    pub kube_verbs: Vec<&'static str>,
+    pub kube_outcomes: Vec<&'static str>,
 }
 
 impl Default for Metrics {
@@ -384,6 +391,16 @@ impl Metrics {
         }
         for &reason in &vocabulary.tls_failure_reasons {
             self.tls_handshake_failures.get_or_create(&ReasonLabels { reason }).inc_by(0);
+        }
+        for &op in &vocabulary.sink_ops {
+            for &outcome in &vocabulary.sink_outcomes {
+                self.sink_writes.get_or_create(&SinkLabels { op, outcome }).inc_by(0);
+            }
+        }
+        for &verb in &vocabulary.kube_verbs {
+            for &outcome in &vocabulary.kube_outcomes {
+                self.api_calls.get_or_create(&ApiLabels { verb, outcome }).inc_by(0);
+            }
         }
     }
 
