@@ -26,8 +26,14 @@
 //! (tidegate checks a static bearer token on every request: each worker is a sender
 //! with a token file of its own, so the rate limit still sees many senders).
 //!
+//! `BENCH_SILENCES=1000` writes that many active silences into tidegate's silence
+//! directory before it starts, spread over the workload's namespaces, each on an
+//! alert name the workload never sends (plus a regex matcher), so every alert is
+//! looked up among them and none is held: the row measures what the lookup costs.
+//!
 //! `BENCH_INHIBIT_RULES=50` loads 50 inhibit rules that every alert looks up and
 //! none triggers (their cost alone).
+//!
 //! `BENCH_TRACE_RATIO=0.01` (or `1.0`, …) turns tracing on, sampled at that ratio:
 //! tidegate exports its spans over OTLP/HTTP to a receiver in this process that
 //! counts and discards them, so the row measures what making and sending spans
@@ -364,6 +370,7 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
     println!("== tidegate (--state {state}, --sink dir:<tmp>)");
     let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let sink = tmp.path().join("sink");
+    write_silences(&sink)?;
     let addr = free_port()?;
     let mut command = Command::new(env!("CARGO_BIN_EXE_tidegate"));
     command
@@ -1115,4 +1122,26 @@ fn cpu_model() -> Option<String> {
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split_once(':'))
         .map(|(_, m)| m.trim().to_string())
+}
+
+/// `BENCH_SILENCES=N`: N active silences in the sink's silence directory, none of
+/// which matches the workload.
+fn write_silences(sink: &std::path::Path) -> Result<(), String> {
+    let Ok(n) = std::env::var("BENCH_SILENCES") else { return Ok(()) };
+    let n: usize = n.parse().map_err(|e| format!("BENCH_SILENCES={n}: {e}"))?;
+    let now = jiff::Timestamp::now();
+    let ends = now + jiff::SignedDuration::from_hours(24);
+    for i in 0..n {
+        let ns = format!("team-{:02}", i % 100);
+        let dir = sink.join("_silences").join(&ns);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let yaml = format!(
+            "apiVersion: remediation.tidegate.dev/v1alpha1\nkind: RemediationSilence\nmetadata: {{name: s{i}, namespace: {ns}}}\n\
+             spec:\n  matchers: ['alertname=\"BenchSilenced{i}\"', 'pod=~\"api-.*\"']\n  startsAt: {now}\n  endsAt: {ends}\n  comment: bench\n"
+        );
+        let path = dir.join(format!("s{i}.yaml"));
+        std::fs::write(&path, yaml).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("  {n} silences in {}", sink.join("_silences").display());
+    Ok(())
 }

@@ -34,6 +34,9 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     (TLS_REFUSED, &["actor", "reason", "count"]),
     (HEARTBEAT_HEARD, &["actor", "sender"]),
     (HELD_BACK, &["actor", "namespace", "name", "reason", "signal", "fingerprint"]),
+    (SILENCE_CREATED, &["namespace", "name", "ends_at"]),
+    (SILENCE_EXPIRED, &["namespace", "name"]),
+    (SILENCE_MATCHED, &["namespace", "name", "fingerprint"]),
     (SIGNAL_HELD_BACK, &["actor", "namespace", "signal", "fingerprint", "reason", "by"]),
 ];
 
@@ -41,6 +44,9 @@ pub const REQUEST_CREATED: &str = "remediation_request_created";
 pub const STORM_OPENED: &str = "storm_opened";
 pub const AUTH_REFUSED: &str = "auth_refused";
 pub const RATE_LIMITED: &str = "rate_limited";
+pub const SILENCE_CREATED: &str = "silence_created";
+pub const SILENCE_EXPIRED: &str = "silence_expired";
+pub const SILENCE_MATCHED: &str = "silence_matched";
 pub const TLS_REFUSED: &str = "tls_refused";
 pub const HEARTBEAT_HEARD: &str = "heartbeat_heard";
 pub const HELD_BACK: &str = "incident_held_back";
@@ -297,6 +303,23 @@ pub fn held_back(actor: &str, namespace: &str, name: &str, reason: &str, signal:
         fingerprint,
         "held an incident back"
     );
+}
+
+/// The gateway saw the silence `namespace/name`, ending at `ends_at`, for the first
+/// time (no state recorded in its status yet).
+pub fn silence_created(namespace: &str, name: &str, ends_at: &str) {
+    tracing::info!(target: TARGET, event = SILENCE_CREATED, namespace, name, ends_at, "a silence was created");
+}
+
+/// The silence `namespace/name` ended (its endsAt passed, or it was expired).
+pub fn silence_expired(namespace: &str, name: &str) {
+    tracing::info!(target: TARGET, event = SILENCE_EXPIRED, namespace, name, "a silence expired");
+}
+
+/// The silence `namespace/name` matched a signal of the incident `fingerprint`
+/// (hex) for the first time: once per incident, never per alert.
+pub fn silence_matched(namespace: &str, name: &str, fingerprint: &str) {
+    tracing::info!(target: TARGET, event = SILENCE_MATCHED, namespace, name, fingerprint, "a silence matched an incident");
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use clap::{Arg, Args, Parser, Subcommand};
 
+pub mod silence;
+
 use crate::capacity::Load;
 use crate::config::{self, Config, ConfigError};
 use crate::doctor::{self, Report};
@@ -45,8 +47,10 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         sources: u64,
     },
-    /// Print the RemediationRequest CustomResourceDefinition as YAML.
+    /// Print the CustomResourceDefinitions (RemediationRequest, RemediationSilence) as YAML.
     Crd,
+    /// Add, list or expire silences, where the gateway with this configuration reads them.
+    Silence(silence::SilenceArgs),
     /// Check a configuration against the Redis, Kubernetes API and sink it names:
     /// one line per check, with a fix for each failure; exits 1 if any failed.
     Doctor(Box<DoctorArgs>),

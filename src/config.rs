@@ -78,6 +78,7 @@ pub struct Config {
     pub log: LogConfig,
     pub trace: TraceConfig,
     pub runtime: RuntimeConfig,
+    pub silence: crate::silence::SilenceConfig,
     /// What the configuration spelled the way of an earlier release, to warn about.
     #[serde(skip)]
     #[schemars(skip)]
@@ -111,6 +112,7 @@ impl Default for Config {
             log: Default::default(),
             trace: Default::default(),
             runtime: Default::default(),
+            silence: Default::default(),
             deprecated: Vec::new(),
         }
     }
@@ -168,6 +170,7 @@ impl Config {
         self.lifecycle.validate()?;
         self.ingest.validate()?;
         self.trace.validate()?;
+        self.silence.validate()?;
         self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
         if !self.listen.ip().is_loopback() && !self.auth.enabled() && !self.auth.none {
             return Err(ConfigError::invalid(
@@ -223,6 +226,21 @@ impl Config {
     }
 
     /// What the sink is built from.
+    /// What silences read.
+    pub fn silence_settings(&self) -> crate::silence::Settings {
+        let sink_dir = match &self.sink {
+            SinkTarget::Dir(path) => Some(path.as_path()),
+            SinkTarget::Kube => None,
+        };
+        crate::silence::Settings {
+            silence: self.silence.clone(),
+            dir: crate::silence::directory(&self.silence, sink_dir),
+            control_namespace: self.placement.control_namespace.clone(),
+            status_interval: self.status_writer.interval,
+            sync_timeout: self.kube.sync_timeout,
+        }
+    }
+
     pub fn sink_settings(&self) -> crate::sink::Settings {
         crate::sink::Settings { target: self.sink.clone(), kube: self.kube.clone(), horizon: self.open_horizon() }
     }

@@ -39,6 +39,8 @@ pub enum StartError {
     Auth(#[from] crate::auth::BuildError),
     #[error(transparent)]
     Tls(#[from] crate::http::tls::TlsError),
+    #[error(transparent)]
+    Silences(#[from] crate::silence::StartError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -51,6 +53,8 @@ pub struct Running {
     pub pipeline: Arc<Pipeline>,
     /// Where requests go, for tests that wait on what the sink knows.
     pub sink: Arc<dyn Sink>,
+    /// The silences honoured, when silences are enabled.
+    pub silences: Option<crate::silence::Running>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), StartError>>,
 }
@@ -97,6 +101,9 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         }
         _ => None,
     };
+    let silences =
+        crate::silence::start(&config.silence_settings(), built.kube_client.clone(), clock.clone(), metrics.clone())
+            .await?;
     let (sink, namespace_labels, remediate_labels) = (built.sink, built.namespace_labels, built.remediate_labels);
     let sink_handle = sink.clone();
     let reviews_tokens = config.auth.enabled() && config.auth.kinds().contains(&crate::auth::kind::KUBERNETES);
@@ -122,7 +129,11 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         clock: clock.clone(),
         metrics: metrics.clone(),
     };
-    let pipeline = Arc::new(Pipeline::build(&config.pipeline_settings(), parts));
+    let mut pipeline = Pipeline::build(&config.pipeline_settings(), parts);
+    if let Some(silences) = &silences {
+        pipeline = pipeline.with_silences(silences.keeper.clone());
+    }
+    let pipeline = Arc::new(pipeline);
     recover_holds(&pipeline, config.dedup.window).await;
     let readiness = Readiness::default();
     let app = AppState {
@@ -141,7 +152,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(run(listener, tls, app, config, stopped));
     tracing::info!(%addr, "tidegate listening");
-    Ok(Running { addr, readiness, metrics, pipeline, sink: sink_handle, stop, task })
+    Ok(Running { addr, readiness, metrics, pipeline, sink: sink_handle, silences, stop, task })
 }
 
 /// The label values of every metric series made at 0 at start, each list from where
@@ -158,8 +169,17 @@ fn vocabulary(config: &Config) -> crate::telemetry::Vocabulary {
         OutcomeStatus::BackingOff { until_s: 0 },
         OutcomeStatus::Held,
         OutcomeStatus::OutOfScope,
+        OutcomeStatus::Silenced,
         OutcomeStatus::Inhibited,
     ];
+    // The kube sink's verbs, and the owner lookups' when they run.
+    let kube_verbs = match config.sink {
+        crate::sink::SinkTarget::Kube if config.kube.owner_chain => {
+            vec!["get", "create", "update_status", "get_metadata"]
+        }
+        crate::sink::SinkTarget::Kube => vec!["get", "create", "update_status"],
+        crate::sink::SinkTarget::Dir(_) => Vec::new(),
+    };
     let aggregated = OutcomeStatus::Aggregated { opened: false };
     crate::telemetry::Vocabulary {
         signal_types: crate::ingest::signal_types().map(|t| t.as_str()).collect(),
@@ -177,6 +197,10 @@ fn vocabulary(config: &Config) -> crate::telemetry::Vocabulary {
         senders: config.auth.senders(),
         tls_failure_reasons: http::tls::Failure::ALL.map(http::tls::Failure::reason).to_vec(),
         held_back_reasons: crate::pipeline::backoff::Hold::REASONS.to_vec(),
+        sink_ops: vec!["create", "update_status"],
+        sink_outcomes: ["ok"].iter().chain(crate::sink::SinkError::LABELS).copied().collect(),
+        kube_verbs,
+        kube_outcomes: crate::kube_api::OUTCOMES.to_vec(),
     }
 }
 

@@ -10,6 +10,21 @@ pub fn code(e: &kube::Error) -> Option<u16> {
     }
 }
 
+/// Every outcome a call is counted under: success, the breaker refusing it, a
+/// timeout, and each of [`outcome`]'s answers; for metrics made at 0.
+pub const OUTCOMES: &[&str] = &[
+    "ok",
+    "circuit_open",
+    "timeout",
+    "conflict",
+    "not_found",
+    "invalid",
+    "throttled",
+    "server_error",
+    "client_error",
+    "unreachable",
+];
+
 /// The metric outcome of a failed call.
 pub fn outcome(e: &kube::Error) -> &'static str {
     match code(e) {

@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod remediation;
 pub mod section;
 pub mod signal;
+pub mod silence;
 pub mod sink;
 pub mod state;
 pub mod telemetry;

@@ -1,9 +1,7 @@
 use anyhow::Context;
 use clap::Parser;
-use kube::CustomResourceExt;
 
 use tidegate::cli::{Cli, Command};
-use tidegate::remediation::RemediationRequest;
 
 #[global_allocator]
 static ALLOCATOR: tidegate::allocator::Allocator = mimalloc::MiMalloc;
@@ -33,8 +31,10 @@ fn main() -> anyhow::Result<()> {
         Command::Capacity { incidents, storm_scopes, sources } => {
             print!("{}", tidegate::capacity::Load { incidents, storm_scopes, sources }.plan());
         }
-        Command::Crd => {
-            print!("{}", serde_norway::to_string(&RemediationRequest::crd())?);
+        Command::Crd => print!("{}", tidegate::silence::resource::crds_yaml()?),
+        Command::Silence(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            print!("{}", runtime.block_on(tidegate::cli::silence::run(args.action, jiff::Timestamp::now()))?);
         }
         Command::Doctor(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

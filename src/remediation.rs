@@ -28,7 +28,7 @@ pub mod labels {
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 }
 
-/// A request for remediation of one incident.
+/// What the incident is: written once, when the request is created, and never changed.
 // (A plain comment, not a doc comment: doc comments become the CRD's descriptions.)
 // The spec is immutable: `KubeSchema`, in place of `JsonSchema`, puts the CEL
 // transition rule `self == oldSelf` on `spec` in the generated CRD, so the API server
@@ -40,36 +40,62 @@ pub mod labels {
     kind = "RemediationRequest",
     namespaced,
     shortname = "rr",
+    doc = "A request for remediation of one incident, opened by tidegate when the incident's first signal arrives and counted on while it repeats.",
     status = "RemediationRequestStatus",
-    printcolumn = r#"{"name":"Fingerprint","type":"string","jsonPath":".spec.signalFingerprint","priority":1}"#,
+    // What on-call needs at a glance (`kubectl get rr`); `-o wide` adds the rest.
     printcolumn = r#"{"name":"Signal","type":"string","jsonPath":".spec.signalName"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetResource.name"}"#,
+    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.targetResource.kind","priority":1}"#,
     printcolumn = r#"{"name":"Priority","type":"string","jsonPath":".spec.priority"}"#,
-    printcolumn = r#"{"name":"Occurrences","type":"integer","jsonPath":".status.deduplication.occurrenceCount"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Count","type":"integer","jsonPath":".status.deduplication.occurrenceCount"}"#,
+    printcolumn = r#"{"name":"Storm","type":"string","jsonPath":".spec.storm.type"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Severity","type":"string","jsonPath":".spec.severity","priority":1}"#,
+    printcolumn = r#"{"name":"Last Seen","type":"date","jsonPath":".status.deduplication.lastSeenAt","priority":1}"#,
+    printcolumn = r#"{"name":"Fingerprint","type":"string","jsonPath":".spec.signalFingerprint","priority":1}"#
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable"))]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationRequestSpec {
-    /// SHA-256 hex of `name:namespace:kind:resource-name`.
+    /// The incident's identity: SHA-256 hex of `name:namespace:kind:resource-name`,
+    /// the same for every repeat of the incident.
     pub signal_fingerprint: String,
+    /// The alert name (Alertmanager's `alertname`), or the event's reason.
     pub signal_name: String,
+    /// The signal's severity as its sender wrote it, such as `critical` or `warning`.
     pub severity: String,
+    /// Where the signal came from, such as `prometheus-alert`.
     pub signal_type: SignalType,
+    /// Who sent the signal: the Alertmanager receiver, or the event's reporting
+    /// component.
     pub signal_source: String,
+    /// The Kubernetes object the incident is about: a Pod's top controller when its
+    /// owners are known, the named resource otherwise.
     pub target_resource: TargetResource,
+    /// When the sender says the condition started firing, if it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firing_time: Option<Time>,
+    /// When tidegate received the signal that opened this request.
     pub received_time: Time,
+    /// The labels of the signal that opened this request, each value cut at 1024
+    /// bytes.
     #[serde(default)]
     pub signal_labels: BTreeMap<String, String>,
+    /// The annotations of the signal that opened this request (summary, runbook...),
+    /// each value cut at 1024 bytes.
     #[serde(default)]
     pub signal_annotations: BTreeMap<String, String>,
+    /// The environment the target runs in, such as `production`: from its
+    /// namespace's `environment` label, `classify.namespaces`, or the default.
     pub environment: String,
+    /// How urgent the incident is, from `P0` (most urgent) to `P3`.
     pub priority: String,
-    /// The priority rule that chose `priority`.
+    /// The priority rule (`classify.priorities`) that chose `priority`.
     #[serde(default)]
     pub priority_rule: String,
-    /// Set on a request that aggregates an alert storm.
+    /// Set on a request that aggregates an alert storm: many alerts, or many
+    /// resources, counted as one incident.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormSpec>,
 }
@@ -92,7 +118,9 @@ pub struct StormSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StormStatus {
+    /// Alerts counted in the storm so far.
     pub alert_count: u64,
+    /// Distinct resources the storm's alerts named, including those beyond the list.
     pub resource_count: u64,
     /// Affected resources, at most `storm.affected_resources_cap`.
     #[serde(default)]
@@ -103,22 +131,26 @@ pub struct StormStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationRequestStatus {
+    /// How often the incident occurred, and when first and last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deduplication: Option<Deduplication>,
+    /// Counts of an aggregated request (one with `spec.storm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormStatus>,
+    /// When the sender reported the condition resolved; unset while it fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal_resolved_at: Option<Time>,
     /// Signals an inhibit rule held back while this request was open, counted here
     /// instead of opening requests of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inhibited: Option<InhibitedStatus>,
-    /// Owned by downstream controllers; the gateway preserves it. Terminal phases,
-    /// after which the next occurrence is a new incident: `Completed`, `Failed`,
-    /// `Cancelled`, `TimedOut`, `Skipped`. After `Failed` the next request waits out
-    /// a back-off (see `backoff`). `ManualReviewRequired` is not terminal: it
-    /// latches, and no new request is made for the incident until a person changes
-    /// the phase or deletes the request; occurrences meanwhile are counted here.
+    /// Where remediation stands: owned by downstream controllers; the gateway
+    /// preserves it. Terminal phases, after which the next occurrence is a new
+    /// incident: `Completed`, `Failed`, `Cancelled`, `TimedOut`, `Skipped`. After
+    /// `Failed` the next request waits out a back-off (see `backoff`).
+    /// `ManualReviewRequired` is not terminal: it latches, and no new request is made
+    /// for the incident until a person changes the phase or deletes the request;
+    /// occurrences meanwhile are counted here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Written by the gateway: how this request's incident backs off after failures.
@@ -139,10 +171,13 @@ pub struct Backoff {
     pub until: Option<Time>,
 }
 
+/// How often an incident occurred.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deduplication {
+    /// When the incident's first occurrence was received.
     pub first_seen_at: Time,
+    /// When its latest occurrence was received.
     pub last_seen_at: Time,
     /// Occurrences counted on this request: the one that created it and every
     /// writer's tally, including tallies dropped from the list.
@@ -159,7 +194,9 @@ pub struct Deduplication {
 /// request.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct Tally {
+    /// The writer: a gateway process's count of one incident, as 16 hex digits.
     pub writer: String,
+    /// The occurrences this writer counted on the request in all.
     pub count: u64,
 }
 

@@ -55,8 +55,9 @@ pub enum SignalStatus {
 pub struct TargetResource {
     /// Kind, for example `Pod`; empty when the signal names no resource.
     pub kind: String,
+    /// The object's name; empty when the signal names no resource.
     pub name: String,
-    /// Empty for cluster-scoped kinds such as `Node`.
+    /// The object's namespace; empty for cluster-scoped kinds such as `Node`.
     pub namespace: String,
     /// The cluster the resource is in, when the signal names one
     /// (`identity.cluster_labels`, or the sender's `identity.sender_clusters`);

@@ -114,6 +114,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub op: &'static str,
     pub outcome: &'static str,
@@ -153,6 +158,9 @@ pub struct Metrics {
     pub sender_last_seen: Family<SenderNameLabels, Gauge<f64, AtomicU64>>,
     pub sender_expected_interval: Family<SenderNameLabels, Gauge<f64, AtomicU64>>,
     pub held_back: Family<ReasonLabels, Counter>,
+    pub signals_silenced: Family<SourceLabels, Counter>,
+    pub silences_ignored: Family<ReasonLabels, Counter>,
+    pub silences_active: Gauge,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
 }
 
@@ -178,6 +186,13 @@ pub struct Vocabulary {
     pub tls_failure_reasons: Vec<&'static str>,
     /// `signals_held_back_total`.
     pub held_back_reasons: Vec<&'static str>,
+    /// `sink_writes_total`: operations by outcome.
+    pub sink_ops: Vec<&'static str>,
+    pub sink_outcomes: Vec<&'static str>,
+    /// `kube_api_calls_total`: the verbs this configuration calls (none without a
+    /// cluster) by outcome.
+    pub kube_verbs: Vec<&'static str>,
+    pub kube_outcomes: Vec<&'static str>,
 }
 
 impl Default for Metrics {
@@ -332,6 +347,20 @@ impl Metrics {
              (failure_backoff, manual_review); each is counted on that request",
             held_back.clone(),
         );
+        let signals_silenced = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "signals_silenced",
+            "Firing signals a silence kept from opening a request, by source",
+            signals_silenced.clone(),
+        );
+        let silences_ignored = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "silences_ignored",
+            "Silences the gateway ignores (too long, bad matcher or time interval), by reason; once per silence and process",
+            silences_ignored.clone(),
+        );
+        let silences_active = Gauge::default();
+        registry.register("silences_active", "Silences active now", silences_active.clone());
         let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "tls_handshake_failures",
@@ -372,6 +401,9 @@ impl Metrics {
             sender_last_seen,
             sender_expected_interval,
             held_back,
+            signals_silenced,
+            silences_ignored,
+            silences_active,
             tls_handshake_failures,
         }
     }
@@ -404,6 +436,16 @@ impl Metrics {
         }
         for &reason in &vocabulary.held_back_reasons {
             self.held_back.get_or_create(&ReasonLabels { reason }).inc_by(0);
+        }
+        for &op in &vocabulary.sink_ops {
+            for &outcome in &vocabulary.sink_outcomes {
+                self.sink_writes.get_or_create(&SinkLabels { op, outcome }).inc_by(0);
+            }
+        }
+        for &verb in &vocabulary.kube_verbs {
+            for &outcome in &vocabulary.kube_outcomes {
+                self.api_calls.get_or_create(&ApiLabels { verb, outcome }).inc_by(0);
+            }
         }
     }
 

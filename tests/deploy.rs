@@ -432,3 +432,25 @@ fn service_and_pdb_select_the_pods() {
     assert!(selects(&pdb.selector.and_then(|s| s.match_labels).unwrap_or_default()), "the PDB selects the pods");
     assert!(spec.replicas.unwrap_or(1) > 1, "minAvailable 1 with one replica would block every drain");
 }
+
+#[test]
+fn writable_paths_are_empty_dirs_beside_a_read_only_root() {
+    let docs = load();
+    let deployment: Deployment = one(&docs);
+    let pod = deployment.spec.template.spec.as_ref().unwrap();
+    let container = the_container(&deployment);
+    assert_eq!(container.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
+    let volumes = pod.volumes.clone().unwrap_or_default();
+    let mounts = container.volume_mounts.clone().unwrap_or_default();
+    assert!(!mounts.is_empty(), "the directory sink needs somewhere to write");
+    for mount in &mounts {
+        let volume = volumes.iter().find(|v| v.name == mount.name).expect("a mounted volume");
+        let empty_dir = volume.empty_dir.as_ref().unwrap_or_else(|| panic!("{} is not an emptyDir", mount.name));
+        assert!(empty_dir.size_limit.is_some(), "{}: an emptyDir without a size limit can fill the node", mount.name);
+        assert_ne!(mount.read_only, Some(true));
+    }
+    // The image's working directory, where `dir:` sinks write (Containerfile).
+    assert!(mounts.iter().any(|m| m.mount_path == "/var/lib/tidegate"));
+    // tidegate's own Service would add TIDEGATE_PORT... in its configuration's prefix.
+    assert_eq!(pod.enable_service_links, Some(false));
+}

@@ -240,7 +240,7 @@ async fn an_idle_gateway_exports_every_series_of_a_fixed_label_set_at_zero() {
     }
     for signal_type in tidegate::ingest::signal_types() {
         let outcomes = ["created", "duplicate", "resolved", "aggregated", "failed"];
-        let held = ["heartbeat", "backing_off", "held", "out_of_scope", "inhibited"];
+        let held = ["heartbeat", "backing_off", "held", "out_of_scope", "silenced", "inhibited"];
         for outcome in outcomes.into_iter().chain(held) {
             let source = signal_type.as_str();
             zero(format!(r#"tidegate_signals_received_total{{source="{source}",outcome="{outcome}"}}"#));
@@ -262,6 +262,13 @@ async fn an_idle_gateway_exports_every_series_of_a_fixed_label_set_at_zero() {
         zero(format!(r#"tidegate_signals_held_back_total{{reason="{reason}"}}"#));
     }
     zero(r#"tidegate_authenticated_requests_total{sender="alertmanager-prod",method="bearer"}"#.into());
+    for op in ["create", "update_status"] {
+        for outcome in ["ok"].iter().chain(tidegate::sink::SinkError::LABELS) {
+            zero(format!(r#"tidegate_sink_writes_total{{op="{op}",outcome="{outcome}"}}"#));
+        }
+    }
+    // A gateway writing to a directory calls no Kubernetes API, and says none.
+    assert!(!exposition.contains("tidegate_kube_api_calls_total{"), "kube API series without a cluster:\n{exposition}");
     // The alert on refused credentials reads these from the start.
     let rejecting = rules().into_iter().find(|r| r["alert"] == "TidegateRejectingCredentials").unwrap();
     let expr = rejecting["expr"].as_str().unwrap();

@@ -31,6 +31,8 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("decide_reply", decide_reply),
     ("request_name", request_name),
     ("auth_headers", auth_headers),
+    ("matcher", matcher),
+    ("time_interval", time_interval),
 ];
 
 /// The committed corpus of a source: `fuzz/corpus/ingest_<name>/`, bodies or
@@ -541,5 +543,33 @@ pub fn auth_headers(data: &[u8]) {
         }
         Err(AuthError::Missing | AuthError::Rejected(_)) => {}
         Err(e) => panic!("no authenticator here can be unavailable: {e}"),
+    }
+}
+
+/// Alertmanager's matcher parser (silences, inhibition): it never panics, a matcher
+/// it accepts writes back (quoted) to one that parses to the same matcher and
+/// matches the same values, and a list parses or fails without panicking.
+pub fn matcher(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let _ = tidegate::matcher::parse_list(text);
+    let Ok(m) = text.parse::<tidegate::matcher::Matcher>() else { return };
+    let written = m.to_string();
+    let again: tidegate::matcher::Matcher =
+        written.parse().unwrap_or_else(|e| panic!("{text:?} parsed, but its written form {written:?} did not: {e}"));
+    assert_eq!(again, m, "{text:?} written as {written:?}");
+    for value in [None, Some(""), Some(m.value()), Some(text)] {
+        assert_eq!(m.matches(value), again.matches(value), "{text:?} on {value:?}");
+    }
+}
+
+/// Alertmanager's time_intervals parser (maintenance windows), on YAML: it never
+/// panics, and an interval it accepts answers for any instant without panicking.
+pub fn time_interval(data: &[u8]) {
+    use tidegate::silence::interval::{TimeInterval, TimeIntervalSpec};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(spec) = serde_norway::from_str::<TimeIntervalSpec>(text) else { return };
+    let Ok(interval) = TimeInterval::parse(&spec) else { return };
+    for t in [Timestamp::MIN, Timestamp::UNIX_EPOCH, Timestamp::from_second(1_774_746_000).unwrap(), Timestamp::MAX] {
+        let _ = interval.contains(t);
     }
 }

@@ -293,6 +293,7 @@ async fn process(app: &AppState, sender: &Sender, headers: &HeaderMap, bytes: &[
                 }
                 _ => None,
             },
+            silence: outcome.silence.as_ref().map(|s| (s.namespace.as_str(), s.name.as_str())),
         })
         .collect();
     let answered = Answered { total, recorded: &recorded, failures: &failures, body: bytes };

@@ -54,7 +54,7 @@ pub struct Recorded<'r> {
     /// The fingerprint it was decided under (in Kubernetes mode, its workload's).
     pub fingerprint: &'r Fingerprint,
     /// `created`, `duplicate`, `resolved`, `aggregated`, `heartbeat`,
-    /// `backing_off`, `held`, `out_of_scope` or `inhibited`.
+    /// `backing_off`, `held`, `out_of_scope`, `silenced` or `inhibited`.
     pub status: &'static str,
     /// Whether a request was created for it.
     pub created: bool,
@@ -69,6 +69,8 @@ pub struct Recorded<'r> {
     /// For a signal held back by a failed request's back-off: when it ends
     /// (RFC 3339).
     pub until: Option<String>,
+    /// The silence, as (namespace, name), that kept it from opening a request.
+    pub silence: Option<(&'r str, &'r str)>,
 }
 
 /// One signal of a payload that could not be used. Written, in a batch's results
@@ -136,6 +138,7 @@ impl Answer for Results {
                     "backing_off" | "held" => summary.held += 1,
                     "out_of_scope" => summary.out_of_scope += 1,
                     "inhibited" => summary.inhibited += 1,
+                    "silenced" => summary.silenced += 1,
                     _ => summary.aggregated += 1,
                 }
                 result(Some(recorded.index), recorded)
@@ -150,6 +153,7 @@ impl Answer for Results {
             occurrence_count: None,
             until: None,
             hint: None,
+            silence: None,
             error: Some(f),
         }));
         results.sort_by_key(|r| r.index);
@@ -182,8 +186,17 @@ struct SignalResult<'a> {
     /// For a signal out of scope, what would bring it in scope.
     #[serde(skip_serializing_if = "Option::is_none")]
     hint: Option<&'a str>,
+    /// The silence that kept the signal from opening a request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    silence: Option<SilenceName<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a Failure>,
+}
+
+#[derive(Serialize)]
+struct SilenceName<'a> {
+    namespace: &'a str,
+    name: &'a str,
 }
 
 #[derive(Serialize, Default)]
@@ -197,6 +210,7 @@ struct Summary {
     held: usize,
     out_of_scope: usize,
     inhibited: usize,
+    silenced: usize,
     failed: usize,
 }
 
@@ -217,6 +231,7 @@ fn result<'a>(index: Option<usize>, recorded: &'a Recorded<'a>) -> SignalResult<
         occurrence_count: recorded.request.filter(|_| recorded.status != "inhibited").map(|_| recorded.count),
         until: recorded.until.as_deref(),
         hint: recorded.hint,
+        silence: recorded.silence.map(|(namespace, name)| SilenceName { namespace, name }),
         error: None,
     }
 }

@@ -145,6 +145,7 @@ impl HoldBack {
                     request: None,
                     count: 0,
                     hint: Some(out.hint.clone()),
+                    silence: None,
                 },
                 Held::Inhibited(source) => Outcome {
                     fingerprint,
@@ -152,6 +153,7 @@ impl HoldBack {
                     request: Some(RequestRef { namespace: source.namespace.clone(), name: source.name.clone() }),
                     count: 0,
                     hint: None,
+                    silence: None,
                 },
             };
             batch.hold(*i, outcome);

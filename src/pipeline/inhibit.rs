@@ -188,7 +188,7 @@ impl Inhibition {
     }
 }
 
-/// Rules a Kubernetes user needs most, as `docs/safety-inhibit.md` and the README
+/// Rules a Kubernetes user needs most, as `docs/safety.md` and the README
 /// show them (none is on by default): a node that is not ready holds back the
 /// alerts of pods on it, and a critical alert its warning of the same name and
 /// namespace, as kube-prometheus-stack's Alertmanager does.

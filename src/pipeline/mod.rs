@@ -53,6 +53,7 @@ pub mod placement;
 pub mod recovery;
 pub mod requests;
 pub mod scope;
+pub mod silences;
 pub mod status_writer;
 pub mod storms;
 
@@ -94,6 +95,8 @@ pub struct Outcome {
     pub count: u32,
     /// For a signal out of scope, what would bring it in scope.
     pub hint: Option<String>,
+    /// The silence that kept the signal from opening a request.
+    pub silence: Option<crate::silence::SilenceRef>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +124,8 @@ pub enum OutcomeStatus {
     OutOfScope,
     /// Held back by an inhibit rule: counted on the source's request.
     Inhibited,
+    /// A silence kept it from opening a request (see [`silences`]).
+    Silenced,
 }
 
 impl OutcomeStatus {
@@ -135,6 +140,7 @@ impl OutcomeStatus {
             OutcomeStatus::Aggregated { .. } => "aggregated",
             OutcomeStatus::OutOfScope => "out_of_scope",
             OutcomeStatus::Inhibited => "inhibited",
+            OutcomeStatus::Silenced => "silenced",
         }
     }
 
@@ -187,6 +193,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// Whether spans are recorded, so that created requests name their trace.
     traced: bool,
+    /// The silences honoured, if any.
+    silences: Option<crate::silence::status::SilenceKeeper>,
 }
 
 /// What a pipeline decides with, besides its configuration.
@@ -278,6 +286,7 @@ impl Pipeline {
             clock,
             metrics,
             traced: config.trace.enabled(),
+            silences: None,
         }
     }
 
@@ -303,6 +312,9 @@ impl Pipeline {
     /// a shutdown.
     pub async fn drain(&self, deadline: std::time::Duration) {
         self.status_writer.shutdown(deadline).await;
+        if let Some(silences) = &self.silences {
+            silences.flush().await;
+        }
     }
 
     /// Decides a batch of signals from `sender`, in order, after charging the
@@ -328,6 +340,7 @@ impl Pipeline {
             return Ok(Processed::Decided(batch.into_outcomes()));
         }
         let mut held = self.held.scope(&mut batch);
+        let silenced = self.silence(&mut batch);
         held.extend(
             self.held.inhibit(&mut batch, &*self.state, &*self.sink, now).await.inspect_err(|e| self.failed(e))?,
         );
@@ -337,6 +350,7 @@ impl Pipeline {
         };
         // Rules that record what they held (now that the batch is admitted) go here.
         self.heard_heartbeats(&batch, &beats, sender);
+        self.record_silenced(silenced);
         self.held.record(&batch, &held, &self.status_writer, &self.metrics, source, now);
         self.act_on(&mut batch, &asked, verdicts, source).await?;
         let outcomes = batch.into_outcomes();
@@ -368,7 +382,14 @@ impl Pipeline {
             let fingerprint = batch.signals[i].fingerprint;
             batch.hold(
                 i,
-                Outcome { fingerprint, status: OutcomeStatus::Heartbeat, request: None, count: 0, hint: None },
+                Outcome {
+                    fingerprint,
+                    status: OutcomeStatus::Heartbeat,
+                    request: None,
+                    count: 0,
+                    hint: None,
+                    silence: None,
+                },
             );
         }
         beats
@@ -461,7 +482,7 @@ impl Pipeline {
     /// What happened to `signal`, counted in the signals metric.
     fn outcome(&self, signal: &Signal<'_>, status: OutcomeStatus, request: Option<RequestRef>, count: u32) -> Outcome {
         self.metrics.signal(signal.signal_type.as_str(), status.as_str());
-        Outcome { fingerprint: signal.fingerprint, status, request, count, hint: None }
+        Outcome { fingerprint: signal.fingerprint, status, request, count, hint: None, silence: None }
     }
 
     /// Counts a state store failure by cause.

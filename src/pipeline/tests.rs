@@ -558,6 +558,7 @@ async fn a_signal_held_before_admission_is_never_shown_to_the_store() {
         request: None,
         count: 0,
         hint: None,
+        silence: None,
     };
     batch.hold(0, held);
     let replica = &world.replicas[0];

@@ -155,6 +155,9 @@ pub enum SinkError {
 
 impl SinkError {
     /// The metric label for this error.
+    /// Every value [`SinkError::label`] takes, for metrics made at 0.
+    pub const LABELS: &'static [&'static str] = &["unavailable", "rejected", "not_found", "io", "corrupt"];
+
     pub fn label(&self) -> &'static str {
         match self {
             SinkError::Unavailable(_)

@@ -205,6 +205,20 @@ pub fn manifests_in(dir: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
+/// Runs `cmd` to its end and returns its stdout; fails the test, with everything
+/// the command printed, if it fails.
+pub fn stdout_of(cmd: &mut std::process::Command) -> String {
+    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
 /// The occurrence count recorded on a request.
 pub fn occurrences(request: &RemediationRequest) -> u64 {
     let dedup = request.status.as_ref().and_then(|s| s.deduplication.as_ref());

@@ -162,26 +162,32 @@ async fn apply_deploy(client: &Client) {
     for sa in manifests::<ServiceAccount>("serviceaccount.yaml", "ServiceAccount") {
         apply(&Api::namespaced(client.clone(), SYSTEM_NAMESPACE), &sa).await;
     }
-    for role in manifests::<ClusterRole>("rbac.yaml", "ClusterRole") {
-        apply(&Api::all(client.clone()), &role).await;
+    for file in ["rbac.yaml", "silences.yaml"] {
+        for role in manifests::<ClusterRole>(file, "ClusterRole") {
+            apply(&Api::all(client.clone()), &role).await;
+        }
+        for binding in manifests::<ClusterRoleBinding>(file, "ClusterRoleBinding") {
+            apply(&Api::all(client.clone()), &binding).await;
+        }
     }
-    for binding in manifests::<ClusterRoleBinding>("rbac.yaml", "ClusterRoleBinding") {
-        apply(&Api::all(client.clone()), &binding).await;
-    }
-    let name = "remediationrequests.remediation.tidegate.dev";
-    super::eventually_within("the CRD to be established", Duration::from_secs(30), || {
+    established(&crds, "remediationrequests.remediation.tidegate.dev").await;
+    let requests: Api<RemediationRequest> = Api::all(client.clone());
+    super::eventually_within("RemediationRequests to be served", Duration::from_secs(30), || {
+        let requests = requests.clone();
+        async move { requests.list(&ListParams::default().limit(1)).await.is_ok() }
+    })
+    .await;
+}
+
+/// Waits until the CRD `name` is established: its resources are served.
+pub async fn established(crds: &Api<CustomResourceDefinition>, name: &str) {
+    super::eventually_within(&format!("{name} to be established"), Duration::from_secs(30), || {
         let crds = crds.clone();
         async move {
             let Ok(crd) = crds.get(name).await else { return false };
             let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
             conditions.iter().any(|c| c.type_ == "Established" && c.status == "True")
         }
-    })
-    .await;
-    let requests: Api<RemediationRequest> = Api::all(client.clone());
-    super::eventually_within("RemediationRequests to be served", Duration::from_secs(30), || {
-        let requests = requests.clone();
-        async move { requests.list(&ListParams::default().limit(1)).await.is_ok() }
     })
     .await;
 }
