@@ -187,7 +187,7 @@ async fn every_alert_of_a_batch_is_processed_and_answered_207() {
     assert_eq!(statuses, ["duplicate", "created", "created", "resolved"]);
     assert_eq!(
         body["summary"],
-        json!({"created": 2, "duplicate": 1, "aggregated": 0, "resolved": 1, "heartbeat": 0, "held": 0, "outOfScope": 0, "inhibited": 0, "failed": 0})
+        json!({"created": 2, "duplicate": 1, "aggregated": 0, "resolved": 1, "heartbeat": 0, "held": 0, "outOfScope": 0, "silenced": 0, "inhibited": 0, "failed": 0})
     );
     gw.stop().await;
     assert_eq!(gw.manifests().len(), 3);
@@ -203,7 +203,7 @@ async fn a_bad_alert_in_a_batch_fails_alone() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(
         body["summary"],
-        json!({"created": 1, "duplicate": 0, "aggregated": 0, "resolved": 0, "heartbeat": 0, "held": 0, "outOfScope": 0, "inhibited": 0, "failed": 1})
+        json!({"created": 1, "duplicate": 0, "aggregated": 0, "resolved": 0, "heartbeat": 0, "held": 0, "outOfScope": 0, "silenced": 0, "inhibited": 0, "failed": 1})
     );
     assert_eq!(body["results"][1]["status"], "failed");
     assert_eq!(body["results"][1]["index"], 1);

@@ -48,7 +48,10 @@ pub struct TimeIntervalSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeRangeSpec {
+    /// Start of the daily range, `HH:MM` (inclusive), in the interval's location.
     pub start_time: String,
+    /// End of the daily range, `HH:MM` (exclusive); up to `24:00`, never before the
+    /// start: a range crossing midnight is written as two ranges, as in Alertmanager.
     pub end_time: String,
 }
 

@@ -54,12 +54,14 @@ pub struct RemediationSilenceSpec {
     /// signal's labels are its own plus alertname (the signal's name), namespace and severity.
     #[schemars(length(min = 1, max = 64))]
     pub matchers: Vec<String>,
+    /// When the silence begins to hold new requests back.
     pub starts_at: Time,
     /// When the silence ends; moving it earlier expires the silence.
     pub ends_at: Time,
     /// Why: the planned work this silence covers.
     #[schemars(length(min = 1, max = 1024))]
     pub comment: String,
+    /// Who created the silence (`tidegate silence add` writes the user it runs as).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
     /// Recurring windows in Alertmanager's time_intervals syntax: the silence is
@@ -84,6 +86,7 @@ pub struct RemediationSilenceStatus {
     /// requests instead).
     #[serde(default)]
     pub matched_signals: u64,
+    /// When the silence last held a signal back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_matched_at: Option<Time>,
 }
