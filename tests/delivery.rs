@@ -199,7 +199,7 @@ async fn a_request_finished_before_a_restart_is_not_counted_on_after_it() {
     gw.stop().await;
     let path = gw.dir.path().join("shop").join(format!("{}.yaml", first["name"].as_str().unwrap()));
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("status:\n", "status:\n  phase: Failed\n")).unwrap();
+    std::fs::write(&path, text.replace("status:\n", "status:\n  phase: Completed\n")).unwrap();
     gw.restart().await;
     gw.clock.advance(Duration::from_secs(1));
     assert_eq!(post(&gw, &webhook(vec![alert("HighMemory", "shop", "web-0")])).await.0, 201);

@@ -113,7 +113,7 @@ async fn a_batch_of_sdk_events_is_answered_event_by_event() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(
         body["summary"],
-        json!({"created": 2, "duplicate": 0, "aggregated": 0, "resolved": 0, "outOfScope": 0, "inhibited": 0, "failed": 1})
+        json!({"created": 2, "duplicate": 0, "aggregated": 0, "resolved": 0, "heartbeat": 0, "held": 0, "outOfScope": 0, "silenced": 0, "inhibited": 0, "failed": 1})
     );
     assert_eq!(body["results"][2]["error"]["detail"].as_str().unwrap().split(':').next(), Some("$[2].type"));
     assert_eq!(gw.manifests().len(), 2);
