@@ -391,7 +391,7 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
             command.env_remove(key);
         }
     }
-    command.env("TIDEGATE_LOG", "warn");
+    command.env("TIDEGATE_LOG_FILTER", "warn");
     let tokens = match std::env::var("BENCH_AUTH").as_deref() {
         Err(_) => Vec::new(),
         Ok("bearer") => {

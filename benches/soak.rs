@@ -128,7 +128,7 @@ impl Settings {
             ("TIDEGATE_STORM_MAX_DURATION", max_duration.to_string()),
             ("TIDEGATE_STORM_PATTERN_WINDOW", pattern_window.to_string()),
             ("TIDEGATE_STORM_RATE_THRESHOLD", u32::MAX.to_string()),
-            ("TIDEGATE_LOG", "warn".to_string()),
+            ("TIDEGATE_LOG_FILTER", "warn".to_string()),
         ];
         let out = match std::env::var_os("SOAK_OUT") {
             Some(dir) => PathBuf::from(dir),
