@@ -156,10 +156,8 @@ impl Shared {
                     let message = format!("tidegate ignores this silence: {e}");
                     inner.ignored.push(Ignored { at: at.clone(), uid: k.uid.clone(), version: k.version(), message });
                 }
-                (Ok(_), "expired") => {
-                    if inner.audited.insert((at.clone(), audit::SILENCE_EXPIRED)) {
-                        audit::silence_expired(&at.namespace, &at.name);
-                    }
+                (Ok(_), "expired") if inner.audited.insert((at.clone(), audit::SILENCE_EXPIRED)) => {
+                    audit::silence_expired(&at.namespace, &at.name);
                 }
                 _ => {}
             }
