@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::IdentityConfig;
 use crate::section::ConfigError;
-use crate::signal::Signal;
+use crate::signal::{Signal, TargetResource};
 pub use crate::workload::{remediate_value, RemediateLabels, REMEDIATE_LABEL};
 
 /// `scope.mode`.
@@ -60,6 +60,11 @@ pub struct ScopeConfig {
 }
 
 impl ScopeConfig {
+    /// Whether the step reads labels at all: not with `all`.
+    pub fn reads_labels(&self) -> bool {
+        self.mode != ScopeMode::All
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(bad) = self.namespaces.iter().find(|ns| !crate::ingest::is_dns1123_label(ns)) {
             return Err(ConfigError::invalid(
@@ -138,6 +143,7 @@ impl Scope {
                 hint: "set scope.cluster_scoped: true in tidegate's configuration".to_string(),
             });
         }
+        // Another cluster's namespace of the same name is not the one labelled here.
         let labels = self.labels.as_deref().filter(|_| self.identity.is_local(&signal.target));
         let workload = labels.and_then(|l| l.workload(&signal.target));
         let labelled = labels.and_then(|l| l.namespace(namespace));
@@ -152,30 +158,27 @@ impl Scope {
         if remediate {
             return None;
         }
-        Some(OutOfScope { decided_by, hint: self.hint(signal, namespace, decided_by) })
+        Some(OutOfScope { decided_by, hint: hint(&signal.target, namespace, labels, decided_by) })
     }
+}
 
-    /// The narrowest change that brings `signal` into scope: the workload's label
-    /// when a label said no (it overrides the namespace's), else the namespace's
-    /// label, or outside a cluster the configuration's list.
-    fn hint(&self, signal: &Signal<'_>, namespace: &str, decided_by: DecidedBy) -> String {
-        let target = &signal.target;
-        let workload = || {
-            format!(
-                "kubectl label {} {} -n {namespace} {REMEDIATE_LABEL}=true --overwrite",
-                target.kind.to_ascii_lowercase(),
-                target.name
-            )
-        };
-        let labelled_namespace = || format!("kubectl label namespace {namespace} {REMEDIATE_LABEL}=true --overwrite");
-        match decided_by {
-            DecidedBy::Workload => workload(),
-            DecidedBy::Namespace if !target.kind.is_empty() && !target.namespace.is_empty() => workload(),
-            DecidedBy::Namespace => labelled_namespace(),
-            _ if self.labels.is_some() && self.identity.is_local(target) => labelled_namespace(),
-            DecidedBy::Config => format!("remove {namespace} from scope.namespaces in tidegate's configuration"),
-            DecidedBy::Default => format!("add {namespace} to scope.namespaces in tidegate's configuration"),
+/// The narrowest change that brings a signal about `target` into scope, whatever
+/// said no. In a cluster, a label set to `"true"`: the workload's when its kind's
+/// labels are read (it overrides the namespace's label and the list, and brings
+/// nothing else in), else the namespace's (which overrides the list). Outside a
+/// cluster (`labels` is `None`), the configuration's list.
+fn hint(target: &TargetResource, namespace: &str, labels: Option<&dyn RemediateLabels>, by: DecidedBy) -> String {
+    match labels {
+        Some(labels) if !target.namespace.is_empty() && labels.reads_workload(&target.kind) => format!(
+            "kubectl label {}/{} -n {namespace} {REMEDIATE_LABEL}=true --overwrite",
+            target.kind.to_ascii_lowercase(),
+            target.name
+        ),
+        Some(_) => format!("kubectl label namespace {namespace} {REMEDIATE_LABEL}=true --overwrite"),
+        None if by == DecidedBy::Config => {
+            format!("remove {namespace} from scope.namespaces in tidegate's configuration")
         }
+        None => format!("add {namespace} to scope.namespaces in tidegate's configuration"),
     }
 }
 
@@ -184,9 +187,8 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::signal::TargetResource;
 
-    /// Label caches as a cluster would hold them.
+    /// Label caches as a cluster would hold them: every kind but Services is read.
     #[derive(Default)]
     struct Cluster {
         workloads: HashMap<String, bool>,
@@ -196,6 +198,9 @@ mod tests {
     impl RemediateLabels for Cluster {
         fn workload(&self, target: &TargetResource) -> Option<bool> {
             self.workloads.get(&target.name).copied()
+        }
+        fn reads_workload(&self, kind: &str) -> bool {
+            kind != "Service"
         }
         fn namespace(&self, namespace: &str) -> Option<bool> {
             self.namespaces.get(namespace).copied()
@@ -230,10 +235,17 @@ mod tests {
     }
 
     #[test]
-    fn opt_in_refuses_an_unlabelled_namespace_and_names_the_label_command() {
+    fn opt_in_refuses_what_nobody_labelled_and_names_the_workloads_label_command() {
         let scope = in_cluster(ScopeMode::OptIn, Cluster::default());
         let out = scope.decide(&signal("shop", "Deployment", "web")).expect("out of scope");
         assert_eq!(out.decided_by, DecidedBy::Default);
+        assert_eq!(out.hint, "kubectl label deployment/web -n shop tidegate.dev/remediate=true --overwrite");
+    }
+
+    #[test]
+    fn the_hint_names_the_namespace_when_the_targets_kind_is_not_read() {
+        let scope = in_cluster(ScopeMode::OptIn, Cluster::default());
+        let out = scope.decide(&signal("shop", "Service", "web")).expect("out of scope");
         assert_eq!(out.hint, "kubectl label namespace shop tidegate.dev/remediate=true --overwrite");
     }
 
@@ -244,16 +256,21 @@ mod tests {
     }
 
     #[test]
-    fn the_workload_label_overrides_the_namespace_label_both_ways() {
-        let cluster = Cluster {
-            workloads: HashMap::from([("web".into(), false), ("db".into(), true)]),
-            namespaces: HashMap::from([("shop".into(), true), ("infra".into(), false)]),
-        };
-        let scope = in_cluster(ScopeMode::OptIn, cluster);
-        let out = scope.decide(&signal("shop", "Deployment", "web")).expect("the workload said no");
-        assert_eq!(out.decided_by, DecidedBy::Workload);
-        assert_eq!(out.hint, "kubectl label deployment web -n shop tidegate.dev/remediate=true --overwrite");
-        assert_eq!(scope.decide(&signal("infra", "StatefulSet", "db")), None, "the workload said yes");
+    fn the_workload_label_beats_the_namespace_label_both_ways_in_both_modes() {
+        for mode in [ScopeMode::OptIn, ScopeMode::OptOut] {
+            let cluster = Cluster {
+                workloads: HashMap::from([("web".into(), false), ("db".into(), true)]),
+                namespaces: HashMap::from([("shop".into(), true), ("infra".into(), false)]),
+            };
+            let scope = in_cluster(mode, cluster);
+            let out = scope.decide(&signal("shop", "Deployment", "web")).expect("the workload said no");
+            assert_eq!(out.decided_by, DecidedBy::Workload, "{mode:?}");
+            assert_eq!(out.hint, "kubectl label deployment/web -n shop tidegate.dev/remediate=true --overwrite");
+            assert_eq!(scope.decide(&signal("infra", "StatefulSet", "db")), None, "{mode:?}: the workload said yes");
+            let out = scope.decide(&signal("infra", "StatefulSet", "cache")).expect("the namespace said no");
+            assert_eq!(out.decided_by, DecidedBy::Namespace, "{mode:?}: an unlabelled workload follows its namespace");
+            assert_eq!(scope.decide(&signal("shop", "StatefulSet", "cache")), None, "{mode:?}");
+        }
     }
 
     #[test]
@@ -263,7 +280,7 @@ mod tests {
         assert_eq!(scope.decide(&signal("shop", "Deployment", "web")), None);
         let out = scope.decide(&signal("batch", "CronJob", "report")).expect("namespace opted out");
         assert_eq!(out.decided_by, DecidedBy::Namespace);
-        assert_eq!(out.hint, "kubectl label cronjob report -n batch tidegate.dev/remediate=true --overwrite");
+        assert_eq!(out.hint, "kubectl label cronjob/report -n batch tidegate.dev/remediate=true --overwrite");
     }
 
     #[test]
