@@ -332,6 +332,71 @@ mod tests {
         assert_eq!(Scope::new(&config(ScopeMode::OptOut, &[]), None).decide(&node), None);
     }
 
+    /// A cluster whose Deployment `web` (in `shop`, labelled in) is relabelled
+    /// while the pipeline runs, and whose pod `web-1` the owner chain attributes to it.
+    struct Relabelled(std::sync::Mutex<Option<bool>>);
+
+    impl RemediateLabels for Relabelled {
+        fn workload(&self, target: &TargetResource) -> Option<bool> {
+            (target.kind == "Deployment" && target.name == "web").then(|| *self.0.lock().unwrap()).flatten()
+        }
+        fn reads_workload(&self, kind: &str) -> bool {
+            kind == "Deployment"
+        }
+        fn namespace(&self, namespace: &str) -> Option<bool> {
+            (namespace == "shop").then_some(true)
+        }
+    }
+
+    impl crate::workload::Owners for Relabelled {
+        fn top<'a>(&'a self, target: &'a TargetResource) -> crate::state::BoxFuture<'a, Option<TargetResource>> {
+            let web = TargetResource { kind: "Deployment".into(), name: "web".into(), ..target.clone() };
+            Box::pin(async move { (target.name == "web-1").then_some(web) })
+        }
+    }
+
+    #[tokio::test]
+    async fn through_the_pipeline_a_pods_alert_follows_its_deployments_label_over_its_namespaces() {
+        use crate::pipeline::{OutcomeStatus, Parts, Pipeline, Processed, Sender, Settings};
+        for mode in [ScopeMode::OptIn, ScopeMode::OptOut] {
+            let mut config = Settings::default();
+            config.scope.mode = mode;
+            let clock = crate::clock::Clock::manual(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30));
+            let memory = crate::state::memory::MemoryConfig::default();
+            let state =
+                crate::state::memory::MemoryStore::new(&memory, config.dedup.window, &config.storm, clock.clone());
+            let dir = tempfile::tempdir().unwrap();
+            let sink = crate::sink::dir::DirSink::new(dir.path(), std::time::Duration::from_secs(7200)).unwrap();
+            let cluster = Arc::new(Relabelled(Some(false).into()));
+            let parts = Parts {
+                state: Arc::new(state),
+                sink: Arc::new(sink),
+                owners: Some(cluster.clone()),
+                namespace_labels: None,
+                remediate_labels: Some(cluster.clone()),
+                clock,
+                metrics: Arc::new(crate::telemetry::Metrics::new()),
+            };
+            let pipeline = Pipeline::build(&config, parts);
+            let crash =
+                [crate::workload::pod_alert("KubePodCrashLooping", "web-1", crate::signal::SignalStatus::Firing)];
+            let send = || async {
+                match pipeline.process(&crash, &Sender { name: "test", label: None }).await.unwrap() {
+                    Processed::Decided(outcomes) => outcomes.into_iter().next().unwrap(),
+                    Processed::Limited { .. } => panic!("rate-limited"),
+                }
+            };
+            let out = send().await;
+            assert_eq!(out.status, OutcomeStatus::OutOfScope, "{mode:?}: the Deployment said no, its namespace yes");
+            let hint = "kubectl label deployment/web -n shop tidegate.dev/remediate=true --overwrite";
+            assert_eq!(out.hint.as_deref(), Some(hint));
+            *cluster.0.lock().unwrap() = None;
+            assert_eq!(send().await.status, OutcomeStatus::Created, "{mode:?}: unlabelled, the namespace decides");
+            *cluster.0.lock().unwrap() = Some(false);
+            assert_eq!(send().await.status, OutcomeStatus::OutOfScope, "{mode:?}: relabelled, no restart");
+        }
+    }
+
     #[test]
     fn only_true_and_false_are_label_values() {
         assert_eq!(remediate_value(Some("true")), Some(true));
