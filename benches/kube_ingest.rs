@@ -283,6 +283,7 @@ async fn seed(admin: &Client, namespaces: &[String], from: usize, to: usize) -> 
                 storm: None,
                 backoff_until_s: None,
                 inhibited: None,
+                silenced_by: None,
             };
             let request = remediation::build(&signal, namespace, epoch, class, &update);
             let api: Api<RemediationRequest> = Api::namespaced(admin.clone(), namespace);
