@@ -147,6 +147,7 @@ pub fn source(source: &Source, data: &[u8]) {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
         };
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
         assert_dns_label(rr.metadata.name.as_deref().expect("a request has a name"));
@@ -289,7 +290,7 @@ pub fn decide_reply(data: &[u8]) {
     let well_formed = input.replies.len() == members.len()
         && members.iter().zip(&input.replies).all(|(m, r)| match r {
             Reply::Packed { admission: [1, 0], verdicts } => {
-                verdicts.len() == m.len() && verdicts.iter().all(|v| matches!(v[0], 0..=3 | 5))
+                verdicts.len() == m.len() && verdicts.iter().all(|v| matches!(v[0], 0..=3 | 5..=7))
             }
             _ => false,
         });
@@ -323,6 +324,8 @@ fn kind(v: &Verdict) -> u32 {
         Verdict::ResolvedOpen(_) => 2,
         Verdict::ResolvedUnknown => 3,
         Verdict::Folded(_) => 5,
+        Verdict::AcknowledgedOpen(_) => 6,
+        Verdict::AcknowledgedUnknown => 7,
     }
 }
 
