@@ -6,12 +6,9 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 use support::redis::{RedisServer, ServerOptions};
 use support::{occurrences, start_with, Gateway};
-use tidegate::config::StateBackend;
 use tidegate::remediation::SUBMITTED_BY_ANNOTATION;
 
 const ROUTE: &str = "/v2/enqueue";
@@ -196,12 +193,7 @@ async fn the_routing_key_authenticates_its_sender_as_a_bearer_token_does() {
 async fn state_down_is_503_with_retry_after() {
     let server = RedisServer::start(ServerOptions::default());
     let url = server.url();
-    let gw = start_with(|c| {
-        c.state = StateBackend::Redis(url.parse().unwrap());
-        c.redis.prefix = support::unique_prefix();
-        c.redis.timeout = Duration::from_millis(500);
-    })
-    .await;
+    let gw = start_with(|c| support::on_redis(c, &url)).await;
     accepted(post(&gw, TRIGGER).await).await;
 
     server.kill();
