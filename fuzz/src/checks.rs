@@ -162,6 +162,7 @@ pub fn source(source: &Source, data: &[u8]) {
             backoff_until_s: None,
             inhibited: None,
             acknowledged_at_s: None,
+            silenced_by: None,
         };
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
         assert_dns_label(rr.metadata.name.as_deref().expect("a request has a name"));
