@@ -147,6 +147,7 @@ pub fn source(source: &Source, data: &[u8]) {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            flap: None,
         };
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
         assert_dns_label(rr.metadata.name.as_deref().expect("a request has a name"));
@@ -323,6 +324,7 @@ fn kind(v: &Verdict) -> u32 {
         Verdict::ResolvedOpen(_) => 2,
         Verdict::ResolvedUnknown => 3,
         Verdict::Folded(_) => 5,
+        Verdict::Refired { opened, .. } => u32::from(!opened),
     }
 }
 

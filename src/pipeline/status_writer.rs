@@ -549,6 +549,7 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            flap: None,
         }
     }
 
