@@ -77,6 +77,7 @@ fn main() -> ExitCode {
             backoff_until_s: None,
             inhibited: None,
             flap: None,
+            silenced_by: None,
         };
         let request = remediation::build(&signal, &namespace, now - 60, &class, &update);
         let path = dir.path().join(&namespace).join(format!("{}.yaml", request.metadata.name.as_deref().unwrap()));

@@ -160,6 +160,13 @@ pub struct RemediationRequestStatus {
     /// Written by the gateway: how this request's incident backs off after failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
+    /// Set while a RemediationSilence is active on this request's incident: its
+    /// occurrences are still counted here, and a controller should hold its work
+    /// until this is unset or `until` has passed. The gateway sets it when an
+    /// occurrence the silence matches arrives, and clears it at the next occurrence
+    /// no silence matches, and when the silence ends, is expired or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<SilencedBy>,
     /// Conditions, by Kubernetes' conventions. The gateway writes `Flapping`: `True`
     /// while the incident went firing → resolved → firing more than
     /// `flap.threshold` times within `flap.window`, `False` once a window passed
@@ -203,6 +210,19 @@ impl FlapUpdate {
             FlapUpdate::Flapping { at_s, .. } | FlapUpdate::Settled { at_s, .. } => *at_s,
         }
     }
+}
+
+/// The silence active on a request's incident.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SilencedBy {
+    /// The silence's namespace.
+    pub namespace: String,
+    /// The silence's name.
+    pub name: String,
+    /// The silence's `endsAt` when the gateway last saw it match (a silence with
+    /// `timeIntervals` may pause before then; the gateway then clears this field).
+    pub until: Time,
 }
 
 /// An incident's back-off after failed remediations.
@@ -250,7 +270,7 @@ pub struct Tally {
 /// Tallies a request keeps. The least recently raised is dropped, its count staying
 /// in the total: its process forgot the incident long before this many other
 /// writers counted it (see `TALLY_HORIZON` in [`crate::pipeline::status_writer`]).
-const MAX_TALLIES: usize = 16;
+pub const MAX_TALLIES: usize = 16;
 
 impl Deduplication {
     /// Raises `writer`'s tally to `count`.
@@ -262,7 +282,7 @@ impl Deduplication {
 /// Raises `writer`'s tally in `tallies` to `count`, adding what it raised by to
 /// `total`; past [`MAX_TALLIES`] the least recently raised goes, its count staying
 /// in the total.
-fn raise_tally(tallies: &mut Vec<Tally>, total: &mut u64, writer: &str, count: u64) {
+pub fn raise_tally(tallies: &mut Vec<Tally>, total: &mut u64, writer: &str, count: u64) {
     let mut known = 0;
     if let Some(i) = tallies.iter().position(|t| t.writer == writer) {
         known = tallies[i].count;
@@ -318,6 +338,17 @@ pub struct StatusUpdate {
     pub inhibited: Option<InhibitedUpdate>,
     /// The incident flaps, or has settled.
     pub flap: Option<FlapUpdate>,
+    /// Sets or clears `status.silencedBy`; `None` leaves it as it is.
+    pub silenced_by: Option<SilenceMark>,
+}
+
+/// What an update says of the silence active on a request's incident.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SilenceMark {
+    /// The order this process saw it in: of two marks merged, the later stands.
+    pub seq: u64,
+    /// The silence active on the incident; `None` when none is.
+    pub silence: Option<SilencedBy>,
 }
 
 /// The signals one writer held back on a source's request, in all.
@@ -401,6 +432,11 @@ impl StatusUpdate {
                 self.flap = Some(theirs.clone());
             }
         }
+        if let Some(theirs) = &other.silenced_by {
+            if self.silenced_by.as_ref().is_none_or(|mine| mine.seq < theirs.seq) {
+                self.silenced_by = Some(theirs.clone());
+            }
+        }
     }
 }
 
@@ -449,6 +485,9 @@ impl RemediationRequestStatus {
             if newer {
                 self.signal_resolved_at = Some(time_s(at));
             }
+        }
+        if let Some(mark) = &update.silenced_by {
+            self.silenced_by = mark.silence.clone();
         }
         if let Some(flap) = &update.flap {
             self.apply_flap(flap);
@@ -540,6 +579,7 @@ impl RemediationRequestStatus {
             self.storm = built.storm.clone();
             self.signal_resolved_at = built.signal_resolved_at.clone();
             self.inhibited = built.inhibited.clone();
+            self.silenced_by = built.silenced_by.clone();
             return;
         };
         mine.first_seen_at = mine.first_seen_at.clone().min(theirs.first_seen_at.clone());
@@ -854,6 +894,7 @@ mod tests {
             backoff_until_s: None,
             inhibited: None,
             flap: None,
+            silenced_by: None,
         };
         status.apply(&update(150, 7, None));
         status.apply(&update(120, 5, Some(160)));
@@ -876,6 +917,7 @@ mod tests {
             backoff_until_s: None,
             inhibited: None,
             flap: None,
+            silenced_by: None,
         };
         let mut status = RemediationRequestStatus::default();
         for (writer, count) in [(1, 3), (2, 5), (1, 3), (1, 4), (2, 2), (2, 5)] {
@@ -913,6 +955,7 @@ mod tests {
             backoff_until_s: None,
             inhibited: None,
             flap: None,
+            silenced_by: None,
         };
         let mut update = storm(2, vec![resource(1), resource(2)]);
         update.merge(&storm(3, vec![resource(3)]));
@@ -942,6 +985,7 @@ mod tests {
             backoff_until_s: None,
             inhibited: Some(InhibitedUpdate { count, resources: vec![resource(pod)], cap: 2 }),
             flap: None,
+            silenced_by: None,
         };
         let mut status = RemediationRequestStatus::default();
         for (writer, count, pod) in [(1, 1, 1), (1, 2, 2), (2, 1, 3), (1, 2, 2)] {
@@ -965,6 +1009,7 @@ mod tests {
             backoff_until_s: None,
             inhibited: None,
             flap: Some(flap),
+            silenced_by: None,
         }
     }
 

@@ -199,6 +199,8 @@ pub struct Pipeline {
     traced: bool,
     /// The silences honoured, if any.
     silences: Option<crate::silence::status::SilenceKeeper>,
+    /// Requests marked with the silence active on their incidents.
+    silence_marks: Arc<silences::Marks>,
 }
 
 /// What a pipeline decides with, besides its configuration.
@@ -293,6 +295,7 @@ impl Pipeline {
             metrics,
             traced: config.trace.enabled(),
             silences: None,
+            silence_marks: Arc::default(),
         }
     }
 
@@ -549,6 +552,7 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         backoff_until_s: None,
         inhibited: None,
         flap: None,
+        silenced_by: None,
     }
 }
 

@@ -550,6 +550,7 @@ mod tests {
             backoff_until_s: None,
             inhibited: None,
             flap: None,
+            silenced_by: None,
         }
     }
 
