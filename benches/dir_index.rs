@@ -77,6 +77,7 @@ fn main() -> ExitCode {
             backoff_until_s: None,
             inhibited: None,
             acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         let request = remediation::build(&signal, &namespace, now - 60, &class, &update);

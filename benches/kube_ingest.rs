@@ -285,6 +285,7 @@ async fn seed(admin: &Client, namespaces: &[String], from: usize, to: usize) -> 
                 inhibited: None,
                 silenced_by: None,
                 acknowledged_at_s: None,
+                flap: None,
             };
             let request = remediation::build(&signal, namespace, epoch, class, &update);
             let api: Api<RemediationRequest> = Api::namespaced(admin.clone(), namespace);

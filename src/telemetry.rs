@@ -162,6 +162,9 @@ pub struct Metrics {
     pub silences_ignored: Family<ReasonLabels, Counter>,
     pub silences_active: Gauge,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    pub flap_transitions: Family<SourceLabels, Counter>,
+    pub flapping_marked: Counter,
+    pub flapping_cleared: Counter,
 }
 
 /// The label values of the families whose values are a fixed set: each series is
@@ -367,6 +370,24 @@ impl Metrics {
             "TLS handshakes that failed, by reason (a client certificate refused, not TLS, timed out)",
             tls_handshake_failures.clone(),
         );
+        let flap_transitions = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "flap_transitions",
+            "Firing signals of an incident whose last signal was a resolution (firing, resolved, firing again), by source",
+            flap_transitions.clone(),
+        );
+        let flapping_marked = Counter::default();
+        registry.register(
+            "flapping_marked",
+            "Times a request was marked flapping (more than flap.threshold transitions within flap.window)",
+            flapping_marked.clone(),
+        );
+        let flapping_cleared = Counter::default();
+        registry.register(
+            "flapping_cleared",
+            "Times a request's Flapping condition was cleared, flap.window after its incident's last transition",
+            flapping_cleared.clone(),
+        );
         Metrics {
             registry,
             signals,
@@ -405,6 +426,9 @@ impl Metrics {
             silences_ignored,
             silences_active,
             tls_handshake_failures,
+            flap_transitions,
+            flapping_marked,
+            flapping_cleared,
         }
     }
 
@@ -412,6 +436,7 @@ impl Metrics {
     /// value: adding 0 is how a counter is made without counting).
     pub fn zero(&self, vocabulary: &Vocabulary) {
         for &source in &vocabulary.signal_types {
+            self.flap_transitions.get_or_create(&SourceLabels { source }).inc_by(0);
             for &outcome in &vocabulary.signal_outcomes {
                 self.signals.get_or_create(&SignalLabels { source, outcome }).inc_by(0);
             }

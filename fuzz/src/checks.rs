@@ -162,6 +162,7 @@ pub fn source(source: &Source, data: &[u8]) {
             backoff_until_s: None,
             inhibited: None,
             acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
@@ -341,6 +342,7 @@ fn kind(v: &Verdict) -> u32 {
         Verdict::Folded(_) => 5,
         Verdict::AcknowledgedOpen(_) => 6,
         Verdict::AcknowledgedUnknown => 7,
+        Verdict::Refired { opened, .. } => u32::from(!opened),
     }
 }
 

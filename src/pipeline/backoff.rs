@@ -181,6 +181,7 @@ impl Pipeline {
             },
             inhibited: None,
             acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         self.status_writer.repeat(Incident::Signal(signal.fingerprint, last.first_seen_s), &last.at, update);

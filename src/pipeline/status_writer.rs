@@ -567,6 +567,7 @@ mod tests {
             backoff_until_s: None,
             inhibited: None,
             acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         }
     }

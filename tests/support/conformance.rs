@@ -117,7 +117,7 @@ fn folded(v: &Verdict) -> Folded {
 }
 
 fn assert_not_storm(v: &Verdict) {
-    assert!(matches!(v, Verdict::New(_) | Verdict::Duplicate(_)), "expected no storm, got {v:?}");
+    assert!(matches!(v.flaps().0, Verdict::New(_) | Verdict::Duplicate(_)), "expected no storm, got {v:?}");
 }
 
 async fn one(store: &dyn StateStore, o: Observation, now: u32) -> Verdict {
@@ -128,6 +128,13 @@ async fn one(store: &dyn StateStore, o: Observation, now: u32) -> Verdict {
 
 fn entry(first: u32, last: u32, count: u32) -> Entry {
     Entry { first_seen_s: first, last_seen_s: last, count }
+}
+
+/// The flap window of the default `FlapRule`: 30 minutes, 4 transitions kept.
+const FLAP_WINDOW: u32 = 1800;
+
+fn refired(entry: Entry, opened: bool, transitions: u32) -> Verdict {
+    Verdict::Refired { entry, opened, transitions }
 }
 
 fn source(case: &str) -> String {
@@ -179,13 +186,65 @@ async fn resolved_reports_the_open_incident_without_counting(store: Arc<dyn Stat
     let f = fp("resolved-open", 0);
     one(&*store, fire(f), T0).await;
     assert_eq!(one(&*store, resolve(f), T0 + 5).await, Verdict::ResolvedOpen(entry(T0, T0, 1)));
-    assert_eq!(one(&*store, fire(f), T0 + 6).await, Verdict::Duplicate(entry(T0, T0 + 6, 2)));
+    let refired = one(&*store, fire(f), T0 + 6).await;
+    assert_eq!(refired.flaps().0, Verdict::Duplicate(entry(T0, T0 + 6, 2)), "counted as a repeat");
+}
+
+async fn a_firing_signal_after_a_resolution_is_a_transition_and_nothing_else_is(store: Arc<dyn StateStore>) {
+    let f = fp("flap-count", 0);
+    one(&*store, fire(f), T0).await;
+    assert_eq!(one(&*store, fire(f), T0 + 1).await, Verdict::Duplicate(entry(T0, T0 + 1, 2)), "a repeat");
+    one(&*store, resolve(f), T0 + 2).await;
+    one(&*store, resolve(f), T0 + 3).await; // a resent resolution is the same one
+    assert_eq!(one(&*store, fire(f), T0 + 4).await, refired(entry(T0, T0 + 4, 3), false, 1));
+    assert_eq!(one(&*store, fire(f), T0 + 5).await, Verdict::Duplicate(entry(T0, T0 + 5, 4)), "resent firing");
+    one(&*store, resolve(f), T0 + 6).await;
+    assert_eq!(one(&*store, fire(f), T0 + 7).await, refired(entry(T0, T0 + 7, 5), false, 2));
+    assert_eq!(one(&*store, fire(fp("flap-count", 1)), T0 + 7).await, Verdict::New(entry(T0 + 7, T0 + 7, 1)));
+}
+
+async fn a_transition_after_the_dedup_window_reopens_and_still_counts(store: Arc<dyn StateStore>) {
+    let f = fp("flap-reopen", 0);
+    let w = WINDOW.as_secs() as u32;
+    one(&*store, fire(f), T0).await;
+    one(&*store, resolve(f), T0 + 1).await;
+    assert_eq!(one(&*store, fire(f), T0 + 2).await, refired(entry(T0, T0 + 2, 2), false, 1));
+    // Resolved once its incident was no longer open, then firing again.
+    assert_eq!(one(&*store, resolve(f), T0 + 2 + w).await, Verdict::ResolvedUnknown);
+    let again = T0 + 3 + w;
+    assert_eq!(one(&*store, fire(f), again).await, refired(entry(again, again, 1), true, 2));
+}
+
+async fn transitions_count_within_the_flap_window_and_at_most_the_rules_keep(store: Arc<dyn StateStore>) {
+    let f = fp("flap-window", 0);
+    one(&*store, fire(f), T0).await;
+    let mut counted = Vec::new();
+    for n in 1..=6 {
+        one(&*store, resolve(f), T0 + 10 * n).await;
+        counted.push(one(&*store, fire(f), T0 + 10 * n + 1).await.flaps().1);
+    }
+    assert_eq!(counted, [1, 2, 3, 4, 4, 4], "at most keep (4) are kept");
+    // The first kept transition (at T0 + 31) drops out of the window at T0 + 31 + 1800.
+    let late = T0 + 31 + FLAP_WINDOW;
+    one(&*store, resolve(f), late - 1).await;
+    let dedup_open = |v: Verdict| v.flaps().1;
+    assert_eq!(dedup_open(one(&*store, fire(f), late).await), 4, "three kept within the window, and this one");
+    one(&*store, resolve(f), late + FLAP_WINDOW).await;
+    assert_eq!(dedup_open(one(&*store, fire(f), late + FLAP_WINDOW + 1).await), 1, "the rest aged out");
+}
+
+async fn a_batch_counts_transitions_in_its_order(store: Arc<dyn StateStore>) {
+    let f = fp("flap-batch", 0);
+    let verdicts = store.observe(&[fire(f), resolve(f), fire(f), fire(f), resolve(f), fire(f)], T0).await.unwrap();
+    let transitions: Vec<u32> = verdicts.iter().map(|v| v.flaps().1).collect();
+    assert_eq!(transitions, [0, 0, 1, 0, 0, 2]);
 }
 
 async fn resolved_for_an_unknown_incident_records_nothing(store: Arc<dyn StateStore>) {
     let f = fp("resolved-unknown", 0);
     assert_eq!(one(&*store, resolve(f), T0).await, Verdict::ResolvedUnknown);
-    assert_eq!(one(&*store, fire(f), T0 + 1).await, Verdict::New(entry(T0 + 1, T0 + 1, 1)));
+    // Nothing in dedup; the resolution does make the next firing a flap transition.
+    assert_eq!(one(&*store, fire(f), T0 + 1).await, refired(entry(T0 + 1, T0 + 1, 1), true, 1));
 }
 
 async fn resolved_after_the_window_is_unknown(store: Arc<dyn StateStore>) {

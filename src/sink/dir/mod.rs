@@ -113,6 +113,8 @@ fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Resul
     let mut request: RemediationRequest = serde_norway::from_str(&text)
         .map_err(|e| SinkError::Corrupt { path: path.display().to_string(), source: e })?;
     request.status.get_or_insert_with(Default::default).apply(update);
+    // The label follows the condition, in the same write.
+    crate::remediation::label_flapping(&mut request);
     let tmp = write_temp(path, &to_yaml(&request), Durability::Rename)?;
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 
 use super::{
-    Admission, BoxFuture, Charge, Decision, Entry, Folded, InhibitKey, Inhibitor, Observation, OpenWindow, RateLimit,
-    StateError, StateStore, StormConfig, StormKind, Verdict,
+    Admission, BoxFuture, Charge, Decision, Entry, FlapRule, Folded, InhibitKey, Inhibitor, Observation, OpenWindow,
+    RateLimit, StateError, StateStore, StormConfig, StormKind, Verdict,
 };
 use crate::section::ConfigError;
 use crate::signal::SignalStatus;
@@ -124,6 +124,8 @@ struct Shared {
     out_of_memory: AtomicBool,
     /// Fingerprints held, as last counted by the monitor.
     entries: AtomicU64,
+    /// The [`FlapRule`], as `window_s << 32 | keep`: set once, after connecting.
+    flap: AtomicU64,
 }
 
 impl RedisStore {
@@ -154,6 +156,7 @@ impl RedisStore {
             timeout: config.timeout,
             out_of_memory: AtomicBool::new(false),
             entries: AtomicU64::new(0),
+            flap: AtomicU64::new(flap_bits(FlapRule::default())),
         });
         let warnings = monitor::eviction_warnings(&shared.conn).await;
         for warning in &warnings {
@@ -163,13 +166,30 @@ impl RedisStore {
         Ok(RedisStore { shared, warnings })
     }
 
+    /// The store counting flap transitions as `rule` says, rather than by `flap`'s
+    /// defaults.
+    pub fn with_flap(self, rule: FlapRule) -> Self {
+        self.shared.flap.store(flap_bits(rule), Ordering::Relaxed);
+        self
+    }
+
     /// What start-up found risky in Redis' memory configuration.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 }
 
+fn flap_bits(rule: FlapRule) -> u64 {
+    u64::from(rule.window_s.max(1)) << 32 | u64::from(rule.keep.max(1))
+}
+
 impl Shared {
+    /// The flap rule [`RedisStore::with_flap`] set.
+    fn flap(&self) -> FlapRule {
+        let bits = self.flap.load(Ordering::Relaxed);
+        FlapRule { window_s: (bits >> 32) as u32, keep: bits as u32 }
+    }
+
     /// Runs `work` under the timeout, classifying failures and tracking OOM.
     async fn guarded<T>(&self, work: impl Future<Output = Result<T, RedisError>>) -> Result<T, StateError> {
         match tokio::time::timeout(self.timeout, work).await {
@@ -216,11 +236,12 @@ impl Shared {
     ) -> Result<Result<Decision, StateError>, RedisError> {
         let rules = &self.storms;
         let window_s = self.schema.window_s();
+        let flap = self.flap();
         let mut calls: Vec<DecideCall> = Vec::new();
         if let Some(charge) = charge {
             debug_assert!(!self.schema.cluster(), "the budget key has a slot of its own");
             let budget = self.schema.budget_key(charge.source);
-            calls.push(DecideCall::new(None, now_s, window_s, rules, Some((budget, charge))));
+            calls.push(DecideCall::new(None, now_s, window_s, rules, flap, Some((budget, charge))));
         }
         for (position, o) in batch.iter().enumerate() {
             let scope = o.storm.as_ref().map(|k| &k.scope);
@@ -230,7 +251,7 @@ impl Shared {
             let call = match calls.iter().position(|c| c.slot == slot) {
                 Some(i) => &mut calls[i],
                 None => {
-                    calls.push(DecideCall::new(slot, now_s, window_s, rules, None));
+                    calls.push(DecideCall::new(slot, now_s, window_s, rules, flap, None));
                     calls.last_mut().expect("just pushed")
                 }
             };
