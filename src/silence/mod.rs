@@ -449,7 +449,7 @@ pub struct Running {
     pub silences: Arc<Silences>,
     pub keeper: status::SilenceKeeper,
     /// The directory watch, when silences are files; stops when dropped.
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<crate::tree_watch::TreeWatch>,
 }
 
 /// The silence directory within the sink's, unless `silence.dir` says otherwise.
