@@ -48,10 +48,14 @@ impl Serialize for SignalType {
 pub enum SignalStatus {
     Firing,
     Resolved,
+    /// A person took the incident on (PagerDuty's `acknowledge`): not an
+    /// occurrence. Recorded on the incident's open request, if it has one; it never
+    /// opens one, never counts towards a storm and never extends the dedup window.
+    Acknowledged,
 }
 
 /// The Kubernetes object a signal is about.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct TargetResource {
     /// Kind, for example `Pod`; empty when the signal names no resource.
     pub kind: String,

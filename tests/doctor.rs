@@ -209,9 +209,12 @@ async fn a_port_in_use_fails() {
 // Kubernetes
 // ---------------------------------------------------------------------------------
 
-/// `kube`, as the gateway's service account or another, through the test's proxy.
+/// `kube`, as the gateway's service account or another, through the test's proxy,
+/// with every grant needed: the owner chain on (the default) and a scope that reads
+/// workloads' labels.
 async fn kube_report(kube: &Kube, token: &str) -> Report {
-    let config = config("memory", SinkTarget::Kube);
+    let mut config = config("memory", SinkTarget::Kube);
+    config.scope.mode = tidegate::pipeline::scope::ScopeMode::OptOut;
     doctor::run(&config, &Options { load: None, kube_client: Some(kube.client_as(token)) }).await
 }
 
@@ -225,6 +228,10 @@ fn check_names(permissions: &[Permission]) -> Vec<&'static str> {
             "pods" => "rbac pods",
             "replicasets" => "rbac replicasets",
             "jobs" => "rbac jobs",
+            "deployments" => "rbac deployments",
+            "statefulsets" => "rbac statefulsets",
+            "daemonsets" => "rbac daemonsets",
+            "cronjobs" => "rbac cronjobs",
             other => panic!("a permission this test does not know: {other}"),
         })
         .collect()
@@ -361,29 +368,7 @@ fn admin_kubeconfig(dir: &Path) -> PathBuf {
         return path.into();
     }
     let server = support::kube::cluster().server.as_ref().expect("the API server this binary started");
-    let pem = format!(
-        "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
-        data_encoding::BASE64
-            .encode(&server.ca_der)
-            .as_bytes()
-            .chunks(64)
-            .map(|line| format!("{}\n", std::str::from_utf8(line).unwrap()))
-            .collect::<String>()
-    );
-    let kubeconfig = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {
-            "server": server.url,
-            "certificate-authority-data": data_encoding::BASE64.encode(pem.as_bytes()),
-        }}],
-        "users": [{"name": "admin", "user": {"token": server.admin_token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
-        "current-context": "test",
-    });
-    let path = dir.join("kubeconfig");
-    std::fs::write(&path, serde_norway::to_string(&kubeconfig).unwrap()).unwrap();
-    path
+    support::kubeconfig(dir, "admin", &server.admin_token)
 }
 
 /// Runs `tidegate doctor` with `args` and only `env` of tidegate's variables.

@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::resource::RemediationSilence;
-use super::store::{expired_end, SilenceStore, StatusChange, StoreError};
+use super::store::{expired_end, Ignored, SilenceStore, StatusChange, StoreError};
 use super::{SilenceRef, Silences};
 use crate::state::BoxFuture;
 
@@ -251,6 +251,11 @@ impl SilenceStore for Arc<DirSilences> {
         }))
     }
 
+    // A file has no events: its status (`state: ignored`, `reason`) and the log say it.
+    fn warn_ignored<'a>(&'a self, _: &'a Ignored) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn write_status<'a>(
         &'a self,
         at: &'a SilenceRef,
@@ -281,10 +286,15 @@ mod tests {
         store.create(&s).await.unwrap();
         assert!(matches!(store.create(&s).await, Err(StoreError::Exists(_))), "a create never overwrites");
         let at = SilenceRef { namespace: "shop".into(), name: "drain".into() };
-        let change =
-            StatusChange { matched: 3, last_matched_at: Some("2026-12-05T10:00:00Z".parse().unwrap()), state: None };
+        let change = StatusChange {
+            writer: 1,
+            matched: 3,
+            last_matched_at: Some("2026-12-05T10:00:00Z".parse().unwrap()),
+            state: None,
+        };
         store.write_status(&at, &change).await.unwrap();
-        store.write_status(&at, &StatusChange { matched: 2, ..Default::default() }).await.unwrap();
+        store.write_status(&at, &StatusChange { writer: 2, matched: 2, ..Default::default() }).await.unwrap();
+        store.write_status(&at, &change).await.unwrap();
         store.expire(&at, "2026-12-05T12:00:00Z".parse().unwrap()).await.unwrap();
         let listed = store.list(Some("shop")).await.unwrap();
         assert_eq!(listed.len(), 1);

@@ -30,22 +30,27 @@ pub enum SinkTarget {
     Kube,
 }
 
+/// A sink that is none of the sinks.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("expected \"dir:<path>\" or \"kube\", got {0:?}")]
+pub struct UnknownSink(String);
+
 impl FromStr for SinkTarget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownSink;
+    fn from_str(s: &str) -> Result<Self, UnknownSink> {
         match s {
             "kube" => Ok(SinkTarget::Kube),
             _ => match s.strip_prefix("dir:") {
                 Some(path) => Ok(SinkTarget::Dir(PathBuf::from(path))),
-                None => Err(format!("expected \"dir:<path>\" or \"kube\", got {s:?}")),
+                None => Err(UnknownSink(s.to_string())),
             },
         }
     }
 }
 
 impl TryFrom<String> for SinkTarget {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = UnknownSink;
+    fn try_from(s: String) -> Result<Self, UnknownSink> {
         s.parse()
     }
 }
@@ -73,6 +78,9 @@ pub struct Settings {
     pub kube: KubeConfig,
     /// How far back the directory sink indexes manifests (`Config::open_horizon`).
     pub horizon: Duration,
+    /// Whether scope reads workloads' labels, which the kube sink's grants then
+    /// include (`scope.mode` opt-in or opt-out).
+    pub scope_labels: bool,
 }
 
 /// A sink, and what it learned of the cluster on the way, for the pipeline.
@@ -138,7 +146,8 @@ impl Settings {
             }
             SinkTarget::Kube => {
                 let mut checks = vec![Check::skip("sink dir", "the sink is kube")];
-                checks.extend(super::kube::doctor::checks(&self.kube, ctx.kube_client_if_any()).await);
+                checks
+                    .extend(super::kube::doctor::checks(&self.kube, self.scope_labels, ctx.kube_client_if_any()).await);
                 checks
             }
         }

@@ -27,18 +27,28 @@ fn budget(config: &KubeConfig) -> Duration {
     config.deadline.max(Duration::from_secs(5))
 }
 
+/// Why a check's call to the API server has no answer.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// `fut`, or a timeout error after `budget`.
-async fn within<T>(budget: Duration, fut: impl Future<Output = kube::Result<T>>) -> Result<T, String> {
+async fn within<T>(budget: Duration, fut: impl Future<Output = kube::Result<T>>) -> Result<T, CallError> {
     match tokio::time::timeout(budget, fut).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {budget:?}")),
+        Ok(result) => Ok(result?),
+        Err(_) => Err(CallError::Timeout(budget)),
     }
 }
 
-/// Reachability, the CRD, and every grant the sink needs.
-pub async fn checks(config: &KubeConfig, client: Option<Client>) -> Vec<Check> {
+/// Reachability, the CRD, and every grant the sink needs (with `scope_labels`,
+/// also the workload label caches').
+pub async fn checks(config: &KubeConfig, scope_labels: bool, client: Option<Client>) -> Vec<Check> {
     let budget = budget(config);
-    let needed = access::needed(config.owner_chain);
+    let needed = access::needed(config.owner_chain, scope_labels);
     let (client, reached) = match kube_reach(client, budget).await {
         Ok(reached) => reached,
         Err(check) => {
