@@ -31,8 +31,9 @@
 //! alert name the workload never sends (plus a regex matcher), so every alert is
 //! looked up among them and none is held: the row measures what the lookup costs.
 //!
-//! `BENCH_INHIBIT_RULES=50` loads 50 inhibit rules that every alert looks up and
-//! none triggers (their cost alone).
+//! `BENCH_INHIBIT_RULES=50` loads 50 inhibit rules whose target side every alert
+//! matches and none triggers (their cost alone: matching, and one read of the
+//! rules' markers per batch, as no source holds any).
 //!
 //! `BENCH_TRACE_RATIO=0.01` (or `1.0`, …) turns tracing on, sampled at that ratio:
 //! tidegate exports its spans over OTLP/HTTP to a receiver in this process that
@@ -411,8 +412,9 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
         Ok(other) => return Err(format!("BENCH_AUTH={other}: only `bearer` is known")),
     };
     // `BENCH_INHIBIT_RULES=N`: N inhibit rules whose target side matches every bench
-    // alert and whose source side none does, so every alert pays for the lookup of
-    // 2N keys per namespace and is never held back: inhibition's cost, measured alone.
+    // alert and whose source side none does, so every alert is matched against the
+    // rules and its batch reads their markers, and none is held back: inhibition's
+    // cost while no source is open, measured alone.
     if let Ok(n) = std::env::var("BENCH_INHIBIT_RULES") {
         let n: usize = n.parse().map_err(|e| format!("BENCH_INHIBIT_RULES={n}: {e}"))?;
         let rules: Vec<String> = (0..n)

@@ -739,3 +739,64 @@ async fn race_counts_two_replicas_hold_when_the_store_loses_everything_add_up() 
     };
     run(&case).await.unwrap_or_else(|e| panic!("{e}"));
 }
+
+// Inhibition's life: a source holds its targets back while it fires, and lets them
+// go when it resolves.
+
+/// web-0's HighMemory holds back the same alert of the other pods.
+fn web_0_inhibits(config: &mut Settings) {
+    config.inhibit_rules = vec![super::inhibit::InhibitRuleConfig {
+        source_matchers: vec![r#"pod="web-0""#.into()],
+        target_matchers: vec![r#"pod=~"web-[1-9]""#.into()],
+        equal: vec!["alertname".into()],
+    }];
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resolved_source_releases_its_targets_and_holds_them_again_when_it_fires_again() {
+    let case = Case {
+        name: "a resolved source releases its targets, and holds them again when it fires again",
+        stores: &[0, 0],
+        config: web_0_inhibits,
+        script: &[
+            Send { to: 0, alerts: "web-0", answer: "created" },
+            Send { to: 1, alerts: "web-1", answer: "inhibited" },
+            Advance(10),
+            Send { to: 1, alerts: "-web-0", answer: "resolved" },
+            // Well within the dedup window: only the resolve let web-1 go.
+            Send { to: 0, alerts: "web-1", answer: "created" },
+            Advance(10),
+            Send { to: 0, alerts: "web-0", answer: "duplicate" },
+            Send { to: 1, alerts: "web-2", answer: "inhibited" },
+        ],
+        requests: "web-0=2(resolved) web-1=1",
+    };
+    run(&case).await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_resolved_before_a_restart_is_not_taught_again_from_the_sink() {
+    let mut config = Settings::default();
+    web_0_inhibits(&mut config);
+    let mut world = World::new(&config, &[0]);
+    world.step(Send { to: 0, alerts: "web-0", answer: "created" }).await.unwrap();
+    world.step(Advance(10)).await.unwrap();
+    world.step(Send { to: 0, alerts: "-web-0", answer: "resolved" }).await.unwrap();
+    world.step(Advance(5)).await.unwrap();
+    assert_eq!(world.sink.requests(), "web-0=1(resolved)", "the status writer wrote the resolve");
+    world.step(Forget).await.unwrap();
+    assert_eq!(world.replicas[0].recover_holds().await.unwrap(), 0, "the sink's request says it resolved");
+    world.step(Send { to: 0, alerts: "web-1", answer: "created" }).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_firing_source_is_taught_again_from_the_sink_after_a_restart() {
+    let mut config = Settings::default();
+    web_0_inhibits(&mut config);
+    let mut world = World::new(&config, &[0]);
+    world.step(Send { to: 0, alerts: "web-0", answer: "created" }).await.unwrap();
+    world.step(Advance(5)).await.unwrap();
+    world.step(Forget).await.unwrap();
+    assert_eq!(world.replicas[0].recover_holds().await.unwrap(), 1);
+    world.step(Send { to: 0, alerts: "web-1", answer: "inhibited" }).await.unwrap();
+}

@@ -486,6 +486,22 @@ impl MemoryStore {
             .collect()
     }
 
+    fn release_now(&self, releases: &[(InhibitKey, Inhibitor)]) -> usize {
+        let mut inner = self.shared.lock();
+        let mut released = 0;
+        for (key, inhibitor) in releases {
+            let same = |(held, _): &(Inhibitor, u32)| {
+                (held.source, held.first_seen_s) == (inhibitor.source, inhibitor.first_seen_s)
+            };
+            // Its heap item finds nothing when it surfaces and is dropped.
+            if inner.inhibitors.get(key).is_some_and(same) {
+                inner.inhibitors.remove(key);
+                released += 1;
+            }
+        }
+        released
+    }
+
     /// Holds count against `max_entries` on their own, like sightings: they can be
     /// refused (503, retried), never crowd out open incidents.
     fn hold_now(&self, holds: &[(InhibitKey, Inhibitor)], now_s: u32, until_s: u32) -> Result<(), StateError> {
@@ -706,6 +722,13 @@ impl StateStore for MemoryStore {
         until_s: u32,
     ) -> BoxFuture<'a, Result<(), StateError>> {
         Box::pin(async move { self.hold_now(holds, now_s, until_s) })
+    }
+
+    fn release_inhibitors<'a>(
+        &'a self,
+        releases: &'a [(InhibitKey, Inhibitor)],
+    ) -> BoxFuture<'a, Result<usize, StateError>> {
+        Box::pin(async move { Ok(self.release_now(releases)) })
     }
 
     fn first_sighting(&self, id: [u8; 16], ttl: Duration) -> BoxFuture<'_, Result<bool, StateError>> {

@@ -527,6 +527,16 @@ pub trait StateStore: Send + Sync + 'static {
         until_s: u32,
     ) -> BoxFuture<'a, Result<(), StateError>>;
 
+    /// Ends each hold of `releases` that its inhibitor still holds (the same
+    /// source incident: fingerprint and occurrence epoch), as one atomic step per
+    /// key: a resolved source lets its targets go at once rather than a dedup
+    /// window later. A key another source holds now stays held. Returns how many
+    /// holds ended.
+    fn release_inhibitors<'a>(
+        &'a self,
+        releases: &'a [(InhibitKey, Inhibitor)],
+    ) -> BoxFuture<'a, Result<usize, StateError>>;
+
     /// Cheap liveness check used by `/readyz`.
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>>;
 

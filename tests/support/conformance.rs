@@ -618,4 +618,25 @@ async fn a_hold_lapses_at_its_end_unless_renewed(store: Arc<dyn StateStore>) {
     }
     assert_eq!(store.inhibitors(&[renewed], T0 + 1).await.unwrap(), vec![Some(inhibitor("lapse", 2))]);
 }
+
+async fn a_resolved_source_releases_only_the_keys_it_still_holds(store: Arc<dyn StateStore>) {
+    let (own, taken, later) = (sighting("inhibit-free", 0), sighting("inhibit-free", 1), sighting("inhibit-free", 2));
+    let source = inhibitor("free", 1);
+    // The same source's next incident (another epoch) is not the one resolving.
+    let next_incident = Inhibitor { first_seen_s: T0 + 100, ..source.clone() };
+    let holds = [(own, source.clone()), (taken, source.clone()), (later, next_incident.clone())];
+    store.hold_inhibitors(&holds, T0, T0 + 300).await.unwrap();
+    // Another source of the same key took `taken` over since.
+    store.hold_inhibitors(&[(taken, inhibitor("free", 2))], T0 + 5, T0 + 305).await.unwrap();
+    let releases = [(own, source.clone()), (taken, source.clone()), (later, source.clone())];
+    let released = store.release_inhibitors(&releases).await.unwrap();
+    assert_eq!(released, 1, "only the key the resolving incident still held");
+    let found = store.inhibitors(&[own, taken, later], T0 + 6).await.unwrap();
+    assert_eq!(found, vec![None, Some(inhibitor("free", 2)), Some(next_incident)]);
+    assert_eq!(store.release_inhibitors(&releases[..1]).await.unwrap(), 0, "released once");
+    assert_eq!(store.release_inhibitors(&[]).await.unwrap(), 0);
+    // Firing again, it holds again.
+    store.hold_inhibitors(&[(own, source.clone())], T0 + 7, T0 + 307).await.unwrap();
+    assert_eq!(store.inhibitors(&[own], T0 + 8).await.unwrap(), vec![Some(source)]);
+}
 }

@@ -45,6 +45,8 @@ use schema::Schema;
 const DECIDE: &str = include_str!("decide.lua");
 /// Defines the `gcra` function that both scripts start with.
 const GCRA: &str = include_str!("gcra.lua");
+/// Ends inhibit holds their source still holds (see `release_inhibitors`).
+const RELEASE: &str = include_str!("release.lua");
 
 /// The scripts' sources. The `#!lua` shebang (no flags) makes Redis 7 treat a
 /// script as "may write", so under `maxmemory` with noeviction a whole call is
@@ -119,6 +121,8 @@ struct Shared {
     storms: StormConfig,
     decide: Script,
     gcra: Script,
+    /// Deletes inhibit keys still held by the releasing source: `release.lua`.
+    release: Script,
     timeout: Duration,
     /// Set when Redis refused a write for lack of memory; cleared once it has room.
     out_of_memory: AtomicBool,
@@ -153,6 +157,7 @@ impl RedisStore {
             storms: *storms,
             decide,
             gcra,
+            release: Script::new(RELEASE),
             timeout: config.timeout,
             out_of_memory: AtomicBool::new(false),
             entries: AtomicU64::new(0),
@@ -422,6 +427,21 @@ impl Shared {
         self.guarded(self.conn.query_pipeline::<()>(&pipe)).await
     }
 
+    /// One script for the batch (every inhibit key shares a slot): each key is
+    /// deleted only if its value still names the releasing source incident, so a
+    /// source that took the key over meanwhile keeps it.
+    async fn release_inhibitors(&self, releases: &[(InhibitKey, Inhibitor)]) -> Result<usize, StateError> {
+        if releases.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.release.prepare_invoke();
+        for (key, inhibitor) in releases {
+            invocation.key(self.schema.inhibit_key(key)).arg(&schema::inhibit_holder(inhibitor)[..]);
+        }
+        let released: i64 = self.guarded(self.conn.invoke(&invocation)).await?;
+        Ok(released.max(0) as usize)
+    }
+
     fn classify(&self, e: &RedisError) -> StateError {
         if is_oom(e) {
             self.out_of_memory.store(true, Ordering::Relaxed);
@@ -526,6 +546,13 @@ impl StateStore for RedisStore {
 
     fn forget_sighting(&self, id: [u8; 16]) -> BoxFuture<'_, Result<(), StateError>> {
         Box::pin(self.shared.forget_sighting(id))
+    }
+
+    fn release_inhibitors<'a>(
+        &'a self,
+        releases: &'a [(InhibitKey, Inhibitor)],
+    ) -> BoxFuture<'a, Result<usize, StateError>> {
+        Box::pin(self.shared.release_inhibitors(releases))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>> {
