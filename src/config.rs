@@ -242,7 +242,12 @@ impl Config {
     }
 
     pub fn sink_settings(&self) -> crate::sink::Settings {
-        crate::sink::Settings { target: self.sink.clone(), kube: self.kube.clone(), horizon: self.open_horizon() }
+        crate::sink::Settings {
+            target: self.sink.clone(),
+            kube: self.kube.clone(),
+            horizon: self.open_horizon(),
+            scope_labels: self.scope.reads_labels(),
+        }
     }
 }
 

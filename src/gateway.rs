@@ -41,6 +41,8 @@ pub enum StartError {
     Tls(#[from] crate::http::tls::TlsError),
     #[error(transparent)]
     Silences(#[from] crate::silence::StartError),
+    #[error(transparent)]
+    WorkloadLabels(#[from] crate::workload::labels::NotListed),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -95,16 +97,31 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     let state = config.state_settings().build(&ctx).await?;
     let replays = state.clone();
     let built = config.sink_settings().build(&ctx).await?;
-    let owners: Option<Arc<dyn crate::workload::Owners>> = match &built.kube_client {
+    let owner_cache = match &built.kube_client {
         Some(client) if config.kube.owner_chain => {
             Some(OwnerCache::start(client.clone(), config.kube.owner_lookup_timeout, metrics.clone()))
         }
         _ => None,
     };
+    // Scope reads the workloads' labels too, from caches listed before any signal
+    // is taken: a workload labelled "false" must never look unlabelled.
+    let remediate_labels = match (&built.kube_client, built.remediate_labels) {
+        (Some(client), Some(namespaces)) if config.scope.reads_labels() => Some(
+            crate::workload::labels::start(
+                client.clone(),
+                owner_cache.iter().flat_map(|cache| cache.labels()).collect(),
+                namespaces,
+                config.kube.sync_timeout,
+            )
+            .await?,
+        ),
+        (_, labels) => labels,
+    };
+    let owners = owner_cache.map(|cache| cache as Arc<dyn crate::workload::Owners>);
     let silences =
         crate::silence::start(&config.silence_settings(), built.kube_client.clone(), clock.clone(), metrics.clone())
             .await?;
-    let (sink, namespace_labels, remediate_labels) = (built.sink, built.namespace_labels, built.remediate_labels);
+    let (sink, namespace_labels) = (built.sink, built.namespace_labels);
     let sink_handle = sink.clone();
     let reviews_tokens = config.auth.enabled() && config.auth.kinds().contains(&crate::auth::kind::KUBERNETES);
     let kube_client = match reviews_tokens {

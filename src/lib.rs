@@ -31,5 +31,6 @@ pub mod silence;
 pub mod sink;
 pub mod state;
 pub mod telemetry;
+pub mod tree_watch;
 pub mod watched;
 pub mod workload;

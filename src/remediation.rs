@@ -156,6 +156,26 @@ pub struct RemediationRequestStatus {
     /// Written by the gateway: how this request's incident backs off after failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
+    /// Set while a RemediationSilence is active on this request's incident: its
+    /// occurrences are still counted here, and a controller should hold its work
+    /// until this is unset or `until` has passed. The gateway sets it when an
+    /// occurrence the silence matches arrives, and clears it at the next occurrence
+    /// no silence matches, and when the silence ends, is expired or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<SilencedBy>,
+}
+
+/// The silence active on a request's incident.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SilencedBy {
+    /// The silence's namespace.
+    pub namespace: String,
+    /// The silence's name.
+    pub name: String,
+    /// The silence's `endsAt` when the gateway last saw it match (a silence with
+    /// `timeIntervals` may pause before then; the gateway then clears this field).
+    pub until: Time,
 }
 
 /// An incident's back-off after failed remediations.
@@ -203,7 +223,7 @@ pub struct Tally {
 /// Tallies a request keeps. The least recently raised is dropped, its count staying
 /// in the total: its process forgot the incident long before this many other
 /// writers counted it (see `TALLY_HORIZON` in [`crate::pipeline::status_writer`]).
-const MAX_TALLIES: usize = 16;
+pub const MAX_TALLIES: usize = 16;
 
 impl Deduplication {
     /// Raises `writer`'s tally to `count`.
@@ -215,7 +235,7 @@ impl Deduplication {
 /// Raises `writer`'s tally in `tallies` to `count`, adding what it raised by to
 /// `total`; past [`MAX_TALLIES`] the least recently raised goes, its count staying
 /// in the total.
-fn raise_tally(tallies: &mut Vec<Tally>, total: &mut u64, writer: &str, count: u64) {
+pub fn raise_tally(tallies: &mut Vec<Tally>, total: &mut u64, writer: &str, count: u64) {
     let mut known = 0;
     if let Some(i) = tallies.iter().position(|t| t.writer == writer) {
         known = tallies[i].count;
@@ -269,6 +289,17 @@ pub struct StatusUpdate {
     pub backoff_until_s: Option<u32>,
     /// Signals held back by inhibition, counted by the same `writer`.
     pub inhibited: Option<InhibitedUpdate>,
+    /// Sets or clears `status.silencedBy`; `None` leaves it as it is.
+    pub silenced_by: Option<SilenceMark>,
+}
+
+/// What an update says of the silence active on a request's incident.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SilenceMark {
+    /// The order this process saw it in: of two marks merged, the later stands.
+    pub seq: u64,
+    /// The silence active on the incident; `None` when none is.
+    pub silence: Option<SilencedBy>,
 }
 
 /// The signals one writer held back on a source's request, in all.
@@ -342,6 +373,11 @@ impl StatusUpdate {
             (None, Some(theirs)) => self.inhibited = Some(theirs.clone()),
             _ => {}
         }
+        if let Some(theirs) = &other.silenced_by {
+            if self.silenced_by.as_ref().is_none_or(|mine| mine.seq < theirs.seq) {
+                self.silenced_by = Some(theirs.clone());
+            }
+        }
     }
 }
 
@@ -391,6 +427,9 @@ impl RemediationRequestStatus {
                 self.signal_resolved_at = Some(time_s(at));
             }
         }
+        if let Some(mark) = &update.silenced_by {
+            self.silenced_by = mark.silence.clone();
+        }
     }
 }
 
@@ -407,6 +446,7 @@ impl RemediationRequestStatus {
             self.storm = built.storm.clone();
             self.signal_resolved_at = built.signal_resolved_at.clone();
             self.inhibited = built.inhibited.clone();
+            self.silenced_by = built.silenced_by.clone();
             return;
         };
         mine.first_seen_at = mine.first_seen_at.clone().min(theirs.first_seen_at.clone());
@@ -698,6 +738,7 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            silenced_by: None,
         };
         status.apply(&update(150, 7, None));
         status.apply(&update(120, 5, Some(160)));
@@ -719,6 +760,7 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            silenced_by: None,
         };
         let mut status = RemediationRequestStatus::default();
         for (writer, count) in [(1, 3), (2, 5), (1, 3), (1, 4), (2, 2), (2, 5)] {
@@ -755,6 +797,7 @@ mod tests {
             storm: Some(StormUpdate { resource_count: alerts, resources, cap: 2 }),
             backoff_until_s: None,
             inhibited: None,
+            silenced_by: None,
         };
         let mut update = storm(2, vec![resource(1), resource(2)]);
         update.merge(&storm(3, vec![resource(3)]));
@@ -783,6 +826,7 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: Some(InhibitedUpdate { count, resources: vec![resource(pod)], cap: 2 }),
+            silenced_by: None,
         };
         let mut status = RemediationRequestStatus::default();
         for (writer, count, pod) in [(1, 1, 1), (1, 2, 2), (2, 1, 3), (1, 2, 2)] {

@@ -2,7 +2,8 @@
 //! one per request created and per storm opened, refusals (for credentials, for
 //! rate, of client certificates) summed per sender and reason with their count, each
 //! with the fields the README's schema gives (which is checked against
-//! `tidegate::audit::SCHEMA`), and no credential in the log.
+//! `tidegate::audit::SCHEMA`), and no credential in the log; and one per silence
+//! created, expired, or first matched by an incident, never one per alert.
 
 mod support;
 
@@ -265,4 +266,73 @@ fn the_readme_documents_every_audit_event_and_field() {
             assert!(row.contains(&format!("`{field}`")), "README's row of {event} lacks {field}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_silence_is_audited_once_created_once_expired_and_once_per_incident_it_first_matches() {
+    use tidegate::silence::dir::DirSilences;
+    use tidegate::silence::resource::{RemediationSilence, RemediationSilenceSpec};
+    use tidegate::silence::store::SilenceStore;
+    let dir = tempfile::tempdir().unwrap();
+    let silences = std::sync::Arc::new(DirSilences::new(dir.path().join("sink").join("_silences")).unwrap());
+    let now = jiff::Timestamp::now();
+    let spec = RemediationSilenceSpec {
+        matchers: vec!["alertname=KubePodCrashLooping".into()],
+        starts_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now - jiff::SignedDuration::from_mins(1)),
+        ends_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now + jiff::SignedDuration::from_hours(1)),
+        comment: "node drain".into(),
+        created_by: None,
+        time_intervals: Vec::new(),
+    };
+    let mut object = RemediationSilence::new("drain", spec);
+    object.metadata.namespace = Some("shop".into());
+    silences.create(&object).await.unwrap();
+    let (child, log, port) = serve(dir.path(), &[], &[]);
+    let (url, client) = (format!("http://127.0.0.1:{port}"), reqwest::Client::new());
+    ready(&client, &url).await;
+    let post = |pod: &str| {
+        client
+            .post(format!("{url}/api/v1/signals/prometheus"))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&webhook(vec![alert("KubePodCrashLooping", "shop", pod)])).unwrap())
+            .send()
+    };
+
+    // Three alerts of web-1's incident and one of web-2's, all silenced.
+    for pod in ["web-1", "web-1", "web-2", "web-1"] {
+        let answer: Value = post(pod).await.unwrap().json().await.unwrap();
+        assert_eq!(answer["status"], "silenced", "{answer}");
+    }
+    let at = tidegate::silence::SilenceRef { namespace: "shop".into(), name: "drain".into() };
+    silences.expire(&at, jiff::Timestamp::now()).await.unwrap();
+    let expired = poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        let expired = log.audit(audit::SILENCE_EXPIRED);
+        (!expired.is_empty()).then_some(expired)
+    })
+    .unwrap_or_else(|| panic!("no silence_expired event: {:?}", log.0.lock().unwrap()));
+    // Once expired, its incident's next alert opens a request: the silence is done.
+    eventually_within("the expired silence to let an alert through", Duration::from_secs(20), || async {
+        let answer: Value = post("web-1").await.unwrap().json().await.unwrap();
+        answer["status"] == "created"
+    })
+    .await;
+
+    let (created, matched) = (log.audit(audit::SILENCE_CREATED), log.audit(audit::SILENCE_MATCHED));
+    assert_eq!((created.len(), expired.len()), (1, 1), "{created:?} {expired:?}");
+    assert_eq!(log.audit(audit::SILENCE_EXPIRED).len(), 1, "expired once");
+    let incidents: BTreeSet<_> = matched.iter().map(|m| m["fields"]["fingerprint"].as_str().unwrap()).collect();
+    assert_eq!((matched.len(), incidents.len()), (2, 2), "one event per incident, not per alert: {matched:?}");
+    for event in created.iter().chain(&expired).chain(&matched) {
+        let fields = &event["fields"];
+        assert_eq!((fields["namespace"].as_str(), fields["name"].as_str()), (Some("shop"), Some("drain")), "{event}");
+    }
+    for (event, fields) in audit::SCHEMA.iter().filter(|(e, _)| e.starts_with("silence_")) {
+        for line in log.audit(event) {
+            let mut have: BTreeSet<&str> = line["fields"].as_object().unwrap().keys().map(String::as_str).collect();
+            have.remove("message");
+            let want: BTreeSet<&str> = ["event"].into_iter().chain(fields.iter().copied()).collect();
+            assert_eq!(have, want, "{event}");
+        }
+    }
+    kill(child);
 }

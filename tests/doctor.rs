@@ -209,9 +209,12 @@ async fn a_port_in_use_fails() {
 // Kubernetes
 // ---------------------------------------------------------------------------------
 
-/// `kube`, as the gateway's service account or another, through the test's proxy.
+/// `kube`, as the gateway's service account or another, through the test's proxy,
+/// with every grant needed: the owner chain on (the default) and a scope that reads
+/// workloads' labels.
 async fn kube_report(kube: &Kube, token: &str) -> Report {
-    let config = config("memory", SinkTarget::Kube);
+    let mut config = config("memory", SinkTarget::Kube);
+    config.scope.mode = tidegate::pipeline::scope::ScopeMode::OptOut;
     doctor::run(&config, &Options { load: None, kube_client: Some(kube.client_as(token)) }).await
 }
 
@@ -225,6 +228,10 @@ fn check_names(permissions: &[Permission]) -> Vec<&'static str> {
             "pods" => "rbac pods",
             "replicasets" => "rbac replicasets",
             "jobs" => "rbac jobs",
+            "deployments" => "rbac deployments",
+            "statefulsets" => "rbac statefulsets",
+            "daemonsets" => "rbac daemonsets",
+            "cronjobs" => "rbac cronjobs",
             other => panic!("a permission this test does not know: {other}"),
         })
         .collect()

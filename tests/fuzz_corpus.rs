@@ -36,6 +36,10 @@ fn every_target_passes_its_whole_committed_corpus() {
         let ran = replay("corpus", &corpus, &|data| checks::source(source, data));
         assert!(ran > 0, "fuzz/corpus/{corpus} is empty: seed it with the source's fixtures");
     }
+    for &(parser, check) in checks::RULE_PARSERS {
+        let ran = replay("corpus", &format!("ingest_{parser}"), &check);
+        assert!(ran > 0, "fuzz/corpus/ingest_{parser} is empty: seed it with the parser's test cases");
+    }
 }
 
 #[test]
@@ -45,6 +49,9 @@ fn every_fixed_crash_stays_fixed() {
     }
     for source in tidegate::ingest::SOURCES {
         replay("artifacts", &checks::corpus_of(source), &|data| checks::source(source, data));
+    }
+    for &(parser, check) in checks::RULE_PARSERS {
+        replay("artifacts", &format!("ingest_{parser}"), &check);
     }
 }
 
@@ -68,4 +75,14 @@ fn the_one_ingest_target_reaches_every_source_by_name() {
     }
     assert!(checks::named(b"no-such-source\n{}").is_none());
     assert!(checks::named(b"alertmanager").is_none(), "no newline, no name");
+}
+
+#[test]
+fn the_one_ingest_target_reaches_the_silence_and_inhibition_parsers_by_name() {
+    for &(parser, _) in checks::RULE_PARSERS {
+        let input = format!("{parser}\nalertname=\"X\"");
+        let ((named, _), rest) = checks::rule_parser(input.as_bytes()).expect("a rule parser's name");
+        assert_eq!((*named, rest), (parser, &b"alertname=\"X\""[..]));
+    }
+    assert!(checks::rule_parser(b"alertmanager\n{}").is_none(), "a source is not a rule parser");
 }

@@ -24,7 +24,9 @@ use support::{alert, eventually, webhook, Gateway};
 use tidegate::clock::Clock;
 use tidegate::config::{Config, SinkTarget};
 use tidegate::gateway::{self, Overrides};
+use tidegate::pipeline::scope::ScopeMode;
 use tidegate::sink::{Lookup, RequestRef};
+use tidegate::workload::REMEDIATE_LABEL;
 
 /// One verb on one resource of one API group.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,6 +127,36 @@ async fn workloads(kube: &Kube, ns: &str) {
     kube.create_object(ns, "Pod", "nightly-1-a", Some(&job)).await;
 }
 
+/// A workload of the kind `resource` names, with a pod of its own, in `ns`: the
+/// pod alerted on, and the workload's kind and name.
+async fn workload_of(kube: &Kube, ns: &str, resource: &str) -> (&'static str, &'static str, &'static str) {
+    match resource {
+        "deployments" | "cronjobs" => {
+            workloads(kube, ns).await;
+            if resource == "cronjobs" {
+                ("nightly-1-a", "CronJob", "nightly")
+            } else {
+                ("web-rs-a", "Deployment", "web")
+            }
+        }
+        "statefulsets" => {
+            let db = kube.create_object(ns, "StatefulSet", "db", None).await;
+            kube.create_object(ns, "Pod", "db-0", Some(&db)).await;
+            ("db-0", "StatefulSet", "db")
+        }
+        _ => {
+            let agent = kube.create_object(ns, "DaemonSet", "agent", None).await;
+            kube.create_object(ns, "Pod", "agent-a", Some(&agent)).await;
+            ("agent-a", "DaemonSet", "agent")
+        }
+    }
+}
+
+/// Whether the alert about `pod` is answered out of scope.
+async fn out_of_scope(gw: &Gateway, ns: &str, pod: &str) -> bool {
+    post(gw, ns, "Probe", pod).await.1["status"] == "out_of_scope"
+}
+
 /// The requests' targets in `ns`, as `Kind/name`.
 async fn targets(kube: &Kube, ns: &str) -> Vec<String> {
     let requests = kube.requests(ns).await;
@@ -146,6 +178,10 @@ fn collection(resource: &str) -> &'static str {
         "pods" => "/api/v1/pods?",
         "replicasets" => "/apis/apps/v1/replicasets?",
         "jobs" => "/apis/batch/v1/jobs?",
+        "deployments" => "/apis/apps/v1/deployments?",
+        "statefulsets" => "/apis/apps/v1/statefulsets?",
+        "daemonsets" => "/apis/apps/v1/daemonsets?",
+        "cronjobs" => "/apis/batch/v1/cronjobs?",
         "namespaces" => "/api/v1/namespaces?",
         _ => "/apis/remediation.tidegate.dev/v1alpha1/remediationrequests?",
     }
@@ -236,6 +272,32 @@ async fn behaves(kube: &Kube, grant: &Grant, granted: &BTreeSet<Grant>, tag: &st
             .await;
             gw.stop().await;
             classified
+        }
+        (resource @ ("deployments" | "statefulsets" | "daemonsets" | "cronjobs"), "list") => {
+            // Scope knows a workload labelled before start from the first signal on:
+            // the gateway does not start until the label caches have listed.
+            let (pod, kind, name) = workload_of(kube, &ns, resource).await;
+            kube.label_object(&ns, kind, name, REMEDIATE_LABEL, Some("false")).await;
+            let Ok(mut gw) = start(kube, &token, |c| c.scope.mode = ScopeMode::OptOut).await else {
+                return false;
+            };
+            gw.owner_caches_listed().await;
+            let out = out_of_scope(&gw, &ns, pod).await;
+            gw.stop().await;
+            out
+        }
+        (resource @ ("deployments" | "statefulsets" | "daemonsets" | "cronjobs"), "watch") => {
+            // A workload labelled after start is known from the watch, without a GET.
+            let mut gw = start(kube, &token, |c| c.scope.mode = ScopeMode::OptOut).await.expect("starts");
+            gw.owner_caches_listed().await;
+            if without {
+                refused(kube, Matching::new(Method::GET, path).watching()).await;
+            }
+            let (pod, kind, name) = workload_of(kube, &ns, resource).await;
+            kube.label_object(&ns, kind, name, REMEDIATE_LABEL, Some("false")).await;
+            let learnt = within_two_seconds(|| out_of_scope(&gw, &ns, pod)).await;
+            gw.stop().await;
+            learnt
         }
         (resource, "get") => {
             // An owner the caches lack is read with one GET.

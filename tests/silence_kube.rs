@@ -1,8 +1,10 @@
 //! Silences against the real API server: the CRD's CEL rules, `kubectl get rsil`'s
 //! columns, tenancy by namespaced RBAC (the shipped `tidegate-silencer` role bound
 //! in one namespace silences that namespace only, through `tidegate silence`, the
-//! binary, with a kubeconfig of that account), and a gateway in kube mode honouring
-//! a silence of its own namespace only.
+//! binary, with a kubeconfig of that account), a gateway in kube mode honouring
+//! a silence of its own namespace only, naming the silence active on an open
+//! request in its status while it is, and warning with one Event per version of a
+//! silence it ignores.
 
 mod support;
 
@@ -12,11 +14,15 @@ use std::process::Command;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use support::kube::Kube;
-use support::{alert, eventually, webhook};
+use support::{alert, eventually, eventually_within, webhook};
+use tidegate::remediation::RemediationRequest;
 use tidegate::silence::resource::RemediationSilence;
+
+/// How long the API server, its watches and the gateway's writes get, loaded.
+const SLOW: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn silence(name: &str, matchers: &[&str], starts: Timestamp, ends: Timestamp) -> Value {
     json!({
@@ -216,4 +222,106 @@ async fn table(kube: &Kube, ns: &str) -> Value {
     .unwrap();
     let text = kube.admin.request_text(request).await.expect("a table");
     serde_json::from_str(&text).unwrap()
+}
+
+/// Waits until the gateway `gw` knows the silence `namespace/name`, understood or not.
+async fn gateway_knows(gw: &support::Gateway, namespace: &str, name: &str) {
+    let silences = gw.running().silences.as_ref().expect("silences enabled").silences.clone();
+    let wanted = tidegate::silence::SilenceRef { namespace: namespace.into(), name: name.into() };
+    eventually_within("the gateway to see the silence", SLOW, || {
+        let (silences, wanted) = (silences.clone(), wanted.clone());
+        async move { silences.known().iter().any(|(at, _)| *at == wanted) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_open_requests_status_names_the_silence_active_on_it_until_the_silence_is_expired() {
+    let kube = Kube::new().await;
+    let ns = kube.namespace("rsil-open", &[]).await;
+    let gw = support::start_kube_as(kube.gateway_client(), tidegate::clock::Clock::System, |_| {}).await;
+    let (status, body) = post(&gw, &ns, "web-1").await;
+    assert_eq!(status, 201, "{body}");
+    let name = body["name"].as_str().unwrap().to_string();
+    let at = tidegate::sink::RequestRef { namespace: ns.clone(), name: name.clone() };
+    gw.sink_sees(&at, tidegate::sink::Lookup::Open).await;
+    let silences: Api<RemediationSilence> = Api::namespaced(kube.admin.clone(), &ns);
+    let now = Timestamp::now();
+    let matchers = ["alertname=KubePodCrashLooping"];
+    let created = create(
+        &silences,
+        silence("maintenance", &matchers, now - SignedDuration::from_mins(1), now + SignedDuration::from_hours(2)),
+    )
+    .await
+    .unwrap();
+    gateway_knows(&gw, &ns, "maintenance").await;
+    let requests: Api<RemediationRequest> = Api::namespaced(kube.admin.clone(), &ns);
+    let silenced_by = || async { requests.get(&name).await.unwrap().status.and_then(|s| s.silenced_by) };
+
+    let (status, body) = post(&gw, &ns, "web-1").await;
+
+    assert_eq!((status, body["status"].as_str()), (202, Some("duplicate")), "{body}");
+    eventually_within("the request's status to name the silence and its end", SLOW, || async {
+        silenced_by().await.is_some_and(|by| {
+            (by.namespace.as_str(), by.name.as_str(), &by.until) == (ns.as_str(), "maintenance", &created.spec.ends_at)
+        })
+    })
+    .await;
+    // Expired (its end moved to now), with no occurrence after: the mark goes.
+    merge(&silences, "maintenance", json!({"spec": {"endsAt": Timestamp::now().to_string()}})).await.unwrap();
+    eventually_within("the mark to be cleared once the silence is expired", SLOW, || async {
+        silenced_by().await.is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ignored_silence_gets_one_warning_event_per_version_not_one_per_signal() {
+    use k8s_openapi::api::events::v1::Event;
+    let kube = Kube::new().await;
+    let ns = kube.namespace("rsil-ignored", &[]).await;
+    let gw = support::start_kube_as(kube.gateway_client(), tidegate::clock::Clock::System, |c| {
+        c.silence.max_duration = std::time::Duration::from_secs(3600)
+    })
+    .await;
+    let silences: Api<RemediationSilence> = Api::namespaced(kube.admin.clone(), &ns);
+    let now = Timestamp::now();
+    let start = now - SignedDuration::from_mins(1);
+    let matchers = ["alertname=KubePodCrashLooping"];
+    let created =
+        create(&silences, silence("long", &matchers, start, now + SignedDuration::from_hours(3))).await.unwrap();
+    let events: Api<Event> = Api::namespaced(kube.admin.clone(), &ns);
+    let warned = || async {
+        let listed = events.list(&ListParams::default()).await.unwrap().items;
+        listed
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("long"))
+            .collect::<Vec<_>>()
+    };
+    eventually_within("a Warning Event on the ignored silence", SLOW, || async { !warned().await.is_empty() }).await;
+    let event = warned().await.remove(0);
+    assert_eq!((event.type_.as_deref(), event.reason.as_deref()), (Some("Warning"), Some("SilenceIgnored")));
+    assert!(event.note.as_deref().is_some_and(|n| n.contains("silence.max_duration")), "{:?}", event.note);
+    let regarding = event.regarding.unwrap();
+    assert_eq!((regarding.kind.as_deref(), regarding.uid), (Some("RemediationSilence"), created.metadata.uid));
+
+    // Signals it would match open requests, and warn of nothing more.
+    for pod in ["web-1", "web-2", "web-3"] {
+        let (status, body) = post(&gw, &ns, pod).await;
+        assert_eq!(status, 201, "an ignored silence holds nothing back: {body}");
+    }
+    // The gateway has read back the status it wrote: what a second warning would follow.
+    let known = gw.running().silences.as_ref().unwrap().silences.clone();
+    eventually_within("the gateway to read the silence's status back as ignored", SLOW, || {
+        let known = known.clone();
+        async move { known.known().iter().any(|(at, k)| at.name == "long" && k.status.state.as_deref() == Some("ignored")) }
+    })
+    .await;
+    assert_eq!(warned().await.len(), 1, "one event for this version of the silence");
+
+    // A new version (its end moved earlier, still too long): one event more.
+    merge(&silences, "long", json!({"spec": {"endsAt": (now + SignedDuration::from_hours(2)).to_string()}}))
+        .await
+        .unwrap();
+    eventually_within("a second event, for the new version", SLOW, || async { warned().await.len() == 2 }).await;
 }

@@ -1,8 +1,9 @@
 //! Silences with the directory sink: a silence file keeps matching alerts from
 //! opening requests, answers them `silenced` with its name, counts them in its own
 //! status, and stops holding when it is expired; an incident already open is
-//! counted on its request as usual; and the rules apply in the order
-//! docs/safety.md gives (admission, then silences, then storms and dedup).
+//! counted on its request as usual, whose status names the silence active on it
+//! while it is; and the rules apply in the order docs/safety.md gives (admission,
+//! then silences, then storms and dedup).
 
 mod support;
 
@@ -133,6 +134,61 @@ async fn an_alert_of_an_open_incident_is_counted_on_its_request_not_silenced() {
     assert_eq!((status, body["status"].as_str()), (202, Some("duplicate")), "{body}");
     eventually("the repeat to be counted on the open request", || async {
         support::occurrences(&gw.only_request()) == 2
+    })
+    .await;
+}
+
+/// The only request's `status.silencedBy`.
+fn silenced_by(gw: &Gateway) -> Option<tidegate::remediation::SilencedBy> {
+    gw.only_request().status.and_then(|s| s.silenced_by)
+}
+
+/// Opens a request for web-1's crash loop in `shop` and waits until the sink holds it open.
+async fn open_request(gw: &Gateway) {
+    let (status, _) = post(gw, vec![alert("KubePodCrashLooping", "shop", "web-1")]).await;
+    assert_eq!(status, 201);
+    let at =
+        tidegate::sink::RequestRef { namespace: "shop".into(), name: gw.only_request().metadata.name.clone().unwrap() };
+    gw.sink_sees(&at, tidegate::sink::Lookup::Open).await;
+}
+
+#[tokio::test]
+async fn an_open_requests_status_names_the_silence_active_on_it_until_the_silence_is_expired() {
+    let gw = start_with(|_| {}).await;
+    open_request(&gw).await;
+    let at = silence(&gw, "shop", "late", &["alertname=KubePodCrashLooping"]).await;
+    let ends = tidegate::silence::dir::read(&store(&gw).path_of(&at)).unwrap().unwrap().spec.ends_at;
+
+    let (status, body) = post(&gw, vec![alert("KubePodCrashLooping", "shop", "web-1")]).await;
+
+    assert_eq!((status, body["status"].as_str()), (202, Some("duplicate")), "{body}");
+    eventually("the request's status to name the silence and its end", || async {
+        silenced_by(&gw)
+            .is_some_and(|by| (by.namespace.as_str(), by.name.as_str(), &by.until) == ("shop", "late", &ends))
+    })
+    .await;
+    assert_eq!(support::occurrences(&gw.only_request()), 2, "the repeat is counted all the same");
+    // Expired with no occurrence after: the mark goes without waiting for one.
+    store(&gw).expire(&at, now(&gw)).await.unwrap();
+    eventually("the mark to be cleared once the silence is expired", || async { silenced_by(&gw).is_none() }).await;
+}
+
+#[tokio::test]
+async fn an_occurrence_no_silence_matches_clears_the_mark() {
+    let gw = start_with(|_| {}).await;
+    open_request(&gw).await;
+    // Matches warnings only: the incident's identity has no severity in it.
+    silence(&gw, "shop", "warnings", &["alertname=KubePodCrashLooping", "severity=warning"]).await;
+    let mut warning = alert("KubePodCrashLooping", "shop", "web-1");
+    warning["labels"]["severity"] = "warning".into();
+    post(&gw, vec![warning]).await;
+    eventually("the request to be marked", || async { silenced_by(&gw).is_some() }).await;
+
+    let (status, body) = post(&gw, vec![alert("KubePodCrashLooping", "shop", "web-1")]).await;
+
+    assert_eq!((status, body["status"].as_str()), (202, Some("duplicate")), "{body}");
+    eventually("the critical repeat, which no silence matches, to clear the mark", || async {
+        silenced_by(&gw).is_none() && support::occurrences(&gw.only_request()) == 3
     })
     .await;
 }

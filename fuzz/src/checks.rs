@@ -19,21 +19,25 @@ use tidegate::state::{Decision, Verdict};
 pub type Check = fn(&[u8]);
 
 /// Every target: its name (the file in `fuzz/fuzz_targets/` and the folder in
-/// `fuzz/corpus/`) and its check. Every source of the table is fuzzed by the one
-/// target `ingest`; the other targets are parsers of their own.
+/// `fuzz/corpus/`) and its check. Every source of the table, and the parsers of
+/// the rules that decide what becomes of a source's signals ([`RULE_PARSERS`]), are
+/// fuzzed by the one target `ingest`; the other targets are parsers of their own.
 pub const TARGETS: &[(&str, Check)] = &[
     ("ingest", ingest),
     // Parsers of configuration and state: one entry each (and a file in
-    // fuzz_targets/, a [[bin]] in fuzz/Cargo.toml, a folder in fuzz/corpus/). The
-    // silence matchers and time intervals go here.
+    // fuzz_targets/, a [[bin]] in fuzz/Cargo.toml, a folder in fuzz/corpus/).
     ("config", config),
     ("duration", duration),
     ("decide_reply", decide_reply),
     ("request_name", request_name),
     ("auth_headers", auth_headers),
-    ("matcher", matcher),
-    ("time_interval", time_interval),
 ];
+
+/// The parsers of silences and inhibit rules, fuzzed by `ingest` beside the sources
+/// whose signals they match: an input is the parser's name, a newline, then what
+/// its check takes; each keeps its corpus in `fuzz/corpus/ingest_<name>/`, as a
+/// source does.
+pub const RULE_PARSERS: &[(&str, Check)] = &[("matcher", matcher), ("time_interval", time_interval)];
 
 /// The committed corpus of a source: `fuzz/corpus/ingest_<name>/`, bodies or
 /// requests as [`source`] takes them, without the name [`ingest`] reads first.
@@ -41,13 +45,23 @@ pub fn corpus_of(source: &Source) -> String {
     format!("ingest_{}", source.name)
 }
 
-/// Every source of the table, each input to the source it names: the input is a
-/// source's name (`Source::name`), a newline, then what [`source`] takes. An input
-/// naming no source checks nothing.
+/// Every source of the table and every rule parser, each input to the one it
+/// names: the input is a source's name (`Source::name`) or a rule parser's, a
+/// newline, then what [`source`] or the parser's check takes. An input naming
+/// neither checks nothing.
 pub fn ingest(data: &[u8]) {
     if let Some((source, rest)) = named(data) {
         self::source(source, rest);
+    } else if let Some(((_, check), rest)) = rule_parser(data) {
+        check(rest);
     }
+}
+
+/// The rule parser an [`ingest`] input names, and the rest of the input.
+pub fn rule_parser(data: &[u8]) -> Option<(&'static (&'static str, Check), &[u8])> {
+    let newline = data.iter().position(|&b| b == b'\n')?;
+    let (name, rest) = (&data[..newline], &data[newline + 1..]);
+    Some((RULE_PARSERS.iter().find(|(n, _)| n.as_bytes() == name)?, rest))
 }
 
 /// The source an [`ingest`] input names, and the rest of the input.
@@ -147,6 +161,7 @@ pub fn source(source: &Source, data: &[u8]) {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            silenced_by: None,
         };
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
         assert_dns_label(rr.metadata.name.as_deref().expect("a request has a name"));

@@ -195,6 +195,8 @@ pub struct Pipeline {
     traced: bool,
     /// The silences honoured, if any.
     silences: Option<crate::silence::status::SilenceKeeper>,
+    /// Requests marked with the silence active on their incidents.
+    silence_marks: Arc<silences::Marks>,
 }
 
 /// What a pipeline decides with, besides its configuration.
@@ -287,6 +289,7 @@ impl Pipeline {
             metrics,
             traced: config.trace.enabled(),
             silences: None,
+            silence_marks: Arc::default(),
         }
     }
 
@@ -527,6 +530,7 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         storm: None,
         backoff_until_s: None,
         inhibited: None,
+        silenced_by: None,
     }
 }
 

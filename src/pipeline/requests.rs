@@ -53,7 +53,8 @@ impl Pipeline {
 
     /// Counts a duplicate on its open request.
     pub(super) fn duplicate(&self, signal: &Signal<'_>, entry: Entry, at: RequestRef) -> Outcome {
-        self.status_writer.repeat(incident(signal, &entry), &at, uncounted(&entry));
+        let update = StatusUpdate { silenced_by: self.silence_mark(signal, &at, &entry), ..uncounted(&entry) };
+        self.status_writer.repeat(incident(signal, &entry), &at, update);
         self.outcome(signal, OutcomeStatus::Duplicate, Some(at), entry.count)
     }
 

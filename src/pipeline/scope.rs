@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::IdentityConfig;
 use crate::section::ConfigError;
-use crate::signal::Signal;
+use crate::signal::{Signal, TargetResource};
 pub use crate::workload::{remediate_value, RemediateLabels, REMEDIATE_LABEL};
 
 /// `scope.mode`.
@@ -60,6 +60,11 @@ pub struct ScopeConfig {
 }
 
 impl ScopeConfig {
+    /// Whether the step reads labels at all: not with `all`.
+    pub fn reads_labels(&self) -> bool {
+        self.mode != ScopeMode::All
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(bad) = self.namespaces.iter().find(|ns| !crate::ingest::is_dns1123_label(ns)) {
             return Err(ConfigError::invalid(
@@ -138,6 +143,7 @@ impl Scope {
                 hint: "set scope.cluster_scoped: true in tidegate's configuration".to_string(),
             });
         }
+        // Another cluster's namespace of the same name is not the one labelled here.
         let labels = self.labels.as_deref().filter(|_| self.identity.is_local(&signal.target));
         let workload = labels.and_then(|l| l.workload(&signal.target));
         let labelled = labels.and_then(|l| l.namespace(namespace));
@@ -152,30 +158,27 @@ impl Scope {
         if remediate {
             return None;
         }
-        Some(OutOfScope { decided_by, hint: self.hint(signal, namespace, decided_by) })
+        Some(OutOfScope { decided_by, hint: hint(&signal.target, namespace, labels, decided_by) })
     }
+}
 
-    /// The narrowest change that brings `signal` into scope: the workload's label
-    /// when a label said no (it overrides the namespace's), else the namespace's
-    /// label, or outside a cluster the configuration's list.
-    fn hint(&self, signal: &Signal<'_>, namespace: &str, decided_by: DecidedBy) -> String {
-        let target = &signal.target;
-        let workload = || {
-            format!(
-                "kubectl label {} {} -n {namespace} {REMEDIATE_LABEL}=true --overwrite",
-                target.kind.to_ascii_lowercase(),
-                target.name
-            )
-        };
-        let labelled_namespace = || format!("kubectl label namespace {namespace} {REMEDIATE_LABEL}=true --overwrite");
-        match decided_by {
-            DecidedBy::Workload => workload(),
-            DecidedBy::Namespace if !target.kind.is_empty() && !target.namespace.is_empty() => workload(),
-            DecidedBy::Namespace => labelled_namespace(),
-            _ if self.labels.is_some() && self.identity.is_local(target) => labelled_namespace(),
-            DecidedBy::Config => format!("remove {namespace} from scope.namespaces in tidegate's configuration"),
-            DecidedBy::Default => format!("add {namespace} to scope.namespaces in tidegate's configuration"),
+/// The narrowest change that brings a signal about `target` into scope, whatever
+/// said no. In a cluster, a label set to `"true"`: the workload's when its kind's
+/// labels are read (it overrides the namespace's label and the list, and brings
+/// nothing else in), else the namespace's (which overrides the list). Outside a
+/// cluster (`labels` is `None`), the configuration's list.
+fn hint(target: &TargetResource, namespace: &str, labels: Option<&dyn RemediateLabels>, by: DecidedBy) -> String {
+    match labels {
+        Some(labels) if !target.namespace.is_empty() && labels.reads_workload(&target.kind) => format!(
+            "kubectl label {}/{} -n {namespace} {REMEDIATE_LABEL}=true --overwrite",
+            target.kind.to_ascii_lowercase(),
+            target.name
+        ),
+        Some(_) => format!("kubectl label namespace {namespace} {REMEDIATE_LABEL}=true --overwrite"),
+        None if by == DecidedBy::Config => {
+            format!("remove {namespace} from scope.namespaces in tidegate's configuration")
         }
+        None => format!("add {namespace} to scope.namespaces in tidegate's configuration"),
     }
 }
 
@@ -184,9 +187,8 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::signal::TargetResource;
 
-    /// Label caches as a cluster would hold them.
+    /// Label caches as a cluster would hold them: every kind but Services is read.
     #[derive(Default)]
     struct Cluster {
         workloads: HashMap<String, bool>,
@@ -196,6 +198,9 @@ mod tests {
     impl RemediateLabels for Cluster {
         fn workload(&self, target: &TargetResource) -> Option<bool> {
             self.workloads.get(&target.name).copied()
+        }
+        fn reads_workload(&self, kind: &str) -> bool {
+            kind != "Service"
         }
         fn namespace(&self, namespace: &str) -> Option<bool> {
             self.namespaces.get(namespace).copied()
@@ -230,10 +235,17 @@ mod tests {
     }
 
     #[test]
-    fn opt_in_refuses_an_unlabelled_namespace_and_names_the_label_command() {
+    fn opt_in_refuses_what_nobody_labelled_and_names_the_workloads_label_command() {
         let scope = in_cluster(ScopeMode::OptIn, Cluster::default());
         let out = scope.decide(&signal("shop", "Deployment", "web")).expect("out of scope");
         assert_eq!(out.decided_by, DecidedBy::Default);
+        assert_eq!(out.hint, "kubectl label deployment/web -n shop tidegate.dev/remediate=true --overwrite");
+    }
+
+    #[test]
+    fn the_hint_names_the_namespace_when_the_targets_kind_is_not_read() {
+        let scope = in_cluster(ScopeMode::OptIn, Cluster::default());
+        let out = scope.decide(&signal("shop", "Service", "web")).expect("out of scope");
         assert_eq!(out.hint, "kubectl label namespace shop tidegate.dev/remediate=true --overwrite");
     }
 
@@ -244,16 +256,21 @@ mod tests {
     }
 
     #[test]
-    fn the_workload_label_overrides_the_namespace_label_both_ways() {
-        let cluster = Cluster {
-            workloads: HashMap::from([("web".into(), false), ("db".into(), true)]),
-            namespaces: HashMap::from([("shop".into(), true), ("infra".into(), false)]),
-        };
-        let scope = in_cluster(ScopeMode::OptIn, cluster);
-        let out = scope.decide(&signal("shop", "Deployment", "web")).expect("the workload said no");
-        assert_eq!(out.decided_by, DecidedBy::Workload);
-        assert_eq!(out.hint, "kubectl label deployment web -n shop tidegate.dev/remediate=true --overwrite");
-        assert_eq!(scope.decide(&signal("infra", "StatefulSet", "db")), None, "the workload said yes");
+    fn the_workload_label_beats_the_namespace_label_both_ways_in_both_modes() {
+        for mode in [ScopeMode::OptIn, ScopeMode::OptOut] {
+            let cluster = Cluster {
+                workloads: HashMap::from([("web".into(), false), ("db".into(), true)]),
+                namespaces: HashMap::from([("shop".into(), true), ("infra".into(), false)]),
+            };
+            let scope = in_cluster(mode, cluster);
+            let out = scope.decide(&signal("shop", "Deployment", "web")).expect("the workload said no");
+            assert_eq!(out.decided_by, DecidedBy::Workload, "{mode:?}");
+            assert_eq!(out.hint, "kubectl label deployment/web -n shop tidegate.dev/remediate=true --overwrite");
+            assert_eq!(scope.decide(&signal("infra", "StatefulSet", "db")), None, "{mode:?}: the workload said yes");
+            let out = scope.decide(&signal("infra", "StatefulSet", "cache")).expect("the namespace said no");
+            assert_eq!(out.decided_by, DecidedBy::Namespace, "{mode:?}: an unlabelled workload follows its namespace");
+            assert_eq!(scope.decide(&signal("shop", "StatefulSet", "cache")), None, "{mode:?}");
+        }
     }
 
     #[test]
@@ -263,7 +280,7 @@ mod tests {
         assert_eq!(scope.decide(&signal("shop", "Deployment", "web")), None);
         let out = scope.decide(&signal("batch", "CronJob", "report")).expect("namespace opted out");
         assert_eq!(out.decided_by, DecidedBy::Namespace);
-        assert_eq!(out.hint, "kubectl label cronjob report -n batch tidegate.dev/remediate=true --overwrite");
+        assert_eq!(out.hint, "kubectl label cronjob/report -n batch tidegate.dev/remediate=true --overwrite");
     }
 
     #[test]
@@ -313,6 +330,71 @@ mod tests {
         c.cluster_scoped = true;
         assert_eq!(Scope::new(&c, None).decide(&node), None);
         assert_eq!(Scope::new(&config(ScopeMode::OptOut, &[]), None).decide(&node), None);
+    }
+
+    /// A cluster whose Deployment `web` (in `shop`, labelled in) is relabelled
+    /// while the pipeline runs, and whose pod `web-1` the owner chain attributes to it.
+    struct Relabelled(std::sync::Mutex<Option<bool>>);
+
+    impl RemediateLabels for Relabelled {
+        fn workload(&self, target: &TargetResource) -> Option<bool> {
+            (target.kind == "Deployment" && target.name == "web").then(|| *self.0.lock().unwrap()).flatten()
+        }
+        fn reads_workload(&self, kind: &str) -> bool {
+            kind == "Deployment"
+        }
+        fn namespace(&self, namespace: &str) -> Option<bool> {
+            (namespace == "shop").then_some(true)
+        }
+    }
+
+    impl crate::workload::Owners for Relabelled {
+        fn top<'a>(&'a self, target: &'a TargetResource) -> crate::state::BoxFuture<'a, Option<TargetResource>> {
+            let web = TargetResource { kind: "Deployment".into(), name: "web".into(), ..target.clone() };
+            Box::pin(async move { (target.name == "web-1").then_some(web) })
+        }
+    }
+
+    #[tokio::test]
+    async fn through_the_pipeline_a_pods_alert_follows_its_deployments_label_over_its_namespaces() {
+        use crate::pipeline::{OutcomeStatus, Parts, Pipeline, Processed, Sender, Settings};
+        for mode in [ScopeMode::OptIn, ScopeMode::OptOut] {
+            let mut config = Settings::default();
+            config.scope.mode = mode;
+            let clock = crate::clock::Clock::manual(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30));
+            let memory = crate::state::memory::MemoryConfig::default();
+            let state =
+                crate::state::memory::MemoryStore::new(&memory, config.dedup.window, &config.storm, clock.clone());
+            let dir = tempfile::tempdir().unwrap();
+            let sink = crate::sink::dir::DirSink::new(dir.path(), std::time::Duration::from_secs(7200)).unwrap();
+            let cluster = Arc::new(Relabelled(Some(false).into()));
+            let parts = Parts {
+                state: Arc::new(state),
+                sink: Arc::new(sink),
+                owners: Some(cluster.clone()),
+                namespace_labels: None,
+                remediate_labels: Some(cluster.clone()),
+                clock,
+                metrics: Arc::new(crate::telemetry::Metrics::new()),
+            };
+            let pipeline = Pipeline::build(&config, parts);
+            let crash =
+                [crate::workload::pod_alert("KubePodCrashLooping", "web-1", crate::signal::SignalStatus::Firing)];
+            let send = || async {
+                match pipeline.process(&crash, &Sender { name: "test", label: None }).await.unwrap() {
+                    Processed::Decided(outcomes) => outcomes.into_iter().next().unwrap(),
+                    Processed::Limited { .. } => panic!("rate-limited"),
+                }
+            };
+            let out = send().await;
+            assert_eq!(out.status, OutcomeStatus::OutOfScope, "{mode:?}: the Deployment said no, its namespace yes");
+            let hint = "kubectl label deployment/web -n shop tidegate.dev/remediate=true --overwrite";
+            assert_eq!(out.hint.as_deref(), Some(hint));
+            *cluster.0.lock().unwrap() = None;
+            assert_eq!(send().await.status, OutcomeStatus::Created, "{mode:?}: unlabelled, the namespace decides");
+            *cluster.0.lock().unwrap() = Some(false);
+            assert_eq!(send().await.status, OutcomeStatus::OutOfScope, "{mode:?}: relabelled, no restart");
+        }
     }
 
     #[test]

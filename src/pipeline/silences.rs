@@ -12,17 +12,68 @@
 //! silence's status and in `tidegate_signals_silenced_total{source}`, and audited
 //! once per incident by the [`SilenceKeeper`]. Resolutions pass: they open nothing.
 //!
+//! A controller must still be able to hold its work on an open request while a
+//! silence covers its incident: each repeat counted on a request also says which
+//! silence is active on it (`status.silencedBy`, with the silence's end), or that
+//! none is, through the status writer with the repeat itself (so it costs no write
+//! of its own). [`Marks`] remembers the requests this process marked, and a task
+//! clears a mark once its silence ends, is expired or deleted, without waiting for
+//! an occurrence that may not come for hours.
+//!
 //! Must never do I/O per signal, nor scan every silence: the index does the lookup.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{Batch, Outcome, OutcomeStatus, Pipeline};
+use super::status_writer::{Incident, StatusWriter};
+use super::{incident, uncounted, Batch, Outcome, OutcomeStatus, Pipeline};
+use crate::clock::Clock;
+use crate::remediation::{SilenceMark, SilencedBy, StatusUpdate};
 use crate::signal::{Fingerprint, Signal, SignalStatus, SignalType};
 use crate::silence::status::SilenceKeeper;
-use crate::silence::{Silence, SilenceRef};
+use crate::silence::{Silence, SilenceRef, Silences, State};
+use crate::sink::RequestRef;
+use crate::state::Entry;
 use crate::telemetry::SourceLabels;
+
+/// Marks remembered at most: past it, a new mark is still written, and cleared by
+/// the next occurrence no silence matches rather than when its silence ends.
+const MARKS_MAX: usize = 100_000;
+
+/// Requests this process marked with the silence active on their incident.
+#[derive(Default)]
+pub(super) struct Marks {
+    marked: Mutex<HashMap<RequestRef, Mark>>,
+    /// Orders this process's marks: of two merged into one write, the later stands.
+    seq: AtomicU64,
+}
+
+struct Mark {
+    silence: Arc<Silence>,
+    incident: Incident,
+    /// The incident's times when marked, which a later write restates.
+    entry: Entry,
+}
+
+impl Marks {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RequestRef, Mark>> {
+        self.marked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mark(&self, silence: Option<&Silence>) -> SilenceMark {
+        let silence = silence.map(|s| SilencedBy {
+            namespace: s.at.namespace.clone(),
+            name: s.at.name.clone(),
+            until: Time(s.ends_at),
+        });
+        SilenceMark { seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1, silence }
+    }
+}
 
 /// What the silence step held of a batch, to be recorded once the batch is admitted
 /// (a batch refused by the rate limit leaves no trace: its sender retries it).
@@ -32,10 +83,38 @@ pub(super) struct Silenced {
 }
 
 impl Pipeline {
-    /// Honours the silences `keeper` knows from now on.
+    /// Honours the silences `keeper` knows from now on. Must be called within a
+    /// tokio runtime: it starts the task that clears marks of ended silences.
     pub fn with_silences(mut self, keeper: SilenceKeeper) -> Self {
+        let (marks, writer) = (Arc::downgrade(&self.silence_marks), self.status_writer.clone());
+        tokio::spawn(clear_ended(marks, writer, keeper.silences().clone(), self.clock.clone()));
         self.silences = Some(keeper);
         self
+    }
+
+    /// What a repeat of `signal`, counted on its open request `at`, says of the
+    /// silence active on its incident: the one that matches it now, or none. `None`
+    /// (leave the request's mark as it is) only when silences are off.
+    pub(super) fn silence_mark(&self, signal: &Signal<'_>, at: &RequestRef, entry: &Entry) -> Option<SilenceMark> {
+        let keeper = self.silences.as_ref()?;
+        let index = keeper.silences().current();
+        let found = match index.is_empty() {
+            true => None,
+            false => index.find(signal, timestamp(&self.clock)).cloned(),
+        };
+        let mut marked = self.silence_marks.lock();
+        match &found {
+            Some(silence) if marked.len() < MARKS_MAX || marked.contains_key(at) => {
+                let mark = Mark { silence: silence.clone(), incident: incident(signal, entry), entry: *entry };
+                marked.insert(at.clone(), mark);
+            }
+            Some(_) => {}
+            None => {
+                marked.remove(at);
+            }
+        }
+        drop(marked);
+        Some(self.silence_marks.mark(found.as_deref()))
     }
 
     /// The silence step: holds every unanswered firing signal an active silence
@@ -47,7 +126,7 @@ impl Pipeline {
         if index.is_empty() {
             return None;
         }
-        let now = Timestamp::from_millisecond(self.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
+        let now = timestamp(&self.clock);
         let mut held = Vec::new();
         let mut outcomes = Vec::new();
         for (i, signal) in batch.unanswered() {
@@ -93,5 +172,41 @@ fn silenced(signal: &Signal<'_>, at: &SilenceRef) -> Outcome {
         count: 0,
         hint: None,
         silence: Some(at.clone()),
+    }
+}
+
+fn timestamp(clock: &Clock) -> Timestamp {
+    Timestamp::from_millisecond(clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Every second, clears the marks whose silence is no longer active (ended,
+/// expired, paused between its time intervals, deleted or ignored), and restates
+/// those whose silence's end moved; until the pipeline is dropped.
+async fn clear_ended(marks: Weak<Marks>, writer: StatusWriter, silences: Arc<Silences>, clock: Clock) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(marks) = marks.upgrade() else { return };
+        let now = timestamp(&clock);
+        let mut writes = Vec::new();
+        marks.lock().retain(|at, mark| {
+            let current = silences.get(&mark.silence.at).filter(|s| s.state(now) == State::Active);
+            let keep = current.is_some();
+            match current {
+                Some(s) if Arc::ptr_eq(&s, &mark.silence) => return true,
+                Some(s) => mark.silence = s,
+                None => {}
+            }
+            let update = StatusUpdate {
+                silenced_by: Some(marks.mark(keep.then_some(&*mark.silence))),
+                ..uncounted(&mark.entry)
+            };
+            writes.push((mark.incident, at.clone(), update));
+            keep
+        });
+        for (incident, at, update) in writes {
+            writer.record(incident, &at, update);
+        }
     }
 }

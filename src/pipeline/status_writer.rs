@@ -569,6 +569,7 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            silenced_by: None,
         }
     }
 

@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::resource::RemediationSilence;
-use super::store::{expired_end, SilenceStore, StatusChange, StoreError};
+use super::store::{expired_end, Ignored, SilenceStore, StatusChange, StoreError};
 use super::{SilenceRef, Silences};
 use crate::state::BoxFuture;
 
@@ -137,34 +137,33 @@ fn files(root: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// Reads every silence under `root` into `silences` and follows every change;
-/// the watch stops when the returned watcher is dropped.
-pub fn watch(root: PathBuf, silences: Arc<Silences>) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    let watched = root.clone();
-    let target = silences.clone();
+/// the watch stops when the returned value is dropped.
+pub fn watch(root: PathBuf, silences: Arc<Silences>) -> notify::Result<crate::tree_watch::TreeWatch> {
+    let (watched, target) = (root.clone(), silences.clone());
+    let (reread_root, reread) = (root.clone(), silences.clone());
     // Watch first, then read: a change made while reading is not missed.
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
-            for path in &event.paths {
-                if is_silence_file(&watched, path) {
-                    refresh(&target, path);
-                } else if path.parent() == Some(watched.as_path()) && path.is_dir() {
-                    // A new namespace directory: files written into it before the
-                    // watch reached it sent no event of their own.
-                    for file in std::fs::read_dir(path).into_iter().flatten().flatten() {
-                        if is_silence_file(&watched, &file.path()) {
-                            refresh(&target, &file.path());
-                        }
-                    }
-                }
+    let watch = crate::tree_watch::follow(
+        &root,
+        move |path| {
+            if is_silence_file(&watched, path) {
+                refresh(&target, path);
             }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "watching the silence directory failed for some events"),
-    })?;
-    watcher.watch(&root, RecursiveMode::Recursive)?;
+        },
+        move || {
+            if let Err(e) = read_all(&reread_root, &reread) {
+                tracing::warn!(error = %e, "reading the silence directory again failed");
+            }
+        },
+    )?;
+    let loaded = read_all(&root, &silences).map_err(notify::Error::io)?;
+    tracing::info!(silences = loaded, dir = %root.display(), "read the silence directory");
+    Ok(watch)
+}
+
+/// Replaces `silences` with every readable silence under `root`; how many there are.
+fn read_all(root: &Path, silences: &Silences) -> io::Result<usize> {
     let mut loaded = Vec::new();
-    for path in files(&root).map_err(notify::Error::io)? {
+    for path in files(root)? {
         match read(&path) {
             Ok(Some(silence)) => loaded.push(silence),
             Ok(None) => {}
@@ -172,8 +171,7 @@ pub fn watch(root: PathBuf, silences: Arc<Silences>) -> notify::Result<notify::R
         }
     }
     silences.replace_all(&loaded);
-    tracing::info!(silences = loaded.len(), dir = %root.display(), "read the silence directory");
-    Ok(watcher)
+    Ok(loaded.len())
 }
 
 /// Brings `silences` in line with the file at `path`.
@@ -253,6 +251,11 @@ impl SilenceStore for Arc<DirSilences> {
         }))
     }
 
+    // A file has no events: its status (`state: ignored`, `reason`) and the log say it.
+    fn warn_ignored<'a>(&'a self, _: &'a Ignored) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn write_status<'a>(
         &'a self,
         at: &'a SilenceRef,
@@ -283,10 +286,15 @@ mod tests {
         store.create(&s).await.unwrap();
         assert!(matches!(store.create(&s).await, Err(StoreError::Exists(_))), "a create never overwrites");
         let at = SilenceRef { namespace: "shop".into(), name: "drain".into() };
-        let change =
-            StatusChange { matched: 3, last_matched_at: Some("2026-12-05T10:00:00Z".parse().unwrap()), state: None };
+        let change = StatusChange {
+            writer: 1,
+            matched: 3,
+            last_matched_at: Some("2026-12-05T10:00:00Z".parse().unwrap()),
+            state: None,
+        };
         store.write_status(&at, &change).await.unwrap();
-        store.write_status(&at, &StatusChange { matched: 2, ..Default::default() }).await.unwrap();
+        store.write_status(&at, &StatusChange { writer: 2, matched: 2, ..Default::default() }).await.unwrap();
+        store.write_status(&at, &change).await.unwrap();
         store.expire(&at, "2026-12-05T12:00:00Z".parse().unwrap()).await.unwrap();
         let listed = store.list(Some("shop")).await.unwrap();
         assert_eq!(listed.len(), 1);

@@ -3,7 +3,9 @@
 //! [`watch`] follows them with one watch (as the sink follows requests), so a
 //! silence created or expired with kubectl or `tidegate silence` takes effect as
 //! soon as the API server tells the watch, without an API call per signal. The
-//! same type is the CLI's and the status writer's way to the API.
+//! same type is the CLI's and the status writer's way to the API, and how the
+//! gateway tells a silence's owners it ignores it: a Warning Event on the silence
+//! (events.k8s.io/v1), which `kubectl describe rsil` shows.
 
 use std::sync::Arc;
 
@@ -15,9 +17,12 @@ use kube::Client;
 use serde_json::json;
 
 use super::resource::RemediationSilence;
-use super::store::{expired_end, SilenceStore, StatusChange, StoreError};
+use super::store::{expired_end, Ignored, SilenceStore, StatusChange, StoreError};
 use super::{SilenceRef, Silences};
 use crate::state::BoxFuture;
+
+/// Who reports the events the gateway writes about silences.
+const REPORTING_CONTROLLER: &str = "tidegate.dev/gateway";
 
 pub struct KubeSilences {
     client: Client,
@@ -126,6 +131,45 @@ impl SilenceStore for KubeSilences {
             });
             api.patch(&at.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| kube_error(at, e))?;
             Ok(())
+        })
+    }
+
+    fn warn_ignored<'a>(&'a self, ignored: &'a Ignored) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            use k8s_openapi::api::core::v1::ObjectReference;
+            use k8s_openapi::api::events::v1::Event;
+            use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+            use kube::api::ObjectMeta;
+            let at = &ignored.at;
+            // Named after the silence's version: a replica (or a restart) warning of
+            // the same version again finds it exists, and one event stands.
+            let mut name: String = at.name.chars().take(200).collect();
+            name.push_str(&format!(".ignored-{}", ignored.version));
+            let event = Event {
+                metadata: ObjectMeta { name: Some(name), namespace: Some(at.namespace.clone()), ..Default::default() },
+                event_time: Some(MicroTime(Timestamp::now())),
+                type_: Some("Warning".into()),
+                reason: Some("SilenceIgnored".into()),
+                action: Some("Ignore".into()),
+                note: Some(ignored.message.chars().take(1024).collect()),
+                reporting_controller: Some(REPORTING_CONTROLLER.into()),
+                reporting_instance: Some(REPORTING_CONTROLLER.into()),
+                regarding: Some(ObjectReference {
+                    api_version: Some("remediation.tidegate.dev/v1alpha1".into()),
+                    kind: Some("RemediationSilence".into()),
+                    name: Some(at.name.clone()),
+                    namespace: Some(at.namespace.clone()),
+                    uid: ignored.uid.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let api: Api<Event> = Api::namespaced(self.client.clone(), &at.namespace);
+            match api.create(&PostParams::default(), &event).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                Err(e) => Err(StoreError::Kube(e)),
+            }
         })
     }
 

@@ -328,6 +328,19 @@ pub struct Known {
     spec: Arc<RemediationSilenceSpec>,
     /// What its status says now.
     pub status: RemediationSilenceStatus,
+    /// Its object's uid, where the source has one (the cluster): what an event
+    /// about it names.
+    pub uid: Option<String>,
+}
+
+impl Known {
+    /// Names the version of the silence's spec: the same for every replica and
+    /// restart, another once the spec changes (its `endsAt` moved).
+    pub fn version(&self) -> String {
+        use sha2::Digest;
+        let spec = serde_json::to_vec(&*self.spec).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(&spec)[..8])
+    }
 }
 
 impl Silences {
@@ -352,6 +365,11 @@ impl Silences {
     /// Every silence known, understood or not.
     pub fn known(&self) -> Vec<(SilenceRef, Known)> {
         self.lock().iter().map(|(at, k)| (at.clone(), k.clone())).collect()
+    }
+
+    /// The silence at `at`, if it is known and understood.
+    pub fn get(&self, at: &SilenceRef) -> Option<Arc<Silence>> {
+        self.lock().get(at)?.silence.as_ref().ok().cloned()
     }
 
     /// Adds or replaces the silence `object` from the source.
@@ -390,7 +408,8 @@ impl Silences {
             return false;
         }
         let silence = Silence::compile(at.clone(), &object.spec, &self.rules).map(Arc::new).map_err(Arc::new);
-        catalog.insert(at, Known { silence, spec: Arc::new(object.spec.clone()), status });
+        let uid = object.metadata.uid.clone();
+        catalog.insert(at, Known { silence, spec: Arc::new(object.spec.clone()), status, uid });
         true
     }
 
@@ -449,7 +468,7 @@ pub struct Running {
     pub silences: Arc<Silences>,
     pub keeper: status::SilenceKeeper,
     /// The directory watch, when silences are files; stops when dropped.
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<crate::tree_watch::TreeWatch>,
 }
 
 /// The silence directory within the sink's, unless `silence.dir` says otherwise.

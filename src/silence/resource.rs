@@ -89,6 +89,12 @@ pub struct RemediationSilenceStatus {
     /// When the silence last held a signal back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_matched_at: Option<Time>,
+    /// Each gateway writer's share of `matchedSignals`, as in a request's
+    /// `status.deduplication.tallies`: a writer states its whole share on every
+    /// write, so a write retried after an unclear outcome never counts twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::remediation::MAX_TALLIES))]
+    pub tallies: Vec<crate::remediation::Tally>,
 }
 
 /// Every CRD the gateway uses, as one YAML stream: what `tidegate crd` prints and

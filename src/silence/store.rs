@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::resource::{RemediationSilence, RemediationSilenceStatus};
 use super::SilenceRef;
+use crate::remediation::raise_tally;
 use crate::state::BoxFuture;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,11 @@ pub enum StoreError {
 /// What a status write changes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StatusChange {
-    /// Signals matched since the last write: added to `matchedSignals`.
+    /// Who counted `matched`: one gateway process's count of one silence (see
+    /// [`super::status`]); unused while `matched` is 0.
+    pub writer: u64,
+    /// Every signal `writer` counted as matched by the silence, in all (not since
+    /// its last write): writing it twice counts nothing twice.
     pub matched: u64,
     pub last_matched_at: Option<Timestamp>,
     /// The state to record, and why when ignored.
@@ -35,18 +40,25 @@ pub struct StatusChange {
 }
 
 impl StatusChange {
-    /// Folds a later change into this one.
+    /// Folds a later change of the same writer into this one.
     pub fn merge(&mut self, later: StatusChange) {
-        self.matched += later.matched;
+        if later.matched > 0 {
+            self.writer = later.writer;
+        }
+        self.matched = self.matched.max(later.matched);
         self.last_matched_at = self.last_matched_at.max(later.last_matched_at);
         if later.state.is_some() {
             self.state = later.state;
         }
     }
 
-    /// Applies this change to `status`; times never move backwards.
+    /// Applies this change to `status`: the writer's tally is raised to `matched`,
+    /// times never move backwards.
     pub fn apply(&self, status: &mut RemediationSilenceStatus) {
-        status.matched_signals += self.matched;
+        if self.matched > 0 {
+            let writer = format!("{:016x}", self.writer);
+            raise_tally(&mut status.tallies, &mut status.matched_signals, &writer, self.matched);
+        }
         if let Some(at) = self.last_matched_at {
             if status.last_matched_at.as_ref().is_none_or(|t| t.0 < at) {
                 status.last_matched_at = Some(Time(at));
@@ -70,12 +82,29 @@ pub trait SilenceStore: Send + Sync + 'static {
     /// `endsAt` only ever moves earlier.
     fn expire<'a>(&'a self, at: &'a SilenceRef, now: Timestamp) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Tells the silence's readers that the gateway ignores it, where the store has
+    /// a way to: a Kubernetes Warning Event on the silence, named after its version
+    /// so that each version is warned of once, whichever replica warns first. The
+    /// files have no such place: their status and the gateway's log say it.
+    fn warn_ignored<'a>(&'a self, ignored: &'a Ignored) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// Folds `change` into the silence's status.
     fn write_status<'a>(
         &'a self,
         at: &'a SilenceRef,
         change: &'a StatusChange,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// A silence the gateway ignores, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ignored {
+    pub at: SilenceRef,
+    pub uid: Option<String>,
+    /// The version of its spec ([`super::Known::version`]).
+    pub version: String,
+    /// Why, in words.
+    pub message: String,
 }
 
 /// The `endsAt` that expires a silence at `now`: never later than it was, never

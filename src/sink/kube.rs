@@ -492,6 +492,10 @@ impl crate::workload::RemediateLabels for NamespaceCache {
         None
     }
 
+    fn reads_workload(&self, _kind: &str) -> bool {
+        false
+    }
+
     fn namespace(&self, namespace: &str) -> Option<bool> {
         let ns = self.0.get(&ObjectRef::new(namespace))?;
         crate::workload::remediate_value(ns.labels().get(crate::workload::REMEDIATE_LABEL).map(String::as_str))

@@ -73,6 +73,9 @@ pub struct Settings {
     pub kube: KubeConfig,
     /// How far back the directory sink indexes manifests (`Config::open_horizon`).
     pub horizon: Duration,
+    /// Whether scope reads workloads' labels, which the kube sink's grants then
+    /// include (`scope.mode` opt-in or opt-out).
+    pub scope_labels: bool,
 }
 
 /// A sink, and what it learned of the cluster on the way, for the pipeline.
@@ -138,7 +141,8 @@ impl Settings {
             }
             SinkTarget::Kube => {
                 let mut checks = vec![Check::skip("sink dir", "the sink is kube")];
-                checks.extend(super::kube::doctor::checks(&self.kube, ctx.kube_client_if_any()).await);
+                checks
+                    .extend(super::kube::doctor::checks(&self.kube, self.scope_labels, ctx.kube_client_if_any()).await);
                 checks
             }
         }

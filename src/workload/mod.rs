@@ -10,8 +10,10 @@
 //! The pipeline calls [`attribute`] once per batch, before anything reads a
 //! fingerprint. This module never drops a signal and never fails one: whatever
 //! cannot be resolved keeps the identity it came with. [`owners`] is the [`Owners`]
-//! of a Kubernetes cluster, from metadata-only watch caches.
+//! of a Kubernetes cluster, from metadata-only watch caches; [`labels`] keeps the
+//! workloads' [`REMEDIATE_LABEL`] from the same kind of caches, for scope.
 
+pub mod labels;
 pub mod owners;
 
 use std::borrow::Cow;
@@ -43,6 +45,9 @@ pub trait RemediateLabels: Send + Sync {
     /// The label of the workload `target` (a Deployment, StatefulSet, DaemonSet,
     /// CronJob, or a pod without a controller).
     fn workload(&self, target: &TargetResource) -> Option<bool>;
+    /// Whether the labels of objects of `kind` are read at all: what a hint may
+    /// tell a person to label.
+    fn reads_workload(&self, kind: &str) -> bool;
     /// The label of `namespace`.
     fn namespace(&self, namespace: &str) -> Option<bool>;
 }

@@ -15,6 +15,10 @@
 //! within `kube.owner_lookup_timeout`, whose answer is remembered for
 //! [`REMEMBER_FOR`]. In steady state an alert costs no API call.
 //!
+//! The same watches keep, for scope, the `tidegate.dev/remediate` label of the
+//! objects that carry it ([`super::labels`]): a pod, ReplicaSet or Job nothing
+//! controls is its own top workload.
+//!
 //! This module never fails a signal: an owner that cannot be read (timeout, error,
 //! forbidden) leaves the signal with the identity it came with.
 
@@ -35,6 +39,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
+use super::labels::{self, Labelled};
 use super::Owners;
 use crate::kube_api;
 use crate::signal::TargetResource;
@@ -122,6 +127,8 @@ struct Cache {
     followed: Followed,
     objects: RwLock<Objects>,
     synced: AtomicBool,
+    /// The kind's labelled objects, from the same watch.
+    labels: Arc<Labelled>,
 }
 
 impl Cache {
@@ -150,8 +157,10 @@ impl OwnerCache {
     /// Starts the metadata watches of Pods, ReplicaSets and Jobs, cluster-wide, and
     /// returns at once: lookups fall back to GETs until the caches have listed.
     pub fn start(client: Client, lookup_timeout: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
-        let caches = Followed::ALL
-            .map(|followed| Arc::new(Cache { followed, objects: RwLock::default(), synced: AtomicBool::new(false) }));
+        let caches = Followed::ALL.map(|followed| {
+            let labels = Arc::new(Labelled::new(followed.kind()));
+            Arc::new(Cache { followed, objects: RwLock::default(), synced: AtomicBool::new(false), labels })
+        });
         // `PartialObjectMeta` APIs ask for metadata only, lists and watches alike.
         tokio::spawn(follow(Api::<PartialObjectMeta<Pod>>::all(client.clone()), caches[0].clone(), metrics.clone()));
         let replica_sets = Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone());
@@ -163,6 +172,11 @@ impl OwnerCache {
     /// Whether every watch has listed once.
     pub fn synced(&self) -> bool {
         self.caches.iter().all(|c| c.synced.load(Ordering::Relaxed))
+    }
+
+    /// The `tidegate.dev/remediate` labels the watches keep, one per kind.
+    pub fn labels(&self) -> impl Iterator<Item = Arc<Labelled>> + '_ {
+        self.caches.iter().map(|cache| cache.labels.clone())
     }
 
     fn cache(&self, followed: Followed) -> &Cache {
@@ -280,7 +294,7 @@ where
 {
     let kind = cache.followed.kind();
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-    let mut relist: Option<Objects> = None;
+    let mut relist: Option<(Objects, labels::Values)> = None;
     let mut count = 0i64;
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -291,23 +305,27 @@ where
             }
         };
         match event {
-            watcher::Event::Init => relist = Some(Objects::default()),
+            watcher::Event::Init => relist = Some(Default::default()),
             watcher::Event::InitApply(object) => {
-                if let Some(objects) = relist.as_mut() {
+                if let Some((objects, labelled)) = relist.as_mut() {
                     insert(objects, &object.metadata);
+                    labels::record(labelled, &object.metadata);
                 }
             }
             watcher::Event::InitDone => {
-                let fresh = relist.take().unwrap_or_default();
+                let (fresh, labelled) = relist.take().unwrap_or_default();
                 count = fresh.values().map(|names| names.len() as i64).sum();
                 *cache.objects.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                cache.labels.relisted(labelled);
                 cache.synced.store(true, Ordering::Relaxed);
             }
             watcher::Event::Apply(object) => {
+                cache.labels.apply(&object.metadata);
                 let mut objects = cache.objects.write().unwrap_or_else(|p| p.into_inner());
                 count += i64::from(insert(&mut objects, &object.metadata));
             }
             watcher::Event::Delete(object) => {
+                cache.labels.delete(&object.metadata);
                 let mut objects = cache.objects.write().unwrap_or_else(|p| p.into_inner());
                 count -= i64::from(remove(&mut objects, &object.metadata));
             }

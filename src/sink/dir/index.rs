@@ -396,23 +396,20 @@ pub fn manifest_ref(root: &Path, path: &Path) -> Option<RequestRef> {
 }
 
 /// Watches `root` and keeps `index` in line with every change to its manifests.
-/// The returned watcher stops when dropped.
-pub fn watch(root: PathBuf, index: Arc<Index>) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    let watched = root.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-        Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
-            for path in &event.paths {
-                index.refresh(&watched, path);
+/// The returned watch stops when dropped.
+pub fn watch(root: PathBuf, index: Arc<Index>, horizon: Duration) -> notify::Result<crate::tree_watch::TreeWatch> {
+    let (watched, changed, reread) = (root.clone(), index.clone(), root.clone());
+    crate::tree_watch::follow(
+        &root,
+        move |path| changed.refresh(&watched, path),
+        // The kernel's queue overflowed: events were lost, so read everything again.
+        // A manifest removed meanwhile stays indexed until its horizon passes.
+        move || {
+            if let Err(e) = index.load(&reread, horizon, 1) {
+                tracing::warn!(error = %e, "reading the sink directory again failed");
             }
-        }
-        Ok(_) => {}
-        // The kernel's queue overflowed: events were lost, so the index may be
-        // behind the disk. It is still right about everything this process wrote.
-        Err(e) => tracing::warn!(error = %e, "watching the sink directory failed for some events"),
-    })?;
-    watcher.watch(&root, RecursiveMode::Recursive)?;
-    Ok(watcher)
+        },
+    )
 }
 
 #[cfg(test)]

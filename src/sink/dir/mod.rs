@@ -37,7 +37,7 @@ pub struct DirSink {
     root: PathBuf,
     index: Arc<Index>,
     /// Keeps the index in line with changes made by others; stops when dropped.
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<crate::tree_watch::TreeWatch>,
 }
 
 impl DirSink {
@@ -49,7 +49,7 @@ impl DirSink {
         fs::create_dir_all(&root)?;
         let index = Arc::new(Index::new(horizon));
         // Watch first, then read: a change made while reading is not missed.
-        let watcher = index::watch(root.clone(), index.clone())
+        let watcher = index::watch(root.clone(), index.clone(), horizon)
             .inspect_err(|e| {
                 tracing::warn!(error = %e, "cannot watch the sink directory: manifests removed or finished by hand are noticed only after a restart");
             })

@@ -35,10 +35,11 @@ async fn within<T>(budget: Duration, fut: impl Future<Output = kube::Result<T>>)
     }
 }
 
-/// Reachability, the CRD, and every grant the sink needs.
-pub async fn checks(config: &KubeConfig, client: Option<Client>) -> Vec<Check> {
+/// Reachability, the CRD, and every grant the sink needs (with `scope_labels`,
+/// also the workload label caches').
+pub async fn checks(config: &KubeConfig, scope_labels: bool, client: Option<Client>) -> Vec<Check> {
     let budget = budget(config);
-    let needed = access::needed(config.owner_chain);
+    let needed = access::needed(config.owner_chain, scope_labels);
     let (client, reached) = match kube_reach(client, budget).await {
         Ok(reached) => reached,
         Err(check) => {

@@ -6,7 +6,7 @@
 //! CronJob, and pods without the labels the selectors match, so no controller
 //! adopts, scales away or replaces the tests' pods.
 
-use kube::api::{DynamicObject, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
@@ -88,5 +88,17 @@ impl Kube {
             }
         };
         Object { api_version: resource.api_version, kind, name: name.into(), uid: created.uid().expect("a uid") }
+    }
+
+    /// Sets label `key` of `kind/name` in `namespace` to `value`, or removes it
+    /// (`None`), as `kubectl label` does.
+    pub async fn label_object(&self, namespace: &str, kind: &str, name: &str, key: &str, value: Option<&str>) {
+        let (group, version, plural) = resource(kind);
+        let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.admin.clone(), namespace, &resource);
+        let patch = json!({"metadata": {"labels": {key: value}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("label {kind} {namespace}/{name}: {e}"));
     }
 }
