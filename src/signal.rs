@@ -51,7 +51,7 @@ pub enum SignalStatus {
 }
 
 /// The Kubernetes object a signal is about.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct TargetResource {
     /// Kind, for example `Pod`; empty when the signal names no resource.
     pub kind: String,

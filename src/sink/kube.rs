@@ -155,6 +155,9 @@ impl KubeSink {
         let stream =
             watcher(Api::<RemediationRequest>::all(client.clone()), watcher::Config::default().labels(&managed))
                 .default_backoff()
+                // managedFields are a large part of each cached request, and nothing
+                // here reads them; a status write without them keeps the server's.
+                .modify(|rr| rr.managed_fields_mut().clear())
                 .reflect(writer)
                 .inspect(move |event| {
                     follower.follow(event);

@@ -18,8 +18,16 @@ pub mod owners;
 
 use std::borrow::Cow;
 
+use foldhash::HashMap;
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+
 use crate::signal::{Fingerprint, Signal, TargetResource};
 use crate::state::BoxFuture;
+
+/// Owner lookups of one batch in flight at once, at most: a notification about
+/// thousands of new pods must not become thousands of GETs at once.
+const LOOKUPS_IN_FLIGHT: usize = 16;
 
 /// Finds the top controller of an object through its owner references.
 pub trait Owners: Send + Sync + 'static {
@@ -65,22 +73,38 @@ pub fn remediate_value(value: Option<&str>) -> Option<bool> {
 /// controller. Borrows `signals` unchanged when no target has one (the common case
 /// for signals that do not name pods), so nothing is copied then.
 pub async fn attribute<'s, 'a>(owners: &dyn Owners, signals: &'s [Signal<'a>]) -> Cow<'s, [Signal<'a>]> {
-    let mut out: Option<Vec<Signal<'a>>> = None;
     // One lookup per distinct target: a webhook often carries many alerts about one pod.
-    let mut last: Option<(&TargetResource, Option<TargetResource>)> = None;
+    let mut distinct: Vec<&TargetResource> = Vec::new();
+    let mut slots: HashMap<&TargetResource, usize> = HashMap::default();
+    let slot_of: Vec<usize> = signals
+        .iter()
+        .map(|signal| {
+            *slots.entry(&signal.target).or_insert_with(|| {
+                distinct.push(&signal.target);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    // All of them at once (up to a bound): a lookup the caches cannot answer is a GET,
+    // and one after another they made a notification about ten new pods wait ten
+    // round trips while the machine idled.
+    let mut tops: Vec<Option<TargetResource>> = Vec::with_capacity(distinct.len());
+    let mut lookups = FuturesOrdered::new();
+    for target in distinct {
+        if lookups.len() >= LOOKUPS_IN_FLIGHT {
+            tops.extend(lookups.next().await);
+        }
+        lookups.push_back(owners.top(target));
+    }
+    while let Some(top) = lookups.next().await {
+        tops.push(top);
+    }
+    let mut out: Option<Vec<Signal<'a>>> = None;
     for (i, signal) in signals.iter().enumerate() {
-        let top = match &last {
-            Some((target, top)) if *target == &signal.target => top.clone(),
-            _ => {
-                let top = owners.top(&signal.target).await;
-                last = Some((&signal.target, top.clone()));
-                top
-            }
-        };
-        match top.filter(|top| *top != signal.target) {
+        match tops[slot_of[i]].as_ref().filter(|top| **top != signal.target) {
             Some(top) => out.get_or_insert_with(|| signals[..i].to_vec()).push(Signal {
-                fingerprint: Fingerprint::new(&signal.name, &signal.namespace, &top),
-                target: top,
+                fingerprint: Fingerprint::new(&signal.name, &signal.namespace, top),
+                target: top.clone(),
                 ..signal.clone()
             }),
             None => {
@@ -159,6 +183,36 @@ mod tests {
         assert_eq!(out[2].labels.get("pod"), Some("web-2"));
         assert_eq!(out[1].target.name, "bare", "no controller: the pod's own identity");
         assert_eq!(out[1].fingerprint, signals[1].fingerprint);
+    }
+
+    /// Answers each lookup only once `expected` lookups are waiting at once, and
+    /// counts the lookups.
+    struct AllAtOnce {
+        barrier: tokio::sync::Barrier,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Owners for AllAtOnce {
+        fn top<'a>(&'a self, target: &'a TargetResource) -> BoxFuture<'a, Option<TargetResource>> {
+            Box::pin(async move {
+                self.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.barrier.wait().await;
+                Some(deployment(&format!("of-{}", target.name)))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_looks_up_its_distinct_targets_at_once_and_each_once() {
+        let owners = AllAtOnce { barrier: tokio::sync::Barrier::new(3), lookups: Default::default() };
+        let signals = [pod_signal("a"), pod_signal("b"), pod_signal("a"), pod_signal("c"), pod_signal("b")];
+        // One after another, the first lookup would wait for the other two forever.
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), attribute(&owners, &signals))
+            .await
+            .expect("the three lookups run at once");
+        assert_eq!(owners.lookups.load(std::sync::atomic::Ordering::Relaxed), 3, "one lookup per distinct target");
+        let names: Vec<&str> = out.iter().map(|s| s.target.name.as_str()).collect();
+        assert_eq!(names, ["of-a", "of-b", "of-a", "of-c", "of-b"], "each signal keeps its place");
     }
 
     #[tokio::test]
