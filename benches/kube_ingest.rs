@@ -284,6 +284,7 @@ async fn seed(admin: &Client, namespaces: &[String], from: usize, to: usize) -> 
                 backoff_until_s: None,
                 inhibited: None,
                 silenced_by: None,
+                acknowledged_at_s: None,
             };
             let request = remediation::build(&signal, namespace, epoch, class, &update);
             let api: Api<RemediationRequest> = Api::namespaced(admin.clone(), namespace);

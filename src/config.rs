@@ -171,7 +171,7 @@ impl Config {
         self.ingest.validate()?;
         self.trace.validate()?;
         self.silence.validate()?;
-        self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
+        self.cloudevents.validate().map_err(|e| ConfigError::refused("cloudevents.types", e))?;
         if !self.listen.ip().is_loopback() && !self.auth.enabled() && !self.auth.none {
             return Err(ConfigError::invalid(
                 "listen",

@@ -188,6 +188,8 @@ fn vocabulary(config: &Config) -> crate::telemetry::Vocabulary {
         OutcomeStatus::OutOfScope,
         OutcomeStatus::Silenced,
         OutcomeStatus::Inhibited,
+        OutcomeStatus::Acknowledged { recorded: true },
+        OutcomeStatus::Acknowledged { recorded: false },
     ];
     // The kube sink's verbs, and the owner lookups' when they run.
     let kube_verbs = match config.sink {

@@ -156,6 +156,12 @@ pub struct RemediationRequestStatus {
     /// Written by the gateway: how this request's incident backs off after failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
+    /// When a person last acknowledged the incident at its sender (PagerDuty's
+    /// `acknowledge`); unset until one does. Not an occurrence: it counts nothing
+    /// and opens nothing. A controller may hold automatic remediation while a
+    /// person is on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<Time>,
     /// Set while a RemediationSilence is active on this request's incident: its
     /// occurrences are still counted here, and a controller should hold its work
     /// until this is unset or `until` has passed. The gateway sets it when an
@@ -289,6 +295,8 @@ pub struct StatusUpdate {
     pub backoff_until_s: Option<u32>,
     /// Signals held back by inhibition, counted by the same `writer`.
     pub inhibited: Option<InhibitedUpdate>,
+    /// When the incident was acknowledged (see `acknowledgedAt`).
+    pub acknowledged_at_s: Option<u32>,
     /// Sets or clears `status.silencedBy`; `None` leaves it as it is.
     pub silenced_by: Option<SilenceMark>,
 }
@@ -362,6 +370,7 @@ impl StatusUpdate {
         self.first_seen_s = self.first_seen_s.min(other.first_seen_s);
         self.last_seen_s = self.last_seen_s.max(other.last_seen_s);
         self.resolved_at_s = self.resolved_at_s.max(other.resolved_at_s);
+        self.acknowledged_at_s = self.acknowledged_at_s.max(other.acknowledged_at_s);
         self.backoff_until_s = self.backoff_until_s.max(other.backoff_until_s);
         match (&mut self.storm, &other.storm) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
@@ -427,6 +436,11 @@ impl RemediationRequestStatus {
                 self.signal_resolved_at = Some(time_s(at));
             }
         }
+        if let Some(at) = update.acknowledged_at_s {
+            if self.acknowledged_at.as_ref().is_none_or(|t| t.0.as_second() < at as i64) {
+                self.acknowledged_at = Some(time_s(at));
+            }
+        }
         if let Some(mark) = &update.silenced_by {
             self.silenced_by = mark.silence.clone();
         }
@@ -446,6 +460,7 @@ impl RemediationRequestStatus {
             self.storm = built.storm.clone();
             self.signal_resolved_at = built.signal_resolved_at.clone();
             self.inhibited = built.inhibited.clone();
+            self.acknowledged_at = built.acknowledged_at.clone();
             self.silenced_by = built.silenced_by.clone();
             return;
         };
@@ -462,6 +477,7 @@ impl RemediationRequestStatus {
             union_capped(&mut storm.affected_resources, &theirs.affected_resources, cap);
         }
         self.signal_resolved_at = self.signal_resolved_at.clone().max(built.signal_resolved_at.clone());
+        self.acknowledged_at = self.acknowledged_at.clone().max(built.acknowledged_at.clone());
         if let Some(theirs) = &built.inhibited {
             let inhibited = self.inhibited.get_or_insert_with(Default::default);
             for tally in &theirs.tallies {
@@ -738,6 +754,7 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
             silenced_by: None,
         };
         status.apply(&update(150, 7, None));
@@ -760,6 +777,7 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
             silenced_by: None,
         };
         let mut status = RemediationRequestStatus::default();
@@ -797,6 +815,7 @@ mod tests {
             storm: Some(StormUpdate { resource_count: alerts, resources, cap: 2 }),
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
             silenced_by: None,
         };
         let mut update = storm(2, vec![resource(1), resource(2)]);
@@ -826,6 +845,7 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: Some(InhibitedUpdate { count, resources: vec![resource(pod)], cap: 2 }),
+            acknowledged_at_s: None,
             silenced_by: None,
         };
         let mut status = RemediationRequestStatus::default();

@@ -511,6 +511,10 @@ where
     use tracing_subscriber::Layer;
     match format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only for a person at a terminal: a container's log (kubectl logs, a
+        // collector) would carry the escape codes as text.
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).boxed()
+        }
     }
 }

@@ -190,6 +190,7 @@ impl HoldBack {
                         storm: None,
                         backoff_until_s: None,
                         inhibited: Some(held),
+                        acknowledged_at_s: None,
                         silenced_by: None,
                     };
                     status_writer.inhibited(Incident::Signal(source.source, source.first_seen_s), &at, update);

@@ -40,6 +40,7 @@
 //! signal it has not recorded (counted in the store, on a request, or held and
 //! counted by the rule that held it).
 
+pub mod acknowledge;
 pub mod admission;
 pub mod backoff;
 pub mod classify;
@@ -126,6 +127,11 @@ pub enum OutcomeStatus {
     Inhibited,
     /// A silence kept it from opening a request (see [`silences`]).
     Silenced,
+    /// An acknowledgement ([`acknowledge`]): `recorded` on its incident's open
+    /// request, or there was none. Counts nothing.
+    Acknowledged {
+        recorded: bool,
+    },
 }
 
 impl OutcomeStatus {
@@ -141,6 +147,8 @@ impl OutcomeStatus {
             OutcomeStatus::OutOfScope => "out_of_scope",
             OutcomeStatus::Inhibited => "inhibited",
             OutcomeStatus::Silenced => "silenced",
+            OutcomeStatus::Acknowledged { recorded: true } => "acknowledged",
+            OutcomeStatus::Acknowledged { recorded: false } => "acknowledged_unknown",
         }
     }
 
@@ -460,6 +468,8 @@ impl Pipeline {
                 Ok(self.outcome(signal, OutcomeStatus::Resolved, Some(at), entry.count))
             }
             Verdict::ResolvedUnknown => Ok(self.outcome(signal, OutcomeStatus::Resolved, None, 0)),
+            Verdict::AcknowledgedOpen(entry) => Ok(self.acknowledge_now(signal, Some(entry))),
+            Verdict::AcknowledgedUnknown => Ok(self.acknowledge_now(signal, None)),
         }
     }
 
@@ -530,6 +540,7 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         storm: None,
         backoff_until_s: None,
         inhibited: None,
+        acknowledged_at_s: None,
         silenced_by: None,
     }
 }

@@ -528,11 +528,17 @@ mod tests {
         StatusWriterConfig { interval, max_writes_per_s }
     }
 
-    /// A sink that counts status writes.
+    /// A sink that keeps one status and counts the writes to it, and whose first
+    /// `unclear` writes land but answer an error, as a write that timed out after
+    /// the server applied it.
     #[derive(Default)]
-    struct Counting(AtomicUsize);
+    struct Landing {
+        status: Mutex<crate::remediation::RemediationRequestStatus>,
+        writes: AtomicUsize,
+        unclear: AtomicUsize,
+    }
 
-    impl Sink for Counting {
+    impl Sink for Landing {
         fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
             Box::pin(async { Ok(Vec::new()) })
         }
@@ -540,9 +546,20 @@ mod tests {
         fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
             Box::pin(async { Ok(Created::Created) })
         }
-        fn update_status<'a>(&'a self, _: &'a RequestRef, _: &'a StatusUpdate) -> BoxFuture<'a, Result<(), SinkError>> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Ok(()) })
+        fn update_status<'a>(
+            &'a self,
+            _: &'a RequestRef,
+            update: &'a StatusUpdate,
+        ) -> BoxFuture<'a, Result<(), SinkError>> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.status.lock().unwrap().apply(update);
+            let unclear = self.unclear.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            Box::pin(async move {
+                match unclear {
+                    true => Err(SinkError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+                    false => Ok(()),
+                }
+            })
         }
         fn last_request(&self, _: &crate::signal::Fingerprint) -> Option<crate::sink::LastRequest> {
             None
@@ -569,6 +586,7 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
             silenced_by: None,
         }
     }
@@ -589,61 +607,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_write_per_request_per_interval_carrying_the_latest_count() {
-        let sink = Arc::new(Counting::default());
+        let sink = Arc::new(Landing::default());
         let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
         for n in 1..=50 {
             c.record(incident(0), &at(0), update(n));
         }
         settle().await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 0, "nothing before the interval");
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 0, "nothing before the interval");
         tokio::time::advance(Duration::from_secs(1)).await;
         settle().await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 1);
-    }
-
-    /// A sink that keeps one status, and whose first `unclear` writes land but
-    /// answer an error, as a write that timed out after the server applied it.
-    #[derive(Default)]
-    struct Landing {
-        status: Mutex<crate::remediation::RemediationRequestStatus>,
-        unclear: AtomicUsize,
-    }
-
-    impl Sink for Landing {
-        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-            Box::pin(async { Ok(Vec::new()) })
-        }
-
-        fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
-            Box::pin(async { Ok(Created::Created) })
-        }
-        fn update_status<'a>(
-            &'a self,
-            _: &'a RequestRef,
-            update: &'a StatusUpdate,
-        ) -> BoxFuture<'a, Result<(), SinkError>> {
-            self.status.lock().unwrap().apply(update);
-            let unclear = self.unclear.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-            Box::pin(async move {
-                match unclear {
-                    true => Err(SinkError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))),
-                    false => Ok(()),
-                }
-            })
-        }
-        fn last_request(&self, _: &crate::signal::Fingerprint) -> Option<crate::sink::LastRequest> {
-            None
-        }
-        fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-            Box::pin(async { Ok(()) })
-        }
-        // A test sink keeps no authority on open incidents.
-        fn lookup(&self, _: &RequestRef) -> Lookup {
-            Lookup::Unknown
-        }
-        fn open_request(&self, _: &Fingerprint) -> Option<OpenRequest> {
-            None
-        }
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -666,7 +639,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_incident_unseen_past_the_horizon_is_counted_under_a_new_writer() {
         let c = StatusWriter::new(
-            Arc::new(Counting::default()),
+            Arc::new(Landing::default()),
             &dedup(Duration::from_secs(1), 1000),
             Arc::new(Metrics::new()),
         );
@@ -689,7 +662,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn writes_over_the_cap_wait_and_shutdown_writes_them_all() {
-        let sink = Arc::new(Counting::default());
+        let sink = Arc::new(Landing::default());
         let metrics = Arc::new(Metrics::new());
         let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_millis(100), 2), metrics.clone());
         for n in 0..10 {
@@ -697,18 +670,18 @@ mod tests {
         }
         tokio::time::advance(Duration::from_millis(100)).await;
         settle().await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 2, "a full bucket holds one second's writes");
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 2, "a full bucket holds one second's writes");
         tokio::time::advance(Duration::from_secs(1)).await;
         settle().await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 4);
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 4);
         assert!(metrics.status_write_lag.get() >= 0.5, "the backlog shows: {}", metrics.status_write_lag.get());
         c.shutdown(Duration::from_secs(5)).await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 10, "the cap never loses a count");
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 10, "the cap never loses a count");
     }
 
-    /// [`Counting`], pacing its own writes as the directory sink does.
+    /// [`Landing`], pacing its own writes as the directory sink does.
     #[derive(Default)]
-    struct Paced(Counting);
+    struct Paced(Landing);
 
     impl Sink for Paced {
         fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
@@ -751,7 +724,7 @@ mod tests {
         }
         tokio::time::advance(Duration::from_millis(100)).await;
         settle().await;
-        assert_eq!(sink.0 .0.load(Ordering::SeqCst), 10, "all ten at once, though the cap is 2/s");
+        assert_eq!(sink.0.writes.load(Ordering::SeqCst), 10, "all ten at once, though the cap is 2/s");
         assert_eq!(c.pending(), 0);
         // Nothing waited past its due time beyond the timer's own granularity.
         assert!(metrics.status_write_lag.get() < 0.01, "lag {}", metrics.status_write_lag.get());

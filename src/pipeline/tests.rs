@@ -129,6 +129,57 @@ const DECISIONS: &[Case] = &[
         requests: "web-0=1(resolved)",
     },
     Case {
+        name: "an acknowledgement is recorded on the open request, counts nothing and opens nothing",
+        stores: &[0],
+        config: defaults,
+        script: &[
+            Send { to: 0, alerts: "web-0", answer: "created" },
+            Advance(10),
+            Send { to: 0, alerts: "!web-0 !web-1", answer: "acknowledged acknowledged-unknown" },
+            Send { to: 0, alerts: "web-0", answer: "duplicate" },
+        ],
+        requests: "web-0=2(acknowledged)",
+    },
+    Case {
+        name: "an acknowledgement does not keep an incident open past its dedup window",
+        stores: &[0],
+        config: defaults,
+        script: &[
+            Send { to: 0, alerts: "web-0", answer: "created" },
+            Advance(200),
+            Send { to: 0, alerts: "!web-0", answer: "acknowledged" },
+            Advance(101),
+            // Last seen 301s ago: the acknowledgement 101s ago was no sighting.
+            Send { to: 0, alerts: "web-0", answer: "created" },
+        ],
+        requests: "web-0=1 web-0=1(acknowledged)",
+    },
+    Case {
+        name: "acknowledgements count nothing towards a storm",
+        stores: &[0],
+        config: storms,
+        script: &[Send {
+            to: 0,
+            alerts: "web-0 !web-1 !web-2 !web-3 !web-4 web-1 web-2",
+            answer: "created acknowledged-unknown acknowledged-unknown acknowledged-unknown acknowledged-unknown \
+                     created created",
+        }],
+        requests: "web-0=1 web-1=1 web-2=1",
+    },
+    Case {
+        name: "an acknowledgement of an incident the store forgot is recorded on the request the sink holds",
+        stores: &[0],
+        config: defaults,
+        script: &[
+            Send { to: 0, alerts: "web-0", answer: "created" },
+            Advance(10),
+            Forget,
+            Send { to: 0, alerts: "!web-0", answer: "acknowledged" },
+            Send { to: 0, alerts: "web-0", answer: "duplicate" },
+        ],
+        requests: "web-0=2(acknowledged)",
+    },
+    Case {
         name: "alerts past the storm threshold fold into one aggregated request",
         stores: &[0],
         config: storms,
@@ -321,9 +372,12 @@ impl World {
     }
 }
 
-/// An alert spelled `pod` (firing) or `-pod` (resolved): `HighMemory` about that pod
-/// of namespace `shop`.
+/// An alert spelled `pod` (firing), `-pod` (resolved) or `!pod` (acknowledged):
+/// `HighMemory` about that pod of namespace `shop`.
 fn alert(spelled: &str) -> Signal<'static> {
+    if let Some(pod) = spelled.strip_prefix('!') {
+        return crate::workload::pod_alert("HighMemory", pod, SignalStatus::Acknowledged);
+    }
     match spelled.strip_prefix('-') {
         Some(pod) => crate::workload::pod_alert("HighMemory", pod, SignalStatus::Resolved),
         None => crate::workload::pod_alert("HighMemory", spelled, SignalStatus::Firing),
@@ -331,8 +385,8 @@ fn alert(spelled: &str) -> Signal<'static> {
 }
 
 /// A batch's answers, spelled as the cases spell them: each outcome, with
-/// `-unknown` for a resolution of no known incident and `-opened` for the alert
-/// that opened a storm window; or the batch's refusal.
+/// `-unknown` for a resolution or an acknowledgement of no known incident and
+/// `-opened` for the alert that opened a storm window; or the batch's refusal.
 fn answers(processed: Result<Processed, PipelineError>) -> String {
     match processed {
         Ok(Processed::Limited { .. }) => "limited".into(),
@@ -342,6 +396,7 @@ fn answers(processed: Result<Processed, PipelineError>) -> String {
             .map(|o| match (o.status, &o.request) {
                 (super::OutcomeStatus::Resolved, None) => "resolved-unknown".to_string(),
                 (super::OutcomeStatus::Aggregated { opened: true }, _) => "aggregated-opened".to_string(),
+                (super::OutcomeStatus::Acknowledged { recorded: false }, None) => "acknowledged-unknown".to_string(),
                 (status, _) => status.as_str().to_string(),
             })
             .collect::<Vec<_>>()
@@ -403,7 +458,7 @@ impl Recording {
     }
 
     /// The requests held, each spelled `target=count`, `storm:name=count` for an
-    /// aggregated one, with `(phase)` or `(resolved)`, sorted.
+    /// aggregated one, with `(phase)` or `(resolved)`, then `(acknowledged)`, sorted.
     fn requests(&self) -> String {
         let recorded = self.lock();
         let mut spelled: Vec<String> = recorded
@@ -421,6 +476,9 @@ impl Recording {
                     s += &format!("({phase})");
                 } else if status.signal_resolved_at.is_some() {
                     s += "(resolved)";
+                }
+                if status.acknowledged_at.is_some() {
+                    s += "(acknowledged)";
                 }
                 s
             })

@@ -41,22 +41,31 @@ impl StateBackend {
     }
 }
 
+/// A state store that is none of the stores.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UnknownBackend {
+    #[error(
+        "expected \"memory\" or a redis://, redis+sentinel:// or redis+cluster:// URL (rediss… over TLS), got {0:?}"
+    )]
+    Unknown(String),
+    #[error(transparent)]
+    Redis(#[from] super::redis::connection::UrlError),
+}
+
 impl FromStr for StateBackend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "memory" => Ok(StateBackend::Memory),
             url if url.starts_with("redis") => Ok(StateBackend::Redis(url.parse()?)),
-            other => Err(format!(
-                "expected \"memory\" or a redis://, redis+sentinel:// or redis+cluster:// URL (rediss… over TLS), got {other:?}"
-            )),
+            other => Err(UnknownBackend::Unknown(other.to_string())),
         }
     }
 }
 
 impl TryFrom<String> for StateBackend {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = UnknownBackend;
+    fn try_from(s: String) -> Result<Self, UnknownBackend> {
         s.parse()
     }
 }

@@ -315,6 +315,10 @@ impl MemoryStore {
                 match (o.status, inner.entries.entry(key(o))) {
                     (SignalStatus::Resolved, MapEntry::Occupied(e)) if live(e.get()) => Verdict::ResolvedOpen(*e.get()),
                     (SignalStatus::Resolved, _) => Verdict::ResolvedUnknown,
+                    (SignalStatus::Acknowledged, MapEntry::Occupied(e)) if live(e.get()) => {
+                        Verdict::AcknowledgedOpen(*e.get())
+                    }
+                    (SignalStatus::Acknowledged, _) => Verdict::AcknowledgedUnknown,
                     (SignalStatus::Firing, MapEntry::Occupied(mut e)) => {
                         let entry = e.get_mut();
                         if live(entry) {

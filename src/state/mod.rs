@@ -316,6 +316,11 @@ pub enum Verdict {
     ResolvedOpen(Entry),
     /// A resolved signal with no open incident. Nothing was recorded.
     ResolvedUnknown,
+    /// An acknowledgement of an open incident. Nothing was counted, and its
+    /// last-seen time stands: a person's answer is not an occurrence.
+    AcknowledgedOpen(Entry),
+    /// An acknowledgement with no open incident. Nothing was recorded.
+    AcknowledgedUnknown,
     /// A firing alert in a scope that is in a storm: counted in the storm's
     /// aggregation window instead of getting a request of its own.
     Folded(Folded),

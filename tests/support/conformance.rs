@@ -77,6 +77,10 @@ fn resolve(fingerprint: Fingerprint) -> Observation {
     Observation { fingerprint, status: SignalStatus::Resolved, storm: None }
 }
 
+fn acknowledge(fingerprint: Fingerprint) -> Observation {
+    Observation { fingerprint, status: SignalStatus::Acknowledged, storm: None }
+}
+
 /// A firing alert named `name` about pod `p<n>` of `namespace`, taking part in storm
 /// detection as the pipeline makes every firing alert do.
 fn alert(name: &str, namespace: &str, n: u32) -> Observation {
@@ -190,6 +194,23 @@ async fn resolved_after_the_window_is_unknown(store: Arc<dyn StateStore>) {
     assert_eq!(one(&*store, resolve(f), T0 + WINDOW.as_secs() as u32).await, Verdict::ResolvedUnknown);
 }
 
+async fn acknowledged_reports_the_open_incident_without_counting_or_sliding_the_window(store: Arc<dyn StateStore>) {
+    let f = fp("acked-open", 0);
+    let w = WINDOW.as_secs() as u32;
+    one(&*store, fire(f), T0).await;
+    assert_eq!(one(&*store, acknowledge(f), T0 + w - 1).await, Verdict::AcknowledgedOpen(entry(T0, T0, 1)));
+    // One window after the last sighting: the acknowledgement was none.
+    assert_eq!(one(&*store, fire(f), T0 + w).await, Verdict::New(entry(T0 + w, T0 + w, 1)));
+}
+
+async fn acknowledged_for_an_unknown_incident_opens_nothing(store: Arc<dyn StateStore>) {
+    let f = fp("acked-unknown", 0);
+    assert_eq!(one(&*store, acknowledge(f), T0).await, Verdict::AcknowledgedUnknown);
+    assert_eq!(one(&*store, acknowledge(f), T0 + 1).await, Verdict::AcknowledgedUnknown);
+    assert_eq!(one(&*store, fire(f), T0 + 2).await, Verdict::New(entry(T0 + 2, T0 + 2, 1)));
+    assert_eq!(one(&*store, acknowledge(f), T0 + WINDOW.as_secs() as u32 + 2).await, Verdict::AcknowledgedUnknown);
+}
+
 async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn StateStore>) {
     let (a, b) = (fp("batch", 0), fp("batch", 1));
     let verdicts = store.observe(&[fire(a), fire(b), fire(a), resolve(b)], T0).await.unwrap();
@@ -210,10 +231,12 @@ async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn State
 async fn a_batch_decides_as_one_at_a_time_would(store: Arc<dyn StateStore>) {
     let sequence = |case: &str| -> Vec<Observation> {
         let (a, b) = (format!("{case}-a"), format!("{case}-b"));
-        let mut s: Vec<Observation> = Vec::new();
-        s.push(alert(&a, "ns", 0));
-        s.push(alert(&a, "ns", 0)); // a repeat before any storm
-        s.push(Observation { status: SignalStatus::Resolved, ..alert(&a, "ns", 0) });
+        let mut s: Vec<Observation> = vec![
+            alert(&a, "ns", 0),
+            alert(&a, "ns", 0), // a repeat before any storm
+            Observation { status: SignalStatus::Resolved, ..alert(&a, "ns", 0) },
+            Observation { status: SignalStatus::Acknowledged, ..alert(&a, "ns", 0) },
+        ];
         for n in 1..12 {
             if n < 9 {
                 s.push(alert(&a, "ns", n)); // the sixth distinct pod opens a pattern storm
@@ -224,6 +247,7 @@ async fn a_batch_decides_as_one_at_a_time_would(store: Arc<dyn StateStore>) {
         s.push(alert(&a, "ns", 8)); // a repeat of a folded alert folds again
         s.push(alert(&a, "ns", 1)); // a pre-storm incident keeps its own count
         s.push(Observation { status: SignalStatus::Resolved, ..alert(&a, "ns", 2) });
+        s.push(Observation { status: SignalStatus::Acknowledged, ..alert(&a, "ns", 8) }); // folded: unknown
         s.push(alert(&b, "other", 0)); // another namespace is another scope
         s
     };
@@ -359,15 +383,20 @@ async fn window_closes_at_its_maximum_duration(store: Arc<dyn StateStore>) {
     assert_eq!((next.window_id, next.opened), (T0 + 300, true));
 }
 
-async fn resolved_alerts_never_count_towards_a_storm(store: Arc<dyn StateStore>) {
-    let resolutions: Vec<_> =
-        (0..20).map(|n| Observation { status: SignalStatus::Resolved, ..alert("resolving", "ns", n) }).collect();
-    for v in store.observe(&resolutions, T0).await.unwrap() {
-        assert_eq!(v, Verdict::ResolvedUnknown);
-    }
-    let batch: Vec<_> = (0..5).map(|n| alert("resolving", "ns", n)).collect();
-    for v in store.observe(&batch, T0).await.unwrap() {
-        assert_not_storm(&v);
+async fn resolved_and_acknowledged_alerts_never_count_towards_a_storm(store: Arc<dyn StateStore>) {
+    let cases = [
+        ("resolving", SignalStatus::Resolved, Verdict::ResolvedUnknown),
+        ("acking", SignalStatus::Acknowledged, Verdict::AcknowledgedUnknown),
+    ];
+    for (name, status, unknown) in cases {
+        let signals: Vec<_> = (0..20).map(|n| Observation { status, ..alert(name, "ns", n) }).collect();
+        for v in store.observe(&signals, T0).await.unwrap() {
+            assert_eq!(v, unknown);
+        }
+        let batch: Vec<_> = (0..5).map(|n| alert(name, "ns", n)).collect();
+        for v in store.observe(&batch, T0).await.unwrap() {
+            assert_not_storm(&v);
+        }
     }
 }
 

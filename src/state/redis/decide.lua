@@ -31,14 +31,15 @@
 -- then from ARGV[12], one per signal, packed (a webhook's call would otherwise carry
 -- hundreds of arguments, each one a string for Redis to parse and Lua to intern):
 --   struct '>BI4I4I4I4c8' = mode (0 fire | 1 resolve | 2 adopt | 3 adopt a rate
---   window | 4 adopt a pattern window), d, s (0: no storm keys), for adopt
+--   window | 4 adopt a pattern window | 5 acknowledge), d, s (0: no storm keys), for adopt
 --   first_seen and count (the incident an authority says is open), for a window
 --   its id and alert count (0 otherwise), resource (8 bytes; zeros without storm
 --   keys); then the field.
 -- Reply: one string: 8 bytes of admission, two big-endian u32s (1, 0) allowed or
 -- (0, retry after in ms) limited, in which case nothing else was done and nothing
 -- follows; then 24 bytes per signal in order: six big-endian u32s,
---   0 new | 1 duplicate | 2 resolved-open | 3 resolved-unknown, first, last, count, 0, 0
+--   0 new | 1 duplicate | 2 resolved-open | 3 resolved-unknown | 6 acknowledged-open
+--   | 7 acknowledged-unknown, first, last, count, 0, 0
 -- | 5, window id, kind (1 rate, 2 pattern), alerts, resources, first folded (0|1)
 -- (one string rather than nested arrays: the client decodes it without allocating)
 
@@ -62,7 +63,7 @@ end
 -- Firing alerts per storm scope in this call, so that each scope's rate counter
 -- takes one INCRBY for the whole call.
 local firing = {}
-local FIRE, RESOLVE, ADOPT, ADOPT_WINDOW = 0, 1, 2, 3
+local FIRE, RESOLVE, ADOPT, ADOPT_WINDOW, ACKNOWLEDGE = 0, 1, 2, 3, 5
 local RECORD = '>BI4I4I4I4c8'
 local RECORD_BYTES = 25
 
@@ -198,7 +199,7 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     live = (now - last) < window
   end
 
-  if mode >= ADOPT_WINDOW then
+  if mode == ADOPT_WINDOW or mode == ADOPT_WINDOW + 1 then
     -- The sink holds this scope's aggregated request with its window still open,
     -- which Redis lost: take the window back and fold this alert into it. The
     -- incident just opened for the alert goes, so its repeats fold too.
@@ -221,11 +222,17 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     return {5, id, kind, alerts, redis.call('PFCOUNT', KEYS[s + 3]), 0}
   end
 
-  if mode == RESOLVE then
-    if live then
-      return {2, first, last, count}
+  -- A resolution or an acknowledgement only reads: neither is an occurrence, so
+  -- neither counts nor moves last_seen (the dedup window runs on).
+  if mode == RESOLVE or mode == ACKNOWLEDGE then
+    local open, unknown = 2, 3
+    if mode == ACKNOWLEDGE then
+      open, unknown = 6, 7
     end
-    return {3, 0, 0, 0}
+    if live then
+      return {open, first, last, count}
+    end
+    return {unknown, 0, 0, 0}
   end
 
   local function store(verdict)

@@ -103,6 +103,8 @@ pub(super) enum Mode {
     /// `decide.lua` reads the window's kind off the mode: 1 rate, 2 pattern.
     AdoptRateWindow = 3,
     AdoptPatternWindow = 4,
+    /// Looked up as `Resolve` is, and answered as an acknowledgement.
+    Acknowledge = 5,
 }
 
 /// What an authority told the store to take back.
@@ -217,6 +219,8 @@ fn verdict(bytes: &[u8]) -> Result<Verdict, StateError> {
         1 => Verdict::Duplicate(entry),
         2 => Verdict::ResolvedOpen(entry),
         3 => Verdict::ResolvedUnknown,
+        6 => Verdict::AcknowledgedOpen(entry),
+        7 => Verdict::AcknowledgedUnknown,
         5 => Verdict::Folded(Folded {
             window_id: f[1],
             kind: if f[2] == 2 { StormKind::Pattern } else { StormKind::Rate },

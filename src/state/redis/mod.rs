@@ -251,6 +251,7 @@ impl Shared {
                 },
                 (None, SignalStatus::Firing) => (Mode::Fire, (0, 0)),
                 (None, SignalStatus::Resolved) => (Mode::Resolve, (0, 0)),
+                (None, SignalStatus::Acknowledged) => (Mode::Acknowledge, (0, 0)),
             };
             let record = Record {
                 mode,
