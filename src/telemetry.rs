@@ -137,6 +137,7 @@ pub struct Metrics {
     pub sink_writes: Family<SinkLabels, Counter>,
     pub status_coalesced: Counter,
     pub status_pending: Gauge,
+    pub status_write_lag: Gauge<f64, AtomicU64>,
     pub status_tallies: Gauge,
     pub status_writer: Family<WriterLabels, Gauge>,
     pub redis_used_memory: Gauge,
@@ -246,6 +247,12 @@ impl Metrics {
             "status_updates_pending",
             "RemediationRequests with a status write pending",
             status_pending.clone(),
+        );
+        let status_write_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "status_write_lag_seconds",
+            "How long past its due time the oldest due status write waited, when writes were last taken",
+            status_write_lag.clone(),
         );
         let status_tallies = Gauge::default();
         registry.register(
@@ -401,6 +408,7 @@ impl Metrics {
             sink_writes,
             status_coalesced,
             status_pending,
+            status_write_lag,
             status_tallies,
             status_writer,
             redis_used_memory,
