@@ -216,9 +216,16 @@ impl Silence {
     }
 
     /// The equality matcher this silence is indexed under: the first on a label
-    /// other than `namespace` (already the index's first key), else the first.
+    /// other than `namespace` (already the index's first key), else the first. Never
+    /// one on the empty value: `foo=""` matches signals without `foo`, which have no
+    /// value of `foo` to be looked up by.
     fn index_key(&self) -> Option<(&str, &str)> {
-        let equal = || self.matchers.iter().filter_map(|m| Some((m.name(), m.equal_value()?)));
+        let equal = || {
+            self.matchers
+                .iter()
+                .filter_map(|m| Some((m.name(), m.equal_value()?)))
+                .filter(|(_, value)| !value.is_empty())
+        };
         equal().find(|(name, _)| *name != "namespace").or_else(|| equal().next())
     }
 }
@@ -650,6 +657,17 @@ pub(crate) mod tests {
         ]);
         let found = index.find(&signal("X", "shop", &[("pod", "web-1")]), now()).unwrap();
         assert_eq!(found.at.name, "long");
+    }
+
+    #[test]
+    fn a_silence_on_an_empty_value_covers_signals_without_the_label() {
+        // `team=""` matches a signal without `team`, as in Alertmanager; the index
+        // must not file the silence where only a `team` label could find it.
+        let index = SilenceIndex::build([silence("shop", "untriaged", &[r#"team="""#, r#"alertname=~"Kube.*""#])]);
+        assert!(index.find(&signal("KubePodCrashLooping", "shop", &[]), now()).is_some());
+        assert!(index.find(&signal("KubePodCrashLooping", "shop", &[("team", "db")]), now()).is_none());
+        let both = SilenceIndex::build([silence("shop", "web", &[r#"team="""#, "alertname=KubePodCrashLooping"])]);
+        assert!(both.find(&signal("KubePodCrashLooping", "shop", &[]), now()).is_some(), "filed under alertname");
     }
 
     #[test]
