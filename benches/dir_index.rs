@@ -76,6 +76,8 @@ fn main() -> ExitCode {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         let request = remediation::build(&signal, &namespace, now - 60, &class, &update);

@@ -284,6 +284,8 @@ async fn seed(admin: &Client, namespaces: &[String], from: usize, to: usize) -> 
                 backoff_until_s: None,
                 inhibited: None,
                 silenced_by: None,
+                acknowledged_at_s: None,
+                flap: None,
             };
             let request = remediation::build(&signal, namespace, epoch, class, &update);
             let api: Api<RemediationRequest> = Api::namespaced(admin.clone(), namespace);

@@ -16,6 +16,17 @@
 //! costs: 10,000 scopes each sent one alert past the rate threshold, less their
 //! alerts' own incidents. `tidegate capacity` reads both figures
 //! (`src/capacity.rs`, checked against docs/benches/memory.txt).
+//!
+//! Then what a silence and an inhibit rule cost, each the same way: 1,000, 10,000
+//! and 100,000 active silences (spread over 100 namespaces, each on its own alert
+//! name plus a regex on `pod`, as `cargo bench --bench ingest` writes them) taught
+//! to a [`Silences`] as a watch or the silence directory hands them over (its
+//! catalog and its index), read once built and again once every silence has
+//! matched a signal (a regex builds its matching cache on first use); and 100,
+//! 1,000 and 10,000 inhibit rules (each its own source alert name, one shared
+//! regex target side, `equal: [namespace]`, as the ingest bench loads them).
+//! `BENCH_MEMORY=rules` measures only these. Under `cargo test` (no `--bench`),
+//! only the smallest count of each.
 
 use tidegate_testkit::bench::rss;
 use tidegate_testkit::bench::scopes;
@@ -23,9 +34,13 @@ use tidegate_testkit::bench::scopes;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use rss::rss_bytes;
 use tidegate::clock::Clock;
-use tidegate::signal::{Fingerprint, SignalStatus};
+use tidegate::pipeline::inhibit::{InhibitRuleConfig, Inhibition};
+use tidegate::signal::{Fingerprint, Labels, Signal, SignalStatus, SignalType, TargetResource};
+use tidegate::silence::resource::{RemediationSilence, RemediationSilenceSpec};
+use tidegate::silence::{Rules, Silences};
 use tidegate::state::memory::{MemoryConfig, MemoryStore};
 use tidegate::state::{Observation, StateStore, StormConfig, Verdict};
 
@@ -59,6 +74,9 @@ async fn run() -> ExitCode {
         println!("(run by `cargo test`: unoptimised build, the insert rate is not a benchmark)");
     }
 
+    if std::env::var("BENCH_MEMORY").as_deref() == Ok("rules") {
+        return silences_and_rules();
+    }
     let clock = Clock::System;
     let store = store(&clock);
     let mut batch: Vec<Observation> = Vec::with_capacity(BATCH);
@@ -108,7 +126,99 @@ async fn run() -> ExitCode {
         eprintln!("store.len() is {len}, expected {FINGERPRINTS}");
         return ExitCode::FAILURE;
     }
+    silences_and_rules()
+}
+
+/// Resident memory per silence and per inhibit rule (see the module's doc).
+fn silences_and_rules() -> ExitCode {
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let silence_counts: &[usize] = if measuring { &[1_000, 10_000, 100_000] } else { &[1_000] };
+    let rule_counts: &[usize] = if measuring { &[100, 1_000, 10_000] } else { &[100] };
+    let now = jiff::Timestamp::now();
+    for &n in silence_counts {
+        // The objects as a source hands them over, made before the first reading.
+        let objects: Vec<RemediationSilence> = (0..n).map(|i| silence_object(i, now)).collect();
+        let rules =
+            Rules { control_namespace: Some("tidegate-system".into()), max_duration: Duration::from_secs(86_400) };
+        let before = rss_bytes();
+        let silences = Silences::new(rules);
+        silences.replace_all(&objects);
+        let built = rss_bytes().saturating_sub(before);
+        let index = silences.current();
+        if index.len() != n {
+            eprintln!("{} of {n} silences indexed", index.len());
+            return ExitCode::FAILURE;
+        }
+        let mut matched = 0;
+        for i in 0..n {
+            matched += usize::from(index.find(&silenced_signal(i), now).is_some());
+        }
+        if matched != n {
+            eprintln!("{matched} of {n} signals silenced");
+            return ExitCode::FAILURE;
+        }
+        let used = rss_bytes().saturating_sub(before);
+        println!(
+            "bytes per silence: {:.0} built, {:.0} once each has matched  ({n} active silences, catalog and index)",
+            built as f64 / n as f64,
+            used as f64 / n as f64
+        );
+        drop(index);
+        drop(silences);
+    }
+    for &n in rule_counts {
+        let config: Vec<InhibitRuleConfig> = (0..n)
+            .map(|i| InhibitRuleConfig {
+                source_matchers: vec![format!("alertname=\"BenchNodeDown{i}\"")],
+                target_matchers: vec!["alertname=~\".+\"".into()],
+                equal: vec!["namespace".into()],
+            })
+            .collect();
+        let before = rss_bytes();
+        let rules = Inhibition::new(&config).expect("the bench's rules are valid");
+        let built = rss_bytes().saturating_sub(before);
+        println!("bytes per inhibit rule: {:.0}  ({} rules)", built as f64 / n as f64, rules.len());
+        drop(rules);
+    }
     ExitCode::SUCCESS
+}
+
+/// Silence `i`: in one of 100 namespaces, on its own alert name, for a day.
+fn silence_object(i: usize, now: jiff::Timestamp) -> RemediationSilence {
+    let spec = RemediationSilenceSpec {
+        matchers: vec![format!("alertname=\"BenchSilenced{i}\""), "pod=~\"api-.*\"".into()],
+        starts_at: Time(now - jiff::SignedDuration::from_secs(60)),
+        ends_at: Time(now + jiff::SignedDuration::from_hours(23)),
+        comment: "bench".into(),
+        created_by: None,
+        time_intervals: Vec::new(),
+    };
+    let mut object = RemediationSilence::new(&format!("s{i}"), spec);
+    object.metadata.namespace = Some(format!("ns-{}", i % 100));
+    object
+}
+
+/// A signal silence `i` matches.
+fn silenced_signal(i: usize) -> Signal<'static> {
+    let namespace = format!("ns-{}", i % 100);
+    let name = format!("BenchSilenced{i}");
+    let target = TargetResource::new("Pod", "api-1", &namespace);
+    let mut labels = Labels::default();
+    labels.push("pod", "api-1");
+    Signal {
+        fingerprint: Fingerprint::new(&name, &namespace, &target),
+        name: name.into(),
+        severity: "warning".into(),
+        namespace: namespace.into(),
+        target,
+        labels,
+        annotations: Labels::default(),
+        firing_time: None,
+        received_time: jiff::Timestamp::UNIX_EPOCH,
+        signal_type: SignalType::PROMETHEUS_ALERT,
+        source: "bench".into(),
+        status: SignalStatus::Firing,
+    }
 }
 
 /// A store as the gateway builds it by default, with room for every fingerprint.

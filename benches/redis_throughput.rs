@@ -10,7 +10,9 @@
 //! fingerprints, each call one alert name over two namespaces). After one warm-up
 //! pass it measures `BENCH_SECONDS` (default 10) with `BENCH_CONCURRENCY` calls in
 //! flight (default 32), and prints alerts/s and the CPU per alert of redis-server
-//! and of this process (the gateway's Redis client side).
+//! and of this process (the gateway's Redis client side), and Redis's own time per
+//! call of the decide script from `INFO commandstats` (`usec_per_call` of
+//! `cmdstat_evalsha`, reset after the warm-up) divided by the alerts per call.
 //!
 //! Redis is single-threaded, so its CPU per alert bounds what one primary decides:
 //! at most one core's worth. Without `--bench` (under `cargo test --all-targets`)
@@ -63,6 +65,8 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
+    // Redis's own account of the script, for the measured phase only.
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut server.connection()).expect("CONFIG RESETSTAT");
     let redis_pid = server.pid().expect("redis-server runs");
     let (redis0, self0) = (cpu_seconds(&redis_pid.to_string()), cpu_seconds("self"));
     let started = Instant::now();
@@ -90,11 +94,43 @@ async fn main() -> ExitCode {
     println!("  alerts/s              {:.0} ({:.0} calls/s)", alerts / elapsed, calls as f64 / elapsed);
     println!("  redis-server CPU      {:.2} cores, {:.2} µs per alert", redis_cpu / elapsed, us(redis_cpu));
     println!("  this process CPU      {:.2} cores, {:.2} µs per alert", self_cpu / elapsed, us(self_cpu));
+    // `usec_per_call` of the decide script (EVALSHA; the rate-limit charge runs in
+    // the same call): Redis's CPU inside the script, without its network and parsing.
+    let stats = server.info("commandstats");
+    if let Some((calls, usec_per_call)) = stats.get("cmdstat_evalsha").and_then(|s| command_stat(s)) {
+        println!(
+            "  INFO commandstats     evalsha: {calls} calls, {usec_per_call:.2} µs per call, {:.2} µs per alert",
+            usec_per_call / BATCH as f64
+        );
+        // The commands the script ran, per alert: where its time goes (their time is
+        // part of the script's).
+        let mut inner: Vec<(&String, u64, f64)> = stats
+            .iter()
+            .filter(|(name, _)| name.as_str() != "cmdstat_evalsha")
+            .filter_map(|(name, line)| command_stat(line).map(|(c, u)| (name, c, u)))
+            .collect();
+        inner.sort_by(|a, b| (b.1 as f64 * b.2).total_cmp(&(a.1 as f64 * a.2)));
+        for (name, c, u) in inner {
+            let per_alert = c as f64 / (calls * BATCH as u64).max(1) as f64;
+            println!(
+                "    {:<18} {per_alert:.2} per alert, {u:.2} µs each, {:.2} µs per alert",
+                name.trim_start_matches("cmdstat_"),
+                per_alert * u
+            );
+        }
+    }
     println!(
         "  one primary's ceiling {:.0} alerts/s (one core at this CPU per alert)",
         1e6 / us(redis_cpu).max(f64::EPSILON)
     );
     ExitCode::SUCCESS
+}
+
+/// `calls` and `usec_per_call` of one `INFO commandstats` line
+/// (`calls=…,usec=…,usec_per_call=…,…`).
+fn command_stat(line: &str) -> Option<(u64, f64)> {
+    let field = |name: &str| line.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+    Some((field("calls")?.parse().ok()?, field("usec_per_call")?.parse().ok()?))
 }
 
 /// The ingest bench's alerts, grouped into calls.

@@ -70,6 +70,8 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     pub identity: IdentityConfig,
     pub lifecycle: LifecycleConfig,
+    /// When an incident flaps (README, Flapping).
+    pub flap: crate::pipeline::flap::FlapConfig,
     pub cloudevents: CloudEventsConfig,
     pub ingest: IngestConfig,
     /// Who may submit signals: authenticators, and which routes use which; `none`
@@ -106,6 +108,7 @@ impl Default for Config {
             heartbeat: Default::default(),
             identity: Default::default(),
             lifecycle: Default::default(),
+            flap: Default::default(),
             cloudevents: Default::default(),
             ingest: Default::default(),
             auth: Default::default(),
@@ -168,10 +171,11 @@ impl Config {
         self.heartbeat.validate()?;
         self.identity.validate()?;
         self.lifecycle.validate()?;
+        self.flap.validate()?;
         self.ingest.validate()?;
         self.trace.validate()?;
         self.silence.validate()?;
-        self.cloudevents.validate().map_err(|reason| ConfigError::invalid("cloudevents.types", reason))?;
+        self.cloudevents.validate().map_err(|e| ConfigError::refused("cloudevents.types", e))?;
         if !self.listen.ip().is_loopback() && !self.auth.enabled() && !self.auth.none {
             return Err(ConfigError::invalid(
                 "listen",
@@ -198,6 +202,7 @@ impl Config {
             redis: self.redis.clone(),
             window: self.dedup.window,
             storm: self.storm,
+            flap: self.flap.rule(),
         }
     }
 
@@ -214,6 +219,7 @@ impl Config {
             heartbeat: self.heartbeat.clone(),
             identity: self.identity.clone(),
             lifecycle: self.lifecycle,
+            flap: self.flap,
             scope: self.scope.clone(),
             inhibit_rules: self.inhibit_rules.clone(),
         }

@@ -152,6 +152,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     }
     let pipeline = Arc::new(pipeline);
     recover_holds(&pipeline, config.dedup.window).await;
+    settle_flapping(&pipeline, config.flap.window / 10);
     let readiness = Readiness::default();
     let app = AppState {
         pipeline: pipeline.clone(),
@@ -188,13 +189,15 @@ fn vocabulary(config: &Config) -> crate::telemetry::Vocabulary {
         OutcomeStatus::OutOfScope,
         OutcomeStatus::Silenced,
         OutcomeStatus::Inhibited,
+        OutcomeStatus::Acknowledged { recorded: true },
+        OutcomeStatus::Acknowledged { recorded: false },
     ];
     // The kube sink's verbs, and the owner lookups' when they run.
     let kube_verbs = match config.sink {
         crate::sink::SinkTarget::Kube if config.kube.owner_chain => {
-            vec!["get", "create", "update_status", "get_metadata"]
+            vec!["get", "create", "update_status", "patch", "get_metadata"]
         }
-        crate::sink::SinkTarget::Kube => vec!["get", "create", "update_status"],
+        crate::sink::SinkTarget::Kube => vec!["get", "create", "update_status", "patch"],
         crate::sink::SinkTarget::Dir(_) => Vec::new(),
     };
     let aggregated = OutcomeStatus::Aggregated { opened: false };
@@ -284,6 +287,26 @@ async fn recover_holds(pipeline: &Arc<Pipeline>, every: Duration) {
         tokio::time::sleep(every).await;
         while let Some(pipeline) = pipeline.upgrade() {
             once(&pipeline).await;
+            drop(pipeline);
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
+/// Clears the `Flapping` condition of requests whose incident made no transition
+/// for a window, every `every` (a tenth of `flap.window`, from 1 s to 5 min: a mark
+/// clears that late at most), for as long as the pipeline lives.
+fn settle_flapping(pipeline: &Arc<Pipeline>, every: Duration) {
+    let every = every.clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let pipeline = Arc::downgrade(pipeline);
+    tokio::spawn(async move {
+        tokio::time::sleep(every).await;
+        while let Some(pipeline) = pipeline.upgrade() {
+            match pipeline.settle_flapping().await {
+                Ok(swept) if swept.cleared > 0 => tracing::info!(cleared = swept.cleared, "flapping requests settled"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not look for flapping requests that settled"),
+            }
             drop(pipeline);
             tokio::time::sleep(every).await;
         }

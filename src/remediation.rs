@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,9 @@ pub mod labels {
     pub const SEVERITY: &str = "tidegate.dev/severity";
     pub const PRIORITY: &str = "tidegate.dev/priority";
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// `"true"` while the request's `Flapping` condition is `True`; absent
+    /// otherwise, so that `-l '!tidegate.dev/flapping'` selects the calm ones.
+    pub const FLAPPING: &str = "tidegate.dev/flapping";
 }
 
 /// What the incident is: written once, when the request is created, and never changed.
@@ -50,6 +53,7 @@ pub mod labels {
     printcolumn = r#"{"name":"Count","type":"integer","jsonPath":".status.deduplication.occurrenceCount"}"#,
     printcolumn = r#"{"name":"Storm","type":"string","jsonPath":".spec.storm.type"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Flapping","type":"string","jsonPath":".status.conditions[?(@.type==\"Flapping\")].status","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Severity","type":"string","jsonPath":".spec.severity","priority":1}"#,
     printcolumn = r#"{"name":"Last Seen","type":"date","jsonPath":".status.deduplication.lastSeenAt","priority":1}"#,
@@ -156,6 +160,12 @@ pub struct RemediationRequestStatus {
     /// Written by the gateway: how this request's incident backs off after failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
+    /// When a person last acknowledged the incident at its sender (PagerDuty's
+    /// `acknowledge`); unset until one does. Not an occurrence: it counts nothing
+    /// and opens nothing. A controller may hold automatic remediation while a
+    /// person is on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<Time>,
     /// Set while a RemediationSilence is active on this request's incident: its
     /// occurrences are still counted here, and a controller should hold its work
     /// until this is unset or `until` has passed. The gateway sets it when an
@@ -163,6 +173,49 @@ pub struct RemediationRequestStatus {
     /// no silence matches, and when the silence ends, is expired or deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silenced_by: Option<SilencedBy>,
+    /// Conditions, by Kubernetes' conventions. The gateway writes `Flapping`: `True`
+    /// while the incident went firing → resolved → firing more than
+    /// `flap.threshold` times within `flap.window`, `False` once a window passed
+    /// without a transition. Others' conditions are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Written by the gateway once the incident flapped: its transitions when last
+    /// counted, and the latest one's time, which `Flapping` clears a window after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flapping: Option<FlapStatus>,
+}
+
+/// An incident's firing → resolved → firing transitions, once it flapped.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlapStatus {
+    /// Transitions within `flap.window` when last counted (counted up to one more
+    /// than `flap.threshold`).
+    pub transitions: u32,
+    /// When the latest transition was seen.
+    pub last_transition_at: Time,
+}
+
+/// The type of the condition the gateway writes on flapping incidents.
+pub const FLAPPING_CONDITION: &str = "Flapping";
+
+/// What a status update says about flapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlapUpdate {
+    /// The incident made `transitions` transitions within `window_s`, the latest at
+    /// `at_s`: more than the threshold.
+    Flapping { transitions: u32, at_s: u32, window_s: u32 },
+    /// No transition since `last_s` for a window: cleared at `at_s`, unless the
+    /// request has seen a later transition by then.
+    Settled { last_s: u32, at_s: u32, window_s: u32 },
+}
+
+impl FlapUpdate {
+    fn at_s(&self) -> u32 {
+        match self {
+            FlapUpdate::Flapping { at_s, .. } | FlapUpdate::Settled { at_s, .. } => *at_s,
+        }
+    }
 }
 
 /// The silence active on a request's incident.
@@ -289,6 +342,10 @@ pub struct StatusUpdate {
     pub backoff_until_s: Option<u32>,
     /// Signals held back by inhibition, counted by the same `writer`.
     pub inhibited: Option<InhibitedUpdate>,
+    /// When the incident was acknowledged (see `acknowledgedAt`).
+    pub acknowledged_at_s: Option<u32>,
+    /// The incident flaps, or has settled.
+    pub flap: Option<FlapUpdate>,
     /// Sets or clears `status.silencedBy`; `None` leaves it as it is.
     pub silenced_by: Option<SilenceMark>,
 }
@@ -362,6 +419,7 @@ impl StatusUpdate {
         self.first_seen_s = self.first_seen_s.min(other.first_seen_s);
         self.last_seen_s = self.last_seen_s.max(other.last_seen_s);
         self.resolved_at_s = self.resolved_at_s.max(other.resolved_at_s);
+        self.acknowledged_at_s = self.acknowledged_at_s.max(other.acknowledged_at_s);
         self.backoff_until_s = self.backoff_until_s.max(other.backoff_until_s);
         match (&mut self.storm, &other.storm) {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
@@ -372,6 +430,16 @@ impl StatusUpdate {
             (Some(mine), Some(theirs)) => mine.merge(theirs),
             (None, Some(theirs)) => self.inhibited = Some(theirs.clone()),
             _ => {}
+        }
+        // The later word on flapping wins; at one second, that it flaps.
+        if let Some(theirs) = &other.flap {
+            let later = self.flap.as_ref().is_none_or(|mine| {
+                (theirs.at_s(), matches!(theirs, FlapUpdate::Flapping { .. }))
+                    > (mine.at_s(), matches!(mine, FlapUpdate::Flapping { .. }))
+            });
+            if later {
+                self.flap = Some(theirs.clone());
+            }
         }
         if let Some(theirs) = &other.silenced_by {
             if self.silenced_by.as_ref().is_none_or(|mine| mine.seq < theirs.seq) {
@@ -427,9 +495,80 @@ impl RemediationRequestStatus {
                 self.signal_resolved_at = Some(time_s(at));
             }
         }
+        if let Some(at) = update.acknowledged_at_s {
+            if self.acknowledged_at.as_ref().is_none_or(|t| t.0.as_second() < at as i64) {
+                self.acknowledged_at = Some(time_s(at));
+            }
+        }
         if let Some(mark) = &update.silenced_by {
             self.silenced_by = mark.silence.clone();
         }
+        if let Some(flap) = &update.flap {
+            self.apply_flap(flap);
+        }
+    }
+
+    /// Whether the `Flapping` condition is `True`.
+    pub fn flapping(&self) -> bool {
+        self.conditions.iter().any(|c| c.type_ == FLAPPING_CONDITION && c.status == "True")
+    }
+
+    /// Marks the request flapping, or clears the mark if no transition came after
+    /// the one the clearing was decided on. Idempotent, and never undoes a later
+    /// transition: a mark only moves `lastTransitionAt` forward.
+    fn apply_flap(&mut self, flap: &FlapUpdate) {
+        let last_s = self.flapping.as_ref().map(|f| f.last_transition_at.0.as_second());
+        match *flap {
+            FlapUpdate::Flapping { transitions, at_s, window_s } => {
+                // An older mark, or the very mark a clearing already answered
+                // (written late: a retry), changes nothing.
+                if last_s.is_some_and(|last| last > at_s as i64 || (last == at_s as i64 && !self.flapping())) {
+                    return;
+                }
+                self.flapping = Some(FlapStatus { transitions, last_transition_at: time_s(at_s) });
+                let message =
+                    format!("{transitions} firing -> resolved -> firing transitions within {}", span(window_s));
+                self.set_condition("True", "TransitionsOverThreshold", message, at_s);
+            }
+            FlapUpdate::Settled { last_s: settled_on, at_s, window_s } => {
+                if last_s != Some(settled_on as i64) {
+                    return;
+                }
+                let message = format!("no firing -> resolved -> firing transition for {}", span(window_s));
+                self.set_condition("False", "Settled", message, at_s);
+            }
+        }
+    }
+
+    /// Sets the gateway's condition; its `lastTransitionTime` moves only when its
+    /// status changes, as Kubernetes' conventions say.
+    fn set_condition(&mut self, status: &str, reason: &str, message: String, at_s: u32) {
+        let found = self.conditions.iter_mut().find(|c| c.type_ == FLAPPING_CONDITION);
+        match found {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time = time_s(at_s);
+                }
+                (c.status, c.reason, c.message) = (status.to_string(), reason.to_string(), message);
+            }
+            None => self.conditions.push(Condition {
+                type_: FLAPPING_CONDITION.to_string(),
+                status: status.to_string(),
+                reason: reason.to_string(),
+                message,
+                last_transition_time: time_s(at_s),
+                observed_generation: None,
+            }),
+        }
+    }
+}
+
+/// Seconds as people write them: `30m`, `1h`, `90s`.
+fn span(secs: u32) -> String {
+    match secs {
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 
@@ -440,12 +579,21 @@ impl RemediationRequestStatus {
         if self.backoff.is_none() {
             self.backoff = built.backoff.clone();
         }
+        if built.flapping.as_ref().is_some_and(|theirs| {
+            self.flapping.as_ref().is_none_or(|mine| mine.last_transition_at < theirs.last_transition_at)
+        }) {
+            self.flapping = built.flapping.clone();
+            self.conditions.retain(|c| c.type_ != FLAPPING_CONDITION);
+            let theirs = built.conditions.iter().filter(|c| c.type_ == FLAPPING_CONDITION);
+            self.conditions.extend(theirs.cloned());
+        }
         let Some(theirs) = &built.deduplication else { return };
         let Some(mine) = &mut self.deduplication else {
             self.deduplication = built.deduplication.clone();
             self.storm = built.storm.clone();
             self.signal_resolved_at = built.signal_resolved_at.clone();
             self.inhibited = built.inhibited.clone();
+            self.acknowledged_at = built.acknowledged_at.clone();
             self.silenced_by = built.silenced_by.clone();
             return;
         };
@@ -462,6 +610,7 @@ impl RemediationRequestStatus {
             union_capped(&mut storm.affected_resources, &theirs.affected_resources, cap);
         }
         self.signal_resolved_at = self.signal_resolved_at.clone().max(built.signal_resolved_at.clone());
+        self.acknowledged_at = self.acknowledged_at.clone().max(built.acknowledged_at.clone());
         if let Some(theirs) = &built.inhibited {
             let inhibited = self.inhibited.get_or_insert_with(Default::default);
             for tally in &theirs.tallies {
@@ -591,6 +740,27 @@ pub const SUBMITTED_BY_ANNOTATION: &str = "tidegate.dev/submitted-by";
 /// when tracing is on and the trace is sampled.
 pub const TRACE_ID_ANNOTATION: &str = "tidegate.dev/trace-id";
 
+/// The `tidegate.dev/flapping` label value `status` calls for: `"true"` while its
+/// `Flapping` condition is `True`, none otherwise.
+pub fn flapping_label(status: Option<&RemediationRequestStatus>) -> Option<&'static str> {
+    status.is_some_and(|s| s.flapping()).then_some("true")
+}
+
+/// Sets or removes the `tidegate.dev/flapping` label as `rr`'s status calls for;
+/// whether that changed anything.
+pub fn label_flapping(rr: &mut RemediationRequest) -> bool {
+    let wanted = flapping_label(rr.status.as_ref());
+    let labels = rr.metadata.labels.get_or_insert_with(Default::default);
+    if labels.get(labels::FLAPPING).map(String::as_str) == wanted {
+        return false;
+    }
+    match wanted {
+        Some(value) => labels.insert(labels::FLAPPING.to_string(), value.to_string()),
+        None => labels.remove(labels::FLAPPING),
+    };
+    true
+}
+
 /// Sets the annotation `key` of a request being built.
 pub fn annotate(request: &mut RemediationRequest, key: &str, value: String) {
     request.metadata.annotations.get_or_insert_with(Default::default).insert(key.to_string(), value);
@@ -699,6 +869,7 @@ fn build_named(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
 
     #[test]
     fn request_name_is_a_dns_subdomain_and_deterministic() {
@@ -738,6 +909,8 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         status.apply(&update(150, 7, None));
@@ -760,6 +933,8 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         let mut status = RemediationRequestStatus::default();
@@ -797,6 +972,8 @@ mod tests {
             storm: Some(StormUpdate { resource_count: alerts, resources, cap: 2 }),
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         let mut update = storm(2, vec![resource(1), resource(2)]);
@@ -826,6 +1003,8 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: Some(InhibitedUpdate { count, resources: vec![resource(pod)], cap: 2 }),
+            acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         let mut status = RemediationRequestStatus::default();
@@ -837,5 +1016,97 @@ mod tests {
         assert_eq!(inhibited.resources, vec![resource(1), resource(2)], "capped at 2");
         let d = status.deduplication.as_ref().unwrap();
         assert_eq!((d.occurrence_count, d.tallies.len()), (1, 0), "holding signals back counts no occurrence");
+    }
+
+    fn flap(flap: FlapUpdate) -> StatusUpdate {
+        StatusUpdate {
+            first_seen_s: 100,
+            last_seen_s: 100,
+            writer: NO_WRITER,
+            count: 0,
+            resolved_at_s: None,
+            storm: None,
+            backoff_until_s: None,
+            inhibited: None,
+            acknowledged_at_s: None,
+            flap: Some(flap),
+            silenced_by: None,
+        }
+    }
+
+    fn flapping_condition(status: &RemediationRequestStatus) -> (&str, &str, i64) {
+        let c = status.conditions.iter().find(|c| c.type_ == FLAPPING_CONDITION).expect("a Flapping condition");
+        (c.status.as_str(), c.reason.as_str(), c.last_transition_time.0.as_second())
+    }
+
+    #[test]
+    fn flapping_is_a_condition_whose_transition_time_moves_only_when_its_status_does() {
+        let mut rr = RemediationRequest::new("r", test_spec());
+        let status = rr.status.get_or_insert_with(Default::default);
+        status.conditions.push(Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Controller".into(),
+            message: String::new(),
+            last_transition_time: time_s(1),
+            observed_generation: None,
+        });
+        status.apply(&flap(FlapUpdate::Flapping { transitions: 4, at_s: 200, window_s: 1800 }));
+        status.apply(&flap(FlapUpdate::Flapping { transitions: 4, at_s: 260, window_s: 1800 }));
+        assert_eq!(flapping_condition(status), ("True", "TransitionsOverThreshold", 200));
+        assert_eq!(status.flapping.as_ref().unwrap().last_transition_at.0.as_second(), 260);
+        assert_eq!(status.conditions.len(), 2, "a controller's condition is kept");
+        assert!(label_flapping(&mut rr));
+        assert_eq!(rr.labels().get(labels::FLAPPING).map(String::as_str), Some("true"));
+        assert!(!label_flapping(&mut rr), "already labelled");
+    }
+
+    #[test]
+    fn a_clearing_applies_only_if_no_transition_came_after_the_one_it_was_decided_on() {
+        let mut rr = RemediationRequest::new("r", test_spec());
+        let status = rr.status.get_or_insert_with(Default::default);
+        status.apply(&flap(FlapUpdate::Flapping { transitions: 4, at_s: 200, window_s: 1800 }));
+        status.apply(&flap(FlapUpdate::Flapping { transitions: 4, at_s: 300, window_s: 1800 }));
+        status.apply(&flap(FlapUpdate::Settled { last_s: 200, at_s: 2000, window_s: 1800 }));
+        assert_eq!(flapping_condition(status).0, "True", "decided on a stale transition");
+        assert!(label_flapping(&mut rr));
+        let status = rr.status.as_mut().unwrap();
+        status.apply(&flap(FlapUpdate::Settled { last_s: 300, at_s: 2100, window_s: 1800 }));
+        assert_eq!(flapping_condition(status), ("False", "Settled", 2100));
+        assert!(label_flapping(&mut rr) && !rr.labels().contains_key(labels::FLAPPING), "the label goes");
+        // A late write (a retry) of the mark it cleared changes nothing; a later one marks again.
+        let status = rr.status.as_mut().unwrap();
+        status.apply(&flap(FlapUpdate::Flapping { transitions: 4, at_s: 300, window_s: 1800 }));
+        assert_eq!(flapping_condition(status).0, "False");
+        status.apply(&flap(FlapUpdate::Flapping { transitions: 4, at_s: 2300, window_s: 1800 }));
+        assert_eq!(flapping_condition(status), ("True", "TransitionsOverThreshold", 2300));
+    }
+
+    #[test]
+    fn the_later_flap_update_wins_a_merge() {
+        let mut update = flap(FlapUpdate::Flapping { transitions: 4, at_s: 300, window_s: 1800 });
+        update.merge(&flap(FlapUpdate::Settled { last_s: 100, at_s: 299, window_s: 1800 }));
+        assert!(matches!(update.flap, Some(FlapUpdate::Flapping { at_s: 300, .. })));
+        update.merge(&flap(FlapUpdate::Settled { last_s: 300, at_s: 2100, window_s: 1800 }));
+        assert!(matches!(update.flap, Some(FlapUpdate::Settled { at_s: 2100, .. })));
+    }
+
+    fn test_spec() -> RemediationRequestSpec {
+        RemediationRequestSpec {
+            signal_fingerprint: String::new(),
+            signal_name: "A".into(),
+            severity: String::new(),
+            signal_type: SignalType::PROMETHEUS_ALERT,
+            signal_source: String::new(),
+            target_resource: TargetResource::default(),
+            firing_time: None,
+            received_time: time_s(0),
+            signal_labels: BTreeMap::new(),
+            signal_annotations: BTreeMap::new(),
+            environment: String::new(),
+            priority: String::new(),
+            priority_rule: String::new(),
+            storm: None,
+        }
     }
 }

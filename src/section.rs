@@ -20,18 +20,44 @@ pub enum ConfigError {
     Value { at: String, source: serde_json::Error },
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A section's own check refused it, for the reason its typed error gives.
+    #[error("{key}: {source}")]
+    Refused {
+        key: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ConfigError {
     pub fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
         ConfigError::Invalid { key, reason: reason.into() }
     }
+
+    /// `key` refused by a section's own check, keeping its error as the source.
+    pub fn refused(key: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ConfigError::Refused { key, source: Box::new(source) }
+    }
+}
+
+/// A duration that is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum DurationError {
+    #[error("invalid duration {text:?}: {source}")]
+    Unreadable {
+        text: String,
+        #[source]
+        source: jiff::Error,
+    },
+    #[error("invalid duration {0:?}: must not be negative")]
+    Negative(String),
 }
 
 /// Parses durations written as `5m`, `1s`, `250ms`, `1h 30m` or ISO 8601 `PT5M`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s.parse().map_err(|e| format!("invalid duration {s:?}: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("invalid duration {s:?}: must not be negative"))
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let d: jiff::SignedDuration =
+        s.parse().map_err(|source| DurationError::Unreadable { text: s.to_string(), source })?;
+    Duration::try_from(d).map_err(|_| DurationError::Negative(s.to_string()))
 }
 
 /// `#[serde(with = "crate::section::duration")]`: a duration as people write it,

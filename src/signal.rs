@@ -48,6 +48,10 @@ impl Serialize for SignalType {
 pub enum SignalStatus {
     Firing,
     Resolved,
+    /// A person took the incident on (PagerDuty's `acknowledge`): not an
+    /// occurrence. Recorded on the incident's open request, if it has one; it never
+    /// opens one, never counts towards a storm and never extends the dedup window.
+    Acknowledged,
 }
 
 /// The Kubernetes object a signal is about.

@@ -137,6 +137,7 @@ pub struct Metrics {
     pub sink_writes: Family<SinkLabels, Counter>,
     pub status_coalesced: Counter,
     pub status_pending: Gauge,
+    pub status_write_lag: Gauge<f64, AtomicU64>,
     pub status_tallies: Gauge,
     pub status_writer: Family<WriterLabels, Gauge>,
     pub redis_used_memory: Gauge,
@@ -162,6 +163,9 @@ pub struct Metrics {
     pub silences_ignored: Family<ReasonLabels, Counter>,
     pub silences_active: Gauge,
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    pub flap_transitions: Family<SourceLabels, Counter>,
+    pub flapping_marked: Counter,
+    pub flapping_cleared: Counter,
 }
 
 /// The label values of the families whose values are a fixed set: each series is
@@ -243,6 +247,12 @@ impl Metrics {
             "status_updates_pending",
             "RemediationRequests with a status write pending",
             status_pending.clone(),
+        );
+        let status_write_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "status_write_lag_seconds",
+            "How long past its due time the oldest due status write waited, when writes were last taken",
+            status_write_lag.clone(),
         );
         let status_tallies = Gauge::default();
         registry.register(
@@ -367,6 +377,24 @@ impl Metrics {
             "TLS handshakes that failed, by reason (a client certificate refused, not TLS, timed out)",
             tls_handshake_failures.clone(),
         );
+        let flap_transitions = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "flap_transitions",
+            "Firing signals of an incident whose last signal was a resolution (firing, resolved, firing again), by source",
+            flap_transitions.clone(),
+        );
+        let flapping_marked = Counter::default();
+        registry.register(
+            "flapping_marked",
+            "Times a request was marked flapping (more than flap.threshold transitions within flap.window)",
+            flapping_marked.clone(),
+        );
+        let flapping_cleared = Counter::default();
+        registry.register(
+            "flapping_cleared",
+            "Times a request's Flapping condition was cleared, flap.window after its incident's last transition",
+            flapping_cleared.clone(),
+        );
         Metrics {
             registry,
             signals,
@@ -380,6 +408,7 @@ impl Metrics {
             sink_writes,
             status_coalesced,
             status_pending,
+            status_write_lag,
             status_tallies,
             status_writer,
             redis_used_memory,
@@ -405,6 +434,9 @@ impl Metrics {
             silences_ignored,
             silences_active,
             tls_handshake_failures,
+            flap_transitions,
+            flapping_marked,
+            flapping_cleared,
         }
     }
 
@@ -412,6 +444,7 @@ impl Metrics {
     /// value: adding 0 is how a counter is made without counting).
     pub fn zero(&self, vocabulary: &Vocabulary) {
         for &source in &vocabulary.signal_types {
+            self.flap_transitions.get_or_create(&SourceLabels { source }).inc_by(0);
             for &outcome in &vocabulary.signal_outcomes {
                 self.signals.get_or_create(&SignalLabels { source, outcome }).inc_by(0);
             }
@@ -503,6 +536,10 @@ where
     use tracing_subscriber::Layer;
     match format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only for a person at a terminal: a container's log (kubectl logs, a
+        // collector) would carry the escape codes as text.
+        LogFormat::Text => {
+            tracing_subscriber::fmt::layer().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).boxed()
+        }
     }
 }

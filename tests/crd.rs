@@ -43,8 +43,21 @@ fn property<'a>(schema: &'a JSONSchemaProps, name: &str) -> Option<&'a JSONSchem
 
 /// The schema a simple JSONPath such as `.spec.signalName` points at.
 fn at_path<'a>(root: &'a JSONSchemaProps, json_path: &str) -> Option<&'a JSONSchemaProps> {
-    let path = json_path.strip_prefix('.')?;
-    path.split('.').try_fold(root, |schema, name| property(schema, name))
+    let mut path = json_path.strip_prefix('.')?.to_string();
+    // A filter (`conditions[?(@.type=="X")]`) selects items of an array: `conditions[]`.
+    while let Some(start) = path.find("[?(") {
+        let end = start + path[start..].find(")]")? + 2;
+        path.replace_range(start..end, "[]");
+    }
+    path.split('.').try_fold(root, |schema, name| match name.strip_suffix("[]") {
+        Some(array) => property(schema, array)?.items.as_ref().and_then(|items| match items {
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(s) => {
+                Some(s.as_ref())
+            }
+            _ => None,
+        }),
+        None => property(schema, name),
+    })
 }
 
 /// Every CRD `tidegate crd` prints.
@@ -55,7 +68,7 @@ fn all_crds() -> Vec<CustomResourceDefinition> {
 }
 
 /// `kubectl get rr`: what on-call needs first, the rest with `-o wide`.
-const COLUMNS: [(&str, &str, &str, i32); 11] = [
+const COLUMNS: [(&str, &str, &str, i32); 12] = [
     ("Signal", "string", ".spec.signalName", 0),
     ("Target", "string", ".spec.targetResource.name", 0),
     ("Kind", "string", ".spec.targetResource.kind", 1),
@@ -63,6 +76,7 @@ const COLUMNS: [(&str, &str, &str, i32); 11] = [
     ("Count", "integer", ".status.deduplication.occurrenceCount", 0),
     ("Storm", "string", ".spec.storm.type", 0),
     ("Phase", "string", ".status.phase", 0),
+    ("Flapping", "string", ".status.conditions[?(@.type==\"Flapping\")].status", 1),
     ("Age", "date", ".metadata.creationTimestamp", 0),
     ("Severity", "string", ".spec.severity", 1),
     ("Last Seen", "date", ".status.deduplication.lastSeenAt", 1),
@@ -238,6 +252,8 @@ async fn storm_request(kube: &support::kube::Kube, namespace: &str) -> Remediati
     let status = json!({"status": {
         "deduplication": {"firstSeenAt": "2026-11-25T10:00:00Z", "lastSeenAt": "2026-11-25T10:04:00Z", "occurrenceCount": 42},
         "phase": "Processing",
+        "conditions": [{"type": "Flapping", "status": "True", "reason": "TransitionsOverThreshold",
+            "message": "4 firing -> resolved -> firing transitions within 30m", "lastTransitionTime": "2026-11-25T10:04:00Z"}],
     }});
     let name = created.metadata.name.clone().unwrap();
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await.expect("write status")
@@ -279,6 +295,7 @@ async fn kubectl_get_shows_the_on_call_columns() {
     assert_eq!(cell("Count"), 42);
     assert_eq!(cell("Storm"), "rate");
     assert_eq!(cell("Phase"), "Processing");
+    assert_eq!(cell("Flapping"), "True");
     assert_eq!(cell("Severity"), "critical");
     assert_eq!(cell("Fingerprint"), "0123456789abcdef");
     assert!(cell("Age").as_str().is_some_and(|age| age.ends_with('s') || age.ends_with('m')), "{:?}", cell("Age"));

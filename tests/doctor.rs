@@ -368,29 +368,7 @@ fn admin_kubeconfig(dir: &Path) -> PathBuf {
         return path.into();
     }
     let server = support::kube::cluster().server.as_ref().expect("the API server this binary started");
-    let pem = format!(
-        "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
-        data_encoding::BASE64
-            .encode(&server.ca_der)
-            .as_bytes()
-            .chunks(64)
-            .map(|line| format!("{}\n", std::str::from_utf8(line).unwrap()))
-            .collect::<String>()
-    );
-    let kubeconfig = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {
-            "server": server.url,
-            "certificate-authority-data": data_encoding::BASE64.encode(pem.as_bytes()),
-        }}],
-        "users": [{"name": "admin", "user": {"token": server.admin_token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
-        "current-context": "test",
-    });
-    let path = dir.join("kubeconfig");
-    std::fs::write(&path, serde_norway::to_string(&kubeconfig).unwrap()).unwrap();
-    path
+    support::kubeconfig(dir, "admin", &server.admin_token)
 }
 
 /// Runs `tidegate doctor` with `args` and only `env` of tidegate's variables.

@@ -1,12 +1,14 @@
 //! The Helm chart in `deploy/helm/tidegate`, checked with a real `helm` built from
 //! Helm's own Go module (`scripts/helm-testenv`) and a real kube-apiserver
 //! (tests/support/kube): it lints, it renders for every value set in its `ci/`
-//! directory, every object of every render is accepted by the API server
-//! (server-side dry run, with the Prometheus Operator's CRDs installed), `helm
-//! install` of the defaults creates the objects with the RBAC the sink needs, and
-//! the default render does not drift from `kubectl apply -k deploy/`. What the
-//! chart takes from elsewhere (the CRDs, the alert rules, the dashboard) has one
-//! source, and a test here proves it.
+//! directory, every object of every render, and of `kubectl kustomize deploy/`, is
+//! accepted by the API server (server-side dry run, with the Prometheus Operator's
+//! and cert-manager's CRDs installed, and the pods of every Deployment admitted in a
+//! namespace that enforces the "restricted" Pod Security Standard), `helm install`
+//! of the defaults creates the objects with the RBAC the sink needs, and the default
+//! render does not drift from `kubectl apply -k deploy/`. What the chart takes from
+//! elsewhere (the CRDs, the alert rules, the dashboard) has one source, and a test
+//! here proves it.
 
 mod support;
 
@@ -18,7 +20,7 @@ use std::time::Duration;
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
-use k8s_openapi::api::core::v1::{Container, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
@@ -426,35 +428,77 @@ fn default_render_does_not_drift_from_kustomize() {
     }
 }
 
-/// Starts an API server, installs the CRDs the renders need (the Prometheus
-/// Operator's, from its Go module, by scripts/helm-testenv) and waits until they
-/// are served.
-async fn server_with_monitoring_crds() -> (ApiServer, Client) {
+/// Starts an API server, installs the other operators' CRDs the renders need (the
+/// Prometheus Operator's and cert-manager's, from their Go modules, by
+/// scripts/helm-testenv) and waits until they are served.
+async fn server_with_operator_crds() -> (ApiServer, Client) {
     let server = apiserver::start().await;
     let client = Client::try_from(support::kube::admin_config(&server)).expect("admin client");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let dir = testenv().join("crds");
-    for file in ["monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml"] {
+    let mut names = Vec::new();
+    for file in [
+        "monitoring.coreos.com_servicemonitors.yaml",
+        "monitoring.coreos.com_prometheusrules.yaml",
+        "cert-manager.io_certificates.yaml",
+    ] {
         let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         for doc in documents(&text) {
             let crd: CustomResourceDefinition = typed(&doc);
             crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("create {file}: {e}"));
+            names.push(name(&doc).to_string());
         }
     }
-    for name in ["servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"] {
-        support::kube::established(&crds, name).await;
+    for name in names {
+        support::kube::established(&crds, &name).await;
     }
     (server, client)
 }
 
+/// Applies `doc` with server-side dry run: the API server validates it (schema,
+/// admission) and stores nothing.
+async fn dry_run_apply(client: &Client, discovery: &Discovery, doc: &Value) -> Result<(), String> {
+    let (group, version) = match doc["apiVersion"].as_str().unwrap().split_once('/') {
+        Some((group, version)) => (group.to_string(), version.to_string()),
+        None => (String::new(), doc["apiVersion"].as_str().unwrap().to_string()),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, kind(doc));
+    let Some((resource, capabilities)) = discovery.resolve_gvk(&gvk) else {
+        return Err(format!("the API server serves no {gvk:?}"));
+    };
+    let api: Api<DynamicObject> = match capabilities.scope {
+        Scope::Namespaced => Api::namespaced_with(client.clone(), NAMESPACE, &resource),
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    let object: DynamicObject = typed(doc);
+    let params = PatchParams::apply(MANAGER).dry_run();
+    api.patch(name(doc), &params, &Patch::Apply(&object)).await.map(drop).map_err(|e| e.to_string())
+}
+
+/// Creates, with server-side dry run, a Pod of `deployment`'s pod template in the
+/// namespace, where the PodSecurity admission enforces the "restricted" standard
+/// (deploy/namespace.yaml): a Deployment's own apply only warns, its pods are refused.
+async fn dry_run_pod_of(pods: &Api<Pod>, deployment: &Value) -> Result<(), String> {
+    let template = &deployment["spec"]["template"];
+    let pod: Pod = typed(&json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("{}-pod", name(deployment)), "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+    }));
+    let params = PostParams { dry_run: true, ..PostParams::default() };
+    pods.create(&params, &pod).await.map(drop).map_err(|e| e.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_value_set_is_accepted_by_the_api_server() {
-    let (server, client) = server_with_monitoring_crds().await;
+async fn every_value_set_and_deploy_are_accepted_by_the_api_server_with_restricted_pods() {
+    let (server, client) = server_with_operator_crds().await;
+    // deploy/'s namespace, for real: it enforces the "restricted" Pod Security Standard.
+    let namespace = kustomize_render().into_iter().find(|d| kind(d) == "Namespace").expect("deploy/namespace.yaml");
+    assert_eq!(name(&namespace), NAMESPACE);
+    assert_eq!(namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap())
-        .await
-        .expect("create the namespace");
+    namespaces.create(&PostParams::default(), &typed(&namespace)).await.expect("create the namespace");
     // The chart's CRDs, as `helm install` puts them first.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in generated_crds().values() {
@@ -462,34 +506,42 @@ async fn every_value_set_is_accepted_by_the_api_server() {
         support::kube::established(&crds, crd.metadata.name.as_deref().unwrap()).await;
     }
     let discovery = Discovery::new(client.clone()).run().await.expect("discovery");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+
+    // The enforcement is on: a pod that may run as root is refused.
+    let kustomize = kustomize_render();
+    let mut rootful = the(&kustomize, "Deployment").clone();
+    rootful["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = Value::Null;
+    rootful["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = Value::Null;
+    let refused = dry_run_pod_of(&pods, &rootful).await.expect_err("a pod that may run as root is refused");
+    assert!(refused.contains("violates PodSecurity"), "{refused}");
+
     let helm = Helm::for_server(&server);
-    let mut applied = 0;
+    let mut renders = vec![("kubectl kustomize deploy/".to_string(), kustomize)];
     for (set, values) in value_sets() {
-        for doc in helm.template(values.as_deref()) {
-            let (group, version) = match doc["apiVersion"].as_str().unwrap().split_once('/') {
-                Some((group, version)) => (group.to_string(), version.to_string()),
-                None => (String::new(), doc["apiVersion"].as_str().unwrap().to_string()),
-            };
-            let gvk = GroupVersionKind::gvk(&group, &version, kind(&doc));
-            let Some((resource, capabilities)) = discovery.resolve_gvk(&gvk) else {
-                // cert-manager's Certificate: its CRDs are not installed here.
-                assert_eq!((set.as_str(), kind(&doc)), ("cert-manager-values.yaml", "Certificate"), "unknown kind");
-                eprintln!("{set}: {} {} not applied: no cert-manager CRDs on the test server", kind(&doc), name(&doc));
-                continue;
-            };
-            let api: Api<DynamicObject> = match capabilities.scope {
-                Scope::Namespaced => Api::namespaced_with(client.clone(), NAMESPACE, &resource),
-                Scope::Cluster => Api::all_with(client.clone(), &resource),
-            };
-            let object: DynamicObject = typed(&doc);
-            let params = PatchParams::apply(MANAGER).dry_run();
-            api.patch(name(&doc), &params, &Patch::Apply(&object))
+        renders.push((set, helm.template(values.as_deref())));
+    }
+    let (mut applied, mut kinds) = (0, BTreeSet::new());
+    for (set, docs) in &renders {
+        for doc in docs.iter().filter(|d| !matches!(kind(d), "Namespace" | "CustomResourceDefinition")) {
+            dry_run_apply(&client, &discovery, doc)
                 .await
-                .unwrap_or_else(|e| panic!("{set}: the API server refuses {} {}: {e}", kind(&doc), name(&doc)));
+                .unwrap_or_else(|e| panic!("{set}: the API server refuses {} {}: {e}", kind(doc), name(doc)));
+            if kind(doc) == "Deployment" {
+                dry_run_pod_of(&pods, doc).await.unwrap_or_else(|e| {
+                    panic!("{set}: the restricted namespace refuses the pods of {}: {e}", name(doc))
+                });
+            }
             applied += 1;
+            kinds.insert(kind(doc).to_string());
         }
     }
-    eprintln!("helm: {applied} rendered objects accepted by the API server (server-side dry run)");
+    // What the value sets turn on reached the API server, not just the basics.
+    for needed in ["Deployment", "ServiceMonitor", "PrometheusRule", "Certificate", "PodDisruptionBudget", "ConfigMap"]
+    {
+        assert!(kinds.contains(needed), "no {needed} was applied: {kinds:?}");
+    }
+    eprintln!("helm: {applied} objects of {} renders accepted by the API server (server-side dry run)", renders.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,14 +17,16 @@ use std::time::{Duration, SystemTime};
 
 use axum::http::Method;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
+use kube::ResourceExt;
 use serde_json::Value;
 use support::kube::proxy::Matching;
 use support::kube::{manifests, Kube};
-use support::{alert, eventually, webhook, Gateway};
+use support::{alert, eventually, resolved, webhook, Gateway};
 use tidegate::clock::Clock;
 use tidegate::config::{Config, SinkTarget};
 use tidegate::gateway::{self, Overrides};
 use tidegate::pipeline::scope::ScopeMode;
+use tidegate::remediation::labels::FLAPPING;
 use tidegate::sink::{Lookup, RequestRef};
 use tidegate::workload::REMEDIATE_LABEL;
 
@@ -230,6 +232,22 @@ async fn behaves(kube: &Kube, grant: &Grant, granted: &BTreeSet<Grant>, tag: &st
             kube.proxy.release();
             let requests = kube.requests(&ns).await;
             requests[0].status.as_ref().and_then(|s| s.deduplication.as_ref()).is_some_and(|d| d.occurrence_count == 2)
+        }
+        ("remediationrequests", "patch") => {
+            // A flapping incident's request gets the `tidegate.dev/flapping` label.
+            let mut gw = start(kube, &token, |c| c.flap.threshold = 1).await.expect("starts");
+            let firing = alert("Probe", &ns, "web-0");
+            let flaps = webhook(vec![firing.clone(), resolved(firing.clone()), firing.clone()]);
+            gw.alerts(&webhook(vec![firing.clone()])).await;
+            gw.alerts(&flaps).await;
+            gw.alerts(&flaps).await;
+            let labelled = within_two_seconds(|| async {
+                let requests = kube.requests(&ns).await;
+                requests.iter().any(|rr| rr.labels().get(FLAPPING).is_some_and(|v| v == "true"))
+            })
+            .await;
+            gw.stop().await;
+            labelled
         }
         ("remediationrequests", "watch") => {
             // A controller's terminal phase reaches the cache through the watch.

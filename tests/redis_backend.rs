@@ -14,7 +14,6 @@ use redis::Commands;
 use serde_json::Value;
 use support::redis::{shared, RedisServer, ServerOptions, FINGERPRINTS};
 use support::{alert, eventually, occurrences, start_with, tally, unique_prefix, webhook, Gateway};
-use tidegate::config::StateBackend;
 use tidegate::signal::{Fingerprint, SignalStatus, TargetResource};
 use tidegate::state::redis::{RedisConfig, RedisStore};
 use tidegate::state::{Observation, StateError, StateStore, Verdict};
@@ -46,9 +45,10 @@ async fn gateway(url: &str, prefix: Option<String>, tweak: impl FnOnce(&mut tide
     support::redis::report::register_memory_report(&FINGERPRINTS);
     let url = url.to_string();
     start_with(move |c| {
-        c.state = StateBackend::Redis(url.parse().unwrap());
-        c.redis.prefix = prefix.unwrap_or_else(unique_prefix);
-        c.redis.timeout = Duration::from_millis(500);
+        support::on_redis(c, &url);
+        if let Some(prefix) = prefix {
+            c.redis.prefix = prefix;
+        }
         tweak(c);
     })
     .await

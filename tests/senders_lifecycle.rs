@@ -1,5 +1,5 @@
 //! An incident's life with the real senders (Debian's Prometheus 2.42 and
-//! Alertmanager 0.25, see `support/senders`): heartbeats. Each case asserts on
+//! Alertmanager 0.25, see `support/senders`): heartbeats, flapping. Each case asserts on
 //! Alertmanager's own counters and on what the gateway wrote and exposes.
 
 mod support;
@@ -73,4 +73,64 @@ async fn the_watchdog_through_alertmanager_keeps_the_heartbeat_fresh_and_creates
     assert!(gauge(&metrics, "sender_last_seen_timestamp_seconds") >= last, "a heartbeat is a sign of life too");
     assert_eq!(gauge(&metrics, "sender_expected_interval_seconds"), 2.0);
     assert_eq!(sample(&metrics, "tidegate_storms_detected_total{type=\"rate\"}"), 0.0);
+}
+
+/// `tidegate_signals_received_total` of the webhook's alerts with `outcome`.
+fn received(metrics: &str, outcome: &str) -> f64 {
+    sample(metrics, &format!("tidegate_signals_received_total{{source=\"prometheus-alert\",outcome=\"{outcome}\"}}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_that_flaps_through_alertmanager_marks_its_request_flapping() {
+    // The real Prometheus fires and resolves web-0's alert as the test's gauge says;
+    // the real Alertmanager notifies both, firing and resolved (send_resolved).
+    let rig = Rig::start("1h", |_| {}).await;
+    let firing_seen = |n: f64| {
+        let rig = &rig;
+        move || async move {
+            let m = rig.gateway.metrics().await;
+            received(&m, "created") + received(&m, "duplicate") >= n
+        }
+    };
+    rig.target.set("shop", ["web-0"], 1.0);
+    rig.wait_for("the first firing notification", DELIVERY, firing_seen(1.0)).await;
+    // Four times resolved and firing again: one more than the default threshold (3).
+    for n in 1..=4 {
+        rig.target.set("shop", ["web-0"], 0.0);
+        rig.wait_for(&format!("resolution {n}"), DELIVERY, || async {
+            received(&rig.gateway.metrics().await, "resolved") >= n as f64
+        })
+        .await;
+        rig.target.set("shop", ["web-0"], 1.0);
+        rig.wait_for(&format!("firing {}", n + 1), DELIVERY, firing_seen(n as f64 + 1.0)).await;
+        if n == 3 {
+            let calm = rig.gateway.requests();
+            assert!(calm.iter().all(|rr| !rr.status.as_ref().is_some_and(|s| s.flapping())), "{calm:#?}");
+        }
+    }
+    let flapping = |rr: &tidegate::remediation::RemediationRequest| {
+        let label = rr.metadata.labels.as_ref().and_then(|l| l.get(tidegate::remediation::labels::FLAPPING));
+        rr.status.as_ref().is_some_and(|s| s.flapping()) && label.is_some_and(|v| v == "true")
+    };
+    rig.wait_for("the Flapping condition and label", DELIVERY, || async {
+        rig.gateway.requests().iter().any(flapping)
+    })
+    .await;
+
+    let mut rig = rig;
+    let handle = rig.gateway.metrics_handle();
+    rig.gateway.stop().await;
+    let am = rig.alertmanager.settled_counters().await;
+    let metrics = handle.encode();
+    assert_eq!((am.failed, am.requests_failed), (0, 0), "no notification lost: {am:?}\n{}", rig.logs());
+    let requests = rig.gateway.requests();
+    assert_eq!(requests.len(), 1, "flapping marks the request, it opens no other: {requests:#?}");
+    let status = requests[0].status.as_ref().unwrap();
+    assert_eq!(status.flapping.as_ref().map(|f| f.transitions), Some(4));
+    assert_eq!(
+        status.deduplication.as_ref().unwrap().occurrence_count as f64,
+        received(&metrics, "created") + received(&metrics, "duplicate")
+    );
+    assert_eq!(sample(&metrics, "tidegate_flap_transitions_total{source=\"prometheus-alert\"}"), 4.0);
+    assert_eq!(sample(&metrics, "tidegate_flapping_marked_total"), 1.0);
 }

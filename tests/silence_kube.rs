@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use jiff::{SignedDuration, Timestamp};
@@ -80,31 +80,6 @@ async fn the_crd_refuses_long_silences_and_every_change_but_an_earlier_end() {
     assert_eq!(expired.spec.ends_at.0, now + SignedDuration::from_hours(1));
 }
 
-/// The admin kubeconfig's cluster with `token` as its user, as a file in `dir`.
-fn kubeconfig(dir: &Path, token: &str) -> PathBuf {
-    let server = support::kube::cluster().server.as_ref().expect("the API server this binary started");
-    let pem = format!(
-        "-----BEGIN CERTIFICATE-----\n{}-----END CERTIFICATE-----\n",
-        data_encoding::BASE64
-            .encode(&server.ca_der)
-            .as_bytes()
-            .chunks(64)
-            .map(|line| format!("{}\n", std::str::from_utf8(line).unwrap()))
-            .collect::<String>()
-    );
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {
-            "server": server.url, "certificate-authority-data": data_encoding::BASE64.encode(pem.as_bytes())}}],
-        "users": [{"name": "silencer", "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "silencer"}}],
-        "current-context": "test",
-    });
-    let path = dir.join("kubeconfig");
-    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
-    path
-}
-
 /// Runs `tidegate silence <args> --sink kube` with `kubeconfig`: exit success, stdout, stderr.
 fn cli(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tidegate"));
@@ -140,7 +115,7 @@ async fn a_silencer_of_one_namespace_silences_it_alone_and_its_silence_matches_i
     let b = kube.namespace("rsil-b", &[]).await;
     let token = silencer_in(&kube, &a).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = kubeconfig(dir.path(), &token);
+    let config = support::kubeconfig(dir.path(), "silencer", &token);
     // The system clock: the CLI stamps silences with the real time.
     let gw = support::start_kube_as(kube.gateway_client(), tidegate::clock::Clock::System, |_| {}).await;
 

@@ -11,7 +11,6 @@ use jiff::Timestamp;
 use serde_json::Value;
 use support::redis::{RedisServer, ServerOptions};
 use support::{occurrences, start_with, Gateway};
-use tidegate::config::StateBackend;
 use tidegate::remediation::RemediationRequest;
 
 const ROUTE: &str = "/api/v2/alerts";
@@ -139,12 +138,7 @@ async fn a_batch_with_an_invalid_alert_records_the_valid_ones_and_answers_400_na
 async fn state_down_is_503_with_retry_after() {
     let server = RedisServer::start(ServerOptions::default());
     let url = server.url();
-    let gw = start_with(|c| {
-        c.state = StateBackend::Redis(url.parse().unwrap());
-        c.redis.prefix = support::unique_prefix();
-        c.redis.timeout = Duration::from_millis(500);
-    })
-    .await;
+    let gw = start_with(|c| support::on_redis(c, &url)).await;
     assert_eq!(post(&gw, firing(&gw)).await.status(), 200);
 
     server.kill();

@@ -6,12 +6,9 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 use support::redis::{RedisServer, ServerOptions};
 use support::{occurrences, start_with, Gateway};
-use tidegate::config::StateBackend;
 use tidegate::remediation::SUBMITTED_BY_ANNOTATION;
 
 const ROUTE: &str = "/v2/enqueue";
@@ -83,14 +80,38 @@ async fn a_resolve_is_recorded_on_the_open_request() {
     assert_eq!(occurrences(&gw.only_request()), 1, "a resolution is not an occurrence");
 }
 
-#[tokio::test]
-async fn an_acknowledge_is_answered_and_never_creates_a_request() {
-    let gw = start_with(|_| {}).await;
-    let ack = json!({"routing_key": ROUTING_KEY, "event_action": "acknowledge", "dedup_key": "never-triggered"});
+fn acknowledge(key: &str) -> String {
+    json!({"routing_key": ROUTING_KEY, "event_action": "acknowledge", "dedup_key": key}).to_string()
+}
 
-    assert_eq!(accepted(post(&gw, ack.to_string()).await).await, "never-triggered");
+#[tokio::test]
+async fn an_acknowledge_without_an_open_request_is_answered_counted_and_creates_nothing() {
+    let gw = start_with(|_| {}).await;
+
+    assert_eq!(accepted(post(&gw, acknowledge("never-triggered")).await).await, "never-triggered");
 
     assert!(gw.manifests().is_empty());
+    let unknown = r#"tidegate_signals_received_total{source="pagerduty-event",outcome="acknowledged_unknown"}"#;
+    assert_eq!(gw.metric(unknown).await, 1.0);
+}
+
+#[tokio::test]
+async fn an_acknowledge_is_recorded_on_the_open_request_and_is_no_occurrence() {
+    let mut gw = start_with(|_| {}).await;
+    accepted(post(&gw, TRIGGER).await).await;
+
+    // No details: the request is found where its trigger's details put it.
+    assert_eq!(accepted(post(&gw, acknowledge(DEDUP_KEY)).await).await, DEDUP_KEY);
+
+    let recorded = r#"tidegate_signals_received_total{source="pagerduty-event",outcome="acknowledged"}"#;
+    assert_eq!(gw.metric(recorded).await, 1.0);
+    gw.stop().await;
+    assert_eq!(gw.requests().len(), 1, "an acknowledge creates nothing");
+    let rr = gw.only_request();
+    let status = rr.status.as_ref().unwrap();
+    assert!(status.acknowledged_at.is_some(), "status.acknowledgedAt is set: {status:?}");
+    assert_eq!(occurrences(&rr), 1, "an acknowledgement is not an occurrence");
+    assert!(status.signal_resolved_at.is_none());
 }
 
 #[tokio::test]
@@ -111,6 +132,23 @@ async fn a_trigger_without_a_key_is_answered_one_that_resolves_it() {
     assert_eq!(rr.metadata.namespace.as_deref(), Some("shop"));
     assert_eq!((rr.spec.target_resource.kind.as_str(), rr.spec.target_resource.name.as_str()), ("Pod", "db-0"));
     assert!(resolved(&gw), "the answered key named the incident");
+}
+
+#[tokio::test]
+async fn an_acknowledge_without_details_finds_the_request_its_triggers_details_placed() {
+    let mut gw = start_with(|_| {}).await;
+    let trigger = json!({"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": "db-disk",
+        "payload": {"summary": "disk full", "source": "db-0", "severity": "critical",
+                    "custom_details": {"namespace": "shop", "pod": "db-0"}}});
+    accepted(post(&gw, trigger.to_string()).await).await;
+    // The ack's own labels say `default`; the request is in `shop`, as the sink says.
+
+    accepted(post(&gw, acknowledge("db-disk")).await).await;
+
+    gw.stop().await;
+    let rr = gw.only_request();
+    assert_eq!(rr.metadata.namespace.as_deref(), Some("shop"));
+    assert!(rr.status.is_some_and(|s| s.acknowledged_at.is_some()), "recorded on the request in shop");
 }
 
 #[tokio::test]
@@ -155,12 +193,7 @@ async fn the_routing_key_authenticates_its_sender_as_a_bearer_token_does() {
 async fn state_down_is_503_with_retry_after() {
     let server = RedisServer::start(ServerOptions::default());
     let url = server.url();
-    let gw = start_with(|c| {
-        c.state = StateBackend::Redis(url.parse().unwrap());
-        c.redis.prefix = support::unique_prefix();
-        c.redis.timeout = Duration::from_millis(500);
-    })
-    .await;
+    let gw = start_with(|c| support::on_redis(c, &url)).await;
     accepted(post(&gw, TRIGGER).await).await;
 
     server.kill();

@@ -161,6 +161,8 @@ pub fn source(source: &Source, data: &[u8]) {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
@@ -246,9 +248,9 @@ pub fn duration(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(d) = parse_duration(text) else { return };
     let written = format!("{:#}", jiff::SignedDuration::try_from(d).expect("a parsed duration fits"));
-    assert_eq!(parse_duration(&written), Ok(d), "{text:?} read as {d:?}, written {written:?}");
+    assert_eq!(parse_duration(&written).ok(), Some(d), "{text:?} read as {d:?}, written {written:?}");
     let iso = format!("{}", jiff::SignedDuration::try_from(d).expect("a parsed duration fits"));
-    assert_eq!(parse_duration(&iso), Ok(d), "{text:?} read as {d:?}, written {iso:?}");
+    assert_eq!(parse_duration(&iso).ok(), Some(d), "{text:?} read as {d:?}, written {iso:?}");
 }
 
 /// A reply `decide.lua` might send, good or hostile.
@@ -304,7 +306,7 @@ pub fn decide_reply(data: &[u8]) {
     let well_formed = input.replies.len() == members.len()
         && members.iter().zip(&input.replies).all(|(m, r)| match r {
             Reply::Packed { admission: [1, 0], verdicts } => {
-                verdicts.len() == m.len() && verdicts.iter().all(|v| matches!(v[0], 0..=3 | 5))
+                verdicts.len() == m.len() && verdicts.iter().all(|v| matches!(v[0], 0..=3 | 5..=7))
             }
             _ => false,
         });
@@ -338,6 +340,9 @@ fn kind(v: &Verdict) -> u32 {
         Verdict::ResolvedOpen(_) => 2,
         Verdict::ResolvedUnknown => 3,
         Verdict::Folded(_) => 5,
+        Verdict::AcknowledgedOpen(_) => 6,
+        Verdict::AcknowledgedUnknown => 7,
+        Verdict::Refired { opened, .. } => u32::from(!opened),
     }
 }
 

@@ -50,11 +50,24 @@ pub struct Users {
     verified: TtlCache<()>,
 }
 
+/// Why a `basic` authenticator's users cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("users.{user}: not a bcrypt hash: {source}")]
+    NotBcrypt {
+        user: String,
+        #[source]
+        source: bcrypt::BcryptError,
+    },
+}
+
 impl Users {
-    pub fn new(config: &BasicConfig) -> Result<Self, String> {
+    pub fn new(config: &BasicConfig) -> Result<Self, UsersError> {
         let mut users = BTreeMap::new();
         for (user, hash) in &config.users {
-            hash.0.parse::<bcrypt::HashParts>().map_err(|e| format!("users.{user}: not a bcrypt hash: {e}"))?;
+            hash.0
+                .parse::<bcrypt::HashParts>()
+                .map_err(|source| UsersError::NotBcrypt { user: user.clone(), source })?;
             users.insert(user.clone(), (Arc::from(user.as_str()), hash.0.clone()));
         }
         Ok(Users { users, verified: TtlCache::new(CACHE_SIZE) })
@@ -137,7 +150,9 @@ mod tests {
     #[test]
     fn a_value_that_is_not_a_bcrypt_hash_is_refused_naming_the_user() {
         let config = BasicConfig { users: [("ops".into(), PasswordHash("plaintext".into()))].into() };
-        assert!(Users::new(&config).err().unwrap().starts_with("users.ops: not a bcrypt hash"));
+        let err = Users::new(&config).err().unwrap();
+        assert!(matches!(&err, UsersError::NotBcrypt { user, .. } if user == "ops"), "{err:?}");
+        assert!(err.to_string().starts_with("users.ops: not a bcrypt hash"));
     }
 
     #[test]

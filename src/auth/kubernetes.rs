@@ -126,14 +126,19 @@ pub struct Reviewer {
     cache: TtlCache<Answer, Arc<ReviewError>>,
 }
 
+/// Why a `kubernetes` authenticator's section cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReviewerError {
+    /// A review is remembered too long: a revoked token or a withdrawn permission
+    /// would go on working (or failing) for that long.
+    #[error("allowed_ttl may be at most {}s and denied_ttl at most {}s", MAX_ALLOWED_TTL.as_secs(), MAX_DENIED_TTL.as_secs())]
+    CachedTooLong,
+}
+
 impl Reviewer {
-    pub fn new(client: kube::Client, config: &KubernetesConfig, label: Arc<str>) -> Result<Self, String> {
+    pub fn new(client: kube::Client, config: &KubernetesConfig, label: Arc<str>) -> Result<Self, ReviewerError> {
         if config.allowed_ttl > MAX_ALLOWED_TTL || config.denied_ttl > MAX_DENIED_TTL {
-            return Err(format!(
-                "allowed_ttl may be at most {}s and denied_ttl at most {}s",
-                MAX_ALLOWED_TTL.as_secs(),
-                MAX_DENIED_TTL.as_secs()
-            ));
+            return Err(ReviewerError::CachedTooLong);
         }
         Ok(Reviewer {
             tokens: Api::all(client.clone()),

@@ -145,8 +145,18 @@ pub enum BuildError {
         #[source]
         source: LoadError,
     },
-    #[error("auth.authenticators.{name}: {reason}")]
-    Invalid { name: String, reason: String },
+    #[error("auth.authenticators.{name}: {source}")]
+    Basic {
+        name: String,
+        #[source]
+        source: basic::UsersError,
+    },
+    #[error("auth.authenticators.{name}: {source}")]
+    Kubernetes {
+        name: String,
+        #[source]
+        source: kubernetes::ReviewerError,
+    },
     #[error("auth.authenticators.{name}: a kubernetes authenticator needs a Kubernetes client")]
     NoKubeClient { name: String },
     #[error("auth.endpoints names {route:?}, which is not a route of any source")]
@@ -176,11 +186,12 @@ impl AuthConfig {
         let mut built = BTreeMap::new();
         for (name, config) in &s.authenticators {
             let label: Arc<str> = name.as_str().into();
-            let invalid = |reason: String| BuildError::Invalid { name: name.clone(), reason };
             let load = |source| BuildError::Load { name: name.clone(), source };
             let authenticator = match config {
                 AuthenticatorConfig::Bearer(c) => Authenticator::Bearer(bearer::Tokens::load(c).map_err(load)?),
-                AuthenticatorConfig::Basic(c) => Authenticator::Basic(basic::Users::new(c).map_err(invalid)?),
+                AuthenticatorConfig::Basic(c) => Authenticator::Basic(
+                    basic::Users::new(c).map_err(|source| BuildError::Basic { name: name.clone(), source })?,
+                ),
                 AuthenticatorConfig::StandardWebhooks(c) => {
                     Authenticator::StandardWebhooks(hmac::StandardWebhooks::load(name, c).map_err(load)?)
                 }
@@ -188,7 +199,8 @@ impl AuthConfig {
                 AuthenticatorConfig::Kubernetes(c) => {
                     let client = kube.clone().ok_or_else(|| BuildError::NoKubeClient { name: name.clone() })?;
                     Authenticator::Kubernetes(Box::new(
-                        kubernetes::Reviewer::new(client, c, label.clone()).map_err(invalid)?,
+                        kubernetes::Reviewer::new(client, c, label.clone())
+                            .map_err(|source| BuildError::Kubernetes { name: name.clone(), source })?,
                     ))
                 }
                 AuthenticatorConfig::ClientCertificate(c) => {

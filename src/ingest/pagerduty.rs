@@ -4,8 +4,9 @@
 //! source, severity, timestamp, component, group, class, custom_details}}`.
 //!
 //! - `trigger` fires; `resolve` is a resolution (recorded on the open request, or
-//!   nothing); `acknowledge` is a person's answer, not an occurrence: it is
-//!   answered as PagerDuty answers it and never creates a request.
+//!   nothing); `acknowledge` is a person's answer, not an occurrence: recorded on
+//!   the open request (`status.acknowledgedAt`, see `pipeline::acknowledge`), or
+//!   nothing; answered as PagerDuty answers it, and it never creates a request.
 //! - `dedup_key` is the sender's own identity of its incident, so it is the
 //!   fingerprint ([`super::keyed_fingerprint`]) and the signal's name: every event
 //!   under one key is one incident, named alike, whatever its summary says
@@ -107,7 +108,7 @@ fn required<'a>(value: Option<Cow<'a, str>>, path: &str) -> Result<Cow<'a, str>,
     value.filter(|v| !v.trim().is_empty()).ok_or_else(|| IngestError::invalid(path, "missing or blank"))
 }
 
-/// Parses one event into one result, or none for an `acknowledge`.
+/// Parses one event into one result.
 pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
     let event: Event<'a> = parse_json(payload.body)?;
     required(event.routing_key, "$.routing_key")?;
@@ -119,19 +120,20 @@ pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
     let status = match &*action {
         "trigger" => SignalStatus::Firing,
         "resolve" => SignalStatus::Resolved,
-        "acknowledge" => {
-            // Recorded nowhere yet: an acknowledgement is not an occurrence, and
-            // never opens a request.
-            required(dedup_key, "$.dedup_key")?;
-            return Ok(Vec::new());
-        }
+        "acknowledge" => SignalStatus::Acknowledged,
         other => {
             let reason = format!("{other:?} is not one of \"trigger\", \"acknowledge\", \"resolve\"");
             return Err(IngestError::invalid("$.event_action", reason));
         }
     };
-    if status == SignalStatus::Resolved && dedup_key.is_none() {
-        return Err(IngestError::invalid("$.dedup_key", "missing or blank; a resolve names the incident it ends"));
+    match status {
+        SignalStatus::Resolved if dedup_key.is_none() => {
+            return Err(IngestError::invalid("$.dedup_key", "missing or blank; a resolve names the incident it ends"));
+        }
+        SignalStatus::Acknowledged if dedup_key.is_none() => {
+            return Err(IngestError::invalid("$.dedup_key", "missing or blank"));
+        }
+        _ => {}
     }
     let details = match &event.payload {
         None if status == SignalStatus::Firing => return Err(IngestError::invalid("$.payload", "missing")),
@@ -177,7 +179,8 @@ pub fn parse<'a>(payload: &Payload<'a>) -> Result<Parsed<'a>, IngestError> {
 type Described<'a> = (Option<Cow<'a, str>>, Cow<'a, str>, Cow<'a, str>, Option<Timestamp>, Labels<'a>);
 
 /// Summary, severity, source, time and annotations from a payload; a trigger's
-/// must have PagerDuty's required fields, a resolve's may have none.
+/// must have PagerDuty's required fields, a resolve's or an acknowledge's may have
+/// none.
 fn described(p: EventPayload<'_>, status: SignalStatus) -> Result<Described<'_>, IngestError> {
     let firing = status == SignalStatus::Firing;
     let summary = match firing {
@@ -267,17 +270,9 @@ struct Refused {
 
 impl Answer for AsPagerDuty {
     fn recorded(&self, answered: &Answered<'_>) -> Reply {
-        // The key the event was recorded under; an acknowledgement's own.
-        let recorded = answered.recorded.first().and_then(|r| r.signal.annotations.get(super::INCIDENT_KEY));
-        let acknowledged = || {
-            #[derive(Deserialize)]
-            struct Key {
-                dedup_key: String,
-            }
-            serde_json::from_slice::<Key>(answered.body).map(|k| k.dedup_key).unwrap_or_default()
-        };
-        let key = recorded.map_or_else(acknowledged, str::to_string);
-        let body = Accepted { status: "success", message: "Event processed", dedup_key: &key };
+        // The key the event was recorded under: the sender's, or the one made for it.
+        let key = answered.recorded.first().and_then(|r| r.signal.annotations.get(super::INCIDENT_KEY)).unwrap_or("");
+        let body = Accepted { status: "success", message: "Event processed", dedup_key: key };
         Reply::Own(json(StatusCode::ACCEPTED, &body, 96 + key.len()))
     }
 
@@ -364,9 +359,11 @@ mod tests {
     }
 
     #[test]
-    fn an_acknowledge_is_no_signal_and_needs_a_key() {
-        let ack = r#"{"routing_key":"k","event_action":"acknowledge","dedup_key":"d"}"#;
-        assert!(parse_str(ack).unwrap().is_empty());
+    fn an_acknowledge_is_an_acknowledged_signal_of_its_keys_incident_and_needs_a_key() {
+        let ack = one(r#"{"routing_key":"k","event_action":"acknowledge","dedup_key":"d"}"#);
+        assert_eq!(ack.status, SignalStatus::Acknowledged);
+        assert_eq!((ack.fingerprint, &*ack.name), (keyed_fingerprint(SIGNAL_TYPE, "d"), "d"), "the trigger's incident");
+        assert_eq!(ack.annotations.get(crate::ingest::INCIDENT_KEY), Some("d"));
         let err = parse_str(r#"{"routing_key":"k","event_action":"acknowledge"}"#).unwrap_err();
         assert_eq!(err, IngestError::invalid("$.dedup_key", "missing or blank"));
     }

@@ -180,6 +180,8 @@ impl Pipeline {
                 Hold::Latched => None,
             },
             inhibited: None,
+            acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         self.status_writer.repeat(Incident::Signal(signal.fingerprint, last.first_seen_s), &last.at, update);

@@ -10,15 +10,16 @@
 //! `tidegate_signals_received_total` under its outcome, an inhibited one also on
 //! its source's request (`status.inhibited`) through the status writer, and audits
 //! its incident's first. After the batch, [`HoldBack::hold`] records the inhibit
-//! rules' sources that have open requests, and [`HoldBack::recover`] teaches the
-//! store those the sink holds open after the store lost them.
+//! rules' sources that have open requests and releases those that resolved, and
+//! [`HoldBack::recover`] teaches the store those the sink holds open after the
+//! store lost them.
 //!
 //! Nothing here ever refuses a signal: every held-back signal is answered 2xx.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::inhibit::Inhibition;
+use super::inhibit::{Inhibition, Targeted};
 use super::scope::{OutOfScope, RemediateLabels, Scope};
 use super::status_writer::{Incident, StatusWriter};
 use super::{Batch, Outcome, OutcomeStatus, PipelineError, Settings};
@@ -88,8 +89,10 @@ impl HoldBack {
     }
 
     /// Inhibition: holds back every unanswered firing signal whose inhibit key an
-    /// open source holds. One read of the store, and only when a signal matches an
-    /// inhibit rule's target side.
+    /// open source holds. Only when a signal matches an inhibit rule's target side
+    /// is the store asked: first which of the rules met have a source held at all
+    /// (their markers: one small read, and in the usual state, no source anywhere,
+    /// the only one), then the keys of the signals' rules that do.
     pub async fn inhibit(
         &self,
         batch: &mut Batch<'_, '_>,
@@ -100,17 +103,39 @@ impl HoldBack {
         if self.inhibition.is_empty() {
             return Ok(Vec::new());
         }
-        let mut keys: Vec<InhibitKey> = Vec::new();
+        let mut targeted: Vec<Targeted> = Vec::new();
         let mut asking = Vec::new();
         for (i, signal) in batch.unanswered().filter(|(_, s)| s.status == SignalStatus::Firing) {
-            let start = keys.len();
-            self.inhibition.target_keys(signal, &mut keys);
-            if keys.len() > start {
-                asking.push((i, start..keys.len()));
+            let start = targeted.len();
+            self.inhibition.targeted(signal, &mut targeted);
+            if targeted.len() > start {
+                asking.push((i, start..targeted.len()));
             }
         }
-        if keys.is_empty() {
+        if targeted.is_empty() {
             return Ok(Vec::new());
+        }
+        let mut rules: Vec<usize> = targeted.iter().map(Targeted::rule).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        let markers: Vec<InhibitKey> = rules.iter().map(|&r| self.inhibition.marker(r)).collect();
+        let marked = state.inhibitors(&markers, now).await?;
+        let live: Vec<usize> = rules.iter().zip(&marked).filter(|(_, m)| m.is_some()).map(|(&r, _)| r).collect();
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        let signals = batch.signals;
+        let mut keys: Vec<InhibitKey> = Vec::new();
+        let mut of_live = Vec::new();
+        let mut ranges = Vec::new();
+        for (i, range) in asking {
+            of_live.clear();
+            of_live.extend(targeted[range].iter().filter(|t| live.binary_search(&t.rule()).is_ok()));
+            let start = keys.len();
+            self.inhibition.target_keys_of(&signals[i], &of_live, &mut keys);
+            if keys.len() > start {
+                ranges.push((i, start..keys.len()));
+            }
         }
         // The alerts of one notification mostly share their keys (one node's pods).
         let mut unique = keys.clone();
@@ -118,8 +143,7 @@ impl HoldBack {
         unique.dedup();
         let found = state.inhibitors(&unique, now).await?;
         let holder = |key: &InhibitKey| unique.binary_search(key).ok().and_then(|i| found[i].as_ref());
-        let signals = batch.signals;
-        let held: Vec<(usize, Held)> = asking
+        let held: Vec<(usize, Held)> = ranges
             .into_iter()
             .filter_map(|(i, range)| {
                 let signal = &signals[i];
@@ -190,6 +214,8 @@ impl HoldBack {
                         storm: None,
                         backoff_until_s: None,
                         inhibited: Some(held),
+                        acknowledged_at_s: None,
+                        flap: None,
                         silenced_by: None,
                     };
                     status_writer.inhibited(Incident::Signal(source.source, source.first_seen_s), &at, update);
@@ -204,8 +230,11 @@ impl HoldBack {
     }
 
     /// Records the sources among `signals` that opened or repeated on a request of
-    /// their own as holding their rules' targets back for the dedup window: one
-    /// write for the batch, none when no signal is a source.
+    /// their own as holding their rules' targets back for the dedup window (with
+    /// their rules' markers), and ends the holds of those that resolved: a
+    /// resolved source explains nothing any more, though its incident stays open
+    /// a window for a repeat. At most one release and one write for the batch,
+    /// none when no signal is a source.
     pub async fn hold(
         &self,
         signals: &[Signal<'_>],
@@ -217,25 +246,38 @@ impl HoldBack {
             return Ok(());
         }
         let mut holds = Vec::new();
+        let mut releases = Vec::new();
         let mut keys = Vec::new();
         for (signal, outcome) in signals.iter().zip(outcomes) {
-            let counted_on_own = matches!(outcome.status, OutcomeStatus::Created | OutcomeStatus::Duplicate);
-            let Some(at) = outcome.request.as_ref().filter(|_| counted_on_own && signal.status == SignalStatus::Firing)
-            else {
-                continue;
+            let Some(at) = outcome.request.as_ref() else { continue };
+            let resolved = match (signal.status, outcome.status) {
+                (SignalStatus::Firing, OutcomeStatus::Created | OutcomeStatus::Duplicate) => false,
+                (SignalStatus::Resolved, OutcomeStatus::Resolved) => true,
+                _ => continue,
             };
             let Some(first_seen_s) = remediation::request_epoch(&at.name) else { continue };
             keys.clear();
             self.inhibition.source_keys(signal, &mut keys);
-            for key in &keys {
-                let inhibitor = Inhibitor {
-                    source: signal.fingerprint,
-                    first_seen_s,
-                    namespace: at.namespace.clone(),
-                    name: at.name.clone(),
-                };
-                holds.push((*key, inhibitor));
+            let inhibitor = Inhibitor {
+                source: signal.fingerprint,
+                first_seen_s,
+                namespace: at.namespace.clone(),
+                name: at.name.clone(),
+            };
+            for &(rule, key) in &keys {
+                if resolved {
+                    // Its rules' markers stay: another source may hold them, and a
+                    // marker only spares targets a lookup.
+                    releases.push((key, inhibitor.clone()));
+                } else {
+                    holds.push((key, inhibitor.clone()));
+                    holds.push((self.inhibition.marker(rule), inhibitor.clone()));
+                }
             }
+        }
+        // Releases first: a source firing again in the same batch holds again.
+        if !releases.is_empty() {
+            state.release_inhibitors(&releases).await?;
         }
         if holds.is_empty() {
             return Ok(());
@@ -244,23 +286,29 @@ impl HoldBack {
     }
 
     /// Teaches the store the holds of every source whose request `sink` holds
-    /// open, last seen within the dedup window: after a restart, or a Redis that lost
-    /// its keys, the sink is the authority on open incidents, as it is for dedup.
-    /// Each hold ends a window after its source's last sighting, as if the store
-    /// had never lost it. Returns how many holds were taught.
+    /// open, last seen within the dedup window and not resolved since: after a
+    /// restart, or a Redis that lost its keys, the sink is the authority on open
+    /// incidents, as it is for dedup. Each hold ends a window after its source's
+    /// last sighting, as if the store had never lost it; the rules' markers a
+    /// window from now, after every hold they stand for. Returns how many holds
+    /// were taught, markers not counted.
     pub async fn recover(&self, sink: &dyn Sink, state: &dyn StateStore, now: u32) -> Result<usize, PipelineError> {
         if self.inhibition.is_empty() {
             return Ok(0);
         }
         // Holds by the second they end.
         let mut holds: std::collections::BTreeMap<u32, Vec<(InhibitKey, Inhibitor)>> = Default::default();
+        let mut markers = Vec::new();
         let mut keys = Vec::new();
         for rr in sink.open_requests().await? {
             let Some(source) = source_of(&rr) else { continue };
-            let dedup = rr.status.as_ref().and_then(|s| s.deduplication.as_ref());
+            let status = rr.status.as_ref();
+            let dedup = status.and_then(|s| s.deduplication.as_ref());
             let last_seen_s = dedup.map_or(source.first_seen_s, |d| d.last_seen_at.0.as_second() as u32);
             let until = last_seen_s.saturating_add(self.window_s);
-            if until <= now {
+            // Resolved at or after its last sighting: it let its targets go.
+            let resolved = status.and_then(|s| s.signal_resolved_at.as_ref());
+            if until <= now || resolved.is_some_and(|at| at.0.as_second() >= i64::from(last_seen_s)) {
                 continue;
             }
             keys.clear();
@@ -271,12 +319,16 @@ impl HoldBack {
                 namespace: source.at.namespace.clone(),
                 name: source.at.name.clone(),
             };
-            holds.entry(until).or_default().extend(keys.iter().map(|k| (*k, inhibitor.clone())));
+            holds.entry(until).or_default().extend(keys.iter().map(|(_, k)| (*k, inhibitor.clone())));
+            markers.extend(keys.iter().map(|(rule, _)| (self.inhibition.marker(*rule), inhibitor.clone())));
         }
         let mut taught = 0;
         for (until, holds) in holds {
             state.hold_inhibitors(&holds, now, until).await?;
             taught += holds.len();
+        }
+        if !markers.is_empty() {
+            state.hold_inhibitors(&markers, now, now.saturating_add(self.window_s)).await?;
         }
         Ok(taught)
     }

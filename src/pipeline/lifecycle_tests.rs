@@ -56,7 +56,8 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
         let memory = crate::state::memory::MemoryConfig::default();
-        let state = Arc::new(MemoryStore::new(&memory, config.dedup.window, &config.storm, clock.clone()));
+        let state = MemoryStore::new(&memory, config.dedup.window, &config.storm, clock.clone());
+        let state = Arc::new(state.with_flap(config.flap.rule()));
         let sink = Arc::new(DirSink::new(dir.path(), Duration::from_secs(7200)).unwrap());
         let parts = Parts {
             state,

@@ -40,9 +40,13 @@
 //! signal it has not recorded (counted in the store, on a request, or held and
 //! counted by the rule that held it).
 
+pub mod acknowledge;
 pub mod admission;
 pub mod backoff;
 pub mod classify;
+pub mod flap;
+#[cfg(test)]
+mod flap_tests;
 pub mod heartbeat;
 pub mod held;
 pub mod identity;
@@ -126,6 +130,11 @@ pub enum OutcomeStatus {
     Inhibited,
     /// A silence kept it from opening a request (see [`silences`]).
     Silenced,
+    /// An acknowledgement ([`acknowledge`]): `recorded` on its incident's open
+    /// request, or there was none. Counts nothing.
+    Acknowledged {
+        recorded: bool,
+    },
 }
 
 impl OutcomeStatus {
@@ -141,6 +150,8 @@ impl OutcomeStatus {
             OutcomeStatus::OutOfScope => "out_of_scope",
             OutcomeStatus::Inhibited => "inhibited",
             OutcomeStatus::Silenced => "silenced",
+            OutcomeStatus::Acknowledged { recorded: true } => "acknowledged",
+            OutcomeStatus::Acknowledged { recorded: false } => "acknowledged_unknown",
         }
     }
 
@@ -176,6 +187,7 @@ pub struct Pipeline {
     heartbeats: Heartbeats,
     identity: IdentityConfig,
     lifecycle: LifecycleConfig,
+    flap: flap::FlapConfig,
     /// Requests this process has audited holding an incident back: one event per
     /// incident, not per alert. Bounded: cleared when full.
     held_audited: Mutex<HashSet<RequestRef>>,
@@ -226,6 +238,7 @@ pub struct Settings {
     pub heartbeat: HeartbeatConfig,
     pub identity: IdentityConfig,
     pub lifecycle: LifecycleConfig,
+    pub flap: flap::FlapConfig,
     pub scope: scope::ScopeConfig,
     pub inhibit_rules: Vec<inhibit::InhibitRuleConfig>,
 }
@@ -277,6 +290,7 @@ impl Pipeline {
             heartbeats: Heartbeats::build(&config.heartbeat, clock.clone(), metrics.clone()),
             identity: config.identity.clone(),
             lifecycle: config.lifecycle,
+            flap: config.flap,
             held_audited: Mutex::default(),
             storms: Storms::new(config.storm),
             window_s: config.dedup.window.as_secs() as u32,
@@ -425,9 +439,22 @@ impl Pipeline {
         let signals = batch.signals;
         for ((&i, observation), verdict) in asked.places.iter().zip(&asked.observations).zip(verdicts) {
             let signal = &signals[i];
+            // A re-fire is decided as dedup decides it, then marks its request.
+            let (verdict, transitions) = verdict.flaps();
             match self.act_now(signal, observation, verdict, &mut rejoined, source) {
-                Ok(outcome) => batch.outcomes[i] = Some(outcome),
-                Err(work) => slow.push(async move { (i, self.act(signal, observation, work, source).await) }),
+                Ok(outcome) => {
+                    if transitions > 0 {
+                        self.flapped(signal, &outcome, transitions);
+                    }
+                    batch.outcomes[i] = Some(outcome)
+                }
+                Err(work) => slow.push(async move {
+                    let result = self.act(signal, observation, work, source).await;
+                    if let (Ok(outcome), true) = (&result, transitions > 0) {
+                        self.flapped(signal, outcome, transitions);
+                    }
+                    (i, result)
+                }),
             }
         }
         let mut first_error = None;
@@ -460,6 +487,10 @@ impl Pipeline {
                 Ok(self.outcome(signal, OutcomeStatus::Resolved, Some(at), entry.count))
             }
             Verdict::ResolvedUnknown => Ok(self.outcome(signal, OutcomeStatus::Resolved, None, 0)),
+            Verdict::AcknowledgedOpen(entry) => Ok(self.acknowledge_now(signal, Some(entry))),
+            Verdict::AcknowledgedUnknown => Ok(self.acknowledge_now(signal, None)),
+            // Decided as dedup decides it; `act_on` marks the request.
+            refired @ Verdict::Refired { .. } => self.act_now(signal, asked, refired.flaps().0, rejoined, by),
         }
     }
 
@@ -530,6 +561,8 @@ fn uncounted(entry: &Entry) -> StatusUpdate {
         storm: None,
         backoff_until_s: None,
         inhibited: None,
+        acknowledged_at_s: None,
+        flap: None,
         silenced_by: None,
     }
 }

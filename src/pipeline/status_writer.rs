@@ -17,8 +17,13 @@
 //!
 //! Writes across all requests are also capped per second: ten thousand open
 //! incidents each repeating every few seconds must not become ten thousand writes a
-//! second to a disk or an API server. Writes over the cap wait, due, and keep
-//! absorbing newer counts, so the cap delays counts and never loses them.
+//! second to an API server shared with everyone else. Writes over the cap wait, due,
+//! and keep absorbing newer counts, so the cap delays counts and never loses them.
+//! A sink that paces its own writes ([`Sink::paces_status_writes`]: the directory
+//! sink, whose disk is this process's) has no cap: each batch of due writes goes out
+//! as soon as the last one is done, a core's worth at a time, so the rate follows
+//! what the disk completes and no count waits behind a fixed cap
+//! (`tidegate_status_write_lag_seconds` says how late writes go out).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -49,7 +54,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A request not found may still be being created (by this replica's pipeline or
 /// another replica): retry this many times, with backoff, before giving up.
 const NOT_FOUND_ATTEMPTS: u32 = 5;
-/// Writes in flight at once.
+/// Writes in flight at once, to a sink with a write cap.
 const CONCURRENCY: usize = 32;
 /// How long this process keeps counting an incident it no longer sees. A repeat
 /// after that starts a tally under a new writer id, which is correct (tallies add
@@ -70,6 +75,10 @@ struct Shared {
     /// restarts) never share one.
     process: u32,
     max_per_s: f64,
+    /// The sink paces its own writes: no cap, and `concurrency` a core each.
+    paced: bool,
+    /// Writes in flight at once.
+    concurrency: usize,
     wake: Notify,
     drained: Notify,
     sink: Arc<dyn Sink>,
@@ -176,6 +185,10 @@ impl StatusWriter {
     pub fn new(sink: Arc<dyn Sink>, config: &StatusWriterConfig, metrics: Arc<Metrics>) -> Self {
         let (interval, max_per_s) = (config.interval, config.max_writes_per_s.max(1) as f64);
         let process = process_id();
+        let paced = sink.paces_status_writes();
+        // Paced writes are the sink's own blocking work: more of them at once than
+        // there are cores would only take the cores from the requests.
+        let concurrency = if paced { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { CONCURRENCY };
         metrics.status_writer.get_or_create(&WriterLabels { writer: format!("{process:08x}") }).set(1);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -183,6 +196,8 @@ impl StatusWriter {
                 ..Inner::default()
             }),
             max_per_s,
+            paced,
+            concurrency,
             process,
             wake: Notify::new(),
             drained: Notify::new(),
@@ -358,12 +373,15 @@ impl Shared {
         budget.at = Some(now);
         let mut ready = Vec::new();
         let mut later = Vec::new();
+        // The oldest due write's wait: how far behind the writes are.
+        let lag = inner.due.peek().map_or(Duration::ZERO, |Reverse((due, _))| now.saturating_duration_since(*due));
+        self.metrics.status_write_lag.set(lag.as_secs_f64());
         while let Some(Reverse((due, _))) = inner.due.peek() {
             if *due > now && !inner.draining {
                 break;
             }
             // Over the cap, due writes wait (and keep merging); at shutdown, not.
-            if inner.budget.tokens < 1.0 && !inner.draining {
+            if inner.budget.tokens < 1.0 && !inner.draining && !self.paced {
                 let refill = Duration::from_secs_f64((1.0 - inner.budget.tokens) / self.max_per_s);
                 if ready.is_empty() {
                     inner.due.extend(later);
@@ -378,7 +396,9 @@ impl Shared {
                 continue;
             }
             if let Some(p) = inner.pending.remove(&incident) {
-                inner.budget.tokens -= 1.0;
+                if !self.paced {
+                    inner.budget.tokens -= 1.0;
+                }
                 inner.in_flight.insert(incident);
                 ready.push((incident, p));
             }
@@ -469,7 +489,7 @@ async fn writer(shared: Arc<Shared>) {
         match shared.take_due() {
             Ok(ready) => {
                 futures::stream::iter(ready)
-                    .for_each_concurrent(CONCURRENCY, |(incident, p)| {
+                    .for_each_concurrent(shared.concurrency, |(incident, p)| {
                         let shared = &shared;
                         async move {
                             let result = shared.write(&p).await;
@@ -508,11 +528,17 @@ mod tests {
         StatusWriterConfig { interval, max_writes_per_s }
     }
 
-    /// A sink that counts status writes.
+    /// A sink that keeps one status and counts the writes to it, and whose first
+    /// `unclear` writes land but answer an error, as a write that timed out after
+    /// the server applied it.
     #[derive(Default)]
-    struct Counting(AtomicUsize);
+    struct Landing {
+        status: Mutex<crate::remediation::RemediationRequestStatus>,
+        writes: AtomicUsize,
+        unclear: AtomicUsize,
+    }
 
-    impl Sink for Counting {
+    impl Sink for Landing {
         fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
             Box::pin(async { Ok(Vec::new()) })
         }
@@ -520,9 +546,20 @@ mod tests {
         fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
             Box::pin(async { Ok(Created::Created) })
         }
-        fn update_status<'a>(&'a self, _: &'a RequestRef, _: &'a StatusUpdate) -> BoxFuture<'a, Result<(), SinkError>> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Ok(()) })
+        fn update_status<'a>(
+            &'a self,
+            _: &'a RequestRef,
+            update: &'a StatusUpdate,
+        ) -> BoxFuture<'a, Result<(), SinkError>> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.status.lock().unwrap().apply(update);
+            let unclear = self.unclear.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            Box::pin(async move {
+                match unclear {
+                    true => Err(SinkError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))),
+                    false => Ok(()),
+                }
+            })
         }
         fn last_request(&self, _: &crate::signal::Fingerprint) -> Option<crate::sink::LastRequest> {
             None
@@ -549,6 +586,8 @@ mod tests {
             storm: None,
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         }
     }
@@ -569,61 +608,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_write_per_request_per_interval_carrying_the_latest_count() {
-        let sink = Arc::new(Counting::default());
+        let sink = Arc::new(Landing::default());
         let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_secs(1), 1000), Arc::new(Metrics::new()));
         for n in 1..=50 {
             c.record(incident(0), &at(0), update(n));
         }
         settle().await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 0, "nothing before the interval");
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 0, "nothing before the interval");
         tokio::time::advance(Duration::from_secs(1)).await;
         settle().await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 1);
-    }
-
-    /// A sink that keeps one status, and whose first `unclear` writes land but
-    /// answer an error, as a write that timed out after the server applied it.
-    #[derive(Default)]
-    struct Landing {
-        status: Mutex<crate::remediation::RemediationRequestStatus>,
-        unclear: AtomicUsize,
-    }
-
-    impl Sink for Landing {
-        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-            Box::pin(async { Ok(Vec::new()) })
-        }
-
-        fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
-            Box::pin(async { Ok(Created::Created) })
-        }
-        fn update_status<'a>(
-            &'a self,
-            _: &'a RequestRef,
-            update: &'a StatusUpdate,
-        ) -> BoxFuture<'a, Result<(), SinkError>> {
-            self.status.lock().unwrap().apply(update);
-            let unclear = self.unclear.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-            Box::pin(async move {
-                match unclear {
-                    true => Err(SinkError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut))),
-                    false => Ok(()),
-                }
-            })
-        }
-        fn last_request(&self, _: &crate::signal::Fingerprint) -> Option<crate::sink::LastRequest> {
-            None
-        }
-        fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-            Box::pin(async { Ok(()) })
-        }
-        // A test sink keeps no authority on open incidents.
-        fn lookup(&self, _: &RequestRef) -> Lookup {
-            Lookup::Unknown
-        }
-        fn open_request(&self, _: &Fingerprint) -> Option<OpenRequest> {
-            None
-        }
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -646,7 +640,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_incident_unseen_past_the_horizon_is_counted_under_a_new_writer() {
         let c = StatusWriter::new(
-            Arc::new(Counting::default()),
+            Arc::new(Landing::default()),
             &dedup(Duration::from_secs(1), 1000),
             Arc::new(Metrics::new()),
         );
@@ -669,18 +663,71 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn writes_over_the_cap_wait_and_shutdown_writes_them_all() {
-        let sink = Arc::new(Counting::default());
-        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_millis(100), 2), Arc::new(Metrics::new()));
+        let sink = Arc::new(Landing::default());
+        let metrics = Arc::new(Metrics::new());
+        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_millis(100), 2), metrics.clone());
         for n in 0..10 {
             c.record(incident(n), &at(n), update(1));
         }
         tokio::time::advance(Duration::from_millis(100)).await;
         settle().await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 2, "a full bucket holds one second's writes");
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 2, "a full bucket holds one second's writes");
         tokio::time::advance(Duration::from_secs(1)).await;
         settle().await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 4);
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 4);
+        assert!(metrics.status_write_lag.get() >= 0.5, "the backlog shows: {}", metrics.status_write_lag.get());
         c.shutdown(Duration::from_secs(5)).await;
-        assert_eq!(sink.0.load(Ordering::SeqCst), 10, "the cap never loses a count");
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 10, "the cap never loses a count");
+    }
+
+    /// [`Landing`], pacing its own writes as the directory sink does.
+    #[derive(Default)]
+    struct Paced(Landing);
+
+    impl Sink for Paced {
+        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+            self.0.open_requests()
+        }
+        fn create<'a>(&'a self, request: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
+            self.0.create(request)
+        }
+        fn update_status<'a>(
+            &'a self,
+            at: &'a RequestRef,
+            u: &'a StatusUpdate,
+        ) -> BoxFuture<'a, Result<(), SinkError>> {
+            self.0.update_status(at, u)
+        }
+        fn last_request(&self, fingerprint: &Fingerprint) -> Option<crate::sink::LastRequest> {
+            self.0.last_request(fingerprint)
+        }
+        fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+            self.0.ready()
+        }
+        fn lookup(&self, at: &RequestRef) -> Lookup {
+            self.0.lookup(at)
+        }
+        fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
+            self.0.open_request(fingerprint)
+        }
+        fn paces_status_writes(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_that_paces_its_writes_gets_every_due_one_past_the_cap() {
+        let sink = Arc::new(Paced::default());
+        let metrics = Arc::new(Metrics::new());
+        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_millis(100), 2), metrics.clone());
+        for n in 0..10 {
+            c.record(incident(n), &at(n), update(1));
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+        assert_eq!(sink.0.writes.load(Ordering::SeqCst), 10, "all ten at once, though the cap is 2/s");
+        assert_eq!(c.pending(), 0);
+        // Nothing waited past its due time beyond the timer's own granularity.
+        assert!(metrics.status_write_lag.get() < 0.01, "lag {}", metrics.status_write_lag.get());
     }
 }

@@ -205,6 +205,8 @@ impl Pipeline {
             }),
             backoff_until_s: None,
             inhibited: None,
+            acknowledged_at_s: None,
+            flap: None,
             silenced_by: None,
         };
         self.storms.seen(*scope, folded.window_id, now);

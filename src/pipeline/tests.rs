@@ -129,6 +129,57 @@ const DECISIONS: &[Case] = &[
         requests: "web-0=1(resolved)",
     },
     Case {
+        name: "an acknowledgement is recorded on the open request, counts nothing and opens nothing",
+        stores: &[0],
+        config: defaults,
+        script: &[
+            Send { to: 0, alerts: "web-0", answer: "created" },
+            Advance(10),
+            Send { to: 0, alerts: "!web-0 !web-1", answer: "acknowledged acknowledged-unknown" },
+            Send { to: 0, alerts: "web-0", answer: "duplicate" },
+        ],
+        requests: "web-0=2(acknowledged)",
+    },
+    Case {
+        name: "an acknowledgement does not keep an incident open past its dedup window",
+        stores: &[0],
+        config: defaults,
+        script: &[
+            Send { to: 0, alerts: "web-0", answer: "created" },
+            Advance(200),
+            Send { to: 0, alerts: "!web-0", answer: "acknowledged" },
+            Advance(101),
+            // Last seen 301s ago: the acknowledgement 101s ago was no sighting.
+            Send { to: 0, alerts: "web-0", answer: "created" },
+        ],
+        requests: "web-0=1 web-0=1(acknowledged)",
+    },
+    Case {
+        name: "acknowledgements count nothing towards a storm",
+        stores: &[0],
+        config: storms,
+        script: &[Send {
+            to: 0,
+            alerts: "web-0 !web-1 !web-2 !web-3 !web-4 web-1 web-2",
+            answer: "created acknowledged-unknown acknowledged-unknown acknowledged-unknown acknowledged-unknown \
+                     created created",
+        }],
+        requests: "web-0=1 web-1=1 web-2=1",
+    },
+    Case {
+        name: "an acknowledgement of an incident the store forgot is recorded on the request the sink holds",
+        stores: &[0],
+        config: defaults,
+        script: &[
+            Send { to: 0, alerts: "web-0", answer: "created" },
+            Advance(10),
+            Forget,
+            Send { to: 0, alerts: "!web-0", answer: "acknowledged" },
+            Send { to: 0, alerts: "web-0", answer: "duplicate" },
+        ],
+        requests: "web-0=2(acknowledged)",
+    },
+    Case {
         name: "alerts past the storm threshold fold into one aggregated request",
         stores: &[0],
         config: storms,
@@ -321,9 +372,12 @@ impl World {
     }
 }
 
-/// An alert spelled `pod` (firing) or `-pod` (resolved): `HighMemory` about that pod
-/// of namespace `shop`.
+/// An alert spelled `pod` (firing), `-pod` (resolved) or `!pod` (acknowledged):
+/// `HighMemory` about that pod of namespace `shop`.
 fn alert(spelled: &str) -> Signal<'static> {
+    if let Some(pod) = spelled.strip_prefix('!') {
+        return crate::workload::pod_alert("HighMemory", pod, SignalStatus::Acknowledged);
+    }
     match spelled.strip_prefix('-') {
         Some(pod) => crate::workload::pod_alert("HighMemory", pod, SignalStatus::Resolved),
         None => crate::workload::pod_alert("HighMemory", spelled, SignalStatus::Firing),
@@ -331,8 +385,8 @@ fn alert(spelled: &str) -> Signal<'static> {
 }
 
 /// A batch's answers, spelled as the cases spell them: each outcome, with
-/// `-unknown` for a resolution of no known incident and `-opened` for the alert
-/// that opened a storm window; or the batch's refusal.
+/// `-unknown` for a resolution or an acknowledgement of no known incident and
+/// `-opened` for the alert that opened a storm window; or the batch's refusal.
 fn answers(processed: Result<Processed, PipelineError>) -> String {
     match processed {
         Ok(Processed::Limited { .. }) => "limited".into(),
@@ -342,6 +396,7 @@ fn answers(processed: Result<Processed, PipelineError>) -> String {
             .map(|o| match (o.status, &o.request) {
                 (super::OutcomeStatus::Resolved, None) => "resolved-unknown".to_string(),
                 (super::OutcomeStatus::Aggregated { opened: true }, _) => "aggregated-opened".to_string(),
+                (super::OutcomeStatus::Acknowledged { recorded: false }, None) => "acknowledged-unknown".to_string(),
                 (status, _) => status.as_str().to_string(),
             })
             .collect::<Vec<_>>()
@@ -403,7 +458,7 @@ impl Recording {
     }
 
     /// The requests held, each spelled `target=count`, `storm:name=count` for an
-    /// aggregated one, with `(phase)` or `(resolved)`, sorted.
+    /// aggregated one, with `(phase)` or `(resolved)`, then `(acknowledged)`, sorted.
     fn requests(&self) -> String {
         let recorded = self.lock();
         let mut spelled: Vec<String> = recorded
@@ -421,6 +476,9 @@ impl Recording {
                     s += &format!("({phase})");
                 } else if status.signal_resolved_at.is_some() {
                     s += "(resolved)";
+                }
+                if status.acknowledged_at.is_some() {
+                    s += "(acknowledged)";
                 }
                 s
             })
@@ -680,4 +738,65 @@ async fn race_counts_two_replicas_hold_when_the_store_loses_everything_add_up() 
         requests: "web-0=6",
     };
     run(&case).await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+// Inhibition's life: a source holds its targets back while it fires, and lets them
+// go when it resolves.
+
+/// web-0's HighMemory holds back the same alert of the other pods.
+fn web_0_inhibits(config: &mut Settings) {
+    config.inhibit_rules = vec![super::inhibit::InhibitRuleConfig {
+        source_matchers: vec![r#"pod="web-0""#.into()],
+        target_matchers: vec![r#"pod=~"web-[1-9]""#.into()],
+        equal: vec!["alertname".into()],
+    }];
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resolved_source_releases_its_targets_and_holds_them_again_when_it_fires_again() {
+    let case = Case {
+        name: "a resolved source releases its targets, and holds them again when it fires again",
+        stores: &[0, 0],
+        config: web_0_inhibits,
+        script: &[
+            Send { to: 0, alerts: "web-0", answer: "created" },
+            Send { to: 1, alerts: "web-1", answer: "inhibited" },
+            Advance(10),
+            Send { to: 1, alerts: "-web-0", answer: "resolved" },
+            // Well within the dedup window: only the resolve let web-1 go.
+            Send { to: 0, alerts: "web-1", answer: "created" },
+            Advance(10),
+            Send { to: 0, alerts: "web-0", answer: "duplicate" },
+            Send { to: 1, alerts: "web-2", answer: "inhibited" },
+        ],
+        requests: "web-0=2(resolved) web-1=1",
+    };
+    run(&case).await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_resolved_before_a_restart_is_not_taught_again_from_the_sink() {
+    let mut config = Settings::default();
+    web_0_inhibits(&mut config);
+    let mut world = World::new(&config, &[0]);
+    world.step(Send { to: 0, alerts: "web-0", answer: "created" }).await.unwrap();
+    world.step(Advance(10)).await.unwrap();
+    world.step(Send { to: 0, alerts: "-web-0", answer: "resolved" }).await.unwrap();
+    world.step(Advance(5)).await.unwrap();
+    assert_eq!(world.sink.requests(), "web-0=1(resolved)", "the status writer wrote the resolve");
+    world.step(Forget).await.unwrap();
+    assert_eq!(world.replicas[0].recover_holds().await.unwrap(), 0, "the sink's request says it resolved");
+    world.step(Send { to: 0, alerts: "web-1", answer: "created" }).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_firing_source_is_taught_again_from_the_sink_after_a_restart() {
+    let mut config = Settings::default();
+    web_0_inhibits(&mut config);
+    let mut world = World::new(&config, &[0]);
+    world.step(Send { to: 0, alerts: "web-0", answer: "created" }).await.unwrap();
+    world.step(Advance(5)).await.unwrap();
+    world.step(Forget).await.unwrap();
+    assert_eq!(world.replicas[0].recover_holds().await.unwrap(), 1);
+    world.step(Send { to: 0, alerts: "web-1", answer: "inhibited" }).await.unwrap();
 }

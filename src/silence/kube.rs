@@ -45,7 +45,7 @@ impl KubeSilences {
 /// still serves, and says why in its log), or `sync_timeout` passed.
 pub async fn watch(client: Client, silences: Arc<Silences>, sync_timeout: std::time::Duration) {
     let stream = watcher(Api::<RemediationSilence>::all(client), watcher::Config::default()).default_backoff();
-    let (first, listed) = tokio::sync::oneshot::channel::<Result<usize, String>>();
+    let (first, listed) = tokio::sync::oneshot::channel::<Result<usize, watcher::Error>>();
     let mut first = Some(first);
     tokio::spawn(async move {
         let mut listing: Option<Vec<RemediationSilence>> = None;
@@ -69,10 +69,10 @@ pub async fn watch(client: Client, silences: Arc<Silences>, sync_timeout: std::t
                     }
                 }
                 Err(e) => {
-                    if let Some(tell) = first.take() {
-                        let _ = tell.send(Err(e.to_string()));
-                    }
                     tracing::warn!(error = %e, "watching silences failed; retrying");
+                    if let Some(tell) = first.take() {
+                        let _ = tell.send(Err(e));
+                    }
                 }
             }
         }

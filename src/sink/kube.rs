@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
@@ -254,7 +254,7 @@ impl KubeSink {
         at: &RequestRef,
         apply: impl Fn(&mut RemediationRequestStatus),
         known: Option<RemediationRequest>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<RemediationRequest, SinkError> {
         let api = self.api(&at.namespace);
         let mut cached = known
             .or_else(|| self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace)).map(|rr| (*rr).clone()));
@@ -270,16 +270,49 @@ impl KubeSink {
             let mut next = current.clone();
             apply(next.status.get_or_insert_with(Default::default));
             if next.status == current.status {
-                return Ok(()); // Nothing new: the cheapest write is none.
+                return Ok(current); // Nothing new: the cheapest write is none.
             }
             let pp = PostParams::default();
             match self.call("update_status", || api.replace_status(&at.name, &pp, &next)).await {
-                Ok(_) => return Ok(()),
+                Ok(written) => return Ok(written),
                 // Someone wrote since we read (or the cache was stale): read again.
                 Err(e) if code(&e) == Some(409) => continue,
                 Err(e) if code(&e) == Some(404) => return Err(SinkError::NotFound(at.clone())),
                 Err(e) => return Err(sink_error(e)),
             }
+        }
+        Err(SinkError::Conflicting(at.clone()))
+    }
+
+    /// Sets or removes the `tidegate.dev/flapping` label as the status of `written`
+    /// (the request as a status write left it) calls for. A merge patch of the
+    /// label alone, conditional on the object being as read: a status written in
+    /// between (another replica's mark or clearing) makes it read again and decide
+    /// anew, so the label always ends as the last status says.
+    async fn label_flapping(&self, at: &RequestRef, written: RemediationRequest) -> Result<(), SinkError> {
+        let api = self.api(&at.namespace);
+        let mut current = written;
+        for _ in 0..5 {
+            let wanted = crate::remediation::flapping_label(current.status.as_ref());
+            if current.labels().get(labels::FLAPPING).map(String::as_str) == wanted {
+                return Ok(());
+            }
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": current.resource_version(), "labels": { labels::FLAPPING: wanted } }
+            });
+            let pp = PatchParams::default();
+            let (api, pp, patch) = (&api, &pp, &patch);
+            match self.call("patch", || async move { api.patch(&at.name, pp, &Patch::Merge(patch)).await }).await {
+                Ok(_) => return Ok(()),
+                Err(e) if code(&e) == Some(409) => {}
+                Err(e) if code(&e) == Some(404) => return Err(SinkError::NotFound(at.clone())),
+                Err(e) => return Err(sink_error(e)),
+            }
+            current = match self.call("get", || api.get(&at.name)).await {
+                Ok(rr) => rr,
+                Err(e) if code(&e) == Some(404) => return Err(SinkError::NotFound(at.clone())),
+                Err(e) => return Err(sink_error(e)),
+            };
         }
         Err(SinkError::Conflicting(at.clone()))
     }
@@ -405,7 +438,10 @@ impl Sink for KubeSink {
             };
             // The API server drops status on create (it is a subresource).
             if let Some(built) = &request.status {
-                self.write_status(&at, |status| status.merge(built), Some(created)).await?;
+                let written = self.write_status(&at, |status| status.merge(built), Some(created)).await?;
+                if built.flapping() {
+                    self.label_flapping(&at, written).await?;
+                }
             }
             Ok(Created::Created)
         })
@@ -416,7 +452,13 @@ impl Sink for KubeSink {
         at: &'a RequestRef,
         update: &'a StatusUpdate,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(self.write_status(at, |status| status.apply(update), None))
+        Box::pin(async move {
+            let written = self.write_status(at, |status| status.apply(update), None).await?;
+            if update.flap.is_some() {
+                self.label_flapping(at, written).await?;
+            }
+            Ok(())
+        })
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -30,22 +30,27 @@ pub enum SinkTarget {
     Kube,
 }
 
+/// A sink that is none of the sinks.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("expected \"dir:<path>\" or \"kube\", got {0:?}")]
+pub struct UnknownSink(String);
+
 impl FromStr for SinkTarget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownSink;
+    fn from_str(s: &str) -> Result<Self, UnknownSink> {
         match s {
             "kube" => Ok(SinkTarget::Kube),
             _ => match s.strip_prefix("dir:") {
                 Some(path) => Ok(SinkTarget::Dir(PathBuf::from(path))),
-                None => Err(format!("expected \"dir:<path>\" or \"kube\", got {s:?}")),
+                None => Err(UnknownSink(s.to_string())),
             },
         }
     }
 }
 
 impl TryFrom<String> for SinkTarget {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = UnknownSink;
+    fn try_from(s: String) -> Result<Self, UnknownSink> {
         s.parse()
     }
 }

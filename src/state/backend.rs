@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::memory::{MemoryConfig, MemoryStore};
 use super::redis::connection::Topology;
 use super::redis::{RedisConfig, RedisStore};
-use super::{StateError, StateStore, StormConfig};
+use super::{FlapRule, StateError, StateStore, StormConfig};
 use crate::check::Check;
 use crate::context::Context;
 use crate::section::ConfigError;
@@ -41,22 +41,31 @@ impl StateBackend {
     }
 }
 
+/// A state store that is none of the stores.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UnknownBackend {
+    #[error(
+        "expected \"memory\" or a redis://, redis+sentinel:// or redis+cluster:// URL (rediss… over TLS), got {0:?}"
+    )]
+    Unknown(String),
+    #[error(transparent)]
+    Redis(#[from] super::redis::connection::UrlError),
+}
+
 impl FromStr for StateBackend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "memory" => Ok(StateBackend::Memory),
             url if url.starts_with("redis") => Ok(StateBackend::Redis(url.parse()?)),
-            other => Err(format!(
-                "expected \"memory\" or a redis://, redis+sentinel:// or redis+cluster:// URL (rediss… over TLS), got {other:?}"
-            )),
+            other => Err(UnknownBackend::Unknown(other.to_string())),
         }
     }
 }
 
 impl TryFrom<String> for StateBackend {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = UnknownBackend;
+    fn try_from(s: String) -> Result<Self, UnknownBackend> {
         s.parse()
     }
 }
@@ -88,6 +97,8 @@ pub struct Settings {
     /// `dedup.window`.
     pub window: Duration,
     pub storm: StormConfig,
+    /// `flap`, as the store counts transitions.
+    pub flap: FlapRule,
 }
 
 impl Settings {
@@ -103,13 +114,14 @@ impl Settings {
     /// The store: in process, or connected to Redis.
     pub async fn build(&self, ctx: &Context) -> Result<Arc<dyn StateStore>, StateError> {
         Ok(match &self.backend {
-            StateBackend::Memory => {
-                Arc::new(MemoryStore::new(&self.memory, self.window, &self.storm, ctx.clock.clone()))
-            }
+            StateBackend::Memory => Arc::new(
+                MemoryStore::new(&self.memory, self.window, &self.storm, ctx.clock.clone()).with_flap(self.flap),
+            ),
             StateBackend::Redis(topology) => {
                 tracing::info!(state = %self.backend, "connecting to Redis");
                 let metrics = ctx.metrics.clone();
-                Arc::new(RedisStore::connect(topology, &self.redis, self.window, &self.storm, metrics).await?)
+                let store = RedisStore::connect(topology, &self.redis, self.window, &self.storm, metrics).await?;
+                Arc::new(store.with_flap(self.flap))
             }
         })
     }

@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, BoxFuture, Entry, Folded, InhibitKey, Inhibitor, Observation, OpenWindow, RateLimit, StateError,
-    StateStore, StormConfig, StormKey, StormKind, Verdict,
+    Admission, BoxFuture, Entry, FlapRule, Folded, InhibitKey, Inhibitor, Observation, OpenWindow, RateLimit,
+    StateError, StateStore, StormConfig, StormKey, StormKind, Verdict,
 };
 use crate::clock::Clock;
 use crate::section::ConfigError;
@@ -101,7 +101,22 @@ struct Inner {
     /// Inhibit keys → their source and the second the hold ends.
     inhibitors: HashMap<InhibitKey, (Inhibitor, u32)>,
     inhibitor_deadlines: Deadlines<InhibitKey>,
+    /// Incidents that resolved or re-fired within the flap window.
+    flaps: HashMap<Key, Flap>,
+    flap_deadlines: Deadlines<Key>,
+    flap_rule: FlapRule,
     shutdown: bool,
+}
+
+/// An incident's recent firing → resolved → firing transitions, and whether its
+/// last signal was a resolution.
+#[derive(Default)]
+struct Flap {
+    resolved: bool,
+    /// When the record was last written: it lives a flap window after that.
+    written: u32,
+    /// Seconds of the transitions, oldest first, at most [`FlapRule::keep`].
+    transitions: Vec<u32>,
 }
 
 /// A min-heap of (deadline in seconds, key), at most one item per key.
@@ -268,6 +283,13 @@ impl MemoryStore {
         MemoryStore { shared }
     }
 
+    /// The store counting flap transitions as `rule` says, rather than by `flap`'s
+    /// defaults.
+    pub fn with_flap(self, rule: FlapRule) -> Self {
+        self.shared.lock().flap_rule = rule;
+        self
+    }
+
     /// Number of open incidents held (including expired ones not yet purged).
     pub fn len(&self) -> usize {
         self.shared.lock().entries.len()
@@ -289,49 +311,57 @@ impl MemoryStore {
             return Err(StateError::Full { max_entries: shared.max_entries });
         }
         let mut notify = false;
+        let decide = |inner: &mut Inner, o: &Observation, notify: &mut bool| -> Verdict {
+            let live = |e: &Entry| now_s.saturating_sub(e.last_seen_s) < shared.window_s;
+            if let (SignalStatus::Firing, Some(storm)) = (o.status, &o.storm) {
+                // A repeat of an open incident is counted there, and still counts
+                // towards detection; anything else may fold into a storm.
+                let open = inner.entries.get_mut(&key(o)).filter(|e| live(e));
+                let repeat = open.map(|entry| Verdict::Duplicate(seen_again(entry, now_s)));
+                let scope = match inner.scopes.entry(storm.scope) {
+                    MapEntry::Occupied(e) => e.into_mut(),
+                    MapEntry::Vacant(v) => {
+                        *notify |= inner.scope_deadlines.next().is_none();
+                        inner.scope_deadlines.file(now_s.saturating_add(rules.rate_window_s()), storm.scope);
+                        v.insert(Scope::fresh(now_s, rules))
+                    }
+                };
+                let folded = scope.observe(storm, repeat.is_some(), now_s, rules);
+                if let Some(verdict) = repeat.or(folded.map(Verdict::Folded)) {
+                    return verdict;
+                }
+            }
+            match (o.status, inner.entries.entry(key(o))) {
+                (SignalStatus::Resolved, MapEntry::Occupied(e)) if live(e.get()) => Verdict::ResolvedOpen(*e.get()),
+                (SignalStatus::Resolved, _) => Verdict::ResolvedUnknown,
+                (SignalStatus::Acknowledged, MapEntry::Occupied(e)) if live(e.get()) => {
+                    Verdict::AcknowledgedOpen(*e.get())
+                }
+                (SignalStatus::Acknowledged, _) => Verdict::AcknowledgedUnknown,
+                (SignalStatus::Firing, MapEntry::Occupied(mut e)) => {
+                    let entry = e.get_mut();
+                    if live(entry) {
+                        Verdict::Duplicate(seen_again(entry, now_s))
+                    } else {
+                        // Its stale heap item is still filed and will re-file itself.
+                        *entry = Entry { first_seen_s: now_s, last_seen_s: now_s, count: 1 };
+                        Verdict::New(*entry)
+                    }
+                }
+                (SignalStatus::Firing, MapEntry::Vacant(v)) => {
+                    let entry = *v.insert(Entry { first_seen_s: now_s, last_seen_s: now_s, count: 1 });
+                    *notify |= inner.entry_deadlines.next().is_none();
+                    inner.entry_deadlines.file(now_s.saturating_add(shared.window_s), key(o));
+                    Verdict::New(entry)
+                }
+            }
+        };
         let verdicts = batch
             .iter()
             .map(|o| {
-                let inner = &mut *inner;
-                let live = |e: &Entry| now_s.saturating_sub(e.last_seen_s) < shared.window_s;
-                if let (SignalStatus::Firing, Some(storm)) = (o.status, &o.storm) {
-                    // A repeat of an open incident is counted there, and still counts
-                    // towards detection; anything else may fold into a storm.
-                    let open = inner.entries.get_mut(&key(o)).filter(|e| live(e));
-                    let repeat = open.map(|entry| Verdict::Duplicate(seen_again(entry, now_s)));
-                    let scope = match inner.scopes.entry(storm.scope) {
-                        MapEntry::Occupied(e) => e.into_mut(),
-                        MapEntry::Vacant(v) => {
-                            notify |= inner.scope_deadlines.next().is_none();
-                            inner.scope_deadlines.file(now_s.saturating_add(rules.rate_window_s()), storm.scope);
-                            v.insert(Scope::fresh(now_s, rules))
-                        }
-                    };
-                    let folded = scope.observe(storm, repeat.is_some(), now_s, rules);
-                    if let Some(verdict) = repeat.or(folded.map(Verdict::Folded)) {
-                        return verdict;
-                    }
-                }
-                match (o.status, inner.entries.entry(key(o))) {
-                    (SignalStatus::Resolved, MapEntry::Occupied(e)) if live(e.get()) => Verdict::ResolvedOpen(*e.get()),
-                    (SignalStatus::Resolved, _) => Verdict::ResolvedUnknown,
-                    (SignalStatus::Firing, MapEntry::Occupied(mut e)) => {
-                        let entry = e.get_mut();
-                        if live(entry) {
-                            Verdict::Duplicate(seen_again(entry, now_s))
-                        } else {
-                            // Its stale heap item is still filed and will re-file itself.
-                            *entry = Entry { first_seen_s: now_s, last_seen_s: now_s, count: 1 };
-                            Verdict::New(*entry)
-                        }
-                    }
-                    (SignalStatus::Firing, MapEntry::Vacant(v)) => {
-                        let entry = *v.insert(Entry { first_seen_s: now_s, last_seen_s: now_s, count: 1 });
-                        notify |= inner.entry_deadlines.next().is_none();
-                        inner.entry_deadlines.file(now_s.saturating_add(shared.window_s), key(o));
-                        Verdict::New(entry)
-                    }
-                }
+                let mut verdict = decide(&mut inner, o, &mut notify);
+                notify |= flap(&mut inner, o, &mut verdict, now_s, shared.max_entries);
+                verdict
             })
             .collect();
         drop(inner);
@@ -456,6 +486,22 @@ impl MemoryStore {
             .collect()
     }
 
+    fn release_now(&self, releases: &[(InhibitKey, Inhibitor)]) -> usize {
+        let mut inner = self.shared.lock();
+        let mut released = 0;
+        for (key, inhibitor) in releases {
+            let same = |(held, _): &(Inhibitor, u32)| {
+                (held.source, held.first_seen_s) == (inhibitor.source, inhibitor.first_seen_s)
+            };
+            // Its heap item finds nothing when it surfaces and is dropped.
+            if inner.inhibitors.get(key).is_some_and(same) {
+                inner.inhibitors.remove(key);
+                released += 1;
+            }
+        }
+        released
+    }
+
     /// Holds count against `max_entries` on their own, like sightings: they can be
     /// refused (503, retried), never crowd out open incidents.
     fn hold_now(&self, holds: &[(InhibitKey, Inhibitor)], now_s: u32, until_s: u32) -> Result<(), StateError> {
@@ -478,6 +524,57 @@ impl MemoryStore {
             self.shared.purge_wakeup.notify_one();
         }
         Ok(())
+    }
+}
+
+/// Records a resolution in its incident's flap record, or counts a
+/// transition for a firing signal that follows one; says whether the purge
+/// task must wake for a new deadline.
+fn flap(inner: &mut Inner, o: &Observation, verdict: &mut Verdict, now_s: u32, cap: usize) -> bool {
+    let rule = inner.flap_rule;
+    let live = |f: &Flap| now_s.saturating_sub(f.written) < rule.window_s;
+    match (o.status, *verdict) {
+        (SignalStatus::Resolved, _) => {
+            let full = inner.flaps.len() >= cap;
+            let new = match inner.flaps.entry(key(o)) {
+                MapEntry::Occupied(mut e) => {
+                    if !live(e.get()) {
+                        *e.get_mut() = Flap::default();
+                    }
+                    let f = e.get_mut();
+                    (f.resolved, f.written) = (true, f.written.max(now_s));
+                    false
+                }
+                // Advisory: past the store's size, a resolution goes unrecorded
+                // (flapping shows later), rather than refusing the signal.
+                MapEntry::Vacant(_) if full => false,
+                MapEntry::Vacant(v) => {
+                    v.insert(Flap { resolved: true, written: now_s, transitions: Vec::new() });
+                    true
+                }
+            };
+            if new {
+                let notify = inner.flap_deadlines.next().is_none();
+                inner.flap_deadlines.file(now_s.saturating_add(rule.window_s), key(o));
+                return notify;
+            }
+            false
+        }
+        (SignalStatus::Firing, Verdict::New(entry) | Verdict::Duplicate(entry)) => {
+            let Some(f) = inner.flaps.get_mut(&key(o)).filter(|f| live(f) && f.resolved) else {
+                return false;
+            };
+            f.resolved = false;
+            f.written = f.written.max(now_s);
+            f.transitions.retain(|t| now_s.saturating_sub(*t) < rule.window_s);
+            f.transitions.push(now_s);
+            let excess = f.transitions.len().saturating_sub(rule.keep.max(1) as usize);
+            f.transitions.drain(..excess);
+            let opened = matches!(verdict, Verdict::New(_));
+            *verdict = Verdict::Refired { entry, opened, transitions: f.transitions.len() as u32 };
+            false
+        }
+        _ => false,
     }
 }
 
@@ -519,15 +616,20 @@ impl Shared {
             sighting_deadlines,
             inhibitors,
             inhibitor_deadlines,
+            flaps,
+            flap_deadlines,
+            flap_rule,
             ..
         } = &mut *inner;
+        let flap_window_s = flap_rule.window_s;
         let window_s = self.window_s;
         let mut budget = PURGE_CHUNK;
         budget -= entry_deadlines.expire(now_s, entries, |e| e.last_seen_s.saturating_add(window_s), budget);
         budget -= scope_deadlines.expire(now_s, scopes, |s| s.deadline(&self.storms), budget);
         budget -= budget_deadlines.expire(now_s, budgets, |tat| deadline_s(*tat), budget);
         budget -= sighting_deadlines.expire(now_s, sightings, |deadline| *deadline, budget);
-        inhibitor_deadlines.expire(now_s, inhibitors, |(_, until)| *until, budget);
+        budget -= inhibitor_deadlines.expire(now_s, inhibitors, |(_, until)| *until, budget);
+        flap_deadlines.expire(now_s, flaps, |f| f.written.saturating_add(flap_window_s), budget);
         if entries.capacity() > 4 * entries.len().max(1024) {
             entries.shrink_to(2 * entries.len());
         }
@@ -538,6 +640,7 @@ impl Shared {
             budget_deadlines.next(),
             sighting_deadlines.next(),
             inhibitor_deadlines.next(),
+            flap_deadlines.next(),
         ]
         .into_iter()
         .flatten()
@@ -619,6 +722,13 @@ impl StateStore for MemoryStore {
         until_s: u32,
     ) -> BoxFuture<'a, Result<(), StateError>> {
         Box::pin(async move { self.hold_now(holds, now_s, until_s) })
+    }
+
+    fn release_inhibitors<'a>(
+        &'a self,
+        releases: &'a [(InhibitKey, Inhibitor)],
+    ) -> BoxFuture<'a, Result<usize, StateError>> {
+        Box::pin(async move { Ok(self.release_now(releases)) })
     }
 
     fn first_sighting(&self, id: [u8; 16], ttl: Duration) -> BoxFuture<'_, Result<bool, StateError>> {

@@ -316,9 +316,50 @@ pub enum Verdict {
     ResolvedOpen(Entry),
     /// A resolved signal with no open incident. Nothing was recorded.
     ResolvedUnknown,
+    /// An acknowledgement of an open incident. Nothing was counted, and its
+    /// last-seen time stands: a person's answer is not an occurrence.
+    AcknowledgedOpen(Entry),
+    /// An acknowledgement with no open incident. Nothing was recorded.
+    AcknowledgedUnknown,
     /// A firing alert in a scope that is in a storm: counted in the storm's
     /// aggregation window instead of getting a request of its own.
     Folded(Folded),
+    /// A firing signal of an incident whose last signal was a resolution: a
+    /// firing → resolved → firing transition, counted as [`New`](Verdict::New)
+    /// (`opened`) or [`Duplicate`](Verdict::Duplicate) would be. `transitions` is
+    /// how many the incident made within the flap window ([`FlapRule`]), this one
+    /// included, at most [`FlapRule::keep`].
+    Refired { entry: Entry, opened: bool, transitions: u32 },
+}
+
+impl Verdict {
+    /// The verdict as dedup sees it (a re-fire is a new incident or a repeat), and
+    /// the flap transitions it carries (0 for anything but a re-fire).
+    pub fn flaps(self) -> (Verdict, u32) {
+        match self {
+            Verdict::Refired { entry, opened: true, transitions } => (Verdict::New(entry), transitions),
+            Verdict::Refired { entry, opened: false, transitions } => (Verdict::Duplicate(entry), transitions),
+            other => (other, 0),
+        }
+    }
+}
+
+/// How a store counts an incident's firing → resolved → firing transitions
+/// (`flap` in the configuration): those of the last `window_s` seconds, at most
+/// `keep` of them (one more than the threshold is all a decision needs, and keeps
+/// each incident's record to a few bytes). A record lives `window_s` after its
+/// incident's last resolution or transition, and no longer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlapRule {
+    pub window_s: u32,
+    pub keep: u32,
+}
+
+impl Default for FlapRule {
+    /// `flap`'s defaults: 30 minutes, threshold 3.
+    fn default() -> Self {
+        FlapRule { window_s: 1800, keep: 4 }
+    }
 }
 
 /// A backend's own error, boxed so that [`StateError`] and the trait name no
@@ -485,6 +526,16 @@ pub trait StateStore: Send + Sync + 'static {
         now_s: u32,
         until_s: u32,
     ) -> BoxFuture<'a, Result<(), StateError>>;
+
+    /// Ends each hold of `releases` that its inhibitor still holds (the same
+    /// source incident: fingerprint and occurrence epoch), as one atomic step per
+    /// key: a resolved source lets its targets go at once rather than a dedup
+    /// window later. A key another source holds now stays held. Returns how many
+    /// holds ended.
+    fn release_inhibitors<'a>(
+        &'a self,
+        releases: &'a [(InhibitKey, Inhibitor)],
+    ) -> BoxFuture<'a, Result<usize, StateError>>;
 
     /// Cheap liveness check used by `/readyz`.
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>>;

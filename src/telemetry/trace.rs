@@ -83,11 +83,9 @@ impl TraceConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason| Err(ConfigError::invalid(key, reason));
+        let invalid = |key, reason: String| Err(ConfigError::invalid(key, reason));
         if let Some(endpoint) = &self.otlp_endpoint {
-            if let Err(reason) = traces_url(endpoint) {
-                return invalid("trace.otlp_endpoint", reason);
-            }
+            traces_url(endpoint).map_err(|e| ConfigError::refused("trace.otlp_endpoint", e))?;
         }
         if !(0.0..=1.0).contains(&self.sample_ratio) {
             return invalid("trace.sample_ratio", "must be between 0 and 1".into());
@@ -105,11 +103,25 @@ impl TraceConfig {
     }
 }
 
+/// Why a collector endpoint cannot be posted to.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{endpoint:?} is not a URL: {source}")]
+    NotAUrl {
+        endpoint: String,
+        #[source]
+        source: axum::http::uri::InvalidUri,
+    },
+    #[error("{0:?} must be an http:// or https:// URL with a host")]
+    NotHttp(String),
+}
+
 /// The URL spans are posted to: `/v1/traces` under the collector's base URL.
-fn traces_url(endpoint: &str) -> Result<String, String> {
-    let uri: Uri = endpoint.parse().map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+fn traces_url(endpoint: &str) -> Result<String, EndpointError> {
+    let uri: Uri =
+        endpoint.parse().map_err(|source| EndpointError::NotAUrl { endpoint: endpoint.to_string(), source })?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
-        return Err(format!("{endpoint:?} must be an http:// or https:// URL with a host"));
+        return Err(EndpointError::NotHttp(endpoint.to_string()));
     }
     Ok(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
 }

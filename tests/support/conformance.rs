@@ -77,6 +77,10 @@ fn resolve(fingerprint: Fingerprint) -> Observation {
     Observation { fingerprint, status: SignalStatus::Resolved, storm: None }
 }
 
+fn acknowledge(fingerprint: Fingerprint) -> Observation {
+    Observation { fingerprint, status: SignalStatus::Acknowledged, storm: None }
+}
+
 /// A firing alert named `name` about pod `p<n>` of `namespace`, taking part in storm
 /// detection as the pipeline makes every firing alert do.
 fn alert(name: &str, namespace: &str, n: u32) -> Observation {
@@ -113,7 +117,7 @@ fn folded(v: &Verdict) -> Folded {
 }
 
 fn assert_not_storm(v: &Verdict) {
-    assert!(matches!(v, Verdict::New(_) | Verdict::Duplicate(_)), "expected no storm, got {v:?}");
+    assert!(matches!(v.flaps().0, Verdict::New(_) | Verdict::Duplicate(_)), "expected no storm, got {v:?}");
 }
 
 async fn one(store: &dyn StateStore, o: Observation, now: u32) -> Verdict {
@@ -124,6 +128,13 @@ async fn one(store: &dyn StateStore, o: Observation, now: u32) -> Verdict {
 
 fn entry(first: u32, last: u32, count: u32) -> Entry {
     Entry { first_seen_s: first, last_seen_s: last, count }
+}
+
+/// The flap window of the default `FlapRule`: 30 minutes, 4 transitions kept.
+const FLAP_WINDOW: u32 = 1800;
+
+fn refired(entry: Entry, opened: bool, transitions: u32) -> Verdict {
+    Verdict::Refired { entry, opened, transitions }
 }
 
 fn source(case: &str) -> String {
@@ -175,19 +186,88 @@ async fn resolved_reports_the_open_incident_without_counting(store: Arc<dyn Stat
     let f = fp("resolved-open", 0);
     one(&*store, fire(f), T0).await;
     assert_eq!(one(&*store, resolve(f), T0 + 5).await, Verdict::ResolvedOpen(entry(T0, T0, 1)));
-    assert_eq!(one(&*store, fire(f), T0 + 6).await, Verdict::Duplicate(entry(T0, T0 + 6, 2)));
+    let refired = one(&*store, fire(f), T0 + 6).await;
+    assert_eq!(refired.flaps().0, Verdict::Duplicate(entry(T0, T0 + 6, 2)), "counted as a repeat");
+}
+
+async fn a_firing_signal_after_a_resolution_is_a_transition_and_nothing_else_is(store: Arc<dyn StateStore>) {
+    let f = fp("flap-count", 0);
+    one(&*store, fire(f), T0).await;
+    assert_eq!(one(&*store, fire(f), T0 + 1).await, Verdict::Duplicate(entry(T0, T0 + 1, 2)), "a repeat");
+    one(&*store, resolve(f), T0 + 2).await;
+    one(&*store, resolve(f), T0 + 3).await; // a resent resolution is the same one
+    assert_eq!(one(&*store, fire(f), T0 + 4).await, refired(entry(T0, T0 + 4, 3), false, 1));
+    assert_eq!(one(&*store, fire(f), T0 + 5).await, Verdict::Duplicate(entry(T0, T0 + 5, 4)), "resent firing");
+    one(&*store, resolve(f), T0 + 6).await;
+    assert_eq!(one(&*store, fire(f), T0 + 7).await, refired(entry(T0, T0 + 7, 5), false, 2));
+    assert_eq!(one(&*store, fire(fp("flap-count", 1)), T0 + 7).await, Verdict::New(entry(T0 + 7, T0 + 7, 1)));
+}
+
+async fn a_transition_after_the_dedup_window_reopens_and_still_counts(store: Arc<dyn StateStore>) {
+    let f = fp("flap-reopen", 0);
+    let w = WINDOW.as_secs() as u32;
+    one(&*store, fire(f), T0).await;
+    one(&*store, resolve(f), T0 + 1).await;
+    assert_eq!(one(&*store, fire(f), T0 + 2).await, refired(entry(T0, T0 + 2, 2), false, 1));
+    // Resolved once its incident was no longer open, then firing again.
+    assert_eq!(one(&*store, resolve(f), T0 + 2 + w).await, Verdict::ResolvedUnknown);
+    let again = T0 + 3 + w;
+    assert_eq!(one(&*store, fire(f), again).await, refired(entry(again, again, 1), true, 2));
+}
+
+async fn transitions_count_within_the_flap_window_and_at_most_the_rules_keep(store: Arc<dyn StateStore>) {
+    let f = fp("flap-window", 0);
+    one(&*store, fire(f), T0).await;
+    let mut counted = Vec::new();
+    for n in 1..=6 {
+        one(&*store, resolve(f), T0 + 10 * n).await;
+        counted.push(one(&*store, fire(f), T0 + 10 * n + 1).await.flaps().1);
+    }
+    assert_eq!(counted, [1, 2, 3, 4, 4, 4], "at most keep (4) are kept");
+    // The first kept transition (at T0 + 31) drops out of the window at T0 + 31 + 1800.
+    let late = T0 + 31 + FLAP_WINDOW;
+    one(&*store, resolve(f), late - 1).await;
+    let dedup_open = |v: Verdict| v.flaps().1;
+    assert_eq!(dedup_open(one(&*store, fire(f), late).await), 4, "three kept within the window, and this one");
+    one(&*store, resolve(f), late + FLAP_WINDOW).await;
+    assert_eq!(dedup_open(one(&*store, fire(f), late + FLAP_WINDOW + 1).await), 1, "the rest aged out");
+}
+
+async fn a_batch_counts_transitions_in_its_order(store: Arc<dyn StateStore>) {
+    let f = fp("flap-batch", 0);
+    let verdicts = store.observe(&[fire(f), resolve(f), fire(f), fire(f), resolve(f), fire(f)], T0).await.unwrap();
+    let transitions: Vec<u32> = verdicts.iter().map(|v| v.flaps().1).collect();
+    assert_eq!(transitions, [0, 0, 1, 0, 0, 2]);
 }
 
 async fn resolved_for_an_unknown_incident_records_nothing(store: Arc<dyn StateStore>) {
     let f = fp("resolved-unknown", 0);
     assert_eq!(one(&*store, resolve(f), T0).await, Verdict::ResolvedUnknown);
-    assert_eq!(one(&*store, fire(f), T0 + 1).await, Verdict::New(entry(T0 + 1, T0 + 1, 1)));
+    // Nothing in dedup; the resolution does make the next firing a flap transition.
+    assert_eq!(one(&*store, fire(f), T0 + 1).await, refired(entry(T0 + 1, T0 + 1, 1), true, 1));
 }
 
 async fn resolved_after_the_window_is_unknown(store: Arc<dyn StateStore>) {
     let f = fp("resolved-late", 0);
     one(&*store, fire(f), T0).await;
     assert_eq!(one(&*store, resolve(f), T0 + WINDOW.as_secs() as u32).await, Verdict::ResolvedUnknown);
+}
+
+async fn acknowledged_reports_the_open_incident_without_counting_or_sliding_the_window(store: Arc<dyn StateStore>) {
+    let f = fp("acked-open", 0);
+    let w = WINDOW.as_secs() as u32;
+    one(&*store, fire(f), T0).await;
+    assert_eq!(one(&*store, acknowledge(f), T0 + w - 1).await, Verdict::AcknowledgedOpen(entry(T0, T0, 1)));
+    // One window after the last sighting: the acknowledgement was none.
+    assert_eq!(one(&*store, fire(f), T0 + w).await, Verdict::New(entry(T0 + w, T0 + w, 1)));
+}
+
+async fn acknowledged_for_an_unknown_incident_opens_nothing(store: Arc<dyn StateStore>) {
+    let f = fp("acked-unknown", 0);
+    assert_eq!(one(&*store, acknowledge(f), T0).await, Verdict::AcknowledgedUnknown);
+    assert_eq!(one(&*store, acknowledge(f), T0 + 1).await, Verdict::AcknowledgedUnknown);
+    assert_eq!(one(&*store, fire(f), T0 + 2).await, Verdict::New(entry(T0 + 2, T0 + 2, 1)));
+    assert_eq!(one(&*store, acknowledge(f), T0 + WINDOW.as_secs() as u32 + 2).await, Verdict::AcknowledgedUnknown);
 }
 
 async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn StateStore>) {
@@ -210,10 +290,12 @@ async fn batch_is_answered_in_order_and_sees_its_own_writes(store: Arc<dyn State
 async fn a_batch_decides_as_one_at_a_time_would(store: Arc<dyn StateStore>) {
     let sequence = |case: &str| -> Vec<Observation> {
         let (a, b) = (format!("{case}-a"), format!("{case}-b"));
-        let mut s: Vec<Observation> = Vec::new();
-        s.push(alert(&a, "ns", 0));
-        s.push(alert(&a, "ns", 0)); // a repeat before any storm
-        s.push(Observation { status: SignalStatus::Resolved, ..alert(&a, "ns", 0) });
+        let mut s: Vec<Observation> = vec![
+            alert(&a, "ns", 0),
+            alert(&a, "ns", 0), // a repeat before any storm
+            Observation { status: SignalStatus::Resolved, ..alert(&a, "ns", 0) },
+            Observation { status: SignalStatus::Acknowledged, ..alert(&a, "ns", 0) },
+        ];
         for n in 1..12 {
             if n < 9 {
                 s.push(alert(&a, "ns", n)); // the sixth distinct pod opens a pattern storm
@@ -224,6 +306,7 @@ async fn a_batch_decides_as_one_at_a_time_would(store: Arc<dyn StateStore>) {
         s.push(alert(&a, "ns", 8)); // a repeat of a folded alert folds again
         s.push(alert(&a, "ns", 1)); // a pre-storm incident keeps its own count
         s.push(Observation { status: SignalStatus::Resolved, ..alert(&a, "ns", 2) });
+        s.push(Observation { status: SignalStatus::Acknowledged, ..alert(&a, "ns", 8) }); // folded: unknown
         s.push(alert(&b, "other", 0)); // another namespace is another scope
         s
     };
@@ -359,15 +442,20 @@ async fn window_closes_at_its_maximum_duration(store: Arc<dyn StateStore>) {
     assert_eq!((next.window_id, next.opened), (T0 + 300, true));
 }
 
-async fn resolved_alerts_never_count_towards_a_storm(store: Arc<dyn StateStore>) {
-    let resolutions: Vec<_> =
-        (0..20).map(|n| Observation { status: SignalStatus::Resolved, ..alert("resolving", "ns", n) }).collect();
-    for v in store.observe(&resolutions, T0).await.unwrap() {
-        assert_eq!(v, Verdict::ResolvedUnknown);
-    }
-    let batch: Vec<_> = (0..5).map(|n| alert("resolving", "ns", n)).collect();
-    for v in store.observe(&batch, T0).await.unwrap() {
-        assert_not_storm(&v);
+async fn resolved_and_acknowledged_alerts_never_count_towards_a_storm(store: Arc<dyn StateStore>) {
+    let cases = [
+        ("resolving", SignalStatus::Resolved, Verdict::ResolvedUnknown),
+        ("acking", SignalStatus::Acknowledged, Verdict::AcknowledgedUnknown),
+    ];
+    for (name, status, unknown) in cases {
+        let signals: Vec<_> = (0..20).map(|n| Observation { status, ..alert(name, "ns", n) }).collect();
+        for v in store.observe(&signals, T0).await.unwrap() {
+            assert_eq!(v, unknown);
+        }
+        let batch: Vec<_> = (0..5).map(|n| alert(name, "ns", n)).collect();
+        for v in store.observe(&batch, T0).await.unwrap() {
+            assert_not_storm(&v);
+        }
     }
 }
 
@@ -529,5 +617,26 @@ async fn a_hold_lapses_at_its_end_unless_renewed(store: Arc<dyn StateStore>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(store.inhibitors(&[renewed], T0 + 1).await.unwrap(), vec![Some(inhibitor("lapse", 2))]);
+}
+
+async fn a_resolved_source_releases_only_the_keys_it_still_holds(store: Arc<dyn StateStore>) {
+    let (own, taken, later) = (sighting("inhibit-free", 0), sighting("inhibit-free", 1), sighting("inhibit-free", 2));
+    let source = inhibitor("free", 1);
+    // The same source's next incident (another epoch) is not the one resolving.
+    let next_incident = Inhibitor { first_seen_s: T0 + 100, ..source.clone() };
+    let holds = [(own, source.clone()), (taken, source.clone()), (later, next_incident.clone())];
+    store.hold_inhibitors(&holds, T0, T0 + 300).await.unwrap();
+    // Another source of the same key took `taken` over since.
+    store.hold_inhibitors(&[(taken, inhibitor("free", 2))], T0 + 5, T0 + 305).await.unwrap();
+    let releases = [(own, source.clone()), (taken, source.clone()), (later, source.clone())];
+    let released = store.release_inhibitors(&releases).await.unwrap();
+    assert_eq!(released, 1, "only the key the resolving incident still held");
+    let found = store.inhibitors(&[own, taken, later], T0 + 6).await.unwrap();
+    assert_eq!(found, vec![None, Some(inhibitor("free", 2)), Some(next_incident)]);
+    assert_eq!(store.release_inhibitors(&releases[..1]).await.unwrap(), 0, "released once");
+    assert_eq!(store.release_inhibitors(&[]).await.unwrap(), 0);
+    // Firing again, it holds again.
+    store.hold_inhibitors(&[(own, source.clone())], T0 + 7, T0 + 307).await.unwrap();
+    assert_eq!(store.inhibitors(&[own], T0 + 8).await.unwrap(), vec![Some(source)]);
 }
 }

@@ -251,6 +251,34 @@ pub fn unique_prefix() -> String {
     format!("t{}-{n}:", std::process::id())
 }
 
+/// A kubeconfig file in `dir` for the API server this binary started, as `user`
+/// with bearer `token`.
+pub fn kubeconfig(dir: &std::path::Path, user: &str, token: &str) -> PathBuf {
+    let server = kube::cluster().server.as_ref().expect("the API server this binary started");
+    let base64 = data_encoding::BASE64.encode(&server.ca_der);
+    let lines: Vec<&str> = base64.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).expect("base64")).collect();
+    let pem = format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"));
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": server.url, "certificate-authority-data": data_encoding::BASE64.encode(pem.as_bytes())}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
+        "current-context": "test",
+    });
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_norway::to_string(&config).expect("YAML")).expect("a kubeconfig file");
+    path
+}
+
+/// Points `config` at the Redis at `url`, under a key prefix of its own, giving up
+/// on a call after 500 ms, so that a test which stops Redis is answered 503 quickly.
+pub fn on_redis(config: &mut Config, url: &str) {
+    config.state = tidegate::config::StateBackend::Redis(url.parse().expect("a Redis URL"));
+    config.redis.prefix = unique_prefix();
+    config.redis.timeout = Duration::from_millis(500);
+}
+
 /// One Alertmanager alert.
 pub fn alert(name: &str, namespace: &str, pod: &str) -> Value {
     json!({

@@ -131,14 +131,43 @@ impl Default for CloudEventsConfig {
     }
 }
 
+/// Why a CloudEvents mapping could never read anything, naming the type at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MappingError {
+    #[error("an event type must not be empty")]
+    EmptyType,
+    #[error("{ty:?}: severity: a severity must not be empty")]
+    EmptySeverity { ty: String },
+    #[error("{ty:?}: target: kind must not be empty")]
+    EmptyTargetKind { ty: String },
+    #[error("{ty:?}: labels and annotations need a name")]
+    UnnamedField { ty: String },
+    #[error("{ty:?}: {field}: {source}")]
+    Pointers {
+        ty: String,
+        field: String,
+        #[source]
+        source: PointerError,
+    },
+}
+
+/// Why a field's pointers could never read anything.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PointerError {
+    #[error("needs at least one JSON pointer, such as /data/rule")]
+    None,
+    #[error("{0:?} is not a JSON pointer (RFC 6901), such as /data/rule")]
+    NotAPointer(String),
+}
+
 impl CloudEventsConfig {
     /// Rejects a mapping that could never read anything, naming the type at fault.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), MappingError> {
         for (ty, m) in &self.types {
-            let fail = |what: String| Err(format!("{ty:?}: {what}"));
             if ty.trim().is_empty() {
-                return Err("an event type must not be empty".into());
+                return Err(MappingError::EmptyType);
             }
+            let ty = || ty.clone();
             let mut fields = vec![("name", &m.name)];
             if !m.namespace.0.is_empty() {
                 fields.push(("namespace", &m.namespace));
@@ -146,25 +175,23 @@ impl CloudEventsConfig {
             if let Some(severity) = &m.severity {
                 fields.push(("severity.from", &severity.from));
                 if severity.default.trim().is_empty() || severity.map.values().any(|s| s.trim().is_empty()) {
-                    return fail("severity: a severity must not be empty".into());
+                    return Err(MappingError::EmptySeverity { ty: ty() });
                 }
             }
             for target in &m.target {
                 if target.kind.trim().is_empty() {
-                    return fail("target: kind must not be empty".into());
+                    return Err(MappingError::EmptyTargetKind { ty: ty() });
                 }
                 fields.push(("target.name", &target.name));
             }
             for (name, pointers) in m.labels.iter().chain(&m.annotations) {
                 if name.trim().is_empty() {
-                    return fail("labels and annotations need a name".into());
+                    return Err(MappingError::UnnamedField { ty: ty() });
                 }
                 fields.push((name.as_str(), pointers));
             }
             for (field, pointers) in fields {
-                if let Err(reason) = pointers.check() {
-                    return fail(format!("{field}: {reason}"));
-                }
+                pointers.check().map_err(|source| MappingError::Pointers { ty: ty(), field: field.into(), source })?;
             }
         }
         Ok(())
@@ -172,15 +199,15 @@ impl CloudEventsConfig {
 }
 
 impl Pointers {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), PointerError> {
         if self.0.is_empty() {
-            return Err("needs at least one JSON pointer, such as /data/rule".into());
+            return Err(PointerError::None);
         }
         for pointer in &self.0 {
             let bad_escape =
                 pointer.match_indices('~').any(|(i, _)| !matches!(pointer.as_bytes().get(i + 1), Some(b'0' | b'1')));
             if !pointer.starts_with('/') || bad_escape {
-                return Err(format!("{pointer:?} is not a JSON pointer (RFC 6901), such as /data/rule"));
+                return Err(PointerError::NotAPointer(pointer.clone()));
             }
         }
         Ok(())
@@ -343,9 +370,15 @@ mod tests {
     fn pointers_are_written_as_one_or_a_list_and_checked() {
         let config: CloudEventsConfig = serde_norway::from_str("types: {t: {name: data/x}}").unwrap();
         let err = config.validate().unwrap_err();
-        assert!(err.contains("\"data/x\" is not a JSON pointer"), "{err}");
+        let at = |pointer: &str| MappingError::Pointers {
+            ty: "t".into(),
+            field: "name".into(),
+            source: PointerError::NotAPointer(pointer.into()),
+        };
+        assert_eq!(err, at("data/x"));
+        assert!(err.to_string().contains("\"data/x\" is not a JSON pointer"), "{err}");
         let config: CloudEventsConfig = serde_norway::from_str("types: {t: {name: [/a, /b~2]}}").unwrap();
-        assert!(config.validate().unwrap_err().contains("/b~2"));
+        assert_eq!(config.validate().unwrap_err(), at("/b~2"));
         assert!(serde_norway::from_str::<CloudEventsConfig>("types: {t: {name: /a, nmae: /b}}").is_err());
         CloudEventsConfig::default().validate().unwrap();
     }

@@ -29,7 +29,9 @@ mod mapping;
 use jiff::Timestamp;
 use serde_json::{Map, Value};
 
-pub use mapping::{CloudEventsConfig, Event, Mapping, Pointers, SeverityMapping, TargetMapping, FALCO};
+pub use mapping::{
+    CloudEventsConfig, Event, Mapping, MappingError, PointerError, Pointers, SeverityMapping, TargetMapping, FALCO,
+};
 
 use super::answer::Results;
 use super::{parse_json, Credential, IngestError, Parsed, Parser, Payload, Source, JSON};

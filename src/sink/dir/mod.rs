@@ -113,6 +113,8 @@ fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Resul
     let mut request: RemediationRequest = serde_norway::from_str(&text)
         .map_err(|e| SinkError::Corrupt { path: path.display().to_string(), source: e })?;
     request.status.get_or_insert_with(Default::default).apply(update);
+    // The label follows the condition, in the same write.
+    crate::remediation::label_flapping(&mut request);
     let tmp = write_temp(path, &to_yaml(&request), Durability::Rename)?;
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
@@ -234,6 +236,13 @@ impl Sink for DirSink {
 
     fn last_request(&self, fingerprint: &Fingerprint) -> Option<LastRequest> {
         self.index.last_request(fingerprint)
+    }
+
+    /// The disk is this process's own: a fixed cap would either leave it idle or
+    /// queue counts behind it (a crash loses what is queued), so status writes go
+    /// out as fast as it completes them, a core's worth at a time (the status writer).
+    fn paces_status_writes(&self) -> bool {
+        true
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {

@@ -58,12 +58,12 @@ pub fn permissions() -> Vec<Permission> {
     let owners = |p: Permission| Permission { owner_chain: true, ..p };
     let scope = |p: Permission| Permission { scope: true, ..p };
     vec![
-        // Never update, patch or delete: the spec is immutable and deletion belongs
-        // to downstream controllers.
+        // Never update or delete: the spec is immutable and deletion belongs to
+        // downstream controllers. Patch only the `tidegate.dev/flapping` label.
         permission::<RemediationRequest>(
             None,
-            &["create", "get", "list", "watch"],
-            "create requests, and cache and confirm open ones",
+            &["create", "get", "list", "watch", "patch"],
+            "create requests, cache and confirm open ones, and label flapping ones",
         ),
         permission::<RemediationRequest>(Some("status"), &["update"], "record duplicates, storms and resolutions"),
         permission::<Namespace>(None, &["list", "watch"], "the namespace watch: each namespace's environment label"),

@@ -27,11 +27,20 @@ fn budget(config: &KubeConfig) -> Duration {
     config.deadline.max(Duration::from_secs(5))
 }
 
+/// Why a check's call to the API server has no answer.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// `fut`, or a timeout error after `budget`.
-async fn within<T>(budget: Duration, fut: impl Future<Output = kube::Result<T>>) -> Result<T, String> {
+async fn within<T>(budget: Duration, fut: impl Future<Output = kube::Result<T>>) -> Result<T, CallError> {
     match tokio::time::timeout(budget, fut).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {budget:?}")),
+        Ok(result) => Ok(result?),
+        Err(_) => Err(CallError::Timeout(budget)),
     }
 }
 

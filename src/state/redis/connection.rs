@@ -55,11 +55,26 @@ pub struct Auth {
     pub password: Option<String>,
 }
 
-impl FromStr for Topology {
-    type Err = String;
+/// A Redis URL tidegate cannot connect to.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UrlError {
+    #[error("{0:?} is not a URL")]
+    NotAUrl(String),
+    #[error("{0}:// needs at least one host:port")]
+    NoHost(String),
+    #[error("{0}:// needs the master name as its path, as in {0}://s1:26379/mymaster")]
+    NoMaster(String),
+    #[error("database {0:?} is not a number")]
+    Database(String),
+    #[error("unknown Redis scheme {0:?}; use redis, redis+sentinel or redis+cluster (rediss… over TLS)")]
+    Scheme(String),
+}
 
-    fn from_str(url: &str) -> Result<Self, String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL"))?;
+impl FromStr for Topology {
+    type Err = UrlError;
+
+    fn from_str(url: &str) -> Result<Self, UrlError> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| UrlError::NotAUrl(url.to_string()))?;
         match scheme {
             "redis" | "rediss" => Ok(Topology::Standalone { url: url.to_string() }),
             "redis+sentinel" | "redis+cluster" | "rediss+sentinel" | "rediss+cluster" => {
@@ -72,27 +87,20 @@ impl FromStr for Topology {
                 let hosts: Vec<String> =
                     hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{node_scheme}://{h}")).collect();
                 if hosts.is_empty() {
-                    return Err(format!("{scheme}:// needs at least one host:port"));
+                    return Err(UrlError::NoHost(scheme.to_string()));
                 }
                 if kind == "cluster" {
                     return Ok(Topology::Cluster { nodes: hosts, auth });
                 }
                 let mut parts = path.split('/').filter(|p| !p.is_empty());
-                let master = parts
-                    .next()
-                    .ok_or_else(|| {
-                        format!("{scheme}:// needs the master name as its path, as in {scheme}://s1:26379/mymaster")
-                    })?
-                    .to_string();
+                let master = parts.next().ok_or_else(|| UrlError::NoMaster(scheme.to_string()))?.to_string();
                 let db = match parts.next() {
-                    Some(db) => db.parse().map_err(|_| format!("database {db:?} is not a number"))?,
+                    Some(db) => db.parse().map_err(|_| UrlError::Database(db.to_string()))?,
                     None => 0,
                 };
                 Ok(Topology::Sentinel { sentinels: hosts, master, auth, db })
             }
-            other => Err(format!(
-                "unknown Redis scheme {other:?}; use redis, redis+sentinel or redis+cluster (rediss… over TLS)"
-            )),
+            other => Err(UrlError::Scheme(other.to_string())),
         }
     }
 }

@@ -26,19 +26,33 @@
 -- (see gcra.lua), and ARGV[9..11] = now (ms), emission interval, tolerance; all three
 -- empty otherwise.
 --
+-- Flapping (firing -> resolved -> firing), for incidents that resolved within the
+-- flap window only: <prefix>f:{<tag>}:<field hex>, a string: one byte (1: the last
+-- signal was a resolution), then the seconds of at most `keep` transitions within
+-- the window, big-endian u32s. It expires a flap window after its last write. A
+-- resolution sets the byte and, on a live entry, bit 31 of the entry's count, so
+-- that a repeat reads the flap key only when one is due; a firing signal that opens
+-- an incident always reads it. The key shares its dedup keys' hash tag (one slot),
+-- and the script derives its name from theirs rather than taking it in KEYS: only
+-- resolutions and re-fires touch it, and naming it for every signal would lengthen
+-- every call.
+--
 -- ARGV[1..8] = now (s), window (s), rate threshold, rate window, pattern threshold,
 --              pattern window, inactivity, max duration
--- then from ARGV[12], one per signal, packed (a webhook's call would otherwise carry
+-- ARGV[12..13] = flap window (s), flap keep
+-- then from ARGV[14], one per signal, packed (a webhook's call would otherwise carry
 -- hundreds of arguments, each one a string for Redis to parse and Lua to intern):
 --   struct '>BI4I4I4I4c8' = mode (0 fire | 1 resolve | 2 adopt | 3 adopt a rate
---   window | 4 adopt a pattern window), d, s (0: no storm keys), for adopt
+--   window | 4 adopt a pattern window | 5 acknowledge), d, s (0: no storm keys), for adopt
 --   first_seen and count (the incident an authority says is open), for a window
 --   its id and alert count (0 otherwise), resource (8 bytes; zeros without storm
 --   keys); then the field.
 -- Reply: one string: 8 bytes of admission, two big-endian u32s (1, 0) allowed or
 -- (0, retry after in ms) limited, in which case nothing else was done and nothing
 -- follows; then 24 bytes per signal in order: six big-endian u32s,
---   0 new | 1 duplicate | 2 resolved-open | 3 resolved-unknown, first, last, count, 0, 0
+--   0 new | 1 duplicate | 2 resolved-open | 3 resolved-unknown | 6 acknowledged-open
+--   | 7 acknowledged-unknown, first, last, count, flap transitions (0: not a
+--   re-fire), 0
 -- | 5, window id, kind (1 rate, 2 pattern), alerts, resources, first folded (0|1)
 -- (one string rather than nested arrays: the client decodes it without allocating)
 
@@ -49,8 +63,13 @@ local pattern_threshold, pattern_window = tonumber(ARGV[5]), tonumber(ARGV[6])
 local inactivity, max_duration = tonumber(ARGV[7]), tonumber(ARGV[8])
 local now_bucket = math.floor(now / window)
 
+local flap_window, flap_keep = tonumber(ARGV[12]), tonumber(ARGV[13])
+
 -- Where the signals' arguments start.
-local FIRST = 12
+local FIRST = 14
+
+-- Bit 31 of an entry's stored count: a resolution came after its last firing.
+local RESOLVED_BIT = 2147483648
 
 if ARGV[9] ~= '' then
   local allowed, retry = gcra(KEYS[1], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]))
@@ -62,7 +81,7 @@ end
 -- Firing alerts per storm scope in this call, so that each scope's rate counter
 -- takes one INCRBY for the whole call.
 local firing = {}
-local FIRE, RESOLVE, ADOPT, ADOPT_WINDOW = 0, 1, 2, 3
+local FIRE, RESOLVE, ADOPT, ADOPT_WINDOW, ACKNOWLEDGE = 0, 1, 2, 3, 5
 local RECORD = '>BI4I4I4I4c8'
 local RECORD_BYTES = 25
 
@@ -182,6 +201,55 @@ local function flush_scopes()
   end
 end
 
+-- The flap key of the fingerprint whose dedup keys start at KEYS[d].
+local function flap_key(d, field)
+  local prefix, tag = string.match(KEYS[d], '^(.*)d:(%b{}):%d+$')
+  local hex = string.gsub(field, '.', function(c) return string.format('%02x', string.byte(c)) end)
+  return prefix .. 'f:' .. tag .. ':' .. hex
+end
+
+-- The transitions still within the window in a flap record's value.
+local function transitions(value)
+  local kept = {}
+  for i = 2, #value - 3, 4 do
+    local t = struct.unpack('>I4', value, i)
+    if now - t < flap_window then
+      kept[#kept + 1] = t
+    end
+  end
+  return kept
+end
+
+local function flap_write(key, resolved, kept)
+  local packed = { resolved and '\1' or '\0' }
+  for _, t in ipairs(kept) do
+    packed[#packed + 1] = struct.pack('>I4', t)
+  end
+  redis.call('SET', key, table.concat(packed), 'EX', flap_window)
+end
+
+-- A resolution: the incident's next firing signal is a transition.
+local function flap_resolved(key)
+  local value = redis.call('GET', key)
+  flap_write(key, true, value and transitions(value) or {})
+end
+
+-- A firing signal: a transition if the last signal was a resolution. Answers the
+-- transitions within the window, this one included (0: no transition).
+local function flap_refired(key)
+  local value = redis.call('GET', key)
+  if not value or string.byte(value, 1) ~= 1 then
+    return 0
+  end
+  local kept = transitions(value)
+  kept[#kept + 1] = now
+  while #kept > flap_keep do
+    table.remove(kept, 1)
+  end
+  flap_write(key, false, kept)
+  return #kept
+end
+
 local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
   local found, value
   for i = 0, 2 do
@@ -192,13 +260,16 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     end
   end
   local first, last, count
-  local live = false
+  local live, resolved = false, false
   if value then
     first, last, count = struct.unpack('>I4I4I4', value)
+    if count >= RESOLVED_BIT then
+      resolved, count = true, count - RESOLVED_BIT
+    end
     live = (now - last) < window
   end
 
-  if mode >= ADOPT_WINDOW then
+  if mode == ADOPT_WINDOW or mode == ADOPT_WINDOW + 1 then
     -- The sink holds this scope's aggregated request with its window still open,
     -- which Redis lost: take the window back and fold this alert into it. The
     -- incident just opened for the alert goes, so its repeats fold too.
@@ -221,8 +292,23 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     return {5, id, kind, alerts, redis.call('PFCOUNT', KEYS[s + 3]), 0}
   end
 
-  if mode == RESOLVE then
+  -- An acknowledgement only reads: it is not an occurrence, so it neither counts
+  -- nor moves last_seen (the dedup window runs on), nor takes part in flapping.
+  if mode == ACKNOWLEDGE then
     if live then
+      return {6, first, last, count}
+    end
+    return {7, 0, 0, 0}
+  end
+
+  -- A resolution counts nothing either; it marks the entry so that the next firing
+  -- is a re-fire (a flap transition).
+  if mode == RESOLVE then
+    flap_resolved(flap_key(d, field))
+    if live then
+      if not resolved then
+        redis.call('HSET', KEYS[d + found], field, struct.pack('>I4I4I4', first, last, count + RESOLVED_BIT))
+      end
       return {2, first, last, count}
     end
     return {3, 0, 0, 0}
@@ -235,7 +321,11 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     if bucket > now_bucket then
       target = 2
     end
-    redis.call('HSET', KEYS[d + target], field, struct.pack('>I4I4I4', first, last, count))
+    local stored = count
+    if resolved then
+      stored = count + RESOLVED_BIT
+    end
+    redis.call('HSET', KEYS[d + target], field, struct.pack('>I4I4I4', first, last, stored))
     if found and found ~= target then
       redis.call('HDEL', KEYS[d + found], field)
     end
@@ -271,7 +361,14 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
       return folded
     end
   end
-  return store(verdict)
+  local flaps = 0
+  if resolved or not live then
+    flaps = flap_refired(flap_key(d, field))
+  end
+  resolved = false
+  local r = store(verdict)
+  r[5] = flaps
+  return r
 end
 
 local replies = { struct.pack('>I4I4', 1, 0) }

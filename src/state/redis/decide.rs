@@ -9,7 +9,9 @@
 use redis::Value;
 
 use super::schema::{DedupTag, Key};
-use crate::state::{Charge, Decision, Entry, Folded, OpenWindow, StateError, StormConfig, StormKind, Verdict};
+use crate::state::{
+    Charge, Decision, Entry, FlapRule, Folded, OpenWindow, StateError, StormConfig, StormKind, Verdict,
+};
 
 /// One invocation of `decide.lua`: each key it touches once, and its arguments.
 pub(super) struct DecideCall<'a> {
@@ -32,13 +34,15 @@ pub(super) enum Group {
 }
 
 impl<'a> DecideCall<'a> {
-    /// A call whose header carries the rules and, if given, the request's charge
+    /// A call whose header carries the rules (the flap rule after the charge's
+    /// three) and, if given, the request's charge
     /// against its budget key (then `KEYS[1]`).
     pub(super) fn new(
         slot: Option<DedupTag>,
         now_s: u32,
         window_s: u32,
         rules: &StormConfig,
+        flap: FlapRule,
         charge: Option<(Key<'a>, Charge<'_>)>,
     ) -> Self {
         let header = [
@@ -61,6 +65,7 @@ impl<'a> DecideCall<'a> {
             }
             None => call.args.extend([Arg::Bytes(b""); 3]),
         }
+        call.args.extend([flap.window_s, flap.keep].map(|n| Arg::Int(n.into())));
         call
     }
 
@@ -103,6 +108,8 @@ pub(super) enum Mode {
     /// `decide.lua` reads the window's kind off the mode: 1 rate, 2 pattern.
     AdoptRateWindow = 3,
     AdoptPatternWindow = 4,
+    /// Looked up as `Resolve` is, and answered as an acknowledgement.
+    Acknowledge = 5,
 }
 
 /// What an authority told the store to take back.
@@ -213,10 +220,14 @@ fn verdict(bytes: &[u8]) -> Result<Verdict, StateError> {
     let f: [u32; VERDICT_BYTES / 4] = words(bytes).ok_or_else(|| bad_reply("decide", format!("verdict {bytes:?}")))?;
     let entry = Entry { first_seen_s: f[1], last_seen_s: f[2], count: f[3] };
     Ok(match f[0] {
+        // The fifth word of a firing incident's verdict: its flap transitions.
+        0 | 1 if f[4] > 0 => Verdict::Refired { entry, opened: f[0] == 0, transitions: f[4] },
         0 => Verdict::New(entry),
         1 => Verdict::Duplicate(entry),
         2 => Verdict::ResolvedOpen(entry),
         3 => Verdict::ResolvedUnknown,
+        6 => Verdict::AcknowledgedOpen(entry),
+        7 => Verdict::AcknowledgedUnknown,
         5 => Verdict::Folded(Folded {
             window_id: f[1],
             kind: if f[2] == 2 { StormKind::Pattern } else { StormKind::Rate },

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use std::future::Future;
 
 use super::{
-    Admission, BoxFuture, Charge, Decision, Entry, Folded, InhibitKey, Inhibitor, Observation, OpenWindow, RateLimit,
-    StateError, StateStore, StormConfig, StormKind, Verdict,
+    Admission, BoxFuture, Charge, Decision, Entry, FlapRule, Folded, InhibitKey, Inhibitor, Observation, OpenWindow,
+    RateLimit, StateError, StateStore, StormConfig, StormKind, Verdict,
 };
 use crate::section::ConfigError;
 use crate::signal::SignalStatus;
@@ -45,6 +45,8 @@ use schema::Schema;
 const DECIDE: &str = include_str!("decide.lua");
 /// Defines the `gcra` function that both scripts start with.
 const GCRA: &str = include_str!("gcra.lua");
+/// Ends inhibit holds their source still holds (see `release_inhibitors`).
+const RELEASE: &str = include_str!("release.lua");
 
 /// The scripts' sources. The `#!lua` shebang (no flags) makes Redis 7 treat a
 /// script as "may write", so under `maxmemory` with noeviction a whole call is
@@ -119,11 +121,15 @@ struct Shared {
     storms: StormConfig,
     decide: Script,
     gcra: Script,
+    /// Deletes inhibit keys still held by the releasing source: `release.lua`.
+    release: Script,
     timeout: Duration,
     /// Set when Redis refused a write for lack of memory; cleared once it has room.
     out_of_memory: AtomicBool,
     /// Fingerprints held, as last counted by the monitor.
     entries: AtomicU64,
+    /// The [`FlapRule`], as `window_s << 32 | keep`: set once, after connecting.
+    flap: AtomicU64,
 }
 
 impl RedisStore {
@@ -151,9 +157,11 @@ impl RedisStore {
             storms: *storms,
             decide,
             gcra,
+            release: Script::new(RELEASE),
             timeout: config.timeout,
             out_of_memory: AtomicBool::new(false),
             entries: AtomicU64::new(0),
+            flap: AtomicU64::new(flap_bits(FlapRule::default())),
         });
         let warnings = monitor::eviction_warnings(&shared.conn).await;
         for warning in &warnings {
@@ -163,13 +171,30 @@ impl RedisStore {
         Ok(RedisStore { shared, warnings })
     }
 
+    /// The store counting flap transitions as `rule` says, rather than by `flap`'s
+    /// defaults.
+    pub fn with_flap(self, rule: FlapRule) -> Self {
+        self.shared.flap.store(flap_bits(rule), Ordering::Relaxed);
+        self
+    }
+
     /// What start-up found risky in Redis' memory configuration.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
 }
 
+fn flap_bits(rule: FlapRule) -> u64 {
+    u64::from(rule.window_s.max(1)) << 32 | u64::from(rule.keep.max(1))
+}
+
 impl Shared {
+    /// The flap rule [`RedisStore::with_flap`] set.
+    fn flap(&self) -> FlapRule {
+        let bits = self.flap.load(Ordering::Relaxed);
+        FlapRule { window_s: (bits >> 32) as u32, keep: bits as u32 }
+    }
+
     /// Runs `work` under the timeout, classifying failures and tracking OOM.
     async fn guarded<T>(&self, work: impl Future<Output = Result<T, RedisError>>) -> Result<T, StateError> {
         match tokio::time::timeout(self.timeout, work).await {
@@ -216,11 +241,12 @@ impl Shared {
     ) -> Result<Result<Decision, StateError>, RedisError> {
         let rules = &self.storms;
         let window_s = self.schema.window_s();
+        let flap = self.flap();
         let mut calls: Vec<DecideCall> = Vec::new();
         if let Some(charge) = charge {
             debug_assert!(!self.schema.cluster(), "the budget key has a slot of its own");
             let budget = self.schema.budget_key(charge.source);
-            calls.push(DecideCall::new(None, now_s, window_s, rules, Some((budget, charge))));
+            calls.push(DecideCall::new(None, now_s, window_s, rules, flap, Some((budget, charge))));
         }
         for (position, o) in batch.iter().enumerate() {
             let scope = o.storm.as_ref().map(|k| &k.scope);
@@ -230,7 +256,7 @@ impl Shared {
             let call = match calls.iter().position(|c| c.slot == slot) {
                 Some(i) => &mut calls[i],
                 None => {
-                    calls.push(DecideCall::new(slot, now_s, window_s, rules, None));
+                    calls.push(DecideCall::new(slot, now_s, window_s, rules, flap, None));
                     calls.last_mut().expect("just pushed")
                 }
             };
@@ -251,6 +277,7 @@ impl Shared {
                 },
                 (None, SignalStatus::Firing) => (Mode::Fire, (0, 0)),
                 (None, SignalStatus::Resolved) => (Mode::Resolve, (0, 0)),
+                (None, SignalStatus::Acknowledged) => (Mode::Acknowledge, (0, 0)),
             };
             let record = Record {
                 mode,
@@ -400,6 +427,21 @@ impl Shared {
         self.guarded(self.conn.query_pipeline::<()>(&pipe)).await
     }
 
+    /// One script for the batch (every inhibit key shares a slot): each key is
+    /// deleted only if its value still names the releasing source incident, so a
+    /// source that took the key over meanwhile keeps it.
+    async fn release_inhibitors(&self, releases: &[(InhibitKey, Inhibitor)]) -> Result<usize, StateError> {
+        if releases.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.release.prepare_invoke();
+        for (key, inhibitor) in releases {
+            invocation.key(self.schema.inhibit_key(key)).arg(&schema::inhibit_holder(inhibitor)[..]);
+        }
+        let released: i64 = self.guarded(self.conn.invoke(&invocation)).await?;
+        Ok(released.max(0) as usize)
+    }
+
     fn classify(&self, e: &RedisError) -> StateError {
         if is_oom(e) {
             self.out_of_memory.store(true, Ordering::Relaxed);
@@ -504,6 +546,13 @@ impl StateStore for RedisStore {
 
     fn forget_sighting(&self, id: [u8; 16]) -> BoxFuture<'_, Result<(), StateError>> {
         Box::pin(self.shared.forget_sighting(id))
+    }
+
+    fn release_inhibitors<'a>(
+        &'a self,
+        releases: &'a [(InhibitKey, Inhibitor)],
+    ) -> BoxFuture<'a, Result<usize, StateError>> {
+        Box::pin(self.shared.release_inhibitors(releases))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StateError>> {

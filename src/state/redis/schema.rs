@@ -249,6 +249,15 @@ pub fn inhibit_value(inhibitor: &crate::state::Inhibitor) -> Vec<u8> {
     out
 }
 
+/// What names an inhibitor's source incident in [`inhibit_value`]: its first
+/// 36 bytes (epoch, fingerprint), which `release.lua` compares.
+pub fn inhibit_holder(inhibitor: &crate::state::Inhibitor) -> [u8; 36] {
+    let mut out = [0u8; 36];
+    out[..4].copy_from_slice(&inhibitor.first_seen_s.to_be_bytes());
+    out[4..].copy_from_slice(inhibitor.source.as_bytes());
+    out
+}
+
 /// Reads back what [`inhibit_value`] wrote; `None` for anything else.
 pub fn parse_inhibit_value(bytes: &[u8]) -> Option<crate::state::Inhibitor> {
     let first_seen_s = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?);
@@ -306,7 +315,8 @@ mod tests {
             namespace: "tidegate-system".into(),
             name: "kubenodenotready-070707070707-s44we8".into(),
         };
-        assert_eq!(parse_inhibit_value(&inhibit_value(&inhibitor)), Some(inhibitor));
+        assert_eq!(parse_inhibit_value(&inhibit_value(&inhibitor)), Some(inhibitor.clone()));
+        assert_eq!(inhibit_value(&inhibitor)[..36], inhibit_holder(&inhibitor), "what release.lua compares");
         assert_eq!(parse_inhibit_value(b"short"), None);
     }
 }
