@@ -130,8 +130,9 @@ const DELETED_REMEMBERED: usize = 10_000;
 pub struct KubeSink {
     client: Client,
     requests: Store<RemediationRequest>,
-    /// The watched requests by fingerprint, for [`Sink::open_request`].
-    open: Arc<index::OpenIndex>,
+    /// The watched requests by fingerprint, for [`Sink::open_request`] and
+    /// [`Sink::last_request`].
+    index: Arc<index::FingerprintIndex>,
     deleted: Arc<Mutex<Deleted>>,
     namespaces: Store<Namespace>,
     breaker: Breaker,
@@ -150,8 +151,8 @@ impl KubeSink {
         let (requests, writer) = reflector::store();
         let deleted = Arc::new(Mutex::new(Deleted::default()));
         let mut deletions = Deletions { deleted: deleted.clone(), store: requests.clone(), before_relist: None };
-        let open = Arc::new(index::OpenIndex::new());
-        let follower = open.clone();
+        let index = Arc::new(index::FingerprintIndex::new());
+        let follower = index.clone();
         let stream =
             watcher(Api::<RemediationRequest>::all(client.clone()), watcher::Config::default().labels(&managed))
                 .default_backoff()
@@ -177,7 +178,7 @@ impl KubeSink {
         tokio::time::timeout(sync_timeout, synced).await.map_err(|_| SinkError::NotSynced(sync_timeout))?;
         let breaker = Breaker::new(config.breaker_failures, config.breaker_cooldown, metrics.kube_breaker_open.clone());
         let creates = tokio::sync::Semaphore::new(config.creates_in_flight);
-        Ok(KubeSink { client, requests, open, deleted, namespaces, breaker, creates, config: config.clone(), metrics })
+        Ok(KubeSink { client, requests, index, deleted, namespaces, breaker, creates, config: config.clone(), metrics })
     }
 
     /// The namespace-label view, for environment classification.
@@ -478,28 +479,11 @@ impl Sink for KubeSink {
     }
 
     fn last_request(&self, fingerprint: &Fingerprint) -> Option<LastRequest> {
-        // A scan of the watch cache (the open index keeps open requests only): asked
-        // only when an incident is about to get a new request, or its store entry
-        // was lost, never for a plain repeat.
-        let value = fingerprint.label_value();
-        self.requests
-            .state()
-            .into_iter()
-            .filter(|rr| rr.labels().get(labels::FINGERPRINT) == Some(&value))
-            .filter_map(|rr| {
-                let dedup = rr.status.as_ref()?.deduplication.as_ref()?;
-                Some(LastRequest {
-                    at: RequestRef { namespace: rr.namespace()?, name: rr.name_any() },
-                    first_seen_s: dedup.first_seen_at.0.as_second() as u32,
-                    last_seen_s: dedup.last_seen_at.0.as_second() as u32,
-                    count: dedup.occurrence_count,
-                    phase: phase(&rr),
-                    prior_failures: prior_failures(&rr),
-                })
-            })
-            .max_by_key(|last| (last.first_seen_s, last.at.name.clone()))
+        self.index.last_request(fingerprint)
     }
 
+    /// A clone of every open request: asked at start and once per dedup window
+    /// (the inhibit rules' recovery), never per alert.
     fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
         let open = self.requests.state().into_iter().filter(|rr| !terminal(rr) && rr.spec.storm.is_none());
         let open: Vec<RemediationRequest> = open.map(|rr| (*rr).clone()).collect();
@@ -507,7 +491,7 @@ impl Sink for KubeSink {
     }
 
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
-        self.open.open_request(fingerprint)
+        self.index.open_request(fingerprint)
     }
 }
 

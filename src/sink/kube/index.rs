@@ -1,6 +1,7 @@
-//! The Kubernetes sink's answer to "which open request does this fingerprint
-//! have?", kept from the watch of requests so that a lookup is one hash probe
-//! instead of a scan of the whole watch cache.
+//! The Kubernetes sink's answers to "which open request does this fingerprint
+//! have?" and "which was its last request, finished or not?", kept from the watch
+//! of requests so that a lookup is one hash probe instead of a scan of the whole
+//! watch cache.
 //!
 //! It follows the watch events exactly as kube-runtime's reflector store does
 //! (an apply or delete changes the live view at once; a re-list is gathered aside
@@ -18,14 +19,14 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 
-use crate::remediation::{labels, RemediationRequest};
+use crate::remediation::{labels, Deduplication, RemediationRequest};
 use crate::signal::Fingerprint;
-use crate::sink::{is_terminal, OpenRequest, RequestRef};
+use crate::sink::{is_terminal, LastRequest, OpenRequest, RequestRef};
 use crate::state::StormKind;
 
-/// Open requests by the fingerprint in their label.
+/// Open and last requests by the fingerprint in their label.
 #[derive(Default)]
-pub struct OpenIndex {
+pub struct FingerprintIndex {
     inner: RwLock<Inner>,
 }
 
@@ -38,21 +39,27 @@ struct Inner {
 
 #[derive(Default)]
 struct Requests {
-    /// The scope each indexed request is filed under, to find it again on change.
-    scopes_of: HashMap<RequestRef, Fingerprint>,
-    scopes: HashMap<Fingerprint, Scope>,
+    /// The fingerprint each indexed request is filed under, to find it again on change.
+    fingerprint_of: HashMap<RequestRef, Fingerprint>,
+    open: HashMap<Fingerprint, Scope<OpenRequest>>,
+    /// Every request with a written count, whatever its phase: the back-off rules
+    /// decide from the last finished one.
+    last: HashMap<Fingerprint, Scope<LastRequest>>,
 }
 
-/// The open requests of one fingerprint: nearly always one.
-struct Scope {
-    members: Vec<OpenRequest>,
+/// The indexed requests of one fingerprint: a few at most (an incident's requests
+/// until retention deletes the finished ones). All are kept,
+/// not only the newest, so that deleting the newest leaves the next newest to
+/// answer, as a scan would.
+struct Scope<T> {
+    members: Vec<T>,
     /// Which member a lookup answers: the most recently opened.
     newest: usize,
 }
 
-impl OpenIndex {
+impl FingerprintIndex {
     pub fn new() -> Self {
-        OpenIndex::default()
+        FingerprintIndex::default()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Inner> {
@@ -68,8 +75,14 @@ impl OpenIndex {
     /// the answer.
     pub fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
         let inner = self.read();
-        let scope = inner.live.scopes.get(fingerprint)?;
-        Some(scope.members[scope.newest].clone())
+        Some(inner.live.open.get(fingerprint)?.newest().clone())
+    }
+
+    /// The request of `fingerprint` opened last, whatever its phase, among those
+    /// with a written count. Allocates nothing but the answer.
+    pub fn last_request(&self, fingerprint: &Fingerprint) -> Option<LastRequest> {
+        let inner = self.read();
+        Some(inner.live.last.get(fingerprint)?.newest().clone())
     }
 
     /// Applies one watch event, after the reflector applied it to its store.
@@ -90,68 +103,126 @@ impl OpenIndex {
     }
 }
 
+/// What a [`Scope`] files: a request, ranked by when it opened.
+trait Member {
+    fn at(&self) -> &RequestRef;
+    /// Greatest answers. Ties of the second are broken by the address, so the
+    /// answer never depends on the order events came in.
+    fn rank(&self) -> (u32, &str, &str);
+}
+
+impl Member for OpenRequest {
+    fn at(&self) -> &RequestRef {
+        &self.at
+    }
+
+    fn rank(&self) -> (u32, &str, &str) {
+        (self.first_seen_s, &self.at.namespace, &self.at.name)
+    }
+}
+
+impl Member for LastRequest {
+    fn at(&self) -> &RequestRef {
+        &self.at
+    }
+
+    /// The scan this replaced ranked by `(first_seen_s, name)`: the name first.
+    fn rank(&self) -> (u32, &str, &str) {
+        (self.first_seen_s, &self.at.name, &self.at.namespace)
+    }
+}
+
 impl Requests {
-    /// Files `rr` under its fingerprint if it can be an incident's open request,
-    /// replacing what was filed for its name before.
+    /// Files `rr` under its fingerprint if it can answer a lookup, replacing what
+    /// was filed for its name before.
     fn put(&mut self, rr: &RemediationRequest) {
         let Some(at) = reference(rr) else { return };
         self.remove(&at);
-        let Some((fingerprint, open)) = candidate(rr, at) else { return };
-        self.scopes_of.insert(open.at.clone(), fingerprint);
-        match self.scopes.get_mut(&fingerprint) {
-            Some(scope) => {
-                scope.members.push(open);
-                scope.elect();
-            }
-            None => {
-                self.scopes.insert(fingerprint, Scope { members: vec![open], newest: 0 });
-            }
+        let Some(fingerprint) = rr.labels().get(labels::FINGERPRINT).and_then(|v| label_fingerprint(v)) else {
+            return;
+        };
+        let open = open_candidate(rr, at.clone());
+        let last = last_candidate(rr, at.clone());
+        if open.is_none() && last.is_none() {
+            return;
+        }
+        self.fingerprint_of.insert(at, fingerprint);
+        if let Some(open) = open {
+            file(&mut self.open, fingerprint, open);
+        }
+        if let Some(last) = last {
+            file(&mut self.last, fingerprint, last);
         }
     }
 
     fn remove(&mut self, at: &RequestRef) {
-        let Some(fingerprint) = self.scopes_of.remove(at) else { return };
-        let Some(scope) = self.scopes.get_mut(&fingerprint) else { return };
-        scope.members.retain(|open| open.at != *at);
-        if scope.members.is_empty() {
-            self.scopes.remove(&fingerprint);
-        } else {
+        let Some(fingerprint) = self.fingerprint_of.remove(at) else { return };
+        unfile(&mut self.open, &fingerprint, at);
+        unfile(&mut self.last, &fingerprint, at);
+    }
+}
+
+fn file<T: Member>(scopes: &mut HashMap<Fingerprint, Scope<T>>, fingerprint: Fingerprint, member: T) {
+    match scopes.get_mut(&fingerprint) {
+        Some(scope) => {
+            scope.members.push(member);
             scope.elect();
+        }
+        None => {
+            scopes.insert(fingerprint, Scope { members: vec![member], newest: 0 });
         }
     }
 }
 
-impl Scope {
-    /// Picks the member opened last; between equals, the greatest address, so the
-    /// answer never depends on the order events came in.
-    fn elect(&mut self) {
-        self.newest = (0..self.members.len())
-            .max_by(|&a, &b| {
-                let (a, b) = (&self.members[a], &self.members[b]);
-                (a.first_seen_s, &a.at).cmp(&(b.first_seen_s, &b.at))
-            })
-            .unwrap_or(0);
+fn unfile<T: Member>(scopes: &mut HashMap<Fingerprint, Scope<T>>, fingerprint: &Fingerprint, at: &RequestRef) {
+    let Some(scope) = scopes.get_mut(fingerprint) else { return };
+    scope.members.retain(|member| member.at() != at);
+    if scope.members.is_empty() {
+        scopes.remove(fingerprint);
+    } else {
+        scope.elect();
     }
 }
 
-/// What a lookup of its fingerprint answers with `rr` (at `at`), if `rr` can be an
-/// open request: a request of ours (a fingerprint label), no terminal phase, and
-/// either its status's count or, before its status is written, its name's epoch.
-fn candidate(rr: &RemediationRequest, at: RequestRef) -> Option<(Fingerprint, OpenRequest)> {
-    let fingerprint = label_fingerprint(rr.labels().get(labels::FINGERPRINT)?)?;
+impl<T: Member> Scope<T> {
+    /// Picks the member ranked greatest.
+    fn elect(&mut self) {
+        self.newest =
+            (0..self.members.len()).max_by(|&a, &b| self.members[a].rank().cmp(&self.members[b].rank())).unwrap_or(0);
+    }
+
+    fn newest(&self) -> &T {
+        &self.members[self.newest]
+    }
+}
+
+/// What a lookup of its fingerprint's last request answers with `rr` (at `at`):
+/// any request whose status has a count, whatever its phase.
+fn last_candidate(rr: &RemediationRequest, at: RequestRef) -> Option<LastRequest> {
+    let (first_seen_s, last_seen_s, count) = counted(rr.status.as_ref()?.deduplication.as_ref()?);
+    let (phase, prior_failures) = (super::phase(rr), super::prior_failures(rr));
+    Some(LastRequest { at, first_seen_s, last_seen_s, count, phase, prior_failures })
+}
+
+/// A written count's first and last second and occurrences.
+fn counted(dedup: &Deduplication) -> (u32, u32, u64) {
+    (dedup.first_seen_at.0.as_second() as u32, dedup.last_seen_at.0.as_second() as u32, dedup.occurrence_count)
+}
+
+/// What a lookup of its fingerprint's open request answers with `rr` (at `at`), if
+/// `rr` can be an open request: no terminal phase, and either its status's count
+/// or, before its status is written, its name's epoch.
+fn open_candidate(rr: &RemediationRequest, at: RequestRef) -> Option<OpenRequest> {
     let status = rr.status.as_ref();
     if is_terminal(status.and_then(|s| s.phase.as_deref())) {
         return None;
     }
     let storm = rr.spec.storm.as_ref().map(|s| StormKind::parse(&s.kind));
     let open = match status.and_then(|s| s.deduplication.as_ref()) {
-        Some(dedup) => OpenRequest {
-            at,
-            first_seen_s: dedup.first_seen_at.0.as_second() as u32,
-            last_seen_s: dedup.last_seen_at.0.as_second() as u32,
-            count: dedup.occurrence_count,
-            storm,
-        },
+        Some(dedup) => {
+            let (first_seen_s, last_seen_s, count) = counted(dedup);
+            OpenRequest { at, first_seen_s, last_seen_s, count, storm }
+        }
         // Created, but its status is not written yet: the API server drops status on
         // create, and the write after it may have failed and be waiting for a retry.
         // It is still the incident's open request, holding the occurrence that
@@ -161,7 +232,7 @@ fn candidate(rr: &RemediationRequest, at: RequestRef) -> Option<(Fingerprint, Op
             OpenRequest { at, first_seen_s, last_seen_s: first_seen_s, count: 1, storm }
         }
     };
-    Some((fingerprint, open))
+    Some(open)
 }
 
 /// The fingerprint whose [`Fingerprint::label_value`] is exactly `value`; `None`
@@ -184,8 +255,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::remediation::{time_s, Deduplication, RemediationRequestSpec, RemediationRequestStatus, StormSpec};
+    use crate::remediation::{time_s, Backoff, RemediationRequestSpec, RemediationRequestStatus, StormSpec};
     use crate::signal::{SignalType, TargetResource};
+    use crate::sink::Phase;
 
     /// The lookup as it was before the index: a scan of the reflector's store (with
     /// ties broken as the index breaks them; the scan's order was arbitrary).
@@ -218,6 +290,33 @@ mod tests {
             .max_by(|a, b| (a.first_seen_s, &a.at).cmp(&(b.first_seen_s, &b.at)))
     }
 
+    /// `KubeSink::last_request` as it was before the index: a scan of the store for
+    /// the newest request with a written count, by `(first_seen_s, name)` (with
+    /// ties of both broken by the namespace, as the index breaks them; the scan's
+    /// order was arbitrary).
+    fn scan_last(store: &Store<RemediationRequest>, fingerprint: &Fingerprint) -> Option<LastRequest> {
+        let value = fingerprint.label_value();
+        store
+            .state()
+            .into_iter()
+            .filter(|rr| rr.labels().get(labels::FINGERPRINT) == Some(&value))
+            .filter_map(|rr| {
+                let status = rr.status.as_ref()?;
+                let dedup = status.deduplication.as_ref()?;
+                Some(LastRequest {
+                    at: RequestRef { namespace: rr.namespace()?, name: rr.name_any() },
+                    first_seen_s: dedup.first_seen_at.0.as_second() as u32,
+                    last_seen_s: dedup.last_seen_at.0.as_second() as u32,
+                    count: dedup.occurrence_count,
+                    phase: Phase::of(status.phase.as_deref()),
+                    prior_failures: status.backoff.as_ref().map_or(0, |b| b.prior_failures),
+                })
+            })
+            .max_by(|a, b| {
+                (a.first_seen_s, &a.at.name, &a.at.namespace).cmp(&(b.first_seen_s, &b.at.name, &b.at.namespace))
+            })
+    }
+
     fn fingerprints() -> Vec<Fingerprint> {
         (0..3u8).map(|i| Fingerprint::from_bytes([i; 32])).collect()
     }
@@ -232,6 +331,8 @@ mod tests {
         /// `None`: no status written yet.
         dedup: Option<(u32, u32, u64)>,
         phase: Option<&'static str>,
+        /// `status.backoff.priorFailures`, when a backoff is written.
+        prior_failures: Option<u32>,
         storm: bool,
     }
 
@@ -275,7 +376,7 @@ mod tests {
         if let Some(label) = label {
             rr.metadata.labels = Some(BTreeMap::from([(labels::FINGERPRINT.to_string(), label)]));
         }
-        if shape.dedup.is_some() || shape.phase.is_some() {
+        if shape.dedup.is_some() || shape.phase.is_some() || shape.prior_failures.is_some() {
             rr.status = Some(RemediationRequestStatus {
                 deduplication: shape.dedup.map(|(first, last, count)| Deduplication {
                     first_seen_at: time_s(first),
@@ -284,6 +385,7 @@ mod tests {
                     tallies: Vec::new(),
                 }),
                 phase: shape.phase.map(String::from),
+                backoff: shape.prior_failures.map(|prior_failures| Backoff { prior_failures, until: None }),
                 ..Default::default()
             });
         }
@@ -304,11 +406,26 @@ mod tests {
     }
 
     fn shape() -> impl Strategy<Value = Shape> {
-        let phase =
-            prop::sample::select(vec![None, Some("Pending"), Some("Running"), Some("Completed"), Some("Failed")]);
+        let phase = prop::sample::select(vec![
+            None,
+            Some("Pending"),
+            Some("Running"),
+            Some("Completed"),
+            Some("Failed"),
+            Some("ManualReviewRequired"),
+        ]);
         let dedup = prop::option::of((0u32..4, 0u32..8, 1u64..5));
-        (0u8..2, 0u8..8, 0u8..5, dedup, phase, any::<bool>()).prop_map(
-            |(namespace, name, label, dedup, phase, storm)| Shape { namespace, name, label, dedup, phase, storm },
+        let prior_failures = prop::option::of(0u32..3);
+        (0u8..2, 0u8..8, 0u8..5, dedup, phase, prior_failures, any::<bool>()).prop_map(
+            |(namespace, name, label, dedup, phase, prior_failures, storm)| Shape {
+                namespace,
+                name,
+                label,
+                dedup,
+                phase,
+                prior_failures,
+                storm,
+            },
         )
     }
 
@@ -328,7 +445,7 @@ mod tests {
         #[test]
         fn the_index_answers_what_a_scan_of_the_watch_cache_answers(steps in prop::collection::vec(step(), 0..60)) {
             let (mut store, mut writer) = reflector::store::<RemediationRequest>();
-            let mut index = OpenIndex::new();
+            let mut index = FingerprintIndex::new();
             for step in steps {
                 let event = match step {
                     Step::Apply(s) => Ok(watcher::Event::Apply(build(&s))),
@@ -339,7 +456,7 @@ mod tests {
                     Step::Failed => Err(watcher::Error::NoResourceVersion),
                     Step::Restart => {
                         (store, writer) = reflector::store();
-                        index = OpenIndex::new();
+                        index = FingerprintIndex::new();
                         continue;
                     }
                 };
@@ -349,6 +466,7 @@ mod tests {
                 index.follow(&event);
                 for fingerprint in fingerprints() {
                     prop_assert_eq!(index.open_request(&fingerprint), scan(&store, &fingerprint));
+                    prop_assert_eq!(index.last_request(&fingerprint), scan_last(&store, &fingerprint));
                 }
             }
         }
@@ -357,12 +475,45 @@ mod tests {
     #[test]
     fn a_relist_replaces_what_the_watch_had_only_when_it_is_complete() {
         let fp = fingerprints()[0];
-        let open = Shape { namespace: 0, name: 1, label: 0, dedup: Some((1, 2, 3)), phase: None, storm: false };
-        let index = OpenIndex::new();
+        let open = Shape {
+            namespace: 0,
+            name: 1,
+            label: 0,
+            dedup: Some((1, 2, 3)),
+            phase: None,
+            prior_failures: None,
+            storm: false,
+        };
+        let index = FingerprintIndex::new();
         index.follow(&Ok(watcher::Event::Apply(build(&open))));
         index.follow(&Ok(watcher::Event::Init));
         assert!(index.open_request(&fp).is_some(), "the old view answers until the re-list is complete");
         index.follow(&Ok(watcher::Event::InitDone));
         assert_eq!(index.open_request(&fp), None, "the re-list no longer had it");
+    }
+
+    #[test]
+    fn the_last_request_is_the_newest_finished_or_not_and_the_next_newest_once_it_is_deleted() {
+        let fp = fingerprints()[0];
+        let request = |name, first_seen, phase| Shape {
+            namespace: 0,
+            name,
+            label: 0,
+            dedup: Some((first_seen, first_seen, 1)),
+            phase,
+            prior_failures: Some(1),
+            storm: false,
+        };
+        let failed = request(0, 1, Some("Failed"));
+        let running = request(4, 2, Some("Running"));
+        let index = FingerprintIndex::new();
+        index.follow(&Ok(watcher::Event::Apply(build(&failed))));
+        index.follow(&Ok(watcher::Event::Apply(build(&running))));
+        let last = index.last_request(&fp).expect("a last request");
+        assert_eq!((last.first_seen_s, last.phase), (2, Phase::Active));
+        index.follow(&Ok(watcher::Event::Delete(build(&running))));
+        let last = index.last_request(&fp).expect("the failed one is still there");
+        assert_eq!((last.first_seen_s, last.phase, last.prior_failures), (1, Phase::Failed, 1));
+        assert_eq!(index.open_request(&fp), None, "a failed request is no open one");
     }
 }
