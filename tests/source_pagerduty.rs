@@ -152,6 +152,24 @@ async fn an_acknowledge_without_details_finds_the_request_its_triggers_details_p
 }
 
 #[tokio::test]
+async fn a_resolve_without_details_finds_the_request_its_triggers_details_placed() {
+    let mut gw = start_with(|_| {}).await;
+    let trigger = json!({"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": "db-disk",
+        "payload": {"summary": "disk full", "source": "db-0", "severity": "critical",
+                    "custom_details": {"namespace": "shop", "pod": "db-0"}}});
+    accepted(post(&gw, trigger.to_string()).await).await;
+    // Alertmanager sends a resolve without a payload: its labels say `default`.
+    let resolve = json!({"routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": "db-disk"});
+
+    accepted(post(&gw, resolve.to_string()).await).await;
+
+    gw.stop().await;
+    let rr = gw.only_request();
+    assert_eq!(rr.metadata.namespace.as_deref(), Some("shop"));
+    assert!(resolved(&gw), "recorded on the request in shop");
+}
+
+#[tokio::test]
 async fn an_invalid_event_is_400_with_errors_as_pagerduty_answers() {
     let gw = start_with(|_| {}).await;
     let no_summary = TRIGGER.replace(r#""summary":"#, r#""title":"#);

@@ -28,17 +28,15 @@ impl Pipeline {
     /// the one `entry` stands for, where the store knows the incident, else the one
     /// the sink holds open for it.
     pub(super) fn acknowledge_now(&self, signal: &Signal<'_>, entry: Option<Entry>) -> Outcome {
-        let held = self.sink.open_request(&signal.fingerprint).filter(|open| open.storm.is_none());
-        let found = match (entry, held) {
+        let found = match entry {
             // The store's incident, where the sink holds it.
-            (Some(entry), Some(open)) if open.first_seen_s == entry.first_seen_s => Some((open.at, entry)),
-            // The store's incident, before the sink's view has it (just created).
-            (Some(entry), _) => Some((self.reference(signal, &entry), entry)),
+            Some(entry) => Some((self.locate(signal, &entry), entry)),
             // An incident the store forgot, whose request the sink holds open.
-            (None, Some(OpenRequest { at, first_seen_s, last_seen_s, count, .. })) => {
-                Some((at, Entry { first_seen_s, last_seen_s, count: count.min(u32::MAX as u64) as u32 }))
-            }
-            (None, None) => None,
+            None => self.sink.open_request(&signal.fingerprint).filter(|open| open.storm.is_none()).map(
+                |OpenRequest { at, first_seen_s, last_seen_s, count, .. }| {
+                    (at, Entry { first_seen_s, last_seen_s, count: count.min(u32::MAX as u64) as u32 })
+                },
+            ),
         };
         let Some((at, entry)) = found else {
             return self.outcome(signal, OutcomeStatus::Acknowledged { recorded: false }, None, 0);

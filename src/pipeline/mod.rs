@@ -481,7 +481,7 @@ impl Pipeline {
             Verdict::New(entry) => Err(Slow::New(entry)),
             Verdict::Duplicate(entry) => self.duplicate_now(signal, entry, by),
             Verdict::ResolvedOpen(entry) => {
-                let at = self.reference(signal, &entry);
+                let at = self.locate(signal, &entry);
                 let resolved = StatusUpdate { resolved_at_s: Some(self.clock.now_s()), ..uncounted(&entry) };
                 self.status_writer.record(incident(signal, &entry), &at, resolved);
                 Ok(self.outcome(signal, OutcomeStatus::Resolved, Some(at), entry.count))

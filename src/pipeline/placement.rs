@@ -57,6 +57,17 @@ impl Pipeline {
         self.placement.namespace_for(signal)
     }
 
+    /// The request of the incident `entry` stands for, where the sink holds it: a
+    /// signal that carries no details (PagerDuty's `resolve` and `acknowledge` have
+    /// no payload) names no namespace, so the one its trigger gave is the sink's to
+    /// say. Until the sink's view has the request (just created), where it was put.
+    pub(super) fn locate(&self, signal: &Signal<'_>, entry: &Entry) -> RequestRef {
+        self.sink
+            .open_request(&signal.fingerprint)
+            .filter(|open| open.storm.is_none() && open.first_seen_s == entry.first_seen_s)
+            .map_or_else(|| self.reference(signal, entry), |open| open.at)
+    }
+
     /// The request of the incident `entry` stands for.
     pub(super) fn reference(&self, signal: &Signal<'_>, entry: &Entry) -> RequestRef {
         RequestRef {
