@@ -17,13 +17,11 @@
 //!
 //! Writes across all requests are also capped per second: ten thousand open
 //! incidents each repeating every few seconds must not become ten thousand writes a
-//! second to an API server shared with everyone else. Writes over the cap wait, due,
-//! and keep absorbing newer counts, so the cap delays counts and never loses them.
-//! A sink that paces its own writes ([`Sink::paces_status_writes`]: the directory
-//! sink, whose disk is this process's) has no cap: each batch of due writes goes out
-//! as soon as the last one is done, a core's worth at a time, so the rate follows
-//! what the disk completes and no count waits behind a fixed cap
-//! (`tidegate_status_write_lag_seconds` says how late writes go out).
+//! second to a disk or an API server. Writes over the cap wait, due, and keep
+//! absorbing newer counts, so the cap delays counts and never loses them
+//! (`tidegate_status_write_lag_seconds` says how late writes go out). The cap holds
+//! for the directory sink too: letting its writes follow the disk cost a third of
+//! the ingest bench's throughput (docs/performance.md).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -54,7 +52,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A request not found may still be being created (by this replica's pipeline or
 /// another replica): retry this many times, with backoff, before giving up.
 const NOT_FOUND_ATTEMPTS: u32 = 5;
-/// Writes in flight at once, to a sink with a write cap.
+/// Writes in flight at once.
 const CONCURRENCY: usize = 32;
 /// How long this process keeps counting an incident it no longer sees. A repeat
 /// after that starts a tally under a new writer id, which is correct (tallies add
@@ -75,10 +73,6 @@ struct Shared {
     /// restarts) never share one.
     process: u32,
     max_per_s: f64,
-    /// The sink paces its own writes: no cap, and `concurrency` a core each.
-    paced: bool,
-    /// Writes in flight at once.
-    concurrency: usize,
     wake: Notify,
     drained: Notify,
     sink: Arc<dyn Sink>,
@@ -185,10 +179,6 @@ impl StatusWriter {
     pub fn new(sink: Arc<dyn Sink>, config: &StatusWriterConfig, metrics: Arc<Metrics>) -> Self {
         let (interval, max_per_s) = (config.interval, config.max_writes_per_s.max(1) as f64);
         let process = process_id();
-        let paced = sink.paces_status_writes();
-        // Paced writes are the sink's own blocking work: more of them at once than
-        // there are cores would only take the cores from the requests.
-        let concurrency = if paced { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { CONCURRENCY };
         metrics.status_writer.get_or_create(&WriterLabels { writer: format!("{process:08x}") }).set(1);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -196,8 +186,6 @@ impl StatusWriter {
                 ..Inner::default()
             }),
             max_per_s,
-            paced,
-            concurrency,
             process,
             wake: Notify::new(),
             drained: Notify::new(),
@@ -381,7 +369,7 @@ impl Shared {
                 break;
             }
             // Over the cap, due writes wait (and keep merging); at shutdown, not.
-            if inner.budget.tokens < 1.0 && !inner.draining && !self.paced {
+            if inner.budget.tokens < 1.0 && !inner.draining {
                 let refill = Duration::from_secs_f64((1.0 - inner.budget.tokens) / self.max_per_s);
                 if ready.is_empty() {
                     inner.due.extend(later);
@@ -396,9 +384,7 @@ impl Shared {
                 continue;
             }
             if let Some(p) = inner.pending.remove(&incident) {
-                if !self.paced {
-                    inner.budget.tokens -= 1.0;
-                }
+                inner.budget.tokens -= 1.0;
                 inner.in_flight.insert(incident);
                 ready.push((incident, p));
             }
@@ -489,7 +475,7 @@ async fn writer(shared: Arc<Shared>) {
         match shared.take_due() {
             Ok(ready) => {
                 futures::stream::iter(ready)
-                    .for_each_concurrent(shared.concurrency, |(incident, p)| {
+                    .for_each_concurrent(CONCURRENCY, |(incident, p)| {
                         let shared = &shared;
                         async move {
                             let result = shared.write(&p).await;
@@ -678,56 +664,5 @@ mod tests {
         assert!(metrics.status_write_lag.get() >= 0.5, "the backlog shows: {}", metrics.status_write_lag.get());
         c.shutdown(Duration::from_secs(5)).await;
         assert_eq!(sink.writes.load(Ordering::SeqCst), 10, "the cap never loses a count");
-    }
-
-    /// [`Landing`], pacing its own writes as the directory sink does.
-    #[derive(Default)]
-    struct Paced(Landing);
-
-    impl Sink for Paced {
-        fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-            self.0.open_requests()
-        }
-        fn create<'a>(&'a self, request: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
-            self.0.create(request)
-        }
-        fn update_status<'a>(
-            &'a self,
-            at: &'a RequestRef,
-            u: &'a StatusUpdate,
-        ) -> BoxFuture<'a, Result<(), SinkError>> {
-            self.0.update_status(at, u)
-        }
-        fn last_request(&self, fingerprint: &Fingerprint) -> Option<crate::sink::LastRequest> {
-            self.0.last_request(fingerprint)
-        }
-        fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
-            self.0.ready()
-        }
-        fn lookup(&self, at: &RequestRef) -> Lookup {
-            self.0.lookup(at)
-        }
-        fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
-            self.0.open_request(fingerprint)
-        }
-        fn paces_status_writes(&self) -> bool {
-            true
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_sink_that_paces_its_writes_gets_every_due_one_past_the_cap() {
-        let sink = Arc::new(Paced::default());
-        let metrics = Arc::new(Metrics::new());
-        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_millis(100), 2), metrics.clone());
-        for n in 0..10 {
-            c.record(incident(n), &at(n), update(1));
-        }
-        tokio::time::advance(Duration::from_millis(100)).await;
-        settle().await;
-        assert_eq!(sink.0.writes.load(Ordering::SeqCst), 10, "all ten at once, though the cap is 2/s");
-        assert_eq!(c.pending(), 0);
-        // Nothing waited past its due time beyond the timer's own granularity.
-        assert!(metrics.status_write_lag.get() < 0.01, "lag {}", metrics.status_write_lag.get());
     }
 }

@@ -208,12 +208,4 @@ pub trait Sink: Send + Sync + 'static {
     /// cost I/O (the directory sink reads the manifests); called at start and then
     /// once per dedup window, never per signal.
     fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>>;
-
-    /// Whether the sink's status writes pace themselves: the status writer then
-    /// hands it every due write as soon as the last batch is done, so the write
-    /// rate is what the sink completes, instead of `status_writer.max_writes_per_s`,
-    /// which bounds the load on a sink shared with others (an API server).
-    fn paces_status_writes(&self) -> bool {
-        false
-    }
 }

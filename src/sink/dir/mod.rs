@@ -238,13 +238,6 @@ impl Sink for DirSink {
         self.index.last_request(fingerprint)
     }
 
-    /// The disk is this process's own: a fixed cap would either leave it idle or
-    /// queue counts behind it (a crash loses what is queued), so status writes go
-    /// out as fast as it completes them, a core's worth at a time (the status writer).
-    fn paces_status_writes(&self) -> bool {
-        true
-    }
-
     fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             let meta = fs::metadata(&self.root)?;
