@@ -67,19 +67,7 @@ fn main() -> ExitCode {
             source: "http://alertmanager:9093".into(),
             status: SignalStatus::Firing,
         };
-        let update = StatusUpdate {
-            first_seen_s: now - 60,
-            last_seen_s: now,
-            writer: 1,
-            count: 2,
-            resolved_at_s: None,
-            storm: None,
-            backoff_until_s: None,
-            inhibited: None,
-            acknowledged_at_s: None,
-            flap: None,
-            silenced_by: None,
-        };
+        let update = StatusUpdate { writer: 1, count: 2, ..StatusUpdate::seen(now - 60, now) };
         let request = remediation::build(&signal, &namespace, now - 60, &class, &update);
         let path = dir.path().join(&namespace).join(format!("{}.yaml", request.metadata.name.as_deref().unwrap()));
         std::fs::create_dir_all(path.parent().unwrap()).expect("namespace dir");

@@ -274,19 +274,7 @@ async fn seed(admin: &Client, namespaces: &[String], from: usize, to: usize) -> 
             let name = format!("BenchSeeded{:06}", i / PER_NAME);
             let target = TargetResource::new("Deployment", &format!("seed-{i}"), namespace);
             let signal = signal(&name, namespace, target, now);
-            let update = StatusUpdate {
-                first_seen_s: epoch,
-                last_seen_s: epoch,
-                writer: remediation::NO_WRITER,
-                count: 0,
-                resolved_at_s: None,
-                storm: None,
-                backoff_until_s: None,
-                inhibited: None,
-                silenced_by: None,
-                acknowledged_at_s: None,
-                flap: None,
-            };
+            let update = StatusUpdate::seen(epoch, epoch);
             let request = remediation::build(&signal, namespace, epoch, class, &update);
             let api: Api<RemediationRequest> = Api::namespaced(admin.clone(), namespace);
             let pp = PostParams::default();

@@ -407,6 +407,26 @@ fn union_capped(list: &mut Vec<TargetResource>, more: &[TargetResource], cap: us
 }
 
 impl StatusUpdate {
+    /// An update that says only when the incident was first and last seen: no
+    /// writer, no count, nothing else set. Every other update is this one with the
+    /// fields it carries (`StatusUpdate { count, ..StatusUpdate::seen(first, last) }`),
+    /// so a new field is added here once.
+    pub fn seen(first_seen_s: u32, last_seen_s: u32) -> Self {
+        StatusUpdate {
+            first_seen_s,
+            last_seen_s,
+            writer: NO_WRITER,
+            count: 0,
+            resolved_at_s: None,
+            storm: None,
+            backoff_until_s: None,
+            inhibited: None,
+            acknowledged_at_s: None,
+            flap: None,
+            silenced_by: None,
+        }
+    }
+
     /// Merges a later update of the same writer into this one. Counts and times only
     /// move forward, so updates applied out of order never regress.
     pub fn merge(&mut self, other: &StatusUpdate) {
@@ -901,17 +921,10 @@ mod tests {
     fn status_never_moves_backwards() {
         let mut status = RemediationRequestStatus { phase: Some("Processing".into()), ..Default::default() };
         let update = |last_seen_s, count, resolved_at_s| StatusUpdate {
-            first_seen_s: 100,
-            last_seen_s,
             writer: 1,
             count,
             resolved_at_s,
-            storm: None,
-            backoff_until_s: None,
-            inhibited: None,
-            acknowledged_at_s: None,
-            flap: None,
-            silenced_by: None,
+            ..StatusUpdate::seen(100, last_seen_s)
         };
         status.apply(&update(150, 7, None));
         status.apply(&update(120, 5, Some(160)));
@@ -924,19 +937,7 @@ mod tests {
 
     #[test]
     fn writers_add_up_and_a_repeated_write_counts_nothing_twice() {
-        let update = |writer, count| StatusUpdate {
-            first_seen_s: 100,
-            last_seen_s: 100,
-            writer,
-            count,
-            resolved_at_s: None,
-            storm: None,
-            backoff_until_s: None,
-            inhibited: None,
-            acknowledged_at_s: None,
-            flap: None,
-            silenced_by: None,
-        };
+        let update = |writer, count| StatusUpdate { writer, count, ..StatusUpdate::seen(100, 100) };
         let mut status = RemediationRequestStatus::default();
         for (writer, count) in [(1, 3), (2, 5), (1, 3), (1, 4), (2, 2), (2, 5)] {
             status.apply(&update(writer, count));
@@ -964,17 +965,10 @@ mod tests {
             cluster: String::new(),
         };
         let storm = |alerts, resources: Vec<TargetResource>| StatusUpdate {
-            first_seen_s: 100,
-            last_seen_s: 100,
             writer: 1,
             count: alerts,
-            resolved_at_s: None,
             storm: Some(StormUpdate { resource_count: alerts, resources, cap: 2 }),
-            backoff_until_s: None,
-            inhibited: None,
-            acknowledged_at_s: None,
-            flap: None,
-            silenced_by: None,
+            ..StatusUpdate::seen(100, 100)
         };
         let mut update = storm(2, vec![resource(1), resource(2)]);
         update.merge(&storm(3, vec![resource(3)]));
@@ -995,17 +989,9 @@ mod tests {
             cluster: String::new(),
         };
         let held = |writer, count, pod: u32| StatusUpdate {
-            first_seen_s: 100,
-            last_seen_s: 100,
             writer,
-            count: 0,
-            resolved_at_s: None,
-            storm: None,
-            backoff_until_s: None,
             inhibited: Some(InhibitedUpdate { count, resources: vec![resource(pod)], cap: 2 }),
-            acknowledged_at_s: None,
-            flap: None,
-            silenced_by: None,
+            ..StatusUpdate::seen(100, 100)
         };
         let mut status = RemediationRequestStatus::default();
         for (writer, count, pod) in [(1, 1, 1), (1, 2, 2), (2, 1, 3), (1, 2, 2)] {
@@ -1019,19 +1005,7 @@ mod tests {
     }
 
     fn flap(flap: FlapUpdate) -> StatusUpdate {
-        StatusUpdate {
-            first_seen_s: 100,
-            last_seen_s: 100,
-            writer: NO_WRITER,
-            count: 0,
-            resolved_at_s: None,
-            storm: None,
-            backoff_until_s: None,
-            inhibited: None,
-            acknowledged_at_s: None,
-            flap: Some(flap),
-            silenced_by: None,
-        }
+        StatusUpdate { flap: Some(flap), ..StatusUpdate::seen(100, 100) }
     }
 
     fn flapping_condition(status: &RemediationRequestStatus) -> (&str, &str, i64) {

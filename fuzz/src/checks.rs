@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use jiff::Timestamp;
 use tidegate::config::{parse_duration, Config};
 use tidegate::ingest::{self, Adapter, IngestError, Payload, Source, SOURCES};
-use tidegate::remediation::{self, Classification, StatusUpdate, MAX_VALUE_BYTES, NO_WRITER};
+use tidegate::remediation::{self, Classification, StatusUpdate, MAX_VALUE_BYTES};
 use tidegate::signal::Fingerprint;
 use tidegate::state::{Decision, Verdict};
 
@@ -152,19 +152,7 @@ pub fn source(source: &Source, data: &[u8]) {
             None => Fingerprint::new(&signal.name, &signal.namespace, &signal.target),
         };
         assert_eq!(signal.fingerprint, identity);
-        let status = StatusUpdate {
-            first_seen_s: 1,
-            last_seen_s: 1,
-            writer: NO_WRITER,
-            count: 0,
-            resolved_at_s: None,
-            storm: None,
-            backoff_until_s: None,
-            inhibited: None,
-            acknowledged_at_s: None,
-            flap: None,
-            silenced_by: None,
-        };
+        let status = StatusUpdate::seen(1, 1);
         let rr = remediation::build(&signal, &signal.namespace, 1_700_000_000, &class, &status);
         assert_dns_label(rr.metadata.name.as_deref().expect("a request has a name"));
         for (key, value) in rr.metadata.labels.iter().flatten() {

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use super::status_writer::Incident;
 use super::{decide_span, Outcome, OutcomeStatus, Pipeline, PipelineError};
 use crate::audit;
-use crate::remediation::{StatusUpdate, NO_WRITER};
+use crate::remediation::StatusUpdate;
 use crate::section::ConfigError;
 use crate::signal::Signal;
 use crate::sink::{LastRequest, Phase};
@@ -169,20 +169,11 @@ impl Pipeline {
         by: &str,
     ) -> Outcome {
         let update = StatusUpdate {
-            first_seen_s: last.first_seen_s,
-            last_seen_s: self.clock.now_s(),
-            writer: NO_WRITER,
-            count: 0,
-            resolved_at_s: None,
-            storm: None,
             backoff_until_s: match hold {
                 Hold::BackingOff { until_s } => Some(until_s),
                 Hold::Latched => None,
             },
-            inhibited: None,
-            acknowledged_at_s: None,
-            flap: None,
-            silenced_by: None,
+            ..StatusUpdate::seen(last.first_seen_s, self.clock.now_s())
         };
         self.status_writer.repeat(Incident::Signal(signal.fingerprint, last.first_seen_s), &last.at, update);
         self.metrics.held_back.get_or_create(&ReasonLabels { reason: hold.reason() }).inc();

@@ -24,7 +24,7 @@ use super::scope::{OutOfScope, RemediateLabels, Scope};
 use super::status_writer::{Incident, StatusWriter};
 use super::{Batch, Outcome, OutcomeStatus, PipelineError, Settings};
 use crate::audit;
-use crate::remediation::{self, InhibitedUpdate, RemediationRequest, StatusUpdate, NO_WRITER};
+use crate::remediation::{self, InhibitedUpdate, RemediationRequest, StatusUpdate};
 use crate::signal::{Fingerprint, Labels, Signal, SignalStatus};
 use crate::sink::{Lookup, RequestRef, Sink};
 use crate::state::{InhibitKey, Inhibitor, StateError, StateStore};
@@ -206,17 +206,8 @@ impl HoldBack {
                     let at = RequestRef { namespace: source.namespace.clone(), name: source.name.clone() };
                     let held = InhibitedUpdate { count: 0, resources: vec![signal.target.clone()], cap: self.cap };
                     let update = StatusUpdate {
-                        first_seen_s: source.first_seen_s,
-                        last_seen_s: source.first_seen_s,
-                        writer: NO_WRITER,
-                        count: 0,
-                        resolved_at_s: None,
-                        storm: None,
-                        backoff_until_s: None,
                         inhibited: Some(held),
-                        acknowledged_at_s: None,
-                        flap: None,
-                        silenced_by: None,
+                        ..StatusUpdate::seen(source.first_seen_s, source.first_seen_s)
                     };
                     status_writer.inhibited(Incident::Signal(source.source, source.first_seen_s), &at, update);
                     format!("{}/{}", at.namespace, at.name)

@@ -66,7 +66,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::clock::Clock;
-use crate::remediation::{StatusUpdate, NO_WRITER};
+use crate::remediation::StatusUpdate;
 use crate::signal::{Fingerprint, Signal};
 use crate::sink::{RequestRef, Sink, SinkError};
 use crate::state::{Decision, Entry, Folded, Observation, OpenWindow, RateLimit, StateError, StateStore, Verdict};
@@ -552,19 +552,7 @@ fn incident(signal: &Signal<'_>, entry: &Entry) -> Incident {
 
 /// An update of `entry`'s times that counts no repeat.
 fn uncounted(entry: &Entry) -> StatusUpdate {
-    StatusUpdate {
-        first_seen_s: entry.first_seen_s,
-        last_seen_s: entry.last_seen_s,
-        writer: NO_WRITER,
-        count: 0,
-        resolved_at_s: None,
-        storm: None,
-        backoff_until_s: None,
-        inhibited: None,
-        acknowledged_at_s: None,
-        flap: None,
-        silenced_by: None,
-    }
+    StatusUpdate::seen(entry.first_seen_s, entry.last_seen_s)
 }
 
 #[cfg(test)]

@@ -563,19 +563,7 @@ mod tests {
     }
 
     fn update(count: u64) -> StatusUpdate {
-        StatusUpdate {
-            first_seen_s: 1,
-            last_seen_s: 1,
-            writer: 1,
-            count,
-            resolved_at_s: None,
-            storm: None,
-            backoff_until_s: None,
-            inhibited: None,
-            acknowledged_at_s: None,
-            flap: None,
-            silenced_by: None,
-        }
+        StatusUpdate { writer: 1, count, ..StatusUpdate::seen(1, 1) }
     }
 
     fn incident(n: usize) -> Incident {

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::{decide_span, Outcome, OutcomeStatus, Pipeline, PipelineError, Slow};
 use crate::audit;
-use crate::remediation::{self, StatusUpdate, StormUpdate, NO_WRITER};
+use crate::remediation::{self, StatusUpdate, StormUpdate};
 use crate::signal::{Signal, SignalStatus};
 use crate::sink::RequestRef;
 use crate::state::{Folded, Observation, OpenWindow, StormConfig, StormKey};
@@ -193,21 +193,12 @@ impl Pipeline {
         let incident = Incident::Storm(*scope, folded.window_id);
         let now = self.clock.now_s();
         let update = StatusUpdate {
-            first_seen_s: folded.window_id,
-            last_seen_s: now,
-            writer: NO_WRITER,
-            count: 0,
-            resolved_at_s: None,
             storm: Some(StormUpdate {
                 resource_count: folded.resource_count as u64,
                 resources: vec![signal.target.clone()],
                 cap: self.storms.rules.affected_resources_cap,
             }),
-            backoff_until_s: None,
-            inhibited: None,
-            acknowledged_at_s: None,
-            flap: None,
-            silenced_by: None,
+            ..StatusUpdate::seen(folded.window_id, now)
         };
         self.storms.seen(*scope, folded.window_id, now);
         self.metrics.alerts_aggregated.inc();
