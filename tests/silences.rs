@@ -56,6 +56,18 @@ async fn silence(gw: &Gateway, namespace: &str, name: &str, matchers: &[&str]) -
     at
 }
 
+/// Expires the silence at `at` now, and waits until the gateway sees it ended.
+async fn expire(gw: &Gateway, at: &SilenceRef) {
+    store(gw).expire(at, now(gw)).await.unwrap();
+    let silences = gw.running().silences.as_ref().unwrap().silences.clone();
+    let expired_at = now(gw);
+    eventually("the gateway to see the silence expired", || {
+        let silences = silences.clone();
+        async move { silences.known().iter().all(|(_, k)| k.silence.as_ref().unwrap().ends_at <= expired_at) }
+    })
+    .await;
+}
+
 async fn post(gw: &Gateway, alerts: Vec<Value>) -> (u16, Value) {
     let resp = gw.alerts(&webhook(alerts)).await;
     let status = resp.status().as_u16();
@@ -96,14 +108,7 @@ async fn an_expired_silence_lets_the_next_alert_open_a_request() {
     let (_, body) = post(&gw, vec![alert("KubePodCrashLooping", "shop", "web-1")]).await;
     assert_eq!(body["status"], "silenced");
 
-    store(&gw).expire(&at, now(&gw)).await.unwrap();
-    let silences = gw.running().silences.as_ref().unwrap().silences.clone();
-    let expired_at = now(&gw);
-    eventually("the gateway to see the silence expired", || {
-        let silences = silences.clone();
-        async move { silences.known().iter().all(|(_, k)| k.silence.as_ref().unwrap().ends_at <= expired_at) }
-    })
-    .await;
+    expire(&gw, &at).await;
     let (status, body) = post(&gw, vec![alert("KubePodCrashLooping", "shop", "web-1")]).await;
 
     assert_eq!((status, body["status"].as_str()), (201, Some("created")), "{body}");
@@ -211,14 +216,7 @@ async fn a_silence_comes_before_storms_and_silenced_alerts_count_toward_none() {
     assert!(gw.requests().is_empty(), "no storm request, no single request");
     // Expired: the next two alerts are the first the storm rules see, under the
     // threshold of three, so each opens its own request.
-    store(&gw).expire(&at, now(&gw)).await.unwrap();
-    let silences = gw.running().silences.as_ref().unwrap().silences.clone();
-    let expired_at = now(&gw);
-    eventually("the gateway to see the silence expired", || {
-        let silences = silences.clone();
-        async move { silences.known().iter().all(|(_, k)| k.silence.as_ref().unwrap().ends_at <= expired_at) }
-    })
-    .await;
+    expire(&gw, &at).await;
     let alerts = (0..2).map(|i| alert("KubePodCrashLooping", "shop", &format!("db-{i}"))).collect();
     let (_, body) = post(&gw, alerts).await;
     assert_eq!(body["summary"]["created"], 2, "silenced alerts counted toward no storm: {body}");
