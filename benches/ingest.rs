@@ -85,7 +85,7 @@
 #[path = "ingest/ceiling.rs"]
 mod ceiling;
 
-use knobs::knob;
+use knobs::{gateway_flags_only, knob};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -444,17 +444,8 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
         .arg("--sink")
         .arg(format!("dir:{}", sink.display()))
         .args(["--shutdown-delay", "0s"]);
-    let extra = std::env::var("BENCH_TIDEGATE_ARGS").unwrap_or_default();
-    if !extra.trim().is_empty() {
-        println!("  extra flags: {extra}");
-        command.args(extra.split_whitespace());
-    }
     // Only the flags above and the log level may configure it.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("TIDEGATE_") {
-            command.env_remove(key);
-        }
-    }
+    gateway_flags_only(&mut command);
     command.env("TIDEGATE_LOG_FILTER", "warn");
     let tokens = match std::env::var("BENCH_AUTH").as_deref() {
         Err(_) => Vec::new(),

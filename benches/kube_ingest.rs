@@ -65,7 +65,7 @@ use serde_json::{json, Value};
 use tidegate::remediation::{self, Classification, RemediationRequest, StatusUpdate};
 use tidegate::signal::{Fingerprint, Labels, Signal, SignalStatus, SignalType, TargetResource};
 use tidegate_testkit::bench::cpu::{cpu_seconds, machine_busy_seconds};
-use tidegate_testkit::bench::knobs::knob;
+use tidegate_testkit::bench::knobs::{gateway_flags_only, knob};
 use tidegate_testkit::bench::proc::vm_rss;
 use tidegate_testkit::kube::Kube;
 
@@ -429,16 +429,7 @@ impl Gateway {
             "--shutdown-delay",
             "0s",
         ]);
-        let extra = std::env::var("BENCH_TIDEGATE_ARGS").unwrap_or_default();
-        if !extra.trim().is_empty() {
-            println!("  extra flags: {extra}");
-            command.args(extra.split_whitespace());
-        }
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("TIDEGATE_") {
-                command.env_remove(key);
-            }
-        }
+        gateway_flags_only(&mut command);
         // `BENCH_TIDEGATE_ENV="TIDEGATE_KUBE_CREATES_IN_FLIGHT=64 ..."`: settings
         // without a flag.
         for pair in std::env::var("BENCH_TIDEGATE_ENV").unwrap_or_default().split_whitespace() {
