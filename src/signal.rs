@@ -288,6 +288,33 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
+/// A firing Prometheus alert for tests: `name` about `target`, in `namespace`,
+/// with `labels` (a `severity` label sets its severity, else `warning`), received
+/// at the epoch.
+#[cfg(test)]
+pub(crate) fn test_signal(
+    name: &str,
+    namespace: &str,
+    target: TargetResource,
+    labels: &[(&str, &str)],
+) -> Signal<'static> {
+    let labels: Labels<'static> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Signal {
+        name: name.to_string().into(),
+        severity: labels.get("severity").unwrap_or("warning").to_string().into(),
+        namespace: namespace.to_string().into(),
+        fingerprint: Fingerprint::new(name, namespace, &target),
+        target,
+        labels,
+        annotations: Labels::default(),
+        firing_time: None,
+        received_time: jiff::Timestamp::UNIX_EPOCH,
+        signal_type: SignalType::PROMETHEUS_ALERT,
+        source: "test".into(),
+        status: SignalStatus::Firing,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -198,23 +198,11 @@ impl Classifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signal::{Fingerprint, SignalStatus, SignalType, TargetResource};
+    use crate::signal::TargetResource;
 
     fn signal(severity: &str, namespace: &str, labels: &[(&str, &str)]) -> Signal<'static> {
-        Signal {
-            name: "A".into(),
-            severity: severity.to_string().into(),
-            namespace: namespace.to_string().into(),
-            target: TargetResource::default(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            annotations: Default::default(),
-            firing_time: None,
-            received_time: jiff::Timestamp::UNIX_EPOCH,
-            signal_type: SignalType::PROMETHEUS_ALERT,
-            source: "test".into(),
-            status: SignalStatus::Firing,
-            fingerprint: Fingerprint::new("A", namespace, &TargetResource::default()),
-        }
+        let signal = crate::signal::test_signal("A", namespace, TargetResource::default(), labels);
+        Signal { severity: severity.to_string().into(), ..signal }
     }
 
     struct Labels;

@@ -384,30 +384,3 @@ fn open(sink: &dyn Sink, source: &Inhibitor) -> bool {
     let at = RequestRef { namespace: source.namespace.clone(), name: source.name.clone() };
     !matches!(sink.lookup(&at), Lookup::Terminal | Lookup::Failed { .. } | Lookup::Deleted)
 }
-
-/// A firing signal for the steps' tests: `name` about `target`, in `namespace`,
-/// with `labels`.
-#[cfg(test)]
-pub(crate) fn test_signal(
-    name: &str,
-    namespace: &str,
-    target: crate::signal::TargetResource,
-    labels: &[(&str, &str)],
-) -> Signal<'static> {
-    use crate::signal::{Labels, SignalType};
-    let labels: Labels<'static> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    Signal {
-        name: name.to_string().into(),
-        severity: labels.get("severity").unwrap_or("warning").to_string().into(),
-        namespace: namespace.to_string().into(),
-        fingerprint: Fingerprint::new(name, namespace, &target),
-        target,
-        labels,
-        annotations: Labels::default(),
-        firing_time: None,
-        received_time: jiff::Timestamp::UNIX_EPOCH,
-        signal_type: SignalType::PROMETHEUS_ALERT,
-        source: "test".into(),
-        status: SignalStatus::Firing,
-    }
-}

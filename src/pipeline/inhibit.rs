@@ -369,7 +369,7 @@ mod tests {
             namespace: "shop".into(),
             cluster: String::new(),
         };
-        crate::pipeline::held::test_signal(name, "shop", target, labels)
+        crate::signal::test_signal(name, "shop", target, labels)
     }
 
     fn sources(rules: &Inhibition, signal: &Signal<'_>) -> Vec<InhibitKey> {

@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::{Outcome, OutcomeStatus, Parts, Pipeline, Processed, Sender, Settings};
 use crate::clock::Clock;
 use crate::remediation::RemediationRequest;
-use crate::signal::{Fingerprint, Signal, SignalStatus, SignalType, TargetResource};
+use crate::signal::{Signal, TargetResource};
 use crate::sink::dir::DirSink;
 use crate::sink::{Lookup, RequestRef, Sink};
 use crate::state::memory::MemoryStore;
@@ -18,24 +18,11 @@ use crate::telemetry::Metrics;
 /// A firing alert `name` about pod `pod` (none if empty) in `namespace`.
 pub fn signal(name: &str, namespace: &str, pod: &str) -> Signal<'static> {
     let target = if pod.is_empty() { TargetResource::default() } else { TargetResource::new("Pod", pod, namespace) };
-    let mut labels: crate::signal::Labels<'static> = [("alertname", name.to_string())].into_iter().collect();
+    let mut labels = vec![("alertname", name)];
     if !pod.is_empty() {
-        labels.push("pod", pod.to_string());
+        labels.push(("pod", pod));
     }
-    Signal {
-        name: name.to_string().into(),
-        severity: "critical".into(),
-        namespace: namespace.to_string().into(),
-        fingerprint: Fingerprint::new(name, namespace, &target),
-        target,
-        labels,
-        annotations: Default::default(),
-        firing_time: None,
-        received_time: jiff::Timestamp::UNIX_EPOCH,
-        signal_type: SignalType::PROMETHEUS_ALERT,
-        source: "test".into(),
-        status: SignalStatus::Firing,
-    }
+    Signal { severity: "critical".into(), ..crate::signal::test_signal(name, namespace, target, &labels) }
 }
 
 pub struct Rig {

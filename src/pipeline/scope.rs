@@ -215,7 +215,7 @@ mod tests {
             namespace: target_ns.into(),
             cluster: String::new(),
         };
-        crate::pipeline::held::test_signal("KubePodCrashLooping", namespace, target, &[])
+        crate::signal::test_signal("KubePodCrashLooping", namespace, target, &[])
     }
 
     fn config(mode: ScopeMode, namespaces: &[&str]) -> ScopeConfig {

@@ -542,29 +542,12 @@ pub async fn start(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::signal::{Fingerprint, Labels, SignalStatus, SignalType, TargetResource};
+    use crate::signal::TargetResource;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    pub fn signal<'a>(name: &'a str, namespace: &'a str, labels: &[(&'a str, &'a str)]) -> Signal<'a> {
-        let mut l = Labels::default();
-        for (k, v) in labels {
-            l.push(*k, *v);
-        }
+    pub fn signal(name: &str, namespace: &str, labels: &[(&str, &str)]) -> Signal<'static> {
         let target = TargetResource::new("Pod", "web-1", namespace);
-        Signal {
-            name: name.into(),
-            severity: "critical".into(),
-            namespace: namespace.into(),
-            fingerprint: Fingerprint::new(name, namespace, &target),
-            target,
-            labels: l,
-            annotations: Labels::default(),
-            firing_time: None,
-            received_time: Timestamp::UNIX_EPOCH,
-            signal_type: SignalType::PROMETHEUS_ALERT,
-            source: "test".into(),
-            status: SignalStatus::Firing,
-        }
+        Signal { severity: "critical".into(), ..crate::signal::test_signal(name, namespace, target, labels) }
     }
 
     pub fn spec(matchers: &[&str], starts: &str, ends: &str) -> RemediationSilenceSpec {
