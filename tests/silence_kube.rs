@@ -24,6 +24,20 @@ use tidegate::silence::resource::RemediationSilence;
 /// How long the API server, its watches and the gateway's writes get, loaded.
 const SLOW: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The `silence.max_duration` of every gateway here. The tests of this binary share
+/// one API server and every gateway watches every namespace's silences and records
+/// their state, so their rules must agree (as a release's replicas' do), or one
+/// gateway's state of another test's silence would stand in that test's way.
+const MAX_DURATION: SignedDuration = SignedDuration::from_mins(150);
+
+/// A gateway on tidegate's service account, with this binary's silence rules.
+async fn gateway(kube: &Kube) -> support::Gateway {
+    support::start_kube_as(kube.gateway_client(), tidegate::clock::Clock::System, |c| {
+        c.silence.max_duration = MAX_DURATION.unsigned_abs()
+    })
+    .await
+}
+
 fn silence(name: &str, matchers: &[&str], starts: Timestamp, ends: Timestamp) -> Value {
     json!({
         "apiVersion": "remediation.tidegate.dev/v1alpha1",
@@ -116,8 +130,8 @@ async fn a_silencer_of_one_namespace_silences_it_alone_and_its_silence_matches_i
     let token = silencer_in(&kube, &a).await;
     let dir = tempfile::tempdir().unwrap();
     let config = support::kubeconfig(dir.path(), "silencer", &token);
-    // The system clock: the CLI stamps silences with the real time.
-    let gw = support::start_kube_as(kube.gateway_client(), tidegate::clock::Clock::System, |_| {}).await;
+    // The system clock (as every gateway here has): the CLI stamps silences with the real time.
+    let gw = gateway(&kube).await;
 
     // Bindings take effect a moment after they are written.
     let mut added = None;
@@ -214,7 +228,7 @@ async fn gateway_knows(gw: &support::Gateway, namespace: &str, name: &str) {
 async fn an_open_requests_status_names_the_silence_active_on_it_until_the_silence_is_expired() {
     let kube = Kube::new().await;
     let ns = kube.namespace("rsil-open", &[]).await;
-    let gw = support::start_kube_as(kube.gateway_client(), tidegate::clock::Clock::System, |_| {}).await;
+    let gw = gateway(&kube).await;
     let (status, body) = post(&gw, &ns, "web-1").await;
     assert_eq!(status, 201, "{body}");
     let name = body["name"].as_str().unwrap().to_string();
@@ -255,16 +269,12 @@ async fn an_ignored_silence_gets_one_warning_event_per_version_not_one_per_signa
     use k8s_openapi::api::events::v1::Event;
     let kube = Kube::new().await;
     let ns = kube.namespace("rsil-ignored", &[]).await;
-    let gw = support::start_kube_as(kube.gateway_client(), tidegate::clock::Clock::System, |c| {
-        c.silence.max_duration = std::time::Duration::from_secs(3600)
-    })
-    .await;
+    let gw = gateway(&kube).await;
     let silences: Api<RemediationSilence> = Api::namespaced(kube.admin.clone(), &ns);
     let now = Timestamp::now();
     let start = now - SignedDuration::from_mins(1);
     let matchers = ["alertname=KubePodCrashLooping"];
-    let created =
-        create(&silences, silence("long", &matchers, start, now + SignedDuration::from_hours(3))).await.unwrap();
+    let created = create(&silences, silence("long", &matchers, start, now + MAX_DURATION * 2)).await.unwrap();
     let events: Api<Event> = Api::namespaced(kube.admin.clone(), &ns);
     let warned = || async {
         let listed = events.list(&ListParams::default()).await.unwrap().items;
@@ -295,8 +305,12 @@ async fn an_ignored_silence_gets_one_warning_event_per_version_not_one_per_signa
     assert_eq!(warned().await.len(), 1, "one event for this version of the silence");
 
     // A new version (its end moved earlier, still too long): one event more.
-    merge(&silences, "long", json!({"spec": {"endsAt": (now + SignedDuration::from_hours(2)).to_string()}}))
-        .await
-        .unwrap();
+    merge(
+        &silences,
+        "long",
+        json!({"spec": {"endsAt": (now + MAX_DURATION + SignedDuration::from_hours(1)).to_string()}}),
+    )
+    .await
+    .unwrap();
     eventually_within("a second event, for the new version", SLOW, || async { warned().await.len() == 2 }).await;
 }
