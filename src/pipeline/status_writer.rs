@@ -17,11 +17,15 @@
 //!
 //! Writes across all requests are also capped per second: ten thousand open
 //! incidents each repeating every few seconds must not become ten thousand writes a
-//! second to a disk or an API server. Writes over the cap wait, due, and keep
-//! absorbing newer counts, so the cap delays counts and never loses them
-//! (`tidegate_status_write_lag_seconds` says how late writes go out). The cap holds
-//! for the directory sink too: letting its writes follow the disk cost a third of
-//! the ingest bench's throughput (docs/performance.md).
+//! second to an API server. Writes over the cap wait, due, and keep absorbing newer
+//! counts, so the cap delays counts and never loses them
+//! (`tidegate_status_write_lag_seconds` says how late writes go out). The cap is
+//! `status_writer.max_writes_per_s` if set; unset, it is what the sink says it
+//! affords ([`Sink::affordable_status_writes`]: the directory sink measures the CPU
+//! its writes take), or [`DEFAULT_MAX_WRITES_PER_S`] for a sink that cannot say (the
+//! Kubernetes API server's load is not measured from here). Letting the directory
+//! sink's writes go as fast as they completed, without a cap, cost a third of the
+//! ingest bench's throughput (docs/performance.md).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -54,6 +58,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const NOT_FOUND_ATTEMPTS: u32 = 5;
 /// Writes in flight at once.
 const CONCURRENCY: usize = 32;
+/// Status writes per second in all, with `status_writer.max_writes_per_s` unset and
+/// a sink that does not say what it affords (the Kubernetes sink).
+pub const DEFAULT_MAX_WRITES_PER_S: u32 = 200;
 /// How long this process keeps counting an incident it no longer sees. A repeat
 /// after that starts a tally under a new writer id, which is correct (tallies add
 /// up) and costs an entry of the request's tally list. A process starts at most one
@@ -72,7 +79,8 @@ struct Shared {
     /// This process's half of its writer ids: random, so that processes (and
     /// restarts) never share one.
     process: u32,
-    max_per_s: f64,
+    /// `status_writer.max_writes_per_s`, if set.
+    max_per_s: Option<f64>,
     wake: Notify,
     drained: Notify,
     sink: Arc<dyn Sink>,
@@ -144,14 +152,16 @@ pub struct StatusWriterConfig {
     #[schemars(with = "String")]
     pub interval: Duration,
     /// Status writes per second across all requests, at most: bounds the load on
-    /// the disk or the API server when many incidents repeat at once; counts wait,
-    /// they are not lost. Was `dedup.max_status_writes_per_s`.
-    pub max_writes_per_s: u32,
+    /// the API server or the disk when many incidents repeat at once; counts wait,
+    /// they are not lost. Unset: 200 with the Kubernetes sink; with the directory
+    /// sink, what a tenth of the cores affords at the measured CPU cost of a write.
+    /// Was `dedup.max_status_writes_per_s`.
+    pub max_writes_per_s: Option<u32>,
 }
 
 impl Default for StatusWriterConfig {
     fn default() -> Self {
-        StatusWriterConfig { interval: Duration::from_secs(1), max_writes_per_s: 200 }
+        StatusWriterConfig { interval: Duration::from_secs(1), max_writes_per_s: None }
     }
 }
 
@@ -164,7 +174,7 @@ impl StatusWriterConfig {
                 "must be at least 10ms and no longer than dedup.window",
             ));
         }
-        if self.max_writes_per_s == 0 {
+        if self.max_writes_per_s == Some(0) {
             return Err(ConfigError::invalid("status_writer.max_writes_per_s", "must be at least 1"));
         }
         Ok(())
@@ -173,18 +183,15 @@ impl StatusWriterConfig {
 
 impl StatusWriter {
     /// Starts the writer task. Must be called within a tokio runtime.
-    /// `max_per_s` caps writes per second across all requests.
     /// A status writer writing at most once per `status_writer.interval` per request
-    /// and `status_writer.max_writes_per_s` in all.
+    /// and `status_writer.max_writes_per_s` in all (unset: what the sink affords).
     pub fn new(sink: Arc<dyn Sink>, config: &StatusWriterConfig, metrics: Arc<Metrics>) -> Self {
-        let (interval, max_per_s) = (config.interval, config.max_writes_per_s.max(1) as f64);
+        let (interval, max_per_s) = (config.interval, config.max_writes_per_s.map(|n| n.max(1) as f64));
         let process = process_id();
         metrics.status_writer.get_or_create(&WriterLabels { writer: format!("{process:08x}") }).set(1);
+        let first = max_per_s.or_else(|| sink.affordable_status_writes()).unwrap_or(DEFAULT_MAX_WRITES_PER_S as f64);
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                budget: Budget { tokens: max_per_s, at: Some(Instant::now()) },
-                ..Inner::default()
-            }),
+            inner: Mutex::new(Inner { budget: Budget { tokens: first, at: Some(Instant::now()) }, ..Inner::default() }),
             max_per_s,
             process,
             wake: Notify::new(),
@@ -351,13 +358,22 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Status writes per second, at most, right now.
+    fn cap(&self) -> f64 {
+        self.max_per_s
+            .or_else(|| self.sink.affordable_status_writes())
+            .unwrap_or(DEFAULT_MAX_WRITES_PER_S as f64)
+            .max(1.0)
+    }
+
     /// Takes the writes that are due, or the time the next one is.
     fn take_due(&self) -> Result<Vec<(Incident, Pending)>, Option<Instant>> {
         let now = Instant::now();
+        let max_per_s = self.cap();
         let mut inner = self.lock();
         let budget = &mut inner.budget;
         let elapsed = budget.at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-        budget.tokens = (budget.tokens + elapsed.as_secs_f64() * self.max_per_s).min(self.max_per_s);
+        budget.tokens = (budget.tokens + elapsed.as_secs_f64() * max_per_s).min(max_per_s);
         budget.at = Some(now);
         let mut ready = Vec::new();
         let mut later = Vec::new();
@@ -370,7 +386,7 @@ impl Shared {
             }
             // Over the cap, due writes wait (and keep merging); at shutdown, not.
             if inner.budget.tokens < 1.0 && !inner.draining {
-                let refill = Duration::from_secs_f64((1.0 - inner.budget.tokens) / self.max_per_s);
+                let refill = Duration::from_secs_f64((1.0 - inner.budget.tokens) / max_per_s);
                 if ready.is_empty() {
                     inner.due.extend(later);
                     return Err(Some(now + refill));
@@ -511,7 +527,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn dedup(interval: Duration, max_writes_per_s: u32) -> StatusWriterConfig {
-        StatusWriterConfig { interval, max_writes_per_s }
+        StatusWriterConfig { interval, max_writes_per_s: Some(max_writes_per_s) }
     }
 
     /// A sink that keeps one status and counts the writes to it, and whose first
@@ -522,6 +538,8 @@ mod tests {
         status: Mutex<crate::remediation::RemediationRequestStatus>,
         writes: AtomicUsize,
         unclear: AtomicUsize,
+        /// The writes per second it says it affords.
+        affords: Option<f64>,
     }
 
     impl Sink for Landing {
@@ -552,6 +570,9 @@ mod tests {
         }
         fn ready(&self) -> BoxFuture<'_, Result<(), SinkError>> {
             Box::pin(async { Ok(()) })
+        }
+        fn affordable_status_writes(&self) -> Option<f64> {
+            self.affords
         }
         // A test sink keeps no authority on open incidents.
         fn lookup(&self, _: &RequestRef) -> Lookup {
@@ -652,5 +673,36 @@ mod tests {
         assert!(metrics.status_write_lag.get() >= 0.5, "the backlog shows: {}", metrics.status_write_lag.get());
         c.shutdown(Duration::from_secs(5)).await;
         assert_eq!(sink.writes.load(Ordering::SeqCst), 10, "the cap never loses a count");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unset_the_cap_is_what_the_sink_affords_and_set_it_is_the_configured_one() {
+        for (configured, cap) in [(None, 5), (Some(3), 3)] {
+            let sink = Arc::new(Landing { affords: Some(5.0), ..Default::default() });
+            let config = StatusWriterConfig { interval: Duration::from_millis(100), max_writes_per_s: configured };
+            let c = StatusWriter::new(sink.clone(), &config, Arc::new(Metrics::new()));
+            for n in 0..20 {
+                c.record(incident(n), &at(n), update(1));
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+            settle().await;
+            assert_eq!(sink.writes.load(Ordering::SeqCst), cap, "configured {configured:?}: one second's writes");
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+            assert_eq!(sink.writes.load(Ordering::SeqCst), 2 * cap, "configured {configured:?}: and as many a second");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_that_cannot_say_what_it_affords_gets_the_default_cap() {
+        let sink = Arc::new(Landing::default());
+        let config = StatusWriterConfig { interval: Duration::from_millis(100), max_writes_per_s: None };
+        let c = StatusWriter::new(sink.clone(), &config, Arc::new(Metrics::new()));
+        for n in 0..(DEFAULT_MAX_WRITES_PER_S as usize + 50) {
+            c.record(incident(n), &at(n), update(1));
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+        assert_eq!(sink.writes.load(Ordering::SeqCst), DEFAULT_MAX_WRITES_PER_S as usize);
     }
 }

@@ -208,4 +208,12 @@ pub trait Sink: Send + Sync + 'static {
     /// cost I/O (the directory sink reads the manifests); called at start and then
     /// once per dedup window, never per signal.
     fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>>;
+
+    /// Status writes per second this sink affords, if it measures what its writes
+    /// cost: the status writer's cap when `status_writer.max_writes_per_s` is unset.
+    /// `None`, the default: the status writer's fixed default cap (a Kubernetes API
+    /// server's load cannot be measured from here).
+    fn affordable_status_writes(&self) -> Option<f64> {
+        None
+    }
 }

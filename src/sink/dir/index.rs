@@ -17,11 +17,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use jiff::Timestamp;
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
 use crate::remediation::RemediationRequest;
 use crate::signal::Fingerprint;
@@ -127,16 +129,68 @@ pub fn parse(text: &str) -> Option<Record> {
     })
 }
 
+/// The SHA-256 of a manifest's bytes.
+pub type Digest = [u8; 32];
+
+/// The SHA-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> Digest {
+    Sha256::digest(bytes).into()
+}
+
+/// A manifest as this gateway last wrote it: the request, and the digest of the
+/// bytes written. While the file's bytes have that digest, the file says exactly
+/// this request (bytes parse one way), so a status write starts from it instead of
+/// parsing the file, and the watch has nothing to learn from the file. Any other
+/// bytes (a controller's phase, a person's edit, another replica's write) have
+/// another digest, and are read.
+pub struct Written {
+    pub request: RemediationRequest,
+    pub digest: Digest,
+}
+
 /// Every indexed manifest, by request and by fingerprint.
 pub struct Index {
     inner: Mutex<Inner>,
     /// How long a removal is remembered: as long as an incident can stay open.
     horizon: Duration,
+    /// Manifests the watch parsed: changes that were not this gateway's own writes.
+    parsed: AtomicU64,
+}
+
+/// One indexed manifest.
+struct Entry {
+    record: Record,
+    /// The digest of what this gateway last wrote to it, and the request written,
+    /// while nobody else is known to have written it since (and either is used only
+    /// once it matched the file's bytes). The request is lent to the status write
+    /// under way, and the digest stays meanwhile: the file still holds those bytes,
+    /// and the watch still knows them. At most one per indexed request, so they are
+    /// forgotten with the request.
+    digest: Option<Digest>,
+    request: Option<Box<RemediationRequest>>,
+    /// The digest of a status write being moved into place: the watch, woken by
+    /// the move, may read the file before the write is recorded here.
+    landing: Option<Digest>,
+}
+
+impl Entry {
+    fn read(record: Record) -> Entry {
+        Entry { record, digest: None, request: None, landing: None }
+    }
+
+    fn written(record: Record, written: Written) -> Entry {
+        Entry { record, digest: Some(written.digest), request: Some(Box::new(written.request)), landing: None }
+    }
+
+    /// Whether `on_disk` are bytes this gateway wrote, or is moving into place.
+    fn holds(&self, on_disk: &Digest) -> bool {
+        self.digest == Some(*on_disk) || self.landing == Some(*on_disk)
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    requests: HashMap<RequestRef, Record>,
+    requests: HashMap<RequestRef, Entry>,
     /// The newest request of each fingerprint: the one a repeat may belong to.
     newest: HashMap<Fingerprint, RequestRef>,
     /// Requests seen removed, and when: known gone, unlike a request another writer
@@ -167,7 +221,13 @@ pub struct Loaded {
 impl Index {
     /// An empty index that remembers removals for `horizon`.
     pub fn new(horizon: Duration) -> Self {
-        Index { inner: Mutex::default(), horizon }
+        Index { inner: Mutex::default(), horizon, parsed: AtomicU64::new(0) }
+    }
+
+    /// Manifests the watch has parsed since start: every change it saw that was
+    /// not this gateway's own write.
+    pub fn parsed(&self) -> u64 {
+        self.parsed.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -175,14 +235,24 @@ impl Index {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records (or updates) the manifest at `at`.
+    /// Records (or updates) the manifest at `at`, as read from the file.
     pub fn insert(&self, at: &RequestRef, record: Record) {
+        self.insert_entry(at, Entry::read(record));
+    }
+
+    /// Records the manifest at `at`, as this gateway writes it.
+    pub fn insert_written(&self, at: &RequestRef, record: Record, written: Written) {
+        self.insert_entry(at, Entry::written(record, written));
+    }
+
+    fn insert_entry(&self, at: &RequestRef, entry: Entry) {
+        let record = entry.record;
         let mut inner = self.lock();
         let Inner { requests, newest, removed, latest_s, sweep_at } = &mut *inner;
         removed.remove(at);
-        requests.insert(at.clone(), record);
+        requests.insert(at.clone(), entry);
         *latest_s = (*latest_s).max(record.last_seen_s);
-        let newer = match newest.get(&record.fingerprint).and_then(|n| requests.get(n).map(|r| (n, r))) {
+        let newer = match newest.get(&record.fingerprint).and_then(|n| requests.get(n).map(|e| (n, &e.record))) {
             Some((known, current)) => known == at || current.first_seen_s <= record.first_seen_s,
             None => true,
         };
@@ -205,7 +275,7 @@ impl Index {
     /// gateway running on another clock (a test's) never sweeps what is still open.
     fn sweep(
         &self,
-        requests: &mut HashMap<RequestRef, Record>,
+        requests: &mut HashMap<RequestRef, Entry>,
         newest: &mut HashMap<Fingerprint, RequestRef>,
         latest_s: u32,
     ) {
@@ -213,7 +283,9 @@ impl Index {
         let now_s = u64::from(latest_s).min(wall_s);
         let horizon_s = self.horizon.as_secs();
         // A latched request holds its incident until a person acts, however old.
-        requests.retain(|_, r| u64::from(r.last_seen_s) + horizon_s >= now_s || r.phase == Phase::ManualReview);
+        requests.retain(|_, e| {
+            u64::from(e.record.last_seen_s) + horizon_s >= now_s || e.record.phase == Phase::ManualReview
+        });
         newest.retain(|_, at| requests.contains_key(at));
     }
 
@@ -221,9 +293,9 @@ impl Index {
     pub fn remove(&self, at: &RequestRef) {
         let mut inner = self.lock();
         let Inner { requests, newest, removed, .. } = &mut *inner;
-        if let Some(record) = requests.remove(at) {
-            if newest.get(&record.fingerprint) == Some(at) {
-                newest.remove(&record.fingerprint);
+        if let Some(entry) = requests.remove(at) {
+            if newest.get(&entry.record.fingerprint) == Some(at) {
+                newest.remove(&entry.record.fingerprint);
             }
         }
         if removed.len() >= REMOVED_SWEEP {
@@ -234,18 +306,63 @@ impl Index {
 
     /// Updates the record at `at` after a status write, if it is known.
     pub fn update(&self, at: &RequestRef, record: Record) {
+        self.update_entry(at, Entry::read(record));
+    }
+
+    /// Updates the record at `at` after a status write, and keeps what it wrote, if
+    /// the request is known.
+    pub fn wrote(&self, at: &RequestRef, record: Record, written: Written) {
+        self.update_entry(at, Entry::written(record, written));
+    }
+
+    fn update_entry(&self, at: &RequestRef, entry: Entry) {
         let mut inner = self.lock();
+        let last_seen_s = entry.record.last_seen_s;
         // The record comes from the file as just rewritten, phase included; one
         // removed meanwhile stays removed.
         if let Some(known) = inner.requests.get_mut(at) {
-            *known = record;
-            inner.latest_s = inner.latest_s.max(record.last_seen_s);
+            *known = entry;
+            inner.latest_s = inner.latest_s.max(last_seen_s);
         }
+    }
+
+    /// The request this gateway last wrote to `at`, lent to a status write, if the
+    /// file's bytes (`on_disk`, read under the namespace lock) are still the bytes
+    /// written. Bytes that differ forget what was written: someone else wrote since.
+    pub fn take_written(&self, at: &RequestRef, on_disk: &Digest) -> Option<Box<RemediationRequest>> {
+        let mut inner = self.lock();
+        let entry = inner.requests.get_mut(at)?;
+        // A write that never landed left its digest here.
+        entry.landing = None;
+        if entry.digest != Some(*on_disk) {
+            (entry.digest, entry.request) = (None, None);
+            return None;
+        }
+        entry.request.take()
+    }
+
+    /// Says that a status write with `digest` is being moved into place at `at`:
+    /// until it is recorded ([`Index::wrote`]), both its bytes and the file's
+    /// previous ones are this gateway's.
+    pub fn landing(&self, at: &RequestRef, digest: Digest) {
+        if let Some(entry) = self.lock().requests.get_mut(at) {
+            entry.landing = Some(digest);
+        }
+    }
+
+    /// Whether the file at `at` holds exactly what this gateway wrote to it.
+    fn is_written(&self, at: &RequestRef, on_disk: &Digest) -> bool {
+        self.lock().requests.get(at).is_some_and(|e| e.holds(on_disk))
+    }
+
+    /// Requests whose last write by this gateway is kept, for tests of the bound.
+    pub fn written(&self) -> usize {
+        self.lock().requests.values().filter(|e| e.request.is_some()).count()
     }
 
     pub fn lookup(&self, at: &RequestRef) -> Lookup {
         let inner = self.lock();
-        match inner.requests.get(at) {
+        match inner.requests.get(at).map(|e| &e.record) {
             Some(record) => record.phase.lookup(record.prior_failures),
             // Seen removed, by the watch or by a write that found it missing.
             None if inner.removed.contains_key(at) => Lookup::Deleted,
@@ -258,7 +375,7 @@ impl Index {
     pub fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
         let inner = self.lock();
         let at = inner.newest.get(fingerprint)?;
-        let record = inner.requests.get(at).filter(|r| !r.phase.is_terminal())?;
+        let record = inner.requests.get(at).map(|e| &e.record).filter(|r| !r.phase.is_terminal())?;
         Some(OpenRequest {
             at: at.clone(),
             first_seen_s: record.first_seen_s,
@@ -271,7 +388,7 @@ impl Index {
     pub fn last_request(&self, fingerprint: &Fingerprint) -> Option<LastRequest> {
         let inner = self.lock();
         let at = inner.newest.get(fingerprint)?;
-        let record = inner.requests.get(at)?;
+        let record = &inner.requests.get(at)?.record;
         Some(LastRequest {
             at: at.clone(),
             first_seen_s: record.first_seen_s,
@@ -292,7 +409,7 @@ impl Index {
         inner
             .requests
             .iter()
-            .filter(|(_, r)| !r.phase.is_terminal() && r.storm.is_none())
+            .filter(|(_, e)| !e.record.phase.is_terminal() && e.record.storm.is_none())
             .map(|(at, _)| at.clone())
             .collect()
     }
@@ -358,13 +475,16 @@ impl Index {
     }
 
     /// Brings the entry of the file at `path` in line with the disk: read again if
-    /// it is there, forgotten if not.
+    /// it is there, forgotten if not. A file that holds exactly what this gateway
+    /// last wrote to it is known already, and not parsed.
     pub fn refresh(&self, root: &Path, path: &Path) {
         let Some(at) = manifest_ref(root, path) else { return };
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
+        match std::fs::read(path) {
+            Ok(bytes) if self.is_written(&at, &digest(&bytes)) => {}
+            Ok(bytes) => {
+                self.parsed.fetch_add(1, Ordering::Relaxed);
                 // A half-edited file is skipped; the write that completes it comes next.
-                if let Some(record) = parse(&text) {
+                if let Some(record) = std::str::from_utf8(&bytes).ok().and_then(parse) {
                     self.insert(&at, record);
                 }
             }

@@ -6,7 +6,8 @@
 //! moved into place, so a reader never sees half a manifest (creations are synced
 //! first; status rewrites are not, see [`Durability`]), and
 //! status rewrites hold a per-namespace lock so concurrent writers cannot regress a
-//! count. Creation
+//! count ([`status`]: batched, and started from what this gateway wrote while the
+//! file still holds it). Creation
 //! uses `link(2)`, which fails if the name exists: two writers racing on one incident
 //! cannot both create it, and neither clobbers the other.
 //!
@@ -17,6 +18,7 @@
 
 pub mod doctor;
 pub mod index;
+pub mod status;
 
 use std::fs;
 use std::io::{self, Write};
@@ -28,7 +30,9 @@ use super::{Created, LastRequest, Lookup, OpenRequest, RequestRef, Sink, SinkErr
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
-use index::{Index, Record};
+use index::{Index, Record, Written};
+pub use status::Reads;
+use status::StatusWrites;
 
 /// The per-namespace lock file serialising status rewrites.
 const LOCK_FILE: &str = ".tidegate.lock";
@@ -36,6 +40,7 @@ const LOCK_FILE: &str = ".tidegate.lock";
 pub struct DirSink {
     root: PathBuf,
     index: Arc<Index>,
+    status: Arc<StatusWrites>,
     /// Keeps the index in line with changes made by others; stops when dropped.
     _watcher: Option<crate::tree_watch::TreeWatch>,
 }
@@ -64,12 +69,35 @@ impl DirSink {
             took = ?started.elapsed(),
             "indexed the sink directory's open incidents"
         );
-        Ok(DirSink { root, index, _watcher: watcher })
+        let status = Arc::new(StatusWrites::new(root.clone(), index.clone()));
+        Ok(DirSink { root, index, status, _watcher: watcher })
     }
 
     /// Manifests indexed as the record of open incidents.
     pub fn indexed(&self) -> usize {
         self.index.len()
+    }
+
+    /// How this sink's status writes started: from the parsed manifest, or from
+    /// what it had written.
+    pub fn status_reads(&self) -> Reads {
+        self.status.reads()
+    }
+
+    /// Manifests the watch parsed: changes that were not this sink's own writes.
+    pub fn watch_parsed(&self) -> u64 {
+        self.index.parsed()
+    }
+
+    /// Requests whose last write this sink keeps, to start their next status write
+    /// from. Never more than the requests indexed.
+    pub fn written(&self) -> usize {
+        self.index.written()
+    }
+
+    /// The measured CPU time of a status write.
+    pub fn status_write_cost(&self) -> Duration {
+        self.status.cost()
     }
 
     /// Where the manifest of `at` lives.
@@ -93,33 +121,6 @@ fn create_blocking(path: &Path, yaml: &str) -> Result<Created, SinkError> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Created::AlreadyExists),
         Err(e) => Err(e.into()),
     }
-}
-
-fn update_blocking(path: &Path, at: &RequestRef, update: &StatusUpdate) -> Result<RemediationRequest, SinkError> {
-    // Read-modify-write must not interleave with another writer (a second gateway
-    // sharing the directory), or an older count could land last. One advisory lock
-    // per namespace directory: status writes are coalesced, so contention is low.
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path.parent().expect("has a namespace dir").join(LOCK_FILE))?;
-    lock.lock()?;
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SinkError::NotFound(at.clone())),
-        Err(e) => return Err(e.into()),
-    };
-    let mut request: RemediationRequest = serde_norway::from_str(&text)
-        .map_err(|e| SinkError::Corrupt { path: path.display().to_string(), source: e })?;
-    request.status.get_or_insert_with(Default::default).apply(update);
-    // The label follows the condition, in the same write.
-    crate::remediation::label_flapping(&mut request);
-    let tmp = write_temp(path, &to_yaml(&request), Durability::Rename)?;
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })?;
-    Ok(request)
 }
 
 /// Runs blocking file work off the async workers.
@@ -179,7 +180,8 @@ impl Sink for DirSink {
         // Indexed before it is written: if the write fails, the status writer retries
         // it until it lands, so the incident is open from now on either way.
         if let Some(record) = Record::of(request) {
-            self.index.insert(&at, record);
+            let written = Written { request: request.clone(), digest: index::digest(yaml.as_bytes()) };
+            self.index.insert_written(&at, record, written);
         }
         Box::pin(async move {
             let created = blocking(move || create_blocking(&path, &yaml)).await?;
@@ -206,24 +208,11 @@ impl Sink for DirSink {
         at: &'a RequestRef,
         update: &'a StatusUpdate,
     ) -> BoxFuture<'a, Result<(), SinkError>> {
-        let path = self.path_of(at);
-        let (owned, update) = (at.clone(), update.clone());
-        Box::pin(async move {
-            match blocking(move || update_blocking(&path, &owned, &update)).await {
-                Ok(written) => {
-                    if let Some(record) = Record::of(&written) {
-                        self.index.update(at, record);
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    if matches!(e, SinkError::NotFound(_)) {
-                        self.index.remove(at);
-                    }
-                    Err(e)
-                }
-            }
-        })
+        Box::pin(self.status.write(at, update))
+    }
+
+    fn affordable_status_writes(&self) -> Option<f64> {
+        Some(self.status.affordable_per_s())
     }
 
     fn lookup(&self, at: &RequestRef) -> Lookup {
