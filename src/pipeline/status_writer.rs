@@ -241,18 +241,20 @@ impl WriteError {
     }
 }
 
-/// `status_writer`: how often repeats are written to their requests.
+/// `status_writer`: how often repeats are written to their requests, and matches to
+/// their silences.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusWriterConfig {
-    /// At most one status write per RemediationRequest per interval; duplicates in
-    /// between are merged into the next write. Was `dedup.status_interval`.
+    /// At most one status write per RemediationRequest, and per RemediationSilence,
+    /// per interval; duplicates (and a silence's matches) in between are merged into
+    /// the next write. Was `dedup.status_interval`.
     #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub interval: Duration,
-    /// Status writes per second across all requests, at most: bounds the load on
-    /// the disk or the API server when many incidents repeat at once; counts wait,
-    /// they are not lost. Was `dedup.max_status_writes_per_s`.
+    /// Status writes per second across all requests and silences, at most: bounds
+    /// the load on the disk or the API server when many incidents repeat at once;
+    /// counts wait, they are not lost. Was `dedup.max_status_writes_per_s`.
     pub max_writes_per_s: u32,
 }
 
