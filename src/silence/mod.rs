@@ -473,6 +473,8 @@ pub enum StartError {
 /// The silences a running gateway honours, and what keeps them.
 pub struct Running {
     pub silences: Arc<Silences>,
+    /// Counts and states for their statuses, which the pipeline's status writer
+    /// writes (`Pipeline::with_silences`).
     pub keeper: status::SilenceKeeper,
     /// The directory watch, when silences are files; stops when dropped.
     _watcher: Option<crate::tree_watch::TreeWatch>,

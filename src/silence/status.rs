@@ -287,7 +287,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_state_is_handed_on_once_until_the_status_reflects_it() {
+    fn a_state_is_handed_on_once_and_again_when_it_changes() {
         let silences = Silences::new(rules());
         let mut object = RemediationSilence::new("drain", drain_spec());
         object.metadata.namespace = Some("shop".into());
