@@ -171,20 +171,25 @@ struct Entry {
     /// The digest of a status write being moved into place: the watch, woken by
     /// the move, may read the file before the write is recorded here.
     landing: Option<Digest>,
+    /// The digest of the write before the last: a watch that read the file just
+    /// before the last write landed, and checks it just after, read this
+    /// gateway's bytes too, and has nothing to learn from them.
+    previous: Option<Digest>,
 }
 
 impl Entry {
     fn read(record: Record) -> Entry {
-        Entry { record, digest: None, request: None, landing: None }
+        Entry { record, digest: None, request: None, landing: None, previous: None }
     }
 
-    fn written(record: Record, written: Written) -> Entry {
-        Entry { record, digest: Some(written.digest), request: Some(Box::new(written.request)), landing: None }
+    fn written(record: Record, written: Written, previous: Option<Digest>) -> Entry {
+        let request = Some(Box::new(written.request));
+        Entry { record, digest: Some(written.digest), request, landing: None, previous }
     }
 
     /// Whether `on_disk` are bytes this gateway wrote, or is moving into place.
     fn holds(&self, on_disk: &Digest) -> bool {
-        self.digest == Some(*on_disk) || self.landing == Some(*on_disk)
+        [self.digest, self.landing, self.previous].contains(&Some(*on_disk))
     }
 }
 
@@ -242,7 +247,7 @@ impl Index {
 
     /// Records the manifest at `at`, as this gateway writes it.
     pub fn insert_written(&self, at: &RequestRef, record: Record, written: Written) {
-        self.insert_entry(at, Entry::written(record, written));
+        self.insert_entry(at, Entry::written(record, written, None));
     }
 
     fn insert_entry(&self, at: &RequestRef, entry: Entry) {
@@ -306,23 +311,24 @@ impl Index {
 
     /// Updates the record at `at` after a status write, if it is known.
     pub fn update(&self, at: &RequestRef, record: Record) {
-        self.update_entry(at, Entry::read(record));
+        self.update_entry(at, |_| Entry::read(record));
     }
 
     /// Updates the record at `at` after a status write, and keeps what it wrote, if
     /// the request is known.
     pub fn wrote(&self, at: &RequestRef, record: Record, written: Written) {
-        self.update_entry(at, Entry::written(record, written));
+        // The write started from the file's bytes only if they were this gateway's.
+        self.update_entry(at, |known| Entry::written(record, written, known.digest));
     }
 
-    fn update_entry(&self, at: &RequestRef, entry: Entry) {
+    fn update_entry(&self, at: &RequestRef, entry: impl FnOnce(&Entry) -> Entry) {
         let mut inner = self.lock();
-        let last_seen_s = entry.record.last_seen_s;
         // The record comes from the file as just rewritten, phase included; one
         // removed meanwhile stays removed.
-        if let Some(known) = inner.requests.get_mut(at) {
-            *known = entry;
-            inner.latest_s = inner.latest_s.max(last_seen_s);
+        let Inner { requests, latest_s, .. } = &mut *inner;
+        if let Some(known) = requests.get_mut(at) {
+            *known = entry(known);
+            *latest_s = (*latest_s).max(known.record.last_seen_s);
         }
     }
 
@@ -335,7 +341,7 @@ impl Index {
         // A write that never landed left its digest here.
         entry.landing = None;
         if entry.digest != Some(*on_disk) {
-            (entry.digest, entry.request) = (None, None);
+            (entry.digest, entry.request, entry.previous) = (None, None, None);
             return None;
         }
         entry.request.take()

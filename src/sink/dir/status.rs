@@ -462,9 +462,10 @@ mod tests {
         fs::rename(&tmp, f.path(&at(&other))).unwrap();
         let indexed = || async { f.sink.lookup(&at(&other)) == Lookup::Open };
         tidegate_testkit::eventually_within("the watch to index the other manifest", WATCH_LIMIT, indexed).await;
-        // The other manifest's rename may be reported more than once; twenty own
-        // writes parsed back would be twenty or more.
-        assert!(f.sink.watch_parsed() <= 2, "the watch parsed {} manifests", f.sink.watch_parsed());
+        // Twenty own writes parsed back would be twenty parses or more. Allowed: the
+        // other manifest's (its rename may be reported twice), and a few of a watch
+        // thread descheduled between reading a file and checking it for two writes.
+        assert!(f.sink.watch_parsed() < 10, "the watch parsed {} manifests", f.sink.watch_parsed());
     }
 
     #[tokio::test]
