@@ -148,9 +148,12 @@ local function resources(state, s, folded)
   return state.pattern
 end
 
-local function pattern_added(s, changed)
-  if changed == 1 then
+-- After an add changed the pattern HyperLogLog (and perhaps created it): its expiry,
+-- the end of its window, which is the same for every add of the call.
+local function pattern_added(state, s, changed)
+  if changed == 1 and not state.pattern_ttl_set then
     call('EXPIRE', KEYS[s + 1], int(pattern_window - now % pattern_window + 1))
+    state.pattern_ttl_set = true
   end
 end
 
@@ -170,7 +173,7 @@ local function storm(s, resource, tracked, firing)
     state[n] = resource
   else
     local changed = call('PFADD', KEYS[s + 1], resource)
-    pattern_added(s, changed)
+    pattern_added(state, s, changed)
     if changed == 1 then
       state.pattern = nil
     end
@@ -207,8 +210,11 @@ local function storm(s, resource, tracked, firing)
   local alerts = (state.alerts or 0) + 1
   state.alerts = alerts
   state.alerts_dirty = true
-  if call('PFADD', KEYS[s + 3], resource) == 1 or not state.folded_ttl_set then
+  if call('PFADD', KEYS[s + 3], resource) == 1 then
     state.folded = nil
+  end
+  -- Set once per window and call: `ttl` is the same for all its alerts.
+  if not state.folded_ttl_set then
     call('EXPIRE', KEYS[s + 3], int(ttl))
     state.folded_ttl_set = true
   end
@@ -223,7 +229,7 @@ end
 local function flush_scopes()
   for s, state in pairs(scopes) do
     if state.deferred > 0 then
-      pattern_added(s, call('PFADD', KEYS[s + 1], unpack(state, 1, state.deferred)))
+      pattern_added(state, s, call('PFADD', KEYS[s + 1], unpack(state, 1, state.deferred)))
     end
     if state.alerts_dirty then
       call('HSET', KEYS[s + 2], 'alerts', int(state.alerts))
