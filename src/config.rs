@@ -242,7 +242,6 @@ impl Config {
             silence: self.silence.clone(),
             dir: crate::silence::directory(&self.silence, sink_dir),
             control_namespace: self.placement.control_namespace.clone(),
-            status_interval: self.status_writer.interval,
             sync_timeout: self.kube.sync_timeout,
         }
     }

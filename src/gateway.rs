@@ -217,7 +217,10 @@ fn vocabulary(config: &Config) -> crate::telemetry::Vocabulary {
         senders: config.auth.senders(),
         tls_failure_reasons: http::tls::Failure::ALL.map(http::tls::Failure::reason).to_vec(),
         held_back_reasons: crate::pipeline::backoff::Hold::REASONS.to_vec(),
-        sink_ops: vec!["create", "update_status"],
+        sink_ops: match config.silence.enabled {
+            true => vec!["create", "update_status", crate::pipeline::status_writer::SILENCE_OP],
+            false => vec!["create", "update_status"],
+        },
         sink_outcomes: ["ok"].iter().chain(crate::sink::SinkError::LABELS).copied().collect(),
         kube_verbs,
         kube_outcomes: crate::kube_api::OUTCOMES.to_vec(),

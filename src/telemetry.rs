@@ -245,7 +245,7 @@ impl Metrics {
         let status_pending = Gauge::default();
         registry.register(
             "status_updates_pending",
-            "RemediationRequests with a status write pending",
+            "RemediationRequests and RemediationSilences with a status write pending",
             status_pending.clone(),
         );
         let status_write_lag = Gauge::<f64, AtomicU64>::default();

@@ -3,7 +3,8 @@
 //! status, and stops holding when it is expired; an incident already open is
 //! counted on its request as usual, whose status names the silence active on it
 //! while it is; and the rules apply in the order docs/safety.md gives (admission,
-//! then silences, then storms and dedup).
+//! then silences, then storms and dedup). A silence's status is written by the
+//! requests' status writer: coalesced per interval, drained by a graceful stop.
 
 mod support;
 
@@ -99,6 +100,28 @@ async fn a_silenced_alert_opens_no_request_and_is_answered_with_the_silence() {
     // Another namespace's alert of the same name is not this silence's business.
     let (status, body) = post(&gw, vec![alert("KubePodCrashLooping", "bank", "web-1")]).await;
     assert_eq!((status, body["status"].as_str()), (201, Some("created")), "{body}");
+}
+
+#[tokio::test]
+async fn a_silences_count_waits_in_the_requests_status_writer_and_a_graceful_stop_writes_it() {
+    // One write per silence per status_writer.interval, as for requests: a minute
+    // here, so nothing is written before the stop.
+    let mut gw = start_with(|c| c.status_writer.interval = Duration::from_secs(60)).await;
+    let at = silence(&gw, "shop", "drain", &["alertname=KubePodCrashLooping"]).await;
+
+    let (status, body) = post(&gw, vec![alert("KubePodCrashLooping", "shop", "web-1")]).await;
+
+    assert_eq!((status, body["status"].as_str()), (202, Some("silenced")), "{body}");
+    eventually("the status writer to hold the silence's write", || async {
+        gw.metric("tidegate_status_updates_pending").await >= 1.0
+    })
+    .await;
+    let written = r#"tidegate_sink_writes_total{op="update_silence_status",outcome="ok"}"#;
+    assert_eq!(gw.metric(written).await, 0.0, "held for the interval");
+    assert_eq!(status_of(&gw, &at).matched_signals, 0);
+    gw.stop().await;
+    let s = status_of(&gw, &at);
+    assert_eq!((s.matched_signals, s.state.as_deref()), (1, Some("active")), "the stop drained it: {s:?}");
 }
 
 #[tokio::test]

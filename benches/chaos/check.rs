@@ -48,7 +48,7 @@ pub(crate) fn check(
             )),
         }
     }
-    let kills: Vec<(usize, Instant)> = events.iter().filter_map(|e| Some((e.killed?, e.start))).collect();
+    let kills: Vec<(usize, Instant)> = events.iter().filter_map(|e| e.killed).collect();
     let incarnations = lock(&gateways.incarnations);
     for (i, rrs) in per_incident.iter().enumerate() {
         let incident = &senders.incidents[i];
@@ -73,7 +73,9 @@ pub(crate) fn check(
         let mut bound = 0;
         for (k, &(r, at)) in kills.iter().enumerate() {
             let since = kills[..k].iter().rev().find(|(killed, _)| *killed == r).map(|&(_, t)| t);
-            let acked_by = book.acked.iter().filter(|&&(t, by)| by == r && t <= at && since.is_none_or(|s| t > s));
+            // Attempts sent while the killed process was the replica's: it answered them.
+            let acked_by =
+                book.acked.iter().filter(|a| a.replica == r && a.sent <= at && since.is_none_or(|s| a.sent > s));
             let killed = incarnations.iter().rev().find(|inc| inc.replica == r && inc.ready <= at);
             let process = killed.and_then(|inc| inc.writer.as_deref());
             let landed: u64 = process.map_or(0, |p| names.iter().map(|n| seen.landed(n, p, at)).sum());
@@ -126,7 +128,7 @@ pub(crate) fn trace(senders: &Senders, requests: &[RemediationRequest], seen: &S
     let mut lines: Vec<(Instant, String)> = Vec::new();
     for name in &names {
         for &(t, count) in seen.series.get(name).map(Vec::as_slice).unwrap_or_default() {
-            let acked = book.acked.partition_point(|a| a.0 <= t);
+            let acked = book.acked.partition_point(|a| a.answered <= t);
             lines.push((t, format!("count {count:>6}  acked {acked:>6}  gap {:>6}", acked as i64 - count as i64)));
         }
     }

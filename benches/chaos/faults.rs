@@ -41,9 +41,9 @@ pub(crate) struct Event {
     pub(crate) kind: Kind,
     pub(crate) start: Instant,
     pub(crate) end: Instant,
-    /// The replica a gateway SIGKILL killed (at `start`): the one fault that can lose
-    /// counts, those its status writer held.
-    pub(crate) killed: Option<usize>,
+    /// The replica a gateway SIGKILL killed, and when its process was dead (reaped):
+    /// the one fault that can lose counts, those its status writer held.
+    pub(crate) killed: Option<(usize, Instant)>,
     pub(crate) detail: String,
 }
 

@@ -14,10 +14,22 @@ impl Incident {
     }
 }
 
+/// An alert a replica acknowledged.
+#[derive(Clone, Copy)]
+pub(crate) struct Ack {
+    /// When the attempt was sent: it tells which process answered it, since a
+    /// replica's next process starts only after the last one is dead. (When the
+    /// answer arrived does not: one written just before a SIGKILL arrives after it.)
+    pub(crate) sent: Instant,
+    /// When the answer arrived.
+    pub(crate) answered: Instant,
+    pub(crate) replica: usize,
+}
+
 #[derive(Default)]
 pub(crate) struct Book {
-    /// When each acknowledged alert was answered, and by which replica, in order.
-    pub(crate) acked: Vec<(Instant, usize)>,
+    /// Each acknowledged alert, in the order the answers arrived.
+    pub(crate) acked: Vec<Ack>,
     /// Alerts in attempts not answered 2xx.
     pub(crate) unacked: u64,
     /// Request names the gateways answered for this incident.

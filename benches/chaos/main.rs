@@ -57,8 +57,10 @@
 //!   writer id of its own, and a request's status keeps every writer's tally, so a
 //!   Redis that loses state, fails over or pauses costs no count (it decides which
 //!   request an alert belongs to, never how many occurrences it has). For each
-//!   gateway SIGKILL `k` of replica `r` at time `t`, let `L_k` be the alerts of `i`
-//!   that `r` acknowledged since its previous kill, minus the tally the killed
+//!   gateway SIGKILL `k` of replica `r`, dead at time `t`, let `L_k` be the alerts of
+//!   `i` that `r` acknowledged in attempts sent after its previous kill and by `t`
+//!   (the attempt's send time tells which process answered it: an answer written
+//!   just before the kill may arrive after it), minus the tally the killed
 //!   process had in the cluster at `t` (as the poller last saw it before `t`, which
 //!   only widens `L_k`; each process's half of its writer ids is read from its
 //!   `tidegate_status_writer` metric when it is ready). Then `C ≥ A − Σ_k L_k` must

@@ -89,6 +89,7 @@ pub(crate) async fn sender(senders: Arc<Senders>, id: usize, mut rng: Rng) {
                 add(&tally.retries, 1);
             }
             first = false;
+            let sent_at = Instant::now();
             let sent = senders
                 .client
                 .post(format!("{}/api/v1/signals/prometheus", senders.urls[replica]))
@@ -106,7 +107,7 @@ pub(crate) async fn sender(senders: Arc<Senders>, id: usize, mut rng: Rng) {
             };
             match answer {
                 Ok((status, text)) if (200..300).contains(&status) => {
-                    acknowledge(&senders, &picks, replica, status, &text);
+                    acknowledge(&senders, &picks, (sent_at, replica), status, &text);
                     break;
                 }
                 Ok((status, text)) if (400..500).contains(&status) => {
@@ -136,8 +137,10 @@ pub(crate) async fn sender(senders: Arc<Senders>, id: usize, mut rng: Rng) {
 }
 
 /// Records a 2xx answer in the ledger: every alert of the body is acknowledged.
-pub(crate) fn acknowledge(senders: &Senders, picks: &[usize], replica: usize, status: u16, text: &str) {
-    let now = Instant::now();
+/// `to` is when the attempt was sent, and to which replica.
+pub(crate) fn acknowledge(senders: &Senders, picks: &[usize], to: (Instant, usize), status: u16, text: &str) {
+    let (sent, replica) = to;
+    let answered = Instant::now();
     let tally = &senders.ledger.tally;
     let parsed: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let results: Vec<Value> = match parsed.get("results") {
@@ -156,7 +159,7 @@ pub(crate) fn acknowledge(senders: &Senders, picks: &[usize], replica: usize, st
             senders.ledger.note(format!("{status}, alert {k} answered {result}"));
         }
         let mut book = senders.ledger.book(i);
-        book.acked.push((now, replica));
+        book.acked.push(Ack { sent, answered, replica });
         if let Some(name) = result["name"].as_str() {
             *book.names.entry(name.to_string()).or_default() += 1;
         }

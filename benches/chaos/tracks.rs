@@ -65,8 +65,8 @@ pub(crate) fn state_track(
             }
             Kind::GatewayKill => {
                 let r = rng.below(gateways.replicas.len() as u64) as usize;
-                killed = Some(r);
                 gateways.sigkill(r);
+                killed = Some((r, Instant::now()));
                 let ready = gateways.start(r);
                 format!("replica {r}, ready again after {:.1} s", (ready - start).as_secs_f64())
             }

@@ -328,10 +328,8 @@ impl Pipeline {
     /// Writes every pending status now, waiting at most `deadline`: the last step of
     /// a shutdown.
     pub async fn drain(&self, deadline: std::time::Duration) {
+        // Silences' statuses too: they go through the same writer.
         self.status_writer.shutdown(deadline).await;
-        if let Some(silences) = &self.silences {
-            silences.flush().await;
-        }
     }
 
     /// Decides a batch of signals from `sender`, in order, after charging the

@@ -12,6 +12,10 @@
 //! silence's status and in `tidegate_signals_silenced_total{source}`, and audited
 //! once per incident by the [`SilenceKeeper`]. Resolutions pass: they open nothing.
 //!
+//! The silences' statuses (their counts, and the states the keeper checks every
+//! second) are written by the pipeline's one [`StatusWriter`], as requests' are:
+//! one interval, one write cap, one retry policy and one drain at shutdown for both.
+//!
 //! A controller must still be able to hold its work on an open request while a
 //! silence covers its incident: each repeat counted on a request also says which
 //! silence is active on it (`status.silencedBy`, with the silence's end), or that
@@ -83,10 +87,13 @@ pub(super) struct Silenced {
 }
 
 impl Pipeline {
-    /// Honours the silences `keeper` knows from now on. Must be called within a
-    /// tokio runtime: it starts the task that clears marks of ended silences.
+    /// Honours the silences `keeper` knows from now on, and writes their statuses.
+    /// Must be called within a tokio runtime: it starts the tasks that record the
+    /// silences' states and clear marks of ended silences.
     pub fn with_silences(mut self, keeper: SilenceKeeper) -> Self {
+        self.status_writer.write_silences_to(keeper.store().clone());
         let (marks, writer) = (Arc::downgrade(&self.silence_marks), self.status_writer.clone());
+        tokio::spawn(keep_states(marks.clone(), keeper.clone(), writer.clone()));
         tokio::spawn(clear_ended(marks, writer, keeper.silences().clone(), self.clock.clone()));
         self.silences = Some(keeper);
         self
@@ -149,7 +156,7 @@ impl Pipeline {
     pub(super) fn record_silenced(&self, silenced: Option<Silenced>) {
         let (Some(keeper), Some(silenced)) = (&self.silences, silenced) else { return };
         for (silence, fingerprint, signal_type) in &silenced.held {
-            keeper.matched(silence, fingerprint, silenced.now);
+            self.status_writer.silence(&silence.at, keeper.matched(silence, fingerprint, silenced.now));
             self.metrics.signal(signal_type.as_str(), OutcomeStatus::Silenced.as_str());
             self.metrics.signals_silenced.get_or_create(&SourceLabels { source: signal_type.as_str() }).inc();
         }
@@ -177,6 +184,23 @@ fn silenced(signal: &Signal<'_>, at: &SilenceRef) -> Outcome {
 
 fn timestamp(clock: &Clock) -> Timestamp {
     Timestamp::from_millisecond(clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Every second, records the silences' states (and warns of those newly ignored),
+/// until the pipeline is dropped (`marks` with it).
+async fn keep_states(marks: Weak<Marks>, keeper: SilenceKeeper, writer: StatusWriter) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if marks.strong_count() == 0 {
+            return;
+        }
+        for (at, change) in keeper.check_states() {
+            writer.silence(&at, change);
+        }
+        keeper.warn_ignored().await;
+    }
 }
 
 /// Every second, clears the marks whose silence is no longer active (ended,

@@ -1,4 +1,5 @@
-//! The status writer: each request's status, written at most once per interval.
+//! The status writer: each request's status, and each silence's, written at most
+//! once per interval.
 //!
 //! A storm of duplicates must not become a storm of writes. The first update for a
 //! request schedules one write `interval` later; updates arriving before then are
@@ -6,6 +7,15 @@
 //! at most once per interval and the write always carries the latest count. A write
 //! that fails is retried with backoff, and [`StatusWriter::shutdown`] writes everything
 //! still pending before the process exits.
+//!
+//! Silences' statuses (`matchedSignals`, `lastMatchedAt`, their state) go through the
+//! same queue, under [`Incident::Silence`]: a thousand silenced alerts are one write
+//! per silence per interval, sharing the per-second cap, the retries and the drain
+//! at shutdown with the requests' writes, through the [`SilenceStore`] instead of the
+//! sink. They differ in one rule only: a silence not found was deleted (the gateway
+//! counts only silences it was shown), so its change is dropped at once, where a
+//! request not found may still be being created. Must never write a silence's
+//! status by another way: two writers would each take the cap for themselves.
 //!
 //! Updates carry counts as tallies: each counts what this process counted of the
 //! incident, in all, under a writer id of its own. The request's status adds each
@@ -41,6 +51,8 @@ use tracing::Instrument;
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::section::ConfigError;
 use crate::signal::Fingerprint;
+use crate::silence::store::{SilenceStore, StatusChange, StoreError};
+use crate::silence::SilenceRef;
 use crate::sink::{Created, RequestRef, Sink, SinkError};
 use crate::telemetry::{trace, Metrics, SinkLabels, WriterLabels};
 
@@ -76,6 +88,8 @@ struct Shared {
     wake: Notify,
     drained: Notify,
     sink: Arc<dyn Sink>,
+    /// Where silences' statuses are written, once silences are honoured.
+    silence_store: std::sync::OnceLock<Arc<dyn SilenceStore>>,
     interval: Duration,
     metrics: Arc<Metrics>,
 }
@@ -112,40 +126,135 @@ struct Budget {
     at: Option<Instant>,
 }
 
-/// Which incident a status write is for: what its request's name is derived from.
+/// Which incident a status write is for: what its request's name is derived from
+/// (or which silence, for a silence's status).
 /// Fixed-size, so that the pending table compares keys without following pointers:
 /// it is hit once per duplicate alert, and comparing stored names cost a cache miss
-/// each time.
+/// each time. 40 bytes, as before silences shared the table: no variant may
+/// outgrow `Signal`'s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Incident {
     /// A signal's incident: its fingerprint and first-seen second.
     Signal(Fingerprint, u32),
     /// A storm's aggregation window: its scope and opening second.
     Storm([u8; 16], u32),
+    /// A silence: 128 bits of the SHA-256 of its namespace and name (see
+    /// [`Incident::silence`]); the name itself is kept with the pending write.
+    Silence([u8; 16]),
+}
+
+const _: () = assert!(std::mem::size_of::<Incident>() == 40, "the pending table's key grew");
+
+impl Incident {
+    /// The key of `silence`'s status writes.
+    pub fn silence(silence: &SilenceRef) -> Incident {
+        use sha2::{Digest, Sha256};
+        // A namespace holds no NUL, so no two silences hash the same bytes.
+        let digest = Sha256::new()
+            .chain_update(silence.namespace.as_bytes())
+            .chain_update([0])
+            .chain_update(silence.name.as_bytes())
+            .finalize();
+        let mut key = [0; 16];
+        key.copy_from_slice(&digest[..16]);
+        Incident::Silence(key)
+    }
 }
 
 struct Pending {
-    /// The request to write; the first one given for the incident.
-    at: RequestRef,
-    update: StatusUpdate,
-    /// Set when the request may not exist yet (its create failed): the write then
-    /// creates it, so an acknowledged incident always gets its request.
-    create: Option<Box<RemediationRequest>>,
+    write: Write,
     attempts: u32,
 }
 
-/// `status_writer`: how often repeats are written to their requests.
+/// What a pending write writes.
+enum Write {
+    Request {
+        /// The request to write; the first one given for the incident.
+        at: RequestRef,
+        update: StatusUpdate,
+        /// Set when the request may not exist yet (its create failed): the write then
+        /// creates it, so an acknowledged incident always gets its request.
+        create: Option<Box<RemediationRequest>>,
+    },
+    Silence {
+        at: SilenceRef,
+        change: StatusChange,
+    },
+}
+
+impl Write {
+    /// Folds `later`, a write for the same key, into this one.
+    fn merge(&mut self, later: Write) {
+        match (self, later) {
+            (Write::Request { update, create, .. }, Write::Request { update: later, create: made, .. }) => {
+                update.merge(&later);
+                if create.is_none() {
+                    *create = made;
+                }
+            }
+            (Write::Silence { change, .. }, Write::Silence { change: later, .. }) => change.merge(later),
+            // One key is one request or one silence, never both.
+            _ => {}
+        }
+    }
+
+    /// Failed writes of a missing object to retry before dropping them: a request
+    /// may be being created still; a silence the gateway was shown was deleted.
+    fn not_found_attempts(&self) -> u32 {
+        match self {
+            Write::Request { .. } => NOT_FOUND_ATTEMPTS,
+            Write::Silence { .. } => 1,
+        }
+    }
+
+    /// The `op` its outcome is counted under in `tidegate_sink_writes_total`.
+    fn op(&self) -> &'static str {
+        match self {
+            Write::Request { .. } => "update_status",
+            Write::Silence { .. } => SILENCE_OP,
+        }
+    }
+}
+
+/// The `op` of silences' status writes in `tidegate_sink_writes_total`.
+pub const SILENCE_OP: &str = "update_silence_status";
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Silence(#[from] StoreError),
+}
+
+impl WriteError {
+    fn label(&self) -> &'static str {
+        match self {
+            WriteError::Sink(e) => e.label(),
+            WriteError::Silence(e) => e.label(),
+        }
+    }
+
+    fn not_found(&self) -> bool {
+        matches!(self, WriteError::Sink(SinkError::NotFound(_)) | WriteError::Silence(StoreError::NotFound(_)))
+    }
+}
+
+/// `status_writer`: how often repeats are written to their requests, and matches to
+/// their silences.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusWriterConfig {
-    /// At most one status write per RemediationRequest per interval; duplicates in
-    /// between are merged into the next write. Was `dedup.status_interval`.
+    /// At most one status write per RemediationRequest, and per RemediationSilence,
+    /// per interval; duplicates (and a silence's matches) in between are merged into
+    /// the next write. Was `dedup.status_interval`.
     #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub interval: Duration,
-    /// Status writes per second across all requests, at most: bounds the load on
-    /// the disk or the API server when many incidents repeat at once; counts wait,
-    /// they are not lost. Was `dedup.max_status_writes_per_s`.
+    /// Status writes per second across all requests and silences, at most: bounds
+    /// the load on the disk or the API server when many incidents repeat at once;
+    /// counts wait, they are not lost. Was `dedup.max_status_writes_per_s`.
     pub max_writes_per_s: u32,
 }
 
@@ -190,6 +299,7 @@ impl StatusWriter {
             wake: Notify::new(),
             drained: Notify::new(),
             sink,
+            silence_store: std::sync::OnceLock::new(),
             interval,
             metrics,
         });
@@ -233,7 +343,26 @@ impl StatusWriter {
     /// have yet is then not a deleted one.
     pub fn creating(&self, incident: &Incident) -> bool {
         let inner = self.shared.lock();
-        inner.pending.get(incident).is_some_and(|p| p.create.is_some()) || inner.in_flight.contains(incident)
+        let creates = |p: &Pending| matches!(p.write, Write::Request { create: Some(_), .. });
+        inner.pending.get(incident).is_some_and(creates) || inner.in_flight.contains(incident)
+    }
+
+    /// Writes silences' statuses to `store` from now on. Set once, before the first
+    /// [`StatusWriter::silence`]; a later store is ignored.
+    pub fn write_silences_to(&self, store: Arc<dyn SilenceStore>) {
+        let _ = self.shared.silence_store.set(store);
+    }
+
+    /// Schedules `change` for the status of the silence at `at`, coalesced, capped
+    /// and retried as requests' writes are. Its count is the writer's whole tally
+    /// (see [`StatusChange`]), so a retried write counts nothing twice.
+    pub fn silence(&self, at: &SilenceRef, change: StatusChange) {
+        let write = Write::Silence { at: at.clone(), change };
+        let mut inner = self.shared.lock();
+        if self.schedule(Incident::silence(at), write, &mut inner) {
+            drop(inner);
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Requests with a write pending.
@@ -281,25 +410,44 @@ impl StatusWriter {
             update.count = inner.tallies.get(&incident).map_or(0, |t| t.count);
             shared.metrics.status_tallies.set(inner.tallies.len() as i64);
         }
-        let due = if inner.draining { Instant::now() } else { Instant::now() + shared.interval };
-        let Inner { pending, due: queue, .. } = &mut *inner;
-        match pending.get_mut(&incident) {
-            Some(p) => {
-                p.update.merge(&update);
-                if p.create.is_none() {
-                    p.create = create;
+        match inner.pending.get_mut(&incident) {
+            // Merged in place: the request's name is not cloned per duplicate.
+            Some(Pending { write: Write::Request { update: pending, create: creating, .. }, .. }) => {
+                pending.merge(&update);
+                if creating.is_none() {
+                    *creating = create;
                 }
                 shared.metrics.status_coalesced.inc();
             }
-            None => {
-                let was_idle = queue.is_empty();
-                pending.insert(incident, Pending { at: at.clone(), update, create, attempts: 0 });
-                queue.push(Reverse((due, incident)));
-                shared.metrics.status_pending.set(pending.len() as i64);
-                drop(inner);
-                if was_idle {
+            _ => {
+                if self.schedule(incident, Write::Request { at: at.clone(), update, create }, &mut inner) {
+                    drop(inner);
                     shared.wake.notify_one();
                 }
+            }
+        }
+    }
+
+    /// Merges `write` into `incident`'s pending write, or schedules it one interval
+    /// from now (at once while draining). Whether the writer must be woken: it was
+    /// idle (woken once the lock is released, so that it does not wait on it).
+    #[must_use]
+    fn schedule(&self, incident: Incident, write: Write, inner: &mut MutexGuard<'_, Inner>) -> bool {
+        let shared = &self.shared;
+        let due = if inner.draining { Instant::now() } else { Instant::now() + shared.interval };
+        let Inner { pending, due: queue, .. } = &mut **inner;
+        match pending.get_mut(&incident) {
+            Some(p) => {
+                p.write.merge(write);
+                shared.metrics.status_coalesced.inc();
+                false
+            }
+            None => {
+                let was_idle = queue.is_empty();
+                pending.insert(incident, Pending { write, attempts: 0 });
+                queue.push(Reverse((due, incident)));
+                shared.metrics.status_pending.set(pending.len() as i64);
+                was_idle
             }
         }
     }
@@ -402,11 +550,15 @@ impl Shared {
 
     /// Writes one pending update. It stands for many alerts, answered long before, so
     /// its spans start a trace of their own.
-    async fn write(&self, p: &Pending) -> Result<(), SinkError> {
-        let (namespace, name) = (&p.at.namespace, &p.at.name);
-        if let Some(request) = &p.create {
+    async fn write(&self, p: &Pending) -> Result<(), WriteError> {
+        let (at, update, create) = match &p.write {
+            Write::Request { at, update, create } => (at, update, create),
+            Write::Silence { at, change } => return self.write_silence(at, change).await,
+        };
+        let (namespace, name) = (&at.namespace, &at.name);
+        if let Some(request) = create {
             let mut request = (**request).clone();
-            request.status.get_or_insert_with(Default::default).apply(&p.update);
+            request.status.get_or_insert_with(Default::default).apply(update);
             let span = tracing::info_span!(target: trace::TARGET, parent: None, "create", rr.namespace = %namespace, rr.name = %name);
             let created = self.sink.create(&request).instrument(span).await?;
             self.count("create", "ok");
@@ -416,41 +568,53 @@ impl Shared {
             }
         }
         let span = tracing::info_span!(target: trace::TARGET, parent: None, "update_status", rr.namespace = %namespace,
-            rr.name = %name, count = p.update.count);
-        self.sink.update_status(&p.at, &p.update).instrument(span).await
+            rr.name = %name, count = update.count);
+        Ok(self.sink.update_status(at, update).instrument(span).await?)
     }
 
-    fn finish(&self, incident: Incident, p: Pending, result: Result<(), SinkError>) {
-        let at = &p.at;
+    async fn write_silence(&self, at: &SilenceRef, change: &StatusChange) -> Result<(), WriteError> {
+        // Set before the keeper hands over any change (`Pipeline::with_silences`).
+        let Some(store) = self.silence_store.get() else {
+            tracing::error!(silence = %at, "a silence status write without a silence store; dropped");
+            return Ok(());
+        };
+        let span = tracing::info_span!(target: trace::TARGET, parent: None, "update_silence_status",
+            silence.namespace = %at.namespace, silence.name = %at.name, matched = change.matched);
+        Ok(store.write_status(at, change).instrument(span).await?)
+    }
+
+    fn finish(&self, incident: Incident, p: Pending, result: Result<(), WriteError>) {
+        let op = p.write.op();
+        let (namespace, name) = match &p.write {
+            Write::Request { at, .. } => (&at.namespace, &at.name),
+            Write::Silence { at, .. } => (&at.namespace, &at.name),
+        };
         let mut inner = self.lock();
         inner.in_flight.remove(&incident);
         match result {
-            Ok(()) => self.count("update_status", "ok"),
-            Err(SinkError::NotFound(_)) if p.attempts + 1 >= NOT_FOUND_ATTEMPTS => {
-                // Not created by anyone in all this time: it was deleted by hand.
-                tracing::warn!(namespace = %at.namespace, name = %at.name, "dropping status update: the request no longer exists");
-                self.count("update_status", "not_found");
+            Ok(()) => self.count(op, "ok"),
+            Err(e) if e.not_found() && p.attempts + 1 >= p.write.not_found_attempts() => {
+                // A request not created by anyone in all this time was deleted by
+                // hand; a silence not found was deleted: its counts go with it.
+                tracing::warn!(%namespace, %name, op, "dropping status update: its object no longer exists");
+                self.count(op, "not_found");
             }
             Err(e) => {
-                self.count("update_status", e.label());
+                self.count(op, e.label());
                 let attempts = p.attempts + 1;
                 let backoff = (self.interval * 2u32.saturating_pow(attempts)).min(MAX_BACKOFF);
-                tracing::warn!(namespace = %at.namespace, name = %at.name, error = %e, attempts, "status write failed; retrying");
+                tracing::warn!(%namespace, %name, op, error = %e, attempts, "status write failed; retrying");
                 let Inner { pending, due, draining, .. } = &mut *inner;
                 if *draining && attempts >= 3 {
-                    tracing::error!(namespace = %at.namespace, name = %at.name, "giving up on status write at shutdown");
+                    tracing::error!(%namespace, %name, op, "giving up on status write at shutdown");
                 } else {
-                    let retry = pending.entry(incident).or_insert(Pending {
-                        at: at.clone(),
-                        update: p.update.clone(),
-                        create: None,
-                        attempts,
-                    });
-                    retry.update.merge(&p.update);
-                    retry.attempts = attempts;
-                    if retry.create.is_none() {
-                        retry.create = p.create;
+                    // What arrived meanwhile is later than what failed, and stands
+                    // over it where the two differ (a silence's state).
+                    let mut write = p.write;
+                    if let Some(newer) = pending.remove(&incident) {
+                        write.merge(newer.write);
                     }
+                    pending.insert(incident, Pending { write, attempts });
                     due.push(Reverse((Instant::now() + backoff, incident)));
                 }
             }
@@ -652,5 +816,122 @@ mod tests {
         assert!(metrics.status_write_lag.get() >= 0.5, "the backlog shows: {}", metrics.status_write_lag.get());
         c.shutdown(Duration::from_secs(5)).await;
         assert_eq!(sink.writes.load(Ordering::SeqCst), 10, "the cap never loses a count");
+    }
+
+    fn silence_at(n: usize) -> SilenceRef {
+        SilenceRef { namespace: "shop".into(), name: format!("s-{n}") }
+    }
+
+    fn matched(n: u64) -> StatusChange {
+        StatusChange { writer: 7, matched: n, ..StatusChange::default() }
+    }
+
+    fn writes(metrics: &Metrics, op: &'static str, outcome: &'static str) -> u64 {
+        metrics.sink_writes.get_or_create(&SinkLabels { op, outcome }).get()
+    }
+
+    #[test]
+    fn a_silence_key_is_no_larger_than_a_signals() {
+        assert_eq!(std::mem::size_of::<Incident>(), 40, "the key the pending table compares per duplicate alert");
+        assert_ne!(Incident::silence(&silence_at(0)), Incident::silence(&silence_at(1)));
+        let split = |namespace: &str, name: &str| SilenceRef { namespace: namespace.into(), name: name.into() };
+        assert_ne!(Incident::silence(&split("ab", "c")), Incident::silence(&split("a", "bc")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_writes_share_the_cap_with_requests_and_shutdown_drains_both() {
+        use crate::silence::status::tests::Landing as SilenceLanding;
+        let (sink, store) = (Arc::new(Landing::default()), Arc::new(SilenceLanding::default()));
+        let metrics = Arc::new(Metrics::new());
+        let c = StatusWriter::new(sink.clone(), &dedup(Duration::from_millis(100), 2), metrics.clone());
+        c.write_silences_to(store.clone());
+        for n in 0..5 {
+            c.silence(&silence_at(n), matched(1));
+        }
+        tokio::time::advance(Duration::from_millis(10)).await;
+        for n in 0..5 {
+            c.record(incident(n), &at(n), update(1));
+        }
+        let total = || sink.writes.load(Ordering::SeqCst) + store.writes.load(Ordering::SeqCst);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        settle().await;
+        assert_eq!(total(), 2, "a full bucket holds one second's writes, of both kinds");
+        assert_eq!(store.writes.load(Ordering::SeqCst), 2, "the silences were due first");
+        for second in 1..=3 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+            assert_eq!(total(), 2 + 2 * second, "two writes a second, silences' and requests' together");
+        }
+        assert_eq!(sink.writes.load(Ordering::SeqCst), 3, "requests waited behind the silences");
+        c.shutdown(Duration::from_secs(5)).await;
+        assert_eq!((store.writes.load(Ordering::SeqCst), sink.writes.load(Ordering::SeqCst)), (5, 5), "all drained");
+        assert_eq!(writes(&metrics, SILENCE_OP, "ok"), 5);
+        assert_eq!(writes(&metrics, "update_status", "ok"), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silence_is_written_once_per_interval_carrying_its_latest_tally() {
+        use crate::silence::status::tests::Landing as SilenceLanding;
+        let store = Arc::new(SilenceLanding::default());
+        let c = StatusWriter::new(
+            Arc::new(Landing::default()),
+            &dedup(Duration::from_secs(1), 1000),
+            Arc::new(Metrics::new()),
+        );
+        c.write_silences_to(store.clone());
+        for n in 1..=50 {
+            c.silence(&silence_at(0), matched(n));
+        }
+        settle().await;
+        assert_eq!(store.writes.load(Ordering::SeqCst), 0, "nothing before the interval");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(store.writes.load(Ordering::SeqCst), 1);
+        assert_eq!(store.status.lock().unwrap().matched_signals, 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silence_status_write_retried_after_an_unclear_outcome_counts_no_match_twice() {
+        use crate::clock::Clock;
+        use crate::silence::status::tests::{drain, noon, Landing as SilenceLanding};
+        use crate::silence::status::SilenceKeeper;
+        use crate::silence::Silences;
+        let store = Arc::new(SilenceLanding { unclear: AtomicUsize::new(2), ..Default::default() });
+        let metrics = Arc::new(Metrics::new());
+        let c = StatusWriter::new(Arc::new(Landing::default()), &dedup(Duration::from_secs(1), 1000), metrics.clone());
+        c.write_silences_to(store.clone());
+        let keeper =
+            SilenceKeeper::new(Silences::new(crate::silence::tests::rules()), store.clone(), metrics, Clock::System);
+        let (at, silence) = drain();
+        for round in 0..3u8 {
+            for n in 0..10u8 {
+                let incident = Fingerprint::from_bytes([round * 10 + n; 32]);
+                c.silence(&at, keeper.matched(&silence, &incident, noon()));
+            }
+            tokio::time::advance(Duration::from_secs(1 << round)).await;
+            settle().await;
+        }
+        c.shutdown(Duration::from_secs(60)).await;
+        assert_eq!(store.unclear.load(Ordering::SeqCst), 0, "two writes landed unclearly");
+        assert_eq!(store.status.lock().unwrap().matched_signals, 30, "thirty matches, each counted once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_silence_drops_its_change_without_retrying() {
+        use crate::silence::status::tests::Landing as SilenceLanding;
+        let store = Arc::new(SilenceLanding::default());
+        store.gone.store(true, Ordering::SeqCst);
+        let metrics = Arc::new(Metrics::new());
+        let c = StatusWriter::new(Arc::new(Landing::default()), &dedup(Duration::from_secs(1), 1000), metrics.clone());
+        c.write_silences_to(store.clone());
+        c.silence(&silence_at(0), matched(3));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(store.writes.load(Ordering::SeqCst), 1);
+        assert_eq!(c.pending(), 0, "nothing left to retry");
+        tokio::time::advance(MAX_BACKOFF * 4).await;
+        settle().await;
+        assert_eq!(store.writes.load(Ordering::SeqCst), 1, "never tried again");
+        assert_eq!(writes(&metrics, SILENCE_OP, "not_found"), 1);
     }
 }

@@ -473,6 +473,8 @@ pub enum StartError {
 /// The silences a running gateway honours, and what keeps them.
 pub struct Running {
     pub silences: Arc<Silences>,
+    /// Counts and states for their statuses, which the pipeline's status writer
+    /// writes (`Pipeline::with_silences`).
     pub keeper: status::SilenceKeeper,
     /// The directory watch, when silences are files; stops when dropped.
     _watcher: Option<crate::tree_watch::TreeWatch>,
@@ -489,8 +491,6 @@ pub struct Settings {
     pub dir: Option<std::path::PathBuf>,
     /// `placement.control_namespace`: silences there match any namespace.
     pub control_namespace: Option<String>,
-    /// `status_writer.interval`: the least time between status writes to one silence.
-    pub status_interval: Duration,
     /// `kube.sync_timeout`: how long start-up waits for the first list.
     pub sync_timeout: Duration,
 }
@@ -518,7 +518,6 @@ pub async fn start(
         return Ok(None);
     }
     let silences = Silences::new(settings.rules());
-    let interval = settings.status_interval;
     let (store, watcher): (Arc<dyn store::SilenceStore>, _) = match (settings.dir.clone(), client) {
         (Some(path), _) => {
             let shown = path.display().to_string();
@@ -535,7 +534,7 @@ pub async fn start(
         }
         (None, None) => return Ok(None),
     };
-    let keeper = status::SilenceKeeper::start(silences.clone(), store, interval, metrics, clock);
+    let keeper = status::SilenceKeeper::new(silences.clone(), store, metrics, clock);
     Ok(Some(Running { silences, keeper, _watcher: watcher }))
 }
 

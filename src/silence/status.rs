@@ -1,21 +1,30 @@
-//! The silence status keeper: counts what each silence matched and records its
+//! The silence status keeper: counts what each silence matched and decides its
 //! state, so `kubectl get rsil` shows which silences hold and what they hid.
 //!
-//! Matches are counted in memory on the signal path (no I/O) and written at most
-//! once per `status_writer.interval` per silence, as the request status writer
-//! coalesces repeats. Counts are written as requests' are: as tallies, each this
-//! process's whole count of one silence under a writer id of its own, which the
-//! status adds once (`matchedSignals` is every writer's tally). So a write retried
-//! after an unclear outcome (a timeout after the API server applied it) counts
-//! nothing twice, and replicas never overwrite each other's counts. Each silence's
-//! state (`pending`, `active`, `expired`, or `ignored` with the reason) is checked
-//! every second and written when it changes, with one audit event when a silence
-//! is first seen (created) and when it expires, and one per incident it first
-//! matches: never one per alert.
+//! Matches are counted in memory on the signal path (no I/O). The keeper writes no
+//! status itself: each change it makes ([`SilenceKeeper::matched`],
+//! [`SilenceKeeper::check_states`]) is handed to the pipeline's status writer
+//! (`pipeline::status_writer`), which writes requests' statuses too, so silences'
+//! writes are coalesced per `status_writer.interval`, share
+//! `status_writer.max_writes_per_s` with requests', and are retried and drained at
+//! shutdown as theirs are. Counts are written as requests' are: as tallies, each
+//! this process's whole count of one silence under a writer id of its own, which
+//! the status adds once (`matchedSignals` is every writer's tally). So a write
+//! retried after an unclear outcome (a timeout after the API server applied it)
+//! counts nothing twice, and replicas never overwrite each other's counts. A
+//! process keeps its tally of a silence for as long as the silence exists, so its
+//! writer id never changes under it. Each silence's state (`pending`, `active`,
+//! `expired`, or `ignored` with the reason) is checked every second and handed on
+//! when it changes, with one audit event when a silence is first seen (created) and
+//! when it expires, and one per incident it first matches: never one per alert.
+//! The Warning Event on an ignored silence is the keeper's own write
+//! ([`SilenceKeeper::warn_ignored`]): one per version of the silence, not a status.
+//!
+//! Must never write a status by itself: a second writer would take a write cap of
+//! its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use jiff::Timestamp;
 
@@ -39,7 +48,6 @@ struct Shared {
     silences: Arc<Silences>,
     store: Arc<dyn SilenceStore>,
     inner: Mutex<Inner>,
-    interval: Duration,
     metrics: Arc<Metrics>,
     clock: Clock,
     /// This process's half of its writer ids: random, so that processes (and
@@ -49,35 +57,29 @@ struct Shared {
 
 #[derive(Default)]
 struct Inner {
-    pending: HashMap<SilenceRef, StatusChange>,
     /// What this process counted of each silence: its writer id and count.
     tallies: HashMap<SilenceRef, (u64, u64)>,
     /// Writer ids handed out: the low half of the next one.
     writers: u32,
-    /// Silences newly ignored, to be warned of with the next write.
+    /// Silences newly ignored, to be warned of.
     ignored: Vec<Ignored>,
     /// Incidents each silence has matched, for the first-match audit event.
     incidents: HashMap<SilenceRef, HashSet<Fingerprint>>,
-    /// The state (and reason) this process last recorded for each silence, so that one not yet
-    /// reflected back by the source is not written again.
+    /// The state (and reason) this process last handed on for each silence, so that
+    /// one not yet reflected back by the source is not written again (the status
+    /// writer retries it until it is written, or the silence is gone).
     recorded: HashMap<SilenceRef, (String, Option<String>)>,
     /// The silences this process audited as created, and as expired: a status not
-    /// yet written (or a write that failed) must not audit either twice.
+    /// yet written must not audit either twice.
     audited: HashSet<(SilenceRef, &'static str)>,
 }
 
 impl SilenceKeeper {
-    /// Starts the keeper's task. Must be called within a tokio runtime.
-    pub fn start(
-        silences: Arc<Silences>,
-        store: Arc<dyn SilenceStore>,
-        interval: Duration,
-        metrics: Arc<Metrics>,
-        clock: Clock,
-    ) -> Self {
+    /// A keeper of `silences`' statuses, warning of ignored ones through `store`.
+    /// Its owner calls [`SilenceKeeper::check_states`] every second.
+    pub fn new(silences: Arc<Silences>, store: Arc<dyn SilenceStore>, metrics: Arc<Metrics>, clock: Clock) -> Self {
         let process = (uuid::Uuid::new_v4().as_u64_pair().0 as u32).max(1);
-        let shared = Arc::new(Shared { silences, store, inner: Mutex::default(), interval, metrics, clock, process });
-        tokio::spawn(run(Arc::downgrade(&shared)));
+        let shared = Arc::new(Shared { silences, store, inner: Mutex::default(), metrics, clock, process });
         SilenceKeeper { shared }
     }
 
@@ -85,8 +87,16 @@ impl SilenceKeeper {
         &self.shared.silences
     }
 
-    /// Counts a firing signal of `incident` that `silence` matched at `now`.
-    pub fn matched(&self, silence: &Silence, incident: &Fingerprint, now: Timestamp) {
+    /// Where the silences are kept, and their statuses written.
+    pub fn store(&self) -> &Arc<dyn SilenceStore> {
+        &self.shared.store
+    }
+
+    /// Counts a firing signal of `incident` that `silence` matched at `now`, and
+    /// returns the change to write to the silence's status: this process's whole
+    /// tally of it, so writing it twice, or an older one after it, counts nothing
+    /// twice.
+    pub fn matched(&self, silence: &Silence, incident: &Fingerprint, now: Timestamp) -> StatusChange {
         let mut inner = self.shared.lock();
         let Inner { tallies, writers, .. } = &mut *inner;
         let (writer, matched) = tallies.entry(silence.at.clone()).or_insert_with(|| {
@@ -95,21 +105,29 @@ impl SilenceKeeper {
         });
         *matched += 1;
         let change = StatusChange { writer: *writer, matched: *matched, last_matched_at: Some(now), state: None };
-        inner.pending.entry(silence.at.clone()).or_default().merge(change);
         let seen = inner.incidents.entry(silence.at.clone()).or_default();
         if seen.len() < INCIDENTS_REMEMBERED && seen.insert(*incident) {
             audit::silence_matched(&silence.at.namespace, &silence.at.name, &incident.to_hex());
         }
+        change
     }
 
-    /// Writes every pending change now: the last step of a shutdown.
-    pub async fn flush(&self) {
-        self.shared.flush().await;
+    /// Decides every silence's state now, and returns the states to write: those
+    /// that differ from the silence's status and from what this process last
+    /// handed on.
+    pub fn check_states(&self) -> Vec<(SilenceRef, StatusChange)> {
+        self.shared.check_states()
     }
 
-    /// Records every silence's state now, as the keeper's task does every second.
-    pub fn check_states(&self) {
-        self.shared.check_states();
+    /// Writes a Warning Event on each silence newly ignored. Best effort, as
+    /// Kubernetes events are: the status and the metric stand.
+    pub async fn warn_ignored(&self) {
+        let ignored = std::mem::take(&mut self.shared.lock().ignored);
+        for silence in &ignored {
+            if let Err(e) = self.shared.store.warn_ignored(silence).await {
+                tracing::warn!(silence = %silence.at, error = %e, "could not write an event on an ignored silence");
+            }
+        }
     }
 }
 
@@ -118,7 +136,7 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check_states(&self) {
+    fn check_states(&self) -> Vec<(SilenceRef, StatusChange)> {
         let now = Timestamp::from_millisecond(self.clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH);
         let known = self.silences.known();
         let mut inner = self.lock();
@@ -128,6 +146,7 @@ impl Shared {
         inner.tallies.retain(|at, _| live.contains(at));
         inner.audited.retain(|(at, _)| live.contains(at));
         let mut active = 0;
+        let mut changes = Vec::new();
         let pruned_by = self.silences.pruned_by();
         let ended = known
             .iter()
@@ -162,80 +181,36 @@ impl Shared {
                 _ => {}
             }
             inner.recorded.insert(at.clone(), (state.to_string(), reason.clone()));
-            let change = StatusChange { state: Some((state.to_string(), reason)), ..Default::default() };
-            inner.pending.entry(at.clone()).or_default().merge(change);
+            changes.push((at.clone(), StatusChange { state: Some((state.to_string(), reason)), ..Default::default() }));
         }
         self.metrics.silences_active.set(active);
         drop(inner);
         if ended {
             self.silences.prune(now);
         }
-    }
-
-    async fn flush(&self) {
-        let ignored = std::mem::take(&mut self.lock().ignored);
-        for silence in &ignored {
-            // Best effort, as Kubernetes events are: the status and the metric stand.
-            if let Err(e) = self.store.warn_ignored(silence).await {
-                tracing::warn!(silence = %silence.at, error = %e, "could not write an event on an ignored silence");
-            }
-        }
-        let pending = std::mem::take(&mut self.lock().pending);
-        for (at, change) in pending {
-            if let Err(e) = self.store.write_status(&at, &change).await {
-                match e {
-                    // Deleted meanwhile: its counts go with it.
-                    super::store::StoreError::NotFound(_) => {}
-                    e => {
-                        tracing::warn!(silence = %at, error = %e, "silence status write failed; retrying with the next");
-                        let mut inner = self.lock();
-                        let later = inner.pending.remove(&at);
-                        let mut kept = change;
-                        if let Some(later) = later {
-                            kept.merge(later);
-                        }
-                        // Its state is written again with the next write, whatever it is then.
-                        inner.recorded.remove(&at);
-                        inner.pending.insert(at, kept);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Checks states every second and writes pending changes every interval, until
-/// the keeper is dropped.
-async fn run(shared: std::sync::Weak<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_flush = tokio::time::Instant::now();
-    loop {
-        tick.tick().await;
-        let Some(shared) = shared.upgrade() else { return };
-        shared.check_states();
-        if last_flush.elapsed() >= shared.interval {
-            last_flush = tokio::time::Instant::now();
-            shared.flush().await;
-        }
+        changes
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::silence::resource::{RemediationSilence, RemediationSilenceStatus};
     use crate::silence::store::StoreError;
     use crate::silence::tests::{rules, spec};
     use crate::state::BoxFuture;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, UNIX_EPOCH};
 
-    /// A store of one silence whose first `unclear` status writes land but answer
-    /// an error, as a write that timed out after the API server applied it.
+    /// A store of one silence that counts the status writes to it, whose first
+    /// `unclear` status writes land but answer an error, as a write that timed out
+    /// after the API server applied it, and which answers `NotFound` while `gone`.
     #[derive(Default)]
-    struct Landing {
-        status: Mutex<RemediationSilenceStatus>,
-        unclear: AtomicUsize,
+    pub(crate) struct Landing {
+        pub status: Mutex<RemediationSilenceStatus>,
+        pub writes: AtomicUsize,
+        pub unclear: AtomicUsize,
+        pub gone: AtomicBool,
     }
 
     impl SilenceStore for Landing {
@@ -253,9 +228,13 @@ mod tests {
         }
         fn write_status<'a>(
             &'a self,
-            _: &'a SilenceRef,
+            at: &'a SilenceRef,
             change: &'a StatusChange,
         ) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            if self.gone.load(Ordering::SeqCst) {
+                return Box::pin(async move { Err(StoreError::NotFound(at.clone())) });
+            }
             change.apply(&mut self.status.lock().unwrap());
             let unclear = self.unclear.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
             Box::pin(async move {
@@ -267,29 +246,61 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_status_write_retried_after_an_unclear_outcome_counts_no_match_twice() {
-        let store = Arc::new(Landing { unclear: AtomicUsize::new(2), ..Default::default() });
+    fn drain_spec() -> crate::silence::resource::RemediationSilenceSpec {
+        spec(&["alertname=X"], "2026-12-05T00:00:00Z", "2026-12-06T00:00:00Z")
+    }
+
+    /// `shop/drain`, for all of 2026-12-05.
+    pub(crate) fn drain() -> (SilenceRef, Silence) {
         let at = SilenceRef { namespace: "shop".into(), name: "drain".into() };
-        let spec = spec(&["alertname=X"], "2026-12-05T00:00:00Z", "2026-12-06T00:00:00Z");
-        let silence = Silence::compile(at.clone(), &spec, &rules()).unwrap();
-        let keeper = SilenceKeeper::start(
-            Silences::new(rules()),
-            store.clone(),
-            Duration::from_secs(3600),
-            Arc::new(Metrics::new()),
-            Clock::System,
-        );
-        let noon: Timestamp = "2026-12-05T12:00:00Z".parse().unwrap();
-        for round in 0..3u8 {
-            for n in 0..10u8 {
-                let incident = Fingerprint::from_bytes([round * 10 + n; 32]);
-                keeper.matched(&silence, &incident, noon);
-            }
-            keeper.flush().await;
-        }
-        keeper.flush().await;
-        assert_eq!(store.unclear.load(Ordering::SeqCst), 0, "two writes landed unclearly");
-        assert_eq!(store.status.lock().unwrap().matched_signals, 30, "thirty matches, each counted once");
+        let silence = Silence::compile(at.clone(), &drain_spec(), &rules()).unwrap();
+        (at, silence)
+    }
+
+    pub(crate) fn noon() -> Timestamp {
+        "2026-12-05T12:00:00Z".parse().unwrap()
+    }
+
+    fn keeper(silences: Arc<Silences>, clock: Clock) -> SilenceKeeper {
+        SilenceKeeper::new(silences, Arc::new(Landing::default()), Arc::new(Metrics::new()), clock)
+    }
+
+    #[test]
+    fn each_match_hands_on_the_whole_tally_of_one_writer_per_silence() {
+        let keeper = keeper(Silences::new(rules()), Clock::System);
+        let (_, silence) = drain();
+        let other = Silence::compile(
+            SilenceRef { namespace: "shop".into(), name: "other".into() },
+            &spec(&["alertname=Y"], "2026-12-05T00:00:00Z", "2026-12-06T00:00:00Z"),
+            &rules(),
+        )
+        .unwrap();
+        let changes: Vec<_> =
+            (0..3u8).map(|n| keeper.matched(&silence, &Fingerprint::from_bytes([n; 32]), noon())).collect();
+        assert_eq!(changes.iter().map(|c| c.matched).collect::<Vec<_>>(), [1, 2, 3], "tallies, not increments");
+        assert!(changes.iter().all(|c| c.writer == changes[0].writer), "one writer per silence");
+        assert_eq!(changes[2].last_matched_at, Some(noon()));
+        assert_eq!(changes[2].state, None, "a match says nothing of the state");
+        let elsewhere = keeper.matched(&other, &Fingerprint::from_bytes([0; 32]), noon());
+        assert_ne!(elsewhere.writer, changes[0].writer, "one writer per silence");
+        assert_eq!(elsewhere.matched, 1);
+    }
+
+    #[test]
+    fn a_state_is_handed_on_once_and_again_when_it_changes() {
+        let silences = Silences::new(rules());
+        let mut object = RemediationSilence::new("drain", drain_spec());
+        object.metadata.namespace = Some("shop".into());
+        silences.upsert(&object);
+        let clock = Clock::manual(UNIX_EPOCH + Duration::from_secs(noon().as_second() as u64));
+        let keeper = keeper(silences.clone(), clock.clone());
+        let first = keeper.check_states();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].1.state, Some(("active".to_string(), None)));
+        assert!(keeper.check_states().is_empty(), "handed on once, whatever the status says meanwhile");
+        clock.advance(Duration::from_secs(86_400));
+        let later = keeper.check_states();
+        assert_eq!(later.len(), 1, "a new state is handed on");
+        assert_eq!(later[0].1.state, Some(("expired".to_string(), None)));
     }
 }

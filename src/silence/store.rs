@@ -25,6 +25,26 @@ pub enum StoreError {
     Exists(SilenceRef),
 }
 
+impl StoreError {
+    /// The outcome a failed status write is counted under, in the sink's words
+    /// (`SinkError::LABELS`), so that one vocabulary covers every status write,
+    /// mapped as the Kubernetes sink maps the API's answers: only an invalid object
+    /// (422) is `rejected`. A conflict (`Exists`, from a status patch that lost a
+    /// race) is `unavailable`: retried, as the sink's conflicts are.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StoreError::Kube(e) => match crate::kube_api::code(e) {
+                Some(422) => "rejected",
+                _ => "unavailable",
+            },
+            StoreError::Io(_) => "io",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Exists(_) => "unavailable",
+        }
+    }
+}
+
 /// What a status write changes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StatusChange {
