@@ -7,11 +7,13 @@
 -- names its keys by index into KEYS.
 --
 -- Dedup. An open incident lives in the hash of the time bucket of its last sighting:
---   KEYS[d], KEYS[d+1], KEYS[d+2] = <prefix>d:{<tag>}:<b>, :<b-1>, :<b+1>
---   b = floor(now / window)
--- (b-1 holds entries seen within the last window; b+1 those written by a replica
--- whose clock runs slightly ahead.) Field: bytes of the fingerprint; value:
--- struct '>I4I4I4' = first_seen, last_seen, count (12 bytes).
+--   KEYS[d] = <prefix>d:{<tag>}:<b>, b = floor(now / window)
+-- and the script looks it up there, then in <prefix>d:{<tag>}:<b-1> (entries seen
+-- within the last window), then in :<b+1> (entries written by a replica whose clock
+-- runs slightly ahead). It names those two from KEYS[d] (same hash tag, so the same
+-- slot) rather than taking them in KEYS: a repeat found in its bucket never needs
+-- them, and two more keys per signal lengthened every call. Field: bytes of the
+-- fingerprint; value: struct '>I4I4I4' = first_seen, last_seen, count (12 bytes).
 --
 -- Storms, for firing signals of a (namespace, alert name) scope:
 --   KEYS[s]   = <prefix>s:{<scope>}:r:<rate bucket>     alerts in this rate window
@@ -45,8 +47,9 @@
 --   struct '>BI4I4I4I4c8' = mode (0 fire | 1 resolve | 2 adopt | 3 adopt a rate
 --   window | 4 adopt a pattern window | 5 acknowledge), d, s (0: no storm keys), for adopt
 --   first_seen and count (the incident an authority says is open), for a window
---   its id and alert count (0 otherwise), resource (8 bytes; zeros without storm
---   keys); then the field.
+--   its id and alert count, for a firing signal with storm keys 0 and the firing
+--   signals of its scope in this call (0 otherwise), resource (8 bytes; zeros
+--   without storm keys); then the field (8 bytes, or 10 on Cluster).
 -- Reply: one string: 8 bytes of admission, two big-endian u32s (1, 0) allowed or
 -- (0, retry after in ms) limited, in which case nothing else was done and nothing
 -- follows; then 24 bytes per signal in order: six big-endian u32s,
@@ -56,12 +59,25 @@
 -- | 5, window id, kind (1 rate, 2 pattern), alerts, resources, first folded (0|1)
 -- (one string rather than nested arrays: the client decodes it without allocating)
 
+-- What Redis spends on a call is mostly this interpreter's work, not the commands':
+-- every closure, table and string made here is garbage Redis collects on its own
+-- time. So functions take and return plain values (no result tables, no closures
+-- per signal), library functions are looked up once, and floors are arithmetic.
+local call, sunpack, pack = redis.call, struct.unpack, struct.pack
+local tonumber, sub, byte, format, find = tonumber, string.sub, string.byte, string.format, string.find
+
+-- A number as Redis reads it. Redis spells a number argument with '%.17g', whose
+-- floating-point formatting costs more than the command it is for; '%d' does not.
+local function int(n)
+  return format('%d', n)
+end
+
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local rate_threshold, rate_window = tonumber(ARGV[3]), tonumber(ARGV[4])
 local pattern_threshold, pattern_window = tonumber(ARGV[5]), tonumber(ARGV[6])
 local inactivity, max_duration = tonumber(ARGV[7]), tonumber(ARGV[8])
-local now_bucket = math.floor(now / window)
+local now_bucket = (now - now % window) / window
 
 local flap_window, flap_keep = tonumber(ARGV[12]), tonumber(ARGV[13])
 
@@ -74,22 +90,22 @@ local RESOLVED_BIT = 2147483648
 if ARGV[9] ~= '' then
   local allowed, retry = gcra(KEYS[1], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]))
   if allowed == 0 then
-    return struct.pack('>I4I4', 0, retry)
+    return pack('>I4I4', 0, retry)
   end
 end
 
--- Firing alerts per storm scope in this call, so that each scope's rate counter
--- takes one INCRBY for the whole call.
-local firing = {}
 local FIRE, RESOLVE, ADOPT, ADOPT_WINDOW, ACKNOWLEDGE = 0, 1, 2, 3, 5
-local RECORD = '>BI4I4I4I4c8'
 local RECORD_BYTES = 25
 
-for i = FIRST, #ARGV do
-  local mode, _, s = struct.unpack('>BI4I4', ARGV[i])
-  if mode == FIRE and s > 0 then
-    firing[s] = (firing[s] or 0) + 1
+-- The bucket keys of the tag whose bucket `now_bucket` is KEYS[d]: the one before
+-- (i = 1) or after (i = 2), named only when a lookup misses the caller's bucket.
+local bucket_digits = #int(now_bucket)
+local function dedup_key(d, i)
+  local key = KEYS[d]
+  if i == 1 then
+    return sub(key, 1, #key - bucket_digits) .. int(now_bucket - 1)
   end
+  return sub(key, 1, #key - bucket_digits) .. int(now_bucket + 1)
 end
 
 -- What this call knows of each storm scope. Redis' per-command cost inside a script
@@ -97,20 +113,21 @@ end
 -- that later alerts of the call would overwrite go to Redis once, at the end. The
 -- script is atomic: nobody can tell the difference.
 local scopes = {}
-local function scope_state(s)
+-- `firing`: the call's firing signals of the scope (the caller counts them).
+local function scope_state(s, firing)
   local state = scopes[s]
   if not state then
-    local w = redis.call('HMGET', KEYS[s + 2], 'id', 'kind', 'last', 'alerts')
-    state = { id = tonumber(w[1]), kind = tonumber(w[2]), last = tonumber(w[3]), alerts = tonumber(w[4]) }
+    local w = call('HMGET', KEYS[s + 2], 'id', 'kind', 'last', 'alerts')
+    local last = tonumber(w[3])
+    state = { id = tonumber(w[1]), kind = tonumber(w[2]), last = last, alerts = tonumber(w[4]), deferred = 0 }
     -- Whoever moved `last` to this second also set the window's expiry from it.
-    state.ttl_set = state.last == now
-    local rate = redis.call('INCRBY', KEYS[s], firing[s])
-    if rate == firing[s] then
+    state.ttl_set = last == now
+    local rate = call('INCRBY', KEYS[s], int(firing))
+    if rate == firing then
       -- Window counters expire at their window's end: set once, when created.
-      redis.call('EXPIRE', KEYS[s], (math.floor(now / rate_window) + 1) * rate_window - now + 1)
+      call('EXPIRE', KEYS[s], int(rate_window - now % rate_window + 1))
     end
-    state.rate = rate - firing[s]
-    state.deferred = {}
+    state.rate = rate - firing
     scopes[s] = state
   end
   return state
@@ -119,32 +136,44 @@ end
 -- Distinct resources of the pattern window, or of the aggregation window when
 -- `folded`: counted again only after an add changed the HyperLogLog.
 local function resources(state, s, folded)
-  local slot = folded and 'folded' or 'pattern'
-  if not state[slot] then
-    state[slot] = redis.call('PFCOUNT', KEYS[s + (folded and 3 or 1)])
+  if folded then
+    if not state.folded then
+      state.folded = call('PFCOUNT', KEYS[s + 3])
+    end
+    return state.folded
   end
-  return state[slot]
+  if not state.pattern then
+    state.pattern = call('PFCOUNT', KEYS[s + 1])
+  end
+  return state.pattern
 end
 
-local function pattern_added(s, changed)
-  if changed == 1 then
-    redis.call('EXPIRE', KEYS[s + 1], (math.floor(now / pattern_window) + 1) * pattern_window - now + 1)
+-- After an add changed the pattern HyperLogLog (and perhaps created it): its expiry,
+-- the end of its window, which is the same for every add of the call.
+local function pattern_added(state, s, changed)
+  if changed == 1 and not state.pattern_ttl_set then
+    call('EXPIRE', KEYS[s + 1], int(pattern_window - now % pattern_window + 1))
+    state.pattern_ttl_set = true
   end
 end
 
 -- Storm detection counts every firing alert; it folds only alerts that are not a
--- repeat of an open incident (those stay counted on their own request).
-local function storm(s, resource, tracked)
-  local state = scope_state(s)
+-- repeat of an open incident (those stay counted on their own request). Answers
+-- the window an alert folded into (id, kind, alerts, resources, first folded), or
+-- nothing.
+local function storm(s, resource, tracked, firing)
+  local state = scope_state(s, firing)
   state.rate = state.rate + 1
   local open = state.id and now - state.last < inactivity and now - state.id < max_duration
   if open then
     -- An open window stays open for the rest of the call (`now` is fixed), so no
     -- later alert of the call needs the pattern count: add its resource at the end.
-    state.deferred[#state.deferred + 1] = resource
+    local n = state.deferred + 1
+    state.deferred = n
+    state[n] = resource
   else
-    local changed = redis.call('PFADD', KEYS[s + 1], resource)
-    pattern_added(s, changed)
+    local changed = call('PFADD', KEYS[s + 1], resource)
+    pattern_added(state, s, changed)
     if changed == 1 then
       state.pattern = nil
     end
@@ -156,63 +185,75 @@ local function storm(s, resource, tracked)
     else
       return nil
     end
-    redis.call('DEL', KEYS[s + 2], KEYS[s + 3])
-    redis.call('HSET', KEYS[s + 2], 'id', now, 'kind', kind, 'last', now, 'alerts', 0)
+    call('DEL', KEYS[s + 2], KEYS[s + 3])
+    call('HSET', KEYS[s + 2], 'id', ARGV[1], 'kind', int(kind), 'last', ARGV[1], 'alerts', '0')
     state.id, state.kind, state.last, state.alerts, state.folded = now, kind, now, 0, 0
     state.ttl_set, state.folded_ttl_set = false, false
   end
   if now > state.last then
-    redis.call('HSET', KEYS[s + 2], 'last', now)
+    call('HSET', KEYS[s + 2], 'last', ARGV[1])
     state.last = now
   end
   -- The window lives until inactivity or its maximum duration, whichever is first;
   -- within one call `now` is fixed, so setting it once per window is enough.
-  local ttl = math.min(now + inactivity, state.id + max_duration) - now + 1
+  local ttl = inactivity + 1
+  if state.id + max_duration - now < inactivity then
+    ttl = state.id + max_duration - now + 1
+  end
   if not state.ttl_set then
-    redis.call('EXPIRE', KEYS[s + 2], ttl)
+    call('EXPIRE', KEYS[s + 2], int(ttl))
     state.ttl_set = true
   end
   if tracked then
     return nil
   end
-  state.alerts = (state.alerts or 0) + 1
+  local alerts = (state.alerts or 0) + 1
+  state.alerts = alerts
   state.alerts_dirty = true
-  if redis.call('PFADD', KEYS[s + 3], resource) == 1 or not state.folded_ttl_set then
+  if call('PFADD', KEYS[s + 3], resource) == 1 then
     state.folded = nil
-    redis.call('EXPIRE', KEYS[s + 3], ttl)
+  end
+  -- Set once per window and call: `ttl` is the same for all its alerts.
+  if not state.folded_ttl_set then
+    call('EXPIRE', KEYS[s + 3], int(ttl))
     state.folded_ttl_set = true
   end
   local opened = 0
-  if state.alerts == 1 then
+  if alerts == 1 then
     opened = 1
   end
-  return {5, state.id, state.kind, state.alerts, resources(state, s, true), opened}
+  return state.id, state.kind, alerts, resources(state, s, true), opened
 end
 
 -- The writes `storm` left for the end of the call.
 local function flush_scopes()
   for s, state in pairs(scopes) do
-    if #state.deferred > 0 then
-      pattern_added(s, redis.call('PFADD', KEYS[s + 1], unpack(state.deferred)))
+    if state.deferred > 0 then
+      pattern_added(state, s, call('PFADD', KEYS[s + 1], unpack(state, 1, state.deferred)))
     end
     if state.alerts_dirty then
-      redis.call('HSET', KEYS[s + 2], 'alerts', state.alerts)
+      call('HSET', KEYS[s + 2], 'alerts', int(state.alerts))
     end
   end
 end
 
--- The flap key of the fingerprint whose dedup keys start at KEYS[d].
+-- The flap key of the fingerprint whose bucket key is KEYS[d]: the same prefix and
+-- hash tag, `f:` and the field in hex.
+local hex_format
 local function flap_key(d, field)
-  local prefix, tag = string.match(KEYS[d], '^(.*)d:(%b{}):%d+$')
-  local hex = string.gsub(field, '.', function(c) return string.format('%02x', string.byte(c)) end)
-  return prefix .. 'f:' .. tag .. ':' .. hex
+  local key = KEYS[d]
+  local tag = find(key, '{', 1, true)
+  if not hex_format then
+    hex_format = string.rep('%02x', #field)
+  end
+  return sub(key, 1, tag - 3) .. 'f:' .. sub(key, tag, #key - bucket_digits) .. format(hex_format, byte(field, 1, -1))
 end
 
 -- The transitions still within the window in a flap record's value.
 local function transitions(value)
   local kept = {}
   for i = 2, #value - 3, 4 do
-    local t = struct.unpack('>I4', value, i)
+    local t = sunpack('>I4', value, i)
     if now - t < flap_window then
       kept[#kept + 1] = t
     end
@@ -223,22 +264,22 @@ end
 local function flap_write(key, resolved, kept)
   local packed = { resolved and '\1' or '\0' }
   for _, t in ipairs(kept) do
-    packed[#packed + 1] = struct.pack('>I4', t)
+    packed[#packed + 1] = pack('>I4', t)
   end
-  redis.call('SET', key, table.concat(packed), 'EX', flap_window)
+  call('SET', key, table.concat(packed), 'EX', ARGV[12])
 end
 
 -- A resolution: the incident's next firing signal is a transition.
 local function flap_resolved(key)
-  local value = redis.call('GET', key)
+  local value = call('GET', key)
   flap_write(key, true, value and transitions(value) or {})
 end
 
 -- A firing signal: a transition if the last signal was a resolution. Answers the
 -- transitions within the window, this one included (0: no transition).
 local function flap_refired(key)
-  local value = redis.call('GET', key)
-  if not value or string.byte(value, 1) ~= 1 then
+  local value = call('GET', key)
+  if not value or byte(value, 1) ~= 1 then
     return 0
   end
   local kept = transitions(value)
@@ -250,19 +291,48 @@ local function flap_refired(key)
   return #kept
 end
 
+-- Writes an entry (`stored`: its count with the resolved bit) to the bucket of its
+-- last sighting, from bucket `found` (0, 1, 2: the caller's, the one before, the
+-- one after; nil: nowhere) whose key is `found_key`.
+local function store(d, found, found_key, field, first, last, stored)
+  -- last >= now, so the entry belongs in the caller's bucket or the next one.
+  local bucket = (last - last % window) / window
+  local target, key = 0, KEYS[d]
+  if bucket > now_bucket then
+    target = 2
+    key = found == 2 and found_key or dedup_key(d, 2)
+  end
+  call('HSET', key, field, pack('>I4I4I4', first, last, stored))
+  if found ~= target then
+    if found then
+      call('HDEL', found_key, field)
+    end
+    -- The bucket's key outlives the last entry that can still be live in it. Every
+    -- writer of a bucket sets the same absolute expiry, so a key that already held
+    -- this entry already has it.
+    call('EXPIRE', key, int((bucket + 2) * window - now + 1))
+  end
+end
+
+-- One signal's verdict: the six words of its reply.
 local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
-  local found, value
-  for i = 0, 2 do
-    value = redis.call('HGET', KEYS[d + i], field)
-    if value then
-      found = i
-      break
+  local found, found_key = 0, KEYS[d]
+  local value = call('HGET', found_key, field)
+  if not value then
+    found, found_key = 1, dedup_key(d, 1)
+    value = call('HGET', found_key, field)
+    if not value then
+      found, found_key = 2, dedup_key(d, 2)
+      value = call('HGET', found_key, field)
+      if not value then
+        found, found_key = nil, nil
+      end
     end
   end
   local first, last, count
   local live, resolved = false, false
   if value then
-    first, last, count = struct.unpack('>I4I4I4', value)
+    first, last, count = sunpack('>I4I4I4', value)
     if count >= RESOLVED_BIT then
       resolved, count = true, count - RESOLVED_BIT
     end
@@ -274,31 +344,31 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     -- which Redis lost: take the window back and fold this alert into it. The
     -- incident just opened for the alert goes, so its repeats fold too.
     if found then
-      redis.call('HDEL', KEYS[d + found], field)
+      call('HDEL', found_key, field)
     end
     local id, kind = adopt_first, mode - 2
     -- Concurrent adoptions of one window (a batch of its alerts after Redis lost
     -- it) count on from each other, not each from the sink's count.
-    local w = redis.call('HMGET', KEYS[s + 2], 'id', 'alerts', 'last')
+    local w = call('HMGET', KEYS[s + 2], 'id', 'alerts', 'last')
     local alerts = adopt_count + 1
     if tonumber(w[1]) == id and now - tonumber(w[3]) < inactivity then
       alerts = tonumber(w[2]) + 1
     end
     local ttl = math.min(now + inactivity, id + max_duration) - now + 1
-    redis.call('HSET', KEYS[s + 2], 'id', id, 'kind', kind, 'last', now, 'alerts', alerts)
-    redis.call('EXPIRE', KEYS[s + 2], ttl)
-    redis.call('PFADD', KEYS[s + 3], resource)
-    redis.call('EXPIRE', KEYS[s + 3], ttl)
-    return {5, id, kind, alerts, redis.call('PFCOUNT', KEYS[s + 3]), 0}
+    call('HSET', KEYS[s + 2], 'id', int(id), 'kind', int(kind), 'last', ARGV[1], 'alerts', int(alerts))
+    call('EXPIRE', KEYS[s + 2], int(ttl))
+    call('PFADD', KEYS[s + 3], resource)
+    call('EXPIRE', KEYS[s + 3], int(ttl))
+    return 5, id, kind, alerts, call('PFCOUNT', KEYS[s + 3]), 0
   end
 
   -- An acknowledgement only reads: it is not an occurrence, so it neither counts
   -- nor moves last_seen (the dedup window runs on), nor takes part in flapping.
   if mode == ACKNOWLEDGE then
     if live then
-      return {6, first, last, count}
+      return 6, first, last, count, 0, 0
     end
-    return {7, 0, 0, 0}
+    return 7, 0, 0, 0, 0, 0
   end
 
   -- A resolution counts nothing either; it marks the entry so that the next firing
@@ -307,40 +377,17 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     flap_resolved(flap_key(d, field))
     if live then
       if not resolved then
-        redis.call('HSET', KEYS[d + found], field, struct.pack('>I4I4I4', first, last, count + RESOLVED_BIT))
+        call('HSET', found_key, field, pack('>I4I4I4', first, last, count + RESOLVED_BIT))
       end
-      return {2, first, last, count}
+      return 2, first, last, count, 0, 0
     end
-    return {3, 0, 0, 0}
-  end
-
-  local function store(verdict)
-    -- last >= now, so the entry belongs in the caller's bucket or the next one.
-    local bucket = math.floor(last / window)
-    local target = 0
-    if bucket > now_bucket then
-      target = 2
-    end
-    local stored = count
-    if resolved then
-      stored = count + RESOLVED_BIT
-    end
-    redis.call('HSET', KEYS[d + target], field, struct.pack('>I4I4I4', first, last, stored))
-    if found and found ~= target then
-      redis.call('HDEL', KEYS[d + found], field)
-    end
-    -- The bucket's key outlives the last entry that can still be live in it. Every
-    -- writer of a bucket sets the same absolute expiry, so a key that already held
-    -- this entry already has it.
-    if found ~= target then
-      redis.call('EXPIRE', KEYS[d + target], (bucket + 2) * window - now + 1)
-    end
-    return {verdict, first, last, count}
+    return 3, 0, 0, 0, 0, 0
   end
 
   if mode == ADOPT then
-    first, last, count = adopt_first, now, adopt_count
-    return store(1)
+    first, last = adopt_first, now
+    store(d, found, found_key, field, first, last, resolved and adopt_count + RESOLVED_BIT or adopt_count)
+    return 1, first, last, adopt_count, 0, 0
   end
 
   local verdict
@@ -356,26 +403,29 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
     first, last, count = now, now, 1
   end
   if s > 0 then
-    local folded = storm(s, resource, live)
-    if folded then
-      return folded
+    -- A firing signal's record carries its scope's firing count in this call.
+    local id, kind, alerts, folded_resources, opened = storm(s, resource, live, adopt_count)
+    if id then
+      return 5, id, kind, alerts, folded_resources, opened
     end
   end
   local flaps = 0
   if resolved or not live then
     flaps = flap_refired(flap_key(d, field))
   end
-  resolved = false
-  local r = store(verdict)
-  r[5] = flaps
-  return r
+  store(d, found, found_key, field, first, last, count)
+  return verdict, first, last, count, flaps, 0
 end
 
-local replies = { struct.pack('>I4I4', 1, 0) }
-for i = FIRST, #ARGV do
-  local mode, d, s, adopt_first, adopt_count, resource = struct.unpack(RECORD, ARGV[i])
-  local r = decide(mode, string.sub(ARGV[i], RECORD_BYTES + 1), d, s, resource, adopt_first, adopt_count)
-  replies[#replies + 1] = struct.pack('>I4I4I4I4I4I4', r[1], r[2], r[3], r[4], r[5] or 0, r[6] or 0)
+local replies = { pack('>I4I4', 1, 0) }
+if #ARGV >= FIRST then
+  -- Every field of a call has one length: 8 bytes, or 10 on Cluster.
+  local record = '>BI4I4I4I4c8c' .. (#ARGV[FIRST] - RECORD_BYTES)
+  for i = FIRST, #ARGV do
+    local mode, d, s, adopt_first, adopt_count, resource, field = sunpack(record, ARGV[i])
+    replies[i - FIRST + 2] =
+      pack('>I4I4I4I4I4I4', decide(mode, field, d, s, resource, adopt_first, adopt_count))
+  end
 end
 flush_scopes()
 return table.concat(replies)

@@ -22,6 +22,8 @@ pub(super) struct DecideCall<'a> {
     /// Where each group of keys starts in `keys`, as a Lua (1-based) index.
     groups: Vec<(Group, u32)>,
     pub(super) args: Vec<Arg<'a>>,
+    /// The observations' records, packed into `args` by [`DecideCall::seal`].
+    records: Vec<Record<'a>>,
     /// Positions in the batch of the observations it decides, in order.
     pub(super) members: Vec<usize>,
 }
@@ -56,8 +58,14 @@ impl<'a> DecideCall<'a> {
             rules.max_duration_s(),
         ]
         .map(|n| Arg::Int(n.into()));
-        let mut call =
-            DecideCall { slot, keys: Vec::new(), groups: Vec::new(), args: header.into(), members: Vec::new() };
+        let mut call = DecideCall {
+            slot,
+            keys: Vec::new(),
+            groups: Vec::new(),
+            args: header.into(),
+            records: Vec::new(),
+            members: Vec::new(),
+        };
         match charge {
             Some((budget, c)) => {
                 call.keys.push(budget);
@@ -78,6 +86,35 @@ impl<'a> DecideCall<'a> {
         self.keys.extend(keys());
         self.groups.push((group, at));
         at
+    }
+
+    /// Adds the observation at `position` of the batch.
+    pub(super) fn push(&mut self, record: Record<'a>, position: usize) {
+        self.records.push(record);
+        self.members.push(position);
+    }
+
+    /// Packs the records into the arguments, once they are all pushed: a firing
+    /// record with storm keys carries its scope's firing records in this call (the
+    /// script charges a scope's rate counter once per call, before its first).
+    pub(super) fn seal(&mut self) {
+        let firing = |r: &Record| matches!(r.mode, Mode::Fire) && r.storm_at > 0;
+        // (storm keys' index, firing records), one per scope: a call has few.
+        let mut scopes: Vec<(u32, u32)> = Vec::new();
+        for r in self.records.iter().filter(|r| firing(r)) {
+            match scopes.iter_mut().find(|(at, _)| *at == r.storm_at) {
+                Some((_, n)) => *n += 1,
+                None => scopes.push((r.storm_at, 1)),
+            }
+        }
+        for r in &self.records {
+            let mut r = *r;
+            if firing(&r) {
+                r.adopt.1 = scopes.iter().find(|(at, _)| *at == r.storm_at).map_or(0, |&(_, n)| n);
+            }
+            self.args.push(Arg::Record(r.pack()));
+        }
+        self.records.clear();
     }
 }
 
@@ -120,12 +157,14 @@ pub(super) enum Adoption {
 }
 
 /// One observation's argument to `decide.lua`: struct `>BI4I4I4I4c8`, then the field.
+#[derive(Clone, Copy)]
 pub(super) struct Record<'a> {
     pub(super) mode: Mode,
-    /// Lua indices of its first dedup key and first storm key (0: none).
+    /// Lua indices of its dedup key and first storm key (0: none).
     pub(super) dedup_at: u32,
     pub(super) storm_at: u32,
-    /// First seen and count, for an adoption.
+    /// First seen and count, for an adoption; for a firing record with storm keys,
+    /// 0 and its scope's firing records in the call (set by [`DecideCall::seal`]).
     pub(super) adopt: (u32, u32),
     pub(super) resource: [u8; 8],
     pub(super) field: &'a [u8],

@@ -16,6 +16,8 @@ local function gcra(key, now, interval, tolerance)
   end
   local next = tat + interval
   -- Once `next` has passed, the source has its whole burst back: the key is moot.
-  redis.call('SET', key, string.format('%d', next), 'PX', next - now + 1)
+  -- Numbers as '%d' strings: Redis spells a Lua number with '%.17g', which costs
+  -- more than the command.
+  redis.call('SET', key, string.format('%d', next), 'PX', string.format('%d', next - now + 1))
   return 1, 0
 end

@@ -38,7 +38,7 @@ use crate::telemetry::Metrics;
 pub use connection::TlsFiles;
 use connection::{Connection, Handle, Topology};
 pub use decide::decode;
-use decide::{bad_reply, Adoption, Arg, DecideCall, Group, Mode, Record};
+use decide::{bad_reply, Adoption, DecideCall, Group, Mode, Record};
 pub use monitor::risks;
 use schema::Schema;
 
@@ -260,7 +260,7 @@ impl Shared {
                     calls.last_mut().expect("just pushed")
                 }
             };
-            let d = call.intern(Group::Dedup(tag), || self.schema.dedup_keys(tag, now_s));
+            let d = call.intern(Group::Dedup(tag), || [self.schema.dedup_key(tag, now_s)]);
             let storm = match (o.status, &o.storm, adopt) {
                 (SignalStatus::Firing, Some(key), None | Some(Adoption::Window(_))) => Some(key),
                 _ => None,
@@ -287,9 +287,9 @@ impl Shared {
                 resource: storm.map_or([0; 8], |k| k.resource),
                 field: self.schema.field(&o.fingerprint),
             };
-            call.args.push(Arg::Record(record.pack()));
-            call.members.push(position);
+            call.push(record, position);
         }
+        calls.iter_mut().for_each(DecideCall::seal);
         let replies = self.run(&self.decide, &calls).await?;
         Ok(decode(batch.len(), calls.iter().map(|c| c.members.as_slice()), replies))
     }

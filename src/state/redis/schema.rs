@@ -59,12 +59,13 @@ impl Schema {
         }
     }
 
-    /// The three bucket keys the dedup script reads for a tag: the caller's bucket,
-    /// the one before (entries seen within the last window) and the one after
-    /// (entries written by a replica whose clock runs slightly ahead).
-    pub fn dedup_keys(&self, tag: DedupTag, now_s: u32) -> [Key<'_>; 3] {
-        let bucket = now_s / self.window_s;
-        [bucket, bucket.saturating_sub(1), bucket + 1].map(|bucket| self.key(KeyName::Dedup { tag, bucket }))
+    /// The caller's bucket key of a tag, the one the dedup script is given. The
+    /// script also reads the bucket before it (entries seen within the last window)
+    /// and the one after (entries written by a replica whose clock runs slightly
+    /// ahead), and names them from this one: only a signal that misses the caller's
+    /// bucket needs them, and passing three keys per tag cost every call.
+    pub fn dedup_key(&self, tag: DedupTag, now_s: u32) -> Key<'_> {
+        self.key(KeyName::Dedup { tag, bucket: now_s / self.window_s })
     }
 
     /// The hash field naming a fingerprint: the 8 bytes after the shard's, or on
@@ -274,11 +275,11 @@ mod tests {
     use crate::signal::TargetResource;
 
     #[test]
-    fn keys_share_one_hash_tag_and_name_adjacent_buckets() {
+    fn a_dedup_key_is_its_shard_and_the_callers_bucket() {
         let fp = Fingerprint::from_bytes([0xff; 32]);
         let schema = Schema::new("tg:", 300, false);
-        let keys = schema.dedup_keys(schema.dedup_tag(&fp, Some(&[0; 16])), 300 * 10 + 5).map(|k| k.to_string());
-        assert_eq!(keys, ["tg:d:{3fff}:10", "tg:d:{3fff}:9", "tg:d:{3fff}:11"]);
+        let key = schema.dedup_key(schema.dedup_tag(&fp, Some(&[0; 16])), 300 * 10 + 5).to_string();
+        assert_eq!(key, "tg:d:{3fff}:10");
     }
 
     #[test]
@@ -287,8 +288,8 @@ mod tests {
         let scope = [0xab; 16];
         let cluster = Schema::new("tg:", 300, true);
         let fp = Fingerprint::from_bytes([0xff; 32]);
-        let dedup = cluster.dedup_keys(cluster.dedup_tag(&fp, Some(&scope)), 300).map(|k| k.to_string());
-        assert_eq!(dedup[0], format!("tg:d:{{{}}}:1", "ab".repeat(16)));
+        let dedup = cluster.dedup_key(cluster.dedup_tag(&fp, Some(&scope)), 300).to_string();
+        assert_eq!(dedup, format!("tg:d:{{{}}}:1", "ab".repeat(16)));
         let storm = cluster.storm_keys(&scope, 600, &rules).map(|k| k.to_string());
         let tag = format!("tg:s:{{{}}}", "ab".repeat(16));
         assert_eq!(storm, [format!("{tag}:r:10"), format!("{tag}:p:5"), format!("{tag}:w"), format!("{tag}:wr")]);
