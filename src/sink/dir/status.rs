@@ -462,10 +462,12 @@ mod tests {
         fs::rename(&tmp, f.path(&at(&other))).unwrap();
         let indexed = || async { f.sink.lookup(&at(&other)) == Lookup::Open };
         tidegate_testkit::eventually_within("the watch to index the other manifest", WATCH_LIMIT, indexed).await;
-        // Twenty own writes parsed back would be twenty parses or more. Allowed: the
-        // other manifest's (its rename may be reported twice), and a few of a watch
-        // thread descheduled between reading a file and checking it for two writes.
-        assert!(f.sink.watch_parsed() < 10, "the watch parsed {} manifests", f.sink.watch_parsed());
+        // Twenty own writes parsed back would be twenty parses or more (each is a
+        // rename the watch reads). Allowed: the other manifest's (its rename may be
+        // reported twice), and those of a watch thread descheduled between reading a
+        // file and checking it while two more writes landed, which a loaded machine
+        // can make frequent but never make one per write: the last writes' bytes stay.
+        assert!(f.sink.watch_parsed() < 20, "the watch parsed {} manifests", f.sink.watch_parsed());
     }
 
     #[tokio::test]
