@@ -33,9 +33,12 @@ use super::{to_yaml, write_temp, Durability, LOCK_FILE};
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::sink::{RequestRef, SinkError};
 
-/// The share of the machine's cores the directory sink's status writes may take:
-/// about what the fixed cap of 200 writes/s took when a write parsed the manifest.
-const CORES_SHARE: f64 = 0.1;
+/// The share of the machine's cores the directory sink's status writes may take.
+/// A tenth cost the ingest bench a quarter of its throughput for no smaller backlog
+/// (docs/performance.md); three hundredths is what 200 writes/s of today's cost take
+/// on 2 cores, so the cap grows with the machine and with cheaper writes, not with
+/// the load.
+const CORES_SHARE: f64 = 0.03;
 /// The cost assumed before any write is measured: a write that parses its manifest.
 const FIRST_COST: Duration = Duration::from_millis(1);
 /// How many recent writes the measured cost follows: few, so that the cap rises
@@ -326,6 +329,18 @@ mod tests {
             }
         }
 
+        /// Waits until the watch follows the namespace directory: moves someone
+        /// else's manifest into it and waits for the index to hold it. A change made
+        /// before the directory is watched is one the watch never reports.
+        async fn watched(&self) {
+            let other = request("watched");
+            let tmp = self.dir.path().join(NS).join(".watched.tmp");
+            fs::write(&tmp, to_yaml(&other)).unwrap();
+            fs::rename(&tmp, self.path(&at(&other))).unwrap();
+            let indexed = || async { self.sink.lookup(&at(&other)) == Lookup::Open };
+            tidegate_testkit::eventually_within("the watch to follow the namespace", WATCH_LIMIT, indexed).await;
+        }
+
         /// Rewrites the manifest in place, as a controller or an editor would,
         /// without the namespace lock and without moving a file into place.
         fn edit(&self, at: &RequestRef, change: impl FnOnce(&mut RemediationRequest)) {
@@ -475,6 +490,7 @@ mod tests {
         let requests: Vec<_> = (0..3).map(|n| request(&format!("web-{n}"))).collect();
         let f = Fixture::with(&requests.iter().collect::<Vec<_>>()).await;
         assert_eq!(f.sink.written(), 3, "one per request created");
+        f.watched().await;
         fs::remove_file(f.path(&at(&requests[0]))).unwrap();
         f.edit(&at(&requests[1]), |r| r.status.as_mut().unwrap().phase = Some("Completed".into()));
         let forgotten = || async { f.sink.written() == 1 };
