@@ -364,11 +364,20 @@ impl StatusWriter {
     /// and retried as requests' writes are. Its count is the writer's whole tally
     /// (see [`StatusChange`]), so a retried write counts nothing twice.
     pub fn silence(&self, at: &SilenceRef, change: StatusChange) {
-        let write = Write::Silence { at: at.clone(), change };
+        let incident = Incident::silence(at);
         let mut inner = self.shared.lock();
-        if self.schedule(Incident::silence(at), write, &mut inner) {
-            drop(inner);
-            self.shared.wake.notify_one();
+        match inner.pending.get_mut(&incident) {
+            // Merged in place, as a request's repeat is: the name is not cloned per match.
+            Some(Pending { write: Write::Silence { change: pending, .. }, .. }) => {
+                pending.merge(change);
+                self.shared.metrics.status_coalesced.inc();
+            }
+            _ => {
+                if self.schedule(incident, Write::Silence { at: at.clone(), change }, &mut inner) {
+                    drop(inner);
+                    self.shared.wake.notify_one();
+                }
+            }
         }
     }
 
@@ -435,28 +444,20 @@ impl StatusWriter {
         }
     }
 
-    /// Merges `write` into `incident`'s pending write, or schedules it one interval
-    /// from now (at once while draining). Whether the writer must be woken: it was
-    /// idle (woken once the lock is released, so that it does not wait on it).
+    /// Schedules `write`, the first pending one for `incident` (its callers merge
+    /// into one already pending), one interval from now (at once while draining).
+    /// Whether the writer must be woken: it was idle (woken once the lock is
+    /// released, so that it does not wait on it).
     #[must_use]
     fn schedule(&self, incident: Incident, write: Write, inner: &mut MutexGuard<'_, Inner>) -> bool {
         let shared = &self.shared;
         let due = if inner.draining { Instant::now() } else { Instant::now() + shared.interval };
         let Inner { pending, due: queue, .. } = &mut **inner;
-        match pending.get_mut(&incident) {
-            Some(p) => {
-                p.write.merge(write);
-                shared.metrics.status_coalesced.inc();
-                false
-            }
-            None => {
-                let was_idle = queue.is_empty();
-                pending.insert(incident, Pending { write, attempts: 0 });
-                queue.push(Reverse((due, incident)));
-                shared.metrics.status_pending.set(pending.len() as i64);
-                was_idle
-            }
-        }
+        let was_idle = queue.is_empty();
+        pending.insert(incident, Pending { write, attempts: 0 });
+        queue.push(Reverse((due, incident)));
+        shared.metrics.status_pending.set(pending.len() as i64);
+        was_idle
     }
 }
 
