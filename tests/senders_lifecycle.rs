@@ -53,11 +53,7 @@ async fn the_watchdog_through_alertmanager_keeps_the_heartbeat_fresh_and_creates
     })
     .await;
 
-    let mut rig = rig;
-    let handle = rig.gateway.metrics_handle();
-    rig.gateway.stop().await;
-    let am = rig.alertmanager.settled_counters().await;
-    let metrics = handle.encode();
+    let (rig, am, metrics) = stopped(rig).await;
     assert_eq!(am.failed, 0, "{am:?}\n{}", rig.logs());
     assert!(rig.gateway.requests().is_empty(), "a heartbeat is never a request: {:#?}", rig.gateway.requests());
     let heartbeats =
@@ -73,6 +69,15 @@ async fn the_watchdog_through_alertmanager_keeps_the_heartbeat_fresh_and_creates
     assert!(gauge(&metrics, "sender_last_seen_timestamp_seconds") >= last, "a heartbeat is a sign of life too");
     assert_eq!(gauge(&metrics, "sender_expected_interval_seconds"), 2.0);
     assert_eq!(sample(&metrics, "tidegate_storms_detected_total{type=\"rate\"}"), 0.0);
+}
+
+/// Stops the gateway (a graceful stop writes every pending status), and answers the
+/// rig, Alertmanager's settled counters and the gateway's last metrics.
+async fn stopped(mut rig: Rig) -> (Rig, support::senders::alertmanager::Counters, String) {
+    let handle = rig.gateway.metrics_handle();
+    rig.gateway.stop().await;
+    let am = rig.alertmanager.settled_counters().await;
+    (rig, am, handle.encode())
 }
 
 /// `tidegate_signals_received_total` of the webhook's alerts with `outcome`.
@@ -117,11 +122,7 @@ async fn an_alert_that_flaps_through_alertmanager_marks_its_request_flapping() {
     })
     .await;
 
-    let mut rig = rig;
-    let handle = rig.gateway.metrics_handle();
-    rig.gateway.stop().await;
-    let am = rig.alertmanager.settled_counters().await;
-    let metrics = handle.encode();
+    let (rig, am, metrics) = stopped(rig).await;
     assert_eq!((am.failed, am.requests_failed), (0, 0), "no notification lost: {am:?}\n{}", rig.logs());
     let requests = rig.gateway.requests();
     assert_eq!(requests.len(), 1, "flapping marks the request, it opens no other: {requests:#?}");
