@@ -134,13 +134,18 @@ async fn a_trigger_without_a_key_is_answered_one_that_resolves_it() {
     assert!(resolved(&gw), "the answered key named the incident");
 }
 
+/// A trigger whose details place its request in `shop`, about pod `db-0`.
+fn db_disk_in_shop() -> String {
+    json!({"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": "db-disk",
+        "payload": {"summary": "disk full", "source": "db-0", "severity": "critical",
+                    "custom_details": {"namespace": "shop", "pod": "db-0"}}})
+    .to_string()
+}
+
 #[tokio::test]
 async fn an_acknowledge_without_details_finds_the_request_its_triggers_details_placed() {
     let mut gw = start_with(|_| {}).await;
-    let trigger = json!({"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": "db-disk",
-        "payload": {"summary": "disk full", "source": "db-0", "severity": "critical",
-                    "custom_details": {"namespace": "shop", "pod": "db-0"}}});
-    accepted(post(&gw, trigger.to_string()).await).await;
+    accepted(post(&gw, db_disk_in_shop()).await).await;
     // The ack's own labels say `default`; the request is in `shop`, as the sink says.
 
     accepted(post(&gw, acknowledge("db-disk")).await).await;
@@ -154,10 +159,7 @@ async fn an_acknowledge_without_details_finds_the_request_its_triggers_details_p
 #[tokio::test]
 async fn a_resolve_without_details_finds_the_request_its_triggers_details_placed() {
     let mut gw = start_with(|_| {}).await;
-    let trigger = json!({"routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": "db-disk",
-        "payload": {"summary": "disk full", "source": "db-0", "severity": "critical",
-                    "custom_details": {"namespace": "shop", "pod": "db-0"}}});
-    accepted(post(&gw, trigger.to_string()).await).await;
+    accepted(post(&gw, db_disk_in_shop()).await).await;
     // Alertmanager sends a resolve without a payload: its labels say `default`.
     let resolve = json!({"routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": "db-disk"});
 
