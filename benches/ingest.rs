@@ -520,7 +520,7 @@ async fn bench_tidegate(settings: &Settings, workload: &Workload) -> Result<Row,
     if let Some((calls, usec)) = store.commandstats() {
         // Redis's own time in the decide script, per alert (issue 24's figure).
         println!(
-            "  redis INFO commandstats: evalsha {calls} calls, {:.2} µs per call, {:.2} µs per alert \
+            "  redis INFO commandstats: decide {calls} calls, {:.2} µs per call, {:.2} µs per alert \
              (warm-up and measured phase)",
             usec as f64 / calls.max(1) as f64,
             usec as f64 / row.acked_alerts.max(1) as f64
@@ -648,8 +648,9 @@ impl Store {
         self.servers().iter().filter_map(|s| s.pid()).collect()
     }
 
-    /// The decide script's calls and Redis's time in it (`INFO commandstats`,
-    /// `cmdstat_evalsha`, summed over the servers) since they started.
+    /// The decide function's calls and Redis's time in it (`INFO commandstats`,
+    /// `cmdstat_fcall`, or `cmdstat_evalsha` for a gateway from before it was a
+    /// function; summed over the servers) since they started.
     fn commandstats(&self) -> Option<(u64, u64)> {
         if self.servers().is_empty() {
             return None;
@@ -657,14 +658,15 @@ impl Store {
         let (mut calls, mut usec) = (0u64, 0u64);
         for server in self.servers() {
             let stats = server.info("commandstats");
-            let line = stats.get("cmdstat_evalsha")?;
-            let field = |name: &str| -> Option<u64> {
-                line.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?.parse().ok()
-            };
-            calls += field("calls")?;
-            usec += field("usec")?;
+            for line in ["cmdstat_fcall", "cmdstat_evalsha"].iter().filter_map(|name| stats.get(*name)) {
+                let field = |name: &str| -> Option<u64> {
+                    line.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?.parse().ok()
+                };
+                calls += field("calls")?;
+                usec += field("usec")?;
+            }
         }
-        Some((calls, usec))
+        (calls > 0).then_some((calls, usec))
     }
 }
 

@@ -27,3 +27,29 @@ async fn redis_store(window: Duration) -> Arc<dyn StateStore> {
 }
 
 conformance_suite!(redis_store);
+
+/// Redis forgets the decide function when it restarts without persistence or an
+/// operator flushes its functions; the store loads it again on the next call,
+/// which is then decided as if nothing had happened.
+#[tokio::test]
+async fn a_flushed_decide_function_is_loaded_again_by_the_next_call() {
+    use support::redis::{RedisServer, ServerOptions};
+    use tidegate::signal::{Fingerprint, SignalStatus};
+    use tidegate::state::{Observation, Verdict};
+
+    let server = RedisServer::start(ServerOptions::default());
+    let config = RedisConfig { timeout: Duration::from_secs(2), ..Default::default() };
+    let (topology, storms) = (server.url().parse().unwrap(), tidegate::state::StormConfig::default());
+    let window = Duration::from_secs(300);
+    let store = RedisStore::connect(&topology, &config, window, &storms, Arc::new(Metrics::new())).await.unwrap();
+    let o = Observation { fingerprint: Fingerprint::from_bytes([7; 32]), status: SignalStatus::Firing, storm: None };
+    let now = 1_800_000_000;
+
+    assert!(matches!(store.observe(std::slice::from_ref(&o), now).await.unwrap()[..], [Verdict::New(_)]));
+    let _: () = redis::cmd("FUNCTION").arg("FLUSH").query(&mut server.connection()).unwrap();
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut server.connection()).unwrap();
+    assert!(libraries.is_empty(), "flushed");
+
+    let verdicts = store.observe(std::slice::from_ref(&o), now + 1).await.unwrap();
+    assert!(matches!(verdicts[..], [Verdict::Duplicate(e)] if e.count == 2), "{verdicts:?}");
+}

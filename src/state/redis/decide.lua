@@ -25,8 +25,7 @@
 -- packs fingerprints densely, and one call carries a whole webhook.
 --
 -- Rate limiting, when the request is charged here: KEYS[1] = the source's budget key
--- (see gcra.lua), and ARGV[9..11] = now (ms), emission interval, tolerance; all three
--- empty otherwise.
+-- (see gcra.lua), and the header's charge fields are set.
 --
 -- Flapping (firing -> resolved -> firing), for incidents that resolved within the
 -- flap window only: <prefix>f:{<tag>}:<field hex>, a string: one byte (1: the last
@@ -39,17 +38,20 @@
 -- resolutions and re-fires touch it, and naming it for every signal would lengthen
 -- every call.
 --
--- ARGV[1..8] = now (s), window (s), rate threshold, rate window, pattern threshold,
---              pattern window, inactivity, max duration
--- ARGV[12..13] = flap window (s), flap keep
--- then from ARGV[14], one per signal, packed (a webhook's call would otherwise carry
--- hundreds of arguments, each one a string for Redis to parse and Lua to intern):
---   struct '>BI4I4I4I4c8' = mode (0 fire | 1 resolve | 2 adopt | 3 adopt a rate
---   window | 4 adopt a pattern window | 5 acknowledge), d, s (0: no storm keys), for adopt
---   first_seen and count (the incident an authority says is open), for a window
---   its id and alert count, for a firing signal with storm keys 0 and the firing
---   signals of its scope in this call (0 otherwise), resource (8 bytes; zeros
---   without storm keys); then the field (8 bytes, or 10 on Cluster).
+-- One argument: a packed string (each argument is a string Redis parses and Lua
+-- interns, which cost more per call than all of a small batch's decoding), the
+-- header then one record per signal.
+--   header, struct '>I4I4I4I4I4I4I4I4I4I4BI8I8I8B' = now (s), window (s), rate
+--   threshold, rate window, pattern threshold, pattern window, inactivity, max
+--   duration, flap window (s), flap keep, charged (0|1), then for a charge now (ms),
+--   emission interval, tolerance (zeros otherwise), then the fields' length (8, or
+--   10 on Cluster: every field of a call has one length);
+--   a record, struct '>BI4I4I4I4c8' = mode (0 fire | 1 resolve | 2 adopt | 3 adopt
+--   a rate window | 4 adopt a pattern window | 5 acknowledge), d, s (0: no storm
+--   keys), for adopt first_seen and count (the incident an authority says is open),
+--   for a window its id and alert count, for a firing signal with storm keys 0 and
+--   the firing signals of its scope in this call (0 otherwise), resource (8 bytes;
+--   zeros without storm keys); then the field.
 -- Reply: one string: 8 bytes of admission, two big-endian u32s (1, 0) allowed or
 -- (0, retry after in ms) limited, in which case nothing else was done and nothing
 -- follows; then 24 bytes per signal in order: six big-endian u32s,
@@ -61,10 +63,14 @@
 
 -- What Redis spends on a call is mostly this interpreter's work, not the commands':
 -- every closure, table and string made here is garbage Redis collects on its own
--- time. So functions take and return plain values (no result tables, no closures
--- per signal), library functions are looked up once, and floors are arithmetic.
-local call, sunpack, pack = redis.call, struct.unpack, struct.pack
-local tonumber, sub, byte, format, find = tonumber, string.sub, string.byte, string.format, string.find
+-- time. So this is a library of Redis Functions (loaded once; its helpers are made
+-- when it loads, not on every call as a script's are), functions take and return
+-- plain values (no result tables, no closures per signal), library functions are
+-- looked up once per call, and floors are arithmetic.
+--
+-- Redis 7.0 gives a library nothing but `redis.register_function` while it loads,
+-- so what the helpers use is looked up when a call starts (`decide` below).
+local call, sunpack, pack, tonumber, sub, byte, format, find
 
 -- A number as Redis reads it. Redis spells a number argument with '%.17g', whose
 -- floating-point formatting costs more than the command it is for; '%d' does not.
@@ -72,34 +78,23 @@ local function int(n)
   return format('%d', n)
 end
 
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local rate_threshold, rate_window = tonumber(ARGV[3]), tonumber(ARGV[4])
-local pattern_threshold, pattern_window = tonumber(ARGV[5]), tonumber(ARGV[6])
-local inactivity, max_duration = tonumber(ARGV[7]), tonumber(ARGV[8])
-local now_bucket = (now - now % window) / window
+-- The call's keys, its header, and its time as Redis reads it.
+local KEYS
+local now, now_s, window, now_bucket, bucket_digits
+local rate_threshold, rate_window, pattern_threshold, pattern_window, inactivity, max_duration
+local flap_window, flap_window_s, flap_keep
 
-local flap_window, flap_keep = tonumber(ARGV[12]), tonumber(ARGV[13])
-
--- Where the signals' arguments start.
-local FIRST = 14
+local HEADER = '>I4I4I4I4I4I4I4I4I4I4BI8I8I8B'
+local HEADER_BYTES = 66
 
 -- Bit 31 of an entry's stored count: a resolution came after its last firing.
 local RESOLVED_BIT = 2147483648
-
-if ARGV[9] ~= '' then
-  local allowed, retry = gcra(KEYS[1], tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]))
-  if allowed == 0 then
-    return pack('>I4I4', 0, retry)
-  end
-end
 
 local FIRE, RESOLVE, ADOPT, ADOPT_WINDOW, ACKNOWLEDGE = 0, 1, 2, 3, 5
 local RECORD_BYTES = 25
 
 -- The bucket keys of the tag whose bucket `now_bucket` is KEYS[d]: the one before
 -- (i = 1) or after (i = 2), named only when a lookup misses the caller's bucket.
-local bucket_digits = #int(now_bucket)
 local function dedup_key(d, i)
   local key = KEYS[d]
   if i == 1 then
@@ -112,7 +107,7 @@ end
 -- dwarfs the work of these commands, so a scope is read once per call, and writes
 -- that later alerts of the call would overwrite go to Redis once, at the end. The
 -- script is atomic: nobody can tell the difference.
-local scopes = {}
+local scopes
 -- `firing`: the call's firing signals of the scope (the caller counts them).
 local function scope_state(s, firing)
   local state = scopes[s]
@@ -186,12 +181,12 @@ local function storm(s, resource, tracked, firing)
       return nil
     end
     call('DEL', KEYS[s + 2], KEYS[s + 3])
-    call('HSET', KEYS[s + 2], 'id', ARGV[1], 'kind', int(kind), 'last', ARGV[1], 'alerts', '0')
+    call('HSET', KEYS[s + 2], 'id', now_s, 'kind', int(kind), 'last', now_s, 'alerts', '0')
     state.id, state.kind, state.last, state.alerts, state.folded = now, kind, now, 0, 0
     state.ttl_set, state.folded_ttl_set = false, false
   end
   if now > state.last then
-    call('HSET', KEYS[s + 2], 'last', ARGV[1])
+    call('HSET', KEYS[s + 2], 'last', now_s)
     state.last = now
   end
   -- The window lives until inactivity or its maximum duration, whichever is first;
@@ -266,7 +261,7 @@ local function flap_write(key, resolved, kept)
   for _, t in ipairs(kept) do
     packed[#packed + 1] = pack('>I4', t)
   end
-  call('SET', key, table.concat(packed), 'EX', ARGV[12])
+  call('SET', key, table.concat(packed), 'EX', flap_window_s)
 end
 
 -- A resolution: the incident's next firing signal is a transition.
@@ -315,7 +310,7 @@ local function store(d, found, found_key, field, first, last, stored)
 end
 
 -- One signal's verdict: the six words of its reply.
-local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
+local function decide_one(mode, field, d, s, resource, adopt_first, adopt_count)
   local found, found_key = 0, KEYS[d]
   local value = call('HGET', found_key, field)
   if not value then
@@ -355,7 +350,7 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
       alerts = tonumber(w[2]) + 1
     end
     local ttl = math.min(now + inactivity, id + max_duration) - now + 1
-    call('HSET', KEYS[s + 2], 'id', int(id), 'kind', int(kind), 'last', ARGV[1], 'alerts', int(alerts))
+    call('HSET', KEYS[s + 2], 'id', int(id), 'kind', int(kind), 'last', now_s, 'alerts', int(alerts))
     call('EXPIRE', KEYS[s + 2], int(ttl))
     call('PFADD', KEYS[s + 3], resource)
     call('EXPIRE', KEYS[s + 3], int(ttl))
@@ -417,15 +412,52 @@ local function decide(mode, field, d, s, resource, adopt_first, adopt_count)
   return verdict, first, last, count, flaps, 0
 end
 
-local replies = { pack('>I4I4', 1, 0) }
-if #ARGV >= FIRST then
-  -- Every field of a call has one length: 8 bytes, or 10 on Cluster.
-  local record = '>BI4I4I4I4c8c' .. (#ARGV[FIRST] - RECORD_BYTES)
-  for i = FIRST, #ARGV do
-    local mode, d, s, adopt_first, adopt_count, resource, field = sunpack(record, ARGV[i])
-    replies[i - FIRST + 2] =
-      pack('>I4I4I4I4I4I4', decide(mode, field, d, s, resource, adopt_first, adopt_count))
+-- The function: decides the call's signals in order and answers their verdicts.
+local function decide(keys, args)
+  call, sunpack, pack = redis.call, struct.unpack, struct.pack
+  tonumber, sub, byte, format, find = _G.tonumber, string.sub, string.byte, string.format, string.find
+  KEYS, scopes, hex_format = keys, {}, nil
+  local blob = args[1]
+  local charged, now_ms, interval, tolerance, field_bytes
+  now, window, rate_threshold, rate_window, pattern_threshold, pattern_window, inactivity, max_duration,
+    flap_window, flap_keep, charged, now_ms, interval, tolerance, field_bytes = sunpack(HEADER, blob)
+  now_s, flap_window_s = int(now), int(flap_window)
+  now_bucket = (now - now % window) / window
+  bucket_digits = #int(now_bucket)
+
+  if charged == 1 then
+    local allowed, retry = gcra(keys[1], now_ms, interval, tolerance)
+    if allowed == 0 then
+      return pack('>I4I4', 0, retry)
+    end
   end
+
+  local replies = { pack('>I4I4', 1, 0) }
+  local size = RECORD_BYTES + field_bytes
+  local n = 1
+  -- Decoded with `byte` and arithmetic: `struct.unpack` would make a string of the
+  -- resource of every signal, and parse its format each time.
+  for p = HEADER_BYTES + 1, #blob, size do
+    local mode, d1, d2, d3, d4, s1, s2, s3, s4, f1, f2, f3, f4, c1, c2, c3, c4 = byte(blob, p, p + 16)
+    local s = ((s1 * 256 + s2) * 256 + s3) * 256 + s4
+    local resource
+    if s > 0 then
+      resource = sub(blob, p + 17, p + 24)
+    end
+    n = n + 1
+    replies[n] = pack(
+      '>I4I4I4I4I4I4',
+      decide_one(
+        mode,
+        sub(blob, p + RECORD_BYTES, p + size - 1),
+        ((d1 * 256 + d2) * 256 + d3) * 256 + d4,
+        s,
+        resource,
+        ((f1 * 256 + f2) * 256 + f3) * 256 + f4,
+        ((c1 * 256 + c2) * 256 + c3) * 256 + c4
+      )
+    )
+  end
+  flush_scopes()
+  return table.concat(replies)
 end
-flush_scopes()
-return table.concat(replies)

@@ -1,10 +1,13 @@
-//! The codec of `decide.lua`, the script beside this file: how a batch becomes one
-//! call per node (its keys, each once, and its packed arguments), and how the
-//! script's packed replies become a [`Decision`].
+//! The codec of `decide.lua`, the Redis Functions library beside this file: how a
+//! batch becomes one call per node (its keys, each once, and its one packed
+//! argument), and how the function's packed replies become a [`Decision`].
 //!
 //! The layout written here and the one `decide.lua` reads must agree byte for byte;
-//! the script's header comment and [`Record`] describe the same struct. Nothing
-//! here talks to Redis.
+//! the script's header comment, [`DecideCall::new`] and [`Record`] describe the same
+//! structs. Nothing here talks to Redis. Replicas of two versions share Redis
+//! during an upgrade, but each calls its own library (the name carries a digest of
+//! the code), so this layout may change between versions; what is stored in Redis
+//! may not.
 
 use redis::Value;
 
@@ -13,7 +16,7 @@ use crate::state::{
     Charge, Decision, Entry, FlapRule, Folded, OpenWindow, StateError, StormConfig, StormKind, Verdict,
 };
 
-/// One invocation of `decide.lua`: each key it touches once, and its arguments.
+/// One invocation of `decide.lua`: each key it touches once, and its argument.
 pub(super) struct DecideCall<'a> {
     /// The dedup tag all of this call's keys share on Cluster; `None` on a single
     /// node, where one call carries the whole batch.
@@ -21,8 +24,9 @@ pub(super) struct DecideCall<'a> {
     pub(super) keys: Vec<Key<'a>>,
     /// Where each group of keys starts in `keys`, as a Lua (1-based) index.
     groups: Vec<(Group, u32)>,
-    pub(super) args: Vec<Arg<'a>>,
-    /// The observations' records, packed into `args` by [`DecideCall::seal`].
+    /// The one argument: the header, then (after [`DecideCall::seal`]) the records.
+    packed: Vec<u8>,
+    /// The observations' records, packed by [`DecideCall::seal`].
     records: Vec<Record<'a>>,
     /// Positions in the batch of the observations it decides, in order.
     pub(super) members: Vec<usize>,
@@ -36,9 +40,9 @@ pub(super) enum Group {
 }
 
 impl<'a> DecideCall<'a> {
-    /// A call whose header carries the rules (the flap rule after the charge's
-    /// three) and, if given, the request's charge
-    /// against its budget key (then `KEYS[1]`).
+    /// A call whose header carries the rules, the flap rule and, if given, the
+    /// request's charge against its budget key (then `KEYS[1]`): struct
+    /// `>I4I4I4I4I4I4I4I4I4I4BI8I8I8B` (see `decide.lua`), the fields' length last.
     pub(super) fn new(
         slot: Option<DedupTag>,
         now_s: u32,
@@ -46,8 +50,10 @@ impl<'a> DecideCall<'a> {
         rules: &StormConfig,
         flap: FlapRule,
         charge: Option<(Key<'a>, Charge<'_>)>,
+        field_bytes: u8,
     ) -> Self {
-        let header = [
+        let mut packed = Vec::with_capacity(HEADER_BYTES + 10 * (RECORD_BYTES + usize::from(field_bytes)));
+        for n in [
             now_s,
             window_s,
             rules.rate_threshold,
@@ -56,25 +62,26 @@ impl<'a> DecideCall<'a> {
             rules.pattern_window_s(),
             rules.inactivity_s(),
             rules.max_duration_s(),
-        ]
-        .map(|n| Arg::Int(n.into()));
-        let mut call = DecideCall {
-            slot,
-            keys: Vec::new(),
-            groups: Vec::new(),
-            args: header.into(),
-            records: Vec::new(),
-            members: Vec::new(),
-        };
-        match charge {
-            Some((budget, c)) => {
-                call.keys.push(budget);
-                call.args.extend([c.now_ms, c.limit.emission_interval_ms(), c.limit.tolerance_ms()].map(Arg::Int));
-            }
-            None => call.args.extend([Arg::Bytes(b""); 3]),
+            flap.window_s,
+            flap.keep,
+        ] {
+            packed.extend_from_slice(&n.to_be_bytes());
         }
-        call.args.extend([flap.window_s, flap.keep].map(|n| Arg::Int(n.into())));
-        call
+        let mut keys = Vec::new();
+        let charged = match charge {
+            Some((budget, c)) => {
+                keys.push(budget);
+                [c.now_ms, c.limit.emission_interval_ms(), c.limit.tolerance_ms()]
+            }
+            None => [0; 3],
+        };
+        packed.push(u8::from(charge.is_some()));
+        for n in charged {
+            packed.extend_from_slice(&n.to_be_bytes());
+        }
+        packed.push(field_bytes);
+        debug_assert_eq!(packed.len(), HEADER_BYTES);
+        DecideCall { slot, keys, groups: Vec::new(), packed, records: Vec::new(), members: Vec::new() }
     }
 
     /// The index of `group`'s first key, adding its keys on first use.
@@ -112,29 +119,21 @@ impl<'a> DecideCall<'a> {
             if firing(&r) {
                 r.adopt.1 = scopes.iter().find(|(at, _)| *at == r.storm_at).map_or(0, |&(_, n)| n);
             }
-            self.args.push(Arg::Record(r.pack()));
+            r.pack_into(&mut self.packed);
         }
         self.records.clear();
     }
-}
 
-/// A script argument, written without an intermediate allocation.
-#[derive(Clone, Copy)]
-pub(super) enum Arg<'a> {
-    Int(u64),
-    Bytes(&'a [u8]),
-    Record(Packed),
-}
-
-impl redis::ToRedisArgs for Arg<'_> {
-    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
-        match self {
-            Arg::Int(n) => n.write_redis_args(out),
-            Arg::Bytes(b) => b.write_redis_args(out),
-            Arg::Record(packed) => out.write_arg(&packed.bytes[..packed.len]),
-        }
+    /// The function's one argument.
+    pub(super) fn packed(&self) -> &[u8] {
+        &self.packed
     }
 }
+
+/// Bytes of the call's header and of a record without its field (`decide.lua`'s
+/// `HEADER_BYTES` and `RECORD_BYTES`).
+const HEADER_BYTES: usize = 66;
+const RECORD_BYTES: usize = 25;
 
 /// What `decide.lua` is asked about one observation.
 #[derive(Clone, Copy)]
@@ -156,7 +155,8 @@ pub(super) enum Adoption {
     Window(OpenWindow),
 }
 
-/// One observation's argument to `decide.lua`: struct `>BI4I4I4I4c8`, then the field.
+/// One observation's record in `decide.lua`'s argument: struct `>BI4I4I4I4c8`, then
+/// the field.
 #[derive(Clone, Copy)]
 pub(super) struct Record<'a> {
     pub(super) mode: Mode,
@@ -170,31 +170,14 @@ pub(super) struct Record<'a> {
     pub(super) field: &'a [u8],
 }
 
-/// A packed [`Record`]: 25 bytes and a field of at most 10.
-#[derive(Clone, Copy)]
-pub(super) struct Packed {
-    bytes: [u8; 35],
-    len: usize,
-}
-
 impl Record<'_> {
-    pub(super) fn pack(&self) -> Packed {
-        let mut bytes = [0u8; 35];
-        let fixed = [
-            &[self.mode as u8][..],
-            &self.dedup_at.to_be_bytes(),
-            &self.storm_at.to_be_bytes(),
-            &self.adopt.0.to_be_bytes(),
-            &self.adopt.1.to_be_bytes(),
-            &self.resource,
-            self.field,
-        ];
-        let mut len = 0;
-        for part in fixed {
-            bytes[len..len + part.len()].copy_from_slice(part);
-            len += part.len();
+    fn pack_into(&self, out: &mut Vec<u8>) {
+        out.push(self.mode as u8);
+        for n in [self.dedup_at, self.storm_at, self.adopt.0, self.adopt.1] {
+            out.extend_from_slice(&n.to_be_bytes());
         }
-        Packed { bytes, len }
+        out.extend_from_slice(&self.resource);
+        out.extend_from_slice(self.field);
     }
 }
 

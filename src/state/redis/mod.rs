@@ -1,9 +1,9 @@
 //! The Redis state backend: dedup state shared by every replica.
 //!
-//! One server-side script (`decide.lua`) decides a whole batch atomically, in
-//! order, after charging the request's rate limit: on a single node a webhook costs
-//! one `EVALSHA`, one network round trip (on Cluster, one concurrent call per storm
-//! scope, and the charge on its own). What is stored is fixed-size metadata only
+//! One server-side function (`decide.lua`, a Redis Functions library) decides a
+//! whole batch atomically, in order, after charging the request's rate limit: on a
+//! single node a webhook costs one `FCALL`, one network round trip (on Cluster, one
+//! concurrent call per storm scope, and the charge on its own). What is stored is fixed-size metadata only
 //! (see [`schema`]): never a signal, never a request.
 //!
 //! Failure policy: any error (OOM under `noeviction`, unreachable, slower than
@@ -25,6 +25,7 @@ use std::time::Duration;
 use redis::{RedisError, Script, Value};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use std::future::Future;
 
@@ -48,17 +49,64 @@ const GCRA: &str = include_str!("gcra.lua");
 /// Ends inhibit holds their source still holds (see `release_inhibitors`).
 const RELEASE: &str = include_str!("release.lua");
 
-/// The scripts' sources. The `#!lua` shebang (no flags) makes Redis 7 treat a
-/// script as "may write", so under `maxmemory` with noeviction a whole call is
-/// refused with OOM before it runs: never a partial write.
-fn scripts() -> (Script, Script) {
-    let decide = format!("#!lua\n{GCRA}\n{DECIDE}");
+/// The decide function's library: its name, which is also the function's, and its
+/// source. The name carries a digest of the code, so replicas of two versions
+/// sharing Redis during a rolling upgrade each call their own (a library stays
+/// loaded until Redis restarts or someone deletes it: a few kilobytes per version,
+/// as a script cache holds scripts). Without flags a function "may write", so under
+/// `maxmemory` with noeviction Redis refuses a whole call with OOM before it runs:
+/// never a partial write.
+struct Library {
+    name: String,
+    source: String,
+}
+
+impl Library {
+    fn decide() -> Self {
+        let body = format!("{GCRA}\n{DECIDE}");
+        let digest = Sha256::digest(body.as_bytes());
+        let name = format!("tidegate_decide_{}", hex::encode(&digest[..8]));
+        let source = format!("#!lua name={name}\n{body}\nredis.register_function('{name}', decide)\n");
+        Library { name, source }
+    }
+
+    /// `FUNCTION LOAD REPLACE`: on Cluster, to every primary (redis-rs routes it so).
+    fn load_cmd(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(&self.source);
+        cmd
+    }
+
+    /// `FCALL` of the function on a call's keys and its one packed argument.
+    fn call_cmd(&self, call: &DecideCall<'_>) -> redis::Cmd {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(&self.name).arg(call.keys.len()).arg(&call.keys[..]).arg(call.packed());
+        cmd
+    }
+}
+
+/// Whether Redis does not know the decide function: it restarted without
+/// persistence, or someone flushed its functions. (A replica promoted by a failover
+/// has it: `FUNCTION LOAD` replicates.)
+fn function_missing(e: &RedisError) -> bool {
+    let missing =
+        |code: &str, detail: Option<&str>| code == "ERR" && detail.is_some_and(|d| d.starts_with("Function not found"));
+    match e.clone().into_server_errors() {
+        Some(errors) => errors.iter().any(|(_, err)| missing(err.code(), err.details())),
+        None => missing(e.code().unwrap_or_default(), e.detail()),
+    }
+}
+
+/// The rate-limit script's source. The `#!lua` shebang (no flags) makes Redis 7
+/// treat a script as "may write", so under `maxmemory` with noeviction a call is
+/// refused with OOM before it runs.
+fn gcra_script() -> Script {
     let gcra = format!(
         "#!lua\n{GCRA}\n\
          local allowed, retry = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))\n\
          return {{allowed, retry}}\n"
     );
-    (Script::new(&decide), Script::new(&gcra))
+    Script::new(&gcra)
 }
 
 /// `redis`: the Redis backend, used when `state` is a Redis URL.
@@ -119,7 +167,7 @@ struct Shared {
     conn: Connection,
     schema: Schema,
     storms: StormConfig,
-    decide: Script,
+    decide: Library,
     gcra: Script,
     /// Deletes inhibit keys still held by the releasing source: `release.lua`.
     release: Script,
@@ -146,7 +194,6 @@ impl RedisStore {
         let conn = Connection::open(topology, config.timeout, certs.as_ref())
             .await
             .map_err(|e| StateError::Unavailable(Box::new(e)))?;
-        let (decide, gcra) = scripts();
         let shared = Arc::new(Shared {
             conn,
             schema: Schema::new(
@@ -155,8 +202,8 @@ impl RedisStore {
                 matches!(topology, Topology::Cluster { .. }),
             ),
             storms: *storms,
-            decide,
-            gcra,
+            decide: Library::decide(),
+            gcra: gcra_script(),
             release: Script::new(RELEASE),
             timeout: config.timeout,
             out_of_memory: AtomicBool::new(false),
@@ -242,11 +289,12 @@ impl Shared {
         let rules = &self.storms;
         let window_s = self.schema.window_s();
         let flap = self.flap();
+        let field_bytes = self.schema.field_bytes();
         let mut calls: Vec<DecideCall> = Vec::new();
         if let Some(charge) = charge {
             debug_assert!(!self.schema.cluster(), "the budget key has a slot of its own");
             let budget = self.schema.budget_key(charge.source);
-            calls.push(DecideCall::new(None, now_s, window_s, rules, flap, Some((budget, charge))));
+            calls.push(DecideCall::new(None, now_s, window_s, rules, flap, Some((budget, charge)), field_bytes));
         }
         for (position, o) in batch.iter().enumerate() {
             let scope = o.storm.as_ref().map(|k| &k.scope);
@@ -256,7 +304,7 @@ impl Shared {
             let call = match calls.iter().position(|c| c.slot == slot) {
                 Some(i) => &mut calls[i],
                 None => {
-                    calls.push(DecideCall::new(slot, now_s, window_s, rules, flap, None));
+                    calls.push(DecideCall::new(slot, now_s, window_s, rules, flap, None, field_bytes));
                     calls.last_mut().expect("just pushed")
                 }
             };
@@ -290,27 +338,23 @@ impl Shared {
             call.push(record, position);
         }
         calls.iter_mut().for_each(DecideCall::seal);
-        let replies = self.run(&self.decide, &calls).await?;
+        let replies = self.run(&calls).await?;
         Ok(decode(batch.len(), calls.iter().map(|c| c.members.as_slice()), replies))
     }
 
-    /// Runs one script invocation per call: one pipeline on a single node,
-    /// concurrent invocations on Cluster.
-    async fn run(&self, script: &Script, calls: &[DecideCall<'_>]) -> Result<Vec<Value>, RedisError> {
+    /// Runs one `FCALL` per call: one pipeline on a single node, concurrent calls
+    /// on Cluster; loads the library first where Redis does not have it.
+    async fn run(&self, calls: &[DecideCall<'_>]) -> Result<Vec<Value>, RedisError> {
+        let library = &self.decide;
         match self.conn.handle() {
             Handle::Single(mut conn) => {
                 let mut pipe = redis::pipe();
                 for call in calls {
-                    pipe.cmd("EVALSHA")
-                        .arg(script.get_hash())
-                        .arg(call.keys.len())
-                        .arg(&call.keys[..])
-                        .arg(&call.args[..]);
+                    pipe.add_command(library.call_cmd(call));
                 }
                 match pipe.query_async::<Vec<Value>>(&mut conn).await {
-                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                        // Redis restarted or failed over and lost its script cache.
-                        script.load_async(&mut conn).await?;
+                    Err(e) if function_missing(&e) => {
+                        library.load_cmd().query_async::<()>(&mut conn).await?;
                         pipe.query_async(&mut conn).await
                     }
                     other => other,
@@ -319,9 +363,18 @@ impl Shared {
             Handle::Cluster(conn) => {
                 let invocations = calls.iter().map(|call| {
                     let mut conn = conn.clone();
-                    let mut inv = script.prepare_invoke();
-                    inv.key(&call.keys[..]).arg(&call.args[..]);
-                    async move { inv.invoke_async::<Value>(&mut conn).await }
+                    let cmd = library.call_cmd(call);
+                    async move {
+                        match cmd.query_async::<Value>(&mut conn).await {
+                            Err(e) if function_missing(&e) => {
+                                // A primary without it (restarted, or new to the
+                                // cluster): load it everywhere, then call again.
+                                library.load_cmd().query_async::<()>(&mut conn).await?;
+                                cmd.query_async(&mut conn).await
+                            }
+                            other => other,
+                        }
+                    }
                 });
                 futures::future::join_all(invocations).await.into_iter().collect()
             }
