@@ -9,6 +9,9 @@
 //! so every file is either read or announced, usually both. When the kernel's
 //! queue overflowed, `rescan` is called to read everything again.
 //!
+//! Hidden directories (a name starting with `.`) are not followed: the directory
+//! sink stages its writes in one, and their events would only cost the watch.
+//!
 //! It only reports paths; what a path means is the caller's business.
 
 use std::path::{Path, PathBuf};
@@ -54,7 +57,9 @@ pub fn follow(
                     Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
                     Ok(event) => {
                         for path in &event.paths {
-                            if path.parent() == Some(root.as_path()) && path.is_dir() {
+                            if path.parent() == Some(root.as_path()) && is_hidden(path) {
+                                // Not followed (see the module's doc).
+                            } else if path.parent() == Some(root.as_path()) && path.is_dir() {
                                 watch(&weak, path);
                                 for file in std::fs::read_dir(path).into_iter().flatten().flatten() {
                                     changed(&file.path());
@@ -80,13 +85,17 @@ fn watch(watcher: &Weak<Mutex<RecommendedWatcher>>, dir: &Path) {
     }
 }
 
-/// The directories directly under `root`.
+fn is_hidden(path: &Path) -> bool {
+    path.file_name().is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
+}
+
+/// The directories directly under `root`, hidden ones excepted.
 fn directories(root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(root)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()) && !is_hidden(&entry.path()))
         .map(|entry| entry.path())
         .collect()
 }

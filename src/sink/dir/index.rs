@@ -25,6 +25,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::render::Head;
 use crate::remediation::RemediationRequest;
 use crate::signal::Fingerprint;
 use crate::sink::{LastRequest, Lookup, OpenRequest, Phase, RequestRef};
@@ -137,15 +138,23 @@ pub fn digest(bytes: &[u8]) -> Digest {
     Sha256::digest(bytes).into()
 }
 
-/// A manifest as this gateway last wrote it: the request, and the digest of the
-/// bytes written. While the file's bytes have that digest, the file says exactly
-/// this request (bytes parse one way), so a status write starts from it instead of
-/// parsing the file, and the watch has nothing to learn from the file. Any other
-/// bytes (a controller's phase, a person's edit, another replica's write) have
-/// another digest, and are read.
+/// A manifest as this gateway last wrote it: the request, its head as rendered
+/// (what the next status write puts before the status it renders), and the digest
+/// of the bytes written. While the file's bytes have that digest, the file says
+/// exactly this request (bytes parse one way), so a status write starts from it
+/// instead of parsing the file, and the watch has nothing to learn from the file.
+/// Any other bytes (a controller's phase, a person's edit, another replica's write)
+/// have another digest, and are read.
 pub struct Written {
     pub request: RemediationRequest,
+    pub head: Head,
     pub digest: Digest,
+}
+
+/// What a status write borrows of a [`Written`]: the request and its rendered head.
+pub struct Kept {
+    pub request: RemediationRequest,
+    pub head: Head,
 }
 
 /// Every indexed manifest, by request and by fingerprint.
@@ -167,7 +176,7 @@ struct Entry {
     /// and the watch still knows them. At most one per indexed request, so they are
     /// forgotten with the request.
     digest: Option<Digest>,
-    request: Option<Box<RemediationRequest>>,
+    request: Option<Box<Kept>>,
     /// The digest of a status write being moved into place: the watch, woken by
     /// the move, may read the file before the write is recorded here.
     landing: Option<Digest>,
@@ -183,7 +192,7 @@ impl Entry {
     }
 
     fn written(record: Record, written: Written, previous: Option<Digest>) -> Entry {
-        let request = Some(Box::new(written.request));
+        let request = Some(Box::new(Kept { request: written.request, head: written.head }));
         Entry { record, digest: Some(written.digest), request, landing: None, previous }
     }
 
@@ -335,7 +344,7 @@ impl Index {
     /// The request this gateway last wrote to `at`, lent to a status write, if the
     /// file's bytes (`on_disk`, read under the namespace lock) are still the bytes
     /// written. Bytes that differ forget what was written: someone else wrote since.
-    pub fn take_written(&self, at: &RequestRef, on_disk: &Digest) -> Option<Box<RemediationRequest>> {
+    pub fn take_written(&self, at: &RequestRef, on_disk: &Digest) -> Option<Box<Kept>> {
         let mut inner = self.lock();
         let entry = inner.requests.get_mut(at)?;
         // A write that never landed left its digest here.
