@@ -30,6 +30,7 @@ use crate::remediation::RemediationRequest;
 use crate::signal::Fingerprint;
 use crate::sink::{LastRequest, Lookup, OpenRequest, Phase, RequestRef};
 use crate::state::StormKind;
+use crate::tree_watch::Change;
 
 /// What the index keeps of one manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +150,34 @@ pub struct Written {
     pub request: RemediationRequest,
     pub head: Head,
     pub digest: Digest,
+    /// The file the bytes were moved into place in, if known.
+    pub file: Option<FileId>,
+}
+
+/// Which file a path holds: its device and inode, and the size and modification
+/// time a write in place changes. The watch compares it only on events that say a
+/// whole file was put at the path ([`Change::Placed`]): a write in place after
+/// that sends an event of its own ([`Change::Other`]), which is always read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_s: i64,
+    mtime_ns: i64,
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_s: meta.mtime(),
+            mtime_ns: meta.mtime_nsec(),
+        }
+    }
 }
 
 /// What a status write borrows of a [`Written`]: the request and its rendered head.
@@ -184,21 +213,33 @@ struct Entry {
     /// before the last write landed, and checks it just after, read this
     /// gateway's bytes too, and has nothing to learn from them.
     previous: Option<Digest>,
+    /// The files those three writes were moved into place in: the last, the one
+    /// landing, the one before. The watch knows a file of this gateway's from them
+    /// without reading it (see [`FileId`]).
+    files: [Option<FileId>; 3],
 }
 
 impl Entry {
     fn read(record: Record) -> Entry {
-        Entry { record, digest: None, request: None, landing: None, previous: None }
+        Entry { record, digest: None, request: None, landing: None, previous: None, files: [None; 3] }
     }
 
-    fn written(record: Record, written: Written, previous: Option<Digest>) -> Entry {
+    /// The entry after `written`, where `known` was the entry before it.
+    fn written(record: Record, written: Written, known: Option<&Entry>) -> Entry {
         let request = Some(Box::new(Kept { request: written.request, head: written.head }));
-        Entry { record, digest: Some(written.digest), request, landing: None, previous }
+        let (previous, previous_file) = known.map_or((None, None), |k| (k.digest, k.files[0]));
+        let files = [written.file, None, previous_file];
+        Entry { record, digest: Some(written.digest), request, landing: None, previous, files }
     }
 
     /// Whether `on_disk` are bytes this gateway wrote, or is moving into place.
     fn holds(&self, on_disk: &Digest) -> bool {
         [self.digest, self.landing, self.previous].contains(&Some(*on_disk))
+    }
+
+    /// Whether `file` is one this gateway moved into place, or is moving.
+    fn placed(&self, file: &FileId) -> bool {
+        self.files.contains(&Some(*file))
     }
 }
 
@@ -327,7 +368,7 @@ impl Index {
     /// the request is known.
     pub fn wrote(&self, at: &RequestRef, record: Record, written: Written) {
         // The write started from the file's bytes only if they were this gateway's.
-        self.update_entry(at, |known| Entry::written(record, written, known.digest));
+        self.update_entry(at, |known| Entry::written(record, written, Some(known)));
     }
 
     fn update_entry(&self, at: &RequestRef, entry: impl FnOnce(&Entry) -> Entry) {
@@ -348,26 +389,31 @@ impl Index {
         let mut inner = self.lock();
         let entry = inner.requests.get_mut(at)?;
         // A write that never landed left its digest here.
-        entry.landing = None;
+        (entry.landing, entry.files[1]) = (None, None);
         if entry.digest != Some(*on_disk) {
-            (entry.digest, entry.request, entry.previous) = (None, None, None);
+            (entry.digest, entry.request, entry.previous, entry.files) = (None, None, None, [None; 3]);
             return None;
         }
         entry.request.take()
     }
 
-    /// Says that a status write with `digest` is being moved into place at `at`:
-    /// until it is recorded ([`Index::wrote`]), both its bytes and the file's
-    /// previous ones are this gateway's.
-    pub fn landing(&self, at: &RequestRef, digest: Digest) {
+    /// Says that a status write with `digest`, staged in `file`, is being moved into
+    /// place at `at`: until it is recorded ([`Index::wrote`]), both its bytes and
+    /// the file's previous ones are this gateway's.
+    pub fn landing(&self, at: &RequestRef, digest: Digest, file: FileId) {
         if let Some(entry) = self.lock().requests.get_mut(at) {
-            entry.landing = Some(digest);
+            (entry.landing, entry.files[1]) = (Some(digest), Some(file));
         }
     }
 
     /// Whether the file at `at` holds exactly what this gateway wrote to it.
     fn is_written(&self, at: &RequestRef, on_disk: &Digest) -> bool {
         self.lock().requests.get(at).is_some_and(|e| e.holds(on_disk))
+    }
+
+    /// Whether the file at `at` is one this gateway moved there, or is moving.
+    fn is_placed(&self, at: &RequestRef, file: &FileId) -> bool {
+        self.lock().requests.get(at).is_some_and(|e| e.placed(file))
     }
 
     /// Requests whose last write by this gateway is kept, for tests of the bound.
@@ -489,11 +535,22 @@ impl Index {
         Ok(loaded)
     }
 
-    /// Brings the entry of the file at `path` in line with the disk: read again if
-    /// it is there, forgotten if not. A file that holds exactly what this gateway
-    /// last wrote to it is known already, and not parsed.
-    pub fn refresh(&self, root: &Path, path: &Path) {
+    /// Brings the entry of the file at `path` in line with the disk after `change`:
+    /// read again if it is there, forgotten if not. A file that holds exactly what
+    /// this gateway last wrote to it is known already, and not parsed; one that this
+    /// gateway has just moved into place is not even read.
+    pub fn refresh(&self, root: &Path, path: &Path, change: Change) {
         let Some(at) = manifest_ref(root, path) else { return };
+        if change == Change::Placed {
+            // A file put there whole: if it is the one this gateway put there, it
+            // says what the entry says, and any write to it in place since then
+            // has an event of its own, read below when it comes.
+            match std::fs::metadata(path) {
+                Ok(meta) if self.is_placed(&at, &FileId::of(&meta)) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return self.remove(&at),
+                _ => {}
+            }
+        }
         match std::fs::read(path) {
             Ok(bytes) if self.is_written(&at, &digest(&bytes)) => {}
             Ok(bytes) => {
@@ -536,7 +593,7 @@ pub fn watch(root: PathBuf, index: Arc<Index>, horizon: Duration) -> notify::Res
     let (watched, changed, reread) = (root.clone(), index.clone(), root.clone());
     crate::tree_watch::follow(
         &root,
-        move |path| changed.refresh(&watched, path),
+        move |path, change| changed.refresh(&watched, path, change),
         // The kernel's queue overflowed: events were lost, so read everything again.
         // A manifest removed meanwhile stays indexed until its horizon passes.
         move || {

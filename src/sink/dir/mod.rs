@@ -34,7 +34,7 @@ use super::{Created, LastRequest, Lookup, OpenRequest, RequestRef, Sink, SinkErr
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
-use index::{Index, Record, Written};
+use index::{FileId, Index, Record, Written};
 pub use status::Reads;
 use status::StatusWrites;
 
@@ -121,10 +121,10 @@ impl DirSink {
 fn create_blocking(staging: &Staging, path: &Path, yaml: &[u8]) -> Result<Created, SinkError> {
     let dir = path.parent().expect("has a namespace dir");
     fs::create_dir_all(dir)?;
-    let linked = staging.place(path, yaml, Durability::Synced, Move::Link);
+    let linked = staging.place(path, yaml, Durability::Synced, Move::Link, &|_| {});
     match linked {
         // The file's data is synced; its name is only durable once the directory is.
-        Ok(()) => {
+        Ok(_) => {
             fs::File::open(dir)?.sync_all()?;
             Ok(Created::Created)
         }
@@ -193,12 +193,20 @@ impl Staging {
     /// Writes `contents` to a new staged file and moves it to `path` as `how` says.
     /// A namespace directory on another filesystem than the root (a mount) gets its
     /// file staged beside it instead.
-    fn place(&self, path: &Path, contents: &[u8], durability: Durability, how: Move) -> io::Result<()> {
+    /// `landing` is told the staged file before it moves.
+    fn place(
+        &self,
+        path: &Path,
+        contents: &[u8],
+        durability: Durability,
+        how: Move,
+        landing: &dyn Fn(FileId),
+    ) -> io::Result<FileId> {
         let name = format!("{}-{}.tmp", self.process, self.next.fetch_add(1, Ordering::Relaxed));
-        match how.moved(&self.dir.join(&name), path, contents, durability) {
+        match how.moved(&self.dir.join(&name), path, contents, durability, landing) {
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                 let beside = path.parent().expect("has a parent").join(format!(".{name}"));
-                how.moved(&beside, path, contents, durability)
+                how.moved(&beside, path, contents, durability, landing)
             }
             result => result,
         }
@@ -217,8 +225,16 @@ enum Move {
 impl Move {
     /// Writes `contents` to the new file `staged` and moves it to `path`; `staged`
     /// is gone afterwards either way.
-    fn moved(self, staged: &Path, path: &Path, contents: &[u8], durability: Durability) -> io::Result<()> {
-        write_new(staged, contents, durability)?;
+    fn moved(
+        self,
+        staged: &Path,
+        path: &Path,
+        contents: &[u8],
+        durability: Durability,
+        landing: &dyn Fn(FileId),
+    ) -> io::Result<FileId> {
+        let file = write_new(staged, contents, durability)?;
+        landing(file);
         let moved = match self {
             Move::Rename => fs::rename(staged, path),
             Move::Link => fs::hard_link(staged, path),
@@ -227,22 +243,27 @@ impl Move {
         if moved.is_err() || matches!(self, Move::Link) {
             let _ = fs::remove_file(staged);
         }
-        moved
+        moved.map(|()| file)
     }
 }
 
-/// Writes `contents` to the new file `path`.
-fn write_new(path: &Path, contents: &[u8], durability: Durability) -> io::Result<()> {
+/// Writes `contents` to the new file `path`, and says which file it is.
+fn write_new(path: &Path, contents: &[u8], durability: Durability) -> io::Result<FileId> {
     let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path)?;
-    let written = file.write_all(contents).and_then(|()| match durability {
-        Durability::Synced => file.sync_data(),
-        Durability::Rename => Ok(()),
-    });
-    if let Err(e) = written {
-        let _ = fs::remove_file(path);
-        return Err(e);
+    let written = file
+        .write_all(contents)
+        .and_then(|()| match durability {
+            Durability::Synced => file.sync_data(),
+            Durability::Rename => Ok(()),
+        })
+        .and_then(|()| file.metadata());
+    match written {
+        Ok(meta) => Ok(FileId::of(&meta)),
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 impl Sink for DirSink {
@@ -256,7 +277,7 @@ impl Sink for DirSink {
         // Indexed before it is written: if the write fails, the status writer retries
         // it until it lands, so the incident is open from now on either way.
         if let Some(record) = Record::of(request) {
-            let written = Written { request: kept, head, digest: index::digest(&yaml) };
+            let written = Written { request: kept, head, digest: index::digest(&yaml), file: None };
             self.index.insert_written(&at, record, written);
         }
         let staging = self.staging.clone();
@@ -264,7 +285,7 @@ impl Sink for DirSink {
             let created = blocking(move || create_blocking(&staging, &path, &yaml)).await?;
             if created == Created::AlreadyExists {
                 // Someone else's manifest: the index takes what the file says.
-                self.index.refresh(&self.root, &self.path_of(&at));
+                self.index.refresh(&self.root, &self.path_of(&at), crate::tree_watch::Change::Other);
             }
             Ok(created)
         })

@@ -222,11 +222,12 @@ impl StatusWrites {
         };
         render::manifest(&head, &request, write);
         let written = digest(write);
-        // The watch, woken by the rename, knows these bytes for this gateway's.
-        self.index.landing(at, written);
-        self.staging.place(&path, write, Durability::Rename, Move::Rename)?;
+        // The watch, woken by the rename, knows this file and its bytes for this
+        // gateway's.
+        let landing = |file| self.index.landing(at, written, file);
+        let file = self.staging.place(&path, write, Durability::Rename, Move::Rename, &landing)?;
         if let Some(record) = Record::of(&request) {
-            self.index.wrote(at, record, Written { digest: written, request, head });
+            self.index.wrote(at, record, Written { digest: written, request, head, file: Some(file) });
         }
         Ok(())
     }
@@ -305,6 +306,7 @@ mod tests {
     use super::*;
     use crate::remediation::{self, Classification, FlapUpdate, InhibitedUpdate};
     use crate::signal::TargetResource;
+    use crate::sink::dir::index::FileId;
     use crate::sink::dir::{to_yaml, DirSink};
     use crate::sink::{Lookup, Sink};
 
@@ -513,6 +515,26 @@ mod tests {
         // file and checking it while two more writes landed, which a loaded machine
         // can make frequent but never make one per write: the last writes' bytes stay.
         assert!(f.sink.watch_parsed() < 20, "the watch parsed {} manifests", f.sink.watch_parsed());
+    }
+
+    #[tokio::test]
+    async fn the_watch_sees_an_edit_in_place_that_keeps_the_identity_of_the_sinks_own_file() {
+        let rr = request("web-0");
+        let f = Fixture::with(&[&rr]).await;
+        f.watched().await;
+        f.edit(&at(&rr), |r| r.status.as_mut().unwrap().phase = Some("Running".into()));
+        // Moved into place by the sink: a file the watch knows without reading it.
+        f.sink.update_status(&at(&rr), &repeat(7, 1, 1_700_000_001)).await.unwrap();
+        let path = f.path(&at(&rr));
+        let before = fs::metadata(&path).unwrap();
+        // Written in place with as many bytes, and the modification time put back:
+        // the same device, inode, size and mtime as the sink's own file.
+        let text = fs::read_to_string(&path).unwrap().replace("phase: Running", "phase: Skipped");
+        fs::write(&path, &text).unwrap();
+        fs::File::options().write(true).open(&path).unwrap().set_modified(before.modified().unwrap()).unwrap();
+        assert_eq!(FileId::of(&fs::metadata(&path).unwrap()), FileId::of(&before));
+        let seen = || async { f.sink.lookup(&at(&rr)) == Lookup::Terminal };
+        tidegate_testkit::eventually_within("the watch to see the phase written in place", WATCH_LIMIT, seen).await;
     }
 
     #[tokio::test]
