@@ -154,7 +154,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
     recover_holds(&pipeline, config.dedup.window).await;
     settle_flapping(&pipeline, config.flap.window / 10);
     let readiness = Readiness::default();
-    let app = AppState {
+    let app = AppState::new(http::App {
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         clock,
@@ -163,7 +163,7 @@ pub async fn start_with(config: Config, clock: Clock, overrides: Overrides) -> R
         budget: http::BodyBudget::new(config.http.body_budget(), config.http.body_budget_wait, metrics.clone()),
         auth,
         replays,
-    };
+    });
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(StartError::Serve)?;

@@ -9,12 +9,39 @@
 //! so every file is either read or announced, usually both. When the kernel's
 //! queue overflowed, `rescan` is called to read everything again.
 //!
+//! Hidden directories (a name starting with `.`) are not followed: the directory
+//! sink stages its writes in one, and their events would only cost the watch.
+//!
 //! It only reports paths; what a path means is the caller's business.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+
+/// What an event says happened at a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A whole file was put there: created, linked or renamed into place. Whatever
+    /// is done to that file afterwards in place (a write, a truncation, a change of
+    /// attributes) is reported again, as [`Change::Other`].
+    Placed,
+    /// Anything else: written in place, truncated, attributes changed, removed,
+    /// moved away, or found in a directory that just appeared.
+    Other,
+}
+
+impl Change {
+    fn of(kind: &EventKind) -> Change {
+        match kind {
+            EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both)) => {
+                Change::Placed
+            }
+            _ => Change::Other,
+        }
+    }
+}
 
 /// A running watch; it stops when dropped.
 pub struct TreeWatch {
@@ -23,11 +50,11 @@ pub struct TreeWatch {
 
 /// Watches `root` and each directory in it. `changed` is called with every path
 /// that may have been created, changed or removed (files of new directories
-/// included); `rescan` when events were lost. The watch is in place when this
+/// included), and what the event says of it; `rescan` when events were lost. The watch is in place when this
 /// returns, so a caller that reads the tree afterwards misses nothing.
 pub fn follow(
     root: &Path,
-    changed: impl Fn(&Path) + Send + 'static,
+    changed: impl Fn(&Path, Change) + Send + 'static,
     rescan: impl Fn() + Send + 'static,
 ) -> notify::Result<TreeWatch> {
     let (tx, rx) = std::sync::mpsc::channel::<notify::Result<notify::Event>>();
@@ -54,13 +81,15 @@ pub fn follow(
                     Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
                     Ok(event) => {
                         for path in &event.paths {
-                            if path.parent() == Some(root.as_path()) && path.is_dir() {
+                            if path.parent() == Some(root.as_path()) && is_hidden(path) {
+                                // Not followed (see the module's doc).
+                            } else if path.parent() == Some(root.as_path()) && path.is_dir() {
                                 watch(&weak, path);
                                 for file in std::fs::read_dir(path).into_iter().flatten().flatten() {
-                                    changed(&file.path());
+                                    changed(&file.path(), Change::Other);
                                 }
                             } else {
-                                changed(path);
+                                changed(path, Change::of(&event.kind));
                             }
                         }
                     }
@@ -80,13 +109,17 @@ fn watch(watcher: &Weak<Mutex<RecommendedWatcher>>, dir: &Path) {
     }
 }
 
-/// The directories directly under `root`.
+fn is_hidden(path: &Path) -> bool {
+    path.file_name().is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
+}
+
+/// The directories directly under `root`, hidden ones excepted.
 fn directories(root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(root)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()) && !is_hidden(&entry.path()))
         .map(|entry| entry.path())
         .collect()
 }
@@ -117,7 +150,7 @@ mod tests {
     fn a_file_written_at_once_into_a_new_directory_is_always_reported() {
         let tmp = tempfile::tempdir().unwrap();
         let (tx, rx) = mpsc::channel();
-        let _watch = follow(tmp.path(), move |p| tx.send(p.to_path_buf()).unwrap(), || {}).unwrap();
+        let _watch = follow(tmp.path(), move |p, _| tx.send(p.to_path_buf()).unwrap(), || {}).unwrap();
         let mut seen = HashSet::new();
         // Many rounds: the race this module exists for is a window of microseconds.
         for i in 0..200 {
@@ -134,7 +167,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("shop")).unwrap();
         let (tx, rx) = mpsc::channel();
-        let _watch = follow(tmp.path(), move |p| tx.send(p.to_path_buf()).unwrap(), || {}).unwrap();
+        let _watch = follow(tmp.path(), move |p, _| tx.send(p.to_path_buf()).unwrap(), || {}).unwrap();
         let file = tmp.path().join("shop").join("a.yaml");
         std::fs::write(&file, "x").unwrap();
         assert!(saw(&rx, &mut HashSet::new(), &file));

@@ -105,17 +105,82 @@ struct Shared {
 #[derive(Default)]
 struct Inner {
     budget: Budget,
-    pending: HashMap<Incident, Pending>,
+    /// Each incident's pending write, and what this process counted of each
+    /// incident it saw within the tally horizon.
+    incidents: Incidents,
     due: BinaryHeap<Reverse<(Instant, Incident)>>,
     /// Writes under way.
     in_flight: HashSet<Incident>,
-    /// What this process counted of each incident it saw within the tally horizon.
-    tallies: HashMap<Incident, Counted>,
     /// Writer ids handed out: the low half of the next one.
     writers: u32,
     /// When tallies past the horizon are next dropped.
     sweep_at: Option<Instant>,
     draining: bool,
+}
+
+/// What this process keeps of each incident, in one table: a duplicate alert
+/// finds its incident's tally and pending write in one lookup. With thousands of
+/// incidents repeating, each lookup is a cache miss or two, and a second table
+/// cost as much again (docs/performance.md).
+#[derive(Default)]
+struct Incidents {
+    table: HashMap<Incident, Tracked>,
+    /// Entries with a write pending.
+    pending: usize,
+    /// Entries with a tally.
+    tallies: usize,
+}
+
+/// One incident's entry: never both `None` while in the table.
+#[derive(Default)]
+struct Tracked {
+    pending: Option<Pending>,
+    tally: Option<Counted>,
+}
+
+impl Incidents {
+    fn pending(&self, incident: &Incident) -> Option<&Pending> {
+        self.table.get(incident)?.pending.as_ref()
+    }
+
+    fn pending_mut(&mut self, incident: &Incident) -> Option<&mut Pending> {
+        self.table.get_mut(incident)?.pending.as_mut()
+    }
+
+    #[cfg(test)]
+    fn tally(&self, incident: &Incident) -> Option<&Counted> {
+        self.table.get(incident)?.tally.as_ref()
+    }
+
+    /// Sets `incident`'s pending write, over any pending already.
+    fn put_pending(&mut self, incident: Incident, pending: Pending) {
+        if self.table.entry(incident).or_default().pending.replace(pending).is_none() {
+            self.pending += 1;
+        }
+    }
+
+    /// Takes `incident`'s pending write; its tally stays.
+    fn take_pending(&mut self, incident: &Incident) -> Option<Pending> {
+        let tracked = self.table.get_mut(incident)?;
+        let taken = tracked.pending.take()?;
+        self.pending -= 1;
+        if tracked.tally.is_none() {
+            self.table.remove(incident);
+        }
+        Some(taken)
+    }
+
+    /// Drops the tallies `stale` picks, except where a write is pending.
+    fn sweep(&mut self, mut stale: impl FnMut(&Incident, &Counted) -> bool) {
+        let tallies = &mut self.tallies;
+        self.table.retain(|incident, tracked| {
+            if tracked.pending.is_none() && tracked.tally.as_ref().is_some_and(|t| stale(incident, t)) {
+                tracked.tally = None;
+                *tallies -= 1;
+            }
+            tracked.pending.is_some() || tracked.tally.is_some()
+        });
+    }
 }
 
 /// One writer's count of one incident.
@@ -351,7 +416,7 @@ impl StatusWriter {
     pub fn creating(&self, incident: &Incident) -> bool {
         let inner = self.shared.lock();
         let creates = |p: &Pending| matches!(p.write, Write::Request { create: Some(_), .. });
-        inner.pending.get(incident).is_some_and(creates) || inner.in_flight.contains(incident)
+        inner.incidents.pending(incident).is_some_and(creates) || inner.in_flight.contains(incident)
     }
 
     /// Writes silences' statuses to `store` from now on. Set once, before the first
@@ -366,7 +431,7 @@ impl StatusWriter {
     pub fn silence(&self, at: &SilenceRef, change: StatusChange) {
         let incident = Incident::silence(at);
         let mut inner = self.shared.lock();
-        match inner.pending.get_mut(&incident) {
+        match inner.incidents.pending_mut(&incident) {
             // Merged in place, as a request's repeat is: the name is not cloned per match.
             Some(Pending { write: Write::Silence { change: pending, .. }, .. }) => {
                 pending.merge(change);
@@ -383,7 +448,7 @@ impl StatusWriter {
 
     /// Requests with a write pending.
     pub fn pending(&self) -> usize {
-        self.shared.lock().pending.len()
+        self.shared.lock().incidents.pending
     }
 
     /// Writes everything pending now and waits until done, or until `deadline`.
@@ -394,7 +459,7 @@ impl StatusWriter {
         {
             let mut inner = self.shared.lock();
             inner.draining = true;
-            if inner.pending.is_empty() && inner.in_flight.is_empty() {
+            if inner.incidents.pending == 0 && inner.in_flight.is_empty() {
                 return;
             }
         }
@@ -416,17 +481,45 @@ impl StatusWriter {
         repeat: bool,
     ) {
         let shared = &self.shared;
-        let mut inner = shared.lock();
-        if repeat {
-            (update.writer, update.count) = inner.tally(incident, shared.process, Tallied::Repeat);
-            shared.metrics.status_tallies.set(inner.tallies.len() as i64);
-        } else if let Some(held) = update.inhibited.as_mut() {
-            (update.writer, held.count) = inner.tally(incident, shared.process, Tallied::Inhibited);
-            // The repeats this writer counted stand as they are.
-            update.count = inner.tallies.get(&incident).map_or(0, |t| t.count);
-            shared.metrics.status_tallies.set(inner.tallies.len() as i64);
+        let now = Instant::now();
+        let mut guard = shared.lock();
+        guard.sweep(now);
+        let Inner { incidents, due, writers, draining, .. } = &mut *guard;
+        // One lookup for the tally and the pending write: see [`Incidents`].
+        let tracked = incidents.table.entry(incident).or_default();
+        let what = match update.inhibited.as_mut() {
+            _ if repeat => Some(Tallied::Repeat),
+            Some(_) => Some(Tallied::Inhibited),
+            None => None,
+        };
+        if let Some(what) = what {
+            let tally = tracked.tally.get_or_insert_with(|| {
+                incidents.tallies += 1;
+                *writers = writers.wrapping_add(1);
+                Counted {
+                    writer: u64::from(shared.process) << 32 | u64::from(*writers),
+                    count: 0,
+                    inhibited: 0,
+                    seen: now,
+                }
+            });
+            tally.seen = now;
+            update.writer = tally.writer;
+            match what {
+                Tallied::Repeat => {
+                    tally.count += 1;
+                    update.count = tally.count;
+                }
+                Tallied::Inhibited => {
+                    tally.inhibited += 1;
+                    update.inhibited.as_mut().expect("matched above").count = tally.inhibited;
+                    // The repeats this writer counted stand as they are.
+                    update.count = tally.count;
+                }
+            }
+            shared.metrics.status_tallies.set(incidents.tallies as i64);
         }
-        match inner.pending.get_mut(&incident) {
+        match &mut tracked.pending {
             // Merged in place: the request's name is not cloned per duplicate.
             Some(Pending { write: Write::Request { update: pending, create: creating, .. }, .. }) => {
                 pending.merge(&update);
@@ -435,9 +528,16 @@ impl StatusWriter {
                 }
                 shared.metrics.status_coalesced.inc();
             }
-            _ => {
-                if self.schedule(incident, Write::Request { at: at.clone(), update, create }, &mut inner) {
-                    drop(inner);
+            slot => {
+                let write = Write::Request { at: at.clone(), update, create };
+                if slot.replace(Pending { write, attempts: 0 }).is_none() {
+                    incidents.pending += 1;
+                }
+                let was_idle = due.is_empty();
+                due.push(Reverse((if *draining { now } else { now + shared.interval }, incident)));
+                shared.metrics.status_pending.set(incidents.pending as i64);
+                if was_idle {
+                    drop(guard);
                     shared.wake.notify_one();
                 }
             }
@@ -452,11 +552,11 @@ impl StatusWriter {
     fn schedule(&self, incident: Incident, write: Write, inner: &mut MutexGuard<'_, Inner>) -> bool {
         let shared = &self.shared;
         let due = if inner.draining { Instant::now() } else { Instant::now() + shared.interval };
-        let Inner { pending, due: queue, .. } = &mut **inner;
+        let Inner { incidents, due: queue, .. } = &mut **inner;
         let was_idle = queue.is_empty();
-        pending.insert(incident, Pending { write, attempts: 0 });
+        incidents.put_pending(incident, Pending { write, attempts: 0 });
         queue.push(Reverse((due, incident)));
-        shared.metrics.status_pending.set(pending.len() as i64);
+        shared.metrics.status_pending.set(incidents.pending as i64);
         was_idle
     }
 }
@@ -469,35 +569,13 @@ enum Tallied {
 }
 
 impl Inner {
-    /// Counts one more repeat of `incident` (or signal it held back), returning its
-    /// writer and everything of that kind this process counted of it. `process` is
-    /// the writer ids' high half.
-    fn tally(&mut self, incident: Incident, process: u32, what: Tallied) -> (u64, u64) {
-        let now = Instant::now();
-        let Inner { tallies, writers, sweep_at, pending, in_flight, .. } = self;
+    /// Drops the tallies of incidents unseen for the tally horizon, every quarter
+    /// of it. Only tallies with nothing on the way: a write carries its writer.
+    fn sweep(&mut self, now: Instant) {
+        let Inner { incidents, sweep_at, in_flight, .. } = self;
         if sweep_at.is_none_or(|at| now >= at) {
-            // Only tallies with nothing on the way: a pending write carries its writer.
-            tallies.retain(|incident, t| {
-                now.duration_since(t.seen) < TALLY_HORIZON
-                    || pending.contains_key(incident)
-                    || in_flight.contains(incident)
-            });
+            incidents.sweep(|incident, t| now.duration_since(t.seen) >= TALLY_HORIZON && !in_flight.contains(incident));
             *sweep_at = Some(now + TALLY_HORIZON / 4);
-        }
-        let tally = tallies.entry(incident).or_insert_with(|| {
-            *writers = writers.wrapping_add(1);
-            Counted { writer: (process as u64) << 32 | *writers as u64, count: 0, inhibited: 0, seen: now }
-        });
-        tally.seen = now;
-        match what {
-            Tallied::Repeat => {
-                tally.count += 1;
-                (tally.writer, tally.count)
-            }
-            Tallied::Inhibited => {
-                tally.inhibited += 1;
-                (tally.writer, tally.inhibited)
-            }
         }
     }
 }
@@ -548,18 +626,18 @@ impl Shared {
                 later.push(Reverse((due.max(now) + self.interval.min(Duration::from_millis(50)), incident)));
                 continue;
             }
-            if let Some(p) = inner.pending.remove(&incident) {
+            if let Some(p) = inner.incidents.take_pending(&incident) {
                 inner.budget.tokens -= 1.0;
                 inner.in_flight.insert(incident);
                 ready.push((incident, p));
             }
         }
         inner.due.extend(later);
-        self.metrics.status_pending.set(inner.pending.len() as i64);
+        self.metrics.status_pending.set(inner.incidents.pending as i64);
         if !ready.is_empty() {
             return Ok(ready);
         }
-        if inner.draining && inner.pending.is_empty() && inner.in_flight.is_empty() {
+        if inner.draining && inner.incidents.pending == 0 && inner.in_flight.is_empty() {
             self.drained.notify_waiters();
         }
         Err(inner.due.peek().map(|Reverse((due, _))| *due))
@@ -621,17 +699,17 @@ impl Shared {
                 let attempts = p.attempts + 1;
                 let backoff = (self.interval * 2u32.saturating_pow(attempts)).min(MAX_BACKOFF);
                 tracing::warn!(%namespace, %name, op, error = %e, attempts, "status write failed; retrying");
-                let Inner { pending, due, draining, .. } = &mut *inner;
+                let Inner { incidents, due, draining, .. } = &mut *inner;
                 if *draining && attempts >= 3 {
                     tracing::error!(%namespace, %name, op, "giving up on status write at shutdown");
                 } else {
                     // What arrived meanwhile is later than what failed, and stands
                     // over it where the two differ (a silence's state).
                     let mut write = p.write;
-                    if let Some(newer) = pending.remove(&incident) {
+                    if let Some(newer) = incidents.take_pending(&incident) {
                         write.merge(newer.write);
                     }
-                    pending.insert(incident, Pending { write, attempts });
+                    incidents.put_pending(incident, Pending { write, attempts });
                     due.push(Reverse((Instant::now() + backoff, incident)));
                 }
             }
@@ -807,7 +885,7 @@ mod tests {
         let tally = |n| {
             c.repeat(incident(n), &at(n), update(0));
             let inner = c.shared.lock();
-            let t = &inner.tallies[&incident(n)];
+            let t = inner.incidents.tally(&incident(n)).unwrap();
             (t.writer, t.count)
         };
         let (writer, _) = tally(0);
@@ -818,7 +896,7 @@ mod tests {
         let (later, count) = tally(0);
         assert_ne!(later, writer, "a new writer: the old one's tally may be gone from the request");
         assert_eq!(count, 1);
-        assert_eq!(c.shared.lock().tallies.len(), 1, "the other incident's tally was dropped");
+        assert_eq!(c.shared.lock().incidents.tallies, 1, "the other incident's tally was dropped");
     }
 
     #[tokio::test(start_paused = true)]

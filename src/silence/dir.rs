@@ -144,7 +144,7 @@ pub fn watch(root: PathBuf, silences: Arc<Silences>) -> notify::Result<crate::tr
     // Watch first, then read: a change made while reading is not missed.
     let watch = crate::tree_watch::follow(
         &root,
-        move |path| {
+        move |path, _| {
             if is_silence_file(&watched, path) {
                 refresh(&target, path);
             }

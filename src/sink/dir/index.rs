@@ -14,21 +14,24 @@
 //!
 //! [`Sink`]: crate::sink::Sink
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+// foldhash is seeded per process; `lookup` is hit once per duplicate alert.
+use foldhash::HashMap;
 use jiff::Timestamp;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::render::Head;
 use crate::remediation::RemediationRequest;
 use crate::signal::Fingerprint;
 use crate::sink::{LastRequest, Lookup, OpenRequest, Phase, RequestRef};
 use crate::state::StormKind;
+use crate::tree_watch::Change;
 
 /// What the index keeps of one manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,15 +140,51 @@ pub fn digest(bytes: &[u8]) -> Digest {
     Sha256::digest(bytes).into()
 }
 
-/// A manifest as this gateway last wrote it: the request, and the digest of the
-/// bytes written. While the file's bytes have that digest, the file says exactly
-/// this request (bytes parse one way), so a status write starts from it instead of
-/// parsing the file, and the watch has nothing to learn from the file. Any other
-/// bytes (a controller's phase, a person's edit, another replica's write) have
-/// another digest, and are read.
+/// A manifest as this gateway last wrote it: the request, its head as rendered
+/// (what the next status write puts before the status it renders), and the digest
+/// of the bytes written. While the file's bytes have that digest, the file says
+/// exactly this request (bytes parse one way), so a status write starts from it
+/// instead of parsing the file, and the watch has nothing to learn from the file.
+/// Any other bytes (a controller's phase, a person's edit, another replica's write)
+/// have another digest, and are read.
 pub struct Written {
     pub request: RemediationRequest,
+    pub head: Head,
     pub digest: Digest,
+    /// The file the bytes were moved into place in, if known.
+    pub file: Option<FileId>,
+}
+
+/// Which file a path holds: its device and inode, and the size and modification
+/// time a write in place changes. The watch compares it only on events that say a
+/// whole file was put at the path ([`Change::Placed`]): a write in place after
+/// that sends an event of its own ([`Change::Other`]), which is always read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_s: i64,
+    mtime_ns: i64,
+}
+
+impl FileId {
+    pub fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_s: meta.mtime(),
+            mtime_ns: meta.mtime_nsec(),
+        }
+    }
+}
+
+/// What a status write borrows of a [`Written`]: the request and its rendered head.
+pub struct Kept {
+    pub request: RemediationRequest,
+    pub head: Head,
 }
 
 /// Every indexed manifest, by request and by fingerprint.
@@ -167,7 +206,7 @@ struct Entry {
     /// and the watch still knows them. At most one per indexed request, so they are
     /// forgotten with the request.
     digest: Option<Digest>,
-    request: Option<Box<RemediationRequest>>,
+    request: Option<Box<Kept>>,
     /// The digest of a status write being moved into place: the watch, woken by
     /// the move, may read the file before the write is recorded here.
     landing: Option<Digest>,
@@ -175,36 +214,95 @@ struct Entry {
     /// before the last write landed, and checks it just after, read this
     /// gateway's bytes too, and has nothing to learn from them.
     previous: Option<Digest>,
+    /// The files those three writes were moved into place in: the last, the one
+    /// landing, the one before. The watch knows a file of this gateway's from them
+    /// without reading it (see [`FileId`]).
+    files: [Option<FileId>; 3],
 }
 
 impl Entry {
     fn read(record: Record) -> Entry {
-        Entry { record, digest: None, request: None, landing: None, previous: None }
+        Entry { record, digest: None, request: None, landing: None, previous: None, files: [None; 3] }
     }
 
-    fn written(record: Record, written: Written, previous: Option<Digest>) -> Entry {
-        let request = Some(Box::new(written.request));
-        Entry { record, digest: Some(written.digest), request, landing: None, previous }
+    /// The entry after `written`, where `known` was the entry before it.
+    fn written(record: Record, written: Written, known: Option<&Entry>) -> Entry {
+        let request = Some(Box::new(Kept { request: written.request, head: written.head }));
+        let (previous, previous_file) = known.map_or((None, None), |k| (k.digest, k.files[0]));
+        let files = [written.file, None, previous_file];
+        Entry { record, digest: Some(written.digest), request, landing: None, previous, files }
     }
 
     /// Whether `on_disk` are bytes this gateway wrote, or is moving into place.
     fn holds(&self, on_disk: &Digest) -> bool {
         [self.digest, self.landing, self.previous].contains(&Some(*on_disk))
     }
+
+    /// Whether `file` is one this gateway moved into place, or is moving.
+    fn placed(&self, file: &FileId) -> bool {
+        self.files.contains(&Some(*file))
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    requests: HashMap<RequestRef, Entry>,
+    requests: HashMap<Key, Entry>,
     /// The newest request of each fingerprint: the one a repeat may belong to.
-    newest: HashMap<Fingerprint, RequestRef>,
+    newest: HashMap<Fingerprint, Key>,
     /// Requests seen removed, and when: known gone, unlike a request another writer
     /// of the directory made that the watch has not reported yet.
-    removed: HashMap<RequestRef, Instant>,
+    removed: HashMap<Key, Instant>,
     /// The latest `last_seen_s` of any record: the clock the records were written by.
     latest_s: u32,
     /// `requests` is swept of incidents past the horizon when it grows to this size.
     sweep_at: usize,
+}
+
+/// A request's namespace and name as one map key, kept in the table's slot when
+/// short (as the gateway's own names are): a lookup then compares bytes it has
+/// already loaded instead of following two pointers. `lookup` runs once per
+/// duplicate alert, and those two cache misses were a tenth of the gateway's CPU
+/// under the ingest bench (docs/performance.md).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Spilled(Box<[u8]>),
+}
+
+/// The longest key kept inline: the slot's key is one cache line.
+const INLINE_KEY: usize = 62;
+
+impl Key {
+    /// The namespace, a NUL (which neither a namespace nor a file name holds), and
+    /// the name. A given reference always takes the same form, so derived equality
+    /// is byte equality.
+    fn of(at: &RequestRef) -> Key {
+        let (namespace, name) = (at.namespace.as_bytes(), at.name.as_bytes());
+        let len = namespace.len() + 1 + name.len();
+        let mut bytes = [0; INLINE_KEY];
+        match bytes.get_mut(..len) {
+            Some(key) => {
+                key[..namespace.len()].copy_from_slice(namespace);
+                key[namespace.len() + 1..].copy_from_slice(name);
+                Key::Inline { len: len as u8, bytes }
+            }
+            None => Key::Spilled([namespace, &[0], name].concat().into()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Spilled(bytes) => bytes,
+        }
+    }
+
+    fn to_ref(&self) -> RequestRef {
+        let bytes = self.bytes();
+        let nul = bytes.iter().position(|&b| b == 0).expect("a key holds its separator");
+        let text = |b| String::from_utf8_lossy(b).into_owned();
+        RequestRef { namespace: text(&bytes[..nul]), name: text(&bytes[nul + 1..]) }
+    }
 }
 
 /// Removals remembered before old ones are swept.
@@ -252,17 +350,18 @@ impl Index {
 
     fn insert_entry(&self, at: &RequestRef, entry: Entry) {
         let record = entry.record;
+        let at = Key::of(at);
         let mut inner = self.lock();
         let Inner { requests, newest, removed, latest_s, sweep_at } = &mut *inner;
-        removed.remove(at);
+        removed.remove(&at);
         requests.insert(at.clone(), entry);
         *latest_s = (*latest_s).max(record.last_seen_s);
         let newer = match newest.get(&record.fingerprint).and_then(|n| requests.get(n).map(|e| (n, &e.record))) {
-            Some((known, current)) => known == at || current.first_seen_s <= record.first_seen_s,
+            Some((known, current)) => *known == at || current.first_seen_s <= record.first_seen_s,
             None => true,
         };
         if newer {
-            newest.insert(record.fingerprint, at.clone());
+            newest.insert(record.fingerprint, at);
         }
         if requests.len() >= (*sweep_at).max(REQUESTS_SWEEP) {
             // Amortised: the next sweep waits until the map has doubled again.
@@ -278,12 +377,7 @@ impl Index {
     ///
     /// "Now" is the earlier of the wall clock and the latest sighting recorded, so a
     /// gateway running on another clock (a test's) never sweeps what is still open.
-    fn sweep(
-        &self,
-        requests: &mut HashMap<RequestRef, Entry>,
-        newest: &mut HashMap<Fingerprint, RequestRef>,
-        latest_s: u32,
-    ) {
+    fn sweep(&self, requests: &mut HashMap<Key, Entry>, newest: &mut HashMap<Fingerprint, Key>, latest_s: u32) {
         let wall_s = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let now_s = u64::from(latest_s).min(wall_s);
         let horizon_s = self.horizon.as_secs();
@@ -296,17 +390,18 @@ impl Index {
 
     /// Forgets the manifest at `at`: it was removed.
     pub fn remove(&self, at: &RequestRef) {
+        let at = Key::of(at);
         let mut inner = self.lock();
         let Inner { requests, newest, removed, .. } = &mut *inner;
-        if let Some(entry) = requests.remove(at) {
-            if newest.get(&entry.record.fingerprint) == Some(at) {
+        if let Some(entry) = requests.remove(&at) {
+            if newest.get(&entry.record.fingerprint) == Some(&at) {
                 newest.remove(&entry.record.fingerprint);
             }
         }
         if removed.len() >= REMOVED_SWEEP {
             removed.retain(|_, at| at.elapsed() < self.horizon);
         }
-        removed.insert(at.clone(), Instant::now());
+        removed.insert(at, Instant::now());
     }
 
     /// Updates the record at `at` after a status write, if it is known.
@@ -318,7 +413,7 @@ impl Index {
     /// the request is known.
     pub fn wrote(&self, at: &RequestRef, record: Record, written: Written) {
         // The write started from the file's bytes only if they were this gateway's.
-        self.update_entry(at, |known| Entry::written(record, written, known.digest));
+        self.update_entry(at, |known| Entry::written(record, written, Some(known)));
     }
 
     fn update_entry(&self, at: &RequestRef, entry: impl FnOnce(&Entry) -> Entry) {
@@ -326,7 +421,7 @@ impl Index {
         // The record comes from the file as just rewritten, phase included; one
         // removed meanwhile stays removed.
         let Inner { requests, latest_s, .. } = &mut *inner;
-        if let Some(known) = requests.get_mut(at) {
+        if let Some(known) = requests.get_mut(&Key::of(at)) {
             *known = entry(known);
             *latest_s = (*latest_s).max(known.record.last_seen_s);
         }
@@ -335,30 +430,37 @@ impl Index {
     /// The request this gateway last wrote to `at`, lent to a status write, if the
     /// file's bytes (`on_disk`, read under the namespace lock) are still the bytes
     /// written. Bytes that differ forget what was written: someone else wrote since.
-    pub fn take_written(&self, at: &RequestRef, on_disk: &Digest) -> Option<Box<RemediationRequest>> {
+    pub fn take_written(&self, at: &RequestRef, on_disk: &Digest) -> Option<Box<Kept>> {
         let mut inner = self.lock();
-        let entry = inner.requests.get_mut(at)?;
+        let entry = inner.requests.get_mut(&Key::of(at))?;
         // A write that never landed left its digest here.
-        entry.landing = None;
+        (entry.landing, entry.files[1]) = (None, None);
         if entry.digest != Some(*on_disk) {
-            (entry.digest, entry.request, entry.previous) = (None, None, None);
+            (entry.digest, entry.request, entry.previous, entry.files) = (None, None, None, [None; 3]);
             return None;
         }
         entry.request.take()
     }
 
-    /// Says that a status write with `digest` is being moved into place at `at`:
-    /// until it is recorded ([`Index::wrote`]), both its bytes and the file's
-    /// previous ones are this gateway's.
-    pub fn landing(&self, at: &RequestRef, digest: Digest) {
-        if let Some(entry) = self.lock().requests.get_mut(at) {
-            entry.landing = Some(digest);
+    /// Says that a status write with `digest`, staged in `file`, is being moved into
+    /// place at `at`: until it is recorded ([`Index::wrote`]), both its bytes and
+    /// the file's previous ones are this gateway's.
+    pub fn landing(&self, at: &RequestRef, digest: Digest, file: FileId) {
+        if let Some(entry) = self.lock().requests.get_mut(&Key::of(at)) {
+            (entry.landing, entry.files[1]) = (Some(digest), Some(file));
         }
     }
 
     /// Whether the file at `at` holds exactly what this gateway wrote to it.
     fn is_written(&self, at: &RequestRef, on_disk: &Digest) -> bool {
-        self.lock().requests.get(at).is_some_and(|e| e.holds(on_disk))
+        let at = Key::of(at);
+        self.lock().requests.get(&at).is_some_and(|e| e.holds(on_disk))
+    }
+
+    /// Whether the file at `at` is one this gateway moved there, or is moving.
+    fn is_placed(&self, at: &RequestRef, file: &FileId) -> bool {
+        let at = Key::of(at);
+        self.lock().requests.get(&at).is_some_and(|e| e.placed(file))
     }
 
     /// Requests whose last write by this gateway is kept, for tests of the bound.
@@ -367,11 +469,12 @@ impl Index {
     }
 
     pub fn lookup(&self, at: &RequestRef) -> Lookup {
+        let at = Key::of(at);
         let inner = self.lock();
-        match inner.requests.get(at).map(|e| &e.record) {
+        match inner.requests.get(&at).map(|e| &e.record) {
             Some(record) => record.phase.lookup(record.prior_failures),
             // Seen removed, by the watch or by a write that found it missing.
-            None if inner.removed.contains_key(at) => Lookup::Deleted,
+            None if inner.removed.contains_key(&at) => Lookup::Deleted,
             // Another writer of the directory (a second gateway) made it, and the
             // watch has not reported it yet.
             None => Lookup::Missing,
@@ -383,7 +486,7 @@ impl Index {
         let at = inner.newest.get(fingerprint)?;
         let record = inner.requests.get(at).map(|e| &e.record).filter(|r| !r.phase.is_terminal())?;
         Some(OpenRequest {
-            at: at.clone(),
+            at: at.to_ref(),
             first_seen_s: record.first_seen_s,
             last_seen_s: record.last_seen_s,
             count: record.count,
@@ -396,7 +499,7 @@ impl Index {
         let at = inner.newest.get(fingerprint)?;
         let record = &inner.requests.get(at)?.record;
         Some(LastRequest {
-            at: at.clone(),
+            at: at.to_ref(),
             first_seen_s: record.first_seen_s,
             last_seen_s: record.last_seen_s,
             count: record.count,
@@ -416,7 +519,7 @@ impl Index {
             .requests
             .iter()
             .filter(|(_, e)| !e.record.phase.is_terminal() && e.record.storm.is_none())
-            .map(|(at, _)| at.clone())
+            .map(|(at, _)| at.to_ref())
             .collect()
     }
 
@@ -480,11 +583,22 @@ impl Index {
         Ok(loaded)
     }
 
-    /// Brings the entry of the file at `path` in line with the disk: read again if
-    /// it is there, forgotten if not. A file that holds exactly what this gateway
-    /// last wrote to it is known already, and not parsed.
-    pub fn refresh(&self, root: &Path, path: &Path) {
+    /// Brings the entry of the file at `path` in line with the disk after `change`:
+    /// read again if it is there, forgotten if not. A file that holds exactly what
+    /// this gateway last wrote to it is known already, and not parsed; one that this
+    /// gateway has just moved into place is not even read.
+    pub fn refresh(&self, root: &Path, path: &Path, change: Change) {
         let Some(at) = manifest_ref(root, path) else { return };
+        if change == Change::Placed {
+            // A file put there whole: if it is the one this gateway put there, it
+            // says what the entry says, and any write to it in place since then
+            // has an event of its own, read below when it comes.
+            match std::fs::metadata(path) {
+                Ok(meta) if self.is_placed(&at, &FileId::of(&meta)) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return self.remove(&at),
+                _ => {}
+            }
+        }
         match std::fs::read(path) {
             Ok(bytes) if self.is_written(&at, &digest(&bytes)) => {}
             Ok(bytes) => {
@@ -527,7 +641,7 @@ pub fn watch(root: PathBuf, index: Arc<Index>, horizon: Duration) -> notify::Res
     let (watched, changed, reread) = (root.clone(), index.clone(), root.clone());
     crate::tree_watch::follow(
         &root,
-        move |path| changed.refresh(&watched, path),
+        move |path, change| changed.refresh(&watched, path, change),
         // The kernel's queue overflowed: events were lost, so read everything again.
         // A manifest removed meanwhile stays indexed until its horizon passes.
         move || {
@@ -590,6 +704,24 @@ mod tests {
         assert!(index.len() < 4 * REQUESTS_SWEEP, "{} requests indexed", index.len());
         let recent = 4 * n - 1;
         assert_eq!(index.lookup(&at(&format!("r{recent}"))), Lookup::Open, "within the horizon");
+    }
+
+    #[test]
+    fn long_and_short_names_are_told_apart_and_given_back_whole() {
+        let index = Index::new(Duration::from_secs(600));
+        let long = RequestRef { namespace: "team-a".into(), name: "n".repeat(253) };
+        let split = |namespace: &str, name: &str| RequestRef { namespace: namespace.into(), name: name.into() };
+        // The same bytes split differently are different requests.
+        index.insert(&split("ab", "c"), record(1, 100));
+        index.insert(&long, record(2, 100));
+        assert_eq!(index.lookup(&split("a", "bc")), Lookup::Missing);
+        assert_eq!(index.lookup(&split("ab", "c")), Lookup::Open);
+        assert_eq!(index.lookup(&long), Lookup::Open, "a name too long to keep inline");
+        let open = |fp| index.open_request(&Fingerprint::from_bytes([fp; 32])).map(|o| o.at);
+        assert_eq!(open(1), Some(split("ab", "c")));
+        assert_eq!(open(2), Some(long.clone()));
+        index.remove(&long);
+        assert_eq!(index.lookup(&long), Lookup::Deleted);
     }
 
     #[test]

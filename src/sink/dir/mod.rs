@@ -4,7 +4,9 @@
 //! Manifests carry the CRD's apiVersion, kind, spec and status, so
 //! `kubectl apply -f` accepts them. Every write goes to a temporary file that is
 //! moved into place, so a reader never sees half a manifest (creations are synced
-//! first; status rewrites are not, see [`Durability`]), and
+//! first; status rewrites are not, see [`Durability`]). Temporary files are written
+//! in a hidden directory of the root ([`Staging`]), which the watch does not follow:
+//! in the namespace directory each would cost the watch four events for nothing. And
 //! status rewrites hold a per-namespace lock so concurrent writers cannot regress a
 //! count ([`status`]: batched, and started from what this gateway wrote while the
 //! file still holds it). Creation
@@ -18,28 +20,37 @@
 
 pub mod doctor;
 pub mod index;
+pub mod render;
 pub mod status;
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{Created, LastRequest, Lookup, OpenRequest, RequestRef, Sink, SinkError};
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::signal::Fingerprint;
 use crate::state::BoxFuture;
-use index::{Index, Record, Written};
+use index::{FileId, Index, Record, Written};
 pub use status::Reads;
 use status::StatusWrites;
 
 /// The per-namespace lock file serialising status rewrites.
 const LOCK_FILE: &str = ".tidegate.lock";
+/// The directory of the root where writes are staged before they are moved into
+/// place. Hidden: neither a namespace to the index nor followed by the watch.
+const STAGING_DIR: &str = ".tidegate-staging";
+/// A staged file this old is what a process that died mid-write left behind: a
+/// write moves its file into place within moments, even on a loaded machine.
+const STAGED_LEFTOVER: Duration = Duration::from_secs(600);
 
 pub struct DirSink {
     root: PathBuf,
     index: Arc<Index>,
+    staging: Arc<Staging>,
     status: Arc<StatusWrites>,
     /// Keeps the index in line with changes made by others; stops when dropped.
     _watcher: Option<crate::tree_watch::TreeWatch>,
@@ -52,6 +63,7 @@ impl DirSink {
     pub fn new(root: impl Into<PathBuf>, horizon: Duration) -> io::Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)?;
+        let staging = Arc::new(Staging::new(&root)?);
         let index = Arc::new(Index::new(horizon));
         // Watch first, then read: a change made while reading is not missed.
         let watcher = index::watch(root.clone(), index.clone(), horizon)
@@ -69,8 +81,8 @@ impl DirSink {
             took = ?started.elapsed(),
             "indexed the sink directory's open incidents"
         );
-        let status = Arc::new(StatusWrites::new(root.clone(), index.clone()));
-        Ok(DirSink { root, index, status, _watcher: watcher })
+        let status = Arc::new(StatusWrites::new(root.clone(), index.clone(), staging.clone()));
+        Ok(DirSink { root, index, staging, status, _watcher: watcher })
     }
 
     /// Manifests indexed as the record of open incidents.
@@ -106,15 +118,13 @@ impl DirSink {
     }
 }
 
-fn create_blocking(path: &Path, yaml: &str) -> Result<Created, SinkError> {
+fn create_blocking(staging: &Staging, path: &Path, yaml: &[u8]) -> Result<Created, SinkError> {
     let dir = path.parent().expect("has a namespace dir");
     fs::create_dir_all(dir)?;
-    let tmp = write_temp(path, yaml, Durability::Synced)?;
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
+    let linked = staging.place(path, yaml, Durability::Synced, Move::Link, &|_| {});
     match linked {
         // The file's data is synced; its name is only durable once the directory is.
-        Ok(()) => {
+        Ok(_) => {
             fs::File::open(dir)?.sync_all()?;
             Ok(Created::Created)
         }
@@ -155,39 +165,127 @@ enum Durability {
     Rename,
 }
 
-/// Writes `contents` to a uniquely named temporary file beside `path`.
-fn write_temp(path: &Path, contents: &str, durability: Durability) -> io::Result<PathBuf> {
-    let dir = path.parent().expect("has a parent");
-    let name = path.file_name().expect("has a name").to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-    let written = file.write_all(contents.as_bytes()).and_then(|()| match durability {
-        Durability::Synced => file.sync_data(),
-        Durability::Rename => Ok(()),
-    });
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+/// Where writes are staged: `<root>/.tidegate-staging`, on the root's filesystem
+/// so that a staged file moves into place by `rename(2)` or `link(2)`.
+struct Staging {
+    dir: PathBuf,
+    /// Names this process's staged files apart from another's sharing the root.
+    process: String,
+    next: AtomicU64,
+}
+
+impl Staging {
+    /// Creates the staging directory if missing, and removes what a process that
+    /// died mid-write left in it.
+    fn new(root: &Path) -> io::Result<Staging> {
+        let dir = root.join(STAGING_DIR);
+        fs::create_dir_all(&dir)?;
+        let leftover = SystemTime::now().checked_sub(STAGED_LEFTOVER).unwrap_or(SystemTime::UNIX_EPOCH);
+        for entry in fs::read_dir(&dir)?.flatten() {
+            // Another replica's file being written is younger: left alone.
+            if entry.metadata().and_then(|m| m.modified()).is_ok_and(|at| at < leftover) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(Staging { dir, process: uuid::Uuid::new_v4().simple().to_string(), next: AtomicU64::new(0) })
     }
-    Ok(tmp)
+
+    /// Writes `contents` to a new staged file and moves it to `path` as `how` says.
+    /// A namespace directory on another filesystem than the root (a mount) gets its
+    /// file staged beside it instead.
+    /// `landing` is told the staged file before it moves.
+    fn place(
+        &self,
+        path: &Path,
+        contents: &[u8],
+        durability: Durability,
+        how: Move,
+        landing: &dyn Fn(FileId),
+    ) -> io::Result<FileId> {
+        let name = format!("{}-{}.tmp", self.process, self.next.fetch_add(1, Ordering::Relaxed));
+        match how.moved(&self.dir.join(&name), path, contents, durability, landing) {
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                let beside = path.parent().expect("has a parent").join(format!(".{name}"));
+                how.moved(&beside, path, contents, durability, landing)
+            }
+            result => result,
+        }
+    }
+}
+
+/// How a staged file is moved into place.
+#[derive(Clone, Copy)]
+enum Move {
+    /// `rename(2)`: replaces the file there.
+    Rename,
+    /// `link(2)`: fails if a file is there.
+    Link,
+}
+
+impl Move {
+    /// Writes `contents` to the new file `staged` and moves it to `path`; `staged`
+    /// is gone afterwards either way.
+    fn moved(
+        self,
+        staged: &Path,
+        path: &Path,
+        contents: &[u8],
+        durability: Durability,
+        landing: &dyn Fn(FileId),
+    ) -> io::Result<FileId> {
+        let file = write_new(staged, contents, durability)?;
+        landing(file);
+        let moved = match self {
+            Move::Rename => fs::rename(staged, path),
+            Move::Link => fs::hard_link(staged, path),
+        };
+        // A rename that succeeded took the name with it.
+        if moved.is_err() || matches!(self, Move::Link) {
+            let _ = fs::remove_file(staged);
+        }
+        moved.map(|()| file)
+    }
+}
+
+/// Writes `contents` to the new file `path`, and says which file it is.
+fn write_new(path: &Path, contents: &[u8], durability: Durability) -> io::Result<FileId> {
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    let written = file
+        .write_all(contents)
+        .and_then(|()| match durability {
+            Durability::Synced => file.sync_data(),
+            Durability::Rename => Ok(()),
+        })
+        .and_then(|()| file.metadata());
+    match written {
+        Ok(meta) => Ok(FileId::of(&meta)),
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            Err(e)
+        }
+    }
 }
 
 impl Sink for DirSink {
     fn create<'a>(&'a self, request: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
         let at = reference(request);
         let path = self.path_of(&at);
-        let yaml = to_yaml(request);
+        let mut kept = request.clone();
+        let head = render::Head::of(&mut kept);
+        let mut yaml = Vec::new();
+        render::manifest(&head, &kept, &mut yaml);
         // Indexed before it is written: if the write fails, the status writer retries
         // it until it lands, so the incident is open from now on either way.
         if let Some(record) = Record::of(request) {
-            let written = Written { request: request.clone(), digest: index::digest(yaml.as_bytes()) };
+            let written = Written { request: kept, head, digest: index::digest(&yaml), file: None };
             self.index.insert_written(&at, record, written);
         }
+        let staging = self.staging.clone();
         Box::pin(async move {
-            let created = blocking(move || create_blocking(&path, &yaml)).await?;
+            let created = blocking(move || create_blocking(&staging, &path, &yaml)).await?;
             if created == Created::AlreadyExists {
                 // Someone else's manifest: the index takes what the file says.
-                self.index.refresh(&self.root, &self.path_of(&at));
+                self.index.refresh(&self.root, &self.path_of(&at), crate::tree_watch::Change::Other);
             }
             Ok(created)
         })

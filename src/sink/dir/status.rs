@@ -10,17 +10,23 @@
 //! A controller's phase, a person's edit, another replica's write or a removal all
 //! change the bytes, so a write never starts from a copy older than the file.
 //!
+//! A write renders only the status: the head of the manifest (apiVersion, kind,
+//! metadata, spec) is kept rendered with the request ([`render`]), and rendered
+//! again only when the flapping label flips. The new bytes are staged outside the
+//! namespace directory and renamed into place ([`super::Staging`]).
+//!
 //! The writes of one namespace that arrive together go out as one batch, on one
 //! blocking thread, under one taking of the lock. Each batch's CPU time is measured,
 //! and [`StatusWrites::affordable_per_s`] turns it into the writes per second a
-//! tenth of the machine's cores pays for: the status writer's cap for this sink.
+//! share of the machine's cores ([`CORES_SHARE`]) pays for: the status writer's cap
+//! for this sink.
 //!
 //! Never apply an update to a cached request whose digest has not just been
 //! compared with the file's bytes, read under the namespace lock.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,8 +34,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::index::{digest, Index, Record, Written};
-use super::{to_yaml, write_temp, Durability, LOCK_FILE};
+use super::index::{digest, Index, Kept, Record, Written};
+use super::render::{self, Head};
+use super::{Durability, Move, Staging, LOCK_FILE};
 use crate::remediation::{RemediationRequest, StatusUpdate};
 use crate::sink::{RequestRef, SinkError};
 
@@ -49,6 +56,7 @@ const COST_MEMORY: f64 = 64.0;
 pub struct StatusWrites {
     root: std::path::PathBuf,
     index: Arc<Index>,
+    staging: Arc<Staging>,
     /// Writes waiting for their namespace's batch. A namespace is in the map while
     /// a thread writes its batches, and that thread takes what arrives meanwhile.
     waiting: Mutex<HashMap<String, Vec<Job>>>,
@@ -79,11 +87,12 @@ pub struct Reads {
 }
 
 impl StatusWrites {
-    pub fn new(root: std::path::PathBuf, index: Arc<Index>) -> Self {
+    pub(super) fn new(root: std::path::PathBuf, index: Arc<Index>, staging: Arc<Staging>) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         StatusWrites {
             root,
             index,
+            staging,
             waiting: Mutex::default(),
             cost_ns: AtomicU64::new((FIRST_COST.as_nanos() as f64).to_bits()),
             cores,
@@ -144,8 +153,9 @@ impl StatusWrites {
         let dir = self.root.join(namespace);
         match lock_namespace(&dir) {
             Ok(_lock) => {
+                let mut buffers = Buffers::default();
                 for job in batch {
-                    let result = self.write_one(&dir, &job.at, &job.update);
+                    let result = self.write_one(&dir, &job.at, &job.update, &mut buffers);
                     // The status writer may have given up waiting; the write stands.
                     let _ = job.done.send(result);
                 }
@@ -170,40 +180,54 @@ impl StatusWrites {
     }
 
     /// One read-modify-write, under the namespace lock.
-    fn write_one(&self, dir: &Path, at: &RequestRef, update: &StatusUpdate) -> Result<(), SinkError> {
+    fn write_one(
+        &self,
+        dir: &Path,
+        at: &RequestRef,
+        update: &StatusUpdate,
+        buffers: &mut Buffers,
+    ) -> Result<(), SinkError> {
         let path = dir.join(format!("{}.yaml", at.name));
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
+        let Buffers { read, write } = buffers;
+        match fs::File::open(&path).and_then(|mut file| {
+            read.clear();
+            file.read_to_end(read)
+        }) {
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.index.remove(at);
                 return Err(SinkError::NotFound(at.clone()));
             }
             Err(e) => return Err(e.into()),
         };
-        let mut request = match self.index.take_written(at, &digest(&bytes)) {
-            Some(written) => {
+        let (mut request, head) = match self.index.take_written(at, &digest(read)) {
+            Some(kept) => {
                 self.reused.fetch_add(1, Ordering::Relaxed);
-                *written
+                let Kept { request, head } = *kept;
+                (request, Some(head))
             }
             None => {
                 self.parsed.fetch_add(1, Ordering::Relaxed);
-                serde_norway::from_slice::<RemediationRequest>(&bytes)
-                    .map_err(|e| SinkError::Corrupt { path: path.display().to_string(), source: e })?
+                let request = serde_norway::from_slice::<RemediationRequest>(read)
+                    .map_err(|e| SinkError::Corrupt { path: path.display().to_string(), source: e })?;
+                (request, None)
             }
         };
         request.status.get_or_insert_with(Default::default).apply(update);
-        // The label follows the condition, in the same write.
-        crate::remediation::label_flapping(&mut request);
-        let yaml = to_yaml(&request);
-        let written = digest(yaml.as_bytes());
-        let tmp = write_temp(&path, &yaml, Durability::Rename)?;
-        // The watch, woken by the rename, knows these bytes for this gateway's.
-        self.index.landing(at, written);
-        fs::rename(&tmp, &path).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })?;
+        // The label follows the condition, in the same write, and the head with it.
+        let relabelled = crate::remediation::label_flapping(&mut request);
+        let head = match head {
+            Some(head) if !relabelled => head,
+            _ => Head::of(&mut request),
+        };
+        render::manifest(&head, &request, write);
+        let written = digest(write);
+        // The watch, woken by the rename, knows this file and its bytes for this
+        // gateway's.
+        let landing = |file| self.index.landing(at, written, file);
+        let file = self.staging.place(&path, write, Durability::Rename, Move::Rename, &landing)?;
         if let Some(record) = Record::of(&request) {
-            self.index.wrote(at, record, Written { digest: written, request });
+            self.index.wrote(at, record, Written { digest: written, request, head, file: Some(file) });
         }
         Ok(())
     }
@@ -224,8 +248,8 @@ impl StatusWrites {
         Duration::from_nanos(f64::from_bits(self.cost_ns.load(Ordering::Relaxed)) as u64)
     }
 
-    /// Status writes per second that a tenth of this process's cores pays for, at the
-    /// measured cost of a write.
+    /// Status writes per second that [`CORES_SHARE`] of this process's cores pays
+    /// for, at the measured cost of a write.
     pub fn affordable_per_s(&self) -> f64 {
         let cost_s = f64::from_bits(self.cost_ns.load(Ordering::Relaxed)) / 1e9;
         // Never below one a second: a write measured absurdly slow (a thread
@@ -236,6 +260,13 @@ impl StatusWrites {
     pub fn reads(&self) -> Reads {
         Reads { parsed: self.parsed.load(Ordering::Relaxed), reused: self.reused.load(Ordering::Relaxed) }
     }
+}
+
+/// The bytes a batch's writes read and render, kept from one write to the next.
+#[derive(Default)]
+struct Buffers {
+    read: Vec<u8>,
+    write: Vec<u8>,
 }
 
 /// Drops a namespace's waiting writes if its thread panics, so that their writers
@@ -275,7 +306,8 @@ mod tests {
     use super::*;
     use crate::remediation::{self, Classification, FlapUpdate, InhibitedUpdate};
     use crate::signal::TargetResource;
-    use crate::sink::dir::DirSink;
+    use crate::sink::dir::index::FileId;
+    use crate::sink::dir::{to_yaml, DirSink};
     use crate::sink::{Lookup, Sink};
 
     const NS: &str = "shop";
@@ -350,6 +382,20 @@ mod tests {
         }
     }
 
+    impl Fixture {
+        /// Turns the phase `Running` into `Skipped` in place, and puts the
+        /// modification time back: the same device, inode, size and mtime, nothing
+        /// a stat of the file could tell from the gateway's own write.
+        fn skip_in_place(&self, at: &RequestRef) {
+            let path = self.path(at);
+            let before = fs::metadata(&path).unwrap();
+            let text = fs::read_to_string(&path).unwrap().replace("phase: Running", "phase: Skipped");
+            fs::write(&path, &text).unwrap();
+            fs::File::options().write(true).open(&path).unwrap().set_modified(before.modified().unwrap()).unwrap();
+            assert_eq!(FileId::of(&fs::metadata(&path).unwrap()), FileId::of(&before));
+        }
+    }
+
     /// The watch runs on a thread of its own, as slow as the machine is loaded.
     const WATCH_LIMIT: Duration = Duration::from_secs(30);
 
@@ -393,15 +439,7 @@ mod tests {
         let f = Fixture::with(&[&rr]).await;
         f.edit(&at(&rr), |r| r.status.as_mut().unwrap().phase = Some("Running".into()));
         f.sink.update_status(&at(&rr), &repeat(7, 1, 1_700_000_001)).await.unwrap();
-        // Same length, same inode, and the modification time put back: nothing a
-        // stat of the file could tell from the gateway's own write.
-        let path = f.path(&at(&rr));
-        let before = fs::metadata(&path).unwrap();
-        let text = fs::read_to_string(&path).unwrap().replace("phase: Running", "phase: Skipped");
-        fs::write(&path, &text).unwrap();
-        let file = fs::File::options().write(true).open(&path).unwrap();
-        file.set_modified(before.modified().unwrap()).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().len(), before.len());
+        f.skip_in_place(&at(&rr));
         f.sink.update_status(&at(&rr), &repeat(7, 2, 1_700_000_002)).await.unwrap();
         assert_eq!(phase(&f.read(&at(&rr))), Some("Skipped"));
     }
@@ -486,6 +524,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_watch_sees_an_edit_in_place_that_keeps_the_identity_of_the_sinks_own_file() {
+        let rr = request("web-0");
+        let f = Fixture::with(&[&rr]).await;
+        f.watched().await;
+        f.edit(&at(&rr), |r| r.status.as_mut().unwrap().phase = Some("Running".into()));
+        // Moved into place by the sink: a file the watch knows without reading it.
+        f.sink.update_status(&at(&rr), &repeat(7, 1, 1_700_000_001)).await.unwrap();
+        f.skip_in_place(&at(&rr));
+        let seen = || async { f.sink.lookup(&at(&rr)) == Lookup::Terminal };
+        tidegate_testkit::eventually_within("the watch to see the phase written in place", WATCH_LIMIT, seen).await;
+    }
+
+    #[tokio::test]
     async fn what_was_written_is_forgotten_with_its_request() {
         let requests: Vec<_> = (0..3).map(|n| request(&format!("web-{n}"))).collect();
         let f = Fixture::with(&requests.iter().collect::<Vec<_>>()).await;
@@ -498,8 +549,10 @@ mod tests {
     }
 
     #[test]
-    fn the_cap_is_a_tenth_of_the_cores_at_the_measured_cost_of_a_write() {
-        let writes = StatusWrites::new("/nonexistent".into(), Arc::new(Index::new(Duration::from_secs(60))));
+    fn the_cap_is_a_share_of_the_cores_at_the_measured_cost_of_a_write() {
+        let root = tempfile::tempdir().unwrap();
+        let staging = Arc::new(Staging::new(root.path()).unwrap());
+        let writes = StatusWrites::new(root.path().into(), Arc::new(Index::new(Duration::from_secs(60))), staging);
         let cores = writes.cores;
         assert_eq!(writes.affordable_per_s().round(), (CORES_SHARE * cores / FIRST_COST.as_secs_f64()).round());
         for _ in 0..100 {
