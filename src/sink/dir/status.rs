@@ -365,12 +365,17 @@ mod tests {
         /// else's manifest into it and waits for the index to hold it. A change made
         /// before the directory is watched is one the watch never reports.
         async fn watched(&self) {
-            let other = request("watched");
-            let tmp = self.dir.path().join(NS).join(".watched.tmp");
-            fs::write(&tmp, to_yaml(&other)).unwrap();
-            fs::rename(&tmp, self.path(&at(&other))).unwrap();
-            let indexed = || async { self.sink.lookup(&at(&other)) == Lookup::Open };
-            tidegate_testkit::eventually_within("the watch to follow the namespace", WATCH_LIMIT, indexed).await;
+            self.moved_in(&request("watched"), "the watch to follow the namespace").await;
+        }
+
+        /// Moves `other`, someone else's manifest, into place, and waits (`what`)
+        /// until the index holds it.
+        async fn moved_in(&self, other: &RemediationRequest, what: &str) {
+            let tmp = self.dir.path().join(NS).join(format!(".{}.tmp", at(other).name));
+            fs::write(&tmp, to_yaml(other)).unwrap();
+            fs::rename(&tmp, self.path(&at(other))).unwrap();
+            let indexed = || async { self.sink.lookup(&at(other)) == Lookup::Open };
+            tidegate_testkit::eventually_within(what, WATCH_LIMIT, indexed).await;
         }
 
         /// Rewrites the manifest in place, as a controller or an editor would,
@@ -509,12 +514,7 @@ mod tests {
         f.repeats(&at(&rr), 20).await;
         // Someone else's manifest, moved into place: the watch reports events in
         // order, so once it is indexed every event of the writes above was handled.
-        let other = request("web-1");
-        let tmp = f.dir.path().join(NS).join(".other.tmp");
-        fs::write(&tmp, to_yaml(&other)).unwrap();
-        fs::rename(&tmp, f.path(&at(&other))).unwrap();
-        let indexed = || async { f.sink.lookup(&at(&other)) == Lookup::Open };
-        tidegate_testkit::eventually_within("the watch to index the other manifest", WATCH_LIMIT, indexed).await;
+        f.moved_in(&request("web-1"), "the watch to index the other manifest").await;
         // Twenty own writes parsed back would be twenty parses or more (each is a
         // rename the watch reads). Allowed: the other manifest's (its rename may be
         // reported twice), and those of a watch thread descheduled between reading a
