@@ -484,7 +484,7 @@ impl StatusWriter {
         let now = Instant::now();
         let mut guard = shared.lock();
         guard.sweep(now);
-        let Inner { incidents, due, writers, draining, .. } = &mut *guard;
+        let Inner { incidents, writers, .. } = &mut *guard;
         // One lookup for the tally and the pending write: see [`Incidents`].
         let tracked = incidents.table.entry(incident).or_default();
         let what = match update.inhibited.as_mut() {
@@ -528,15 +528,8 @@ impl StatusWriter {
                 }
                 shared.metrics.status_coalesced.inc();
             }
-            slot => {
-                let write = Write::Request { at: at.clone(), update, create };
-                if slot.replace(Pending { write, attempts: 0 }).is_none() {
-                    incidents.pending += 1;
-                }
-                let was_idle = due.is_empty();
-                due.push(Reverse((if *draining { now } else { now + shared.interval }, incident)));
-                shared.metrics.status_pending.set(incidents.pending as i64);
-                if was_idle {
+            _ => {
+                if self.schedule(incident, Write::Request { at: at.clone(), update, create }, &mut guard) {
                     drop(guard);
                     shared.wake.notify_one();
                 }
