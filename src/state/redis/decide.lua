@@ -1,7 +1,7 @@
 -- tidegate's decision for a batch of signals, atomically and in order: first the
 -- request's rate-limit charge, if it has one, then for each signal dedup and storm
 -- detection. The same rules as the embedded store, and the same conformance suite.
--- The script runs after `gcra.lua` (see `scripts` in mod.rs).
+-- The library holds `gcra.lua` too (see `Library::decide` in mod.rs).
 --
 -- Keys are passed once each, however many signals of the batch use them; a signal
 -- names its keys by index into KEYS.

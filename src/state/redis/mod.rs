@@ -37,7 +37,7 @@ use crate::section::ConfigError;
 use crate::signal::SignalStatus;
 use crate::telemetry::Metrics;
 pub use connection::TlsFiles;
-use connection::{Connection, Handle, Topology};
+use connection::{Connection, Topology};
 pub use decide::decode;
 use decide::{bad_reply, Adoption, DecideCall, Group, Mode, Record};
 pub use monitor::risks;
@@ -70,7 +70,7 @@ impl Library {
         Library { name, source }
     }
 
-    /// `FUNCTION LOAD REPLACE`: on Cluster, to every primary (redis-rs routes it so).
+    /// `FUNCTION LOAD REPLACE`, sent to every primary.
     fn load_cmd(&self) -> redis::Cmd {
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD").arg("REPLACE").arg(&self.source);
@@ -181,8 +181,9 @@ struct Shared {
 }
 
 impl RedisStore {
-    /// Connects, loads the script, checks the eviction policy and starts the
-    /// monitor that exports Redis memory gauges.
+    /// Connects, checks the eviction policy and starts the monitor that exports
+    /// Redis memory gauges. The decide library is loaded when first needed
+    /// (`Shared::loaded`).
     pub async fn connect(
         topology: &Topology,
         config: &RedisConfig,
@@ -343,41 +344,37 @@ impl Shared {
     }
 
     /// Runs one `FCALL` per call: one pipeline on a single node, concurrent calls
-    /// on Cluster; loads the library first where Redis does not have it.
+    /// on Cluster, each loading the library first where Redis does not have it.
     async fn run(&self, calls: &[DecideCall<'_>]) -> Result<Vec<Value>, RedisError> {
         let library = &self.decide;
-        match self.conn.handle() {
-            Handle::Single(mut conn) => {
-                let mut pipe = redis::pipe();
-                for call in calls {
-                    pipe.add_command(library.call_cmd(call));
-                }
-                match pipe.query_async::<Vec<Value>>(&mut conn).await {
-                    Err(e) if function_missing(&e) => {
-                        library.load_cmd().query_async::<()>(&mut conn).await?;
-                        pipe.query_async(&mut conn).await
-                    }
-                    other => other,
-                }
+        if !self.schema.cluster() {
+            let mut pipe = redis::pipe();
+            for call in calls {
+                pipe.add_command(library.call_cmd(call));
             }
-            Handle::Cluster(conn) => {
-                let invocations = calls.iter().map(|call| {
-                    let mut conn = conn.clone();
-                    let cmd = library.call_cmd(call);
-                    async move {
-                        match cmd.query_async::<Value>(&mut conn).await {
-                            Err(e) if function_missing(&e) => {
-                                // A primary without it (restarted, or new to the
-                                // cluster): load it everywhere, then call again.
-                                library.load_cmd().query_async::<()>(&mut conn).await?;
-                                cmd.query_async(&mut conn).await
-                            }
-                            other => other,
-                        }
-                    }
-                });
-                futures::future::join_all(invocations).await.into_iter().collect()
+            return self.loaded(|| self.conn.query_pipeline(&pipe)).await;
+        }
+        let invocations = calls.iter().map(|call| {
+            let cmd = library.call_cmd(call);
+            async move { self.loaded(|| self.conn.query::<Value>(&cmd)).await }
+        });
+        futures::future::join_all(invocations).await.into_iter().collect()
+    }
+
+    /// `send`'s answer, sent again after loading the decide library on every primary
+    /// if Redis does not know it: it restarted without persistence, someone flushed
+    /// its functions, or a Cluster primary is new. (A replica promoted by a failover
+    /// has it: `FUNCTION LOAD` replicates.)
+    async fn loaded<T, Fut>(&self, send: impl Fn() -> Fut) -> Result<T, RedisError>
+    where
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        match send().await {
+            Err(e) if function_missing(&e) => {
+                self.conn.query_each_primary::<Value>(&self.decide.load_cmd()).await?;
+                send().await
             }
+            other => other,
         }
     }
 
