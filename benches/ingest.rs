@@ -658,7 +658,8 @@ impl Store {
         let (mut calls, mut usec) = (0u64, 0u64);
         for server in self.servers() {
             let stats = server.info("commandstats");
-            for line in ["cmdstat_fcall", "cmdstat_evalsha"].iter().filter_map(|name| stats.get(*name)) {
+            // Not both: with the function, `EVALSHA` is the rate limit's script alone.
+            if let Some(line) = stats.get("cmdstat_fcall").or_else(|| stats.get("cmdstat_evalsha")) {
                 let field = |name: &str| -> Option<u64> {
                     line.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?.parse().ok()
                 };
