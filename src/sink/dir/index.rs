@@ -14,7 +14,7 @@
 //!
 //! [`Sink`]: crate::sink::Sink
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -589,19 +589,22 @@ impl Index {
     /// gateway has just moved into place is not even read.
     pub fn refresh(&self, root: &Path, path: &Path, change: Change) {
         let Some(at) = manifest_ref(root, path) else { return };
-        if change == Change::Placed {
+        // One open: the file's identity and its bytes are the same file's.
+        let read = std::fs::File::open(path).and_then(|mut file| {
             // A file put there whole: if it is the one this gateway put there, it
             // says what the entry says, and any write to it in place since then
-            // has an event of its own, read below when it comes.
-            match std::fs::metadata(path) {
-                Ok(meta) if self.is_placed(&at, &FileId::of(&meta)) => return,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return self.remove(&at),
-                _ => {}
+            // has an event of its own, read when it comes.
+            if change == Change::Placed && self.is_placed(&at, &FileId::of(&file.metadata()?)) {
+                return Ok(None);
             }
-        }
-        match std::fs::read(path) {
-            Ok(bytes) if self.is_written(&at, &digest(&bytes)) => {}
-            Ok(bytes) => {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            Ok(Some(bytes))
+        });
+        match read {
+            Ok(None) => {}
+            Ok(Some(bytes)) if self.is_written(&at, &digest(&bytes)) => {}
+            Ok(Some(bytes)) => {
                 self.parsed.fetch_add(1, Ordering::Relaxed);
                 // A half-edited file is skipped; the write that completes it comes next.
                 if let Some(record) = std::str::from_utf8(&bytes).ok().and_then(parse) {
