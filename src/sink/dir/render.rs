@@ -31,15 +31,6 @@ impl Head {
         request.status = status;
         Head(head)
     }
-
-    /// The rendered head's length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// The status as the one field of a mapping: rendered, `status:` and the block
