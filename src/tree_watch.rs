@@ -81,9 +81,12 @@ pub fn follow(
                     Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
                     Ok(event) => {
                         for path in &event.paths {
-                            if path.parent() == Some(root.as_path()) && is_hidden(path) {
+                            let top = path.parent() == Some(root.as_path());
+                            if top && is_hidden(path) {
                                 // Not followed (see the module's doc).
-                            } else if path.parent() == Some(root.as_path()) && path.is_dir() {
+                                continue;
+                            }
+                            if top && path.is_dir() {
                                 watch(&weak, path);
                                 for file in std::fs::read_dir(path).into_iter().flatten().flatten() {
                                     changed(&file.path(), Change::Other);
