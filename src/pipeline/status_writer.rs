@@ -211,7 +211,7 @@ pub enum Incident {
     Signal(Fingerprint, u32),
     /// A storm's aggregation window: its scope and opening second.
     Storm([u8; 16], u32),
-    /// A silence: 128 bits of the SHA-256 of its namespace and name (see
+    /// A silence: 128 bits of the digest of its namespace and name (see
     /// [`Incident::silence`]); the name itself is kept with the pending write.
     Silence([u8; 16]),
 }
@@ -220,17 +220,9 @@ const _: () = assert!(std::mem::size_of::<Incident>() == 40, "the pending table'
 
 impl Incident {
     /// The key of `silence`'s status writes.
-    pub fn silence(silence: &SilenceRef) -> Incident {
-        use sha2::{Digest, Sha256};
-        // A namespace holds no NUL, so no two silences hash the same bytes.
-        let digest = Sha256::new()
-            .chain_update(silence.namespace.as_bytes())
-            .chain_update([0])
-            .chain_update(silence.name.as_bytes())
-            .finalize();
-        let mut key = [0; 16];
-        key.copy_from_slice(&digest[..16]);
-        Incident::Silence(key)
+    fn silence(silence: &SilenceRef) -> Incident {
+        let digest = crate::state::digest(&[&silence.namespace, &silence.name]);
+        Incident::Silence(digest[..16].try_into().expect("16 of 32"))
     }
 }
 

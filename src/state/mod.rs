@@ -74,7 +74,7 @@ impl StormKey {
 }
 
 /// SHA-256 over length-prefixed parts, so that no two lists of parts collide.
-fn digest(parts: &[&str]) -> [u8; 32] {
+pub(crate) fn digest(parts: &[&str]) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in parts {
         h.update((part.len() as u32).to_be_bytes());
