@@ -516,7 +516,7 @@ mod tests {
         // order, so once it is indexed every event of the writes above was handled.
         f.moved_in(&request("web-1"), "the watch to index the other manifest").await;
         // Twenty own writes parsed back would be twenty parses or more (each is a
-        // rename the watch reads). Allowed: the other manifest's (its rename may be
+        // rename the watch reports). Allowed: the other manifest's (its rename may be
         // reported twice), and those of a watch thread descheduled between reading a
         // file and checking it while two more writes landed, which a loaded machine
         // can make frequent but never make one per write: the last writes' bytes stay.
