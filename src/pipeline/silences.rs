@@ -40,7 +40,7 @@ use crate::clock::Clock;
 use crate::remediation::{SilenceMark, SilencedBy, StatusUpdate};
 use crate::signal::{Fingerprint, Signal, SignalStatus, SignalType};
 use crate::silence::status::SilenceKeeper;
-use crate::silence::{Silence, SilenceRef, Silences, State};
+use crate::silence::{Silence, SilenceRef, State};
 use crate::sink::RequestRef;
 use crate::state::Entry;
 use crate::telemetry::SourceLabels;
@@ -88,13 +88,12 @@ pub(super) struct Silenced {
 
 impl Pipeline {
     /// Honours the silences `keeper` knows from now on, and writes their statuses.
-    /// Must be called within a tokio runtime: it starts the tasks that record the
+    /// Must be called within a tokio runtime: it starts the task that records the
     /// silences' states and clear marks of ended silences.
     pub fn with_silences(mut self, keeper: SilenceKeeper) -> Self {
         self.status_writer.write_silences_to(keeper.store().clone());
         let (marks, writer) = (Arc::downgrade(&self.silence_marks), self.status_writer.clone());
-        tokio::spawn(keep_states(marks.clone(), keeper.clone(), writer.clone()));
-        tokio::spawn(clear_ended(marks, writer, keeper.silences().clone(), self.clock.clone()));
+        tokio::spawn(every_second(marks, keeper.clone(), writer, self.clock.clone()));
         self.silences = Some(keeper);
         self
     }
@@ -186,27 +185,12 @@ fn timestamp(clock: &Clock) -> Timestamp {
     Timestamp::from_millisecond(clock.now_ms() as i64).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-/// Every second, records the silences' states (and warns of those newly ignored),
-/// until the pipeline is dropped (`marks` with it).
-async fn keep_states(marks: Weak<Marks>, keeper: SilenceKeeper, writer: StatusWriter) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if marks.strong_count() == 0 {
-            return;
-        }
-        for (at, change) in keeper.check_states() {
-            writer.silence(&at, change);
-        }
-        keeper.warn_ignored().await;
-    }
-}
-
-/// Every second, clears the marks whose silence is no longer active (ended,
-/// expired, paused between its time intervals, deleted or ignored), and restates
-/// those whose silence's end moved; until the pipeline is dropped.
-async fn clear_ended(marks: Weak<Marks>, writer: StatusWriter, silences: Arc<Silences>, clock: Clock) {
+/// Every second, until the pipeline is dropped (`marks` with it): clears the marks
+/// whose silence is no longer active (ended, expired, paused between its time
+/// intervals, deleted or ignored), restates those whose silence's end moved, and
+/// records the silences' states (warning of those newly ignored).
+async fn every_second(marks: Weak<Marks>, keeper: SilenceKeeper, writer: StatusWriter, clock: Clock) {
+    let silences = keeper.silences().clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -232,5 +216,10 @@ async fn clear_ended(marks: Weak<Marks>, writer: StatusWriter, silences: Arc<Sil
         for (incident, at, update) in writes {
             writer.record(incident, &at, update);
         }
+        drop(marks);
+        for (at, change) in keeper.check_states() {
+            writer.silence(&at, change);
+        }
+        keeper.warn_ignored().await;
     }
 }
