@@ -89,7 +89,7 @@ pub(super) struct Silenced {
 impl Pipeline {
     /// Honours the silences `keeper` knows from now on, and writes their statuses.
     /// Must be called within a tokio runtime: it starts the task that records the
-    /// silences' states and clear marks of ended silences.
+    /// silences' states and clears the marks of ended ones.
     pub fn with_silences(mut self, keeper: SilenceKeeper) -> Self {
         self.status_writer.write_silences_to(keeper.store().clone());
         let (marks, writer) = (Arc::downgrade(&self.silence_marks), self.status_writer.clone());
