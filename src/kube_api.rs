@@ -11,11 +11,13 @@ pub fn code(e: &kube::Error) -> Option<u16> {
 }
 
 /// Every outcome a call is counted under: success, the breaker refusing it, a
-/// timeout, and each of [`outcome`]'s answers; for metrics made at 0.
+/// timeout, a create whose late answer the watch made unnecessary (`landed`), and
+/// each of [`outcome`]'s answers; for metrics made at 0.
 pub const OUTCOMES: &[&str] = &[
     "ok",
     "circuit_open",
     "timeout",
+    "landed",
     "conflict",
     "not_found",
     "invalid",

@@ -547,6 +547,8 @@ async fn server_errors_and_throttling_are_retried_within_the_deadline() {
 async fn a_slow_api_server_times_out_into_503() {
     let (kube, ns) = setup().await;
     let gw = start_kube(&kube, fast_faults).await;
+    // Slow answers, and a watch as slow: nothing shows the create landed.
+    kube.proxy.hold_watches("/remediationrequests");
     let creates = Matching::new(Method::POST, "/remediationrequests");
     kube.proxy.fail_next(10, Fault::Delay(Duration::from_secs(2)), creates);
     let (status, _) = post(&gw, &ns, "web-0").await;
@@ -554,21 +556,40 @@ async fn a_slow_api_server_times_out_into_503() {
 }
 
 #[tokio::test]
-async fn a_create_that_landed_while_its_caller_timed_out_is_still_reported_created() {
+async fn a_create_that_landed_while_its_answer_is_late_is_reported_created_from_the_watch() {
     let (kube, ns) = setup().await;
-    // The default 2 s call timeout: ample for the first attempt to land before its
-    // answer is held back, and for the retry to follow it.
+    // The default 2 s call timeout and 5 s deadline: the answer, held 8 s, comes
+    // after both, but the object lands at once and the watch shows it.
     let mut gw = start_kube(&kube, |_| {}).await;
     let creates = Matching::new(Method::POST, "/remediationrequests");
-    kube.proxy.fail_next(1, Fault::Delay(Duration::from_secs(4)), creates.clone());
+    kube.proxy.fail_next(1, Fault::Delay(Duration::from_secs(8)), creates.clone());
     let (status, body) = post(&gw, &ns, "web-0").await;
-    assert_eq!(status, 201, "the retry's 409 is this create's own request: {body}");
+    assert_eq!(status, 201, "the watch showed this create's own request: {body}");
     let answers: Vec<u16> = kube.proxy.calls().iter().filter(|c| creates.covers(c)).map(|c| c.status).collect();
-    assert_eq!(answers, [201, 409], "the first attempt landed, unseen; the retry found it");
+    assert_eq!(answers, [201], "sent once: the late answer is waited for, not sent again");
+    assert_eq!(gw.metric(r#"tidegate_kube_api_calls_total{verb="create",outcome="landed"}"#).await, 1.0);
     gw.stop().await;
     let objects = kube.requests(&ns).await;
     assert_eq!(objects.len(), 1);
     assert_eq!(count(&objects[0]), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_the_api_server_is_slow_to_apply_is_sent_once() {
+    // As a cold API server: creates applied one at a time, 1.5 s each, with two
+    // in flight. The second is applied only after 1.5 s and answered after 3 s,
+    // past the 2 s call timeout, and is waited for, not sent again.
+    let (kube, ns) = setup().await;
+    let mut gw = start_kube(&kube, |c| c.kube.creates_in_flight = 2).await;
+    let creates = Matching::new(Method::POST, "/remediationrequests");
+    kube.proxy.fail_next(2, Fault::Queue(Duration::from_millis(1500)), creates.clone());
+    let (a, b) = (webhook(vec![alert("SlowA", &ns, "web-0")]), webhook(vec![alert("SlowB", &ns, "web-0")]));
+    let (first, second) = tokio::join!(gw.alerts(&a), gw.alerts(&b));
+    assert_eq!([first.status().as_u16(), second.status().as_u16()], [201, 201]);
+    assert_eq!(kube.proxy.count(&creates), 2, "{:?}", kube.proxy.calls());
+    assert_eq!(gw.metric(r#"tidegate_kube_api_calls_total{verb="create",outcome="timeout"}"#).await, 0.0);
+    gw.stop().await;
+    assert_eq!(kube.requests(&ns).await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -51,7 +51,9 @@ use prometheus_client::metrics::gauge::Gauge;
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubeConfig {
-    /// One API call's timeout.
+    /// One API call's timeout. A create is given all of `kube.deadline` instead,
+    /// so a slow API server sees it once; past this timeout the watch showing its
+    /// object answers for it.
     #[serde(with = "crate::section::duration")]
     #[schemars(with = "String")]
     pub call_timeout: Duration,
@@ -80,8 +82,7 @@ pub struct KubeConfig {
     #[schemars(with = "String")]
     pub owner_lookup_timeout: Duration,
     /// Most creates of requests sent to the API server at once; more wait their
-    /// turn here. A slow API server then answers each within the call timeout and
-    /// sees each create once, instead of a burst that times out and is sent again.
+    /// turn here, so a burst does not make a slow API server slower.
     pub creates_in_flight: usize,
 }
 
@@ -138,6 +139,9 @@ pub struct KubeSink {
     breaker: Breaker,
     /// Turns to send a create (`kube.creates_in_flight`).
     creates: tokio::sync::Semaphore,
+    /// Told of each request the watch applies to `requests`, for a create waiting
+    /// to see its own object land.
+    applied: tokio::sync::watch::Sender<()>,
     config: KubeConfig,
     metrics: Arc<Metrics>,
 }
@@ -153,6 +157,8 @@ impl KubeSink {
         let mut deletions = Deletions { deleted: deleted.clone(), store: requests.clone(), before_relist: None };
         let index = Arc::new(index::FingerprintIndex::new());
         let follower = index.clone();
+        let applied = tokio::sync::watch::Sender::new(());
+        let announcer = applied.clone();
         let stream =
             watcher(Api::<RemediationRequest>::all(client.clone()), watcher::Config::default().labels(&managed))
                 .default_backoff()
@@ -163,6 +169,9 @@ impl KubeSink {
                 .inspect(move |event| {
                     follower.follow(event);
                     deletions.follow(event);
+                    if let Ok(watcher::Event::Apply(_) | watcher::Event::InitApply(_)) = event {
+                        announcer.send_replace(());
+                    }
                 });
         tokio::spawn(drain(stream, "remediationrequests"));
         let (namespaces, writer) = reflector::store();
@@ -178,7 +187,18 @@ impl KubeSink {
         tokio::time::timeout(sync_timeout, synced).await.map_err(|_| SinkError::NotSynced(sync_timeout))?;
         let breaker = Breaker::new(config.breaker_failures, config.breaker_cooldown, metrics.kube_breaker_open.clone());
         let creates = tokio::sync::Semaphore::new(config.creates_in_flight);
-        Ok(KubeSink { client, requests, index, deleted, namespaces, breaker, creates, config: config.clone(), metrics })
+        Ok(KubeSink {
+            client,
+            requests,
+            index,
+            deleted,
+            namespaces,
+            breaker,
+            creates,
+            applied,
+            config: config.clone(),
+            metrics,
+        })
     }
 
     /// The namespace-label view, for environment classification.
@@ -196,8 +216,19 @@ impl KubeSink {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    /// Runs one API operation with timeout, retries, backoff and the breaker.
+    /// Runs one API operation with the call timeout, retries, backoff and the
+    /// breaker.
     async fn call<T, F, Fut>(&self, verb: &'static str, op: F) -> Result<T, kube::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+    {
+        self.call_within(verb, self.config.call_timeout, op).await
+    }
+
+    /// [`Self::call`] with `timeout` for each attempt, cut to what is left of the
+    /// operation's deadline.
+    async fn call_within<T, F, Fut>(&self, verb: &'static str, timeout: Duration, op: F) -> Result<T, kube::Error>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, kube::Error>>,
@@ -209,9 +240,10 @@ impl KubeSink {
                 self.count(verb, "circuit_open");
                 return Err(unavailable("the circuit breaker is open: the API server has been failing"));
             }
-            let result = match tokio::time::timeout(self.config.call_timeout, op()).await {
-                Ok(result) => result,
-                Err(_) => Err(unavailable("the API call timed out")),
+            let left = self.config.deadline.saturating_sub(started.elapsed());
+            let result = match tokio::time::timeout(timeout.min(left), op()).await {
+                Ok(result) => result.map_err(|e| (outcome(&e), e)),
+                Err(_) => Err(("timeout", unavailable("the API call timed out"))),
             };
             match result {
                 Ok(value) => {
@@ -219,8 +251,8 @@ impl KubeSink {
                     self.count(verb, "ok");
                     return Ok(value);
                 }
-                Err(e) if retryable(&e) => {
-                    self.count(verb, outcome(&e));
+                Err((counted, e)) if retryable(&e) => {
+                    self.count(verb, counted);
                     attempt += 1;
                     let backoff = jittered(Duration::from_millis(50) * 2u32.saturating_pow(attempt.min(6)));
                     if started.elapsed() + backoff >= self.config.deadline {
@@ -230,12 +262,32 @@ impl KubeSink {
                     tracing::debug!(verb, attempt, error = %e, ?backoff, "retrying the Kubernetes API");
                     tokio::time::sleep(backoff).await;
                 }
-                Err(e) => {
+                Err((counted, e)) => {
                     // A definite answer (404, 409, 422...) means the server is healthy.
                     self.breaker.success();
-                    self.count(verb, outcome(&e));
+                    self.count(verb, counted);
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// The request at `at` made by the create marked `mark`, once the watch shows
+    /// it, looked for from a call timeout on: before that, the create's own answer
+    /// is the expected one.
+    async fn landed(&self, at: &RequestRef, mark: &str) -> RemediationRequest {
+        tokio::time::sleep(self.config.call_timeout).await;
+        let key = ObjectRef::new(&at.name).within(&at.namespace);
+        let mut applied = self.applied.subscribe();
+        loop {
+            if let Some(rr) =
+                self.requests.get(&key).filter(|rr| rr.annotations().get(CREATE_MARK).map(String::as_str) == Some(mark))
+            {
+                self.count("create", "landed");
+                return (*rr).clone();
+            }
+            if applied.changed().await.is_err() {
+                std::future::pending::<()>().await;
             }
         }
     }
@@ -423,7 +475,15 @@ impl Sink for KubeSink {
             // call timeout, so a queued create is never sent twice for having waited.
             // (The semaphore is never closed, so a turn always comes.)
             let turn = self.creates.acquire().await.ok();
-            let outcome = self.call("create", attempt).await;
+            // A create slow to answer is given the operation's whole deadline, not
+            // cancelled at the call timeout and sent again: the API server is slow
+            // already (a cold one takes seconds over its first creates), and a
+            // second copy only adds to its work. One that landed while its answer is
+            // late shows in the watch, which answers for it past the call timeout.
+            let outcome = tokio::select! {
+                outcome = self.call_within("create", self.config.deadline, attempt) => outcome,
+                landed = self.landed(&at, &mark) => Ok(landed),
+            };
             drop(turn);
             let created = match outcome {
                 Ok(created) => created,
