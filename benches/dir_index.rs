@@ -8,14 +8,24 @@
 //! of the process's resident set (`/proc/self/statm`) per manifest indexed.
 //! The page cache is warm (the files were just written): a cold start adds the
 //! disk's read time. `cargo test --benches` runs it on 2,000 manifests as a check.
+//!
+//! Then the flap sweep's read (every tenth of `flap.window`, 3 minutes by
+//! default): one manifest in 1,000 is written flapping, and the bench times
+//! reading every open request (`Sink::open_requests`, which the sweep read before)
+//! against reading the flapping ones the index knows (`Sink::flapping_requests`,
+//! which it reads now), and the CPU each took.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use tidegate::remediation::{self, Classification, StatusUpdate};
+use tidegate::remediation::{self, Classification, FlapUpdate, StatusUpdate};
 use tidegate::signal::{Fingerprint, Labels, Signal, SignalStatus, SignalType, TargetResource};
 use tidegate::sink::dir::DirSink;
+use tidegate::sink::Sink;
+
+/// One manifest in this many is written flapping.
+const FLAPPING_ONE_IN: usize = 1_000;
 
 #[global_allocator]
 static ALLOCATOR: tidegate::allocator::Allocator = mimalloc::MiMalloc;
@@ -68,7 +78,12 @@ fn main() -> ExitCode {
             status: SignalStatus::Firing,
         };
         let update = StatusUpdate { writer: 1, count: 2, ..StatusUpdate::seen(now - 60, now) };
-        let request = remediation::build(&signal, &namespace, now - 60, &class, &update);
+        let mut request = remediation::build(&signal, &namespace, now - 60, &class, &update);
+        if i % FLAPPING_ONE_IN == 0 {
+            let flap = FlapUpdate::Flapping { transitions: 4, at_s: now - 30, window_s: 1800 };
+            request.status.as_mut().expect("built with a status").apply(&StatusUpdate { flap: Some(flap), ..update });
+            remediation::label_flapping(&mut request);
+        }
         let path = dir.path().join(&namespace).join(format!("{}.yaml", request.metadata.name.as_deref().unwrap()));
         std::fs::create_dir_all(path.parent().unwrap()).expect("namespace dir");
         std::fs::write(&path, serde_norway::to_string(&request).expect("yaml")).expect("write manifest");
@@ -91,7 +106,32 @@ fn main() -> ExitCode {
         eprintln!("FAILED: indexed {indexed} of {manifests} manifests");
         return ExitCode::FAILURE;
     }
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let flapping = manifests.div_ceil(FLAPPING_ONE_IN);
+    for (what, read) in [("every open request", false), ("the flapping ones", true)] {
+        let (started, cpu) = (Instant::now(), process_cpu());
+        let requests = runtime
+            .block_on(if read { sink.flapping_requests() } else { sink.open_requests() })
+            .expect("the manifests read");
+        let (took, cpu) = (started.elapsed(), process_cpu() - cpu);
+        println!("flap sweep, reading {what}: {} manifests in {took:.2?}, {cpu:.2?} of CPU", requests.len());
+        let expected = if read { flapping } else { manifests };
+        if requests.len() != expected {
+            eprintln!("FAILED: read {} manifests, expected {expected}", requests.len());
+            return ExitCode::FAILURE;
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// The CPU time this process has used, its threads' included.
+fn process_cpu() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes only the timespec it is given, which outlives the call.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    assert_eq!(read, 0, "the process CPU clock");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 fn rss_bytes() -> u64 {

@@ -114,7 +114,7 @@ impl Pipeline {
     pub async fn settle_flapping(&self) -> Result<Swept, PipelineError> {
         let now = self.clock.now_s();
         let mut swept = Swept::default();
-        for rr in self.sink.open_requests().await? {
+        for rr in self.sink.flapping_requests().await? {
             let Some(status) = rr.status.as_ref().filter(|s| s.flapping()) else { continue };
             let Some(flapping) = &status.flapping else { continue };
             swept.flapping += 1;

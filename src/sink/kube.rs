@@ -292,6 +292,13 @@ impl KubeSink {
         }
     }
 
+    /// A clone of every open request of a single incident in the watch cache that
+    /// `wanted` keeps.
+    fn open_cached(&self, wanted: impl Fn(&RemediationRequest) -> bool) -> Vec<RemediationRequest> {
+        let open = self.requests.state().into_iter().filter(|rr| !terminal(rr) && rr.spec.storm.is_none());
+        open.filter(|rr| wanted(rr)).map(|rr| (*rr).clone()).collect()
+    }
+
     fn count(&self, verb: &'static str, outcome: &'static str) {
         self.metrics.api_calls.get_or_create(&ApiLabels { verb, outcome }).inc();
     }
@@ -545,9 +552,12 @@ impl Sink for KubeSink {
     /// A clone of every open request: asked at start and once per dedup window
     /// (the inhibit rules' recovery), never per alert.
     fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-        let open = self.requests.state().into_iter().filter(|rr| !terminal(rr) && rr.spec.storm.is_none());
-        let open: Vec<RemediationRequest> = open.map(|rr| (*rr).clone()).collect();
-        Box::pin(async move { Ok(open) })
+        Box::pin(std::future::ready(Ok(self.open_cached(|_| true))))
+    }
+
+    /// Clones only the flapping ones.
+    fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        Box::pin(std::future::ready(Ok(self.open_cached(|rr| rr.status.as_ref().is_some_and(|s| s.flapping())))))
     }
 
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {

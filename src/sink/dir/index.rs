@@ -27,7 +27,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::render::Head;
-use crate::remediation::RemediationRequest;
+use crate::remediation::{RemediationRequest, FLAPPING_CONDITION};
 use crate::signal::Fingerprint;
 use crate::sink::{LastRequest, Lookup, OpenRequest, Phase, RequestRef};
 use crate::state::StormKind;
@@ -43,6 +43,9 @@ pub struct Record {
     pub phase: Phase,
     pub prior_failures: u32,
     pub storm: Option<StormKind>,
+    /// Its status says it flaps (the `Flapping` condition is true): the flap sweep
+    /// reads only these manifests.
+    pub flapping: bool,
 }
 
 impl Record {
@@ -58,6 +61,7 @@ impl Record {
             phase: Phase::of(status.and_then(|s| s.phase.as_deref())),
             prior_failures: status.and_then(|s| s.backoff.as_ref()).map_or(0, |b| b.prior_failures),
             storm: request.spec.storm.as_ref().map(|s| StormKind::parse(&s.kind)),
+            flapping: status.is_some_and(|s| s.flapping()),
         })
     }
 }
@@ -98,6 +102,15 @@ struct ManifestStatus {
     phase: Option<String>,
     #[serde(default)]
     backoff: Option<ManifestBackoff>,
+    #[serde(default)]
+    conditions: Vec<ManifestCondition>,
+}
+
+#[derive(Deserialize)]
+struct ManifestCondition {
+    #[serde(rename = "type")]
+    kind: String,
+    status: String,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +142,7 @@ pub fn parse(text: &str) -> Option<Record> {
         phase: Phase::of(status.phase.as_deref()),
         prior_failures: status.backoff.map_or(0, |b| b.prior_failures),
         storm: manifest.spec.storm.map(|s| StormKind::parse(&s.kind)),
+        flapping: status.conditions.iter().any(|c| c.kind == FLAPPING_CONDITION && c.status == "True"),
     })
 }
 
@@ -512,13 +526,15 @@ impl Index {
         self.lock().requests.len()
     }
 
-    /// The requests of single incidents indexed as open.
-    pub fn open_refs(&self) -> Vec<RequestRef> {
+    /// The requests of single incidents indexed as open; only those whose status
+    /// says they flap, if `flapping`.
+    pub fn open_refs(&self, flapping: bool) -> Vec<RequestRef> {
         let inner = self.lock();
         inner
             .requests
             .iter()
             .filter(|(_, e)| !e.record.phase.is_terminal() && e.record.storm.is_none())
+            .filter(|(_, e)| e.record.flapping || !flapping)
             .map(|(at, _)| at.to_ref())
             .collect()
     }
@@ -672,6 +688,7 @@ mod tests {
             phase: Phase::Active,
             prior_failures: 0,
             storm: None,
+            flapping: false,
         }
     }
 

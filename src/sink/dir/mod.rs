@@ -116,6 +116,18 @@ impl DirSink {
     pub fn path_of(&self, at: &RequestRef) -> PathBuf {
         self.root.join(&at.namespace).join(format!("{}.yaml", at.name))
     }
+
+    /// The manifests of the requests indexed as open (only the flapping ones, if
+    /// `flapping`), read whole.
+    fn read_open(&self, flapping: bool) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        let paths: Vec<PathBuf> = self.index.open_refs(flapping).iter().map(|at| self.path_of(at)).collect();
+        Box::pin(blocking(move || {
+            // A manifest removed or being rewritten meanwhile is simply not open any more.
+            let read =
+                |path: &PathBuf| serde_norway::from_str::<RemediationRequest>(&fs::read_to_string(path).ok()?).ok();
+            Ok(paths.iter().filter_map(read).collect())
+        }))
+    }
 }
 
 fn create_blocking(staging: &Staging, path: &Path, yaml: &[u8]) -> Result<Created, SinkError> {
@@ -292,13 +304,13 @@ impl Sink for DirSink {
     }
 
     fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-        let paths: Vec<PathBuf> = self.index.open_refs().iter().map(|at| self.path_of(at)).collect();
-        Box::pin(blocking(move || {
-            // A manifest removed or being rewritten meanwhile is simply not open any more.
-            let read =
-                |path: &PathBuf| serde_norway::from_str::<RemediationRequest>(&fs::read_to_string(path).ok()?).ok();
-            Ok(paths.iter().filter_map(read).collect())
-        }))
+        self.read_open(false)
+    }
+
+    /// Reads only the manifests the index knows flap: parsing a manifest is most of
+    /// what reading one costs, and few of the open requests flap.
+    fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        self.read_open(true)
     }
 
     fn update_status<'a>(

@@ -488,6 +488,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_flap_sweep_reads_only_the_manifests_the_index_knows_flap() {
+        let (calm, marked) = (request("web-0"), request("web-1"));
+        let f = Fixture::with(&[&calm, &marked]).await;
+        let flapping = StatusUpdate {
+            flap: Some(FlapUpdate::Flapping { transitions: 4, at_s: 1_700_000_003, window_s: 1800 }),
+            ..repeat(7, 2, 1_700_000_003)
+        };
+        // Marked by this gateway's status write, and by someone else's manifest,
+        // which the index reads through the watch.
+        f.sink.update_status(&at(&marked), &flapping).await.unwrap();
+        let mut theirs = request("web-2");
+        theirs.status.as_mut().unwrap().apply(&flapping);
+        f.moved_in(&theirs, "the index to read someone else's flapping manifest").await;
+        let mut names: Vec<String> = f.sink.flapping_requests().await.unwrap().iter().map(|rr| at(rr).name).collect();
+        let mut expected = [at(&marked).name, at(&theirs).name];
+        names.sort();
+        expected.sort();
+        assert_eq!(names, expected, "the calm request's manifest is not read");
+        assert!(f.sink.open_requests().await.unwrap().iter().any(|rr| at(rr) == at(&calm)));
+    }
+
+    #[tokio::test]
     async fn writes_to_many_requests_of_a_namespace_at_once_all_land() {
         let requests: Vec<_> = (0..20).map(|n| request(&format!("web-{n}"))).collect();
         let f = Fixture::with(&requests.iter().collect::<Vec<_>>()).await;
