@@ -760,6 +760,11 @@ pub const SUBMITTED_BY_ANNOTATION: &str = "tidegate.dev/submitted-by";
 /// when tracing is on and the trace is sampled.
 pub const TRACE_ID_ANNOTATION: &str = "tidegate.dev/trace-id";
 
+/// Whether `rr`'s status says it flaps: its `Flapping` condition is `True`.
+pub fn flaps(rr: &RemediationRequest) -> bool {
+    rr.status.as_ref().is_some_and(|s| s.flapping())
+}
+
 /// The `tidegate.dev/flapping` label value `status` calls for: `"true"` while its
 /// `Flapping` condition is `True`, none otherwise.
 pub fn flapping_label(status: Option<&RemediationRequestStatus>) -> Option<&'static str> {

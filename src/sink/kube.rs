@@ -557,7 +557,7 @@ impl Sink for KubeSink {
 
     /// Clones only the flapping ones.
     fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-        Box::pin(std::future::ready(Ok(self.open_cached(|rr| rr.status.as_ref().is_some_and(|s| s.flapping())))))
+        Box::pin(std::future::ready(Ok(self.open_cached(crate::remediation::flaps))))
     }
 
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {

@@ -215,7 +215,7 @@ pub trait Sink: Send + Sync + 'static {
     fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
         Box::pin(async move {
             let open = self.open_requests().await?;
-            Ok(open.into_iter().filter(|rr| rr.status.as_ref().is_some_and(|s| s.flapping())).collect())
+            Ok(open.into_iter().filter(crate::remediation::flaps).collect())
         })
     }
 

@@ -61,7 +61,7 @@ impl Record {
             phase: Phase::of(status.and_then(|s| s.phase.as_deref())),
             prior_failures: status.and_then(|s| s.backoff.as_ref()).map_or(0, |b| b.prior_failures),
             storm: request.spec.storm.as_ref().map(|s| StormKind::parse(&s.kind)),
-            flapping: status.is_some_and(|s| s.flapping()),
+            flapping: crate::remediation::flaps(request),
         })
     }
 }
