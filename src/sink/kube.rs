@@ -280,9 +280,7 @@ impl KubeSink {
         let key = ObjectRef::new(&at.name).within(&at.namespace);
         let mut applied = self.applied.subscribe();
         loop {
-            if let Some(rr) =
-                self.requests.get(&key).filter(|rr| rr.annotations().get(CREATE_MARK).map(String::as_str) == Some(mark))
-            {
+            if let Some(rr) = self.requests.get(&key).filter(|rr| made_by(rr, mark)) {
                 self.count("create", "landed");
                 return (*rr).clone();
             }
@@ -295,8 +293,8 @@ impl KubeSink {
     /// A clone of every open request of a single incident in the watch cache that
     /// `wanted` keeps.
     fn open_cached(&self, wanted: impl Fn(&RemediationRequest) -> bool) -> Vec<RemediationRequest> {
-        let open = self.requests.state().into_iter().filter(|rr| !terminal(rr) && rr.spec.storm.is_none());
-        open.filter(|rr| wanted(rr)).map(|rr| (*rr).clone()).collect()
+        let open = self.requests.state().into_iter();
+        open.filter(|rr| !terminal(rr) && rr.spec.storm.is_none() && wanted(rr)).map(|rr| (*rr).clone()).collect()
     }
 
     fn count(&self, verb: &'static str, outcome: &'static str) {
@@ -496,7 +494,7 @@ impl Sink for KubeSink {
                 Ok(created) => created,
                 Err(e) if code(&e) == Some(409) && attempts.load(Ordering::Relaxed) > 1 => {
                     match self.call("get", || api.get(&at.name)).await {
-                        Ok(existing) if existing.annotations().get(CREATE_MARK) == Some(&mark) => existing,
+                        Ok(existing) if made_by(&existing, &mark) => existing,
                         _ => return Ok(Created::AlreadyExists),
                     }
                 }
@@ -563,6 +561,11 @@ impl Sink for KubeSink {
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {
         self.index.open_request(fingerprint)
     }
+}
+
+/// Whether `rr` is the object of the create marked `mark` ([`CREATE_MARK`]).
+fn made_by(rr: &RemediationRequest, mark: &str) -> bool {
+    rr.annotations().get(CREATE_MARK).is_some_and(|m| m == mark)
 }
 
 fn terminal(rr: &RemediationRequest) -> bool {
