@@ -23,6 +23,8 @@ use tidegate::remediation::{self, Classification, FlapUpdate, StatusUpdate};
 use tidegate::signal::{Fingerprint, Labels, Signal, SignalStatus, SignalType, TargetResource};
 use tidegate::sink::dir::DirSink;
 use tidegate::sink::Sink;
+use tidegate_testkit::bench::cpu::process_cpu;
+use tidegate_testkit::bench::rss::rss_bytes;
 
 /// One manifest in this many is written flapping.
 const FLAPPING_ONE_IN: usize = 1_000;
@@ -123,21 +125,4 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-/// The CPU time this process has used, its threads' included.
-fn process_cpu() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes only the timespec it is given, which outlives the call.
-    let read = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
-    assert_eq!(read, 0, "the process CPU clock");
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("reading /proc/self/statm (Linux only)");
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|f| f.parse().ok()).expect("statm has a resident field");
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page).expect("a positive page size")
 }
