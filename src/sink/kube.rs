@@ -139,7 +139,7 @@ pub struct KubeSink {
     breaker: Breaker,
     /// Turns to send a create (`kube.creates_in_flight`).
     creates: tokio::sync::Semaphore,
-    /// Told of each request the watch applies to `requests`, for a create waiting
+    /// Told whenever the watch has put requests in `requests`, for a create waiting
     /// to see its own object land.
     applied: tokio::sync::watch::Sender<()>,
     config: KubeConfig,
@@ -169,7 +169,9 @@ impl KubeSink {
                 .inspect(move |event| {
                     follower.follow(event);
                     deletions.follow(event);
-                    if let Ok(watcher::Event::Apply(_) | watcher::Event::InitApply(_)) = event {
+                    // After a re-list the store holds its objects only from
+                    // `InitDone` on, not at each `InitApply`.
+                    if let Ok(watcher::Event::Apply(_) | watcher::Event::InitDone) = event {
                         announcer.send_replace(());
                     }
                 });
