@@ -279,17 +279,20 @@ impl KubeSink {
     /// is the expected one.
     async fn landed(&self, at: &RequestRef, mark: &str) -> RemediationRequest {
         tokio::time::sleep(self.config.call_timeout).await;
-        let key = ObjectRef::new(&at.name).within(&at.namespace);
         let mut applied = self.applied.subscribe();
         loop {
-            if let Some(rr) = self.requests.get(&key).filter(|rr| made_by(rr, mark)) {
+            if let Some(rr) = self.cached(at).filter(|rr| made_by(rr, mark)) {
                 self.count("create", "landed");
                 return (*rr).clone();
             }
-            if applied.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+            // Never an error: `self` holds the sender.
+            let _ = applied.changed().await;
         }
+    }
+
+    /// The request at `at` in the watch cache.
+    fn cached(&self, at: &RequestRef) -> Option<Arc<RemediationRequest>> {
+        self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace))
     }
 
     /// A clone of every open request of a single incident in the watch cache that
@@ -315,8 +318,7 @@ impl KubeSink {
         known: Option<RemediationRequest>,
     ) -> Result<RemediationRequest, SinkError> {
         let api = self.api(&at.namespace);
-        let mut cached = known
-            .or_else(|| self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace)).map(|rr| (*rr).clone()));
+        let mut cached = known.or_else(|| self.cached(at).map(|rr| (*rr).clone()));
         for _ in 0..5 {
             let current = match cached.take() {
                 Some(rr) => rr,
@@ -466,8 +468,9 @@ impl Sink for KubeSink {
             let at = RequestRef { namespace: namespace.clone(), name: request.name_any() };
             let api = self.api(&namespace);
             let pp = PostParams::default();
-            // A mark of this create: an attempt that timed out may still have landed,
-            // and the retry's 409 must then not pass for someone else's request.
+            // A mark of this create, to know its own object from someone else's:
+            // in the watch when its answer is late, and in the 409 of a retry after
+            // a 5xx or a broken connection that came after it landed.
             let mark = uuid::Uuid::new_v4().simple().to_string();
             let mut marked = request.clone();
             marked.annotations_mut().insert(CREATE_MARK.into(), mark.clone());
@@ -477,7 +480,8 @@ impl Sink for KubeSink {
                 api.create(&pp, &marked)
             };
             // The reply carries the resourceVersion the status write needs: the new
-            // object is not in the watch cache yet, and reading it back would cost a GET.
+            // object is usually not in the watch cache yet (unless `landed` answers),
+            // and reading it back would cost a GET.
             // The wait for a turn is not the API server's time: it counts against no
             // call timeout, so a queued create is never sent twice for having waited.
             // (The semaphore is never closed, so a turn always comes.)
@@ -538,7 +542,7 @@ impl Sink for KubeSink {
     }
 
     fn lookup(&self, at: &RequestRef) -> Lookup {
-        match self.requests.get(&ObjectRef::new(&at.name).within(&at.namespace)) {
+        match self.cached(at) {
             Some(rr) => phase(&rr).lookup(prior_failures(&rr)),
             None if lock(&self.deleted).contains(at) => Lookup::Deleted,
             None => Lookup::Missing,
