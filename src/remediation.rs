@@ -530,7 +530,7 @@ impl RemediationRequestStatus {
 
     /// Whether the `Flapping` condition is `True`.
     pub fn flapping(&self) -> bool {
-        self.conditions.iter().any(|c| c.type_ == FLAPPING_CONDITION && c.status == "True")
+        self.conditions.iter().any(|c| is_flapping_condition(&c.type_, &c.status))
     }
 
     /// Marks the request flapping, or clears the mark if no transition came after
@@ -760,9 +760,15 @@ pub const SUBMITTED_BY_ANNOTATION: &str = "tidegate.dev/submitted-by";
 /// when tracing is on and the trace is sampled.
 pub const TRACE_ID_ANNOTATION: &str = "tidegate.dev/trace-id";
 
-/// Whether `rr`'s status says it flaps: its `Flapping` condition is `True`.
-pub fn flaps(rr: &RemediationRequest) -> bool {
+/// Whether `rr` is marked flapping: its `Flapping` condition is `True`.
+pub fn marked_flapping(rr: &RemediationRequest) -> bool {
     rr.status.as_ref().is_some_and(|s| s.flapping())
+}
+
+/// Whether a condition of type `kind` with `status` marks a request flapping; for
+/// readers of a manifest's conditions without the whole status.
+pub fn is_flapping_condition(kind: &str, status: &str) -> bool {
+    kind == FLAPPING_CONDITION && status == "True"
 }
 
 /// The `tidegate.dev/flapping` label value `status` calls for: `"true"` while its

@@ -115,6 +115,7 @@ impl Pipeline {
         let now = self.clock.now_s();
         let mut swept = Swept::default();
         for rr in self.sink.flapping_requests().await? {
+            // Read again: the mark may have been cleared since the sink listed it.
             let Some(status) = rr.status.as_ref().filter(|s| s.flapping()) else { continue };
             let Some(flapping) = &status.flapping else { continue };
             swept.flapping += 1;

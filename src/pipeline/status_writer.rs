@@ -775,6 +775,10 @@ mod tests {
             Box::pin(async { Ok(Vec::new()) })
         }
 
+        fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
         fn create<'a>(&'a self, _: &'a RemediationRequest) -> BoxFuture<'a, Result<Created, SinkError>> {
             Box::pin(async { Ok(Created::Created) })
         }

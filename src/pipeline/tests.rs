@@ -543,6 +543,13 @@ impl Sink for Recording {
         Box::pin(async move { Ok(open) })
     }
 
+    fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        Box::pin(async move {
+            let open = self.open_requests().await?;
+            Ok(open.into_iter().filter(crate::remediation::marked_flapping).collect())
+        })
+    }
+
     fn lookup(&self, at: &RequestRef) -> Lookup {
         let recorded = self.lock();
         match recorded.requests.get(at) {

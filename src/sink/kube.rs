@@ -561,7 +561,7 @@ impl Sink for KubeSink {
 
     /// Clones only the flapping ones.
     fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-        Box::pin(std::future::ready(Ok(self.open_cached(crate::remediation::flaps))))
+        Box::pin(std::future::ready(Ok(self.open_cached(crate::remediation::marked_flapping))))
     }
 
     fn open_request(&self, fingerprint: &Fingerprint) -> Option<OpenRequest> {

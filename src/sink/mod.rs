@@ -209,15 +209,11 @@ pub trait Sink: Send + Sync + 'static {
     /// once per dedup window, never per signal.
     fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>>;
 
-    /// The requests of [`Self::open_requests`] whose status says they flap (the
-    /// `Flapping` condition): what the flap sweep settles, every tenth of a flap
-    /// window. A sink that must read its requests to list them reads only these.
-    fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-        Box::pin(async move {
-            let open = self.open_requests().await?;
-            Ok(open.into_iter().filter(crate::remediation::flaps).collect())
-        })
-    }
+    /// The requests of [`Self::open_requests`] marked flapping (the `Flapping`
+    /// condition): what the flap sweep settles, every tenth of a flap window. A sink
+    /// that must read its requests to list them reads only these. As read now: one
+    /// may have settled since the sink knew it flapping.
+    fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>>;
 
     /// Status writes per second this sink affords, if it measures what its writes
     /// cost: the status writer's cap when `status_writer.max_writes_per_s` is unset.

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::render::Head;
-use crate::remediation::{RemediationRequest, FLAPPING_CONDITION};
+use crate::remediation::{is_flapping_condition, RemediationRequest};
 use crate::signal::Fingerprint;
 use crate::sink::{LastRequest, Lookup, OpenRequest, Phase, RequestRef};
 use crate::state::StormKind;
@@ -61,7 +61,7 @@ impl Record {
             phase: Phase::of(status.and_then(|s| s.phase.as_deref())),
             prior_failures: status.and_then(|s| s.backoff.as_ref()).map_or(0, |b| b.prior_failures),
             storm: request.spec.storm.as_ref().map(|s| StormKind::parse(&s.kind)),
-            flapping: crate::remediation::flaps(request),
+            flapping: crate::remediation::marked_flapping(request),
         })
     }
 }
@@ -142,7 +142,7 @@ pub fn parse(text: &str) -> Option<Record> {
         phase: Phase::of(status.phase.as_deref()),
         prior_failures: status.backoff.map_or(0, |b| b.prior_failures),
         storm: manifest.spec.storm.map(|s| StormKind::parse(&s.kind)),
-        flapping: status.conditions.iter().any(|c| c.kind == FLAPPING_CONDITION && c.status == "True"),
+        flapping: status.conditions.iter().any(|c| is_flapping_condition(&c.kind, &c.status)),
     })
 }
 
@@ -526,15 +526,13 @@ impl Index {
         self.lock().requests.len()
     }
 
-    /// The requests of single incidents indexed as open; only those whose status
-    /// says they flap, if `flapping`.
-    pub fn open_refs(&self, flapping: bool) -> Vec<RequestRef> {
+    /// The requests of single incidents indexed as open whose record `wanted` keeps.
+    pub fn open_refs(&self, wanted: impl Fn(&Record) -> bool) -> Vec<RequestRef> {
         let inner = self.lock();
         inner
             .requests
             .iter()
-            .filter(|(_, e)| !e.record.phase.is_terminal() && e.record.storm.is_none())
-            .filter(|(_, e)| e.record.flapping || !flapping)
+            .filter(|(_, e)| !e.record.phase.is_terminal() && e.record.storm.is_none() && wanted(&e.record))
             .map(|(at, _)| at.to_ref())
             .collect()
     }

@@ -117,10 +117,10 @@ impl DirSink {
         self.root.join(&at.namespace).join(format!("{}.yaml", at.name))
     }
 
-    /// The manifests of the requests indexed as open (only the flapping ones, if
-    /// `flapping`), read whole.
-    fn read_open(&self, flapping: bool) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-        let paths: Vec<PathBuf> = self.index.open_refs(flapping).iter().map(|at| self.path_of(at)).collect();
+    /// The manifests of the requests indexed as open whose record `wanted` keeps,
+    /// read whole.
+    fn read_open(&self, wanted: impl Fn(&Record) -> bool) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
+        let paths: Vec<PathBuf> = self.index.open_refs(wanted).iter().map(|at| self.path_of(at)).collect();
         Box::pin(blocking(move || {
             // A manifest removed or being rewritten meanwhile is simply not open any more.
             let read =
@@ -304,13 +304,13 @@ impl Sink for DirSink {
     }
 
     fn open_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-        self.read_open(false)
+        self.read_open(|_| true)
     }
 
     /// Reads only the manifests the index knows flap: parsing a manifest is most of
     /// what reading one costs, and few of the open requests flap.
     fn flapping_requests(&self) -> BoxFuture<'_, Result<Vec<RemediationRequest>, SinkError>> {
-        self.read_open(true)
+        self.read_open(|record| record.flapping)
     }
 
     fn update_status<'a>(
