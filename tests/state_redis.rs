@@ -37,11 +37,9 @@ async fn a_flushed_decide_function_is_loaded_again_by_the_next_call() {
     use tidegate::signal::{Fingerprint, SignalStatus};
     use tidegate::state::{Observation, Verdict};
 
+    // A server of its own: `FUNCTION FLUSH` must not reach the shared one.
     let server = RedisServer::start(ServerOptions::default());
-    let config = RedisConfig { timeout: Duration::from_secs(2), ..Default::default() };
-    let (topology, storms) = (server.url().parse().unwrap(), tidegate::state::StormConfig::default());
-    let window = Duration::from_secs(300);
-    let store = RedisStore::connect(&topology, &config, window, &storms, Arc::new(Metrics::new())).await.unwrap();
+    let store = server.bench_store().await;
     let o = Observation { fingerprint: Fingerprint::from_bytes([7; 32]), status: SignalStatus::Firing, storm: None };
     let now = 1_800_000_000;
 

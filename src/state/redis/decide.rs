@@ -101,7 +101,7 @@ impl<'a> DecideCall<'a> {
         self.members.push(position);
     }
 
-    /// Packs the records into the arguments, once they are all pushed: a firing
+    /// Packs the records into the call's one argument, once they are all pushed: a firing
     /// record with storm keys carries its scope's firing records in this call (the
     /// script charges a scope's rate counter once per call, before its first).
     pub(super) fn seal(&mut self) {

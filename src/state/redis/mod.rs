@@ -3,8 +3,8 @@
 //! One server-side function (`decide.lua`, a Redis Functions library) decides a
 //! whole batch atomically, in order, after charging the request's rate limit: on a
 //! single node a webhook costs one `FCALL`, one network round trip (on Cluster, one
-//! concurrent call per storm scope, and the charge on its own). What is stored is fixed-size metadata only
-//! (see [`schema`]): never a signal, never a request.
+//! concurrent call per storm scope, and the charge on its own). What is stored is
+//! fixed-size metadata only (see [`schema`]): never a signal, never a request.
 //!
 //! Failure policy: any error (OOM under `noeviction`, unreachable, slower than
 //! `redis.timeout`) is a [`StateError`], answered 503 with `Retry-After`; an OOM
@@ -70,7 +70,7 @@ impl Library {
         Library { name, source }
     }
 
-    /// `FUNCTION LOAD REPLACE`, sent to every primary.
+    /// `FUNCTION LOAD REPLACE`: redis-rs sends it to every primary of a Cluster.
     fn load_cmd(&self) -> redis::Cmd {
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD").arg("REPLACE").arg(&self.source);
@@ -85,16 +85,9 @@ impl Library {
     }
 }
 
-/// Whether Redis does not know the decide function: it restarted without
-/// persistence, or someone flushed its functions. (A replica promoted by a failover
-/// has it: `FUNCTION LOAD` replicates.)
+/// Whether Redis does not know the decide function (see [`Shared::loaded`]).
 fn function_missing(e: &RedisError) -> bool {
-    let missing =
-        |code: &str, detail: Option<&str>| code == "ERR" && detail.is_some_and(|d| d.starts_with("Function not found"));
-    match e.clone().into_server_errors() {
-        Some(errors) => errors.iter().any(|(_, err)| missing(err.code(), err.details())),
-        None => missing(e.code().unwrap_or_default(), e.detail()),
-    }
+    server_error_is(e, |code, detail| code == "ERR" && detail.is_some_and(|d| d.starts_with("Function not found")))
 }
 
 /// The rate-limit script's source. The `#!lua` shebang (no flags) makes Redis 7
@@ -371,7 +364,7 @@ impl Shared {
     {
         match send().await {
             Err(e) if function_missing(&e) => {
-                self.conn.query_each_primary::<Value>(&self.decide.load_cmd()).await?;
+                self.conn.query::<Value>(&self.decide.load_cmd()).await?;
                 send().await
             }
             other => other,
@@ -528,9 +521,15 @@ impl Shared {
 
 /// Whether Redis refused for lack of memory, alone or inside a pipeline.
 fn is_oom(e: &RedisError) -> bool {
+    server_error_is(e, |code, _| code == "OOM")
+}
+
+/// Whether Redis answered an error (its code and detail) that `is` picks, alone or
+/// inside a pipeline.
+fn server_error_is(e: &RedisError, is: impl Fn(&str, Option<&str>) -> bool) -> bool {
     match e.clone().into_server_errors() {
-        Some(errors) => errors.iter().any(|(_, err)| err.code() == "OOM"),
-        None => e.code() == Some("OOM"),
+        Some(errors) => errors.iter().any(|(_, err)| is(err.code(), err.details())),
+        None => e.code().is_some_and(|code| is(code, e.detail())),
     }
 }
 
