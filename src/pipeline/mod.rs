@@ -328,7 +328,11 @@ impl Pipeline {
     /// Writes every pending status now, waiting at most `deadline`: the last step of
     /// a shutdown.
     pub async fn drain(&self, deadline: std::time::Duration) {
-        // Silences' statuses too: they go through the same writer.
+        // Silences' statuses too: they go through the same writer, and a state that
+        // changed since the keeper's last tick is handed on first.
+        if let Some(keeper) = &self.silences {
+            silences::hand_on_states(keeper, &self.status_writer);
+        }
         self.status_writer.shutdown(deadline).await;
     }
 

@@ -217,9 +217,15 @@ async fn every_second(marks: Weak<Marks>, keeper: SilenceKeeper, writer: StatusW
             writer.record(incident, &at, update);
         }
         drop(marks);
-        for (at, change) in keeper.check_states() {
-            writer.silence(&at, change);
-        }
+        hand_on_states(&keeper, &writer);
         keeper.warn_ignored().await;
+    }
+}
+
+/// Hands the silences' changed states to the status writer: at each tick, and at a
+/// graceful stop, so that a state changed since the last tick is written too.
+pub(super) fn hand_on_states(keeper: &SilenceKeeper, writer: &StatusWriter) {
+    for (at, change) in keeper.check_states() {
+        writer.silence(&at, change);
     }
 }
