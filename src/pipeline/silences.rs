@@ -93,7 +93,7 @@ impl Pipeline {
     pub fn with_silences(mut self, keeper: SilenceKeeper) -> Self {
         self.status_writer.write_silences_to(keeper.store().clone());
         let (marks, writer) = (Arc::downgrade(&self.silence_marks), self.status_writer.clone());
-        tokio::spawn(every_second(marks, keeper.clone(), writer, self.clock.clone()));
+        tokio::spawn(keep_silences(marks, keeper.clone(), writer, self.clock.clone()));
         self.silences = Some(keeper);
         self
     }
@@ -189,7 +189,7 @@ fn timestamp(clock: &Clock) -> Timestamp {
 /// whose silence is no longer active (ended, expired, paused between its time
 /// intervals, deleted or ignored), restates those whose silence's end moved, and
 /// records the silences' states (warning of those newly ignored).
-async fn every_second(marks: Weak<Marks>, keeper: SilenceKeeper, writer: StatusWriter, clock: Clock) {
+async fn keep_silences(marks: Weak<Marks>, keeper: SilenceKeeper, writer: StatusWriter, clock: Clock) {
     let silences = keeper.silences().clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -118,8 +118,9 @@ struct Inner {
     draining: bool,
 }
 
-/// What this process keeps of each incident, in one table: a duplicate alert
-/// finds its incident's tally and pending write in one lookup. With thousands of
+/// What this process keeps of each incident (and of each silence's writes, whose
+/// key is an [`Incident::Silence`]), in one table: a duplicate alert finds its
+/// incident's tally and pending write in one lookup. With thousands of
 /// incidents repeating, each lookup is a cache miss or two, and a second table
 /// cost as much again (docs/performance.md).
 #[derive(Default)]
