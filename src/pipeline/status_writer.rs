@@ -480,12 +480,7 @@ impl StatusWriter {
         let Inner { incidents, writers, .. } = &mut *guard;
         // One lookup for the tally and the pending write: see [`Incidents`].
         let tracked = incidents.table.entry(incident).or_default();
-        let what = match update.inhibited.as_mut() {
-            _ if repeat => Some(Tallied::Repeat),
-            Some(_) => Some(Tallied::Inhibited),
-            None => None,
-        };
-        if let Some(what) = what {
+        if repeat || update.inhibited.is_some() {
             let tally = tracked.tally.get_or_insert_with(|| {
                 incidents.tallies += 1;
                 *writers = writers.wrapping_add(1);
@@ -498,18 +493,14 @@ impl StatusWriter {
             });
             tally.seen = now;
             update.writer = tally.writer;
-            match what {
-                Tallied::Repeat => {
-                    tally.count += 1;
-                    update.count = tally.count;
-                }
-                Tallied::Inhibited => {
-                    tally.inhibited += 1;
-                    update.inhibited.as_mut().expect("matched above").count = tally.inhibited;
-                    // The repeats this writer counted stand as they are.
-                    update.count = tally.count;
-                }
+            if repeat {
+                tally.count += 1;
+            } else if let Some(held) = update.inhibited.as_mut() {
+                tally.inhibited += 1;
+                held.count = tally.inhibited;
             }
+            // A held-back signal leaves the repeats this writer counted as they are.
+            update.count = tally.count;
             shared.metrics.status_tallies.set(incidents.tallies as i64);
         }
         match &mut tracked.pending {
@@ -545,13 +536,6 @@ impl StatusWriter {
         shared.metrics.status_pending.set(incidents.pending as i64);
         was_idle
     }
-}
-
-/// What a tally counts.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Tallied {
-    Repeat,
-    Inhibited,
 }
 
 impl Inner {
