@@ -42,7 +42,8 @@ pub(super) enum Group {
 impl<'a> DecideCall<'a> {
     /// A call whose header carries the rules, the flap rule and, if given, the
     /// request's charge against its budget key (then `KEYS[1]`): struct
-    /// `>I4I4I4I4I4I4I4I4I4I4BI8I8I8B` (see `decide.lua`), the fields' length last.
+    /// `>I4I4I4I4I4I4I4I4I4I4BI8I8I8B` (see `decide.lua`), the fields' length last
+    /// (set by [`Self::seal`]).
     pub(super) fn new(
         slot: Option<DedupTag>,
         now_s: u32,
@@ -50,9 +51,8 @@ impl<'a> DecideCall<'a> {
         rules: &StormConfig,
         flap: FlapRule,
         charge: Option<(Key<'a>, Charge<'_>)>,
-        field_bytes: u8,
     ) -> Self {
-        let mut packed = Vec::with_capacity(HEADER_BYTES + 10 * (RECORD_BYTES + usize::from(field_bytes)));
+        let mut packed = Vec::with_capacity(HEADER_BYTES);
         for n in [
             now_s,
             window_s,
@@ -79,7 +79,7 @@ impl<'a> DecideCall<'a> {
         for n in charged {
             packed.extend_from_slice(&n.to_be_bytes());
         }
-        packed.push(field_bytes);
+        packed.push(0);
         debug_assert_eq!(packed.len(), HEADER_BYTES);
         DecideCall { slot, keys, groups: Vec::new(), packed, records: Vec::new(), members: Vec::new() }
     }
@@ -105,6 +105,11 @@ impl<'a> DecideCall<'a> {
     /// record with storm keys carries its scope's firing records in this call (the
     /// script charges a scope's rate counter once per call, before its first).
     pub(super) fn seal(&mut self) {
+        // Every field of a call has one length, the schema's.
+        let field_bytes = self.records.first().map_or(0, |r| r.field.len());
+        debug_assert!(self.records.iter().all(|r| r.field.len() == field_bytes));
+        self.packed[HEADER_BYTES - 1] = field_bytes as u8;
+        self.packed.reserve(self.records.len() * (RECORD_BYTES + field_bytes));
         let firing = |r: &Record| matches!(r.mode, Mode::Fire) && r.storm_at > 0;
         // (storm keys' index, firing records), one per scope: a call has few.
         let mut scopes: Vec<(u32, u32)> = Vec::new();

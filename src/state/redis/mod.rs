@@ -283,12 +283,11 @@ impl Shared {
         let rules = &self.storms;
         let window_s = self.schema.window_s();
         let flap = self.flap();
-        let field_bytes = self.schema.field_bytes();
         let mut calls: Vec<DecideCall> = Vec::new();
         if let Some(charge) = charge {
             debug_assert!(!self.schema.cluster(), "the budget key has a slot of its own");
             let budget = self.schema.budget_key(charge.source);
-            calls.push(DecideCall::new(None, now_s, window_s, rules, flap, Some((budget, charge)), field_bytes));
+            calls.push(DecideCall::new(None, now_s, window_s, rules, flap, Some((budget, charge))));
         }
         for (position, o) in batch.iter().enumerate() {
             let scope = o.storm.as_ref().map(|k| &k.scope);
@@ -298,7 +297,7 @@ impl Shared {
             let call = match calls.iter().position(|c| c.slot == slot) {
                 Some(i) => &mut calls[i],
                 None => {
-                    calls.push(DecideCall::new(slot, now_s, window_s, rules, flap, None, field_bytes));
+                    calls.push(DecideCall::new(slot, now_s, window_s, rules, flap, None));
                     calls.last_mut().expect("just pushed")
                 }
             };

@@ -78,15 +78,6 @@ impl Schema {
         }
     }
 
-    /// The length of every [`Schema::field`].
-    pub fn field_bytes(&self) -> u8 {
-        if self.cluster {
-            10
-        } else {
-            8
-        }
-    }
-
     /// The four keys of a storm scope: this rate window's counter, this pattern
     /// window's resource HyperLogLog, the open aggregation window and its resources.
     pub fn storm_keys(&self, scope: &[u8; 16], now_s: u32, rules: &StormConfig) -> [Key<'_>; 4] {
@@ -315,9 +306,8 @@ mod tests {
         let fp = Fingerprint::new("a", "b", &TargetResource::default());
         assert!(shard(&fp) < 1 << SHARD_BITS);
         assert_eq!(Schema::new("tg:", 300, false).field(&fp), &fp.as_bytes()[2..10]);
-        for cluster in [false, true] {
-            let schema = Schema::new("tg:", 300, cluster);
-            assert_eq!(schema.field(&fp).len(), usize::from(schema.field_bytes()));
+        for (cluster, bytes) in [(false, 8), (true, 10)] {
+            assert_eq!(Schema::new("tg:", 300, cluster).field(&fp).len(), bytes, "decide.lua's field length");
         }
     }
 
