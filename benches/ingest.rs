@@ -655,11 +655,17 @@ impl Store {
         if self.servers().is_empty() {
             return None;
         }
+        let stats: Vec<_> = self.servers().iter().map(|server| server.info("commandstats")).collect();
+        // Not both: with the function, `EVALSHA` is the rate limit's script alone. Chosen
+        // once for all servers: a Cluster primary that has run no `FCALL` yet may have
+        // run the rate limit's.
+        let decide = match stats.iter().any(|s| s.contains_key("cmdstat_fcall")) {
+            true => "cmdstat_fcall",
+            false => "cmdstat_evalsha",
+        };
         let (mut calls, mut usec) = (0u64, 0u64);
-        for server in self.servers() {
-            let stats = server.info("commandstats");
-            // Not both: with the function, `EVALSHA` is the rate limit's script alone.
-            if let Some(line) = stats.get("cmdstat_fcall").or_else(|| stats.get("cmdstat_evalsha")) {
+        for stats in &stats {
+            if let Some(line) = stats.get(decide) {
                 let field = |name: &str| -> Option<u64> {
                     line.split(',').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?.parse().ok()
                 };
