@@ -213,48 +213,58 @@ pub struct Index {
 /// One indexed manifest.
 struct Entry {
     record: Record,
-    /// The digest of what this gateway last wrote to it, and the request written,
-    /// while nobody else is known to have written it since (and either is used only
-    /// once it matched the file's bytes). The request is lent to the status write
-    /// under way, and the digest stays meanwhile: the file still holds those bytes,
-    /// and the watch still knows them. At most one per indexed request, so they are
-    /// forgotten with the request.
-    digest: Option<Digest>,
+    /// What this gateway last wrote to it, and the request written, while nobody
+    /// else is known to have written it since (and either is used only once it
+    /// matched the file's bytes). The request is lent to the status write under way,
+    /// and the mark stays meanwhile: the file still holds those bytes, and the watch
+    /// still knows them. At most one per indexed request, so they are forgotten with
+    /// the request.
+    last: Option<Mark>,
     request: Option<Box<Kept>>,
-    /// The digest of a status write being moved into place: the watch, woken by
-    /// the move, may read the file before the write is recorded here.
-    landing: Option<Digest>,
-    /// The digest of the write before the last: a watch that read the file just
-    /// before the last write landed, and checks it just after, read this
-    /// gateway's bytes too, and has nothing to learn from them.
-    previous: Option<Digest>,
-    /// The files those three writes were moved into place in: the last, the one
-    /// landing, the one before. The watch knows a file of this gateway's from them
-    /// without reading it (see [`FileId`]).
-    files: [Option<FileId>; 3],
+    /// A status write being moved into place: the watch, woken by the move, may
+    /// read the file before the write is recorded here.
+    landing: Option<Mark>,
+    /// The write before the last: a watch that read the file just before the last
+    /// write landed, and checks it just after, read this gateway's bytes too, and
+    /// has nothing to learn from them.
+    previous: Option<Mark>,
+}
+
+/// One write of this gateway's to a manifest: the digest of its bytes, and the
+/// file they were moved into place in, if known. The watch knows a file of this
+/// gateway's by it without reading it (see [`FileId`]).
+#[derive(Clone, Copy)]
+struct Mark {
+    digest: Digest,
+    file: Option<FileId>,
 }
 
 impl Entry {
     fn read(record: Record) -> Entry {
-        Entry { record, digest: None, request: None, landing: None, previous: None, files: [None; 3] }
+        Entry { record, last: None, request: None, landing: None, previous: None }
     }
 
     /// The entry after `written`, where `known` was the entry before it.
     fn written(record: Record, written: Written, known: Option<&Entry>) -> Entry {
         let request = Some(Box::new(Kept { request: written.request, head: written.head }));
-        let (previous, previous_file) = known.map_or((None, None), |k| (k.digest, k.files[0]));
-        let files = [written.file, None, previous_file];
-        Entry { record, digest: Some(written.digest), request, landing: None, previous, files }
+        let last = Some(Mark { digest: written.digest, file: written.file });
+        Entry { record, last, request, landing: None, previous: known.and_then(|k| k.last) }
+    }
+
+    /// The writes of this gateway's the file may hold: the last, the one landing,
+    /// the one before.
+    fn marks(&self) -> impl Iterator<Item = &Mark> {
+        [&self.last, &self.landing, &self.previous].into_iter().flatten()
     }
 
     /// Whether `on_disk` are bytes this gateway wrote, or is moving into place.
     fn holds(&self, on_disk: &Digest) -> bool {
-        [self.digest, self.landing, self.previous].contains(&Some(*on_disk))
+        self.marks().any(|m| m.digest == *on_disk)
     }
 
     /// Whether `file` is one this gateway moved into place, or is moving.
     fn placed(&self, file: &FileId) -> bool {
-        self.files.contains(&Some(*file))
+        self.marks().any(|m| m.file == Some(*file))
     }
 }
 
@@ -447,10 +457,10 @@ impl Index {
     pub fn take_written(&self, at: &RequestRef, on_disk: &Digest) -> Option<Box<Kept>> {
         let mut inner = self.lock();
         let entry = inner.requests.get_mut(&Key::of(at))?;
-        // A write that never landed left its digest here.
-        (entry.landing, entry.files[1]) = (None, None);
-        if entry.digest != Some(*on_disk) {
-            (entry.digest, entry.request, entry.previous, entry.files) = (None, None, None, [None; 3]);
+        // A write that never landed left its mark here.
+        entry.landing = None;
+        if entry.last.map(|m| m.digest) != Some(*on_disk) {
+            (entry.last, entry.request, entry.previous) = (None, None, None);
             return None;
         }
         entry.request.take()
@@ -461,20 +471,22 @@ impl Index {
     /// the file's previous ones are this gateway's.
     pub fn landing(&self, at: &RequestRef, digest: Digest, file: FileId) {
         if let Some(entry) = self.lock().requests.get_mut(&Key::of(at)) {
-            (entry.landing, entry.files[1]) = (Some(digest), Some(file));
+            entry.landing = Some(Mark { digest, file: Some(file) });
         }
     }
 
     /// Whether the file at `at` holds exactly what this gateway wrote to it.
     fn is_written(&self, at: &RequestRef, on_disk: &Digest) -> bool {
-        let at = Key::of(at);
-        self.lock().requests.get(&at).is_some_and(|e| e.holds(on_disk))
+        self.entry_is(at, |e| e.holds(on_disk))
     }
 
     /// Whether the file at `at` is one this gateway moved there, or is moving.
     fn is_placed(&self, at: &RequestRef, file: &FileId) -> bool {
-        let at = Key::of(at);
-        self.lock().requests.get(&at).is_some_and(|e| e.placed(file))
+        self.entry_is(at, |e| e.placed(file))
+    }
+
+    fn entry_is(&self, at: &RequestRef, is: impl FnOnce(&Entry) -> bool) -> bool {
+        self.lock().requests.get(&Key::of(at)).is_some_and(is)
     }
 
     /// Requests whose last write by this gateway is kept, for tests of the bound.
