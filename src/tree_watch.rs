@@ -50,8 +50,9 @@ pub struct TreeWatch {
 
 /// Watches `root` and each directory in it. `changed` is called with every path
 /// that may have been created, changed or removed (files of new directories
-/// included), and what the event says of it; `rescan` when events were lost. The watch is in place when this
-/// returns, so a caller that reads the tree afterwards misses nothing.
+/// included), and what the event says of it; `rescan` when events were lost. The
+/// watch is in place when this returns, so a caller that reads the tree afterwards
+/// misses nothing.
 pub fn follow(
     root: &Path,
     changed: impl Fn(&Path, Change) + Send + 'static,
